@@ -1,0 +1,4 @@
+//! Allocation-free, panic-free, bit-reproducible token sampling.
+#![no_std]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
