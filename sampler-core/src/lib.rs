@@ -2,3 +2,6 @@
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+mod stream;
+pub use stream::{Pushed, StopSet, StreamError, TextStream};
