@@ -1,0 +1,308 @@
+//! Repetition, presence and frequency penalties, and logit bias, as sparse overrides.
+//!
+//! Input: the dense logits, the penalty window and the bias list. Output:
+//! [`Overrides`], a short list sorted by token id that holds the changed
+//! logit of every token named in the window or the bias list.
+//! Invariants: the dense logits are never written; only ids named by the
+//! caller are changed, so the cost depends on the window and the bias list,
+//! not on the vocabulary. Ids are unique and ascending.
+
+use heapless::Vec;
+
+use crate::{Config, Error};
+
+/// Most tokens the penalty window may hold.
+pub const MAX_RECENT: usize = 1024;
+
+/// Most entries the logit bias list may hold.
+pub const MAX_BIAS: usize = 256;
+
+const MAX_OVERRIDES: usize = MAX_RECENT + MAX_BIAS;
+
+/// The changed logit of one token.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Override {
+    /// Token id.
+    pub id: u32,
+    /// The logit after penalties and bias.
+    pub value: f32,
+    /// Scratch while building: occurrences in the window, then bias position.
+    aux: u32,
+}
+
+/// Changed logits, sorted by id, at most [`MAX_RECENT`] + [`MAX_BIAS`] of them.
+#[derive(Debug, Default)]
+pub(crate) struct Overrides {
+    list: Vec<Override, MAX_OVERRIDES>,
+}
+
+/// Applies the repetition penalty, then presence and frequency, as llama.cpp does.
+pub(crate) fn penalize(x: f32, count: u32, config: &Config) -> f32 {
+    let rp = config.repeat_penalty;
+    // llama.cpp's rule: a positive logit is divided, zero or negative multiplied,
+    // so the penalty always lowers the token.
+    let x = if x > 0.0 { x / rp } else { x * rp };
+    let count = count as f32;
+    x - (count * config.frequency_penalty + config.presence_penalty)
+}
+
+impl Overrides {
+    /// An empty list.
+    pub(crate) const fn new() -> Self {
+        Overrides { list: Vec::new() }
+    }
+
+    /// The overrides, ascending by id.
+    pub(crate) fn as_slice(&self) -> &[Override] {
+        &self.list
+    }
+
+    /// The changed logit of `id`, if it has one.
+    #[cfg(test)]
+    pub(crate) fn get(&self, id: u32) -> Option<f32> {
+        let i = self.list.binary_search_by_key(&id, |o| o.id).ok()?;
+        self.list.get(i).map(|o| o.value)
+    }
+
+    /// Rebuilds the list from the window and the bias list.
+    ///
+    /// Penalties count each token's occurrences in `recent`; bias entries are
+    /// added after the penalties, in list order, several entries for one id
+    /// adding up one after the other.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::PenaltyWindowTooLarge`] if `recent` exceeds [`MAX_RECENT`].
+    /// - [`Error::TooManyBiases`] if `bias` exceeds [`MAX_BIAS`].
+    /// - [`Error::TokenOutOfRange`] if an id is not below `logits.len()`.
+    /// - [`Error::InvalidBias`] if a bias value is NaN.
+    pub(crate) fn build(
+        &mut self,
+        logits: &[f32],
+        recent: &[u32],
+        bias: &[(u32, f32)],
+        config: &Config,
+    ) -> Result<(), Error> {
+        self.list.clear();
+        let vocab = logits.len();
+        if recent.len() > MAX_RECENT {
+            return Err(Error::PenaltyWindowTooLarge {
+                len: recent.len(),
+                capacity: MAX_RECENT,
+            });
+        }
+        if bias.len() > MAX_BIAS {
+            return Err(Error::TooManyBiases {
+                len: bias.len(),
+                capacity: MAX_BIAS,
+            });
+        }
+        // Every id is checked even when penalties are off, so that a bad
+        // window is reported the same way whatever the settings.
+        let logit = |id: u32| logits.get(id as usize).copied();
+        for &id in recent {
+            if logit(id).is_none() {
+                return Err(Error::TokenOutOfRange { id, vocab });
+            }
+        }
+        for &(id, b) in bias {
+            if logit(id).is_none() {
+                return Err(Error::TokenOutOfRange { id, vocab });
+            }
+            if b.is_nan() {
+                return Err(Error::InvalidBias { id });
+            }
+        }
+
+        if config.penalties_active() {
+            for &id in recent {
+                self.push(Override {
+                    id,
+                    value: 0.0,
+                    aux: 1,
+                })?;
+            }
+            self.list.sort_unstable_by_key(|o| o.id);
+            let n = merge_counts(&mut self.list);
+            self.list.truncate(n);
+            for o in self.list.iter_mut() {
+                let x = logit(o.id).unwrap_or(f32::NAN);
+                o.value = penalize(x, o.aux, config);
+            }
+        }
+
+        let penalized = self.list.len();
+        for (pos, &(id, b)) in bias.iter().enumerate() {
+            let aux = u32::try_from(pos).unwrap_or(u32::MAX);
+            self.push(Override { id, value: b, aux })?;
+        }
+        let (pen, tail) = self.list.split_at_mut(penalized);
+        // Sorting by (id, position) makes several biases on one id add up in
+        // list order, which fixes the float rounding.
+        tail.sort_unstable_by_key(|o| (o.id, o.aux));
+        let mut kept = 0usize;
+        for read in 0..tail.len() {
+            let Some(&Override { id, value: b, .. }) = tail.get(read) else {
+                break;
+            };
+            if let Ok(i) = pen.binary_search_by_key(&id, |o| o.id) {
+                if let Some(o) = pen.get_mut(i) {
+                    o.value += b;
+                }
+                continue;
+            }
+            let prev = kept.checked_sub(1).and_then(|p| tail.get(p)).map(|o| o.id);
+            if prev == Some(id) {
+                if let Some(o) = kept.checked_sub(1).and_then(|p| tail.get_mut(p)) {
+                    o.value += b;
+                }
+            } else if let Some(o) = tail.get_mut(kept) {
+                *o = Override {
+                    id,
+                    value: logit(id).unwrap_or(f32::NAN) + b,
+                    aux: 0,
+                };
+                kept += 1;
+            }
+        }
+        self.list.truncate(penalized + kept);
+        self.list.sort_unstable_by_key(|o| o.id);
+        Ok(())
+    }
+
+    fn push(&mut self, o: Override) -> Result<(), Error> {
+        // Unreachable: the lengths were checked against the capacity above.
+        self.list.push(o).map_err(|_| Error::PenaltyWindowTooLarge {
+            len: MAX_OVERRIDES + 1,
+            capacity: MAX_RECENT,
+        })
+    }
+}
+
+/// Collapses runs of equal ids, summing their counts; returns the new length.
+fn merge_counts(list: &mut [Override]) -> usize {
+    let mut kept = 0usize;
+    for read in 0..list.len() {
+        let Some(&cur) = list.get(read) else { break };
+        let prev = kept.checked_sub(1).and_then(|p| list.get_mut(p));
+        match prev {
+            Some(p) if p.id == cur.id => p.aux += cur.aux,
+            _ => {
+                if let Some(slot) = list.get_mut(kept) {
+                    *slot = cur;
+                }
+                kept += 1;
+            }
+        }
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(rp: f32, presence: f32, freq: f32) -> Config {
+        Config {
+            repeat_penalty: rp,
+            presence_penalty: presence,
+            frequency_penalty: freq,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn repeat_penalty_follows_llama_cpp_sign_rule() {
+        let c = cfg(2.0, 0.0, 0.0);
+        assert_eq!(penalize(3.0, 1, &c), 1.5);
+        assert_eq!(penalize(-3.0, 1, &c), -6.0);
+        assert_eq!(penalize(0.0, 1, &c), 0.0);
+        assert_eq!(penalize(f32::NEG_INFINITY, 1, &c), f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn presence_once_frequency_per_occurrence() {
+        let logits = [1.0f32, 2.0, 3.0, 4.0];
+        let mut o = Overrides::new();
+        let c = cfg(1.0, 0.5, 0.25);
+        assert_eq!(o.build(&logits, &[2, 1, 2, 2], &[], &c), Ok(()));
+        assert_eq!(o.get(2), Some(3.0 - (3.0 * 0.25 + 0.5)));
+        assert_eq!(o.get(1), Some(2.0 - (0.25 + 0.5)));
+        assert_eq!(o.get(0), None);
+        assert_eq!(o.as_slice().len(), 2);
+    }
+
+    #[test]
+    fn penalties_off_leave_window_unused() {
+        let logits = [1.0f32, 2.0];
+        let mut o = Overrides::new();
+        assert_eq!(
+            o.build(&logits, &[0, 1, 1], &[], &Config::default()),
+            Ok(())
+        );
+        assert!(o.as_slice().is_empty());
+    }
+
+    #[test]
+    fn bias_adds_after_penalty_in_list_order() {
+        let logits = [1.0f32, 2.0, 3.0, 4.0];
+        let mut o = Overrides::new();
+        let c = cfg(2.0, 0.0, 0.0);
+        let bias = [(3, 1.0), (1, -0.5), (3, 0.25), (0, f32::NEG_INFINITY)];
+        assert_eq!(o.build(&logits, &[1], &bias, &c), Ok(()));
+        assert_eq!(o.get(1), Some(2.0 / 2.0 - 0.5));
+        assert_eq!(o.get(3), Some(4.0 + 1.0 + 0.25));
+        assert_eq!(o.get(0), Some(f32::NEG_INFINITY));
+        assert_eq!(o.get(2), None);
+        let ids: [u32; 3] = [0, 1, 3];
+        assert!(o.as_slice().iter().map(|x| x.id).eq(ids));
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let logits = [0.0f32; 4];
+        let mut o = Overrides::new();
+        let c = Config::default();
+        assert_eq!(
+            o.build(&logits, &[4], &[], &c),
+            Err(Error::TokenOutOfRange { id: 4, vocab: 4 })
+        );
+        assert_eq!(
+            o.build(&logits, &[], &[(9, 1.0)], &c),
+            Err(Error::TokenOutOfRange { id: 9, vocab: 4 })
+        );
+        assert_eq!(
+            o.build(&logits, &[], &[(1, f32::NAN)], &c),
+            Err(Error::InvalidBias { id: 1 })
+        );
+        let long = [0u32; MAX_RECENT + 1];
+        assert_eq!(
+            o.build(&logits, &long, &[], &c),
+            Err(Error::PenaltyWindowTooLarge {
+                len: MAX_RECENT + 1,
+                capacity: MAX_RECENT
+            })
+        );
+        let many = [(0u32, 0.0f32); MAX_BIAS + 1];
+        assert_eq!(
+            o.build(&logits, &[], &many, &c),
+            Err(Error::TooManyBiases {
+                len: MAX_BIAS + 1,
+                capacity: MAX_BIAS
+            })
+        );
+    }
+
+    #[test]
+    fn full_capacity_fits() {
+        let logits = [0.5f32; 4096];
+        let recent: [u32; MAX_RECENT] = core::array::from_fn(|i| i as u32);
+        let bias: [(u32, f32); MAX_BIAS] = core::array::from_fn(|i| (2000 + i as u32, 1.0));
+        let mut o = Overrides::new();
+        assert_eq!(
+            o.build(&logits, &recent, &bias, &cfg(1.1, 0.0, 0.0)),
+            Ok(())
+        );
+        assert_eq!(o.as_slice().len(), MAX_RECENT + MAX_BIAS);
+    }
+}

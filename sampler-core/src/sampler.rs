@@ -1,0 +1,702 @@
+//! The sampler: validated settings, a seeded generator and a caller-owned scratch buffer.
+//!
+//! Input: one [`Input`] per step. Output: one [`Choice`] per step, and on
+//! request a [`Report`] with alternatives, entropy and survivor counts.
+//! Invariants: each successful [`Sampler::sample`] makes exactly one
+//! generator draw (greedy included) and advances [`Sampler::step`] by one; a
+//! call that fails draws nothing and changes nothing.
+
+use core::fmt;
+
+use crate::chain::{self, StageView};
+use crate::penalty::Overrides;
+use crate::{Config, Error, Rng};
+
+/// One element of the caller's scratch buffer: a token id and its logit.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Candidate {
+    /// Token id.
+    pub id: u32,
+    /// Effective logit (after penalties and bias).
+    pub logit: f32,
+}
+
+/// The data of one sampling step.
+#[derive(Clone, Copy, Debug)]
+pub struct Input<'a> {
+    /// One logit per token id; the length is the vocabulary size.
+    pub logits: &'a [f32],
+    /// Penalty window, oldest first; at most [`MAX_RECENT`](crate::MAX_RECENT) ids.
+    pub recent: &'a [u32],
+    /// Logit bias `(id, value)`, added after penalties and before temperature;
+    /// at most [`MAX_BIAS`](crate::MAX_BIAS) entries.
+    pub bias: &'a [(u32, f32)],
+}
+
+impl<'a> Input<'a> {
+    /// Logits alone, with no penalty window and no bias.
+    pub const fn new(logits: &'a [f32]) -> Self {
+        Input {
+            logits,
+            recent: &[],
+            bias: &[],
+        }
+    }
+}
+
+/// The token drawn.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Choice {
+    /// Token id.
+    pub id: u32,
+    /// Natural log of its probability under the final distribution.
+    pub logprob: f32,
+}
+
+/// One of the most probable tokens of the final distribution.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Alternative {
+    /// Token id.
+    pub id: u32,
+    /// Natural log of its probability under the final distribution.
+    pub logprob: f32,
+}
+
+/// How many tokens were left after each stage.
+///
+/// A stage that is off removes nothing; a stage absent from the order counts
+/// as having run last, so its field equals `final_count`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Survivors {
+    /// Vocabulary size (length of the logits).
+    pub vocab: usize,
+    /// Count after top-k.
+    pub after_top_k: usize,
+    /// Count after top-p.
+    pub after_top_p: usize,
+    /// Count after min-p.
+    pub after_min_p: usize,
+    /// Count in the final distribution.
+    pub final_count: usize,
+}
+
+/// Per-step diagnostics, filled by [`Sampler::sample`] when given.
+#[derive(Debug)]
+pub struct Report<'b> {
+    /// Caller's buffer for the most probable tokens; its length is the capacity.
+    pub alternatives: &'b mut [Alternative],
+    /// How many alternatives were written: `min(alternatives.len(), final_count)`.
+    pub n_alternatives: usize,
+    /// Entropy of the final distribution in nats.
+    pub entropy: f32,
+    /// Survivor counts per stage.
+    pub survivors: Survivors,
+}
+
+impl<'b> Report<'b> {
+    /// A report that can hold `alternatives.len()` alternatives.
+    pub fn new(alternatives: &'b mut [Alternative]) -> Self {
+        Report {
+            alternatives,
+            n_alternatives: 0,
+            entropy: 0.0,
+            survivors: Survivors::default(),
+        }
+    }
+
+    /// The alternatives written by the last call, most probable first.
+    pub fn written(&self) -> &[Alternative] {
+        self.alternatives.get(..self.n_alternatives).unwrap_or(&[])
+    }
+}
+
+/// A sampler: settings, generator state and a scratch buffer.
+pub struct Sampler<'s> {
+    config: Config,
+    rng: Rng,
+    step: u64,
+    scratch: &'s mut [Candidate],
+}
+
+impl fmt::Debug for Sampler<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sampler")
+            .field("config", &self.config)
+            .field("step", &self.step)
+            .field("capacity", &self.capacity())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'s> Sampler<'s> {
+    /// A sampler with `config`, seeded with `seed`, for vocabularies up to `scratch.len()`.
+    ///
+    /// # Errors
+    ///
+    /// - Any error of [`Config::validate`].
+    ///
+    /// # Panics
+    ///
+    /// Never.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sampler_core::{Candidate, Config, Input, Sampler};
+    /// let mut scratch = [Candidate::default(); 4];
+    /// let mut sampler = Sampler::new(Config::greedy(), 1, &mut scratch).unwrap();
+    /// let choice = sampler.sample(Input::new(&[0.1, 2.0, 0.3]), None).unwrap();
+    /// assert_eq!(choice.id, 1);
+    /// assert_eq!(sampler.step(), 1);
+    /// ```
+    pub fn new(config: Config, seed: u64, scratch: &'s mut [Candidate]) -> Result<Self, Error> {
+        config.validate()?;
+        Ok(Sampler {
+            config,
+            rng: Rng::new(seed),
+            step: 0,
+            scratch,
+        })
+    }
+
+    /// Samples one token and, if `report` is given, fills it.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::EmptyLogits`] if `input.logits` is empty.
+    /// - [`Error::VocabTooLarge`] if it is longer than the scratch buffer.
+    /// - [`Error::PenaltyWindowTooLarge`] or [`Error::TooManyBiases`] if
+    ///   `input.recent` or `input.bias` exceed their capacities.
+    /// - [`Error::TokenOutOfRange`] if an id in them is not in the vocabulary.
+    /// - [`Error::InvalidBias`] if a bias value is NaN.
+    /// - [`Error::NoFiniteLogit`] if every effective logit is NaN or -inf.
+    ///
+    /// # Panics
+    ///
+    /// Never.
+    pub fn sample(
+        &mut self,
+        input: Input<'_>,
+        report: Option<&mut Report<'_>>,
+    ) -> Result<Choice, Error> {
+        let (len, scale, survivors) = self.prepare(&input)?;
+        let u = self.rng.next_unit();
+        self.step += 1;
+        let s = self.scratch.get_mut(..len).unwrap_or(&mut []);
+        Ok(chain::finish(s, scale, u, survivors, report))
+    }
+
+    /// Samples with a given uniform number instead of the generator's, for tests.
+    #[cfg(test)]
+    pub(crate) fn sample_with_unit(
+        &mut self,
+        input: Input<'_>,
+        u: f64,
+        report: Option<&mut Report<'_>>,
+    ) -> Result<Choice, Error> {
+        let (len, scale, survivors) = self.prepare(&input)?;
+        let s = self.scratch.get_mut(..len).unwrap_or(&mut []);
+        Ok(chain::finish(s, scale, u, survivors, report))
+    }
+
+    fn prepare(
+        &mut self,
+        input: &Input<'_>,
+    ) -> Result<(usize, crate::softmax::Scale, Survivors), Error> {
+        chain::check_input(input, self.scratch.len())?;
+        let mut ov = Overrides::new();
+        ov.build(input.logits, input.recent, input.bias, &self.config)?;
+        let out = chain::run(
+            input.logits,
+            &ov,
+            &self.config,
+            self.scratch,
+            &mut |_: StageView<'_>| {},
+        )?;
+        Ok((out.len, out.scale, out.survivors))
+    }
+
+    /// The settings this sampler was built with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// How many draws have been made so far.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Largest vocabulary this sampler accepts.
+    pub fn capacity(&self) -> usize {
+        chain::capacity(self.scratch.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{shape, Order, ShapeReport, ShapeRow, Stage};
+
+    extern crate std;
+    use std::vec;
+    use std::vec::Vec;
+
+    const BELOW_ONE: f64 = 1.0 - f64::EPSILON / 2.0;
+
+    fn plain(temperature: f32) -> Config {
+        Config {
+            temperature,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..Config::default()
+        }
+    }
+
+    /// Final survivor ids (sorted) and their probabilities, via a full report.
+    fn final_dist(logits: &[f32], config: Config) -> Vec<(u32, f32)> {
+        let mut scratch = vec![Candidate::default(); logits.len()];
+        let mut alts = vec![Alternative::default(); logits.len()];
+        let mut report = Report::new(&mut alts);
+        let mut s = Sampler::new(config, 0, &mut scratch).unwrap();
+        s.sample(Input::new(logits), Some(&mut report)).unwrap();
+        report
+            .written()
+            .iter()
+            .map(|a| (a.id, libm::expf(a.logprob)))
+            .collect()
+    }
+
+    fn ids(dist: &[(u32, f32)]) -> Vec<u32> {
+        let mut v: Vec<u32> = dist.iter().map(|d| d.0).collect();
+        v.sort_unstable();
+        v
+    }
+
+    fn pick(logits: &[f32], config: Config, u: f64) -> Result<Choice, Error> {
+        let mut scratch = vec![Candidate::default(); logits.len()];
+        let mut s = Sampler::new(config, 0, &mut scratch)?;
+        s.sample_with_unit(Input::new(logits), u, None)
+    }
+
+    #[test]
+    fn worked_example_probabilities_and_entropy() {
+        let logits = [3.4f32, 2.8, 2.1, 1.6, 1.0, 0.4, -0.2, -0.8, -1.3, -2.0];
+        let mut scratch = [Candidate::default(); 10];
+        let mut alts = [Alternative::default(); 10];
+        let mut report = Report::new(&mut alts);
+        let mut s = Sampler::new(plain(1.0), 3, &mut scratch).unwrap();
+        s.sample(Input::new(&logits), Some(&mut report)).unwrap();
+        let want = [45.8, 25.1, 12.5, 7.6, 4.2, 2.3, 1.3, 0.7, 0.4, 0.2];
+        assert_eq!(report.n_alternatives, 10);
+        for (i, (a, w)) in report.written().iter().zip(want).enumerate() {
+            assert_eq!(a.id, i as u32);
+            let pct = libm::expf(a.logprob) * 100.0;
+            assert!((pct - w).abs() < 0.051, "token {i}: {pct} vs {w}");
+        }
+        assert!((report.entropy - 1.50).abs() < 0.005, "{}", report.entropy);
+        assert_eq!(report.survivors.final_count, 10);
+    }
+
+    #[test]
+    fn worked_example_top_k_and_top_p() {
+        let logits = [2.5f32, 1.8, 1.2, 0.9, 0.3, -0.2, -1.1];
+        let k3 = Config {
+            top_k: 3,
+            ..plain(1.0)
+        };
+        assert_eq!(ids(&final_dist(&logits, k3)), [0, 1, 2]);
+        // The top two carry only 0.688, so top-p 0.7 needs a third.
+        let p7 = Config {
+            top_p: 0.7,
+            ..plain(1.0)
+        };
+        let d = final_dist(&logits, p7);
+        assert_eq!(ids(&d), [0, 1, 2]);
+        let ln = |x: f32| libm::logf(x);
+        let probs = [ln(0.3), ln(0.1), ln(0.1), ln(0.5)];
+        let p8 = Config {
+            top_p: 0.8,
+            ..plain(1.0)
+        };
+        assert_eq!(ids(&final_dist(&probs, p8)), [0, 3]);
+    }
+
+    #[test]
+    fn greedy_picks_top_lowest_id_and_still_draws_once() {
+        let logits = [1.0f32, 5.0, 2.0, 5.0];
+        let mut scratch = [Candidate::default(); 4];
+        let mut s = Sampler::new(Config::greedy(), 9, &mut scratch).unwrap();
+        let c = s.sample(Input::new(&logits), None).unwrap();
+        assert_eq!(
+            c,
+            Choice {
+                id: 1,
+                logprob: 0.0
+            }
+        );
+        assert_eq!(s.step(), 1);
+        // The generator advanced exactly once: the next unit equals a fresh
+        // generator's second.
+        let mut fresh = Rng::new(9);
+        fresh.next_unit();
+        assert_eq!(s.rng.next_unit(), fresh.next_unit());
+    }
+
+    #[test]
+    fn one_draw_per_call_keeps_steps_aligned() {
+        let logits = [0.5f32, 0.4, 0.3, 0.2];
+        let mut a_scratch = [Candidate::default(); 4];
+        let mut b_scratch = [Candidate::default(); 4];
+        let mut a = Sampler::new(plain(1.0), 5, &mut a_scratch).unwrap();
+        let mut b = Sampler::new(plain(1.0), 5, &mut b_scratch).unwrap();
+        let mut g = Config::greedy();
+        g.order = Order::LLAMA_CPP;
+        let mut greedy_scratch = [Candidate::default(); 4];
+        let mut greedy = Sampler::new(g, 5, &mut greedy_scratch).unwrap();
+        for _ in 0..3 {
+            greedy.sample(Input::new(&logits), None).unwrap();
+            a.sample(Input::new(&logits), None).unwrap();
+        }
+        assert_eq!(greedy.rng, a.rng);
+        for _ in 0..3 {
+            b.sample(Input::new(&logits), None).unwrap();
+        }
+        assert_eq!(a.rng, b.rng);
+        assert_eq!(
+            a.sample(Input::new(&logits), None),
+            b.sample(Input::new(&logits), None)
+        );
+    }
+
+    #[test]
+    fn failed_call_draws_nothing() {
+        let mut scratch = [Candidate::default(); 2];
+        let mut s = Sampler::new(plain(1.0), 1, &mut scratch).unwrap();
+        let r = s.sample(Input::new(&[f32::NAN, f32::NEG_INFINITY]), None);
+        assert_eq!(r, Err(Error::NoFiniteLogit));
+        assert_eq!(s.step(), 0);
+        assert_eq!(s.rng, Rng::new(1));
+    }
+
+    #[test]
+    fn unit_at_zero_and_just_below_one() {
+        let logits = [0.0f32, 1.0, -1.0, 0.5];
+        assert_eq!(pick(&logits, plain(1.0), 0.0).unwrap().id, 1);
+        assert_eq!(pick(&logits, plain(1.0), BELOW_ONE).unwrap().id, 2);
+        let k2 = Config {
+            top_k: 2,
+            ..plain(1.0)
+        };
+        assert_eq!(pick(&logits, k2, BELOW_ONE).unwrap().id, 3);
+        // Ties: equal logits, equal mass, the lower id comes first in the scan.
+        let tied = [2.0f32, 2.0, 2.0];
+        assert_eq!(pick(&tied, plain(1.0), 0.0).unwrap().id, 0);
+        assert_eq!(pick(&tied, plain(1.0), 0.34).unwrap().id, 1);
+        assert_eq!(pick(&tied, plain(1.0), BELOW_ONE).unwrap().id, 2);
+    }
+
+    #[test]
+    fn nan_is_never_drawn_and_infinities_share_mass() {
+        let logits = [f32::NAN, 0.0, f32::NAN];
+        for u in [0.0, 0.5, BELOW_ONE] {
+            assert_eq!(pick(&logits, plain(1.0), u).unwrap().id, 1);
+        }
+        let logits = [1.0f32, f32::INFINITY, f32::NAN, f32::INFINITY, 1e30];
+        let d = final_dist(&logits, plain(0.7));
+        assert_eq!(d.first(), Some(&(1, 0.5)));
+        assert_eq!(d.get(1), Some(&(3, 0.5)));
+        assert!(d.iter().skip(2).all(|&(_, p)| p == 0.0));
+        assert_eq!(pick(&logits, plain(1.0), 0.49).unwrap().id, 1);
+        assert_eq!(pick(&logits, plain(1.0), 0.5).unwrap().id, 3);
+        assert_eq!(pick(&logits, plain(1.0), BELOW_ONE).unwrap().id, 3);
+        let c = pick(&logits, plain(1.0), 0.7).unwrap();
+        assert!((c.logprob - libm::logf(0.5)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn all_masked_is_an_error() {
+        let cases: [&[f32]; 3] = [
+            &[f32::NAN],
+            &[f32::NEG_INFINITY, f32::NAN],
+            &[f32::NEG_INFINITY; 3],
+        ];
+        for logits in cases {
+            assert_eq!(pick(logits, plain(1.0), 0.0), Err(Error::NoFiniteLogit));
+            assert_eq!(
+                pick(logits, Config::greedy(), 0.0),
+                Err(Error::NoFiniteLogit)
+            );
+        }
+    }
+
+    #[test]
+    fn large_logits_and_tiny_temperature_stay_finite() {
+        let logits = [1000.0f32, 999.0];
+        let c = pick(&logits, plain(1.0), BELOW_ONE).unwrap();
+        assert_eq!(c.id, 1);
+        assert!((c.logprob - (-1.313_261_7)).abs() < 1e-5, "{}", c.logprob);
+        let d = final_dist(&logits, plain(0.01));
+        assert_eq!(d.first().map(|x| x.0), Some(0));
+        assert!(d.iter().all(|x| x.1.is_finite()));
+        let c = pick(&logits, plain(0.01), BELOW_ONE).unwrap();
+        assert_eq!(
+            c,
+            Choice {
+                id: 0,
+                logprob: 0.0
+            }
+        );
+        let extreme = [f32::MAX, -f32::MAX, 0.0];
+        let c = pick(&extreme, plain(1e-30), BELOW_ONE).unwrap();
+        assert_eq!(c.id, 0);
+        assert!(c.logprob.is_finite());
+    }
+
+    #[test]
+    fn top_k_exactly_k_with_ties_by_id() {
+        let logits = [1.0f32, 3.0, 3.0, 2.0, 3.0, 3.0];
+        let k3 = Config {
+            top_k: 3,
+            ..plain(1.0)
+        };
+        assert_eq!(ids(&final_dist(&logits, k3)), [1, 2, 4]);
+        let off = Config {
+            top_k: 6,
+            ..plain(1.0)
+        };
+        assert_eq!(final_dist(&logits, off).len(), 6);
+    }
+
+    #[test]
+    fn top_p_edges() {
+        let logits = [0.1f32, 0.3, 0.2, 0.3];
+        let p0 = Config {
+            top_p: 0.0,
+            ..plain(1.0)
+        };
+        assert_eq!(ids(&final_dist(&logits, p0)), [1]);
+        let p1 = Config {
+            top_p: 1.0,
+            ..plain(1.0)
+        };
+        assert_eq!(final_dist(&logits, p1).len(), 4);
+    }
+
+    #[test]
+    fn min_p_keeps_ratio() {
+        let ln = |x: f32| libm::logf(x);
+        let logits = [ln(0.4), ln(0.2), ln(0.1), ln(0.3)];
+        let m = Config {
+            min_p: 0.5,
+            ..plain(1.0)
+        };
+        assert_eq!(ids(&final_dist(&logits, m)), [0, 1, 3]);
+    }
+
+    #[test]
+    fn orders_differ_where_temperature_matters() {
+        // At temperature 1 the top two hold exactly 0.8; at 0.25 the top one
+        // alone holds 0.866.
+        let ln = |x: f32| libm::logf(x);
+        let logits = [ln(0.5), ln(0.3), ln(0.2)];
+        let base = Config {
+            temperature: 0.25,
+            top_k: 0,
+            top_p: 0.8,
+            min_p: 0.0,
+            ..plain(1.0)
+        };
+        let talkback = final_dist(&logits, base);
+        let llama = final_dist(
+            &logits,
+            Config {
+                order: Order::LLAMA_CPP,
+                ..base
+            },
+        );
+        assert_eq!(ids(&talkback), [0]);
+        assert_eq!(ids(&llama), [0, 1]);
+        // Final probabilities use the temperature in both orders.
+        let p0 = llama.first().map(|x| x.1).unwrap();
+        let want = 0.5f32.powi(4) / (0.5f32.powi(4) + 0.3f32.powi(4));
+        assert!((p0 - want).abs() < 1e-5, "{p0} vs {want}");
+        // Min-p 0.5: 0.3 / 0.5 passes at temperature 1, (0.3 / 0.5)^4 does not.
+        let m = Config {
+            top_p: 1.0,
+            min_p: 0.5,
+            ..base
+        };
+        assert_eq!(ids(&final_dist(&logits, m)), [0]);
+        assert_eq!(
+            ids(&final_dist(
+                &logits,
+                Config {
+                    order: Order::LLAMA_CPP,
+                    ..m
+                }
+            )),
+            [0, 1]
+        );
+    }
+
+    #[test]
+    fn penalties_and_bias_change_the_choice() {
+        let logits = [2.0f32, 1.9, -1.0];
+        let mut scratch = [Candidate::default(); 3];
+        let c = Config {
+            repeat_penalty: 1.5,
+            ..Config::greedy()
+        };
+        let mut s = Sampler::new(c, 0, &mut scratch).unwrap();
+        let input = Input {
+            logits: &logits,
+            recent: &[0],
+            bias: &[],
+        };
+        assert_eq!(s.sample(input, None).unwrap().id, 1);
+        let input = Input {
+            logits: &logits,
+            recent: &[],
+            bias: &[(2, 10.0)],
+        };
+        assert_eq!(s.sample(input, None).unwrap().id, 2);
+        let input = Input {
+            logits: &logits,
+            recent: &[],
+            bias: &[(0, f32::NEG_INFINITY)],
+        };
+        assert_eq!(s.sample(input, None).unwrap().id, 1);
+        let input = Input {
+            logits: &logits,
+            recent: &[],
+            bias: &[(1, f32::INFINITY)],
+        };
+        assert_eq!(s.sample(input, None).unwrap().id, 1);
+    }
+
+    #[test]
+    fn input_errors() {
+        let mut scratch = [Candidate::default(); 3];
+        let mut s = Sampler::new(Config::default(), 0, &mut scratch).unwrap();
+        assert_eq!(s.sample(Input::new(&[]), None), Err(Error::EmptyLogits));
+        assert_eq!(
+            s.sample(Input::new(&[0.0; 4]), None),
+            Err(Error::VocabTooLarge {
+                len: 4,
+                capacity: 3
+            })
+        );
+        let input = Input {
+            logits: &[0.0; 3],
+            recent: &[3],
+            bias: &[],
+        };
+        assert_eq!(
+            s.sample(input, None),
+            Err(Error::TokenOutOfRange { id: 3, vocab: 3 })
+        );
+        let bad = Config {
+            temperature: f32::NAN,
+            ..Config::default()
+        };
+        let mut scratch = [Candidate::default(); 3];
+        assert_eq!(
+            Sampler::new(bad, 0, &mut scratch).err(),
+            Some(Error::NonFiniteTemperature)
+        );
+        assert_eq!(s.step(), 0);
+    }
+
+    #[test]
+    fn survivors_follow_each_stage() {
+        let logits: Vec<f32> = (0..100).map(|i| -(i as f32) * 0.05).collect();
+        let mut scratch = vec![Candidate::default(); 100];
+        let mut alts = [Alternative::default(); 5];
+        let mut report = Report::new(&mut alts);
+        let c = Config {
+            temperature: 1.0,
+            top_k: 50,
+            top_p: 0.5,
+            min_p: 0.5,
+            ..plain(1.0)
+        };
+        let mut s = Sampler::new(c, 0, &mut scratch).unwrap();
+        s.sample(Input::new(&logits), Some(&mut report)).unwrap();
+        let sv = report.survivors;
+        assert_eq!(sv.vocab, 100);
+        assert_eq!(sv.after_top_k, 50);
+        assert!(sv.after_top_p < 50 && sv.after_top_p > 1, "{sv:?}");
+        // ln 0.5 / 0.05 = 13.86, so ids 0..=13 pass min-p.
+        assert_eq!(sv.after_min_p, 14.min(sv.after_top_p));
+        assert_eq!(sv.final_count, sv.after_min_p);
+        assert_eq!(report.n_alternatives, 5);
+        let ids: Vec<u32> = report.written().iter().map(|a| a.id).collect();
+        assert_eq!(ids, [0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn absent_stage_reports_final_count() {
+        let logits = [3.0f32, 2.0, 1.0, 0.0];
+        let order = Order::new(&[Stage::TopK, Stage::Temperature]).unwrap();
+        let c = Config {
+            top_k: 2,
+            top_p: 0.1,
+            min_p: 0.9,
+            order,
+            ..plain(1.0)
+        };
+        let mut scratch = [Candidate::default(); 4];
+        let mut alts = [Alternative::default(); 4];
+        let mut report = Report::new(&mut alts);
+        let mut s = Sampler::new(c, 0, &mut scratch).unwrap();
+        s.sample(Input::new(&logits), Some(&mut report)).unwrap();
+        let sv = report.survivors;
+        assert_eq!(
+            (
+                sv.after_top_k,
+                sv.after_top_p,
+                sv.after_min_p,
+                sv.final_count
+            ),
+            (2, 2, 2, 2)
+        );
+    }
+
+    #[test]
+    fn shape_table_matches_the_report() {
+        let logits = [2.5f32, 1.8, 1.2, 0.9, 0.3, -0.2, -1.1];
+        let c = Config {
+            temperature: 1.0,
+            top_k: 5,
+            top_p: 0.75,
+            min_p: 0.0,
+            ..plain(1.0)
+        };
+        let mut scratch = [Candidate::default(); 7];
+        let mut rows = [ShapeRow::default(); 7];
+        let mut table = ShapeReport::new(&mut rows);
+        shape(Input::new(&logits), &c, &mut scratch, &mut table).unwrap();
+        assert_eq!(table.n_rows, 7);
+        let sv = table.survivors;
+        assert_eq!((sv.after_top_k, sv.after_top_p, sv.after_min_p), (5, 3, 3));
+        let r = table.written();
+        let z: f64 = logits.iter().map(|&x| libm::exp(f64::from(x))).sum();
+        for row in r {
+            let want = libm::exp(f64::from(row.logit)) / z;
+            assert!((f64::from(row.prob) - want).abs() < 1e-6, "{row:?}");
+        }
+        // The top two carry 0.688 of the whole vocabulary.
+        assert!((r[0].prob + r[1].prob - 0.688).abs() < 0.001);
+        assert_eq!(r[0].after[0], Some(r[0].prob));
+        assert!(r[4].after[1].is_some() && r[5].after[1].is_none());
+        assert!(r[2].after[2].is_some() && r[3].after[2].is_none());
+        let kept: f32 = r.iter().filter_map(|row| row.after[3]).sum();
+        assert!((kept - 1.0).abs() < 1e-5);
+        let d = final_dist(&logits, c);
+        for (row, (id, p)) in r.iter().zip(d) {
+            assert_eq!(row.id, id);
+            assert!((row.after[3].unwrap() - p).abs() < 1e-6);
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Deterministic exponentials and the integer weights every stage and the draw share.
+//!
+//! Input: an effective logit `x`, the top logit `m` and the current
+//! temperature. Output: the scaled difference `d = (x - m) * (1 / t)`, its
+//! exponential, and an integer weight `round(e^d * 2^30)`.
+//! Invariants: the exponential is a fixed sequence of IEEE f32 operations
+//! (no platform `exp`, no fused multiply-add), so it gives the same bits on
+//! every platform and in both its scalar and vectorised uses. Weights are
+//! integers, so their sums are exact and independent of summation order;
+//! this is what makes every choice independent of the selection algorithm.
+
+/// Weight of the top token: `2^30`. Weights below half a unit round to zero.
+pub(crate) const WEIGHT_ONE: f32 = 1_073_741_824.0;
+
+/// `ln(2^30)`, the log of [`WEIGHT_ONE`].
+pub(crate) const LN_WEIGHT_ONE: f64 = 20.794_415_416_798_36;
+
+const LOG2E: f32 = core::f32::consts::LOG2_E;
+// ln 2 split so that `n * LN2_HI` is exact for every exponent `n` used:
+// LN2_HI is 0x3F31_7000, ln 2 with its low 12 mantissa bits cleared.
+const LN2_HI: f32 = 0.693_115_23;
+const LN2_LO: f32 = 3.194_618_3e-5;
+// 1.5 * 2^23: adding it rounds a small float to an integer held in the low
+// mantissa bits.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+const ROUND_MAGIC_BITS: i32 = 0x4B40_0000;
+// Below this the result is under 2^-125 and is never used as a weight.
+const EXP_FLOOR: f32 = -87.0;
+
+/// `e^d` for `d <= 0`, to about one unit in the last place.
+///
+/// NaN and values below -87 give about `1.6e-38`; positive values give 1.
+/// Written as straight-line selects and arithmetic so that a loop over it
+/// vectorises on any target.
+#[inline(always)]
+pub(crate) fn exp_det(d: f32) -> f32 {
+    // The comparisons are ordered so that NaN lands on the floor.
+    let d = if d > EXP_FLOOR { d } else { EXP_FLOOR };
+    let d = if d < 0.0 { d } else { 0.0 };
+
+    let k = d * LOG2E + ROUND_MAGIC;
+    let n = k - ROUND_MAGIC;
+    let r = (d - n * LN2_HI) - n * LN2_LO;
+    // Taylor series of e^r to degree 7; |r| <= 0.35 keeps the error near
+    // one unit in the last place.
+    let p = 1.0 / 5040.0;
+    let p = p * r + 1.0 / 720.0;
+    let p = p * r + 1.0 / 120.0;
+    let p = p * r + 1.0 / 24.0;
+    let p = p * r + 1.0 / 6.0;
+    let p = p * r + 0.5;
+    let p = p * r + 1.0;
+    let p = p * r + 1.0;
+
+    // n is in [-126, 0], so 2^n is a normal float built from its exponent bits.
+    let n_int = (k.to_bits() as i32).wrapping_sub(ROUND_MAGIC_BITS);
+    let scale = f32::from_bits((n_int.wrapping_add(127) << 23) as u32);
+    p * scale
+}
+
+/// Integer weight of a scaled difference: `round(e^d * 2^30)`, in `[0, 2^30]`.
+#[inline(always)]
+pub(crate) fn weight_of(d: f32) -> u32 {
+    (exp_det(d) * WEIGHT_ONE + 0.5) as i32 as u32
+}
+
+/// The reference point and temperature of one distribution.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Scale {
+    /// The top effective logit.
+    pub m: f32,
+    /// `1 / temperature` (1 before temperature has run).
+    pub inv_t: f32,
+    /// Whether `m` is +inf: then the +inf tokens share all the mass.
+    pub inf: bool,
+}
+
+impl Scale {
+    /// A scale for top logit `m` at temperature 1.
+    pub(crate) fn new(m: f32) -> Self {
+        // +0.0 turns a top logit of -0.0 into +0.0; differences are unchanged.
+        Scale {
+            m: m + 0.0,
+            inv_t: 1.0,
+            inf: m == f32::INFINITY,
+        }
+    }
+
+    /// The same reference point at a new temperature `t > 0`.
+    pub(crate) fn with_temperature(self, t: f32) -> Self {
+        Scale {
+            inv_t: 1.0 / t,
+            ..self
+        }
+    }
+
+    /// `(x - m) / t`, computed as `(x - m) * (1 / t)`; 0 for the top token.
+    #[inline(always)]
+    pub(crate) fn d(&self, x: f32) -> f32 {
+        if self.inf {
+            if x == f32::INFINITY {
+                0.0
+            } else {
+                f32::NEG_INFINITY
+            }
+        } else {
+            (x - self.m) * self.inv_t
+        }
+    }
+
+    /// The integer weight of logit `x`.
+    #[inline(always)]
+    pub(crate) fn weight(&self, x: f32) -> u64 {
+        u64::from(weight_of(self.d(x)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_libm_closely() {
+        let mut worst = 0.0f64;
+        let mut d = 0.0f32;
+        while d > -87.0 {
+            let got = f64::from(exp_det(d));
+            let want = libm::exp(f64::from(d));
+            let rel = ((got - want) / want).abs();
+            worst = worst.max(rel);
+            d -= 0.000_731;
+        }
+        assert!(worst < 3.0e-7, "worst relative error {worst}");
+    }
+
+    #[test]
+    fn ln2_split_is_exact() {
+        assert_eq!(LN2_HI.to_bits(), 0x3F31_7000);
+        let sum = f64::from(LN2_HI) + f64::from(LN2_LO);
+        assert!((sum - core::f64::consts::LN_2).abs() < 1e-11);
+    }
+
+    #[test]
+    fn exp_edges() {
+        assert_eq!(exp_det(0.0), 1.0);
+        assert_eq!(exp_det(-0.0), 1.0);
+        assert_eq!(exp_det(5.0), 1.0);
+        assert!(exp_det(f32::NEG_INFINITY) < 1e-37);
+        assert!(exp_det(f32::NAN) < 1e-37);
+        assert!(exp_det(-1000.0) < 1e-37);
+    }
+
+    #[test]
+    fn weights_span_zero_to_one() {
+        assert_eq!(weight_of(0.0), 1 << 30);
+        assert_eq!(weight_of(f32::NEG_INFINITY), 0);
+        assert_eq!(weight_of(f32::NAN), 0);
+        assert_eq!(weight_of(-30.0), 0);
+        assert_eq!(weight_of(-20.0), 2);
+        let half = weight_of(-core::f32::consts::LN_2);
+        assert!((i64::from(half) - (1 << 29)).abs() <= 128, "{half}");
+    }
+
+    #[test]
+    fn scale_handles_infinities_and_tiny_temperature() {
+        let s = Scale::new(f32::INFINITY);
+        assert_eq!(s.d(f32::INFINITY), 0.0);
+        assert_eq!(s.d(1e30), f32::NEG_INFINITY);
+        let s = Scale::new(1000.0).with_temperature(0.01);
+        assert_eq!(s.d(1000.0), 0.0);
+        assert!((s.d(999.0) + 100.0).abs() < 1e-3);
+        assert_eq!(s.weight(999.0), 0);
+        assert_eq!(s.weight(1000.0), 1 << 30);
+        assert_eq!(Scale::new(-0.0).m.to_bits(), 0);
+    }
+
+    #[test]
+    fn ln_weight_one_is_ln_2_pow_30() {
+        assert!((libm::log(f64::from(WEIGHT_ONE)) - LN_WEIGHT_ONE).abs() < 1e-12);
+    }
+}

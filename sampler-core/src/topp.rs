@@ -1,0 +1,71 @@
+//! The top-p (nucleus) stage.
+//!
+//! Input: the survivors so far (a rank prefix), `p` and the current scale.
+//! Output: the smallest rank prefix of them whose mass reaches `p` of their
+//! total, moved to the front.
+//! Invariants: at least one token survives; `p = 1` keeps all and `p = 0`
+//! keeps the top token. Mass is summed as integer weights, so "reaches" is
+//! decided exactly; a prefix short of `p` by at most [`TOP_P_TOLERANCE`] of
+//! the total still counts, so that a mass reaching `p` in real arithmetic is
+//! not lost to float rounding. Found by weighted selection, never a sort.
+
+use crate::select::{mass, weighted_select};
+use crate::Candidate;
+
+/// Shortfall, as a fraction of the total mass, by which a prefix still reaches `p`.
+pub const TOP_P_TOLERANCE: f64 = 1e-5;
+
+/// The least prefix mass that counts as reaching `p` of `total`; in `[1, total]`.
+pub(crate) fn target(p: f32, total: u64) -> u64 {
+    let want = libm::ceil((f64::from(p) - TOP_P_TOLERANCE) * total as f64);
+    if want.is_nan() || want < 1.0 {
+        1
+    } else if want >= total as f64 {
+        total
+    } else {
+        want as u64
+    }
+}
+
+/// Keeps the smallest rank prefix of `s` reaching `p`; returns the survivor count.
+pub(crate) fn apply(s: &mut [Candidate], p: f32, weight: impl Fn(f32) -> u64) -> usize {
+    if p >= 1.0 || s.len() <= 1 {
+        return s.len();
+    }
+    let total = mass(s, &weight);
+    let need = target(p, total);
+    // The prefix ends at the token whose cumulative mass first exceeds need - 1.
+    match weighted_select(s, need.saturating_sub(1), &weight) {
+        Some(j) => j + 1,
+        None => s.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_bounds() {
+        assert_eq!(target(0.0, 1000), 1);
+        assert_eq!(target(1.0, 1000), 1000);
+        assert_eq!(target(0.5, 1000), 500);
+        // 0.5 - 1e-5 of 10^6 is 499990.
+        assert_eq!(target(0.5, 1_000_000), 499_990);
+        assert_eq!(target(f32::NAN, 10), 1);
+    }
+
+    #[test]
+    fn keeps_smallest_reaching_prefix() {
+        let weight = |x: f32| x as u64;
+        let mut s: [Candidate; 4] = core::array::from_fn(|i| Candidate {
+            id: i as u32,
+            logit: [30.0, 10.0, 10.0, 50.0][i],
+        });
+        // 50 + 30 = 80 of 100 reaches 0.8 exactly.
+        assert_eq!(apply(&mut s, 0.8, weight), 2);
+        assert_eq!(apply(&mut s, 0.81, weight), 3);
+        assert_eq!(apply(&mut s, 0.0, weight), 1);
+        assert_eq!(s.first().map(|c| c.id), Some(3));
+    }
+}
