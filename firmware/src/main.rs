@@ -1,0 +1,46 @@
+//! Replays sampler-core's golden vectors on a Cortex-M4F and reports every
+//! result through semihosting.
+//!
+//! The vectors come from `fixtures/`, turned into statics by `build.rs`.
+//! The replay itself is [`replay`], the same file the x86-64 test compiles,
+//! so any difference in the printed lines is a difference in sampler-core's
+//! arithmetic between the two machines. The program ends with a semihosting
+//! exit: status 0 after `done`, 1 after a panic.
+#![no_std]
+#![no_main]
+
+mod replay;
+mod semihost;
+mod stack;
+
+use cortex_m_rt::entry;
+use cortex_m_semihosting::debug;
+
+use crate::semihost::Console;
+
+include!(concat!(env!("OUT_DIR"), "/vectors.rs"));
+
+#[entry]
+fn main() -> ! {
+    let mut console = Console::new();
+
+    for case in CASES {
+        replay::stream(&mut console, case);
+    }
+    replay::Host::line(&mut console, format_args!("done"));
+
+    debug::exit(debug::EXIT_SUCCESS);
+    // Only reached when no debugger or emulator answers the exit request.
+    loop {
+        cortex_m::asm::wfi();
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    semihost::report_panic(info);
+    debug::exit(debug::EXIT_FAILURE);
+    loop {
+        cortex_m::asm::wfi();
+    }
+}
