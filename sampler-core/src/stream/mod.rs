@@ -52,8 +52,11 @@
 //!   compiled; `H` sizes the held-text buffer and enters the output bounds.
 //! - Output: the caller's buffer. [`TextStream::output_bound`] and
 //!   [`TextStream::finish_bound`] give lengths that always suffice; a smaller
-//!   buffer fails with [`StreamError::OutputTooSmall`] only when the call
-//!   really releases more than it holds, and then changes nothing.
+//!   buffer fails with [`StreamError::OutputTooSmall`] only when what the
+//!   call releases does not fit, and then changes nothing.
+//! - Memory: a [`StopSet`] takes about `S * L * (1 + size_of::<usize>())`
+//!   bytes (each stop string keeps its border table), a [`TextStream`] that
+//!   plus `H + S * size_of::<usize>()` and a few words.
 //!
 //! Pieces may be of any length: they are consumed byte by byte and only the
 //! held text is stored, so a piece far longer than `H` is fine given an
@@ -277,7 +280,7 @@ impl<const S: usize, const L: usize, const H: usize> TextStream<S, L, H> {
         self.state.matcher.stopped
     }
 
-    /// How many input bytes are held back right now; never more than `L + 2`.
+    /// How many bytes are held back right now; never more than `L + 2`.
     pub fn held(&self) -> usize {
         self.state.matcher.held_len + self.state.utf8.pending()
     }
@@ -783,6 +786,18 @@ mod tests {
         let (out, stop) = text(&[], &[b"plain ", b"text"]);
         assert_eq!(out, "plain text");
         assert_eq!(stop, None);
+    }
+
+    #[test]
+    fn zero_capacities_still_sanitize() {
+        let mut s = TextStream::<0, 0, 3>::new(StopSet::new());
+        let mut out = [0u8; 8];
+        let pushed = s.push(b"a\xFF\xC3", &mut out).unwrap();
+        assert_eq!(&out[..pushed.written], "a\u{FFFD}".as_bytes());
+        assert_eq!(s.held(), 1);
+        let n = s.finish(&mut out).unwrap();
+        assert_eq!(&out[..n], "\u{FFFD}".as_bytes());
+        assert_eq!(s.stopped(), None);
     }
 
     #[test]
