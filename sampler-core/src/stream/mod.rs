@@ -441,7 +441,6 @@ impl<'a> Output<'a> {
 }
 
 #[cfg(test)]
-#[allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::panic)]
 mod tests {
     extern crate std;
 

@@ -121,7 +121,6 @@ fn sequence_width(byte: u8) -> usize {
 }
 
 #[cfg(test)]
-#[allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::panic)]
 mod tests {
     extern crate std;
 
