@@ -24,10 +24,7 @@ include!(concat!(env!("OUT_DIR"), "/vectors.rs"));
 fn main() -> ! {
     let mut console = Console::new();
 
-    for case in CASES {
-        replay::stream(&mut console, case);
-    }
-    replay::Host::line(&mut console, format_args!("done"));
+    replay::all(&mut console, CASES);
 
     debug::exit(debug::EXIT_SUCCESS);
     // Only reached when no debugger or emulator answers the exit request.

@@ -78,6 +78,14 @@ impl fmt::Display for Opt {
     }
 }
 
+/// Replays every stream case, then writes `done`.
+pub fn all<H: Host>(host: &mut H, cases: &[Case<'_>]) {
+    for case in cases {
+        stream(host, case);
+    }
+    host.line(format_args!("done"));
+}
+
 /// Feeds one case's pieces through a [`TextStream`] until it stops, then finishes it.
 pub fn stream<H: Host>(host: &mut H, case: &Case<'_>) {
     host.line(format_args!("case {}", case.name));
