@@ -11,9 +11,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sampler_core::{
-    Alternative, Candidate, Config, Error, Input, Order, Report, Sampler, Stage,
-};
+use sampler_core::{Alternative, Candidate, Config, Error, Input, Order, Report, Sampler, Stage};
 
 /// Largest scratch buffer tried; larger inputs just get longer.
 const MAX_SCRATCH: usize = 4096;
@@ -114,7 +112,9 @@ fn run(data: &[u8]) {
     };
     let scratch_len = usize::from(r.u16()) % (MAX_SCRATCH + 1);
     let n_alternatives = usize::from(r.byte() % 9);
-    let recent: Vec<u32> = (0..r.byte() % 32).map(|_| u32::from(r.u16() % 1100)).collect();
+    let recent: Vec<u32> = (0..r.byte() % 32)
+        .map(|_| u32::from(r.u16() % 1100))
+        .collect();
     let bias: Vec<(u32, f32)> = (0..r.byte() % 8)
         .map(|_| (u32::from(r.u16() % 1100), r.float()))
         .collect();
@@ -159,11 +159,18 @@ fn run(data: &[u8]) {
                 assert_eq!(sampler.step(), before + 1);
                 let id = usize::try_from(choice.id).unwrap_or(usize::MAX);
                 let logit = logits.get(id).copied();
-                assert!(logit.is_some(), "id {id} outside a vocabulary of {}", logits.len());
+                assert!(
+                    logit.is_some(),
+                    "id {id} outside a vocabulary of {}",
+                    logits.len()
+                );
                 let logit = logit.unwrap_or(f32::NAN);
                 assert!(!logit.is_nan(), "a NaN logit was drawn");
                 assert!(logit != f32::NEG_INFINITY, "a -inf logit was drawn");
-                assert!(!choice.logprob.is_nan() && choice.logprob <= 1e-3, "{choice:?}");
+                assert!(
+                    !choice.logprob.is_nan() && choice.logprob <= 1e-3,
+                    "{choice:?}"
+                );
 
                 let s = report.survivors;
                 assert_eq!(s.vocab, logits.len());
