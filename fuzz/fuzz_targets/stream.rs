@@ -77,7 +77,7 @@ fn run(data: &[u8]) {
         let piece = reader.take(usize::from(control & 31));
         text.extend_from_slice(piece);
         let size = match control >> 5 {
-            0 | 1 | 2 => Stream::output_bound(piece.len()),
+            0..=2 => Stream::output_bound(piece.len()),
             3 => piece.len(),
             4 => 0,
             _ => usize::from(control & 7),
@@ -85,7 +85,7 @@ fn run(data: &[u8]) {
         let chunk = call(&mut stream, Some(piece), size);
         released.extend_from_slice(&chunk);
     }
-    let chunk = call(&mut stream, None, usize::from(data.len() % 4));
+    let chunk = call(&mut stream, None, data.len() % 4);
     released.extend_from_slice(&chunk);
 
     let (expected, stop) = reference(&text, &accepted);
@@ -131,7 +131,7 @@ fn reference(text: &[u8], stops: &[Vec<u8>]) -> (Vec<u8>, Option<usize>) {
     for end in 1..=shown.len() {
         let mut best: Option<(usize, usize)> = None;
         for (index, stop) in stops.iter().enumerate() {
-            let longer = best.map_or(true, |(len, _)| stop.len() > len);
+            let longer = best.is_none_or(|(len, _)| stop.len() > len);
             if shown[..end].ends_with(stop) && longer {
                 best = Some((stop.len(), index));
             }
