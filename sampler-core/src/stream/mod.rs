@@ -336,8 +336,11 @@ impl<const S: usize, const H: usize> State<S, H> {
 /// The stop-matching stage: sanitized bytes in, released bytes out.
 #[derive(Debug, Clone)]
 struct Matcher<const S: usize, const H: usize> {
-    /// Sanitized text not yet released; `held[..held_len]` is meaningful.
+    /// Sanitized text not yet released, as a ring: `held_len` bytes from
+    /// `held_start`, wrapping at `H`. A ring, so that releasing the oldest
+    /// byte of a long held prefix does not move the others.
     held: [u8; H],
+    held_start: usize,
     /// Length of the longest tail of the text that is a proper prefix of a
     /// stop string, which is `matched`'s maximum: fewer than `L` bytes.
     held_len: usize,
@@ -351,6 +354,7 @@ impl<const S: usize, const H: usize> Matcher<S, H> {
     fn new() -> Self {
         Self {
             held: [0; H],
+            held_start: 0,
             held_len: 0,
             matched: [0; S],
             stopped: None,
@@ -362,7 +366,8 @@ impl<const S: usize, const H: usize> Matcher<S, H> {
             return;
         }
         // held_len < L <= H - 3, so there is room; the `else` cannot happen.
-        let Some(slot) = self.held.get_mut(self.held_len) else {
+        let end = wrap::<H>(self.held_start.saturating_add(self.held_len));
+        let Some(slot) = self.held.get_mut(end) else {
             return;
         };
         *slot = byte;
@@ -397,19 +402,26 @@ impl<const S: usize, const H: usize> Matcher<S, H> {
         }
     }
 
-    /// Writes the first `count` held bytes to `out` and keeps the rest.
+    /// Writes the oldest `count` held bytes to `out` and keeps the rest.
     fn release(&mut self, count: usize, out: &mut Output<'_>) {
+        let count = count.min(self.held_len);
         if count == 0 {
             return;
         }
-        let Some(held) = self.held.get_mut(..self.held_len) else {
-            return;
-        };
-        out.put(held.get(..count).unwrap_or(held));
-        if count < held.len() {
-            held.copy_within(count.., 0);
-        }
-        self.held_len = self.held_len.saturating_sub(count);
+        let first = count.min(H.saturating_sub(self.held_start));
+        let head = self.held_start.saturating_add(first);
+        out.put(self.held.get(self.held_start..head).unwrap_or(&[]));
+        out.put(self.held.get(..count - first).unwrap_or(&[]));
+        self.held_start = wrap::<H>(self.held_start.saturating_add(count));
+        self.held_len -= count;
+    }
+}
+
+/// `index` reduced into `0..H`; `H` is never 0 (see `HELD_FITS`).
+const fn wrap<const H: usize>(index: usize) -> usize {
+    match index.checked_rem(H) {
+        Some(index) => index,
+        None => 0,
     }
 }
 
@@ -581,6 +593,22 @@ mod tests {
                 stop: Some(0)
             }
         );
+    }
+
+    #[test]
+    fn held_text_wraps_around_the_ring() {
+        // After H - 2 released bytes the ring's start sits two bytes before
+        // its end, so a held "ab" straddles the wrap when "d" arrives.
+        let mut s = stream(&["abc"]);
+        let mut out = [0u8; 64];
+        let filler = [b'x'; H - 2];
+        assert_eq!(s.push(&filler, &mut out).unwrap().written, H - 2);
+        assert_eq!(s.push(b"ab", &mut out).unwrap().written, 0);
+        let pushed = s.push(b"abd", &mut out).unwrap();
+        assert_eq!(&out[..pushed.written], b"ababd");
+        let pushed = s.push(b"zab", &mut out).unwrap();
+        assert_eq!(&out[..pushed.written], b"z");
+        assert_eq!(s.push(b"c", &mut out).unwrap().stop, Some(0));
     }
 
     #[test]
