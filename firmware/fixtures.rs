@@ -93,3 +93,216 @@ pub fn unhex(hex: &str) -> Result<Vec<u8>, &'static str> {
         })
         .collect()
 }
+
+/// The settings of a sampling run, as written in the file.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Settings {
+    /// `temperature`.
+    pub temperature: f32,
+    /// `top_k`.
+    pub top_k: u32,
+    /// `top_p`.
+    pub top_p: f32,
+    /// `min_p`.
+    pub min_p: f32,
+    /// `repeat_penalty`.
+    pub repeat_penalty: f32,
+    /// `presence_penalty`.
+    pub presence_penalty: f32,
+    /// `frequency_penalty`.
+    pub frequency_penalty: f32,
+}
+
+/// One token a run must draw: step, id and the bits of its log-probability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expect {
+    /// Step, from 0.
+    pub step: u32,
+    /// Token id.
+    pub id: u32,
+    /// `f32::to_bits` of the log-probability.
+    pub logprob: u32,
+}
+
+/// A sampling run: fixed logits sampled for several steps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Run {
+    /// Name, unique in the file.
+    pub name: String,
+    /// Name of the logits file, `fixtures/logits/NAME.txt`.
+    pub logits: String,
+    /// Generator seed.
+    pub seed: u64,
+    /// Number of draws.
+    pub steps: u32,
+    /// Penalty window: how many of the last drawn tokens the next step sees.
+    pub window: usize,
+    /// Stage settings.
+    pub settings: Settings,
+    /// Stage order: `talkback`, `llama.cpp` or a comma list of stages.
+    pub order: String,
+    /// Logit bias entries.
+    pub bias: Vec<(u32, f32)>,
+    /// The tokens the run must draw.
+    pub expect: Vec<Expect>,
+}
+
+/// Parses a runs file: records from `run NAME` to `end`, each key once
+/// (`bias` and `expect` may repeat); every setting must be given.
+///
+/// # Errors
+///
+/// - when the file cannot be read, a line is malformed, a key is unknown
+///   or repeated, or a run lacks a key.
+pub fn read_runs(path: &Path) -> Result<Vec<Run>, Error> {
+    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut runs = Vec::new();
+    let mut open: Option<(String, Vec<(String, String)>)> = None;
+    for (n, line) in text.lines().enumerate() {
+        let at = |e: &str| format!("{}:{}: {e}", path.display(), n + 1);
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, value) = line.split_once(' ').unwrap_or((line, ""));
+        match (key, open.as_mut()) {
+            ("run", None) => open = Some((value.to_owned(), Vec::new())),
+            ("end", Some(_)) => {
+                if let Some((name, fields)) = open.take() {
+                    runs.push(build_run(name, &fields).map_err(|e| at(&e))?);
+                }
+            }
+            (_, Some((_, fields))) if !matches!(key, "run" | "end") => {
+                fields.push((key.to_owned(), value.to_owned()));
+            }
+            _ => return Err(at(&format!("unexpected line {line:?}"))),
+        }
+    }
+    if open.is_some() {
+        return Err(format!("{}: the last run has no `end`", path.display()));
+    }
+    Ok(runs)
+}
+
+fn build_run(name: String, fields: &[(String, String)]) -> Result<Run, Error> {
+    let one = |key: &str| -> Result<&str, Error> {
+        let mut found = fields.iter().filter(|(k, _)| k == key);
+        match (found.next(), found.next()) {
+            (Some((_, v)), None) => Ok(v.as_str()),
+            (None, _) => Err(format!("run {name}: `{key}` is missing")),
+            (Some(_), Some(_)) => Err(format!("run {name}: `{key}` is given twice")),
+        }
+    };
+    let num = |key: &str| -> Result<f32, Error> {
+        one(key)?
+            .parse()
+            .map_err(|e| format!("run {name}: `{key}`: {e}"))
+    };
+    let int = |key: &str| -> Result<u64, Error> {
+        one(key)?
+            .parse()
+            .map_err(|e| format!("run {name}: `{key}`: {e}"))
+    };
+    let narrow = |key: &str| -> Result<u32, Error> {
+        u32::try_from(int(key)?).map_err(|e| format!("run {name}: `{key}`: {e}"))
+    };
+    let known = [
+        "logits",
+        "seed",
+        "steps",
+        "window",
+        "order",
+        "temperature",
+        "top_k",
+        "top_p",
+        "min_p",
+        "repeat_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "bias",
+        "expect",
+    ];
+    if let Some((k, _)) = fields.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+        return Err(format!("run {name}: unknown key `{k}`"));
+    }
+
+    let mut bias = Vec::new();
+    let mut expect = Vec::new();
+    for (key, value) in fields {
+        let words: Vec<&str> = value.split_whitespace().collect();
+        let bad = || format!("run {name}: malformed `{key} {value}`");
+        match (key.as_str(), words.as_slice()) {
+            ("bias", [id, v]) => bias.push((
+                id.parse().map_err(|_| bad())?,
+                v.parse().map_err(|_| bad())?,
+            )),
+            ("expect", [step, id, bits]) => expect.push(Expect {
+                step: step.parse().map_err(|_| bad())?,
+                id: id.parse().map_err(|_| bad())?,
+                logprob: u32::from_str_radix(bits, 16).map_err(|_| bad())?,
+            }),
+            ("bias" | "expect", _) => return Err(bad()),
+            _ => {}
+        }
+    }
+
+    Ok(Run {
+        logits: one("logits")?.to_owned(),
+        seed: int("seed")?,
+        steps: narrow("steps")?,
+        window: usize::try_from(int("window")?).map_err(|e| e.to_string())?,
+        settings: Settings {
+            temperature: num("temperature")?,
+            top_k: narrow("top_k")?,
+            top_p: num("top_p")?,
+            min_p: num("min_p")?,
+            repeat_penalty: num("repeat_penalty")?,
+            presence_penalty: num("presence_penalty")?,
+            frequency_penalty: num("frequency_penalty")?,
+        },
+        order: one("order")?.to_owned(),
+        bias,
+        expect,
+        name,
+    })
+}
+
+/// Reads a logits file: f16 bit patterns as hex words, any number a line,
+/// in token-id order, each widened exactly to f32.
+///
+/// # Errors
+///
+/// - when the file cannot be read or a word is not four hex digits.
+pub fn read_logits(path: &Path) -> Result<Vec<f32>, Error> {
+    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut logits = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.starts_with('#') {
+            continue;
+        }
+        for word in line.split_whitespace() {
+            let bits = (word.len() == 4)
+                .then(|| u16::from_str_radix(word, 16).ok())
+                .flatten()
+                .ok_or_else(|| format!("{}:{}: bad f16 {word:?}", path.display(), n + 1))?;
+            logits.push(f16_to_f32(bits));
+        }
+    }
+    Ok(logits)
+}
+
+/// Widens IEEE half-precision bits to the f32 of the same value (exact).
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h >> 15) << 31;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let frac = u32::from(h & 0x3ff);
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        // Subnormal: frac * 2^-24, exact in f32.
+        (0, f) => sign | ((f as f32) * f32::from_bits(0x3380_0000)).to_bits(),
+        (0x1f, 0) => sign | 0x7f80_0000,
+        (0x1f, f) => sign | 0x7fc0_0000 | (f << 13),
+        (e, f) => sign | ((e + 112) << 23) | (f << 13),
+    };
+    f32::from_bits(bits)
+}

@@ -15,6 +15,7 @@ mod stack;
 
 use cortex_m_rt::entry;
 use cortex_m_semihosting::debug;
+use sampler_core::Candidate;
 
 use crate::semihost::Console;
 
@@ -22,9 +23,12 @@ include!(concat!(env!("OUT_DIR"), "/vectors.rs"));
 
 #[entry]
 fn main() -> ! {
-    let mut console = Console::new();
+    // cortex-m-rt hands this to `main` as a `&'static mut`, in .bss: the
+    // sampler's scratch, one candidate per token of the largest vocabulary.
+    static mut SCRATCH: [Candidate; MAX_VOCAB] = [Candidate { id: 0, logit: 0.0 }; MAX_VOCAB];
 
-    replay::all(&mut console, CASES);
+    let mut console = Console::new();
+    replay::all(&mut console, RUNS, CASES, SCRATCH);
 
     debug::exit(debug::EXIT_SUCCESS);
     // Only reached when no debugger or emulator answers the exit request.

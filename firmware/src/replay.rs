@@ -8,6 +8,11 @@
 //!
 //! Line format, one record a line:
 //!
+//! - `run NAME vocab V`, then for each step `token STEP ID LOGPROB
+//!   ENTROPY V/K/P/M/F ALTS`: the id drawn, the bits of its
+//!   log-probability and of the entropy (`f32::to_bits`, hex), the survivor
+//!   counts (vocabulary, after top-k, top-p, min-p, final) and the most
+//!   probable alternatives as `ID:BITS` joined by commas.
 //! - `case NAME`, then `push I HEX STOP` for each piece pushed (`HEX` is
 //!   what the push released, `-` for nothing; `STOP` the matched stop
 //!   index or `-`), then `finish HEX`.
@@ -16,7 +21,16 @@
 
 use core::fmt;
 
-use sampler_core::{StopSet, TextStream};
+use sampler_core::{
+    Alternative, Candidate, Config, Input, Order, Report, Sampler, Stage, StopSet, TextStream,
+    MAX_STAGES,
+};
+
+/// Most alternatives printed per step.
+pub const ALTERNATIVES: usize = 4;
+
+/// Longest penalty window a run may ask for.
+pub const MAX_WINDOW: usize = 64;
 
 /// Most stop strings in one stream case.
 pub const MAX_STOPS: usize = 4;
@@ -41,6 +55,29 @@ pub trait Host {
     /// Runs `f` and returns its result with the most stack bytes it used,
     /// when this host can tell.
     fn measure<R>(&mut self, f: impl FnOnce() -> R) -> (R, Option<usize>);
+}
+
+/// One sampling run: the same logits sampled `steps` times, each step's
+/// penalty window holding the last `window` tokens drawn.
+#[derive(Clone, Copy, Debug)]
+pub struct Vector<'a> {
+    /// Name, unique among the runs.
+    pub name: &'a str,
+    /// One logit per token id.
+    pub logits: &'a [f32],
+    /// Stage settings; `config.order` is replaced by [`Vector::order`].
+    pub config: Config,
+    /// `talkback`, `llama.cpp`, or stages joined by commas
+    /// (`temperature`, `top-k`, `top-p`, `min-p`).
+    pub order: &'a str,
+    /// Generator seed.
+    pub seed: u64,
+    /// Number of draws.
+    pub steps: u32,
+    /// Penalty window length, at most [`MAX_WINDOW`].
+    pub window: usize,
+    /// Logit bias.
+    pub bias: &'a [(u32, f32)],
 }
 
 /// One stream case: stop strings and the pieces of generated tokens.
@@ -78,12 +115,130 @@ impl fmt::Display for Opt {
     }
 }
 
-/// Replays every stream case, then writes `done`.
-pub fn all<H: Host>(host: &mut H, cases: &[Case<'_>]) {
+/// Replays every run, then every stream case, then writes `done`.
+pub fn all<H: Host>(
+    host: &mut H,
+    runs: &[Vector<'_>],
+    cases: &[Case<'_>],
+    scratch: &mut [Candidate],
+) {
+    for run in runs {
+        sample(host, run, scratch);
+    }
     for case in cases {
         stream(host, case);
     }
     host.line(format_args!("done"));
+}
+
+/// Parses an order: a preset name or stage names joined by commas.
+fn order(text: &str) -> Option<Order> {
+    if let Some(order) = Order::from_name(text) {
+        return Some(order);
+    }
+    let mut stages = [Stage::Temperature; MAX_STAGES];
+    let mut len = 0;
+    for name in text.split(',') {
+        let stage = match name {
+            "temperature" => Stage::Temperature,
+            "top-k" => Stage::TopK,
+            "top-p" => Stage::TopP,
+            "min-p" => Stage::MinP,
+            _ => return None,
+        };
+        *stages.get_mut(len)? = stage;
+        len += 1;
+    }
+    Order::new(stages.get(..len)?).ok()
+}
+
+/// Draws `run.steps` tokens from one run's logits and writes a line for each.
+pub fn sample<H: Host>(host: &mut H, run: &Vector<'_>, scratch: &mut [Candidate]) {
+    host.line(format_args!("run {} vocab {}", run.name, run.logits.len()));
+    let Some(order) = order(run.order) else {
+        host.line(format_args!("error order {:?}", run.order));
+        return;
+    };
+    if run.window > MAX_WINDOW {
+        host.line(format_args!("error window {}", run.window));
+        return;
+    }
+    let config = Config {
+        order,
+        ..run.config
+    };
+    let mut sampler = match Sampler::new(config, run.seed, scratch) {
+        Ok(s) => s,
+        Err(e) => {
+            host.line(format_args!("error config {e:?}"));
+            return;
+        }
+    };
+    let mut recent = [0u32; MAX_WINDOW];
+    let mut held = 0;
+    let mut alternatives = [Alternative::default(); ALTERNATIVES];
+    let mut deepest = None;
+
+    for step in 0..run.steps {
+        let input = Input {
+            logits: run.logits,
+            recent: recent.get(..held).unwrap_or(&[]),
+            bias: run.bias,
+        };
+        let mut report = Report::new(&mut alternatives);
+        let (choice, used) = host.measure(|| sampler.sample(input, Some(&mut report)));
+        deepest = deepest.max(used);
+        let choice = match choice {
+            Ok(c) => c,
+            Err(e) => {
+                host.line(format_args!("error step-{step} {e:?}"));
+                return;
+            }
+        };
+        let s = report.survivors;
+        host.line(format_args!(
+            "token {step} {} {:08x} {:08x} {}/{}/{}/{}/{} {}",
+            choice.id,
+            choice.logprob.to_bits(),
+            report.entropy.to_bits(),
+            s.vocab,
+            s.after_top_k,
+            s.after_top_p,
+            s.after_min_p,
+            s.final_count,
+            Alts(report.written()),
+        ));
+
+        // Slide the window: the oldest id leaves once it is full.
+        if run.window > 0 && held == run.window {
+            recent.copy_within(1..held, 0);
+            held -= 1;
+        }
+        if let Some(slot) = recent.get_mut(..run.window).and_then(|w| w.get_mut(held)) {
+            *slot = choice.id;
+            held += 1;
+        }
+    }
+
+    if let Some(bytes) = deepest {
+        host.line(format_args!("info stack-sample {} {bytes}", run.name));
+    }
+}
+
+/// Alternatives as `ID:BITS` joined by commas, `-` for none.
+struct Alts<'a>(&'a [Alternative]);
+
+impl fmt::Display for Alts<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("-");
+        }
+        for (i, a) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            write!(f, "{sep}{}:{:08x}", a.id, a.logprob.to_bits())?;
+        }
+        Ok(())
+    }
 }
 
 /// Feeds one case's pieces through a [`TextStream`] until it stops, then finishes it.

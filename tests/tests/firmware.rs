@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use sampler_core::{Candidate, Config, Order};
+
 /// The Cortex-M4F target the firmware is built for.
 const TARGET: &str = "thumbv7em-none-eabihf";
 
@@ -56,18 +58,65 @@ impl replay::Host for Lines {
 
 /// Everything the firmware embeds, read from `fixtures/` by the same parser.
 struct Fixtures {
+    runs: Vec<fixtures::Run>,
+    /// The logits of each run, in the order of `runs`.
+    logits: Vec<Vec<f32>>,
     cases: Vec<fixtures::Case>,
 }
 
 impl Fixtures {
     fn load() -> Self {
+        let dir = root().join("fixtures").join("logits");
+        let runs = fixtures::read_runs(&dir.join("runs.txt")).unwrap_or_else(|e| panic!("{e}"));
+        let logits = runs
+            .iter()
+            .map(|r| {
+                let file = dir.join(format!("{}.txt", r.logits));
+                fixtures::read_logits(&file).unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect();
+
         let dir = root().join("fixtures").join("pieces");
         let mut cases = Vec::new();
         for file in fixtures::txt_files(&dir).unwrap_or_else(|e| panic!("{e}")) {
             cases.extend(fixtures::read_pieces(&file).unwrap_or_else(|e| panic!("{e}")));
         }
         assert!(!cases.is_empty(), "no stream case in {}", dir.display());
-        Fixtures { cases }
+        Fixtures {
+            runs,
+            logits,
+            cases,
+        }
+    }
+
+    /// The runs as the replay takes them.
+    fn vectors(&self) -> Vec<replay::Vector<'_>> {
+        self.runs
+            .iter()
+            .zip(&self.logits)
+            .map(|(r, logits)| {
+                let s = r.settings;
+                replay::Vector {
+                    name: &r.name,
+                    logits,
+                    config: Config {
+                        temperature: s.temperature,
+                        top_k: s.top_k,
+                        top_p: s.top_p,
+                        min_p: s.min_p,
+                        repeat_penalty: s.repeat_penalty,
+                        presence_penalty: s.presence_penalty,
+                        frequency_penalty: s.frequency_penalty,
+                        order: Order::TALKBACK,
+                    },
+                    order: &r.order,
+                    seed: r.seed,
+                    steps: r.steps,
+                    window: r.window,
+                    bias: &r.bias,
+                }
+            })
+            .collect()
     }
 
     /// The lines the replay prints on this machine.
@@ -92,8 +141,10 @@ impl Fixtures {
                 pieces,
             })
             .collect();
+        let vocab = self.logits.iter().map(Vec::len).max().unwrap_or(1);
+        let mut scratch = vec![Candidate::default(); vocab];
         let mut lines = Lines::default();
-        replay::all(&mut lines, &cases);
+        replay::all(&mut lines, &self.vectors(), &cases, &mut scratch);
         lines.0
     }
 }
@@ -292,7 +343,7 @@ fn stream_cases_release_the_whole_text_reference() {
                 let bytes = fixtures::unhex(hex).expect("hex");
                 released.last_mut().expect("a case is open").extend(bytes);
             }
-            ["push", ..] | ["finish", _] | ["done"] => {}
+            ["push", ..] | ["finish", _] | ["done"] | ["run", ..] | ["token", ..] => {}
             _ => panic!("unexpected replay line {line:?}"),
         }
     }
@@ -314,4 +365,84 @@ fn stream_cases_release_the_whole_text_reference() {
         .filter(|l| l.starts_with("push ") && !l.ends_with(" -"))
         .count();
     assert!(stopped >= 2, "fewer than two cases end on a stop string");
+}
+
+#[test]
+fn runs_draw_the_pinned_tokens() {
+    let fx = Fixtures::load();
+    let lines = fx.replay_here();
+    let mut drawn: Vec<(String, Vec<fixtures::Expect>)> = Vec::new();
+    for line in &lines {
+        let words: Vec<&str> = line.split(' ').collect();
+        match words.as_slice() {
+            ["run", name, "vocab", _] => drawn.push(((*name).to_owned(), Vec::new())),
+            ["token", step, id, bits, ..] => {
+                drawn
+                    .last_mut()
+                    .expect("a run is open")
+                    .1
+                    .push(fixtures::Expect {
+                        step: step.parse().expect("step"),
+                        id: id.parse().expect("id"),
+                        logprob: u32::from_str_radix(bits, 16).expect("bits"),
+                    })
+            }
+            ["error", ..] => panic!("a run failed: {line}"),
+            _ => {}
+        }
+    }
+    assert_eq!(drawn.len(), fx.runs.len());
+
+    let mut unpinned = String::new();
+    for (run, (name, got)) in fx.runs.iter().zip(&drawn) {
+        assert_eq!(&run.name, name);
+        assert_eq!(got.len(), run.steps as usize, "run {name}");
+        if run.expect.is_empty() {
+            unpinned += &format!("run {name}:\n");
+            for e in got {
+                unpinned += &format!("expect {} {} {:08x}\n", e.step, e.id, e.logprob);
+            }
+            continue;
+        }
+        for (want, got) in run.expect.iter().zip(got) {
+            assert_eq!(
+                want, got,
+                "run {name} step {}: pinned token {} (logprob bits {:08x}), drawn {} ({:08x})",
+                want.step, want.id, want.logprob, got.id, got.logprob
+            );
+        }
+        assert_eq!(run.expect.len(), got.len(), "run {name}: pin every step");
+    }
+    assert!(
+        unpinned.is_empty(),
+        "runs without `expect` lines in fixtures/logits/runs.txt; after checking them, add:\n{unpinned}"
+    );
+
+    // The proof must cover the vocabulary users run.
+    assert!(
+        fx.logits.iter().any(|l| l.len() == 49152),
+        "no run at vocabulary size 49152"
+    );
+}
+
+#[test]
+fn f16_widening_is_exact_for_every_bit_pattern() {
+    for h in 0..=u16::MAX {
+        let sign = if h >> 15 == 1 { -1.0 } else { 1.0 };
+        let exp = i32::from((h >> 10) & 0x1f);
+        let frac = f64::from(h & 0x3ff);
+        let want = match exp {
+            0 => sign * frac * 2f64.powi(-24),
+            0x1f if frac == 0.0 => sign * f64::INFINITY,
+            0x1f => f64::NAN,
+            _ => sign * (1.0 + frac / 1024.0) * 2f64.powi(exp - 15),
+        };
+        let got = fixtures::f16_to_f32(h);
+        if want.is_nan() {
+            assert!(got.is_nan(), "{h:04x}");
+        } else {
+            assert_eq!(f64::from(got), want, "{h:04x}");
+            assert_eq!(got.is_sign_negative(), h >> 15 == 1, "sign of {h:04x}");
+        }
+    }
 }
