@@ -1,0 +1,111 @@
+//! The firmware's replay as an ordinary program: reads `fixtures/` at run
+//! time and prints the same lines the firmware prints, without the stack
+//! figures. `check.sh` runs it on x86-64 and on wasm32-wasip1 and compares.
+//!
+//! Usage: `talkback-replay-wasi FIXTURES_DIR`; exit status 0 on success,
+//! 1 when the fixtures cannot be read, 2 on a usage error.
+
+#[path = "../../fixtures.rs"]
+mod fixtures;
+#[path = "../../src/replay.rs"]
+mod replay;
+
+use std::fmt;
+use std::io::{self, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use sampler_core::{Candidate, Config, Order};
+
+/// Lines to stdout; no stack figures.
+struct Stdout(io::StdoutLock<'static>);
+
+impl replay::Host for Stdout {
+    fn line(&mut self, args: fmt::Arguments<'_>) {
+        // A closed stdout ends the comparison anyway; nothing to report here.
+        let _ = writeln!(self.0, "{args}");
+    }
+
+    fn measure<R>(&mut self, f: impl FnOnce() -> R) -> (R, Option<usize>) {
+        (f(), None)
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, dir] = args.as_slice() else {
+        eprintln!("usage: talkback-replay-wasi FIXTURES_DIR");
+        return ExitCode::from(2);
+    };
+    match run(Path::new(dir)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("talkback-replay-wasi: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(dir: &Path) -> Result<(), fixtures::Error> {
+    let runs = fixtures::read_runs(&dir.join("logits").join("runs.txt"))?;
+    let mut logits = Vec::new();
+    for r in &runs {
+        logits.push(fixtures::read_logits(
+            &dir.join("logits").join(format!("{}.txt", r.logits)),
+        )?);
+    }
+    let mut cases = Vec::new();
+    for file in fixtures::txt_files(&dir.join("pieces"))? {
+        cases.extend(fixtures::read_pieces(&file)?);
+    }
+
+    let vectors: Vec<replay::Vector<'_>> = runs
+        .iter()
+        .zip(&logits)
+        .map(|(r, logits)| {
+            let s = r.settings;
+            replay::Vector {
+                name: &r.name,
+                logits,
+                config: Config {
+                    temperature: s.temperature,
+                    top_k: s.top_k,
+                    top_p: s.top_p,
+                    min_p: s.min_p,
+                    repeat_penalty: s.repeat_penalty,
+                    presence_penalty: s.presence_penalty,
+                    frequency_penalty: s.frequency_penalty,
+                    order: Order::TALKBACK,
+                },
+                order: &r.order,
+                seed: r.seed,
+                steps: r.steps,
+                window: r.window,
+                bias: &r.bias,
+            }
+        })
+        .collect();
+    let stops: Vec<Vec<&[u8]>> = cases
+        .iter()
+        .map(|c| c.stops.iter().map(Vec::as_slice).collect())
+        .collect();
+    let pieces: Vec<Vec<&[u8]>> = cases
+        .iter()
+        .map(|c| c.pieces.iter().map(Vec::as_slice).collect())
+        .collect();
+    let cases: Vec<replay::Case<'_>> = cases
+        .iter()
+        .zip(stops.iter().zip(&pieces))
+        .map(|(c, (stops, pieces))| replay::Case {
+            name: &c.name,
+            stops,
+            pieces,
+        })
+        .collect();
+
+    let vocab = logits.iter().map(Vec::len).max().unwrap_or(1);
+    let mut scratch = vec![Candidate::default(); vocab];
+    let mut out = Stdout(io::stdout().lock());
+    replay::all(&mut out, &vectors, &cases, &mut scratch);
+    out.0.flush().map_err(|e| format!("stdout: {e}"))
+}
