@@ -1,0 +1,506 @@
+//! The subcommands: chat (one-shot and interactive), raw completion, replay.
+
+use std::io::{self, IsTerminal, Read, Write};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use llama_cpp_2::token::LlamaToken;
+
+use crate::chat::{self, Message, Rendered, Template};
+use crate::cli::{ChatArgs, Cli, Command, CompleteArgs, Format, ModelArgs, PlotArgs, ReplayArgs};
+use crate::generate::{Finish, Generator, Outcome, Request, Sink, Step, INTERRUPTED};
+use crate::model::{resolve_path, Model, Session};
+use crate::output::{summary, CollectSink, JsonlSink, TextSink};
+use crate::settings::Settings;
+use crate::trace::{self, Prompt, Trace};
+
+/// How many alternatives a JSON-lines token event lists.
+const ALTERNATIVES: usize = 5;
+
+/// Ctrl-C ended the run; the process exits with 130.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Runs the parsed command line.
+///
+/// # Errors
+///
+/// - anything that stops the command from completing; [`Interrupted`] for Ctrl-C.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Chat(args) => chat_command(&args, cli.verbose),
+        Command::Complete(args) => complete_command(&args, cli.verbose),
+        Command::Replay(args) => replay_command(&args, cli.verbose),
+        Command::Plot(args) => plot_command(&args, cli.verbose),
+    }
+}
+
+/// Reads all of stdin as UTF-8 text.
+fn read_stdin() -> Result<String> {
+    let mut bytes = Vec::new();
+    io::stdin()
+        .read_to_end(&mut bytes)
+        .context("cannot read the prompt from stdin")?;
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow!(
+            "the prompt on stdin is not valid UTF-8 (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// Loads the model, then stops with exit 130 if Ctrl-C came meanwhile.
+pub fn load(args: &ModelArgs, verbose: u8) -> Result<Model> {
+    let model = Model::load(args, verbose)?;
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        return Err(Interrupted.into());
+    }
+    if verbose > 0 {
+        eprintln!(
+            "talkback: model {} ({} tokens in vocabulary)",
+            model.path().display(),
+            model.vocab_size()
+        );
+    }
+    Ok(model)
+}
+
+/// The request a run's settings describe.
+fn request<'s>(settings: &'s Settings, alternatives: usize) -> Result<Request<'s>> {
+    Ok(Request {
+        config: settings.config()?,
+        seed: settings.seed,
+        n_predict: settings.n_predict,
+        stops: &settings.stops,
+        ignore_eos: settings.ignore_eos,
+        repeat_last_n: settings.repeat_last_n as usize,
+        alternatives,
+    })
+}
+
+/// Runs one prompt and prints it in `format`; returns the outcome and the
+/// text that was released.
+fn generate(
+    model: &Model,
+    generator: &mut Generator,
+    session: &mut Session<'_>,
+    prompt: &[LlamaToken],
+    settings: &Settings,
+    format: Format,
+) -> Result<(Outcome, Vec<u8>)> {
+    let alternatives = if format == Format::Jsonl {
+        ALTERNATIVES
+    } else {
+        0
+    };
+    let req = request(settings, alternatives)?;
+    let stdout = io::stdout().lock();
+    match format {
+        Format::Text => {
+            let mut sink = TeeSink {
+                inner: TextSink::new(stdout),
+                text: Vec::new(),
+            };
+            let outcome = generator.run(model, session, prompt, &req, &mut sink)?;
+            Ok((outcome, sink.text))
+        }
+        Format::Json => {
+            let mut sink = CollectSink::default();
+            let outcome = generator.run(model, session, prompt, &req, &mut sink)?;
+            let mut out = stdout;
+            writeln!(out, "{}", summary(&sink.text, &outcome, settings, false))?;
+            out.flush()?;
+            Ok((outcome, sink.text))
+        }
+        Format::Jsonl => {
+            let mut sink = JsonlSink::new(stdout, model);
+            let outcome = generator.run(model, session, prompt, &req, &mut sink)?;
+            let text = std::mem::take(&mut sink.text);
+            sink.finish(summary(&text, &outcome, settings, true))?;
+            Ok((outcome, text))
+        }
+    }
+}
+
+/// Streams text and keeps a copy, so a chat can remember the reply.
+struct TeeSink<S> {
+    inner: S,
+    text: Vec<u8>,
+}
+
+impl<S: Sink> Sink for TeeSink<S> {
+    fn text(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.text.extend_from_slice(bytes);
+        self.inner.text(bytes)
+    }
+
+    fn token(&mut self, step: &Step<'_>) -> io::Result<()> {
+        self.inner.token(step)
+    }
+}
+
+/// Ends the output line, reports the finish on stderr, maps Ctrl-C to 130.
+fn report_finish(outcome: &Outcome, format: Format, verbose: u8) -> Result<()> {
+    if format == Format::Text && io::stdout().is_terminal() {
+        let mut out = io::stdout().lock();
+        writeln!(out)?;
+        out.flush()?;
+    }
+    if verbose > 0 || outcome.finish == Finish::ContextFull {
+        let t = outcome.timings;
+        let secs = t.generation.as_secs_f64();
+        let n = outcome.tokens.len();
+        eprintln!(
+            "talkback: finished: {} ({} prompt tokens, {} generated, {:.1} tokens/s, \
+             sampling {:.3} ms)",
+            outcome.finish.as_str().replace('_', " "),
+            outcome.prompt_tokens,
+            n,
+            if secs > 0.0 { n as f64 / secs } else { 0.0 },
+            t.sampling.as_secs_f64() * 1e3,
+        );
+    }
+    if outcome.finish == Finish::Interrupted {
+        return Err(Interrupted.into());
+    }
+    Ok(())
+}
+
+fn ids(tokens: &[LlamaToken]) -> Vec<u32> {
+    tokens
+        .iter()
+        .map(|t| u32::try_from(t.0).unwrap_or(u32::MAX))
+        .collect()
+}
+
+fn save_trace(
+    path: &Path,
+    model: &Model,
+    prompt: Prompt,
+    tokens: &[LlamaToken],
+    settings: &Settings,
+    outcome: &Outcome,
+) -> Result<()> {
+    let sha = trace::sha256_file(model.path())?;
+    Trace::new(
+        model.path(),
+        sha,
+        prompt,
+        ids(tokens),
+        settings.clone(),
+        outcome,
+    )
+    .save(path)
+}
+
+fn chat_template(args: &ChatArgs, model: &Model) -> Result<Template> {
+    let Some(path) = &args.chat_template else {
+        return Template::from_model(model);
+    };
+    let source = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read chat template {}", path.display()))?;
+    Template::new(
+        &source,
+        model.bos_text().unwrap_or_default(),
+        model.eos_text().unwrap_or_default(),
+    )
+    .with_context(|| format!("chat template {}", path.display()))
+}
+
+fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
+    let gen = &args.generation;
+    let prompt = match &args.prompt {
+        Some(p) => Some(p.clone()),
+        None if io::stdin().is_terminal() => None,
+        None => Some(read_stdin()?),
+    };
+    if prompt.is_none() && (gen.trace.is_some() || gen.format != Format::Text) {
+        bail!("--trace and --format json/jsonl need a prompt (argument or stdin)");
+    }
+    let settings = Settings::new(&args.sampling, gen, &args.model);
+    settings.config()?;
+    let model = load(&args.model, verbose)?;
+    let template = chat_template(args, &model)?;
+    let mut session = model.session(&args.model)?;
+    let mut generator = Generator::new(&model);
+    if verbose > 0 {
+        eprintln!("talkback: {}", settings.describe());
+    }
+    let mut messages = Vec::new();
+    if let Some(system) = &args.system {
+        messages.push(Message::new("system", system));
+    }
+
+    let Some(prompt) = prompt else {
+        let mut turn = ChatTurn {
+            model: &model,
+            generator: &mut generator,
+            session: &mut session,
+            settings: &settings,
+        };
+        return crate::repl::run(&template, &mut turn, messages);
+    };
+    messages.push(Message::new("user", &prompt));
+    let rendered = template.render(&messages)?;
+    if verbose > 1 {
+        eprintln!("talkback: rendered prompt:\n{}", rendered.text);
+    }
+    let tokens = chat::tokenize(&model, &rendered)?;
+    let (outcome, _) = generate(
+        &model,
+        &mut generator,
+        &mut session,
+        &tokens,
+        &settings,
+        gen.format,
+    )?;
+    if let Some(path) = &gen.trace {
+        let prompt = Prompt::Chat {
+            messages,
+            chat_template: template.source().to_owned(),
+        };
+        save_trace(path, &model, prompt, &tokens, &settings, &outcome)?;
+    }
+    report_finish(&outcome, gen.format, verbose)
+}
+
+/// Runs one chat turn from rendered messages; the REPL calls it.
+pub trait Turn {
+    /// Generates and prints the assistant's reply; returns its text and finish.
+    ///
+    /// # Errors
+    ///
+    /// - the turn cannot be generated.
+    fn reply(&mut self, rendered: &Rendered) -> Result<(String, Finish)>;
+}
+
+struct ChatTurn<'a, 'm> {
+    model: &'m Model,
+    generator: &'a mut Generator,
+    session: &'a mut Session<'m>,
+    settings: &'a Settings,
+}
+
+impl Turn for ChatTurn<'_, '_> {
+    fn reply(&mut self, rendered: &Rendered) -> Result<(String, Finish)> {
+        let tokens = chat::tokenize(self.model, rendered)?;
+        let (outcome, text) = generate(
+            self.model,
+            self.generator,
+            self.session,
+            &tokens,
+            self.settings,
+            Format::Text,
+        )?;
+        let mut out = io::stdout().lock();
+        writeln!(out)?;
+        out.flush()?;
+        if outcome.finish == Finish::ContextFull {
+            eprintln!("talkback: the context is full; /reset to start over");
+        }
+        Ok((String::from_utf8_lossy(&text).into_owned(), outcome.finish))
+    }
+}
+
+fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
+    let gen = &args.generation;
+    let prompt = match &args.prompt {
+        Some(p) => p.clone(),
+        None if io::stdin().is_terminal() => {
+            bail!("give the text to continue as an argument or on stdin")
+        }
+        None => read_stdin()?,
+    };
+    let settings = Settings::new(&args.sampling, gen, &args.model);
+    settings.config()?;
+    let model = load(&args.model, verbose)?;
+    let mut session = model.session(&args.model)?;
+    let mut generator = Generator::new(&model);
+    if verbose > 0 {
+        eprintln!("talkback: {}", settings.describe());
+    }
+    let tokens = model.tokenize(&prompt, model.wants_bos(), args.parse_special);
+    let (outcome, _) = generate(
+        &model,
+        &mut generator,
+        &mut session,
+        &tokens,
+        &settings,
+        gen.format,
+    )?;
+    if let Some(path) = &gen.trace {
+        let prompt = Prompt::Complete {
+            text: prompt,
+            parse_special: args.parse_special,
+        };
+        save_trace(path, &model, prompt, &tokens, &settings, &outcome)?;
+    }
+    report_finish(&outcome, gen.format, verbose)
+}
+
+fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
+    let trace = Trace::load(&args.trace)?;
+    let path = resolve_path(args.model.as_deref());
+    crate::gguf::check_file(&path)?;
+    let sha = trace::sha256_file(&path)?;
+    if sha != trace.model_sha256 {
+        bail!(
+            "trace {} was recorded with model {} (SHA-256 {}), but {} has SHA-256 {sha}",
+            args.trace.display(),
+            trace.model_file,
+            trace.model_sha256,
+            path.display()
+        );
+    }
+    let settings = trace.settings.clone();
+    settings
+        .config()
+        .with_context(|| format!("trace {}", args.trace.display()))?;
+    let model_args = ModelArgs {
+        model: Some(path),
+        ctx_size: settings.ctx_size,
+        batch_size: settings.batch_size,
+        threads: args.threads,
+        gpu_layers: 0,
+    };
+    let model = load(&model_args, verbose)?;
+    let tokens = match &trace.prompt {
+        Prompt::Chat {
+            messages,
+            chat_template,
+        } => {
+            let template = Template::new(
+                chat_template,
+                model.bos_text().unwrap_or_default(),
+                model.eos_text().unwrap_or_default(),
+            )?;
+            chat::tokenize(&model, &template.render(messages)?)?
+        }
+        Prompt::Complete {
+            text,
+            parse_special,
+        } => model.tokenize(text, model.wants_bos(), *parse_special),
+    };
+    let prompt_ids = ids(&tokens);
+    if let Some(d) = trace::compare(&trace, &prompt_ids, &[], Finish::Length)
+        .filter(|d| matches!(d, trace::Divergence::PromptToken { .. }))
+    {
+        bail!("replay diverged: {d}");
+    }
+
+    let mut session = model.session(&model_args)?;
+    let mut generator = Generator::new(&model);
+    let req = request(&settings, 0)?;
+    let mut sink = CollectSink::default();
+    let outcome = generator.run(&model, &mut session, &tokens, &req, &mut sink)?;
+    if outcome.finish == Finish::Interrupted {
+        return Err(Interrupted.into());
+    }
+    if let Some(d) = trace::compare(&trace, &prompt_ids, &outcome.tokens, outcome.finish) {
+        bail!("replay diverged: {d}");
+    }
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "replay ok: {} prompt tokens and {} generated tokens match (finish: {})",
+        prompt_ids.len(),
+        outcome.tokens.len(),
+        outcome.finish.as_str()
+    )?;
+    out.flush()?;
+    Ok(())
+}
+
+fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
+    let base = sampler_core::Config {
+        temperature: 0.8,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+        ..sampler_core::Config::default()
+    };
+    let varies = [
+        args.temp.len() > 1,
+        args.top_k.len() > 1,
+        args.top_p.len() > 1,
+        args.min_p.len() > 1,
+    ];
+    let show_all = !varies.iter().any(|&v| v);
+    let mut configs = Vec::new();
+    for &temp in &args.temp {
+        for &top_k in &args.top_k {
+            for &top_p in &args.top_p {
+                for &min_p in &args.min_p {
+                    let mut parts = Vec::new();
+                    let values = [
+                        format!("temp {temp}"),
+                        format!("top-k {top_k}"),
+                        format!("top-p {top_p}"),
+                        format!("min-p {min_p}"),
+                    ];
+                    for (value, &vary) in values.into_iter().zip(&varies) {
+                        if vary || show_all {
+                            parts.push(value);
+                        }
+                    }
+                    let config = sampler_core::Config {
+                        temperature: temp,
+                        top_k,
+                        top_p,
+                        min_p,
+                        ..base
+                    };
+                    config
+                        .validate()
+                        .map_err(|e| anyhow!("invalid setting {}: {e}", parts.join(", ")))?;
+                    configs.push((parts.join(", "), config));
+                }
+            }
+        }
+    }
+
+    let model = load(&args.model, verbose)?;
+    let mut session = model.session(&args.model)?;
+    let tokens = if args.chat {
+        let template = Template::from_model(&model)?;
+        chat::tokenize(
+            &model,
+            &template.render(&[Message::new("user", &args.prompt)])?,
+        )?
+    } else {
+        model.tokenize(&args.prompt, model.wants_bos(), false)
+    };
+    let runs: Vec<(String, Request<'_>)> = configs
+        .into_iter()
+        .map(|(label, config)| {
+            let req = Request {
+                config,
+                seed: args.seed,
+                n_predict: Some(args.n_predict),
+                stops: &[],
+                ignore_eos: false,
+                repeat_last_n: 0,
+                alternatives: 0,
+            };
+            (label, req)
+        })
+        .collect();
+    let series = crate::plot::collect(&model, &mut session, &tokens, &runs)?;
+    let title = format!("Nucleus size per step (seed {})", args.seed);
+    crate::plot::draw(&args.out, &title, &series)?;
+    eprintln!(
+        "talkback: wrote {} ({} series)",
+        args.out.display(),
+        series.len()
+    );
+    Ok(())
+}

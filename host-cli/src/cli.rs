@@ -1,0 +1,365 @@
+//! Command-line interface: every flag, its default and its valid range.
+//!
+//! Values are checked here, at parse time, so a bad setting is a usage error
+//! (exit 2) before any model is loaded.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sampler_core::{Order, Stage};
+
+/// Text shown after `--help`: exit codes and the model default.
+const AFTER_HELP: &str = "\
+Exit codes:
+  0    success (also when stdout is closed early, e.g. piped into `head`)
+  1    runtime failure (model, context, template, trace, I/O)
+  2    usage error (unknown flag, value out of range)
+  130  interrupted (Ctrl-C)
+
+The default model is the SmolLM2-135M-Instruct GGUF installed by
+fixtures/fetch-model.sh; TALKBACK_MODEL or --model chooses another.";
+
+/// Chat with GGUF models through llama.cpp, sampled by sampler-core.
+#[derive(Debug, Parser)]
+#[command(name = "talkback", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Raise verbosity: settings and seed, then llama.cpp's own logs (-vv).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Chat with the model through its own chat template.
+    Chat(ChatArgs),
+    /// Continue raw text, with no template.
+    Complete(CompleteArgs),
+    /// Regenerate a run from its trace and check it token by token.
+    Replay(ReplayArgs),
+    /// Chart nucleus size per step for several settings, as SVG.
+    Plot(PlotArgs),
+}
+
+/// Arguments of `talkback plot`.
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// The prompt to generate from.
+    pub prompt: String,
+
+    /// Apply the model's chat template to the prompt (as `chat` does).
+    #[arg(long)]
+    pub chat: bool,
+
+    /// Temperatures to compare, comma-separated (each >= 0).
+    #[arg(long, value_delimiter = ',', default_value = "0.8", value_parser = non_negative)]
+    pub temp: Vec<f32>,
+
+    /// Top-k values to compare, comma-separated; 0 is off.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pub top_k: Vec<u32>,
+
+    /// Top-p values to compare, comma-separated (each 0..=1).
+    #[arg(long, value_delimiter = ',', default_value = "0.1,0.5,0.9",
+          value_parser = unit_interval)]
+    pub top_p: Vec<f32>,
+
+    /// Min-p values to compare, comma-separated (each 0..=1).
+    #[arg(long, value_delimiter = ',', default_value = "0", value_parser = unit_interval)]
+    pub min_p: Vec<f32>,
+
+    /// Tokens to generate per setting (>= 1).
+    #[arg(short = 'n', long = "n-predict", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub n_predict: u32,
+
+    /// Seed shared by every setting.
+    #[arg(short, long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Where to write the SVG chart.
+    #[arg(short, long, default_value = "talkback-plot.svg")]
+    pub out: PathBuf,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// Arguments of `talkback replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Trace written by `--trace`.
+    pub trace: PathBuf,
+
+    /// GGUF model file; its SHA-256 must match the trace's
+    /// [default: $TALKBACK_MODEL, else the fetched SmolLM2 model].
+    #[arg(short, long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+
+    /// CPU threads for decoding [default: all cores].
+    #[arg(short = 't', long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
+}
+
+/// Arguments of `talkback chat`.
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// The user's message; read from stdin when omitted.
+    pub prompt: Option<String>,
+
+    /// A system message placed before the conversation.
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+
+    /// Jinja chat template to use instead of the model's own.
+    #[arg(long, value_name = "FILE")]
+    pub chat_template: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+
+    #[command(flatten)]
+    pub generation: GenerationArgs,
+}
+
+/// Arguments of `talkback complete`.
+#[derive(Debug, Args)]
+pub struct CompleteArgs {
+    /// The text to continue; read from stdin when omitted.
+    pub prompt: Option<String>,
+
+    /// Parse special-token text such as `<|im_start|>` in the prompt as
+    /// control tokens instead of plain text.
+    #[arg(long)]
+    pub parse_special: bool,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+
+    #[command(flatten)]
+    pub generation: GenerationArgs,
+}
+
+/// Which model to load and how large a context to give it.
+#[derive(Debug, Args, Clone)]
+pub struct ModelArgs {
+    /// GGUF model file [default: $TALKBACK_MODEL, else the fetched SmolLM2 model].
+    #[arg(short, long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+
+    /// Context size in tokens, prompt included (16..=1048576).
+    #[arg(short = 'c', long, default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    pub ctx_size: u32,
+
+    /// Prompt tokens decoded per batch (1..=65536).
+    #[arg(short = 'b', long, default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub batch_size: u32,
+
+    /// CPU threads for decoding [default: all cores].
+    #[arg(short = 't', long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
+
+    /// Layers to offload to the GPU; needs a build with `--features cuda`.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub gpu_layers: u32,
+}
+
+/// Sampling settings, named as llama.cpp names them.
+#[derive(Debug, Args, Clone)]
+pub struct SamplingArgs {
+    /// Temperature (>= 0, finite); 0 picks the most likely token (greedy).
+    #[arg(long, default_value_t = 0.8, value_parser = non_negative)]
+    pub temp: f32,
+
+    /// Keep only the K most likely tokens; 0 turns it off.
+    #[arg(long, default_value_t = 40)]
+    pub top_k: u32,
+
+    /// Keep the smallest set of tokens whose probability reaches P (0..=1); 1 is off.
+    #[arg(long, default_value_t = 0.95, value_parser = unit_interval)]
+    pub top_p: f32,
+
+    /// Drop tokens less likely than P times the most likely one (0..=1); 0 is off.
+    #[arg(long, default_value_t = 0.05, value_parser = unit_interval)]
+    pub min_p: f32,
+
+    /// Repetition penalty over the last tokens (> 0); 1 is off.
+    #[arg(long, default_value_t = 1.0, value_parser = positive)]
+    pub repeat_penalty: f32,
+
+    /// How many recent generated tokens the penalties look at (0..=1024).
+    #[arg(long, default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pub repeat_last_n: u32,
+
+    /// Subtracted once from the logit of every token in the window; 0 is off.
+    #[arg(long, default_value_t = 0.0, value_parser = finite)]
+    pub presence_penalty: f32,
+
+    /// Subtracted from a token's logit per occurrence in the window; 0 is off.
+    #[arg(long, default_value_t = 0.0, value_parser = finite)]
+    pub frequency_penalty: f32,
+
+    /// Seed for the random draw [default: random, shown with -v].
+    #[arg(short, long)]
+    pub seed: Option<u64>,
+
+    /// Stage order: `talkback` (temperature first), `llama.cpp` (temperature
+    /// last), or a comma list of temp, top-k, top-p, min-p.
+    #[arg(long, default_value = "talkback", value_parser = parse_order)]
+    pub sampler_order: Order,
+}
+
+/// How much to generate, when to stop, and how to print it.
+#[derive(Debug, Args, Clone)]
+pub struct GenerationArgs {
+    /// Stop after N generated tokens (>= 1) [default: until end of turn or full context].
+    #[arg(short = 'n', long = "n-predict", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub n_predict: Option<u32>,
+
+    /// Stop when the output would contain TEXT (repeatable); TEXT is not printed.
+    #[arg(long = "stop", value_name = "TEXT", value_parser = non_empty)]
+    pub stops: Vec<String>,
+
+    /// Keep generating past end-of-generation tokens (they are never drawn).
+    #[arg(long)]
+    pub ignore_eos: bool,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Record the run (model hash, prompt, settings, seed, tokens) to FILE
+    /// for `talkback replay`.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+}
+
+/// What stdout carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// The generated text, streamed as it is produced.
+    Text,
+    /// One JSON object at the end: text, token ids, finish reason, settings, timings.
+    Json,
+    /// One JSON event per token, then a summary event.
+    Jsonl,
+}
+
+fn parse_f32(s: &str) -> Result<f32, String> {
+    s.trim()
+        .parse::<f32>()
+        .map_err(|_| format!("`{s}` is not a number"))
+}
+
+fn finite(s: &str) -> Result<f32, String> {
+    let v = parse_f32(s)?;
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(format!("`{s}` must be a finite number"))
+    }
+}
+
+fn non_negative(s: &str) -> Result<f32, String> {
+    let v = finite(s)?;
+    if v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("`{s}` must be zero or more"))
+    }
+}
+
+fn positive(s: &str) -> Result<f32, String> {
+    let v = finite(s)?;
+    if v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("`{s}` must be more than zero"))
+    }
+}
+
+fn unit_interval(s: &str) -> Result<f32, String> {
+    let v = finite(s)?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("`{s}` must be between 0 and 1"))
+    }
+}
+
+fn non_empty(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        Err("a stop string cannot be empty".to_owned())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+/// Parses a preset name or a comma-separated list of stages.
+pub fn parse_order(s: &str) -> Result<Order, String> {
+    if let Some(order) = Order::from_name(s) {
+        return Ok(order);
+    }
+    let mut stages = Vec::new();
+    for name in s.split(',').map(str::trim) {
+        let stage = match name {
+            "temp" | "temperature" => Stage::Temperature,
+            "top-k" | "top_k" => Stage::TopK,
+            "top-p" | "top_p" => Stage::TopP,
+            "min-p" | "min_p" => Stage::MinP,
+            _ => {
+                return Err(format!(
+                    "unknown stage `{name}`: use talkback, llama.cpp, \
+                     or a comma list of temp, top-k, top-p, min-p"
+                ))
+            }
+        };
+        stages.push(stage);
+    }
+    Order::new(&stages).map_err(|e| format!("invalid order `{s}`: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ranges_are_enforced() {
+        assert!(unit_interval("1.5").is_err());
+        assert!(unit_interval("NaN").is_err());
+        assert_eq!(unit_interval("0.25"), Ok(0.25));
+        assert!(non_negative("-0.1").is_err());
+        assert!(non_negative("inf").is_err());
+        assert!(positive("0").is_err());
+        assert!(non_empty("").is_err());
+    }
+
+    #[test]
+    fn orders_parse_by_name_and_list() {
+        assert_eq!(parse_order("llama.cpp"), Ok(Order::LLAMA_CPP));
+        assert_eq!(parse_order("talkback"), Ok(Order::TALKBACK));
+        let list = parse_order("top-k,temp").map(|o| o.stages().to_vec());
+        assert_eq!(list, Ok(vec![Stage::TopK, Stage::Temperature]));
+        assert!(parse_order("top-q").is_err());
+    }
+}

@@ -1,0 +1,296 @@
+//! The generation loop: logits in, one token out, until something stops it.
+//!
+//! Each step asks `sampler-core` for the next token, streams its text through
+//! the core's stop-string and UTF-8 guard, and hands both the token and the
+//! released text to a [`Sink`]. The loop allocates nothing per token once
+//! its buffers have grown to fit.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context as _, Result};
+use llama_cpp_2::token::LlamaToken;
+use sampler_core::{
+    Alternative, Candidate, Config, Input, Report, Sampler, StopSet, Survivors, TextStream,
+};
+
+use crate::model::{Model, Session};
+
+/// Most stop strings one run may have.
+pub const MAX_STOPS: usize = 16;
+/// Longest stop string, in bytes.
+pub const MAX_STOP_LEN: usize = 256;
+/// Bytes the text stream may hold back while a stop string could still match.
+const HELD: usize = MAX_STOP_LEN + 8;
+
+type Stream = TextStream<MAX_STOPS, MAX_STOP_LEN, HELD>;
+
+/// Set by the Ctrl-C handler; the loop ends the current reply when it sees it.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// The model emitted an end-of-generation token.
+    EndOfTurn,
+    /// The output reached one of the stop strings.
+    StopString,
+    /// `-n` tokens were generated.
+    Length,
+    /// The context has no room for another token.
+    ContextFull,
+    /// Ctrl-C.
+    Interrupted,
+}
+
+impl Finish {
+    /// The name used in JSON output and traces.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EndOfTurn => "end_of_turn",
+            Self::StopString => "stop_string",
+            Self::Length => "length",
+            Self::ContextFull => "context_full",
+            Self::Interrupted => "interrupted",
+        }
+    }
+
+    /// Parses the name written by [`Finish::as_str`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            Self::EndOfTurn,
+            Self::StopString,
+            Self::Length,
+            Self::ContextFull,
+            Self::Interrupted,
+        ]
+        .into_iter()
+        .find(|f| f.as_str() == name)
+    }
+}
+
+/// What one run should do.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    /// Sampling settings.
+    pub config: Config,
+    /// Seed of the random draw.
+    pub seed: u64,
+    /// Token cap; `None` runs until another reason stops it.
+    pub n_predict: Option<u32>,
+    /// Stop strings.
+    pub stops: &'a [String],
+    /// Mask end-of-generation tokens instead of stopping on them.
+    pub ignore_eos: bool,
+    /// How many recent generated tokens the penalties see.
+    pub repeat_last_n: usize,
+    /// How many top alternatives each step reports.
+    pub alternatives: usize,
+}
+
+/// One generated token, as a sink sees it.
+pub struct Step<'a> {
+    /// Position in the reply, from 0.
+    pub index: usize,
+    /// Token id.
+    pub id: u32,
+    /// The token's own bytes (may be part of a UTF-8 character).
+    pub piece: &'a [u8],
+    /// Log-probability of the token under the final distribution.
+    pub logprob: f32,
+    /// The most likely tokens of the final distribution.
+    pub alternatives: &'a [Alternative],
+    /// Entropy of the final distribution, in nats.
+    pub entropy: f32,
+    /// Survivors after each stage.
+    pub survivors: Survivors,
+}
+
+/// Receives what the loop produces.
+pub trait Sink {
+    /// Text that is safe to show: valid UTF-8, no part of a stop string.
+    ///
+    /// # Errors
+    ///
+    /// - the output cannot be written.
+    fn text(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+
+    /// One generated token and its statistics.
+    ///
+    /// # Errors
+    ///
+    /// - the output cannot be written.
+    fn token(&mut self, step: &Step<'_>) -> std::io::Result<()>;
+}
+
+/// Timings of one run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    /// Decoding the prompt.
+    pub prompt: Duration,
+    /// Everything after the prompt.
+    pub generation: Duration,
+    /// Time spent inside the sampler.
+    pub sampling: Duration,
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Generated token ids with their log-probabilities.
+    pub tokens: Vec<(u32, f32)>,
+    /// Why it ended.
+    pub finish: Finish,
+    /// Prompt length in tokens.
+    pub prompt_tokens: usize,
+    /// Timings.
+    pub timings: Timings,
+}
+
+/// Reusable buffers for the loop, sized for one vocabulary.
+pub struct Generator {
+    scratch: Vec<Candidate>,
+    alternatives: Vec<Alternative>,
+    recent: Vec<u32>,
+    bias: Vec<(u32, f32)>,
+    piece: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl Generator {
+    /// Buffers for `model`'s vocabulary.
+    pub fn new(model: &Model) -> Self {
+        Self {
+            scratch: vec![Candidate::default(); model.vocab_size()],
+            alternatives: Vec::new(),
+            recent: Vec::with_capacity(1024),
+            bias: Vec::new(),
+            piece: Vec::with_capacity(64),
+            out: Vec::with_capacity(1024),
+        }
+    }
+
+    /// Decodes `prompt` into `session`, then generates until a stop.
+    ///
+    /// # Errors
+    ///
+    /// - the prompt does not fit the context or cannot be decoded;
+    /// - the settings or logits are rejected by the sampler;
+    /// - the sink cannot write.
+    pub fn run(
+        &mut self,
+        model: &Model,
+        session: &mut Session<'_>,
+        prompt: &[LlamaToken],
+        req: &Request<'_>,
+        sink: &mut dyn Sink,
+    ) -> Result<Outcome> {
+        let mut stops = StopSet::<MAX_STOPS, MAX_STOP_LEN>::new();
+        for stop in req.stops {
+            stops
+                .push(stop.as_bytes())
+                .map_err(|e| anyhow!("stop string {stop:?}: {e}"))?;
+        }
+        let mut stream = Stream::new(stops);
+        self.alternatives
+            .resize(req.alternatives, Alternative::default());
+        self.recent.clear();
+        self.bias.clear();
+        if req.ignore_eos {
+            self.bias
+                .extend(model.eog_tokens().iter().map(|&id| (id, f32::NEG_INFINITY)));
+        }
+        let mut sampler = Sampler::new(req.config, req.seed, &mut self.scratch)
+            .map_err(|e| anyhow!("invalid sampling settings: {e}"))?;
+
+        let started = Instant::now();
+        session.set_prompt(prompt)?;
+        let mut timings = Timings {
+            prompt: started.elapsed(),
+            ..Timings::default()
+        };
+
+        let generating = Instant::now();
+        let cap = req.n_predict.map_or(usize::MAX, |n| n as usize);
+        let mut tokens = Vec::with_capacity(cap.min(session.n_ctx()));
+        let finish = loop {
+            if tokens.len() >= cap {
+                break Finish::Length;
+            }
+            if INTERRUPTED.load(Ordering::Relaxed) {
+                break Finish::Interrupted;
+            }
+
+            let mut report = Report::new(&mut self.alternatives);
+            let t0 = Instant::now();
+            let input = Input {
+                logits: session.logits(),
+                recent: &self.recent,
+                bias: &self.bias,
+            };
+            let choice = sampler
+                .sample(input, Some(&mut report))
+                .map_err(|e| anyhow!("sampling failed at step {}: {e}", tokens.len()))?;
+            timings.sampling += t0.elapsed();
+
+            if !req.ignore_eos && model.is_eog(choice.id) {
+                break Finish::EndOfTurn;
+            }
+
+            self.piece.clear();
+            model.piece_into(choice.id, &mut self.piece);
+            sink.token(&Step {
+                index: tokens.len(),
+                id: choice.id,
+                piece: &self.piece,
+                logprob: choice.logprob,
+                alternatives: report
+                    .alternatives
+                    .get(..report.n_alternatives)
+                    .unwrap_or(&[]),
+                entropy: report.entropy,
+                survivors: report.survivors,
+            })?;
+            tokens.push((choice.id, choice.logprob));
+            if req.repeat_last_n > 0 {
+                if self.recent.len() == req.repeat_last_n {
+                    self.recent.remove(0);
+                }
+                self.recent.push(choice.id);
+            }
+
+            self.out.resize(self.piece.len() + HELD + 8, 0);
+            let pushed = stream
+                .push(&self.piece, &mut self.out)
+                .map_err(|e| anyhow!("text stream: {e}"))?;
+            sink.text(self.out.get(..pushed.written).unwrap_or(&[]))?;
+            if pushed.stop.is_some() {
+                break Finish::StopString;
+            }
+
+            if tokens.len() >= cap {
+                break Finish::Length;
+            }
+            if session.is_full() {
+                break Finish::ContextFull;
+            }
+            let id = i32::try_from(choice.id).context("token id out of range")?;
+            session.push(LlamaToken(id))?;
+        };
+
+        if finish != Finish::StopString {
+            self.out.resize(HELD + 8, 0);
+            let n = stream
+                .finish(&mut self.out)
+                .map_err(|e| anyhow!("text stream: {e}"))?;
+            sink.text(self.out.get(..n).unwrap_or(&[]))?;
+        }
+        timings.generation = generating.elapsed();
+        Ok(Outcome {
+            tokens,
+            finish,
+            prompt_tokens: prompt.len(),
+            timings,
+        })
+    }
+}

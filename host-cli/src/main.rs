@@ -1,0 +1,66 @@
+//! `talkback`: chat and completion with GGUF models, sampled by sampler-core.
+
+mod app;
+mod chat;
+mod cli;
+mod generate;
+mod gguf;
+mod model;
+mod output;
+mod plot;
+mod repl;
+mod settings;
+mod trace;
+
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    init_logging(cli.verbose);
+    if let Err(e) = ctrlc::set_handler(|| generate::INTERRUPTED.store(true, Ordering::Relaxed)) {
+        eprintln!("talkback: cannot install the Ctrl-C handler: {e}");
+    }
+
+    match app::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if e.is::<app::Interrupted>() => ExitCode::from(130),
+        Err(e) => {
+            eprintln!("talkback: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A closed stdout (`talkback ... | head`) is a normal way to stop reading.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,306 @@
+//! Loading a GGUF model through llama.cpp and holding a decoding session.
+//!
+//! A [`Model`] owns the llama.cpp backend and weights; a [`Session`] owns one
+//! context (the KV cache) and knows which tokens it holds, so a chat can
+//! append a turn without decoding the whole conversation again.
+
+use std::io::IsTerminal;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::LogOptions;
+
+use crate::cli::ModelArgs;
+use crate::gguf;
+
+/// File name of the default model, as installed by `fixtures/fetch-model.sh`.
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The model path to use: `--model`, else `$TALKBACK_MODEL`, else the
+/// fetched default under the workspace's `models/` folder.
+pub fn resolve_path(arg: Option<&Path>) -> PathBuf {
+    if let Some(path) = arg {
+        return path.to_path_buf();
+    }
+    if let Some(path) = std::env::var_os("TALKBACK_MODEL") {
+        return PathBuf::from(path);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("models")
+        .join(DEFAULT_MODEL_FILE)
+}
+
+/// Loaded weights, tokenizer and the backend they live in.
+pub struct Model {
+    // Field order matters: the model must drop before the backend.
+    model: LlamaModel,
+    backend: LlamaBackend,
+    path: PathBuf,
+    eog: Vec<u32>,
+    add_bos: bool,
+}
+
+impl Model {
+    /// Checks the file, then loads it, with llama.cpp's logs shown only at `-vv`.
+    ///
+    /// # Errors
+    ///
+    /// - the file is missing, unreadable or not a well-formed GGUF file;
+    /// - llama.cpp refuses to load it.
+    pub fn load(args: &ModelArgs, verbose: u8) -> Result<Self> {
+        let path = resolve_path(args.model.as_deref());
+        gguf::check_file(&path)?;
+
+        llama_cpp_2::send_logs_to_tracing(LogOptions::default().with_logs_enabled(verbose >= 2));
+        let backend = LlamaBackend::init().context("cannot start the llama.cpp backend")?;
+
+        let show_progress = std::io::stderr().is_terminal();
+        let mut last = -1_i32;
+        let params = LlamaModelParams::default()
+            .with_n_gpu_layers(args.gpu_layers)
+            .with_progress_callback(move |p| {
+                let pct = (p * 100.0) as i32;
+                if show_progress && pct != last {
+                    last = pct;
+                    eprint!("\rtalkback: loading model {pct:3}%");
+                    if pct >= 100 {
+                        eprint!("\r\x1b[K");
+                    }
+                }
+                true
+            });
+        let model = LlamaModel::load_from_file(&backend, &path, &params)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("cannot load model {}", path.display()))?;
+
+        let vocab = model.vocab();
+        let eog = vocab
+            .tokens()
+            .filter(|&t| vocab.is_eog(t))
+            .filter_map(|t| u32::try_from(t.0).ok())
+            .collect();
+        let add_bos = vocab.should_add_bos();
+        Ok(Self {
+            model,
+            backend,
+            path,
+            eog,
+            add_bos,
+        })
+    }
+
+    /// The path the model was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The llama.cpp model.
+    pub fn inner(&self) -> &LlamaModel {
+        &self.model
+    }
+
+    /// How many tokens the vocabulary has.
+    pub fn vocab_size(&self) -> usize {
+        usize::try_from(self.model.n_vocab()).unwrap_or(0)
+    }
+
+    /// Every end-of-generation token id the vocabulary declares.
+    pub fn eog_tokens(&self) -> &[u32] {
+        &self.eog
+    }
+
+    /// Whether `id` ends generation.
+    pub fn is_eog(&self, id: u32) -> bool {
+        self.eog.contains(&id)
+    }
+
+    /// Whether the tokenizer wants a BOS token at the start of a prompt.
+    pub fn wants_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// The text of the BOS token, when the vocabulary has one.
+    pub fn bos_text(&self) -> Option<String> {
+        let vocab = self.model.vocab();
+        let bos = vocab.bos();
+        if bos.0 < 0 {
+            return None;
+        }
+        vocab.text(bos).map(|s| s.to_string_lossy().into_owned())
+    }
+
+    /// The text of the EOS token, when the vocabulary has one.
+    pub fn eos_text(&self) -> Option<String> {
+        let vocab = self.model.vocab();
+        let eos = vocab.eos();
+        if eos.0 < 0 {
+            return None;
+        }
+        vocab.text(eos).map(|s| s.to_string_lossy().into_owned())
+    }
+
+    /// Tokenizes `text`; `parse_special` turns special-token text into control tokens.
+    pub fn tokenize(&self, text: &str, add_bos: bool, parse_special: bool) -> Vec<LlamaToken> {
+        self.model
+            .vocab()
+            .tokenize(text.as_bytes(), add_bos, parse_special)
+    }
+
+    /// Appends the bytes of one token's text to `out` (control tokens give nothing).
+    pub fn piece_into(&self, token: u32, out: &mut Vec<u8>) {
+        let id = i32::try_from(token).unwrap_or(i32::MAX);
+        self.model
+            .vocab()
+            .token_to_piece_into(LlamaToken(id), out, false, None);
+    }
+
+    /// Creates a decoding session with its own context.
+    ///
+    /// # Errors
+    ///
+    /// - llama.cpp cannot allocate a context of this size.
+    pub fn session(&self, args: &ModelArgs) -> Result<Session<'_>> {
+        let threads = args.threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |t| t as usize,
+        );
+        let threads = i32::try_from(threads).unwrap_or(1);
+        let n_batch = args.batch_size.min(args.ctx_size);
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(args.ctx_size))
+            .with_n_batch(n_batch)
+            .with_n_ubatch(n_batch)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let ctx = self
+            .model
+            .new_context(&self.backend, params)
+            .with_context(|| format!("cannot create a context of {} tokens", args.ctx_size))?;
+        let n_ctx = ctx.n_ctx() as usize;
+        Ok(Session {
+            ctx,
+            batch: LlamaBatch::new(n_batch as usize, 1),
+            n_batch: n_batch as usize,
+            n_ctx,
+            cached: Vec::new(),
+            logits_index: 0,
+        })
+    }
+}
+
+/// One context: the tokens in its KV cache and the logits of the last one.
+pub struct Session<'m> {
+    ctx: LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+    n_batch: usize,
+    n_ctx: usize,
+    cached: Vec<LlamaToken>,
+    logits_index: i32,
+}
+
+impl Session<'_> {
+    /// The context size in tokens.
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// Whether no more token fits in the context.
+    pub fn is_full(&self) -> bool {
+        self.cached.len() >= self.n_ctx
+    }
+
+    /// Makes the context hold exactly `prompt`, decoding only the part that
+    /// differs from what it already holds, and leaves the logits of the last
+    /// prompt token ready.
+    ///
+    /// # Errors
+    ///
+    /// - the prompt is empty or longer than the context;
+    /// - llama.cpp fails to decode.
+    pub fn set_prompt(&mut self, prompt: &[LlamaToken]) -> Result<()> {
+        if prompt.is_empty() {
+            bail!("the prompt is empty: nothing to continue from");
+        }
+        if prompt.len() > self.n_ctx {
+            bail!(
+                "the prompt is {} tokens but the context holds only {}; \
+                 raise --ctx-size or shorten the prompt",
+                prompt.len(),
+                self.n_ctx
+            );
+        }
+
+        // Keep the common prefix, but always decode the last prompt token
+        // again so its logits are fresh.
+        let common = self
+            .cached
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len() - 1);
+        if common < self.cached.len() {
+            let trimmed = self
+                .ctx
+                .clear_kv_cache_seq(Some(0), u32::try_from(common).ok(), None)
+                .context("cannot trim the context")?;
+            if !trimmed {
+                bail!("llama.cpp cannot trim the context to {common} tokens");
+            }
+            self.cached.truncate(common);
+        }
+
+        for chunk in prompt
+            .get(common..)
+            .unwrap_or_default()
+            .chunks(self.n_batch)
+        {
+            self.decode(chunk)?;
+        }
+        Ok(())
+    }
+
+    /// Decodes one more token after those the context holds.
+    ///
+    /// # Errors
+    ///
+    /// - the context is full, or llama.cpp fails to decode.
+    pub fn push(&mut self, token: LlamaToken) -> Result<()> {
+        if self.is_full() {
+            bail!("the context of {} tokens is full", self.n_ctx);
+        }
+        self.decode(&[token])
+    }
+
+    /// Logits for the token after the last one decoded.
+    pub fn logits(&self) -> &[f32] {
+        self.ctx.get_logits_ith(self.logits_index)
+    }
+
+    fn decode(&mut self, tokens: &[LlamaToken]) -> Result<()> {
+        self.batch.clear();
+        let start = self.cached.len();
+        let last = tokens.len().saturating_sub(1);
+        for (i, &token) in tokens.iter().enumerate() {
+            let pos = i32::try_from(start + i).context("position out of range")?;
+            self.batch
+                .add(token, pos, &[0], i == last)
+                .context("cannot fill the decode batch")?;
+        }
+        self.ctx
+            .decode(&mut self.batch)
+            .with_context(|| format!("llama.cpp failed to decode at position {start}"))?;
+        self.cached.extend_from_slice(tokens);
+        self.logits_index = i32::try_from(last).unwrap_or(0);
+        Ok(())
+    }
+}

@@ -1,0 +1,121 @@
+//! `talkback plot`: nucleus size per step for several settings, as SVG.
+//!
+//! Each setting (every combination of the listed temperatures, top-k, top-p
+//! and min-p values) generates from the same prompt with the same seed; the
+//! chart draws, per step, how many tokens survived top-p, one line per
+//! setting.
+
+use std::io;
+use std::path::Path;
+
+use anyhow::{anyhow, Context as _, Result};
+use plotters::prelude::*;
+
+use crate::generate::{Generator, Request, Sink, Step};
+use crate::model::{Model, Session};
+
+/// One line of the chart.
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// Legend label, e.g. `top-p 0.5`.
+    pub label: String,
+    /// Survivors after top-p at each step.
+    pub sizes: Vec<usize>,
+}
+
+/// Records survivors after top-p per step.
+#[derive(Default)]
+struct Sizes(Vec<usize>);
+
+impl Sink for Sizes {
+    fn text(&mut self, _bytes: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn token(&mut self, step: &Step<'_>) -> io::Result<()> {
+        self.0.push(step.survivors.after_top_p);
+        Ok(())
+    }
+}
+
+/// Generates once per request and collects each run's nucleus sizes.
+///
+/// # Errors
+///
+/// - a run fails.
+pub fn collect(
+    model: &Model,
+    session: &mut Session<'_>,
+    prompt: &[llama_cpp_2::token::LlamaToken],
+    runs: &[(String, Request<'_>)],
+) -> Result<Vec<Series>> {
+    let mut generator = Generator::new(model);
+    let mut out = Vec::with_capacity(runs.len());
+    for (label, req) in runs {
+        let mut sink = Sizes::default();
+        generator
+            .run(model, session, prompt, req, &mut sink)
+            .with_context(|| format!("generating for `{label}`"))?;
+        out.push(Series {
+            label: label.clone(),
+            sizes: sink.0,
+        });
+    }
+    Ok(out)
+}
+
+/// Draws the series as an SVG line chart at `path`.
+///
+/// # Errors
+///
+/// - the file cannot be written.
+pub fn draw(path: &Path, title: &str, series: &[Series]) -> Result<()> {
+    let steps = series
+        .iter()
+        .map(|s| s.sizes.len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let top = series
+        .iter()
+        .flat_map(|s| s.sizes.iter().copied())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+
+    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
+    let fail = |e: &dyn std::fmt::Display| anyhow!("cannot draw {}: {e}", path.display());
+    root.fill(&WHITE).map_err(|e| fail(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0..steps, 0..top + top / 10 + 1)
+        .map_err(|e| fail(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc("tokens left after top-p")
+        .draw()
+        .map_err(|e| fail(&e))?;
+    for (i, s) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                s.sizes.iter().enumerate().map(|(x, &y)| (x, y)),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| fail(&e))?
+            .label(s.label.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| fail(&e))?;
+    root.present().map_err(|e| fail(&e))?;
+    Ok(())
+}

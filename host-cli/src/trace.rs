@@ -1,0 +1,411 @@
+//! Traces: what a run needs to be reproduced, and the replay that checks it.
+//!
+//! A trace records the model file's SHA-256, the prompt (raw text or chat
+//! messages and the template), the prompt's token ids, every setting
+//! including the seed, and each chosen token with its log-probability.
+//! Replaying regenerates the run and compares it step by step; the first
+//! difference is reported with the step and the field that differs.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::chat::Message;
+use crate::generate::{Finish, Outcome};
+use crate::settings::Settings;
+
+/// The trace format version this build writes and reads.
+pub const VERSION: u32 = 1;
+
+/// What was asked of the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum Prompt {
+    /// `talkback chat`: the messages and the template that rendered them.
+    Chat {
+        /// The conversation, system message included.
+        messages: Vec<Message>,
+        /// The Jinja template source.
+        chat_template: String,
+    },
+    /// `talkback complete`: raw text.
+    Complete {
+        /// The text continued.
+        text: String,
+        /// Whether special-token text was parsed as control tokens.
+        parse_special: bool,
+    },
+}
+
+/// One generated token.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TraceStep {
+    /// Token id.
+    pub id: u32,
+    /// Log-probability under the final distribution.
+    pub logprob: f32,
+}
+
+/// A recorded run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trace {
+    /// Format version.
+    pub version: u32,
+    /// `talkback`'s version that wrote it.
+    pub talkback_version: String,
+    /// SHA-256 of the model file, lowercase hex.
+    pub model_sha256: String,
+    /// The model's file name, for messages.
+    pub model_file: String,
+    /// What was asked.
+    pub prompt: Prompt,
+    /// The prompt's token ids.
+    pub prompt_tokens: Vec<u32>,
+    /// Every setting, the seed included.
+    pub settings: Settings,
+    /// The generated tokens.
+    pub steps: Vec<TraceStep>,
+    /// Why the run ended.
+    pub finish_reason: String,
+}
+
+/// SHA-256 of a file, lowercase hex.
+///
+/// # Errors
+///
+/// - the file cannot be read.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0_u8; 1 << 20];
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(buf.get(..n).unwrap_or_default());
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+impl Trace {
+    /// A trace of a finished run.
+    pub fn new(
+        model_path: &Path,
+        model_sha256: String,
+        prompt: Prompt,
+        prompt_tokens: Vec<u32>,
+        settings: Settings,
+        outcome: &Outcome,
+    ) -> Self {
+        Self {
+            version: VERSION,
+            talkback_version: env!("CARGO_PKG_VERSION").to_owned(),
+            model_sha256,
+            model_file: model_path
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            prompt,
+            prompt_tokens,
+            settings,
+            steps: outcome
+                .tokens
+                .iter()
+                .map(|&(id, logprob)| TraceStep { id, logprob })
+                .collect(),
+            finish_reason: outcome.finish.as_str().to_owned(),
+        }
+    }
+
+    /// Writes the trace as pretty JSON.
+    ///
+    /// # Errors
+    ///
+    /// - the file cannot be written.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_string_pretty(self).context("cannot encode the trace")?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("cannot write trace {}", path.display()))
+    }
+
+    /// Reads and checks a trace file.
+    ///
+    /// # Errors
+    ///
+    /// - the file is missing, not JSON, truncated, or of another version.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read trace {}", path.display()))?;
+        let trace: Self = serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow!("trace {} is not a valid trace: {e}", path.display()))?;
+        if trace.version != VERSION {
+            bail!(
+                "trace {} has format version {}; this build reads version {VERSION}",
+                path.display(),
+                trace.version
+            );
+        }
+        if Finish::from_name(&trace.finish_reason).is_none() {
+            bail!(
+                "trace {} has an unknown finish reason {:?}",
+                path.display(),
+                trace.finish_reason
+            );
+        }
+        Ok(trace)
+    }
+}
+
+/// Where a replay first differs from its trace.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Divergence {
+    /// The prompt tokenized differently.
+    PromptToken {
+        /// Index in the prompt.
+        index: usize,
+        /// Recorded id, if the recorded prompt was that long.
+        expected: Option<u32>,
+        /// Regenerated id, if the new prompt was that long.
+        got: Option<u32>,
+    },
+    /// A step chose another token.
+    Token {
+        /// Step index, from 0.
+        step: usize,
+        /// Recorded id.
+        expected: u32,
+        /// Regenerated id.
+        got: u32,
+    },
+    /// A step chose the same token with a different log-probability.
+    Logprob {
+        /// Step index, from 0.
+        step: usize,
+        /// Recorded value.
+        expected: f32,
+        /// Regenerated value.
+        got: f32,
+    },
+    /// One run has more tokens than the other.
+    Length {
+        /// Recorded count.
+        expected: usize,
+        /// Regenerated count.
+        got: usize,
+    },
+    /// Same tokens, another finish reason.
+    Finish {
+        /// Recorded reason.
+        expected: String,
+        /// Regenerated reason.
+        got: String,
+    },
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |t: &Option<u32>| t.map_or("nothing".to_owned(), |t| t.to_string());
+        match self {
+            Self::PromptToken {
+                index,
+                expected,
+                got,
+            } => write!(
+                f,
+                "prompt token {index}: field `prompt_tokens` expected {}, got {}",
+                show(expected),
+                show(got)
+            ),
+            Self::Token {
+                step,
+                expected,
+                got,
+            } => write!(
+                f,
+                "step {step}: field `id` expected token {expected}, got token {got}"
+            ),
+            Self::Logprob {
+                step,
+                expected,
+                got,
+            } => write!(
+                f,
+                "step {step}: field `logprob` expected {expected:?}, got {got:?}"
+            ),
+            Self::Length { expected, got } => write!(
+                f,
+                "step {}: field `steps` expected {expected} tokens, got {got}",
+                expected.min(got)
+            ),
+            Self::Finish { expected, got } => {
+                write!(f, "field `finish_reason` expected {expected}, got {got}")
+            }
+        }
+    }
+}
+
+/// Compares prompt tokens, then steps, then the finish reason.
+pub fn compare(
+    trace: &Trace,
+    prompt_tokens: &[u32],
+    steps: &[(u32, f32)],
+    finish: Finish,
+) -> Option<Divergence> {
+    let n = trace.prompt_tokens.len().max(prompt_tokens.len());
+    for index in 0..n {
+        let expected = trace.prompt_tokens.get(index).copied();
+        let got = prompt_tokens.get(index).copied();
+        if expected != got {
+            return Some(Divergence::PromptToken {
+                index,
+                expected,
+                got,
+            });
+        }
+    }
+    for (step, (rec, &(id, logprob))) in trace.steps.iter().zip(steps).enumerate() {
+        if rec.id != id {
+            return Some(Divergence::Token {
+                step,
+                expected: rec.id,
+                got: id,
+            });
+        }
+        // Bit equality: replay promises the same numbers, not close ones.
+        if rec.logprob.to_bits() != logprob.to_bits() {
+            return Some(Divergence::Logprob {
+                step,
+                expected: rec.logprob,
+                got: logprob,
+            });
+        }
+    }
+    if trace.steps.len() != steps.len() {
+        return Some(Divergence::Length {
+            expected: trace.steps.len(),
+            got: steps.len(),
+        });
+    }
+    if trace.finish_reason != finish.as_str() {
+        return Some(Divergence::Finish {
+            expected: trace.finish_reason.clone(),
+            got: finish.as_str().to_owned(),
+        });
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trace(steps: &[(u32, f32)], finish: &str) -> Trace {
+        Trace {
+            version: VERSION,
+            talkback_version: "0".into(),
+            model_sha256: "00".into(),
+            model_file: "m.gguf".into(),
+            prompt: Prompt::Complete {
+                text: "hi".into(),
+                parse_special: false,
+            },
+            prompt_tokens: vec![1, 2],
+            settings: serde_json::from_value(serde_json::json!({
+                "temperature": 0.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0,
+                "repeat_penalty": 1.0, "repeat_last_n": 0, "presence_penalty": 0.0,
+                "frequency_penalty": 0.0, "sampler_order": ["temp"], "seed": 1,
+                "n_predict": null, "stops": [], "ignore_eos": false, "ctx_size": 64,
+                "batch_size": 32
+            }))
+            .expect("settings"),
+            steps: steps
+                .iter()
+                .map(|&(id, logprob)| TraceStep { id, logprob })
+                .collect(),
+            finish_reason: finish.into(),
+        }
+    }
+
+    #[test]
+    fn identical_runs_do_not_diverge() {
+        let t = trace(&[(5, -0.5), (6, -1.25)], "length");
+        assert_eq!(
+            compare(&t, &[1, 2], &[(5, -0.5), (6, -1.25)], Finish::Length),
+            None
+        );
+    }
+
+    #[test]
+    fn first_differing_step_and_field_are_named() {
+        let t = trace(&[(5, -0.5), (6, -1.25), (7, -2.0)], "length");
+        let d = compare(
+            &t,
+            &[1, 2],
+            &[(5, -0.5), (9, -1.25), (8, -2.0)],
+            Finish::Length,
+        );
+        assert_eq!(
+            d,
+            Some(Divergence::Token {
+                step: 1,
+                expected: 6,
+                got: 9
+            })
+        );
+        let d = compare(
+            &t,
+            &[1, 2],
+            &[(5, -0.5), (6, -1.0), (7, -2.0)],
+            Finish::Length,
+        );
+        assert!(
+            matches!(d, Some(Divergence::Logprob { step: 1, .. })),
+            "{d:?}"
+        );
+        let text = d.map(|d| d.to_string()).unwrap_or_default();
+        assert!(text.starts_with("step 1: field `logprob`"), "{text}");
+    }
+
+    #[test]
+    fn prompt_length_and_finish_differences_are_reported() {
+        let t = trace(&[(5, -0.5)], "end_of_turn");
+        assert!(matches!(
+            compare(&t, &[1, 3], &[(5, -0.5)], Finish::EndOfTurn),
+            Some(Divergence::PromptToken { index: 1, .. })
+        ));
+        assert!(matches!(
+            compare(&t, &[1, 2], &[(5, -0.5), (6, -1.0)], Finish::Length),
+            Some(Divergence::Length {
+                expected: 1,
+                got: 2
+            })
+        ));
+        assert!(matches!(
+            compare(&t, &[1, 2], &[(5, -0.5)], Finish::Length),
+            Some(Divergence::Finish { .. })
+        ));
+    }
+
+    #[test]
+    fn traces_round_trip_through_json_bit_for_bit() {
+        let t = trace(&[(5, -0.123_456_79), (6, f32::MIN_POSITIVE)], "length");
+        let json = serde_json::to_string(&t).expect("encode");
+        let back: Trace = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back, t);
+        assert_eq!(
+            back.steps[0].logprob.to_bits(),
+            t.steps[0].logprob.to_bits()
+        );
+    }
+}
