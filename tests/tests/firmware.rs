@@ -222,7 +222,9 @@ fn build_firmware() -> PathBuf {
     assert!(
         status.success(),
         "building the firmware failed ({status}); if the target is missing, run \
-         `rustup target add {TARGET}` (scripts/test.sh does):\n{err}"
+         `rustup target add {TARGET}` (scripts/test.sh does); if sampler-core's \
+         dependencies changed, run `cargo update --workspace` in firmware/ and commit \
+         firmware/Cargo.lock:\n{err}"
     );
     let image = dir
         .join("target")
