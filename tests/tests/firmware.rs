@@ -8,6 +8,11 @@
 //! and compares the two outputs line by line. Lines starting with `info `
 //! (stack figures) are only printed by the firmware and are not compared.
 //!
+//! Without QEMU, the same file checks that the sampling runs draw the
+//! tokens pinned in `fixtures/logits/runs.txt`, that the stream cases
+//! release what a whole-text reference does, and that the f16 logits widen
+//! exactly.
+//!
 //! Nothing is skipped: a missing `qemu-system-arm` or Cortex-M target fails
 //! with the command that installs it.
 
