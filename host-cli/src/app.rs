@@ -8,8 +8,11 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use llama_cpp_2::token::LlamaToken;
 
 use crate::chat::{self, Message, Rendered, Template};
-use crate::cli::{ChatArgs, Cli, Command, CompleteArgs, Format, ModelArgs, PlotArgs, ReplayArgs};
-use crate::generate::{Finish, Generator, Outcome, Request, Sink, Step, INTERRUPTED};
+use crate::cli::{
+    ChatArgs, Cli, Command, CompleteArgs, Format, GenerationArgs, ModelArgs, PlotArgs, ReplayArgs,
+    ShapeArgs, ShapeFormat,
+};
+use crate::generate::{Engine, Finish, Generator, Outcome, Request, Sink, Step, INTERRUPTED};
 use crate::model::{resolve_path, Model, Session};
 use crate::output::{summary, CollectSink, JsonlSink, TextSink};
 use crate::settings::Settings;
@@ -41,6 +44,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Complete(args) => complete_command(&args, cli.verbose),
         Command::Replay(args) => replay_command(&args, cli.verbose),
         Command::Plot(args) => plot_command(&args, cli.verbose),
+        Command::Shape(args) => shape_command(&args, cli.verbose),
     }
 }
 
@@ -84,6 +88,7 @@ fn request<'s>(settings: &'s Settings, alternatives: usize) -> Result<Request<'s
         ignore_eos: settings.ignore_eos,
         repeat_last_n: settings.repeat_last_n as usize,
         alternatives,
+        engine: settings.sampler,
     })
 }
 
@@ -146,6 +151,26 @@ impl<S: Sink> Sink for TeeSink<S> {
     fn token(&mut self, step: &Step<'_>) -> io::Result<()> {
         self.inner.token(step)
     }
+}
+
+/// Checks flags that only make sense together, before loading anything.
+fn check_generation(gen: &GenerationArgs, settings: &Settings) -> Result<()> {
+    settings.config()?;
+    if settings.sampler == Engine::LlamaCpp && gen.trace.is_some() {
+        bail!("--trace needs --sampler talkback: llama.cpp's sampler cannot be replayed");
+    }
+    Ok(())
+}
+
+/// A generator for `model`, dumping logits where `--dump-logits` asks.
+fn generator(model: &Model, gen: &GenerationArgs) -> Result<Generator> {
+    let mut generator = Generator::new(model);
+    if let Some(path) = &gen.dump_logits {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create logits dump {}", path.display()))?;
+        generator.dump_logits(Box::new(io::BufWriter::new(file)));
+    }
+    Ok(generator)
 }
 
 /// Ends the output line, reports the finish on stderr, maps Ctrl-C to 130.
@@ -218,29 +243,51 @@ fn chat_template(args: &ChatArgs, model: &Model) -> Result<Template> {
 
 fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     let gen = &args.generation;
-    let prompt = match &args.prompt {
-        Some(p) => Some(p.clone()),
-        None if io::stdin().is_terminal() => None,
-        None => Some(read_stdin()?),
-    };
-    if prompt.is_none() && (gen.trace.is_some() || gen.format != Format::Text) {
-        bail!("--trace and --format json/jsonl need a prompt (argument or stdin)");
-    }
-    let settings = Settings::new(&args.sampling, gen, &args.model);
-    settings.config()?;
-    let model = load(&args.model, verbose)?;
-    let template = chat_template(args, &model)?;
-    let mut session = model.session(&args.model)?;
-    let mut generator = Generator::new(&model);
-    if verbose > 0 {
-        eprintln!("talkback: {}", settings.describe());
-    }
     let mut messages = Vec::new();
     if let Some(system) = &args.system {
         messages.push(Message::new("system", system));
     }
+    if let Some(path) = &args.messages {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read messages {}", path.display()))?;
+        let earlier: Vec<Message> = serde_json::from_str(&text).map_err(|e| {
+            anyhow!(
+                "messages {} must be a JSON array of {{\"role\", \"content\"}}: {e}",
+                path.display()
+            )
+        })?;
+        messages.extend(earlier);
+    }
+    let prompt = match &args.prompt {
+        Some(p) => Some(p.clone()),
+        None if args.messages.is_some() || io::stdin().is_terminal() => None,
+        None => Some(read_stdin()?),
+    };
+    let interactive = prompt.is_none() && args.messages.is_none();
+    if interactive && (gen.trace.is_some() || gen.format != Format::Text || args.render_only) {
+        bail!("--trace, --render-only and --format json/jsonl need a prompt (argument or stdin)");
+    }
+    let settings = Settings::new(&args.sampling, gen, &args.model);
+    check_generation(gen, &settings)?;
+    let model = load(&args.model, verbose)?;
+    let template = chat_template(args, &model)?;
+    if let Some(prompt) = &prompt {
+        messages.push(Message::new("user", prompt));
+    }
+    if args.render_only {
+        let rendered = template.render(&messages)?;
+        let mut out = io::stdout().lock();
+        out.write_all(rendered.text.as_bytes())?;
+        out.flush()?;
+        return Ok(());
+    }
+    let mut session = model.session(&args.model)?;
+    let mut generator = generator(&model, gen)?;
+    if verbose > 0 {
+        eprintln!("talkback: {}", settings.describe());
+    }
 
-    let Some(prompt) = prompt else {
+    if interactive {
         let mut turn = ChatTurn {
             model: &model,
             generator: &mut generator,
@@ -248,8 +295,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
             settings: &settings,
         };
         return crate::repl::run(&template, &mut turn, messages);
-    };
-    messages.push(Message::new("user", &prompt));
+    }
     let rendered = template.render(&messages)?;
     if verbose > 1 {
         eprintln!("talkback: rendered prompt:\n{}", rendered.text);
@@ -321,10 +367,10 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
         None => read_stdin()?,
     };
     let settings = Settings::new(&args.sampling, gen, &args.model);
-    settings.config()?;
+    check_generation(gen, &settings)?;
     let model = load(&args.model, verbose)?;
     let mut session = model.session(&args.model)?;
-    let mut generator = Generator::new(&model);
+    let mut generator = generator(&model, gen)?;
     if verbose > 0 {
         eprintln!("talkback: {}", settings.describe());
     }
@@ -490,6 +536,7 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
                 ignore_eos: false,
                 repeat_last_n: 0,
                 alternatives: 0,
+                engine: Engine::Talkback,
             };
             (label, req)
         })
@@ -502,5 +549,53 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
         args.out.display(),
         series.len()
     );
+    Ok(())
+}
+
+fn shape_command(args: &ShapeArgs, verbose: u8) -> Result<()> {
+    let gen = GenerationArgs {
+        n_predict: None,
+        stops: Vec::new(),
+        ignore_eos: false,
+        format: Format::Text,
+        trace: None,
+        dump_logits: None,
+    };
+    let settings = Settings::new(&args.sampling, &gen, &args.model);
+    let config = settings.config()?;
+    let mut out = io::stdout().lock();
+
+    let (table, model) = if let Some(logits) = &args.logits {
+        (crate::shape::table(logits, &config)?, None)
+    } else {
+        let prompt = args.prompt.as_deref().unwrap_or_default();
+        let model = load(&args.model, verbose)?;
+        let tokens = if args.chat {
+            let template = Template::from_model(&model)?;
+            chat::tokenize(&model, &template.render(&[Message::new("user", prompt)])?)?
+        } else {
+            model.tokenize(prompt, model.wants_bos(), false)
+        };
+        let table = {
+            let mut session = model.session(&args.model)?;
+            session.set_prompt(&tokens)?;
+            crate::shape::table(session.logits(), &config)?
+        };
+        (table, Some(model))
+    };
+    let piece = |id: u32| {
+        model.as_ref().map(|m| {
+            let mut bytes = Vec::new();
+            m.piece_into(id, &mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    };
+    match args.format {
+        ShapeFormat::Text => crate::shape::print_text(&mut out, &table, args.rows, &piece)?,
+        ShapeFormat::Json => {
+            writeln!(out, "{}", crate::shape::to_json(&table, args.rows, &piece))?;
+        }
+    }
+    out.flush()?;
     Ok(())
 }

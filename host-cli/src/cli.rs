@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sampler_core::{Order, Stage};
 
+use crate::generate::Engine;
+
 /// Text shown after `--help`: exit codes and the model default.
 const AFTER_HELP: &str = "\
 Exit codes:
@@ -43,6 +45,52 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Chart nucleus size per step for several settings, as SVG.
     Plot(PlotArgs),
+    /// Show the next-token distribution stage by stage.
+    Shape(ShapeArgs),
+}
+
+/// Arguments of `talkback shape`.
+#[derive(Debug, Args)]
+pub struct ShapeArgs {
+    /// Raw text whose next token is shaped (or use --logits).
+    #[arg(required_unless_present = "logits", conflicts_with = "logits")]
+    pub prompt: Option<String>,
+
+    /// Logits given directly, comma-separated; no model is loaded.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true, value_parser = parse_logit)]
+    pub logits: Option<Vec<f32>>,
+
+    /// Apply the model's chat template to the prompt (as `chat` does).
+    #[arg(long, conflicts_with = "logits")]
+    pub chat: bool,
+
+    /// How many tokens to list, most likely first.
+    #[arg(long, default_value_t = 10)]
+    pub rows: usize,
+
+    /// Output format: a table for people or JSON data.
+    #[arg(long, value_enum, default_value_t = ShapeFormat::Text)]
+    pub format: ShapeFormat,
+
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// What `talkback shape` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ShapeFormat {
+    /// A table.
+    Text,
+    /// One JSON object.
+    Json,
+}
+
+/// A logit: any number, NaN and infinities included (the sampler rules on them).
+fn parse_logit(s: &str) -> Result<f32, String> {
+    parse_f32(s)
 }
 
 /// Arguments of `talkback plot`.
@@ -118,6 +166,15 @@ pub struct ChatArgs {
     /// Jinja chat template to use instead of the model's own.
     #[arg(long, value_name = "FILE")]
     pub chat_template: Option<PathBuf>,
+
+    /// Earlier turns as a JSON array of {"role", "content"} objects; the
+    /// prompt, if given, is appended as the last user message.
+    #[arg(long, value_name = "FILE")]
+    pub messages: Option<PathBuf>,
+
+    /// Print the rendered prompt exactly as the model would see it, and exit.
+    #[arg(long)]
+    pub render_only: bool,
 
     #[command(flatten)]
     pub model: ModelArgs,
@@ -220,6 +277,11 @@ pub struct SamplingArgs {
     /// last), or a comma list of temp, top-k, top-p, min-p.
     #[arg(long, default_value = "talkback", value_parser = parse_order)]
     pub sampler_order: Order,
+
+    /// Which sampler picks tokens; `llama.cpp` is for speed comparisons and
+    /// reports no log-probabilities.
+    #[arg(long, value_enum, default_value_t = Engine::Talkback)]
+    pub sampler: Engine,
 }
 
 /// How much to generate, when to stop, and how to print it.
@@ -246,6 +308,11 @@ pub struct GenerationArgs {
     /// for `talkback replay`.
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
+
+    /// Write every step's logits to FILE as little-endian f32, one
+    /// vocabulary-sized record per step (input for benchmarks).
+    #[arg(long, value_name = "FILE")]
+    pub dump_logits: Option<PathBuf>,
 }
 
 /// What stdout carries.

@@ -5,13 +5,17 @@
 //! released text to a [`Sink`]. The loop allocates nothing per token once
 //! its buffers have grown to fit.
 
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _, Result};
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
 use sampler_core::{
-    Alternative, Candidate, Config, Input, Report, Sampler, StopSet, Survivors, TextStream,
+    Alternative, Candidate, Choice, Config, Input, Report, Sampler, Stage, StopSet, Survivors,
+    TextStream,
 };
 
 use crate::model::{Model, Session};
@@ -86,6 +90,73 @@ pub struct Request<'a> {
     pub repeat_last_n: usize,
     /// How many top alternatives each step reports.
     pub alternatives: usize,
+    /// Which sampler picks the tokens.
+    pub engine: Engine,
+}
+
+/// Which sampler picks the tokens.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// sampler-core: exact, reproducible, with log-probabilities and statistics.
+    #[default]
+    Talkback,
+    /// llama.cpp's own sampler chain with the same settings, for comparison
+    /// only: no log-probabilities, statistics, traces or reproducibility
+    /// across versions.
+    #[value(name = "llama.cpp")]
+    #[serde(rename = "llama.cpp")]
+    LlamaCpp,
+}
+
+/// llama.cpp's sampler chain for the same settings: penalties, then the
+/// stages in `config`'s order, then the draw.
+fn llama_chain(req: &Request<'_>, model: &Model) -> LlamaSampler {
+    let c = req.config;
+    let n_vocab = i32::try_from(model.vocab_size()).unwrap_or(i32::MAX);
+    let mut chain = Vec::new();
+    if req.ignore_eos {
+        let bias: Vec<LlamaLogitBias> = model
+            .eog_tokens()
+            .iter()
+            .map(|&id| LlamaLogitBias::new(LlamaToken(id as i32), f32::NEG_INFINITY))
+            .collect();
+        chain.push(LlamaSampler::logit_bias(n_vocab, &bias));
+    }
+    if c.repeat_penalty != 1.0 || c.presence_penalty != 0.0 || c.frequency_penalty != 0.0 {
+        chain.push(LlamaSampler::penalties(
+            n_vocab,
+            i32::try_from(req.repeat_last_n).unwrap_or(0),
+            c.repeat_penalty,
+            c.frequency_penalty,
+            c.presence_penalty,
+        ));
+    }
+    if c.temperature == 0.0 {
+        chain.push(LlamaSampler::greedy());
+        return LlamaSampler::chain_simple(chain);
+    }
+    for &stage in c.order.stages() {
+        chain.push(match stage {
+            Stage::TopK => LlamaSampler::top_k(i32::try_from(c.top_k).unwrap_or(i32::MAX)),
+            Stage::TopP => LlamaSampler::top_p(c.top_p, 1),
+            Stage::MinP => LlamaSampler::min_p(c.min_p, 1),
+            _ => LlamaSampler::temp(c.temperature),
+        });
+    }
+    // llama.cpp seeds its generator with 32 bits.
+    chain.push(LlamaSampler::dist(req.seed as u32));
+    LlamaSampler::chain_simple(chain)
 }
 
 /// One generated token, as a sink sees it.
@@ -155,6 +226,7 @@ pub struct Generator {
     bias: Vec<(u32, f32)>,
     piece: Vec<u8>,
     out: Vec<u8>,
+    dump: Option<Box<dyn Write>>,
 }
 
 impl Generator {
@@ -167,7 +239,14 @@ impl Generator {
             bias: Vec::new(),
             piece: Vec::with_capacity(64),
             out: Vec::with_capacity(1024),
+            dump: None,
         }
+    }
+
+    /// Writes every step's logits to `out` as little-endian f32, one
+    /// vocabulary-sized record per step.
+    pub fn dump_logits(&mut self, out: Box<dyn Write>) {
+        self.dump = Some(out);
     }
 
     /// Decodes `prompt` into `session`, then generates until a stop.
@@ -202,6 +281,7 @@ impl Generator {
         }
         let mut sampler = Sampler::new(req.config, req.seed, &mut self.scratch)
             .map_err(|e| anyhow!("invalid sampling settings: {e}"))?;
+        let mut llama = (req.engine == Engine::LlamaCpp).then(|| llama_chain(req, model));
 
         let started = Instant::now();
         session.set_prompt(prompt)?;
@@ -221,16 +301,29 @@ impl Generator {
                 break Finish::Interrupted;
             }
 
+            if let Some(dump) = self.dump.as_mut() {
+                for x in session.logits() {
+                    dump.write_all(&x.to_le_bytes())?;
+                }
+            }
             let mut report = Report::new(&mut self.alternatives);
             let t0 = Instant::now();
-            let input = Input {
-                logits: session.logits(),
-                recent: &self.recent,
-                bias: &self.bias,
+            let choice = if let Some(chain) = llama.as_mut() {
+                let id = session.sample_with(chain);
+                Choice {
+                    id: u32::try_from(id.0).context("llama.cpp chose no token")?,
+                    logprob: f32::NAN,
+                }
+            } else {
+                let input = Input {
+                    logits: session.logits(),
+                    recent: &self.recent,
+                    bias: &self.bias,
+                };
+                sampler
+                    .sample(input, Some(&mut report))
+                    .map_err(|e| anyhow!("sampling failed at step {}: {e}", tokens.len()))?
             };
-            let choice = sampler
-                .sample(input, Some(&mut report))
-                .map_err(|e| anyhow!("sampling failed at step {}: {e}", tokens.len()))?;
             timings.sampling += t0.elapsed();
 
             if !req.ignore_eos && model.is_eog(choice.id) {
@@ -286,6 +379,9 @@ impl Generator {
             sink.text(self.out.get(..n).unwrap_or(&[]))?;
         }
         timings.generation = generating.elapsed();
+        if let Some(dump) = self.dump.as_mut() {
+            dump.flush()?;
+        }
         Ok(Outcome {
             tokens,
             finish,

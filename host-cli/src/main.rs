@@ -10,6 +10,7 @@ mod output;
 mod plot;
 mod repl;
 mod settings;
+mod shape;
 mod trace;
 
 use std::process::ExitCode;

@@ -281,6 +281,11 @@ impl Session<'_> {
         self.decode(&[token])
     }
 
+    /// Lets a llama.cpp sampler chain pick (and accept) the next token.
+    pub fn sample_with(&self, chain: &mut llama_cpp_2::sampling::LlamaSampler) -> LlamaToken {
+        chain.sample(&self.ctx, self.logits_index)
+    }
+
     /// Logits for the token after the last one decoded.
     pub fn logits(&self) -> &[f32] {
         self.ctx.get_logits_ith(self.logits_index)

@@ -6,6 +6,7 @@ use sampler_core::{Config, Order, Stage};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{GenerationArgs, ModelArgs, SamplingArgs};
+use crate::generate::Engine;
 
 /// Everything that decides which tokens a run produces, given the prompt
 /// and the model.
@@ -41,6 +42,9 @@ pub struct Settings {
     pub ctx_size: u32,
     /// Prompt tokens decoded per batch.
     pub batch_size: u32,
+    /// Which sampler picked the tokens.
+    #[serde(default)]
+    pub sampler: Engine,
 }
 
 /// The name of a stage as the CLI spells it.
@@ -77,6 +81,7 @@ impl Settings {
             ignore_eos: gen.ignore_eos,
             ctx_size: model.ctx_size,
             batch_size: model.batch_size,
+            sampler: sampling.sampler,
         }
     }
 

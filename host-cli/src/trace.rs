@@ -326,7 +326,7 @@ mod tests {
                 "repeat_penalty": 1.0, "repeat_last_n": 0, "presence_penalty": 0.0,
                 "frequency_penalty": 0.0, "sampler_order": ["temp"], "seed": 1,
                 "n_predict": null, "stops": [], "ignore_eos": false, "ctx_size": 64,
-                "batch_size": 32
+                "batch_size": 32, "sampler": "talkback"
             }))
             .expect("settings"),
             steps: steps
