@@ -58,6 +58,13 @@ impl Model {
     /// - llama.cpp refuses to load it.
     pub fn load(args: &ModelArgs, verbose: u8) -> Result<Self> {
         let path = resolve_path(args.model.as_deref());
+        if args.gpu_layers > 0 && !cfg!(feature = "cuda") {
+            bail!(
+                "--gpu-layers {} needs a GPU build: cargo build --release \
+                 -p talkback --features cuda",
+                args.gpu_layers
+            );
+        }
         gguf::check_file(&path)?;
 
         llama_cpp_2::send_logs_to_tracing(LogOptions::default().with_logs_enabled(verbose >= 2));
