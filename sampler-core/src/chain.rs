@@ -11,7 +11,7 @@ use crate::config::Stage;
 use crate::penalty::Overrides;
 use crate::select::{keep_top, sort_by_rank};
 use crate::softmax::{Scale, LN_WEIGHT_ONE};
-use crate::{draw, minp, temperature, topk, topp};
+use crate::{dense, draw, minp, temperature, topk, topp};
 use crate::{Alternative, Candidate, Choice, Config, Error, Input, Report, Survivors};
 
 /// What a stage left behind, shown to an observer after it runs.
@@ -26,8 +26,14 @@ pub(crate) struct StageView<'a> {
 
 /// The state the chain ends in.
 pub(crate) struct Outcome {
-    /// Number of final survivors, at the front of the scratch buffer.
-    pub len: usize,
+    /// Number of candidates held at the front of the scratch buffer: every
+    /// final survivor of nonzero weight, and at least as many of the top
+    /// survivors as alternatives were asked for.
+    pub held: usize,
+    /// Whether the held candidates are in rank order.
+    pub sorted: bool,
+    /// Weights of the held candidates under some scale, when sorted.
+    pub cache: WeightCache,
     /// Scale of the final distribution.
     pub scale: Scale,
     /// Counts after each stage.
@@ -78,7 +84,54 @@ pub(crate) fn collect_all(logits: &[f32], ov: &Overrides, scratch: &mut [Candida
     n
 }
 
+/// How the chain finds its candidates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Path {
+    /// Stay on the dense logits until the first truncating stage, then
+    /// collect only what that stage keeps.
+    Fast,
+    /// Collect every candidate first; simple, and the definition the fast
+    /// path must match bit for bit.
+    Reference,
+}
+
+/// At or below this scaled difference every weight is zero (e^-22 * 2^30 < 0.3).
+pub(crate) const ZERO_WEIGHT_CUT: f32 = -22.0;
+
+/// Where the survivors are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Live {
+    /// Every candidate survives and none has been collected.
+    All,
+    /// The survivors are exactly `scratch[..n]`, a rank prefix of the candidates.
+    Held(usize),
+}
+
+/// Top logit and candidate count, computed by a dense pass when first needed.
+struct Summary<'a> {
+    logits: &'a [f32],
+    ov: &'a Overrides,
+    known: Option<(f32, usize)>,
+}
+
+impl Summary<'_> {
+    fn get(&mut self) -> Result<(f32, usize), Error> {
+        let (m, n) = match self.known {
+            Some(known) => known,
+            None => dense::summary(self.logits, self.ov),
+        };
+        self.known = Some((m, n));
+        if n == 0 {
+            return Err(Error::NoFiniteLogit);
+        }
+        Ok((m, n))
+    }
+}
+
 /// Runs the stages of `config.order` on the candidates of `logits`.
+///
+/// `alternatives` is how many top tokens the caller will ask of the final
+/// distribution; the fast path makes sure that many are held.
 ///
 /// # Errors
 ///
@@ -88,65 +141,283 @@ pub(crate) fn run(
     ov: &Overrides,
     config: &Config,
     scratch: &mut [Candidate],
+    path: Path,
+    alternatives: usize,
     observe: &mut dyn FnMut(StageView<'_>),
 ) -> Result<Outcome, Error> {
-    let n = collect_all(logits, ov, scratch);
-    let s = scratch.get_mut(..n).unwrap_or(&mut []);
-    let top = s.iter().fold(
-        f32::NEG_INFINITY,
-        |a, c| if c.logit > a { c.logit } else { a },
-    );
-    if n == 0 {
-        return Err(Error::NoFiniteLogit);
+    let vocab = logits.len();
+    let mut summary = Summary {
+        logits,
+        ov,
+        known: None,
+    };
+    let mut live = Live::All;
+    let mut top = f32::NEG_INFINITY;
+    let mut inv_t = 1.0f32;
+    let mut sorted = false;
+    let mut cache = WeightCache::new();
+    if path == Path::Reference {
+        let n = collect_all(logits, ov, scratch);
+        top = held_top(scratch.get(..n).unwrap_or(&[]));
+        summary.known = Some((top, n));
+        summary.get()?;
+        live = Live::Held(n);
     }
 
-    let mut scale = Scale::new(top);
-    let mut len = n;
-    let mut counts = [None::<usize>; 3];
+    // Per counted stage: Some(Held(n)) or Some(All) once it ran; None if absent.
+    let mut counts = [None::<Live>; 3];
     for (index, &stage) in config.order.stages().iter().enumerate() {
-        let live = s.get_mut(..len).unwrap_or(&mut []);
-        match stage {
-            Stage::Temperature => {
-                (len, scale) = temperature::apply(live, config, scale);
-            }
-            Stage::TopK => {
-                if let Some(k) = topk::limit(config.top_k, logits.len()) {
-                    len = topk::apply(live, k);
+        match live {
+            Live::Held(len) => {
+                let s = scratch.get_mut(..len).unwrap_or(&mut []);
+                if !sorted && len <= SORTED_MAX {
+                    sort_by_rank(s);
+                    sorted = true;
                 }
+                let scale = Scale {
+                    inv_t,
+                    ..Scale::new(top)
+                };
+                let (n, t) = if sorted {
+                    sorted_stage(stage, config, vocab, s, scale, &mut cache)
+                } else {
+                    held_stage(stage, config, vocab, s, scale)
+                };
+                live = Live::Held(n);
+                inv_t = t;
             }
-            Stage::TopP => {
-                len = topp::apply(live, config.top_p, |x| scale.weight(x));
-            }
-            Stage::MinP => {
-                len = minp::apply(live, config.min_p, &scale);
+            Live::All => {
+                let (next, t) = all_stage(stage, config, ov, logits, scratch, inv_t, &mut summary)?;
+                if let Live::Held(n) = next {
+                    if n == 0 {
+                        return Err(Error::NoFiniteLogit);
+                    }
+                    top = held_top(scratch.get(..n).unwrap_or(&[]));
+                }
+                live = next;
+                inv_t = t;
             }
         }
         if let Some(slot) = count_slot(stage).and_then(|i| counts.get_mut(i)) {
-            *slot = Some(len);
+            *slot = Some(live);
         }
-        let survivors = s.get(..len).unwrap_or(&[]);
-        observe(StageView {
-            index,
-            survivors,
-            scale,
-        });
+        if let Live::Held(n) = live {
+            let survivors = scratch.get(..n).unwrap_or(&[]);
+            let scale = Scale {
+                inv_t,
+                ..Scale::new(top)
+            };
+            observe(StageView {
+                index,
+                survivors,
+                scale,
+            });
+        }
     }
 
-    let [k, p, m] = counts.map(|c| c.unwrap_or(len));
+    let (held, len) = match live {
+        Live::Held(n) => (n, n),
+        Live::All => {
+            // Nothing truncated: the final distribution is every candidate,
+            // but only those of nonzero weight can be drawn, so collect those
+            // unless the caller wants more alternatives than they number.
+            let (m, n) = summary.get()?;
+            top = m;
+            let scale = Scale {
+                inv_t,
+                ..Scale::new(m)
+            };
+            let mut held = dense::at_least(logits, ov, &scale, ZERO_WEIGHT_CUT, scratch);
+            if held < alternatives.min(n) {
+                held = collect_all(logits, ov, scratch);
+            }
+            (held, n)
+        }
+    };
+    let mut count = |c: Option<Live>| -> Result<usize, Error> {
+        match c {
+            None => Ok(len),
+            Some(Live::Held(n)) => Ok(n),
+            Some(Live::All) => summary.get().map(|(_, n)| n),
+        }
+    };
     let survivors = Survivors {
-        vocab: logits.len(),
-        after_top_k: k,
-        after_top_p: p,
-        after_min_p: m,
+        vocab,
+        after_top_k: count(counts[0])?,
+        after_top_p: count(counts[1])?,
+        after_min_p: count(counts[2])?,
         final_count: len,
     };
+    let scale = Scale {
+        inv_t,
+        ..Scale::new(top)
+    };
+    let held_s = scratch.get_mut(..held).unwrap_or(&mut []);
+    if !sorted && held <= SORTED_MAX {
+        sort_by_rank(held_s);
+        sorted = true;
+    }
     Ok(Outcome {
-        len,
+        held,
         scale,
         survivors,
+        sorted,
+        cache,
     })
 }
 
+/// The top logit of a non-empty rank prefix.
+fn held_top(s: &[Candidate]) -> f32 {
+    s.iter().fold(
+        f32::NEG_INFINITY,
+        |a, c| if c.logit > a { c.logit } else { a },
+    )
+}
+
+/// Runs one stage on held survivors; returns the new count and `1 / t`.
+fn held_stage(
+    stage: Stage,
+    config: &Config,
+    vocab: usize,
+    s: &mut [Candidate],
+    scale: Scale,
+) -> (usize, f32) {
+    let len = s.len();
+    match stage {
+        Stage::Temperature => {
+            let (n, scale) = temperature::apply(s, config, scale);
+            (n, scale.inv_t)
+        }
+        Stage::TopK => match topk::limit(config.top_k, vocab) {
+            Some(k) => (topk::apply(s, k), scale.inv_t),
+            None => (len, scale.inv_t),
+        },
+        Stage::TopP => (
+            topp::apply(s, config.top_p, |x| scale.weight(x)),
+            scale.inv_t,
+        ),
+        Stage::MinP => (minp::apply(s, config.min_p, &scale), scale.inv_t),
+    }
+}
+
+/// Held sets at most this long are sorted once and then cut as prefixes.
+pub(crate) const SORTED_MAX: usize = 64;
+
+/// Integer weights of the first `len` candidates of a sorted held set.
+pub(crate) struct WeightCache {
+    scale: Option<Scale>,
+    len: usize,
+    w: [u64; SORTED_MAX],
+}
+
+impl WeightCache {
+    fn new() -> Self {
+        WeightCache {
+            scale: None,
+            len: 0,
+            w: [0; SORTED_MAX],
+        }
+    }
+
+    /// Weights of `s` (at most [`SORTED_MAX`] long) under `scale`, reusing earlier work.
+    fn get(&mut self, s: &[Candidate], scale: Scale) -> &[u64] {
+        if self.scale != Some(scale) || self.len < s.len() {
+            for (w, c) in self.w.iter_mut().zip(s) {
+                *w = scale.weight(c.logit);
+            }
+            self.scale = Some(scale);
+            self.len = s.len().min(SORTED_MAX);
+        }
+        self.w.get(..s.len()).unwrap_or(&[])
+    }
+}
+
+/// Runs one stage on a held set sorted by rank; every stage keeps a prefix.
+///
+/// Gives the same survivors as [`held_stage`]: the prefix each stage keeps
+/// is the set the selection-based version finds.
+fn sorted_stage(
+    stage: Stage,
+    config: &Config,
+    vocab: usize,
+    s: &mut [Candidate],
+    scale: Scale,
+    cache: &mut WeightCache,
+) -> (usize, f32) {
+    let len = s.len();
+    match stage {
+        Stage::Temperature if config.is_greedy() => (len.min(1), scale.inv_t),
+        Stage::Temperature => (len, scale.with_temperature(config.temperature).inv_t),
+        Stage::TopK => match topk::limit(config.top_k, vocab) {
+            Some(k) => (len.min(k), scale.inv_t),
+            None => (len, scale.inv_t),
+        },
+        Stage::TopP if config.top_p < 1.0 && len > 1 => {
+            let w = cache.get(s, scale);
+            (topp::prefix(w, config.top_p), scale.inv_t)
+        }
+        Stage::MinP if config.min_p > 0.0 && len > 1 => {
+            let cut = minp::cut(config.min_p);
+            let kept = s.iter().take_while(|c| scale.d(c.logit) >= cut).count();
+            (kept, scale.inv_t)
+        }
+        Stage::TopP | Stage::MinP => (len, scale.inv_t),
+    }
+}
+
+/// Runs one stage while every candidate survives; collects when it truncates.
+///
+/// Each branch collects a superset of what the stage keeps that is itself a
+/// rank prefix (the top k; the top token; the tokens of nonzero weight; the
+/// tokens passing min-p) and then runs the held version of the stage on it,
+/// so the result is the same set the reference path finds.
+fn all_stage(
+    stage: Stage,
+    config: &Config,
+    ov: &Overrides,
+    logits: &[f32],
+    scratch: &mut [Candidate],
+    inv_t: f32,
+    summary: &mut Summary<'_>,
+) -> Result<(Live, f32), Error> {
+    match stage {
+        Stage::Temperature if config.is_greedy() => {
+            Ok((Live::Held(dense::top_k(logits, ov, 1, scratch)), inv_t))
+        }
+        Stage::Temperature => Ok((Live::All, 1.0 / config.temperature)),
+        Stage::TopK => match topk::limit(config.top_k, logits.len()) {
+            Some(k) => Ok((Live::Held(dense::top_k(logits, ov, k, scratch)), inv_t)),
+            None => Ok((Live::All, inv_t)),
+        },
+        Stage::TopP if config.top_p < 1.0 => {
+            let (m, _) = summary.get()?;
+            let scale = Scale {
+                inv_t,
+                ..Scale::new(m)
+            };
+            // The token where the mass crosses p has nonzero weight, and so
+            // does everything ranked above it.
+            let n = dense::at_least(logits, ov, &scale, ZERO_WEIGHT_CUT, scratch);
+            let s = scratch.get_mut(..n).unwrap_or(&mut []);
+            Ok((
+                Live::Held(topp::apply(s, config.top_p, |x| scale.weight(x))),
+                inv_t,
+            ))
+        }
+        Stage::MinP if config.min_p > 0.0 => {
+            let (m, _) = summary.get()?;
+            let scale = Scale {
+                inv_t,
+                ..Scale::new(m)
+            };
+            let n = dense::at_least(logits, ov, &scale, minp::cut(config.min_p), scratch);
+            Ok((Live::Held(n), inv_t))
+        }
+        Stage::TopP | Stage::MinP => Ok((Live::All, inv_t)),
+    }
+}
+
+/// Index of a stage's field among the survivor counts; temperature has none.
 fn count_slot(stage: Stage) -> Option<usize> {
     match stage {
         Stage::Temperature => None,
@@ -161,16 +432,20 @@ fn logprob(d: f32, ln_total: f64) -> f32 {
     (f64::from(d) - ln_total) as f32
 }
 
-/// Draws from the final survivors `s` with uniform `u` and fills `report`.
+/// Draws from the held final survivors with uniform `u` and fills `report`.
 pub(crate) fn finish(
     s: &mut [Candidate],
-    scale: Scale,
+    out: &mut Outcome,
     u: f64,
-    survivors: Survivors,
     report: Option<&mut Report<'_>>,
 ) -> Choice {
-    let weight = |x: f32| scale.weight(x);
-    let (j, total) = draw::pick(s, u, weight);
+    let scale = out.scale;
+    let (j, total) = if out.sorted {
+        let w = out.cache.get(s, scale);
+        draw::pick_sorted(w, u)
+    } else {
+        draw::pick(s, u, |x| scale.weight(x))
+    };
     let chosen = s.get(j).or(s.first()).copied().unwrap_or_default();
     // ln(total / 2^30): the top token's weight is 2^30, so this is the log
     // of the normaliser in units of the top token.
@@ -181,12 +456,18 @@ pub(crate) fn finish(
     };
 
     if let Some(report) = report {
-        report.survivors = survivors;
+        report.survivors = out.survivors;
         report.entropy = entropy(s, &scale, total, ln_total);
-        let n = report.alternatives.len().min(s.len());
-        keep_top(s, n);
-        let head = s.get_mut(..n).unwrap_or(&mut []);
-        sort_by_rank(head);
+        let n = report
+            .alternatives
+            .len()
+            .min(out.survivors.final_count)
+            .min(s.len());
+        if !out.sorted {
+            keep_top(s, n);
+            sort_by_rank(s.get_mut(..n).unwrap_or(&mut []));
+        }
+        let head = s.get(..n).unwrap_or(&[]);
         for (slot, c) in report.alternatives.iter_mut().zip(head.iter()) {
             *slot = Alternative {
                 id: c.id,

@@ -29,6 +29,19 @@ pub(crate) fn pick(s: &mut [Candidate], u: f64, weight: impl Fn(f32) -> u64) -> 
     (j, total)
 }
 
+/// Picks by `u` from rank-ordered weights `w`; returns the chosen position and the total.
+pub(crate) fn pick_sorted(w: &[u64], u: f64) -> (usize, u64) {
+    let total: u64 = w.iter().sum();
+    let mut left = target(u, total);
+    for (i, &x) in w.iter().enumerate() {
+        if left < x {
+            return (i, total);
+        }
+        left -= x;
+    }
+    (0, total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +78,8 @@ mod tests {
         assert_eq!(id_at(0.75), Some(2));
         // Token 1 has weight 0 and is never drawn.
         assert_eq!(id_at(below_one), Some(2));
+        assert_eq!(pick_sorted(&[3, 1, 0], 0.0), (0, 4));
+        assert_eq!(pick_sorted(&[3, 1, 0], 0.75), (1, 4));
+        assert_eq!(pick_sorted(&[3, 1, 0], below_one), (1, 4));
     }
 }

@@ -5,6 +5,7 @@
 
 mod chain;
 mod config;
+mod dense;
 mod draw;
 mod error;
 mod minp;

@@ -8,7 +8,8 @@
 
 use core::fmt;
 
-use crate::chain::{self, StageView};
+use crate::chain::{self, Path, StageView};
+use crate::dense;
 use crate::penalty::Overrides;
 use crate::{Config, Error, Rng};
 
@@ -179,11 +180,7 @@ impl<'s> Sampler<'s> {
         input: Input<'_>,
         report: Option<&mut Report<'_>>,
     ) -> Result<Choice, Error> {
-        let (len, scale, survivors) = self.prepare(&input)?;
-        let u = self.rng.next_unit();
-        self.step += 1;
-        let s = self.scratch.get_mut(..len).unwrap_or(&mut []);
-        Ok(chain::finish(s, scale, u, survivors, report))
+        self.sample_inner(&input, None, report, Path::Fast)
     }
 
     /// Samples with a given uniform number instead of the generator's, for tests.
@@ -193,27 +190,57 @@ impl<'s> Sampler<'s> {
         input: Input<'_>,
         u: f64,
         report: Option<&mut Report<'_>>,
+        path: Path,
     ) -> Result<Choice, Error> {
-        let (len, scale, survivors) = self.prepare(&input)?;
-        let s = self.scratch.get_mut(..len).unwrap_or(&mut []);
-        Ok(chain::finish(s, scale, u, survivors, report))
+        self.sample_inner(&input, Some(u), report, path)
     }
 
-    fn prepare(
+    fn sample_inner(
         &mut self,
         input: &Input<'_>,
-    ) -> Result<(usize, crate::softmax::Scale, Survivors), Error> {
+        forced: Option<f64>,
+        report: Option<&mut Report<'_>>,
+        path: Path,
+    ) -> Result<Choice, Error> {
         chain::check_input(input, self.scratch.len())?;
         let mut ov = Overrides::new();
         ov.build(input.logits, input.recent, input.bias, &self.config)?;
-        let out = chain::run(
+
+        if self.config.is_greedy() && report.is_none() && path == Path::Fast {
+            // Every stage keeps the top token, so greedy without a report
+            // needs only the top token.
+            let n = dense::top_k(input.logits, &ov, 1, self.scratch);
+            let top = self
+                .scratch
+                .first()
+                .filter(|_| n == 1)
+                .ok_or(Error::NoFiniteLogit)?;
+            let id = top.id;
+            self.draw(forced);
+            return Ok(Choice { id, logprob: 0.0 });
+        }
+
+        let wanted = report.as_ref().map_or(0, |r| r.alternatives.len());
+        let mut ignore = |_: StageView<'_>| {};
+        let mut out = chain::run(
             input.logits,
             &ov,
             &self.config,
             self.scratch,
-            &mut |_: StageView<'_>| {},
+            path,
+            wanted,
+            &mut ignore,
         )?;
-        Ok((out.len, out.scale, out.survivors))
+        let u = self.draw(forced);
+        let s = self.scratch.get_mut(..out.held).unwrap_or(&mut []);
+        Ok(chain::finish(s, &mut out, u, report))
+    }
+
+    /// Takes this step's uniform number: exactly one generator draw.
+    fn draw(&mut self, forced: Option<f64>) -> f64 {
+        let u = self.rng.next_unit();
+        self.step += 1;
+        forced.unwrap_or(u)
     }
 
     /// The settings this sampler was built with.
@@ -276,7 +303,7 @@ mod tests {
     fn pick(logits: &[f32], config: Config, u: f64) -> Result<Choice, Error> {
         let mut scratch = vec![Candidate::default(); logits.len()];
         let mut s = Sampler::new(config, 0, &mut scratch)?;
-        s.sample_with_unit(Input::new(logits), u, None)
+        s.sample_with_unit(Input::new(logits), u, None, Path::Fast)
     }
 
     #[test]
@@ -697,6 +724,143 @@ mod tests {
         for (row, (id, p)) in r.iter().zip(d) {
             assert_eq!(row.id, id);
             assert!((row.after[3].unwrap() - p).abs() < 1e-6);
+        }
+    }
+
+    /// A small deterministic generator for building test cases.
+    struct Gen(u64);
+
+    impl Gen {
+        fn next(&mut self) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            self.0 >> 11
+        }
+        fn unit(&mut self) -> f32 {
+            (self.next() >> 29) as f32 / (1u64 << 24) as f32
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+            items[self.below(items.len())]
+        }
+    }
+
+    fn logits_for(g: &mut Gen, v: usize) -> Vec<f32> {
+        let shape = g.below(6);
+        let mut out: Vec<f32> = (0..v)
+            .map(|_| match shape {
+                0 => g.unit() * 2.0 - 1.0,
+                1 => (g.unit() * 40.0 - 20.0).round() / 2.0,
+                2 => {
+                    // Peaked: a wide bulk far below a few high logits.
+                    let x = g.unit() * 6.0 - 3.0;
+                    if g.below(200) == 0 {
+                        15.0 + g.unit() * 5.0
+                    } else {
+                        x
+                    }
+                }
+                3 => (g.unit() * 3.0).floor(),
+                4 => g.unit() * 200.0 - 100.0,
+                _ => 1000.0 - g.unit(),
+            })
+            .collect();
+        let specials = g.below(4);
+        for _ in 0..specials * (1 + v / 50) {
+            let i = g.below(v);
+            out[i] = g.pick(&[
+                f32::NAN,
+                f32::NEG_INFINITY,
+                f32::NEG_INFINITY,
+                f32::INFINITY,
+            ]);
+        }
+        out
+    }
+
+    fn config_for(g: &mut Gen, v: usize) -> Config {
+        use Stage::*;
+        let orders = [
+            Order::TALKBACK,
+            Order::LLAMA_CPP,
+            Order::new(&[Temperature]).unwrap(),
+            Order::new(&[MinP, TopP, Temperature, TopK]).unwrap(),
+            Order::new(&[TopP, TopK, Temperature]).unwrap(),
+        ];
+        Config {
+            temperature: g.pick(&[0.0, 0.01, 0.5, 0.8, 1.0, 2.5]),
+            top_k: g.pick(&[0, 1, 2, 3, 40, v as u32 - 1, v as u32, 100_000]),
+            top_p: g.pick(&[0.0, 0.3, 0.9, 0.95, 0.999, 1.0]),
+            min_p: g.pick(&[0.0, 0.0, 0.05, 0.5, 1.0, 1e-12]),
+            repeat_penalty: g.pick(&[1.0, 1.0, 1.3]),
+            presence_penalty: g.pick(&[0.0, 0.0, 0.5]),
+            frequency_penalty: g.pick(&[0.0, 0.0, -0.25]),
+            order: g.pick(&orders),
+        }
+    }
+
+    fn outcome(
+        input: Input<'_>,
+        config: Config,
+        u: f64,
+        alts: usize,
+        path: Path,
+    ) -> (Result<Choice, Error>, Vec<Alternative>, f32, Survivors) {
+        let mut scratch = vec![Candidate::default(); input.logits.len() + 3];
+        let mut buf = vec![Alternative::default(); if alts == usize::MAX { 0 } else { alts }];
+        let mut report = Report::new(&mut buf);
+        let mut s = Sampler::new(config, 0, &mut scratch).unwrap();
+        let with = if alts == usize::MAX {
+            None
+        } else {
+            Some(&mut report)
+        };
+        let r = s.sample_with_unit(input, u, with, path);
+        let (n, e, sv) = (report.n_alternatives, report.entropy, report.survivors);
+        (r, buf[..n].to_vec(), e, sv)
+    }
+
+    #[test]
+    fn fast_path_matches_reference_bit_for_bit() {
+        let mut g = Gen(2024);
+        for case in 0..3000 {
+            let v = g.pick(&[1, 2, 5, 15, 16, 17, 64, 100, 1000, 4097]);
+            let logits = logits_for(&mut g, v);
+            let config = config_for(&mut g, v);
+            let recent: Vec<u32> = (0..g.below(8)).map(|_| g.below(v) as u32).collect();
+            let bias: Vec<(u32, f32)> = (0..g.below(3))
+                .map(|_| {
+                    (
+                        g.below(v) as u32,
+                        g.pick(&[-1.0, 2.0, f32::NEG_INFINITY, 30.0]),
+                    )
+                })
+                .collect();
+            let input = Input {
+                logits: &logits,
+                recent: &recent,
+                bias: &bias,
+            };
+            let r = f64::from(g.unit());
+            let u = g.pick(&[0.0, BELOW_ONE, 0.5, r]);
+            let alts = g.pick(&[0, 1, 5, 64, usize::MAX]);
+            let fast = outcome(input, config, u, alts, Path::Fast);
+            let slow = outcome(input, config, u, alts, Path::Reference);
+            let bits = |o: &(Result<Choice, Error>, Vec<Alternative>, f32, Survivors)| {
+                let choice = o.0.map(|c| (c.id, c.logprob.to_bits()));
+                let alts: Vec<(u32, u32)> =
+                    o.1.iter().map(|a| (a.id, a.logprob.to_bits())).collect();
+                (choice, alts, o.2.to_bits(), o.3)
+            };
+            assert_eq!(
+                bits(&fast),
+                bits(&slow),
+                "case {case}: v {v} {config:?} u {u}"
+            );
         }
     }
 }

@@ -8,7 +8,7 @@
 //! runs, so the table shows the distribution the draw would use; no
 //! generator is touched.
 
-use crate::chain::{self, StageView};
+use crate::chain::{self, Path, StageView};
 use crate::config::MAX_STAGES;
 use crate::penalty::Overrides;
 use crate::select::{keep_top, mass, sort_by_rank};
@@ -132,7 +132,15 @@ pub fn shape(
             }
         }
     };
-    let outcome = chain::run(input.logits, &ov, config, scratch, &mut observe)?;
+    let outcome = chain::run(
+        input.logits,
+        &ov,
+        config,
+        scratch,
+        Path::Reference,
+        0,
+        &mut observe,
+    )?;
     out.n_rows = rows;
     out.order = config.order;
     out.survivors = outcome.survivors;

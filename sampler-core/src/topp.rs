@@ -41,6 +41,20 @@ pub(crate) fn apply(s: &mut [Candidate], p: f32, weight: impl Fn(f32) -> u64) ->
     }
 }
 
+/// Length of the smallest prefix of rank-ordered weights `w` reaching `p`.
+pub(crate) fn prefix(w: &[u64], p: f32) -> usize {
+    let total: u64 = w.iter().sum();
+    let need = target(p, total);
+    let mut cum = 0u64;
+    for (i, &x) in w.iter().enumerate() {
+        cum += x;
+        if cum >= need {
+            return i + 1;
+        }
+    }
+    w.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +81,9 @@ mod tests {
         assert_eq!(apply(&mut s, 0.81, weight), 3);
         assert_eq!(apply(&mut s, 0.0, weight), 1);
         assert_eq!(s.first().map(|c| c.id), Some(3));
+        assert_eq!(prefix(&[50, 30, 10, 10], 0.8), 2);
+        assert_eq!(prefix(&[50, 30, 10, 10], 0.81), 3);
+        assert_eq!(prefix(&[50, 30, 10, 10], 0.0), 1);
+        assert_eq!(prefix(&[50, 30, 10, 10], 1.0), 4);
     }
 }

@@ -1,0 +1,117 @@
+//! Per-token timing of the sampling chain on synthetic logits.
+//!
+//! Run with `cargo run --release -p sampler-core --example bench`. Each line
+//! names its case (`default_lm_v49152`, ...) and prints the best and the
+//! median time of one `sample()` call over many calls; on a shared machine
+//! the best is the steadier number. Two logit shapes are measured: `lm`, a
+//! language-model-like shape (a few high logits over a wide normal bulk),
+//! and `flat`, uniform in [-1, 1], the worst case for top-p.
+
+// A measuring tool, not library code: a broken setup may abort it.
+#![allow(clippy::indexing_slicing, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use sampler_core::{Candidate, Config, Input, Sampler};
+
+/// A small deterministic generator, so every run measures the same logits.
+struct Gen(u64);
+
+impl Gen {
+    fn unit(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn normal(&mut self) -> f64 {
+        // Box-Muller; one of the pair is enough here.
+        let (a, b) = (self.unit().max(1e-300), self.unit());
+        (-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()
+    }
+}
+
+fn lm_logits(v: usize, seed: u64) -> Vec<f32> {
+    let mut g = Gen(seed);
+    let mut out: Vec<f32> = (0..v).map(|_| (g.normal() * 2.5) as f32).collect();
+    for rank in 0..64 {
+        let i = (g.unit() * v as f64) as usize;
+        out[i] = (22.0 - 2.0 * (1.0 + rank as f64).ln() + g.normal() * 0.3) as f32;
+    }
+    out
+}
+
+fn flat_logits(v: usize, seed: u64) -> Vec<f32> {
+    let mut g = Gen(seed);
+    (0..v).map(|_| (g.unit() * 2.0 - 1.0) as f32).collect()
+}
+
+fn measure(name: &str, config: Config, logits: &[Vec<f32>], recent: &[u32]) {
+    if let Some(only) = std::env::args().nth(1) {
+        if !name.contains(&only) {
+            return;
+        }
+    }
+    let v = logits[0].len();
+    let mut scratch = vec![Candidate::default(); v];
+    let mut sampler = Sampler::new(config, 1, &mut scratch).expect("valid config");
+    let calls = (20_000_000 / v).clamp(20, 2000)
+        * std::env::args()
+            .nth(2)
+            .and_then(|r| r.parse::<usize>().ok())
+            .unwrap_or(1);
+    let mut times = Vec::with_capacity(calls);
+    for i in 0..calls {
+        let input = Input {
+            logits: &logits[i % logits.len()],
+            recent,
+            bias: &[],
+        };
+        let start = Instant::now();
+        let choice = sampler.sample(black_box(input), None);
+        times.push(start.elapsed());
+        black_box(choice.expect("sample"));
+    }
+    times.sort_unstable();
+    let us = |d: std::time::Duration| d.as_secs_f64() * 1e6;
+    let (best, median) = (times[0], times[times.len() / 2]);
+    println!(
+        "{name:<36} best {:>9.2} us   median {:>9.2} us",
+        us(best),
+        us(median)
+    );
+}
+
+fn main() {
+    let default = Config::default();
+    let greedy = Config::greedy();
+    let top_p = Config {
+        top_k: 0,
+        min_p: 0.0,
+        ..Config::default()
+    };
+    let penalties = Config {
+        repeat_penalty: 1.1,
+        frequency_penalty: 0.1,
+        ..Config::default()
+    };
+    for v in [49152usize, 151_936, 262_144] {
+        let lm: Vec<Vec<f32>> = (0..8).map(|s| lm_logits(v, s)).collect();
+        let flat: Vec<Vec<f32>> = (0..8).map(|s| flat_logits(v, 100 + s)).collect();
+        let recent: Vec<u32> = (0..64).map(|i| (i * 7919 % v) as u32).collect();
+        measure(&format!("default_lm_v{v}"), default, &lm, &[]);
+        measure(&format!("default_flat_v{v}"), default, &flat, &[]);
+        measure(&format!("greedy_lm_v{v}"), greedy, &lm, &[]);
+        measure(&format!("topp_p095_lm_v{v}"), top_p, &lm, &[]);
+        measure(&format!("topp_p095_flat_v{v}"), top_p, &flat, &[]);
+        measure(
+            &format!("default_penalties_w64_lm_v{v}"),
+            penalties,
+            &lm,
+            &recent,
+        );
+    }
+}

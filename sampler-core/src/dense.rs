@@ -1,0 +1,437 @@
+//! Passes over the whole vocabulary, sixteen logits at a time.
+//!
+//! Input: the dense logits and the sparse [`Overrides`]. Output: a summary
+//! (top logit and candidate count), or candidates copied into scratch in id
+//! order: the top `k` by rank, or every candidate whose scaled difference
+//! to the top logit reaches a cut.
+//! Invariants: the dense logits are only read; a chunk that holds an
+//! overridden id is copied to the stack and patched, so every pass sees
+//! effective logits. The tail is padded with NaN, which no pass counts or
+//! copies. Inner loops are plain element-wise code over runs of whole
+//! chunks so that the compiler vectorises them on baseline targets; the
+//! results do not depend on how they are vectorised, since maxima and
+//! counts are exact.
+
+use crate::penalty::{Override, Overrides};
+use crate::select::{keep_top, rank_cmp};
+use crate::softmax::Scale;
+use crate::Candidate;
+
+/// Logits per chunk.
+pub(crate) const CHUNK: usize = 16;
+
+/// Calls `f(first_id, run)` over the effective logits in id order.
+///
+/// Each run is a whole number of chunks: either a stretch of the caller's
+/// logits with no override in it, or one patched copy of a chunk.
+#[inline(always)]
+fn for_each_run(logits: &[f32], ov: &Overrides, mut f: impl FnMut(u32, &[f32])) {
+    let full = logits.len() - logits.len() % CHUNK;
+    let body = logits.get(..full).unwrap_or(&[]);
+    let tail = logits.get(full..).unwrap_or(&[]);
+    let mut pending = ov.as_slice();
+    let mut start = 0usize;
+    while let Some(o) = pending.first() {
+        let at = o.id as usize - o.id as usize % CHUNK;
+        let Some(chunk) = body.get(at..at + CHUNK) else {
+            break;
+        };
+        if at > start {
+            f(start as u32, body.get(start..at).unwrap_or(&[]));
+        }
+        let mut patched = [0.0f32; CHUNK];
+        patched.copy_from_slice(chunk);
+        pending = patch(&mut patched, at as u32, pending);
+        f(at as u32, &patched);
+        start = at + CHUNK;
+    }
+    if full > start {
+        f(start as u32, body.get(start..).unwrap_or(&[]));
+    }
+    if !tail.is_empty() {
+        let mut padded = [f32::NAN; CHUNK];
+        for (slot, &x) in padded.iter_mut().zip(tail) {
+            *slot = x;
+        }
+        patch(&mut padded, full as u32, pending);
+        f(full as u32, &padded);
+    }
+}
+
+/// Writes the overrides that fall in the chunk at `base`; returns the rest.
+fn patch<'o>(chunk: &mut [f32; CHUNK], base: u32, mut pending: &'o [Override]) -> &'o [Override] {
+    while let Some((o, rest)) = pending.split_first() {
+        let Some(slot) =
+            o.id.checked_sub(base)
+                .and_then(|i| chunk.get_mut(i as usize))
+        else {
+            break;
+        };
+        *slot = o.value;
+        pending = rest;
+    }
+    pending
+}
+
+/// The top effective logit and the number of candidates (neither NaN nor -inf).
+///
+/// The top logit is -inf when there is no candidate.
+pub(crate) fn summary(logits: &[f32], ov: &Overrides) -> (f32, usize) {
+    let mut m = f32::NEG_INFINITY;
+    let mut n = 0usize;
+    for_each_run(logits, ov, |_, run| {
+        let mut top = [f32::NEG_INFINITY; CHUNK];
+        // A lane counts at most one in sixteen ids, so u32 cannot overflow.
+        let mut count = [0u32; CHUNK];
+        for chunk in run.chunks_exact(CHUNK) {
+            for (t, &x) in top.iter_mut().zip(chunk) {
+                // NaN fails the comparison, so it never wins.
+                *t = if x > *t { x } else { *t };
+            }
+            for (c, &x) in count.iter_mut().zip(chunk) {
+                *c += u32::from(x > f32::NEG_INFINITY);
+            }
+        }
+        n += count.iter().map(|&c| c as usize).sum::<usize>();
+        for &t in &top {
+            m = if t > m { t } else { m };
+        }
+    });
+    (m, n)
+}
+
+/// Copies the `min(k, candidates)` highest-ranked candidates into `scratch`; returns the count.
+///
+/// A threshold scan: a chunk is looked at element by element only when some
+/// logit in it beats the current threshold; when the buffer fills, it is
+/// cut back to the best `k` by selection and the threshold rises to the
+/// k-th best logit. Since chunks come in id order, a later logit equal to
+/// that threshold always loses the tie, so the strict comparison is exact.
+/// The scan starts from [`seed`]'s lower bound instead of -inf, so that the
+/// buffer does not fill with the first few hundred logits.
+pub(crate) fn top_k(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate]) -> usize {
+    if k == 0 {
+        return 0;
+    }
+    // Room for at least one chunk beyond k before the buffer is cut back.
+    let room = scratch.len().min(k.saturating_mul(4).max(k + 256));
+    let mut n = 0usize;
+    let mut t = below(seed(logits, ov, k, scratch));
+    for_each_run(logits, ov, |base, run| {
+        let mut rest = run;
+        let mut first = base;
+        while let Some(skip) = next_hit(rest, t) {
+            let at = skip * CHUNK;
+            let Some(chunk) = rest.get(at..at + CHUNK) else {
+                break;
+            };
+            first += (at) as u32;
+            if n + CHUNK > room && n > k {
+                let live = scratch.get_mut(..n).unwrap_or(&mut []);
+                keep_top(live, k);
+                n = k;
+                let kth = live
+                    .get(..k)
+                    .unwrap_or(&[])
+                    .iter()
+                    .max_by(|a, b| rank_cmp(a, b));
+                t = kth.map_or(t, |c| c.logit);
+            }
+            n = append_above(scratch, n, first, chunk, t);
+            rest = rest.get(at + CHUNK..).unwrap_or(&[]);
+            first += CHUNK as u32;
+        }
+    });
+    if n > k {
+        keep_top(scratch.get_mut(..n).unwrap_or(&mut []), k);
+        n = k;
+    }
+    n
+}
+
+/// Index of the first chunk of `run` holding a logit above `t`.
+///
+/// Kept apart from the caller's loop so that `t` stays in a register and the
+/// test compiles to a few vector compares per chunk.
+#[inline(always)]
+fn next_hit(run: &[f32], t: f32) -> Option<usize> {
+    run.chunks_exact(CHUNK).position(|chunk| {
+        let mut hit = false;
+        for &x in chunk {
+            hit |= x > t;
+        }
+        hit
+    })
+}
+
+/// Appends the elements of `chunk` above `t` to `scratch` at `n`; returns the new count.
+///
+/// Branch-free: every element is written at the current end and the end
+/// advances only past those that pass, so unpredictable data costs no
+/// mispredictions. Falls back to checked writes near the end of the buffer.
+#[inline(always)]
+fn append_above(
+    scratch: &mut [Candidate],
+    mut n: usize,
+    first: u32,
+    chunk: &[f32],
+    t: f32,
+) -> usize {
+    if let Some(window) = scratch.get_mut(n..n + CHUNK) {
+        let mut end = 0usize;
+        for (id, &x) in (first..).zip(chunk) {
+            if let Some(slot) = window.get_mut(end) {
+                *slot = Candidate { id, logit: x };
+            }
+            end += usize::from(x > t);
+        }
+        return n + end;
+    }
+    for (id, &x) in (first..).zip(chunk) {
+        if x > t {
+            if let Some(slot) = scratch.get_mut(n) {
+                *slot = Candidate { id, logit: x };
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// A lower bound on the k-th highest effective logit, or -inf.
+///
+/// Takes the maxima of `4k` chunks spread over the vocabulary (chunks with an
+/// override are left out, so raw and effective logits agree) and returns
+/// the k-th highest: k distinct chunks, hence k distinct tokens, reach it.
+/// Uses `scratch` for the maxima; the caller overwrites them.
+fn seed(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate]) -> f32 {
+    let chunks = logits.len() / CHUNK;
+    let want = k.saturating_mul(4).max(64).min(chunks).min(scratch.len());
+    if want < k || want == 0 {
+        return f32::NEG_INFINITY;
+    }
+    let stride = chunks / want;
+    let mut pending = ov
+        .as_slice()
+        .iter()
+        .map(|o| o.id as usize / CHUNK)
+        .peekable();
+    let mut n = 0usize;
+    for (slot, c) in scratch.iter_mut().zip((0..want).map(|i| i * stride)) {
+        while pending.next_if(|&p| p < c).is_some() {}
+        if pending.peek() == Some(&c) {
+            continue;
+        }
+        let Some(chunk) = logits.get(c * CHUNK..c * CHUNK + CHUNK) else {
+            break;
+        };
+        let top = chunk
+            .iter()
+            .fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a });
+        *slot = Candidate {
+            id: c as u32,
+            logit: top,
+        };
+        n += 1;
+    }
+    let maxima = scratch.get_mut(..n).unwrap_or(&mut []);
+    if n < k {
+        return f32::NEG_INFINITY;
+    }
+    maxima.select_nth_unstable_by(k - 1, |a, b| b.logit.total_cmp(&a.logit));
+    maxima.get(k - 1).map_or(f32::NEG_INFINITY, |c| c.logit)
+}
+
+/// The largest float below `x` (for a strict test equivalent to `>= x`); -inf stays.
+fn below(x: f32) -> f32 {
+    if x.is_nan() || x == f32::NEG_INFINITY {
+        f32::NEG_INFINITY
+    } else if x == 0.0 {
+        -f32::from_bits(1)
+    } else if x > 0.0 {
+        f32::from_bits(x.to_bits() - 1)
+    } else {
+        f32::from_bits(x.to_bits() + 1)
+    }
+}
+
+/// Copies every candidate with scaled difference `scale.d(x) >= cut` into `scratch`.
+///
+/// Returns the count. Since `d` rises with the logit, the result is a rank
+/// prefix of the candidates. `cut` must be finite.
+pub(crate) fn at_least(
+    logits: &[f32],
+    ov: &Overrides,
+    scale: &Scale,
+    cut: f32,
+    scratch: &mut [Candidate],
+) -> usize {
+    let mut n = 0usize;
+    let (m, inv_t, inf) = (scale.m, scale.inv_t, scale.inf);
+    for_each_run(logits, ov, |base, run| {
+        for (chunk, first) in run.chunks_exact(CHUNK).zip((base..).step_by(CHUNK)) {
+            let mut hit = false;
+            if inf {
+                for &x in chunk {
+                    hit |= x == f32::INFINITY;
+                }
+            } else {
+                for &x in chunk {
+                    // NaN compares false, so NaN logits never pass.
+                    hit |= (x - m) * inv_t >= cut;
+                }
+            }
+            if !hit {
+                continue;
+            }
+            for (id, &x) in (first..).zip(chunk) {
+                if x > f32::NEG_INFINITY && scale.d(x) >= cut {
+                    if let Some(slot) = scratch.get_mut(n) {
+                        *slot = Candidate { id, logit: x };
+                        n += 1;
+                    }
+                }
+            }
+        }
+    });
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::collect_all;
+    use crate::select::sort_by_rank;
+    use crate::Config;
+
+    extern crate std;
+    use std::vec;
+    use std::vec::Vec;
+
+    fn lcg(state: &mut u64) -> f32 {
+        *state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((*state >> 40) as f32 / (1u64 << 24) as f32) * 8.0 - 4.0
+    }
+
+    /// Logits with ties, NaN, infinities, and a penalty window.
+    fn case(v: usize, seed: u64) -> (Vec<f32>, Overrides) {
+        let mut s = seed;
+        let mut logits: Vec<f32> = (0..v).map(|_| (lcg(&mut s) * 4.0).round() / 4.0).collect();
+        for (i, x) in logits.iter_mut().enumerate() {
+            match i % 37 {
+                5 => *x = f32::NAN,
+                9 => *x = f32::NEG_INFINITY,
+                _ => {}
+            }
+        }
+        let recent: Vec<u32> = (0..v as u32).filter(|i| i % 23 == 3).collect();
+        let bias = [(0u32, 2.5f32), ((v - 1) as u32, -1.0)];
+        let mut ov = Overrides::new();
+        let c = Config {
+            repeat_penalty: 1.3,
+            presence_penalty: 0.25,
+            ..Config::default()
+        };
+        ov.build(&logits, &recent, &bias, &c).unwrap();
+        (logits, ov)
+    }
+
+    fn reference(logits: &[f32], ov: &Overrides) -> Vec<Candidate> {
+        let mut all = vec![Candidate::default(); logits.len()];
+        let n = collect_all(logits, ov, &mut all);
+        all.truncate(n);
+        sort_by_rank(&mut all);
+        all
+    }
+
+    fn sorted(mut s: Vec<Candidate>) -> Vec<Candidate> {
+        sort_by_rank(&mut s);
+        s
+    }
+
+    #[test]
+    fn summary_matches_reference() {
+        for v in [1, 15, 16, 17, 100, 1000, 4099] {
+            let (logits, ov) = case(v, v as u64);
+            let all = reference(&logits, &ov);
+            let (m, n) = summary(&logits, &ov);
+            assert_eq!(n, all.len(), "v {v}");
+            assert_eq!(
+                m,
+                all.first().map_or(f32::NEG_INFINITY, |c| c.logit),
+                "v {v}"
+            );
+        }
+        let ov = Overrides::new();
+        assert_eq!(
+            summary(&[f32::NAN, f32::NEG_INFINITY], &ov),
+            (f32::NEG_INFINITY, 0)
+        );
+        assert_eq!(
+            summary(&[1.0, f32::INFINITY, f32::NAN], &ov),
+            (f32::INFINITY, 2)
+        );
+    }
+
+    #[test]
+    fn top_k_matches_reference() {
+        for v in [1, 16, 33, 700, 5000] {
+            let (logits, ov) = case(v, 7 + v as u64);
+            let all = reference(&logits, &ov);
+            for k in [1, 2, 40, 600, v] {
+                let mut scratch = vec![Candidate::default(); v];
+                let n = top_k(&logits, &ov, k, &mut scratch);
+                scratch.truncate(n);
+                let want: Vec<Candidate> = all.iter().copied().take(k).collect();
+                assert_eq!(sorted(scratch), want, "v {v} k {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn below_is_the_next_float_down() {
+        assert_eq!(below(1.0), 0.999_999_94);
+        assert_eq!(below(-1.0), -1.000_000_1);
+        assert_eq!(below(0.0), -f32::from_bits(1));
+        assert_eq!(below(-0.0), -f32::from_bits(1));
+        assert_eq!(below(f32::from_bits(1)), 0.0);
+        assert_eq!(below(f32::INFINITY), f32::MAX);
+        assert_eq!(below(f32::NEG_INFINITY), f32::NEG_INFINITY);
+        assert_eq!(below(-f32::MAX), f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn at_least_matches_reference() {
+        for v in [3, 16, 257, 3000] {
+            let (logits, ov) = case(v, 99 + v as u64);
+            let all = reference(&logits, &ov);
+            let Some(top) = all.first() else { continue };
+            let scale = Scale::new(top.logit).with_temperature(0.7);
+            for cut in [0.0f32, -1.0, -3.5, -22.0] {
+                let mut scratch = vec![Candidate::default(); v];
+                let n = at_least(&logits, &ov, &scale, cut, &mut scratch);
+                scratch.truncate(n);
+                let want: Vec<Candidate> = all
+                    .iter()
+                    .copied()
+                    .filter(|c| scale.d(c.logit) >= cut)
+                    .collect();
+                assert_eq!(sorted(scratch), want, "v {v} cut {cut}");
+            }
+        }
+        let ov = Overrides::new();
+        let logits = [1.0, f32::INFINITY, 2.0, f32::INFINITY];
+        let mut scratch = [Candidate::default(); 4];
+        let n = at_least(
+            &logits,
+            &ov,
+            &Scale::new(f32::INFINITY),
+            -22.0,
+            &mut scratch,
+        );
+        assert_eq!(n, 2);
+        assert_eq!(scratch.map(|c| c.id)[..2], [1, 3]);
+    }
+}
