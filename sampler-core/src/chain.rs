@@ -10,7 +10,7 @@
 use crate::config::Stage;
 use crate::penalty::Overrides;
 use crate::select::{keep_top, sort_by_rank};
-use crate::softmax::{Scale, LN_WEIGHT_ONE};
+use crate::softmax::{Scale, WEIGHT_ONE};
 use crate::{dense, draw, minp, temperature, topk, topp};
 use crate::{Alternative, Candidate, Choice, Config, Error, Input, Report, Survivors};
 
@@ -429,7 +429,9 @@ fn count_slot(stage: Stage) -> Option<usize> {
 
 /// Log-probability of a token with scaled difference `d` when the total weight is `total`.
 fn logprob(d: f32, ln_total: f64) -> f32 {
-    (f64::from(d) - ln_total) as f32
+    // Adding +0.0 turns a -0.0 (from a top logit of -0.0) into +0.0, so the
+    // top token of a one-token distribution always reports exactly 0.
+    (f64::from(d) - ln_total + 0.0) as f32
 }
 
 /// Draws from the held final survivors with uniform `u` and fills `report`.
@@ -449,7 +451,8 @@ pub(crate) fn finish(
     let chosen = s.get(j).or(s.first()).copied().unwrap_or_default();
     // ln(total / 2^30): the top token's weight is 2^30, so this is the log
     // of the normaliser in units of the top token.
-    let ln_total = libm::log(total as f64) - LN_WEIGHT_ONE;
+    // Dividing by 2^30 is exact, so a lone top token gives ln(1) = 0 exactly.
+    let ln_total = libm::log(total as f64 / f64::from(WEIGHT_ONE));
     let choice = Choice {
         id: chosen.id,
         logprob: logprob(scale.d(chosen.logit), ln_total),

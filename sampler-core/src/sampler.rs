@@ -371,6 +371,30 @@ mod tests {
     }
 
     #[test]
+    fn lone_top_token_reports_positive_zero() {
+        // The top logit is -0.0 and ties with +0.0; either way the logprob
+        // of a one-token distribution is +0.0, with or without a report.
+        let logits = [-0.0f32, 0.0, -1.0];
+        let mut alts = [Alternative::default(); 2];
+        for config in [
+            Config::greedy(),
+            Config {
+                top_k: 1,
+                ..plain(1.0)
+            },
+        ] {
+            let mut scratch = [Candidate::default(); 3];
+            let mut s = Sampler::new(config, 0, &mut scratch).unwrap();
+            let mut report = Report::new(&mut alts);
+            let with = s.sample(Input::new(&logits), Some(&mut report)).unwrap();
+            let without = s.sample(Input::new(&logits), None).unwrap();
+            assert_eq!((with.id, with.logprob.to_bits()), (0, 0));
+            assert_eq!((without.id, without.logprob.to_bits()), (0, 0));
+            assert_eq!(report.entropy.to_bits(), 0);
+        }
+    }
+
+    #[test]
     fn one_draw_per_call_keeps_steps_aligned() {
         let logits = [0.5f32, 0.4, 0.3, 0.2];
         let mut a_scratch = [Candidate::default(); 4];
@@ -860,6 +884,13 @@ mod tests {
                 bits(&fast),
                 bits(&slow),
                 "case {case}: v {v} {config:?} u {u}"
+            );
+            // Asking for a report must not change the token or its logprob.
+            let bare = outcome(input, config, u, usize::MAX, Path::Fast);
+            assert_eq!(
+                bits(&bare).0,
+                bits(&fast).0,
+                "case {case}: the report changed the choice"
             );
         }
     }
