@@ -192,7 +192,9 @@ impl Model {
             .model
             .new_context(&self.backend, params)
             .with_context(|| format!("cannot create a context of {} tokens", args.ctx_size))?;
-        let n_ctx = ctx.n_ctx() as usize;
+        // llama.cpp rounds the context up (to 256 tokens here); the limit
+        // is still the size the user asked for.
+        let n_ctx = (ctx.n_ctx() as usize).min(args.ctx_size as usize);
         Ok(Session {
             ctx,
             batch: LlamaBatch::new(n_batch as usize, 1),
