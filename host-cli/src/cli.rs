@@ -104,7 +104,8 @@ pub struct PlotArgs {
     pub chat: bool,
 
     /// Temperatures to compare, comma-separated (each >= 0).
-    #[arg(long, value_delimiter = ',', default_value = "0.8", value_parser = non_negative)]
+    #[arg(long, value_delimiter = ',', default_value = "0.8", value_parser = non_negative,
+          allow_negative_numbers = true)]
     pub temp: Vec<f32>,
 
     /// Top-k values to compare, comma-separated; 0 is off.
@@ -113,11 +114,12 @@ pub struct PlotArgs {
 
     /// Top-p values to compare, comma-separated (each 0..=1).
     #[arg(long, value_delimiter = ',', default_value = "0.1,0.5,0.9",
-          value_parser = unit_interval)]
+          value_parser = unit_interval, allow_negative_numbers = true)]
     pub top_p: Vec<f32>,
 
     /// Min-p values to compare, comma-separated (each 0..=1).
-    #[arg(long, value_delimiter = ',', default_value = "0", value_parser = unit_interval)]
+    #[arg(long, value_delimiter = ',', default_value = "0", value_parser = unit_interval,
+          allow_negative_numbers = true)]
     pub min_p: Vec<f32>,
 
     /// Tokens to generate per setting (>= 1).
@@ -236,8 +238,11 @@ pub struct ModelArgs {
 /// Sampling settings, named as llama.cpp names them.
 #[derive(Debug, Args, Clone)]
 pub struct SamplingArgs {
+    // Numeric flags accept a leading minus (`--temp -1`), so that an
+    // out-of-range value is reported as such instead of as an unknown flag,
+    // and negative penalties need no `=`.
     /// Temperature (>= 0, finite); 0 picks the most likely token (greedy).
-    #[arg(long, default_value_t = 0.8, value_parser = non_negative)]
+    #[arg(long, default_value_t = 0.8, value_parser = non_negative, allow_negative_numbers = true)]
     pub temp: f32,
 
     /// Keep only the K most likely tokens; 0 turns it off.
@@ -245,15 +250,17 @@ pub struct SamplingArgs {
     pub top_k: u32,
 
     /// Keep the smallest set of tokens whose probability reaches P (0..=1); 1 is off.
-    #[arg(long, default_value_t = 0.95, value_parser = unit_interval)]
+    #[arg(long, default_value_t = 0.95, value_parser = unit_interval,
+          allow_negative_numbers = true)]
     pub top_p: f32,
 
     /// Drop tokens less likely than P times the most likely one (0..=1); 0 is off.
-    #[arg(long, default_value_t = 0.05, value_parser = unit_interval)]
+    #[arg(long, default_value_t = 0.05, value_parser = unit_interval,
+          allow_negative_numbers = true)]
     pub min_p: f32,
 
     /// Repetition penalty over the last tokens (> 0); 1 is off.
-    #[arg(long, default_value_t = 1.0, value_parser = positive)]
+    #[arg(long, default_value_t = 1.0, value_parser = positive, allow_negative_numbers = true)]
     pub repeat_penalty: f32,
 
     /// How many recent generated tokens the penalties look at (0..=1024).
@@ -262,11 +269,11 @@ pub struct SamplingArgs {
     pub repeat_last_n: u32,
 
     /// Subtracted once from the logit of every token in the window; 0 is off.
-    #[arg(long, default_value_t = 0.0, value_parser = finite)]
+    #[arg(long, default_value_t = 0.0, value_parser = finite, allow_negative_numbers = true)]
     pub presence_penalty: f32,
 
     /// Subtracted from a token's logit per occurrence in the window; 0 is off.
-    #[arg(long, default_value_t = 0.0, value_parser = finite)]
+    #[arg(long, default_value_t = 0.0, value_parser = finite, allow_negative_numbers = true)]
     pub frequency_penalty: f32,
 
     /// Seed for the random draw [default: random, shown with -v].
@@ -292,8 +299,10 @@ pub struct GenerationArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub n_predict: Option<u32>,
 
+    // Stop strings may start with a hyphen (`--stop "---"`, a Markdown rule).
     /// Stop when the output would contain TEXT (repeatable); TEXT is not printed.
-    #[arg(long = "stop", value_name = "TEXT", value_parser = non_empty)]
+    #[arg(long = "stop", value_name = "TEXT", value_parser = non_empty,
+          allow_hyphen_values = true)]
     pub stops: Vec<String>,
 
     /// Keep generating past end-of-generation tokens (they are never drawn).
