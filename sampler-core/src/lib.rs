@@ -1,4 +1,122 @@
 //! Allocation-free, panic-free, bit-reproducible token sampling.
+//!
+//! `sampler-core` turns one step's logits into one token: penalties, logit
+//! bias, temperature, top-k, top-p and min-p, a softmax and a seeded draw,
+//! with the per-step diagnostics a front end shows (the chosen token's
+//! log-probability, the most probable alternatives, the entropy and how many
+//! tokens each stage kept). It is `no_std` without `alloc`: every buffer
+//! belongs to the caller. It also holds the text stream ([`TextStream`]) that
+//! turns sampled token pieces into clean UTF-8 and stops at stop strings.
+//!
+//! # Pipeline
+//!
+//! One [`Sampler::sample`] call runs, in this order:
+//!
+//! 1. **Penalties** over the caller's window [`Input::recent`], with
+//!    llama.cpp's rules: a positive logit is divided by `repeat_penalty`, a
+//!    zero or negative one multiplied by it; then `count * frequency_penalty
+//!    + presence_penalty` is subtracted, `count` being the token's
+//!    occurrences in the window. Only ids in the window change.
+//! 2. **Logit bias** [`Input::bias`], added entry by entry in list order.
+//! 3. **The four stages** in [`Config::order`]:
+//!    - [`Order::TALKBACK`] (the default): temperature, top-k, top-p, min-p.
+//!      Top-p and min-p see the tempered distribution.
+//!    - [`Order::LLAMA_CPP`]: top-k, top-p, min-p, temperature, as in
+//!      llama.cpp's default chain. Top-p and min-p see temperature-1
+//!      probabilities and temperature only reshapes what survived.
+//!
+//!    The two agree at temperature 1 and whenever top-p and min-p are off.
+//!    Below 1 (a sharper distribution) `TALKBACK` keeps at most as many
+//!    tokens as `LLAMA_CPP`, above 1 at least as many; top-k keeps the same
+//!    tokens in both, and so does greedy. [`Order::new`] builds other orders.
+//! 4. **Softmax and draw** over the survivors.
+//!
+//! # Definitions
+//!
+//! - *Candidates* are the tokens whose effective logit (after penalties and
+//!   bias) is neither NaN nor -inf. A NaN logit is never drawn.
+//! - *Rank order* is effective logit descending, then id ascending: every
+//!   tie, anywhere, goes to the lower id. Each stage keeps a prefix of it.
+//! - With `m` the top logit and `t` the temperature in force (1 before the
+//!   temperature stage), a token's scaled difference is `d = (x - m) * (1/t)`
+//!   and its weight is `round(e^d * 2^30)`, an integer; `e^d` comes from a
+//!   fixed polynomial in plain f32 arithmetic (about 1 ulp), never the
+//!   platform's `exp`. If `m` is +inf, the +inf tokens share all the mass
+//!   equally and every other token weighs 0. Probabilities are weights over
+//!   their sum; sums are exact integers, so no result depends on summation
+//!   order, on the selection algorithm or on the platform. A token whose
+//!   weight rounds to 0 (below about `2^-31` of the top token's) can
+//!   survive a stage but is never drawn.
+//! - **Temperature** 0 keeps only the top token (greedy); temperatures
+//!   below `f32::MIN_POSITIVE` count as 0.
+//! - **Top-k** keeps exactly `min(k, candidates)` tokens in rank order; 0,
+//!   or `k` at least the vocabulary size, is off.
+//! - **Top-p** keeps the shortest rank prefix whose mass reaches `p` of the
+//!   survivors' mass, at least one token. A prefix short of `p` by at most
+//!   [`TOP_P_TOLERANCE`] of the mass counts as reaching it, so that a mass
+//!   reaching `p` in real arithmetic is never lost to rounding. `p = 1` is off.
+//! - **Min-p** keeps tokens with `d >= ln(min_p) - MIN_P_TOLERANCE`, that is
+//!   probability at least `min_p` times the top token's, with the same kind
+//!   of tolerance ([`MIN_P_TOLERANCE`], in log space). 0 is off.
+//! - **Draw**: the generator gives `u = (next_u64 >> 11) * 2^-53` in
+//!   `[0, 1)` ([`Rng::next_unit`]); with total weight `W` the target is
+//!   `min(floor(u * W), W - 1)`, and the token drawn is the first, scanning
+//!   the survivors in rank order, whose cumulative weight exceeds it. `u = 0`
+//!   picks the top token. Every successful call makes exactly one draw,
+//!   greedy included, so seeded runs stay aligned step for step.
+//! - The reported log-probability of a token is `d - ln(W / 2^30)`; the
+//!   entropy is that of the weights, in nats.
+//!
+//! # Guarantees
+//!
+//! - **No allocation**: nothing here touches a heap; the caller passes the
+//!   scratch buffer, the alternatives buffer and the shape table.
+//! - **No panic on any input**: every input, NaN and infinities included,
+//!   gives a value or a typed [`Error`]. The crate denies `unwrap`, `expect`,
+//!   `panic!` and slice indexing outside tests.
+//! - **Reproducible**: the token and every reported number depend only on
+//!   the logits, the settings, the seed, the step and the crate version; not
+//!   on the platform, the selection algorithm or whether a report was asked
+//!   for. A failed call draws nothing and leaves the sampler as it was.
+//! - **Cost**: when a stage truncates (top-k, greedy, min-p, top-p), dense
+//!   passes over the logits collect only what can survive; top-k never copies,
+//!   exponentiates or sorts the vocabulary. Penalties and bias change only
+//!   the ids they name.
+//!
+//! # Capacities
+//!
+//! | what | capacity | beyond it |
+//! | --- | --- | --- |
+//! | vocabulary | the scratch buffer's length (at most `u32::MAX`) | [`Error::VocabTooLarge`] |
+//! | penalty window | [`MAX_RECENT`] = 1024 ids | [`Error::PenaltyWindowTooLarge`] |
+//! | logit bias | [`MAX_BIAS`] = 256 entries | [`Error::TooManyBiases`] |
+//! | alternatives | the caller's buffer in [`Report`] | the top ones are written |
+//! | shape rows | the caller's buffer in [`ShapeReport`] | the top ones are written |
+//! | stages in an order | [`MAX_STAGES`] = 4, each at most once | [`Error::InvalidOrder`] |
+//!
+//! **Stack**: [`Sampler::sample`] and [`shape`] need under 24 KiB of stack in
+//! optimised x86-64 builds, 15 KiB of it the list of changed logits (one
+//! slot per window id and bias entry). `tests/stack_bound.rs` checks it.
+//!
+//! # Features
+//!
+//! None. The crate builds for bare-metal targets such as
+//! `thumbv7em-none-eabihf`.
+//!
+//! # Examples
+//!
+//! ```
+//! use sampler_core::{Alternative, Candidate, Config, Input, Report, Sampler};
+//!
+//! let logits = [3.4f32, 2.8, 2.1, 1.6, 1.0];
+//! let mut scratch = [Candidate::default(); 5];
+//! let mut sampler = Sampler::new(Config::default(), 42, &mut scratch).unwrap();
+//! let mut alternatives = [Alternative::default(); 3];
+//! let mut report = Report::new(&mut alternatives);
+//! let choice = sampler.sample(Input::new(&logits), Some(&mut report)).unwrap();
+//! assert!(report.written().iter().any(|a| a.id == choice.id));
+//! assert_eq!(sampler.step(), 1);
+//! ```
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
