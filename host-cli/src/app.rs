@@ -33,11 +33,24 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// Flags that parse one by one but not together; the process exits with 2.
+#[derive(Debug)]
+pub struct Usage(&'static str);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
 /// Runs the parsed command line.
 ///
 /// # Errors
 ///
-/// - anything that stops the command from completing; [`Interrupted`] for Ctrl-C.
+/// - anything that stops the command from completing; [`Interrupted`] for Ctrl-C;
+///   [`Usage`] for flags that cannot be used together.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Chat(args) => chat_command(&args, cli.verbose),
@@ -157,7 +170,10 @@ impl<S: Sink> Sink for TeeSink<S> {
 fn check_generation(gen: &GenerationArgs, settings: &Settings) -> Result<()> {
     settings.config()?;
     if settings.sampler == Engine::LlamaCpp && gen.trace.is_some() {
-        bail!("--trace needs --sampler talkback: llama.cpp's sampler cannot be replayed");
+        return Err(Usage(
+            "--trace needs --sampler talkback: llama.cpp's sampler cannot be replayed",
+        )
+        .into());
     }
     Ok(())
 }
@@ -265,7 +281,10 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     };
     let interactive = prompt.is_none() && args.messages.is_none();
     if interactive && (gen.trace.is_some() || gen.format != Format::Text || args.render_only) {
-        bail!("--trace, --render-only and --format json/jsonl need a prompt (argument or stdin)");
+        return Err(Usage(
+            "--trace, --render-only and --format json/jsonl need a prompt (argument or stdin)",
+        )
+        .into());
     }
     let settings = Settings::new(&args.sampling, gen, &args.model);
     check_generation(gen, &settings)?;
@@ -362,7 +381,7 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
     let prompt = match &args.prompt {
         Some(p) => p.clone(),
         None if io::stdin().is_terminal() => {
-            bail!("give the text to continue as an argument or on stdin")
+            return Err(Usage("give the text to continue as an argument or on stdin").into())
         }
         None => read_stdin()?,
     };

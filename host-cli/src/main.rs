@@ -35,6 +35,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) if e.is::<app::Interrupted>() => ExitCode::from(130),
+        Err(e) if e.is::<app::Usage>() => {
+            eprintln!("talkback: {e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("talkback: {e:#}");
             ExitCode::FAILURE
