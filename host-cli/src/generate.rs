@@ -352,7 +352,7 @@ impl Generator {
                 self.recent.push(choice.id);
             }
 
-            self.out.resize(self.piece.len() + HELD + 8, 0);
+            self.out.resize(Stream::output_bound(self.piece.len()), 0);
             let pushed = stream
                 .push(&self.piece, &mut self.out)
                 .map_err(|e| anyhow!("text stream: {e}"))?;
@@ -372,7 +372,7 @@ impl Generator {
         };
 
         if finish != Finish::StopString {
-            self.out.resize(HELD + 8, 0);
+            self.out.resize(Stream::finish_bound(), 0);
             let n = stream
                 .finish(&mut self.out)
                 .map_err(|e| anyhow!("text stream: {e}"))?;
