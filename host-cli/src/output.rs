@@ -63,19 +63,23 @@ pub struct JsonlSink<'m, W: Write> {
     pending: Option<Value>,
     released: Vec<u8>,
     piece: Vec<u8>,
+    stats: bool,
     /// All released text, for the summary event.
     pub text: Vec<u8>,
 }
 
 impl<'m, W: Write> JsonlSink<'m, W> {
-    /// A sink writing to `out`, naming alternatives with `model`'s vocabulary.
-    pub fn new(out: W, model: &'m Model) -> Self {
+    /// A sink writing to `out`, naming alternatives with `model`'s vocabulary;
+    /// without `stats` (llama.cpp's sampler computes none), entropy,
+    /// survivors and alternatives are written as `null`.
+    pub fn new(out: W, model: &'m Model, stats: bool) -> Self {
         Self {
             out,
             model,
             pending: None,
             released: Vec::new(),
             piece: Vec::new(),
+            stats,
             text: Vec::new(),
         }
     }
@@ -119,6 +123,22 @@ impl<W: Write> Sink for JsonlSink<'_, W> {
 
     fn token(&mut self, step: &Step<'_>) -> io::Result<()> {
         self.flush_pending()?;
+        let piece = String::from_utf8_lossy(step.piece);
+        if !self.stats {
+            // Zeros here would read as a certain choice with no survivors.
+            self.pending = Some(json!({
+                "event": "token",
+                "index": step.index,
+                "id": step.id,
+                "piece": piece,
+                "piece_bytes": step.piece,
+                "logprob": null,
+                "entropy": null,
+                "survivors": null,
+                "alternatives": null,
+            }));
+            return Ok(());
+        }
         let alternatives: Vec<Value> = step
             .alternatives
             .iter()
@@ -137,7 +157,7 @@ impl<W: Write> Sink for JsonlSink<'_, W> {
             "event": "token",
             "index": step.index,
             "id": step.id,
-            "piece": String::from_utf8_lossy(step.piece),
+            "piece": piece,
             "piece_bytes": step.piece,
             "logprob": step.logprob,
             "entropy": step.entropy,
