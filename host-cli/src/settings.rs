@@ -113,7 +113,8 @@ impl Settings {
     pub fn describe(&self) -> String {
         format!(
             "seed {} | temp {} | top-k {} | top-p {} | min-p {} | repeat-penalty {} \
-             (last {}) | presence {} | frequency {} | order {} | ctx {} | n {}",
+             (last {}) | presence {} | frequency {} | order {} | ctx {} | n {} | stop {:?} \
+             | ignore-eos {} | sampler {}",
             self.seed,
             self.temperature,
             self.top_k,
@@ -127,6 +128,12 @@ impl Settings {
             self.ctx_size,
             self.n_predict
                 .map_or("unlimited".to_owned(), |n| n.to_string()),
+            self.stops,
+            self.ignore_eos,
+            match self.sampler {
+                Engine::Talkback => "talkback",
+                Engine::LlamaCpp => "llama.cpp",
+            },
         )
     }
 }
