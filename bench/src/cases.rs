@@ -1,0 +1,466 @@
+//! The kernel cases: one sampling step, ours against llama.cpp's chain, per vocabulary size.
+//!
+//! Each group of contenders is timed interleaved on the same logits (see
+//! [`crate::measure`]); every ratio printed compares medians from one group.
+
+use std::time::Instant;
+
+use anyhow::{anyhow, Result};
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
+use llama_cpp_2::token::LlamaToken;
+use sampler_core::{Alternative, Candidate, Config, Input, Order, Report, Sampler};
+
+use crate::floor;
+use crate::input::{self, WINDOW};
+use crate::measure::{self, Contender, Pick};
+use crate::KernelArgs;
+
+/// Seed of both samplers' draws.
+const SEED: u32 = 1;
+
+/// Repetition penalty of the penalty cases.
+const REPEAT_PENALTY: f32 = 1.1;
+
+/// The targets the ratios are checked against.
+const TARGET_DEFAULT: f64 = 10.0;
+const TARGET_TOP_P: f64 = 8.0;
+const TARGET_GREEDY: f64 = 10.0;
+const TARGET_PENALTY_PCT: f64 = 5.0;
+
+/// One line of the results table.
+struct Row {
+    case: String,
+    label: String,
+    median: f64,
+    p10: f64,
+    p90: f64,
+    build: Option<f64>,
+    ratio: Option<f64>,
+}
+
+/// A target and whether it was met.
+struct Check {
+    what: String,
+    value: String,
+    met: bool,
+}
+
+/// Runs every case for every vocabulary size and prints the table.
+///
+/// # Errors
+///
+/// - the logits cannot be loaded; a sampler rejects its settings.
+pub fn run(args: &KernelArgs) -> Result<()> {
+    let real = input::load(args)?;
+    let rounds = args.rounds as usize;
+    println!("talkback-bench kernels");
+    println!("machine: {}", machine());
+    println!("logits:  {}", real.source);
+    println!(
+        "timing:  {rounds} rounds x {} steps per contender, interleaved; \
+         medians per token in microseconds",
+        real.steps.len()
+    );
+    println!("larger vocabularies tile the real vector, later copies perturbed by up to +-0.125");
+    let mut rows = Vec::new();
+    let mut checks = Vec::new();
+    let mut notes = Vec::new();
+    for &v in &args.vocab {
+        let steps: Vec<Vec<f32>> = real.steps.iter().map(|l| input::tile(l, v)).collect();
+        let wanted = |case: &str| args.filter.as_deref().map_or(true, |f| case.contains(f));
+        let names = [
+            format!("default_chain_v{v}"),
+            format!("top_p_p0.95_v{v}"),
+            format!("greedy_v{v}"),
+            format!("floor_v{v}"),
+        ];
+        let [chain_name, top_p_name, greedy_name, floor_name] = &names;
+        if wanted(chain_name) {
+            eprintln!("talkback-bench: {chain_name}");
+            chain_group(
+                v,
+                &steps,
+                &real.window,
+                rounds,
+                &mut rows,
+                &mut checks,
+                &mut notes,
+            )?;
+        }
+        if wanted(top_p_name) {
+            eprintln!("talkback-bench: {top_p_name}");
+            top_p_group(v, &steps, rounds, &mut rows, &mut checks)?;
+        }
+        if wanted(greedy_name) {
+            eprintln!("talkback-bench: {greedy_name}");
+            greedy_group(v, &steps, rounds, &mut rows, &mut checks, &mut notes)?;
+        }
+        if wanted(floor_name) {
+            eprintln!("talkback-bench: {floor_name}");
+            floor_group(v, &steps, rounds, &mut rows);
+        }
+    }
+    print_rows(&rows);
+    println!();
+    println!("targets");
+    for c in &checks {
+        let mark = if c.met { "met   " } else { "MISSED" };
+        println!("  {mark} {:<46} {}", c.what, c.value);
+    }
+    if !notes.is_empty() {
+        println!();
+        println!("checks");
+        for n in &notes {
+            println!("  {n}");
+        }
+    }
+    Ok(())
+}
+
+/// The CPU model and core count, from `/proc/cpuinfo`.
+pub fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{model}, {cpus} cores")
+}
+
+/// llama.cpp's default chain: top-k 40, top-p 0.95, min-p 0.05, temp 0.8, dist.
+fn llama_default(prefix: Vec<LlamaSampler>) -> LlamaSampler {
+    let mut chain = prefix;
+    chain.extend([
+        LlamaSampler::top_k(40),
+        LlamaSampler::top_p(0.95, 1),
+        LlamaSampler::min_p(0.05, 1),
+        LlamaSampler::temp(0.8),
+        LlamaSampler::dist(SEED),
+    ]);
+    LlamaSampler::chain_simple(chain)
+}
+
+/// One llama.cpp step as its users pay for it: build the candidate array, apply the chain.
+fn llama_step(chain: &mut LlamaSampler, logits: &[f32]) -> Pick {
+    let t0 = Instant::now();
+    let mut cur = LlamaTokenDataArray::from_iter(
+        (0i32..)
+            .zip(logits)
+            .map(|(id, &x)| LlamaTokenData::new(LlamaToken(id), x, 0.0)),
+        false,
+    );
+    let build = t0.elapsed().as_nanos() as f64;
+    chain.apply(&mut cur);
+    let id = cur
+        .selected_token()
+        .and_then(|t| u32::try_from(t.0).ok())
+        .unwrap_or(u32::MAX);
+    Pick {
+        id,
+        build_ns: Some(build),
+    }
+}
+
+/// One step of ours, without a report.
+fn ours_step(s: &mut Sampler<'_>, logits: &[f32], recent: &[u32]) -> Pick {
+    let input = Input {
+        logits,
+        recent,
+        bias: &[],
+    };
+    Pick::id(s.sample(input, None).map_or(u32::MAX, |c| c.id))
+}
+
+/// One step of ours with an empty report, as the host's loop asks for it.
+fn ours_step_report(s: &mut Sampler<'_>, logits: &[f32]) -> Pick {
+    let mut alternatives: [Alternative; 0] = [];
+    let mut report = Report::new(&mut alternatives);
+    let id = s
+        .sample(Input::new(logits), Some(&mut report))
+        .map_or(u32::MAX, |c| c.id);
+    Pick::id(id)
+}
+
+fn sampler(config: Config, scratch: &mut [Candidate]) -> Result<Sampler<'_>> {
+    Sampler::new(config, u64::from(SEED), scratch).map_err(|e| anyhow!("settings: {e}"))
+}
+
+fn scratch(v: usize) -> Vec<Candidate> {
+    vec![Candidate::default(); v]
+}
+
+/// Default chain, with and without penalties over a 64-token window.
+fn chain_group(
+    v: usize,
+    steps: &[Vec<f32>],
+    window: &[u32],
+    rounds: usize,
+    rows: &mut Vec<Row>,
+    checks: &mut Vec<Check>,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let n_vocab = i32::try_from(v)?;
+    let llama_order = Config {
+        order: Order::LLAMA_CPP,
+        ..Config::default()
+    };
+    let penalised = |c: Config| Config {
+        repeat_penalty: REPEAT_PENALTY,
+        ..c
+    };
+    let mut bufs: Vec<Vec<Candidate>> = (0..5).map(|_| scratch(v)).collect();
+    let [b0, b1, b2, b3, b4] = bufs.as_mut_slice() else {
+        return Err(anyhow!("scratch buffers"));
+    };
+    let mut ours_llama = sampler(llama_order, b0)?;
+    let mut ours_talkback = sampler(Config::default(), b1)?;
+    let mut ours_report = sampler(Config::default(), b2)?;
+    let mut pen_llama = sampler(penalised(llama_order), b3)?;
+    let mut pen_talkback = sampler(penalised(Config::default()), b4)?;
+    let mut llama = llama_default(Vec::new());
+    let mut llama_pen = llama_default(vec![LlamaSampler::penalties(
+        n_vocab,
+        i32::try_from(WINDOW)?,
+        REPEAT_PENALTY,
+        0.0,
+        0.0,
+    )]);
+    // The window is fixed for the whole case: accepted once, never again.
+    for &id in window {
+        llama_pen.accept(LlamaToken(i32::try_from(id)?));
+    }
+    let agree = in_final_set(v, steps, llama_order, &mut llama)?;
+
+    let mut cs = vec![
+        Contender::new("llama.cpp", |l: &[f32]| llama_step(&mut llama, l)),
+        Contender::new("ours, llama.cpp order", |l: &[f32]| {
+            ours_step(&mut ours_llama, l, &[])
+        }),
+        Contender::new("ours, talkback order", |l: &[f32]| {
+            ours_step(&mut ours_talkback, l, &[])
+        }),
+        Contender::new("ours, talkback order, report", |l: &[f32]| {
+            ours_step_report(&mut ours_report, l)
+        }),
+        Contender::new("llama.cpp", |l: &[f32]| llama_step(&mut llama_pen, l)),
+        Contender::new("ours, llama.cpp order", |l: &[f32]| {
+            ours_step(&mut pen_llama, l, window)
+        }),
+        Contender::new("ours, talkback order", |l: &[f32]| {
+            ours_step(&mut pen_talkback, l, window)
+        }),
+    ];
+    measure::run(steps, rounds, &mut cs);
+
+    let case = format!("default_chain_v{v}");
+    let pen_case = format!("default_chain_penalties_w{WINDOW}_rp{REPEAT_PENALTY}_v{v}");
+    let (head, tail) = cs.split_at(4);
+    push_group(rows, &case, head);
+    push_group(rows, &pen_case, tail);
+    for (label, i) in [("llama.cpp order", 1), ("talkback order", 2)] {
+        let r = ratio(&cs, 0, i);
+        checks.push(Check {
+            what: format!("{case} ({label}) >= {TARGET_DEFAULT}x"),
+            value: format!("{r:.1}x"),
+            met: r >= TARGET_DEFAULT,
+        });
+    }
+    for (label, plain, pen) in [("llama.cpp order", 1, 5), ("talkback order", 2, 6)] {
+        let (Some(a), Some(b)) = (cs.get(plain), cs.get(pen)) else {
+            continue;
+        };
+        let pct = (b.median() / a.median() - 1.0) * 100.0;
+        checks.push(Check {
+            what: format!("{pen_case} ({label}) adds < {TARGET_PENALTY_PCT}%"),
+            value: format!("{pct:+.1}%"),
+            met: pct < TARGET_PENALTY_PCT,
+        });
+    }
+    notes.push(format!(
+        "{case}: llama.cpp's token is in our final set (llama.cpp order) at {agree}/{} steps",
+        steps.len()
+    ));
+    Ok(())
+}
+
+/// How many steps llama.cpp's choice lies in our final distribution.
+fn in_final_set(
+    v: usize,
+    steps: &[Vec<f32>],
+    config: Config,
+    llama: &mut LlamaSampler,
+) -> Result<usize> {
+    let mut buf = scratch(v);
+    let mut s = sampler(config, &mut buf)?;
+    let mut alternatives = vec![Alternative::default(); 64];
+    let mut agree = 0;
+    for logits in steps {
+        let mut report = Report::new(&mut alternatives);
+        s.sample(Input::new(logits), Some(&mut report))
+            .map_err(|e| anyhow!("sampling: {e}"))?;
+        let theirs = llama_step(llama, logits).id;
+        agree += usize::from(report.written().iter().any(|a| a.id == theirs));
+    }
+    Ok(agree)
+}
+
+/// Top-p 0.95 alone, at temperature 1.
+fn top_p_group(
+    v: usize,
+    steps: &[Vec<f32>],
+    rounds: usize,
+    rows: &mut Vec<Row>,
+    checks: &mut Vec<Check>,
+) -> Result<()> {
+    let config = Config {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 0.95,
+        min_p: 0.0,
+        ..Config::default()
+    };
+    let mut buf = scratch(v);
+    let mut ours = sampler(config, &mut buf)?;
+    let mut llama =
+        LlamaSampler::chain_simple([LlamaSampler::top_p(0.95, 1), LlamaSampler::dist(SEED)]);
+    let mut cs = vec![
+        Contender::new("llama.cpp", |l: &[f32]| llama_step(&mut llama, l)),
+        Contender::new("ours", |l: &[f32]| ours_step(&mut ours, l, &[])),
+    ];
+    measure::run(steps, rounds, &mut cs);
+    let case = format!("top_p_p0.95_v{v}");
+    push_group(rows, &case, &cs);
+    let r = ratio(&cs, 0, 1);
+    checks.push(Check {
+        what: format!("{case} >= {TARGET_TOP_P}x"),
+        value: format!("{r:.1}x"),
+        met: r >= TARGET_TOP_P,
+    });
+    Ok(())
+}
+
+/// Greedy: the top token.
+fn greedy_group(
+    v: usize,
+    steps: &[Vec<f32>],
+    rounds: usize,
+    rows: &mut Vec<Row>,
+    checks: &mut Vec<Check>,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let mut b0 = scratch(v);
+    let mut b1 = scratch(v);
+    let mut ours = sampler(Config::greedy(), &mut b0)?;
+    let mut ours_report = sampler(Config::greedy(), &mut b1)?;
+    let mut llama = LlamaSampler::chain_simple([LlamaSampler::greedy()]);
+    let mut cs = vec![
+        Contender::new("llama.cpp", |l: &[f32]| llama_step(&mut llama, l)),
+        Contender::new("ours", |l: &[f32]| ours_step(&mut ours, l, &[])),
+        Contender::new("ours, report", |l: &[f32]| {
+            ours_step_report(&mut ours_report, l)
+        }),
+    ];
+    measure::run(steps, rounds, &mut cs);
+    let case = format!("greedy_v{v}");
+    push_group(rows, &case, &cs);
+    let r = ratio(&cs, 0, 1);
+    checks.push(Check {
+        what: format!("{case} >= {TARGET_GREEDY}x"),
+        value: format!("{r:.1}x"),
+        met: r >= TARGET_GREEDY,
+    });
+    let (Some(theirs), Some(mine)) = (cs.first(), cs.get(1)) else {
+        return Ok(());
+    };
+    let same = theirs
+        .picks
+        .iter()
+        .zip(&mine.picks)
+        .filter(|(a, b)| a == b)
+        .count();
+    notes.push(format!(
+        "{case}: both pick the same token at {same}/{} steps",
+        steps.len()
+    ));
+    Ok(())
+}
+
+/// The floor kernels; their ratio column is llama.cpp's default chain... none: absolute only.
+fn floor_group(v: usize, steps: &[Vec<f32>], rounds: usize, rows: &mut Vec<Row>) {
+    let bits = |x: f32| Pick::id(x.to_bits());
+    let mut cs = vec![
+        Contender::new(format!("floor_max_v{v}"), |l: &[f32]| bits(floor::max(l))),
+        Contender::new(format!("floor_max_sumexp_poly_v{v}"), |l: &[f32]| {
+            bits(floor::max_sum_exp_poly(l))
+        }),
+        Contender::new(format!("floor_max_sumexp_libm_v{v}"), |l: &[f32]| {
+            bits(floor::max_sum_exp_libm(l))
+        }),
+    ];
+    measure::run(steps, rounds, &mut cs);
+    for c in &cs {
+        rows.push(Row {
+            case: c.label.clone(),
+            label: "one pass each".into(),
+            median: c.median() / 1e3,
+            p10: measure::quantile(&c.times, 0.1) / 1e3,
+            p90: measure::quantile(&c.times, 0.9) / 1e3,
+            build: None,
+            ratio: None,
+        });
+    }
+}
+
+/// Median of contender `a` over contender `b`.
+fn ratio(cs: &[Contender<'_>], a: usize, b: usize) -> f64 {
+    match (cs.get(a), cs.get(b)) {
+        (Some(a), Some(b)) => a.median() / b.median(),
+        _ => f64::NAN,
+    }
+}
+
+/// Rows for a group whose first contender is llama.cpp.
+fn push_group(rows: &mut Vec<Row>, case: &str, cs: &[Contender<'_>]) {
+    let base = cs.first().map_or(f64::NAN, Contender::median);
+    for (i, c) in cs.iter().enumerate() {
+        let m = c.median();
+        rows.push(Row {
+            case: if i == 0 { case.into() } else { String::new() },
+            label: c.label.clone(),
+            median: m / 1e3,
+            p10: measure::quantile(&c.times, 0.1) / 1e3,
+            p90: measure::quantile(&c.times, 0.9) / 1e3,
+            build: (!c.builds.is_empty()).then(|| measure::median(&c.builds) / 1e3),
+            ratio: (i > 0).then_some(base / m),
+        });
+    }
+}
+
+fn print_rows(rows: &[Row]) {
+    println!();
+    println!(
+        "{:<42} {:<30} {:>9} {:>9} {:>9} {:>14}",
+        "case", "contender", "median", "p10", "p90", "llama.cpp/ours"
+    );
+    for r in rows {
+        if !r.case.is_empty() {
+            println!();
+        }
+        let label = match r.build {
+            Some(b) => format!("{} (array {b:.1})", r.label),
+            None => r.label.clone(),
+        };
+        let ratio = r.ratio.map_or(String::new(), |x| format!("{x:.1}x"));
+        println!(
+            "{:<42} {:<30} {:>9.2} {:>9.2} {:>9.2} {:>14}",
+            r.case, label, r.median, r.p10, r.p90, ratio
+        );
+    }
+}

@@ -1,0 +1,169 @@
+//! End to end: the `talkback` binary with each sampler, alternating run by run.
+//!
+//! Each run is `talkback complete PROMPT -n N --ignore-eos --format json` with
+//! the same model, settings, seed and threads; only `--sampler` changes. The
+//! JSON timings give tokens per second (generation only, the prompt and model
+//! load left out) and the time spent inside the sampler.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::Args;
+use serde_json::Value;
+
+use crate::cases::machine;
+use crate::input::{workspace_root, PROMPT};
+use crate::measure::median;
+
+/// Arguments of `e2e`.
+#[derive(Debug, Args)]
+pub struct E2eArgs {
+    /// Runs per sampler (1..=100).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    runs: u32,
+
+    /// Tokens generated per run (1..=4096).
+    #[arg(short = 'n', long, default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    n_predict: u32,
+
+    /// Decoding threads, the same for every run [default: all cores].
+    #[arg(short = 't', long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    threads: Option<u32>,
+
+    /// The talkback binary [default: target/release/talkback].
+    #[arg(long, value_name = "PATH")]
+    talkback: Option<PathBuf>,
+
+    /// GGUF model passed to talkback [default: talkback's own default].
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+}
+
+/// One run's numbers.
+struct Run {
+    tokens_per_s: f64,
+    sampling_ms_per_token: f64,
+    share: f64,
+}
+
+/// Runs both samplers alternately and prints tokens per second and the sampler's share.
+///
+/// # Errors
+///
+/// - the binary is missing or a run fails or prints no timings.
+pub fn run(args: &E2eArgs) -> Result<()> {
+    let bin = args.talkback.clone().unwrap_or_else(|| {
+        workspace_root()
+            .join("target")
+            .join("release")
+            .join("talkback")
+    });
+    if !bin.is_file() {
+        bail!(
+            "no talkback binary at {}: build it with cargo build --release -p talkback",
+            bin.display()
+        );
+    }
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
+    });
+    let engines = ["talkback", "llama.cpp"];
+    let mut results: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..args.runs as usize {
+        // Alternate which sampler goes first, so drift hits both alike.
+        for j in 0..2 {
+            let e = (i + j) % 2;
+            let engine = engines.get(e).copied().unwrap_or("talkback");
+            eprintln!(
+                "talkback-bench: run {} of {}, --sampler {engine}",
+                i + 1,
+                args.runs
+            );
+            let r = one_run(&bin, args, threads, engine)?;
+            if let Some(list) = results.get_mut(e) {
+                list.push(r);
+            }
+        }
+    }
+
+    println!("talkback-bench e2e");
+    println!("machine: {}", machine());
+    println!(
+        "runs:    {} per sampler, alternating; complete {PROMPT:?} -n {} --ignore-eos, \
+         seed 1, default settings, {threads} threads",
+        args.runs, args.n_predict
+    );
+    println!();
+    println!(
+        "{:<12} {:>14} {:>22} {:>26}",
+        "sampler", "tokens/s", "sampling ms/token", "sampler share of a step"
+    );
+    let mut medians = [0.0f64; 2];
+    for ((name, runs), m) in engines.iter().zip(&results).zip(medians.iter_mut()) {
+        let tps: Vec<f64> = runs.iter().map(|r| r.tokens_per_s).collect();
+        let ms: Vec<f64> = runs.iter().map(|r| r.sampling_ms_per_token).collect();
+        let share: Vec<f64> = runs.iter().map(|r| r.share).collect();
+        *m = median(&tps);
+        println!(
+            "{name:<12} {:>14.2} {:>22.4} {:>25.2}%",
+            median(&tps),
+            median(&ms),
+            median(&share) * 100.0
+        );
+    }
+    let [ours, theirs] = medians;
+    println!();
+    println!(
+        "tokens/s, talkback / llama.cpp: {:.3}x (medians)",
+        ours / theirs
+    );
+    Ok(())
+}
+
+fn one_run(bin: &PathBuf, args: &E2eArgs, threads: u32, engine: &str) -> Result<Run> {
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "complete",
+        PROMPT,
+        "--ignore-eos",
+        "--format",
+        "json",
+        "--seed",
+        "1",
+    ])
+    .args(["-n", &args.n_predict.to_string()])
+    .args(["--threads", &threads.to_string()])
+    .args(["--sampler", engine]);
+    if let Some(model) = &args.model {
+        cmd.arg("--model").arg(model);
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {}", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "talkback --sampler {engine} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).context("talkback printed no JSON")?;
+    let num = |ptr: &str| {
+        v.pointer(ptr)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| anyhow!("talkback's JSON has no {ptr}"))
+    };
+    let tokens = num("/generated_tokens")?;
+    let generation_ms = num("/timings/generation_ms")?;
+    let sampling_ms = num("/timings/sampling_ms")?;
+    if tokens < 1.0 || generation_ms <= 0.0 {
+        bail!("talkback --sampler {engine} generated nothing");
+    }
+    Ok(Run {
+        tokens_per_s: tokens / (generation_ms / 1e3),
+        sampling_ms_per_token: sampling_ms / tokens,
+        share: sampling_ms / generation_ms,
+    })
+}

@@ -1,0 +1,134 @@
+//! `talkback-bench`: sampler-core against llama.cpp's sampler chain, on the same real logits.
+//!
+//! Two modes:
+//!
+//! - `kernels` (the default): feeds the same logit vectors, one sampling step
+//!   at a time, to sampler-core and to llama.cpp's chain (through
+//!   `llama-cpp-2`'s `LlamaSampler`), interleaved call by call so that machine
+//!   noise hits both, and prints the median time per token and the ratio
+//!   llama.cpp / ours for each case. llama.cpp's time includes building its
+//!   candidate array, which its users pay every token.
+//! - `e2e`: runs the `talkback` binary with `--sampler talkback` and
+//!   `--sampler llama.cpp`, alternating, and prints tokens per second and the
+//!   sampler's share of a decode step.
+//!
+//! Results go to stdout; progress and notes go to stderr. Exit codes: 0
+//! success, 1 failure, 2 usage error.
+
+mod cases;
+mod e2e;
+mod floor;
+mod input;
+mod measure;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Time sampler-core against llama.cpp's sampler chain.
+#[derive(Debug, Parser)]
+#[command(name = "talkback-bench")]
+struct Cli {
+    /// What to measure [default: kernels].
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// The modes.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Time one sampling step of each sampler on the same real logits.
+    Kernels(KernelArgs),
+    /// Time whole generations with the talkback binary, both samplers.
+    E2e(e2e::E2eArgs),
+    /// Write the logits of a fresh generation to a file (used by `kernels`).
+    #[command(hide = true)]
+    DumpLogits(DumpArgs),
+}
+
+/// Arguments of the hidden `dump-logits`.
+#[derive(Debug, Args)]
+struct DumpArgs {
+    /// GGUF model.
+    #[arg(long)]
+    model: PathBuf,
+    /// Steps to generate.
+    #[arg(long)]
+    steps: usize,
+    /// Output file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Arguments of `kernels`.
+#[derive(Debug, Args)]
+pub struct KernelArgs {
+    /// Logits from `talkback ... --dump-logits FILE` (little-endian f32
+    /// records of one vocabulary each) instead of a fresh generation.
+    #[arg(long, value_name = "FILE")]
+    logits: Option<PathBuf>,
+
+    /// Logits per record of the `--logits` file (its model's vocabulary size).
+    #[arg(long, value_name = "N", default_value_t = 49152)]
+    logits_vocab: usize,
+
+    /// GGUF model that generates the logits [default: $TALKBACK_MODEL, else
+    /// the fetched SmolLM2 model]; without one, the committed fixtures are used.
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+
+    /// Sampling steps of logits to generate with the model (1..=512).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=512))]
+    steps: u32,
+
+    /// Timed passes over every step, per case (1..=1000).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    rounds: u32,
+
+    /// Vocabulary sizes, comma-separated; larger ones tile the real logits.
+    #[arg(long, value_delimiter = ',', default_value = "49152,151936,262144")]
+    vocab: Vec<usize>,
+
+    /// Run only the cases whose name contains this text.
+    #[arg(long, value_name = "TEXT")]
+    filter: Option<String>,
+}
+
+impl Default for KernelArgs {
+    fn default() -> Self {
+        KernelArgs {
+            logits: None,
+            logits_vocab: 49152,
+            model: None,
+            steps: 64,
+            rounds: 6,
+            vocab: vec![49152, 151_936, 262_144],
+            filter: None,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default().with_logs_enabled(false));
+    let result = match cli.command {
+        None => cases::run(&KernelArgs::default()),
+        Some(Command::Kernels(args)) => cases::run(&args),
+        Some(Command::E2e(args)) => e2e::run(&args),
+        Some(Command::DumpLogits(args)) => input::dump(&args.model, args.steps, &args.out),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("talkback-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
