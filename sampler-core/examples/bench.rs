@@ -5,7 +5,8 @@
 //! median time of one `sample()` call over many calls; on a shared machine
 //! the best is the steadier number. Two logit shapes are measured: `lm`, a
 //! language-model-like shape (a few high logits over a wide normal bulk),
-//! and `flat`, uniform in [-1, 1], the worst case for top-p.
+//! and `flat`, uniform in [-1, 1], the worst case for top-p; and, when
+//! `fixtures/logits/` holds them, two real SmolLM2 logit vectors.
 
 // A measuring tool, not library code: a broken setup may abort it.
 #![allow(clippy::indexing_slicing, clippy::expect_used)]
@@ -47,6 +48,34 @@ fn lm_logits(v: usize, seed: u64) -> Vec<f32> {
 fn flat_logits(v: usize, seed: u64) -> Vec<f32> {
     let mut g = Gen(seed);
     (0..v).map(|_| (g.unit() * 2.0 - 1.0) as f32).collect()
+}
+
+/// Real SmolLM2 logits from `fixtures/logits/NAME.txt` (f16 bit patterns).
+fn real_logits(name: &str) -> Option<Vec<f32>> {
+    let path = format!(
+        "{}/../fixtures/logits/{name}.txt",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(path).ok()?;
+    let words = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .flat_map(str::split_whitespace);
+    words
+        .map(|w| u16::from_str_radix(w, 16).ok().map(f16_to_f32))
+        .collect()
+}
+
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let exp = i32::from((h >> 10) & 0x1f);
+    let frac = f32::from(h & 0x3ff);
+    match exp {
+        0 => sign * frac * 2f32.powi(-24),
+        31 if frac == 0.0 => sign * f32::INFINITY,
+        31 => f32::NAN,
+        _ => sign * (1.0 + frac / 1024.0) * 2f32.powi(exp - 15),
+    }
 }
 
 fn measure(name: &str, config: Config, logits: &[Vec<f32>], recent: &[u32]) {
@@ -98,6 +127,17 @@ fn main() {
         frequency_penalty: 0.1,
         ..Config::default()
     };
+    for name in ["story", "chat-capital"] {
+        let Some(real) = real_logits(name) else {
+            eprintln!("fixtures/logits/{name}.txt not found; skipping the real-logit cases");
+            continue;
+        };
+        let v = real.len();
+        let real = vec![real];
+        measure(&format!("default_{name}_v{v}"), default, &real, &[]);
+        measure(&format!("greedy_{name}_v{v}"), greedy, &real, &[]);
+        measure(&format!("topp_p095_{name}_v{v}"), top_p, &real, &[]);
+    }
     for v in [49152usize, 151_936, 262_144] {
         let lm: Vec<Vec<f32>> = (0..8).map(|s| lm_logits(v, s)).collect();
         let flat: Vec<Vec<f32>> = (0..8).map(|s| flat_logits(v, 100 + s)).collect();

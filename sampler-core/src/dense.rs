@@ -12,9 +12,10 @@
 //! results do not depend on how they are vectorised, since maxima and
 //! counts are exact.
 
+use crate::chain::ZERO_WEIGHT_CUT;
 use crate::penalty::{Override, Overrides};
 use crate::select::{keep_top, rank_cmp};
-use crate::softmax::Scale;
+use crate::softmax::{weight_f64, Scale};
 use crate::Candidate;
 
 /// Logits per chunk.
@@ -255,6 +256,98 @@ fn below(x: f32) -> f32 {
     }
 }
 
+/// Chunks per block of the exact weight sums: each f64 lane takes at most
+/// `4 * BLOCK` weights of at most 2^30, staying below 2^53 where f64 holds
+/// every integer.
+const BLOCK: usize = 1 << 20;
+
+/// The total integer weight of all candidates under `scale`, and the
+/// candidates with `d >= head`, copied into `scratch` in id order.
+///
+/// One vectorised pass: each weight is an exact integer in an f64, summed in
+/// four lanes, exact within a block of
+/// [`BLOCK`] chunks; block sums then go into a `u64`. So the total is exact
+/// and equal to summing [`Scale::weight`] over the candidates in any order.
+/// Chunks whose every `d` is below [`ZERO_WEIGHT_CUT`] weigh nothing and are
+/// skipped. The head count is `None` when it would exceed `limit`.
+///
+/// `scale` must not be the +inf kind; `head` must be finite.
+pub(crate) fn mass_and_head(
+    logits: &[f32],
+    ov: &Overrides,
+    scale: &Scale,
+    head: f32,
+    limit: usize,
+    scratch: &mut [Candidate],
+) -> (u64, Option<usize>) {
+    let (m, inv_t) = (scale.m, scale.inv_t);
+    let limit = limit.min(scratch.len());
+    let mut total = 0u64;
+    let mut n = 0usize;
+    let mut overflow = false;
+    for_each_run(logits, ov, |base, run| {
+        let mut first = base;
+        for block in run.chunks(CHUNK * BLOCK) {
+            let mut acc = [0.0f64; 4];
+            for chunk in block.chunks_exact(CHUNK) {
+                let mut d = [0.0f32; CHUNK];
+                let mut live = false;
+                let mut in_head = false;
+                for (di, &x) in d.iter_mut().zip(chunk) {
+                    let v = (x - m) * inv_t;
+                    *di = v;
+                    // NaN fails both tests.
+                    live |= v >= ZERO_WEIGHT_CUT;
+                    in_head |= v >= head;
+                }
+                if live {
+                    for quarter in d.chunks_exact(4) {
+                        for (a, &di) in acc.iter_mut().zip(quarter) {
+                            *a += weight_f64(di);
+                        }
+                    }
+                }
+                if in_head && !overflow {
+                    if n + CHUNK <= limit {
+                        n = append_where(scratch, n, first, chunk, &d, head);
+                    } else {
+                        overflow = true;
+                    }
+                }
+                first += CHUNK as u32;
+            }
+            // Each lane is an exact non-negative integer below 2^53.
+            total += acc.iter().map(|&a| a as u64).sum::<u64>();
+        }
+    });
+    (total, (!overflow).then_some(n))
+}
+
+/// Appends the elements of `chunk` whose `d` reaches `cut`, branch-free.
+///
+/// The caller guarantees room for a whole chunk at `n`.
+#[inline(always)]
+fn append_where(
+    scratch: &mut [Candidate],
+    n: usize,
+    first: u32,
+    chunk: &[f32],
+    d: &[f32; CHUNK],
+    cut: f32,
+) -> usize {
+    let Some(window) = scratch.get_mut(n..n + CHUNK) else {
+        return n;
+    };
+    let mut end = 0usize;
+    for ((id, &x), &di) in (first..).zip(chunk).zip(d) {
+        if let Some(slot) = window.get_mut(end) {
+            *slot = Candidate { id, logit: x };
+        }
+        end += usize::from(di >= cut);
+    }
+    n + end
+}
+
 /// Copies every candidate with scaled difference `scale.d(x) >= cut` into `scratch`.
 ///
 /// Returns the count. Since `d` rises with the logit, the result is a rank
@@ -326,7 +419,7 @@ mod tests {
                 _ => {}
             }
         }
-        let recent: Vec<u32> = (0..v as u32).filter(|i| i % 23 == 3).collect();
+        let recent: Vec<u32> = (0..v as u32).filter(|i| i % 23 == 3).take(1000).collect();
         let bias = [(0u32, 2.5f32), ((v - 1) as u32, -1.0)];
         let mut ov = Overrides::new();
         let c = Config {
@@ -400,6 +493,39 @@ mod tests {
         assert_eq!(below(f32::INFINITY), f32::MAX);
         assert_eq!(below(f32::NEG_INFINITY), f32::NEG_INFINITY);
         assert_eq!(below(-f32::MAX), f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn mass_and_head_match_reference() {
+        for v in [1, 16, 31, 700, 5000, 70_000] {
+            let (logits, ov) = case(v, 3 + v as u64);
+            let all = reference(&logits, &ov);
+            let Some(top) = all.first() else { continue };
+            if top.logit == f32::INFINITY {
+                continue;
+            }
+            for t in [0.3f32, 1.0, 4.0] {
+                let scale = Scale::new(top.logit).with_temperature(t);
+                let want: u64 = all.iter().map(|c| scale.weight(c.logit)).sum();
+                for (head, limit) in [(-2.0f32, v), (-6.0, v), (-6.0, 16)] {
+                    let mut scratch = vec![Candidate::default(); v];
+                    let (z, n) = mass_and_head(&logits, &ov, &scale, head, limit, &mut scratch);
+                    assert_eq!(z, want, "v {v} t {t}");
+                    let head_want: Vec<Candidate> = all
+                        .iter()
+                        .copied()
+                        .filter(|c| scale.d(c.logit) >= head)
+                        .collect();
+                    match n {
+                        Some(n) => {
+                            scratch.truncate(n);
+                            assert_eq!(sorted(scratch), head_want, "v {v} t {t} head {head}");
+                        }
+                        None => assert!(head_want.len() > limit.saturating_sub(CHUNK)),
+                    }
+                }
+            }
+        }
     }
 
     #[test]

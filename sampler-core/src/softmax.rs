@@ -55,10 +55,25 @@ pub(crate) fn exp_det(d: f32) -> f32 {
     p * scale
 }
 
+/// `2^52`: adding and removing it rounds a non-negative f64 below 2^52 to an integer.
+const INTEGER_MAGIC: f64 = 4_503_599_627_370_496.0;
+
+/// Integer weight of a scaled difference, `round(e^d * 2^30)`, held exactly in an f64.
+///
+/// `e^d * 2^30` is formed in f32 (exact: a power-of-two scaling), widened
+/// to f64 (exact), and rounded to the nearest integer, ties to even, by
+/// adding and removing `2^52`. Plain arithmetic, so a loop over it
+/// vectorises, and sums of these values are exact integers below 2^53.
+#[inline(always)]
+pub(crate) fn weight_f64(d: f32) -> f64 {
+    (f64::from(exp_det(d) * WEIGHT_ONE) + INTEGER_MAGIC) - INTEGER_MAGIC
+}
+
 /// Integer weight of a scaled difference: `round(e^d * 2^30)`, in `[0, 2^30]`.
 #[inline(always)]
 pub(crate) fn weight_of(d: f32) -> u32 {
-    (exp_det(d) * WEIGHT_ONE + 0.5) as i32 as u32
+    // Exact: the value is a non-negative integer below 2^31.
+    weight_f64(d) as u32
 }
 
 /// The reference point and temperature of one distribution.
@@ -145,6 +160,31 @@ mod tests {
         assert!(exp_det(f32::NEG_INFINITY) < 1e-37);
         assert!(exp_det(f32::NAN) < 1e-37);
         assert!(exp_det(-1000.0) < 1e-37);
+    }
+
+    #[test]
+    fn weights_are_rounded_integers() {
+        let mut d = 0.0f32;
+        while d > -25.0 {
+            let w = weight_f64(d);
+            assert_eq!(w, w.round(), "{d}");
+            let exact = f64::from(exp_det(d)) * f64::from(WEIGHT_ONE);
+            assert!((w - exact).abs() <= 0.5, "{d}: {w} vs {exact}");
+            d -= 0.013_7;
+        }
+        // Ties go to even.
+        assert_eq!((2.5f64 + INTEGER_MAGIC) - INTEGER_MAGIC, 2.0);
+        assert_eq!((3.5f64 + INTEGER_MAGIC) - INTEGER_MAGIC, 4.0);
+    }
+
+    #[test]
+    fn weights_vanish_below_the_zero_cut() {
+        let mut d = crate::chain::ZERO_WEIGHT_CUT;
+        while d > -200.0 {
+            assert_eq!(weight_of(d), 0, "{d}");
+            d -= 0.001_3;
+        }
+        assert!(weight_of(-21.0) > 0);
     }
 
     #[test]
