@@ -14,9 +14,10 @@
 //!
 //! 1. **Penalties** over the caller's window [`Input::recent`], with
 //!    llama.cpp's rules: a positive logit is divided by `repeat_penalty`, a
-//!    zero or negative one multiplied by it; then `count * frequency_penalty
-//!    + presence_penalty` is subtracted, `count` being the token's
-//!    occurrences in the window. Only ids in the window change.
+//!    zero or negative one multiplied by it; then the sum
+//!    `count * frequency_penalty + presence_penalty` is subtracted, `count`
+//!    being the token's occurrences in the window. Only ids in the window
+//!    change.
 //! 2. **Logit bias** [`Input::bias`], added entry by entry in list order.
 //! 3. **The four stages** in [`Config::order`]:
 //!    - [`Order::TALKBACK`] (the default): temperature, top-k, top-p, min-p.
