@@ -107,24 +107,40 @@ enum Live {
     Held(usize),
 }
 
-/// Top logit and candidate count, computed by a dense pass when first needed.
+/// Top logit and candidate count, each computed by a dense pass when first needed.
 struct Summary<'a> {
     logits: &'a [f32],
     ov: &'a Overrides,
-    known: Option<(f32, usize)>,
+    top: Option<f32>,
+    count: Option<usize>,
 }
 
 impl Summary<'_> {
-    fn get(&mut self) -> Result<(f32, usize), Error> {
-        let (m, n) = match self.known {
-            Some(known) => known,
-            None => dense::summary(self.logits, self.ov),
+    /// The top effective logit.
+    fn top(&mut self) -> Result<f32, Error> {
+        let m = match self.top {
+            Some(m) => m,
+            None => dense::top(self.logits, self.ov),
         };
-        self.known = Some((m, n));
+        self.top = Some(m);
+        // NaN never wins, so -inf means no candidate at all.
+        if m == f32::NEG_INFINITY {
+            return Err(Error::NoFiniteLogit);
+        }
+        Ok(m)
+    }
+
+    /// The number of candidates.
+    fn count(&mut self) -> Result<usize, Error> {
+        let n = match self.count {
+            Some(n) => n,
+            None => dense::count(self.logits, self.ov),
+        };
+        self.count = Some(n);
         if n == 0 {
             return Err(Error::NoFiniteLogit);
         }
-        Ok((m, n))
+        Ok(n)
     }
 }
 
@@ -149,7 +165,8 @@ pub(crate) fn run(
     let mut summary = Summary {
         logits,
         ov,
-        known: None,
+        top: None,
+        count: None,
     };
     let mut live = Live::All;
     let mut top = f32::NEG_INFINITY;
@@ -159,8 +176,8 @@ pub(crate) fn run(
     if path == Path::Reference {
         let n = collect_all(logits, ov, scratch);
         top = held_top(scratch.get(..n).unwrap_or(&[]));
-        summary.known = Some((top, n));
-        summary.get()?;
+        summary.count = Some(n);
+        summary.count()?;
         live = Live::Held(n);
     }
 
@@ -221,7 +238,8 @@ pub(crate) fn run(
             // Nothing truncated: the final distribution is every candidate,
             // but only those of nonzero weight can be drawn, so collect those
             // unless the caller wants more alternatives than they number.
-            let (m, n) = summary.get()?;
+            let m = summary.top()?;
+            let n = summary.count()?;
             top = m;
             let scale = Scale {
                 inv_t,
@@ -238,7 +256,7 @@ pub(crate) fn run(
         match c {
             None => Ok(len),
             Some(Live::Held(n)) => Ok(n),
-            Some(Live::All) => summary.get().map(|(_, n)| n),
+            Some(Live::All) => summary.count(),
         }
     };
     let survivors = Survivors {
@@ -378,8 +396,8 @@ const TOP_P_HEAD_LIMIT: usize = 4096;
 
 /// Top-p over every candidate, done from the head of the distribution.
 ///
-/// One vectorised pass sums every weight exactly and collects the tokens
-/// with `d >= TOP_P_HEAD`. When their mass reaches the target, the cut lies
+/// One vectorised pass sums every weight exactly and a cheap second one
+/// collects the tokens with `d >= TOP_P_HEAD`. When their mass reaches the target, the cut lies
 /// among them and is found there; this is the same cut as over all
 /// candidates, since the head is a rank prefix and the target comes from
 /// the exact total. Returns `None` (nothing decided) when the head is too
@@ -394,8 +412,9 @@ fn top_p_from_head(
     if scale.inf {
         return None;
     }
-    let (total, n) = dense::mass_and_head(logits, ov, scale, TOP_P_HEAD, TOP_P_HEAD_LIMIT, scratch);
-    let head = scratch.get_mut(..n?)?;
+    let total = dense::mass(logits, ov, scale);
+    let n = dense::at_most(logits, ov, scale, TOP_P_HEAD, TOP_P_HEAD_LIMIT, scratch)?;
+    let head = scratch.get_mut(..n)?;
     let need = topp::target(p, total);
     let weight = |x: f32| scale.weight(x);
     if mass(head, weight) < need {
@@ -429,7 +448,7 @@ fn all_stage(
             None => Ok((Live::All, inv_t)),
         },
         Stage::TopP if config.top_p < 1.0 => {
-            let (m, _) = summary.get()?;
+            let m = summary.top()?;
             let scale = Scale {
                 inv_t,
                 ..Scale::new(m)
@@ -447,7 +466,7 @@ fn all_stage(
             ))
         }
         Stage::MinP if config.min_p > 0.0 => {
-            let (m, _) = summary.get()?;
+            let m = summary.top()?;
             let scale = Scale {
                 inv_t,
                 ..Scale::new(m)

@@ -74,31 +74,38 @@ fn patch<'o>(chunk: &mut [f32; CHUNK], base: u32, mut pending: &'o [Override]) -
     pending
 }
 
-/// The top effective logit and the number of candidates (neither NaN nor -inf).
-///
-/// The top logit is -inf when there is no candidate.
-pub(crate) fn summary(logits: &[f32], ov: &Overrides) -> (f32, usize) {
+/// The top effective logit; -inf when there is no candidate.
+pub(crate) fn top(logits: &[f32], ov: &Overrides) -> f32 {
     let mut m = f32::NEG_INFINITY;
-    let mut n = 0usize;
     for_each_run(logits, ov, |_, run| {
-        let mut top = [f32::NEG_INFINITY; CHUNK];
-        // A lane counts at most one in sixteen ids, so u32 cannot overflow.
-        let mut count = [0u32; CHUNK];
-        for chunk in run.chunks_exact(CHUNK) {
-            for (t, &x) in top.iter_mut().zip(chunk) {
+        let mut top = [f32::NEG_INFINITY; 8];
+        for eight in run.chunks_exact(8) {
+            for (t, &x) in top.iter_mut().zip(eight) {
                 // NaN fails the comparison, so it never wins.
                 *t = if x > *t { x } else { *t };
             }
-            for (c, &x) in count.iter_mut().zip(chunk) {
-                *c += u32::from(x > f32::NEG_INFINITY);
-            }
         }
-        n += count.iter().map(|&c| c as usize).sum::<usize>();
         for &t in &top {
             m = if t > m { t } else { m };
         }
     });
-    (m, n)
+    m
+}
+
+/// The number of candidates: effective logits neither NaN nor -inf.
+pub(crate) fn count(logits: &[f32], ov: &Overrides) -> usize {
+    let mut n = 0usize;
+    for_each_run(logits, ov, |_, run| {
+        // A lane counts at most one in sixteen ids, so u32 cannot overflow.
+        let mut lanes = [0u32; CHUNK];
+        for chunk in run.chunks_exact(CHUNK) {
+            for (c, &x) in lanes.iter_mut().zip(chunk) {
+                *c += u32::from(x > f32::NEG_INFINITY);
+            }
+        }
+        n += lanes.iter().map(|&c| c as usize).sum::<usize>();
+    });
+    n
 }
 
 /// Copies the `min(k, candidates)` highest-ranked candidates into `scratch`; returns the count.
@@ -150,19 +157,39 @@ pub(crate) fn top_k(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Can
     n
 }
 
-/// Index of the first chunk of `run` holding a logit above `t`.
+/// Index of a chunk of `run` at or before the first logit above `t`.
 ///
-/// Kept apart from the caller's loop so that `t` stays in a register and the
-/// test compiles to a few vector compares per chunk.
+/// Tests two chunks at a time through a four-lane running maximum, which
+/// compiles to a few vector max instructions per 32 logits. The index
+/// returned is that of the pair's first chunk, which may itself hold no
+/// hit; callers append from it with a strict test, so that costs nothing.
+/// NaN never wins a maximum. Kept apart from the caller's loop so that `t`
+/// stays in a register.
 #[inline(always)]
 fn next_hit(run: &[f32], t: f32) -> Option<usize> {
-    run.chunks_exact(CHUNK).position(|chunk| {
-        let mut hit = false;
-        for &x in chunk {
-            hit |= x > t;
+    let mut pairs = run.chunks_exact(2 * CHUNK);
+    for (i, pair) in pairs.by_ref().enumerate() {
+        let mut top = [f32::NEG_INFINITY; 4];
+        for quad in pair.chunks_exact(4) {
+            for (a, &x) in top.iter_mut().zip(quad) {
+                *a = if x > *a { x } else { *a };
+            }
         }
-        hit
-    })
+        let mut hit = false;
+        for &a in &top {
+            hit |= a > t;
+        }
+        if hit {
+            return Some(2 * i);
+        }
+    }
+    let rest = pairs.remainder();
+    let mut hit = false;
+    for &x in rest {
+        hit |= x > t;
+    }
+    // The remainder is at most one chunk.
+    (hit && !rest.is_empty()).then_some(run.len() / (2 * CHUNK) * 2)
 }
 
 /// Appends the elements of `chunk` above `t` to `scratch` at `n`; returns the new count.
@@ -261,44 +288,30 @@ fn below(x: f32) -> f32 {
 /// every integer.
 const BLOCK: usize = 1 << 20;
 
-/// The total integer weight of all candidates under `scale`, and the
-/// candidates with `d >= head`, copied into `scratch` in id order.
+/// The total integer weight of all candidates under `scale`.
 ///
 /// One vectorised pass: each weight is an exact integer in an f64, summed in
-/// four lanes, exact within a block of
-/// [`BLOCK`] chunks; block sums then go into a `u64`. So the total is exact
-/// and equal to summing [`Scale::weight`] over the candidates in any order.
-/// Chunks whose every `d` is below [`ZERO_WEIGHT_CUT`] weigh nothing and are
-/// skipped. The head count is `None` when it would exceed `limit`.
+/// four lanes, exact within a block of [`BLOCK`] chunks; block sums then go
+/// into a `u64`. So the total is exact and equal to summing
+/// [`Scale::weight`] over the candidates in any order. Chunks whose every `d`
+/// is below [`ZERO_WEIGHT_CUT`] weigh nothing and are skipped. The loop
+/// does nothing else, which keeps its working set in registers.
 ///
-/// `scale` must not be the +inf kind; `head` must be finite.
-pub(crate) fn mass_and_head(
-    logits: &[f32],
-    ov: &Overrides,
-    scale: &Scale,
-    head: f32,
-    limit: usize,
-    scratch: &mut [Candidate],
-) -> (u64, Option<usize>) {
+/// `scale` must not be the +inf kind.
+pub(crate) fn mass(logits: &[f32], ov: &Overrides, scale: &Scale) -> u64 {
     let (m, inv_t) = (scale.m, scale.inv_t);
-    let limit = limit.min(scratch.len());
     let mut total = 0u64;
-    let mut n = 0usize;
-    let mut overflow = false;
-    for_each_run(logits, ov, |base, run| {
-        let mut first = base;
+    for_each_run(logits, ov, |_, run| {
         for block in run.chunks(CHUNK * BLOCK) {
             let mut acc = [0.0f64; 4];
             for chunk in block.chunks_exact(CHUNK) {
                 let mut d = [0.0f32; CHUNK];
                 let mut live = false;
-                let mut in_head = false;
                 for (di, &x) in d.iter_mut().zip(chunk) {
                     let v = (x - m) * inv_t;
                     *di = v;
-                    // NaN fails both tests.
+                    // NaN fails the test.
                     live |= v >= ZERO_WEIGHT_CUT;
-                    in_head |= v >= head;
                 }
                 if live {
                     for quarter in d.chunks_exact(4) {
@@ -307,45 +320,12 @@ pub(crate) fn mass_and_head(
                         }
                     }
                 }
-                if in_head && !overflow {
-                    if n + CHUNK <= limit {
-                        n = append_where(scratch, n, first, chunk, &d, head);
-                    } else {
-                        overflow = true;
-                    }
-                }
-                first += CHUNK as u32;
             }
             // Each lane is an exact non-negative integer below 2^53.
             total += acc.iter().map(|&a| a as u64).sum::<u64>();
         }
     });
-    (total, (!overflow).then_some(n))
-}
-
-/// Appends the elements of `chunk` whose `d` reaches `cut`, branch-free.
-///
-/// The caller guarantees room for a whole chunk at `n`.
-#[inline(always)]
-fn append_where(
-    scratch: &mut [Candidate],
-    n: usize,
-    first: u32,
-    chunk: &[f32],
-    d: &[f32; CHUNK],
-    cut: f32,
-) -> usize {
-    let Some(window) = scratch.get_mut(n..n + CHUNK) else {
-        return n;
-    };
-    let mut end = 0usize;
-    for ((id, &x), &di) in (first..).zip(chunk).zip(d) {
-        if let Some(slot) = window.get_mut(end) {
-            *slot = Candidate { id, logit: x };
-        }
-        end += usize::from(di >= cut);
-    }
-    n + end
+    total
 }
 
 /// Copies every candidate with scaled difference `scale.d(x) >= cut` into `scratch`.
@@ -359,6 +339,21 @@ pub(crate) fn at_least(
     cut: f32,
     scratch: &mut [Candidate],
 ) -> usize {
+    at_most(logits, ov, scale, cut, usize::MAX, scratch).unwrap_or(0)
+}
+
+/// Like [`at_least`], but gives up, returning `None`, once more than
+/// `limit` candidates pass.
+pub(crate) fn at_most(
+    logits: &[f32],
+    ov: &Overrides,
+    scale: &Scale,
+    cut: f32,
+    limit: usize,
+    scratch: &mut [Candidate],
+) -> Option<usize> {
+    let limit = limit.min(scratch.len());
+    let mut over = false;
     let mut n = 0usize;
     let (m, inv_t, inf) = (scale.m, scale.inv_t, scale.inf);
     for_each_run(logits, ov, |base, run| {
@@ -374,20 +369,23 @@ pub(crate) fn at_least(
                     hit |= (x - m) * inv_t >= cut;
                 }
             }
-            if !hit {
+            if !hit || over {
                 continue;
             }
             for (id, &x) in (first..).zip(chunk) {
                 if x > f32::NEG_INFINITY && scale.d(x) >= cut {
-                    if let Some(slot) = scratch.get_mut(n) {
-                        *slot = Candidate { id, logit: x };
-                        n += 1;
+                    match scratch.get_mut(n).filter(|_| n < limit) {
+                        Some(slot) => {
+                            *slot = Candidate { id, logit: x };
+                            n += 1;
+                        }
+                        None => over = true,
                     }
                 }
             }
         }
     });
-    n
+    (!over).then_some(n)
 }
 
 #[cfg(test)]
@@ -445,27 +443,22 @@ mod tests {
     }
 
     #[test]
-    fn summary_matches_reference() {
+    fn top_and_count_match_reference() {
         for v in [1, 15, 16, 17, 100, 1000, 4099] {
             let (logits, ov) = case(v, v as u64);
             let all = reference(&logits, &ov);
-            let (m, n) = summary(&logits, &ov);
-            assert_eq!(n, all.len(), "v {v}");
-            assert_eq!(
-                m,
-                all.first().map_or(f32::NEG_INFINITY, |c| c.logit),
-                "v {v}"
-            );
+            assert_eq!(count(&logits, &ov), all.len(), "v {v}");
+            let want = all.first().map_or(f32::NEG_INFINITY, |c| c.logit);
+            assert_eq!(top(&logits, &ov), want, "v {v}");
         }
         let ov = Overrides::new();
+        let masked = [f32::NAN, f32::NEG_INFINITY];
         assert_eq!(
-            summary(&[f32::NAN, f32::NEG_INFINITY], &ov),
+            (top(&masked, &ov), count(&masked, &ov)),
             (f32::NEG_INFINITY, 0)
         );
-        assert_eq!(
-            summary(&[1.0, f32::INFINITY, f32::NAN], &ov),
-            (f32::INFINITY, 2)
-        );
+        let inf = [1.0, f32::INFINITY, f32::NAN];
+        assert_eq!((top(&inf, &ov), count(&inf, &ov)), (f32::INFINITY, 2));
     }
 
     #[test]
@@ -496,7 +489,7 @@ mod tests {
     }
 
     #[test]
-    fn mass_and_head_match_reference() {
+    fn mass_and_at_most_match_reference() {
         for v in [1, 16, 31, 700, 5000, 70_000] {
             let (logits, ov) = case(v, 3 + v as u64);
             let all = reference(&logits, &ov);
@@ -507,21 +500,21 @@ mod tests {
             for t in [0.3f32, 1.0, 4.0] {
                 let scale = Scale::new(top.logit).with_temperature(t);
                 let want: u64 = all.iter().map(|c| scale.weight(c.logit)).sum();
-                for (head, limit) in [(-2.0f32, v), (-6.0, v), (-6.0, 16)] {
+                assert_eq!(mass(&logits, &ov, &scale), want, "v {v} t {t}");
+                for (cut, limit) in [(-2.0f32, v), (-6.0, v), (-6.0, 16)] {
                     let mut scratch = vec![Candidate::default(); v];
-                    let (z, n) = mass_and_head(&logits, &ov, &scale, head, limit, &mut scratch);
-                    assert_eq!(z, want, "v {v} t {t}");
-                    let head_want: Vec<Candidate> = all
+                    let got = at_most(&logits, &ov, &scale, cut, limit, &mut scratch);
+                    let head: Vec<Candidate> = all
                         .iter()
                         .copied()
-                        .filter(|c| scale.d(c.logit) >= head)
+                        .filter(|c| scale.d(c.logit) >= cut)
                         .collect();
-                    match n {
+                    match got {
                         Some(n) => {
                             scratch.truncate(n);
-                            assert_eq!(sorted(scratch), head_want, "v {v} t {t} head {head}");
+                            assert_eq!(sorted(scratch), head, "v {v} t {t} cut {cut}");
                         }
-                        None => assert!(head_want.len() > limit.saturating_sub(CHUNK)),
+                        None => assert!(head.len() > limit),
                     }
                 }
             }
