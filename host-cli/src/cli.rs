@@ -72,9 +72,11 @@ pub struct ShapeArgs {
     #[arg(long, value_enum, default_value_t = ShapeFormat::Text)]
     pub format: ShapeFormat,
 
+    /// Sampling settings.
     #[command(flatten)]
     pub sampling: SamplingArgs,
 
+    /// Model and context settings.
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -135,6 +137,7 @@ pub struct PlotArgs {
     #[arg(short, long, default_value = "talkback-plot.svg")]
     pub out: PathBuf,
 
+    /// Model and context settings.
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -178,12 +181,15 @@ pub struct ChatArgs {
     #[arg(long)]
     pub render_only: bool,
 
+    /// Model and context settings.
     #[command(flatten)]
     pub model: ModelArgs,
 
+    /// Sampling settings.
     #[command(flatten)]
     pub sampling: SamplingArgs,
 
+    /// Generation and output settings.
     #[command(flatten)]
     pub generation: GenerationArgs,
 }
@@ -199,12 +205,15 @@ pub struct CompleteArgs {
     #[arg(long)]
     pub parse_special: bool,
 
+    /// Model and context settings.
     #[command(flatten)]
     pub model: ModelArgs,
 
+    /// Sampling settings.
     #[command(flatten)]
     pub sampling: SamplingArgs,
 
+    /// Generation and output settings.
     #[command(flatten)]
     pub generation: GenerationArgs,
 }

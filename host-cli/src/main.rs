@@ -1,22 +1,10 @@
 //! `talkback`: chat and completion with GGUF models, sampled by sampler-core.
 
-mod app;
-mod chat;
-mod cli;
-mod generate;
-mod gguf;
-mod model;
-mod output;
-mod plot;
-mod repl;
-mod settings;
-mod shape;
-mod trace;
-
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
 use clap::Parser;
+use talkback::{app, cli, generate};
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
