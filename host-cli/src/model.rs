@@ -200,7 +200,8 @@ impl Model {
             batch: LlamaBatch::new(n_batch as usize, 1),
             n_batch: n_batch as usize,
             n_ctx,
-            cached: Vec::new(),
+            // Room for a full context, so decoding never grows it mid-reply.
+            cached: Vec::with_capacity(n_ctx),
             logits_index: 0,
         })
     }
