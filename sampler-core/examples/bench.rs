@@ -122,6 +122,12 @@ fn main() {
         min_p: 0.0,
         ..Config::default()
     };
+    let temperature_only = Config {
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+        ..Config::default()
+    };
     let penalties = Config {
         repeat_penalty: 1.1,
         frequency_penalty: 0.1,
@@ -137,6 +143,12 @@ fn main() {
         measure(&format!("default_{name}_v{v}"), default, &real, &[]);
         measure(&format!("greedy_{name}_v{v}"), greedy, &real, &[]);
         measure(&format!("topp_p095_{name}_v{v}"), top_p, &real, &[]);
+        measure(
+            &format!("temperature_only_{name}_v{v}"),
+            temperature_only,
+            &real,
+            &[],
+        );
     }
     for v in [49152usize, 151_936, 262_144] {
         let lm: Vec<Vec<f32>> = (0..8).map(|s| lm_logits(v, s)).collect();

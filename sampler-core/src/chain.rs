@@ -34,6 +34,10 @@ pub(crate) struct Outcome {
     pub sorted: bool,
     /// Weights of the held candidates under some scale, when sorted.
     pub cache: WeightCache,
+    /// `Some(total)` when only the head of the final distribution is held:
+    /// the held tokens are a rank prefix of it and `total` is the exact
+    /// weight of all of it. A draw past the head needs the rest collected.
+    pub partial: Option<u64>,
     /// Scale of the final distribution.
     pub scale: Scale,
     /// Counts after each stage.
@@ -146,8 +150,11 @@ impl Summary<'_> {
 
 /// Runs the stages of `config.order` on the candidates of `logits`.
 ///
-/// `alternatives` is how many top tokens the caller will ask of the final
-/// distribution; the fast path makes sure that many are held.
+/// `report` is `Some(n)` when the caller wants a report with `n`
+/// alternatives; the fast path then holds at least that many top tokens and
+/// every token the report's entropy needs. Without a report, survivor
+/// counts are not computed and a chain that truncates nothing may hold only
+/// the head of the distribution (see [`Outcome::partial`]).
 ///
 /// # Errors
 ///
@@ -158,7 +165,7 @@ pub(crate) fn run(
     config: &Config,
     scratch: &mut [Candidate],
     path: Path,
-    alternatives: usize,
+    report: Option<usize>,
     observe: &mut dyn FnMut(StageView<'_>),
 ) -> Result<Outcome, Error> {
     let vocab = logits.len();
@@ -232,26 +239,40 @@ pub(crate) fn run(
         }
     }
 
+    let mut partial = None;
     let (held, len) = match live {
         Live::Held(n) => (n, n),
         Live::All => {
-            // Nothing truncated: the final distribution is every candidate,
-            // but only those of nonzero weight can be drawn, so collect those
-            // unless the caller wants more alternatives than they number.
+            // Nothing truncated: the final distribution is every candidate.
             let m = summary.top()?;
-            let n = summary.count()?;
             top = m;
             let scale = Scale {
                 inv_t,
                 ..Scale::new(m)
             };
-            let mut held = dense::at_least(logits, ov, &scale, ZERO_WEIGHT_CUT, scratch);
-            if held < alternatives.min(n) {
-                held = collect_all(logits, ov, scratch);
+            match (report, final_head(logits, ov, &scale, scratch)) {
+                (None, Some((n, total))) => {
+                    partial = Some(total);
+                    (n, n)
+                }
+                _ => {
+                    // Only tokens of nonzero weight can be drawn, so hold
+                    // those, unless the report wants more alternatives than
+                    // they number.
+                    let n = summary.count()?;
+                    let mut held = dense::at_least(logits, ov, &scale, ZERO_WEIGHT_CUT, scratch);
+                    if held < report.unwrap_or(0).min(n) {
+                        held = collect_all(logits, ov, scratch);
+                    }
+                    (held, n)
+                }
             }
-            (held, n)
         }
     };
+    if report.is_none() {
+        // Nobody will read the counts; skip the passes they might need.
+        counts = [Some(Live::Held(len)); 3];
+    }
     let mut count = |c: Option<Live>| -> Result<usize, Error> {
         match c {
             None => Ok(len),
@@ -281,6 +302,7 @@ pub(crate) fn run(
         survivors,
         sorted,
         cache,
+        partial,
     })
 }
 
@@ -423,6 +445,23 @@ fn top_p_from_head(
     weighted_select(head, need - 1, weight).map(|j| j + 1)
 }
 
+/// The head of an untruncated final distribution and its exact total weight.
+///
+/// `None` when the top logit is +inf or the head is too long.
+fn final_head(
+    logits: &[f32],
+    ov: &Overrides,
+    scale: &Scale,
+    scratch: &mut [Candidate],
+) -> Option<(usize, u64)> {
+    if scale.inf {
+        return None;
+    }
+    let total = dense::mass(logits, ov, scale);
+    let n = dense::at_most(logits, ov, scale, TOP_P_HEAD, TOP_P_HEAD_LIMIT, scratch)?;
+    Some((n, total))
+}
+
 /// Runs one stage while every candidate survives; collects when it truncates.
 ///
 /// Each branch collects a superset of what the stage keeps that is itself a
@@ -496,18 +535,27 @@ fn logprob(d: f32, ln_total: f64) -> f32 {
 }
 
 /// Draws from the held final survivors with uniform `u` and fills `report`.
+///
+/// Returns `None` only when [`Outcome::partial`] is set and the draw falls
+/// past the held head; the caller then holds every token of nonzero weight
+/// and calls again with the same `u`.
 pub(crate) fn finish(
     s: &mut [Candidate],
     out: &mut Outcome,
     u: f64,
     report: Option<&mut Report<'_>>,
-) -> Choice {
+) -> Option<Choice> {
     let scale = out.scale;
-    let (j, total) = if out.sorted {
-        let w = out.cache.get(s, scale);
-        draw::pick_sorted(w, u)
-    } else {
-        draw::pick(s, u, |x| scale.weight(x))
+    let weight = |x: f32| scale.weight(x);
+    let (j, total) = match out.partial {
+        // The head is a rank prefix, so a target inside its mass picks the
+        // same token the scan over every token would.
+        Some(total) => (weighted_select(s, draw::target(u, total), weight)?, total),
+        None if out.sorted => {
+            let w = out.cache.get(s, scale);
+            draw::pick_sorted(w, u)
+        }
+        None => draw::pick(s, u, weight),
     };
     let chosen = s.get(j).or(s.first()).copied().unwrap_or_default();
     // ln(total / 2^30): the top token's weight is 2^30, so this is the log
@@ -540,7 +588,7 @@ pub(crate) fn finish(
         }
         report.n_alternatives = n;
     }
-    choice
+    Some(choice)
 }
 
 /// Fixed-point scale of the entropy accumulator.

@@ -8,7 +8,7 @@
 
 use core::fmt;
 
-use crate::chain::{self, Path, StageView};
+use crate::chain::{self, Path, StageView, ZERO_WEIGHT_CUT};
 use crate::dense;
 use crate::penalty::Overrides;
 use crate::{Config, Error, Rng};
@@ -220,7 +220,7 @@ impl<'s> Sampler<'s> {
             return Ok(Choice { id, logprob: 0.0 });
         }
 
-        let wanted = report.as_ref().map_or(0, |r| r.alternatives.len());
+        let wanted = report.as_ref().map(|r| r.alternatives.len());
         let mut ignore = |_: StageView<'_>| {};
         let mut out = chain::run(
             input.logits,
@@ -233,7 +233,19 @@ impl<'s> Sampler<'s> {
         )?;
         let u = self.draw(forced);
         let s = self.scratch.get_mut(..out.held).unwrap_or(&mut []);
-        Ok(chain::finish(s, &mut out, u, report))
+        // Only a call without a report can hold a partial head, so the
+        // report is never needed again below.
+        if let Some(choice) = chain::finish(s, &mut out, u, report) {
+            return Ok(choice);
+        }
+        // The draw fell past the held head of an untruncated distribution:
+        // hold every token of nonzero weight and draw again with the same u.
+        let scale = out.scale;
+        out.held = dense::at_least(input.logits, &ov, &scale, ZERO_WEIGHT_CUT, self.scratch);
+        out.partial = None;
+        out.sorted = false;
+        let s = self.scratch.get_mut(..out.held).unwrap_or(&mut []);
+        chain::finish(s, &mut out, u, None).ok_or(Error::NoFiniteLogit)
     }
 
     /// Takes this step's uniform number: exactly one generator draw.
@@ -368,6 +380,36 @@ mod tests {
         let mut fresh = Rng::new(9);
         fresh.next_unit();
         assert_eq!(s.rng.next_unit(), fresh.next_unit());
+    }
+
+    #[test]
+    fn untruncated_draws_past_the_head_match_reference() {
+        // Temperature only: the fast path holds the head (d >= -10) and must
+        // fall back to every weighted token when the draw lands in the tail.
+        let logits: Vec<f32> = (0..3000).map(|i| -((i % 1500) as f32) * 0.01).collect();
+        let order = Order::new(&[Stage::Temperature]).unwrap();
+        let config = Config {
+            order,
+            ..plain(1.0)
+        };
+        for u in [0.0, 0.3, 0.999, 0.999_999, BELOW_ONE] {
+            let pick = |path| {
+                let mut scratch = vec![Candidate::default(); logits.len()];
+                let mut s = Sampler::new(config, 0, &mut scratch).unwrap();
+                let c = s
+                    .sample_with_unit(Input::new(&logits), u, None, path)
+                    .unwrap();
+                (c.id, c.logprob.to_bits())
+            };
+            assert_eq!(pick(Path::Fast), pick(Path::Reference), "u {u}");
+        }
+        // The last draw lands on the lowest-ranked token of nonzero weight.
+        let mut scratch = vec![Candidate::default(); logits.len()];
+        let mut s = Sampler::new(config, 0, &mut scratch).unwrap();
+        let c = s
+            .sample_with_unit(Input::new(&logits), BELOW_ONE, None, Path::Fast)
+            .unwrap();
+        assert_eq!(c.id, 2999);
     }
 
     #[test]

@@ -138,7 +138,7 @@ pub fn shape(
         config,
         scratch,
         Path::Reference,
-        0,
+        Some(0),
         &mut observe,
     )?;
     out.n_rows = rows;
