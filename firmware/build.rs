@@ -1,8 +1,9 @@
 //! Turns the committed fixtures into Rust statics the firmware embeds.
 //!
-//! Reads `../fixtures/logits/runs.txt` (sampling runs) with the logits
-//! files they name, and `../fixtures/pieces/*.txt` (stream cases); writes
-//! `$OUT_DIR/vectors.rs`; places `memory.x` where the linker finds it.
+//! Reads what `fixtures.rs` finds under `../fixtures/` (sampler-core's
+//! golden vectors, the runs over real logits, the stream cases), writes
+//! them as statics to `$OUT_DIR/vectors.rs`, and places `memory.x` where
+//! the linker finds it.
 
 #[path = "fixtures.rs"]
 mod fixtures;
@@ -27,17 +28,22 @@ fn main() -> Result<()> {
     println!("cargo:rerun-if-changed=memory.x");
     println!("cargo:rerun-if-changed=fixtures.rs");
 
+    // Every file `all_runs` and `all_cases` may read, and the folders, so
+    // an added or removed file counts as a change too.
+    for dir in ["golden", "logits", "pieces"] {
+        let dir = fixtures.join(dir);
+        println!("cargo:rerun-if-changed={}", dir.display());
+        for file in fixtures::txt_files(&dir)? {
+            println!("cargo:rerun-if-changed={}", file.display());
+        }
+    }
+
     let mut code = String::new();
-    write_runs(&mut code, &fixtures.join("logits"))?;
-    let pieces = fixtures.join("pieces");
-    println!("cargo:rerun-if-changed={}", pieces.display());
+    write_runs(&mut code, &fixtures::all_runs(&fixtures)?)?;
     code.push_str("/// Stream cases from `fixtures/pieces/`.\n");
     code.push_str("static CASES: &[replay::Case<'static>] = &[\n");
-    for file in fixtures::txt_files(&pieces)? {
-        println!("cargo:rerun-if-changed={}", file.display());
-        for case in fixtures::read_pieces(&file)? {
-            write_case(&mut code, &case)?;
-        }
+    for case in fixtures::all_cases(&fixtures)? {
+        write_case(&mut code, &case)?;
     }
     code.push_str("];\n");
 
@@ -45,22 +51,24 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Writes the logits as f32 statics, `MAX_VOCAB` and the `RUNS` table.
-fn write_runs(code: &mut String, dir: &std::path::Path) -> Result<()> {
-    let list = dir.join("runs.txt");
-    println!("cargo:rerun-if-changed={}", list.display());
-    let runs = fixtures::read_runs(&list)?;
-
-    let mut names: Vec<&str> = runs.iter().map(|r| r.logits.as_str()).collect();
-    names.sort_unstable();
-    names.dedup();
-    let mut max_vocab = 1;
-    for (i, name) in names.iter().enumerate() {
-        let file = dir.join(format!("{name}.txt"));
-        println!("cargo:rerun-if-changed={}", file.display());
-        let logits = fixtures::read_logits(&file)?;
-        max_vocab = max_vocab.max(logits.len());
-        writeln!(code, "/// Logits of `fixtures/logits/{name}.txt`.")?;
+/// Writes the logits as f32 statics (each distinct vector once), the
+/// buffer sizes and the `RUNS` table.
+fn write_runs(code: &mut String, runs: &[Run]) -> Result<()> {
+    let mut distinct: Vec<&[f32]> = Vec::new();
+    let mut index = Vec::new();
+    for run in runs {
+        let same = |l: &&[f32]| {
+            l.iter()
+                .map(|x| x.to_bits())
+                .eq(run.logits.iter().map(|x| x.to_bits()))
+        };
+        let i = distinct.iter().position(same).unwrap_or_else(|| {
+            distinct.push(&run.logits);
+            distinct.len() - 1
+        });
+        index.push(i);
+    }
+    for (i, logits) in distinct.iter().enumerate() {
         writeln!(code, "static LOGITS_{i}: [f32; {}] = [", logits.len())?;
         for row in logits.chunks(8) {
             let row: Vec<String> = row.iter().map(|&x| float(x)).collect();
@@ -68,14 +76,33 @@ fn write_runs(code: &mut String, dir: &std::path::Path) -> Result<()> {
         }
         writeln!(code, "];")?;
     }
-    writeln!(code, "/// Longest logits vector: the scratch capacity.")?;
+    let max_vocab = runs
+        .iter()
+        .map(|r| r.logits.len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let max_shifted = runs
+        .iter()
+        .filter(|r| r.shift != 0)
+        .map(|r| r.logits.len())
+        .max();
+    writeln!(code, "/// Largest vocabulary: the scratch capacity.")?;
     writeln!(code, "const MAX_VOCAB: usize = {max_vocab};")?;
+    writeln!(code, "/// Largest vocabulary of a run whose logits rotate.")?;
+    writeln!(
+        code,
+        "const MAX_ROTATED: usize = {};",
+        max_shifted.unwrap_or(0).max(1)
+    )?;
 
-    writeln!(code, "/// Sampling runs from `fixtures/logits/runs.txt`.")?;
+    writeln!(
+        code,
+        "/// Sampling runs: the golden vectors, then `fixtures/logits/runs.txt`."
+    )?;
     writeln!(code, "static RUNS: &[replay::Vector<'static>] = &[")?;
-    for run in &runs {
-        let index = names.iter().position(|n| *n == run.logits).unwrap_or(0);
-        write_run(code, run, index)?;
+    for (run, i) in runs.iter().zip(index) {
+        write_run(code, run, i)?;
     }
     writeln!(code, "];")?;
     Ok(())
@@ -91,6 +118,7 @@ fn write_run(code: &mut String, run: &Run, logits: usize) -> Result<()> {
     writeln!(code, "    replay::Vector {{")?;
     writeln!(code, "        name: {:?},", run.name)?;
     writeln!(code, "        logits: &LOGITS_{logits},")?;
+    writeln!(code, "        shift: {},", run.shift)?;
     writeln!(code, "        config: sampler_core::Config {{")?;
     writeln!(code, "            temperature: {},", float(s.temperature))?;
     writeln!(code, "            top_k: {},", s.top_k)?;
@@ -125,7 +153,8 @@ fn write_run(code: &mut String, run: &Run, logits: usize) -> Result<()> {
 /// An f32 as a Rust expression of exactly that value.
 fn float(x: f32) -> String {
     if x.is_nan() {
-        "f32::NAN".to_owned()
+        // Keeps the payload bits, so the firmware sees the very same NaN.
+        format!("f32::from_bits({:#010x})", x.to_bits())
     } else if x.is_infinite() {
         if x > 0.0 {
             "f32::INFINITY"

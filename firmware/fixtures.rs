@@ -21,6 +21,35 @@ pub struct Case {
     pub pieces: Vec<Vec<u8>>,
 }
 
+/// Every sampling run the proof replays, in replay order: sampler-core's
+/// golden vectors (`golden/*.txt`), then the runs over real logits
+/// (`logits/runs.txt`).
+///
+/// # Errors
+///
+/// - when a file is missing or malformed.
+pub fn all_runs(fixtures: &Path) -> Result<Vec<Run>, Error> {
+    let mut runs = Vec::new();
+    for file in txt_files(&fixtures.join("golden"))? {
+        runs.push(read_golden(&file)?);
+    }
+    runs.extend(read_runs(&fixtures.join("logits").join("runs.txt"))?);
+    Ok(runs)
+}
+
+/// Every stream case the proof replays: `pieces/*.txt` in name order.
+///
+/// # Errors
+///
+/// - when a file is missing or malformed.
+pub fn all_cases(fixtures: &Path) -> Result<Vec<Case>, Error> {
+    let mut cases = Vec::new();
+    for file in txt_files(&fixtures.join("pieces"))? {
+        cases.extend(read_pieces(&file)?);
+    }
+    Ok(cases)
+}
+
 /// The `*.txt` files of `dir`, sorted by name so the replay order is stable.
 ///
 /// # Errors
@@ -124,13 +153,17 @@ pub struct Expect {
     pub logprob: u32,
 }
 
-/// A sampling run: fixed logits sampled for several steps.
+/// A sampling run: logits sampled for several steps.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Run {
-    /// Name, unique in the file.
+    /// Name, unique among all runs.
     pub name: String,
-    /// Name of the logits file, `fixtures/logits/NAME.txt`.
-    pub logits: String,
+    /// The file the logits come from, for messages.
+    pub source: String,
+    /// One logit per token id.
+    pub logits: Vec<f32>,
+    /// Step `s` sees the logits rotated left by `s * shift` places.
+    pub shift: usize,
     /// Generator seed.
     pub seed: u64,
     /// Number of draws.
@@ -148,12 +181,13 @@ pub struct Run {
 }
 
 /// Parses a runs file: records from `run NAME` to `end`, each key once
-/// (`bias` and `expect` may repeat); every setting must be given.
+/// (`bias` and `expect` may repeat); every setting must be given. `logits
+/// NAME` reads `NAME.txt` beside the runs file (see [`read_logits`]).
 ///
 /// # Errors
 ///
 /// - when the file cannot be read, a line is malformed, a key is unknown
-///   or repeated, or a run lacks a key.
+///   or repeated, a run lacks a key, or its logits file cannot be read.
 pub fn read_runs(path: &Path) -> Result<Vec<Run>, Error> {
     let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut runs = Vec::new();
@@ -169,7 +203,8 @@ pub fn read_runs(path: &Path) -> Result<Vec<Run>, Error> {
             ("run", None) => open = Some((value.to_owned(), Vec::new())),
             ("end", Some(_)) => {
                 if let Some((name, fields)) = open.take() {
-                    runs.push(build_run(name, &fields).map_err(|e| at(&e))?);
+                    let dir = path.parent().unwrap_or(Path::new("."));
+                    runs.push(build_run(name, &fields, dir).map_err(|e| at(&e))?);
                 }
             }
             (_, Some((_, fields))) if !matches!(key, "run" | "end") => {
@@ -184,7 +219,7 @@ pub fn read_runs(path: &Path) -> Result<Vec<Run>, Error> {
     Ok(runs)
 }
 
-fn build_run(name: String, fields: &[(String, String)]) -> Result<Run, Error> {
+fn build_run(name: String, fields: &[(String, String)], dir: &Path) -> Result<Run, Error> {
     let one = |key: &str| -> Result<&str, Error> {
         let mut found = fields.iter().filter(|(k, _)| k == key);
         match (found.next(), found.next()) {
@@ -246,8 +281,11 @@ fn build_run(name: String, fields: &[(String, String)]) -> Result<Run, Error> {
         }
     }
 
+    let file = dir.join(format!("{}.txt", one("logits")?));
     Ok(Run {
-        logits: one("logits")?.to_owned(),
+        source: file.display().to_string(),
+        logits: read_logits(&file)?,
+        shift: 0,
         seed: int("seed")?,
         steps: narrow("steps")?,
         window: usize::try_from(int("window")?).map_err(|e| e.to_string())?,
@@ -305,4 +343,86 @@ pub fn f16_to_f32(h: u16) -> f32 {
         (e, f) => sign | ((e + 112) << 23) | (f << 13),
     };
     f32::from_bits(bits)
+}
+
+/// Parses a golden vector of sampler-core (`fixtures/golden/*.txt`, format
+/// in `sampler-core/tests/support/golden.rs`): keys and values split by
+/// spaces, every float as its f32 bits in hex, one `step I ID BITS` line
+/// per draw. The run is named after the file.
+///
+/// # Errors
+///
+/// - when the file cannot be read, a key is unknown, a value is malformed,
+///   or the logits or steps disagree with `vocab` and `steps`.
+pub fn read_golden(path: &Path) -> Result<Run, Error> {
+    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut run = Run {
+        name: format!("golden/{name}"),
+        source: path.display().to_string(),
+        logits: Vec::new(),
+        shift: 0,
+        seed: 0,
+        steps: 0,
+        window: 0,
+        settings: Settings::default(),
+        order: String::new(),
+        bias: Vec::new(),
+        expect: Vec::new(),
+    };
+    let mut vocab = None;
+    for (n, line) in text.lines().enumerate() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = || format!("{}:{}: malformed line {:.60?}", path.display(), n + 1, line);
+        let words: Vec<&str> = line.split(' ').collect();
+        let bits = |w: &str| {
+            u32::from_str_radix(w, 16)
+                .map(f32::from_bits)
+                .map_err(|_| bad())
+        };
+        let int = |w: &str| w.parse::<u64>().map_err(|_| bad());
+        let s = &mut run.settings;
+        match words.as_slice() {
+            ["vocab", v] => vocab = Some(int(v)?),
+            ["logits", xs @ ..] => {
+                run.logits = xs.iter().map(|w| bits(w)).collect::<Result<_, _>>()?
+            }
+            ["shift", v] => run.shift = usize::try_from(int(v)?).map_err(|_| bad())?,
+            ["temperature", x] => s.temperature = bits(x)?,
+            ["top_k", v] => s.top_k = u32::try_from(int(v)?).map_err(|_| bad())?,
+            ["top_p", x] => s.top_p = bits(x)?,
+            ["min_p", x] => s.min_p = bits(x)?,
+            ["repeat_penalty", x] => s.repeat_penalty = bits(x)?,
+            ["presence_penalty", x] => s.presence_penalty = bits(x)?,
+            ["frequency_penalty", x] => s.frequency_penalty = bits(x)?,
+            ["order", o] => (*o).clone_into(&mut run.order),
+            ["seed", v] => run.seed = int(v)?,
+            ["window", v] => run.window = usize::try_from(int(v)?).map_err(|_| bad())?,
+            ["bias", id, x] => run
+                .bias
+                .push((u32::try_from(int(id)?).map_err(|_| bad())?, bits(x)?)),
+            ["steps", v] => run.steps = u32::try_from(int(v)?).map_err(|_| bad())?,
+            ["step", i, id, b] => run.expect.push(Expect {
+                step: u32::try_from(int(i)?).map_err(|_| bad())?,
+                id: u32::try_from(int(id)?).map_err(|_| bad())?,
+                logprob: u32::from_str_radix(b, 16).map_err(|_| bad())?,
+            }),
+            _ => return Err(bad()),
+        }
+    }
+    let lengths_agree = vocab == Some(run.logits.len() as u64)
+        && run.expect.len() == run.steps as usize
+        && run.expect.iter().zip(0..).all(|(e, i)| e.step == i);
+    if !lengths_agree || run.order.is_empty() {
+        return Err(format!(
+            "{}: vocab, logits, steps and step lines disagree, or a key is missing",
+            path.display()
+        ));
+    }
+    Ok(run)
 }

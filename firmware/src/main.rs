@@ -26,9 +26,15 @@ fn main() -> ! {
     // cortex-m-rt hands this to `main` as a `&'static mut`, in .bss: the
     // sampler's scratch, one candidate per token of the largest vocabulary.
     static mut SCRATCH: [Candidate; MAX_VOCAB] = [Candidate { id: 0, logit: 0.0 }; MAX_VOCAB];
+    // The same for the rotated logits of the golden vectors.
+    static mut ROTATED: [f32; MAX_ROTATED] = [0.0; MAX_ROTATED];
 
     let mut console = Console::new();
-    replay::all(&mut console, RUNS, CASES, SCRATCH);
+    let buffers = replay::Buffers {
+        scratch: SCRATCH,
+        rotated: ROTATED,
+    };
+    replay::all(&mut console, RUNS, CASES, buffers);
 
     debug::exit(debug::EXIT_SUCCESS);
     // Only reached when no debugger or emulator answers the exit request.

@@ -57,14 +57,17 @@ pub trait Host {
     fn measure<R>(&mut self, f: impl FnOnce() -> R) -> (R, Option<usize>);
 }
 
-/// One sampling run: the same logits sampled `steps` times, each step's
-/// penalty window holding the last `window` tokens drawn.
+/// One sampling run: `steps` draws, step `s` over the logits rotated left
+/// by `s * shift` places, each step's penalty window holding the last
+/// `window` tokens drawn (the scheme of sampler-core's golden vectors).
 #[derive(Clone, Copy, Debug)]
 pub struct Vector<'a> {
     /// Name, unique among the runs.
     pub name: &'a str,
     /// One logit per token id.
     pub logits: &'a [f32],
+    /// Rotation per step; 0 samples the same logits every step.
+    pub shift: usize,
     /// Stage settings; `config.order` is replaced by [`Vector::order`].
     pub config: Config,
     /// `talkback`, `llama.cpp`, or stages joined by commas
@@ -115,15 +118,19 @@ impl fmt::Display for Opt {
     }
 }
 
+/// Working memory of the replay, owned by the caller.
+#[derive(Debug)]
+pub struct Buffers<'a> {
+    /// The sampler's scratch: at least the largest vocabulary.
+    pub scratch: &'a mut [Candidate],
+    /// Rotated logits: at least the largest vocabulary of a run with a shift.
+    pub rotated: &'a mut [f32],
+}
+
 /// Replays every run, then every stream case, then writes `done`.
-pub fn all<H: Host>(
-    host: &mut H,
-    runs: &[Vector<'_>],
-    cases: &[Case<'_>],
-    scratch: &mut [Candidate],
-) {
+pub fn all<H: Host>(host: &mut H, runs: &[Vector<'_>], cases: &[Case<'_>], buf: Buffers<'_>) {
     for run in runs {
-        sample(host, run, scratch);
+        sample(host, run, buf.scratch, buf.rotated);
     }
     for case in cases {
         stream(host, case);
@@ -153,7 +160,12 @@ fn order(text: &str) -> Option<Order> {
 }
 
 /// Draws `run.steps` tokens from one run's logits and writes a line for each.
-pub fn sample<H: Host>(host: &mut H, run: &Vector<'_>, scratch: &mut [Candidate]) {
+pub fn sample<H: Host>(
+    host: &mut H,
+    run: &Vector<'_>,
+    scratch: &mut [Candidate],
+    rotated: &mut [f32],
+) {
     host.line(format_args!("run {} vocab {}", run.name, run.logits.len()));
     let Some(order) = order(run.order) else {
         host.line(format_args!("error order {:?}", run.order));
@@ -180,8 +192,13 @@ pub fn sample<H: Host>(host: &mut H, run: &Vector<'_>, scratch: &mut [Candidate]
     let mut deepest = None;
 
     for step in 0..run.steps {
+        let room = rotated.len();
+        let Some(logits) = rotate(run.logits, run.shift, step, rotated) else {
+            host.line(format_args!("error rotation-buffer {room}"));
+            return;
+        };
         let input = Input {
-            logits: run.logits,
+            logits,
             recent: recent.get(..held).unwrap_or(&[]),
             bias: run.bias,
         };
@@ -223,6 +240,23 @@ pub fn sample<H: Host>(host: &mut H, run: &Vector<'_>, scratch: &mut [Candidate]
     if let Some(bytes) = deepest {
         host.line(format_args!("info stack-sample {} {bytes}", run.name));
     }
+}
+
+/// The logits of `step`: `logits` itself without a shift, else rotated
+/// into `buf`; `None` when `buf` is too short.
+fn rotate<'r>(logits: &'r [f32], shift: usize, step: u32, buf: &'r mut [f32]) -> Option<&'r [f32]> {
+    let v = logits.len();
+    if shift == 0 || v == 0 {
+        return Some(logits);
+    }
+    // u64 so that step * shift cannot wrap on a 32-bit target.
+    let start = (u64::from(step) * shift as u64 % v as u64) as usize;
+    let (head, tail) = (logits.get(..start)?, logits.get(start..)?);
+    let buf = buf.get_mut(..v)?;
+    let (front, back) = buf.split_at_mut(tail.len());
+    front.copy_from_slice(tail);
+    back.copy_from_slice(head);
+    Some(buf)
 }
 
 /// Alternatives as `ID:BITS` joined by commas, `-` for none.

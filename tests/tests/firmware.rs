@@ -1,17 +1,19 @@
 //! The firmware proof: sampler-core on an emulated Cortex-M4F prints exactly
 //! what it computes on this x86-64 machine.
 //!
-//! The firmware (`firmware/`, its own workspace) embeds the fixtures at build
-//! time and runs `firmware/src/replay.rs` over them; this test compiles the
-//! same replay file for the host, runs it here, builds the firmware, runs it
+//! The firmware (`firmware/`, its own workspace) embeds the fixtures at
+//! build time: sampler-core's golden vectors, runs over real SmolLM2 logits
+//! at the full vocabulary of 49152, and stream cases of real token pieces.
+//! It runs `firmware/src/replay.rs` over them; this test compiles the same
+//! replay file for the host, runs it here, builds the firmware, runs it
 //! under `qemu-system-arm` (machine `mps2-an386`, a Cortex-M4 with an FPU)
 //! and compares the two outputs line by line. Lines starting with `info `
 //! (stack figures) are only printed by the firmware and are not compared.
 //!
 //! Without QEMU, the same file checks that the sampling runs draw the
-//! tokens pinned in `fixtures/logits/runs.txt`, that the stream cases
-//! release what a whole-text reference does, and that the f16 logits widen
-//! exactly.
+//! tokens pinned in `fixtures/golden/` and `fixtures/logits/runs.txt`,
+//! that the stream cases release what a whole-text reference does, and
+//! that the f16 logits widen exactly.
 //!
 //! Nothing is skipped: a missing `qemu-system-arm` or Cortex-M target fails
 //! with the command that installs it.
@@ -64,46 +66,28 @@ impl replay::Host for Lines {
 /// Everything the firmware embeds, read from `fixtures/` by the same parser.
 struct Fixtures {
     runs: Vec<fixtures::Run>,
-    /// The logits of each run, in the order of `runs`.
-    logits: Vec<Vec<f32>>,
     cases: Vec<fixtures::Case>,
 }
 
 impl Fixtures {
     fn load() -> Self {
-        let dir = root().join("fixtures").join("logits");
-        let runs = fixtures::read_runs(&dir.join("runs.txt")).unwrap_or_else(|e| panic!("{e}"));
-        let logits = runs
-            .iter()
-            .map(|r| {
-                let file = dir.join(format!("{}.txt", r.logits));
-                fixtures::read_logits(&file).unwrap_or_else(|e| panic!("{e}"))
-            })
-            .collect();
-
-        let dir = root().join("fixtures").join("pieces");
-        let mut cases = Vec::new();
-        for file in fixtures::txt_files(&dir).unwrap_or_else(|e| panic!("{e}")) {
-            cases.extend(fixtures::read_pieces(&file).unwrap_or_else(|e| panic!("{e}")));
-        }
+        let dir = root().join("fixtures");
+        let runs = fixtures::all_runs(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let cases = fixtures::all_cases(&dir).unwrap_or_else(|e| panic!("{e}"));
         assert!(!cases.is_empty(), "no stream case in {}", dir.display());
-        Fixtures {
-            runs,
-            logits,
-            cases,
-        }
+        Fixtures { runs, cases }
     }
 
     /// The runs as the replay takes them.
     fn vectors(&self) -> Vec<replay::Vector<'_>> {
         self.runs
             .iter()
-            .zip(&self.logits)
-            .map(|(r, logits)| {
+            .map(|r| {
                 let s = r.settings;
                 replay::Vector {
                     name: &r.name,
-                    logits,
+                    logits: &r.logits,
+                    shift: r.shift,
                     config: Config {
                         temperature: s.temperature,
                         top_k: s.top_k,
@@ -146,10 +130,13 @@ impl Fixtures {
                 pieces,
             })
             .collect();
-        let vocab = self.logits.iter().map(Vec::len).max().unwrap_or(1);
-        let mut scratch = vec![Candidate::default(); vocab];
+        let vocab = self.runs.iter().map(|r| r.logits.len()).max().unwrap_or(1);
+        let buffers = replay::Buffers {
+            scratch: &mut vec![Candidate::default(); vocab],
+            rotated: &mut vec![0.0; vocab],
+        };
         let mut lines = Lines::default();
-        replay::all(&mut lines, &self.vectors(), &cases, &mut scratch);
+        replay::all(&mut lines, &self.vectors(), &cases, buffers);
         lines.0
     }
 }
@@ -422,13 +409,18 @@ fn runs_draw_the_pinned_tokens() {
     }
     assert!(
         unpinned.is_empty(),
-        "runs without `expect` lines in fixtures/logits/runs.txt; after checking them, add:\n{unpinned}"
+        "runs without `expect` lines in fixtures/logits/runs.txt; \
+         after checking them, add:\n{unpinned}"
     );
 
     // The proof must cover the vocabulary users run.
     assert!(
-        fx.logits.iter().any(|l| l.len() == 49152),
+        fx.runs.iter().any(|r| r.logits.len() == 49152),
         "no run at vocabulary size 49152"
+    );
+    assert!(
+        fx.runs.iter().any(|r| r.name.starts_with("golden/")),
+        "no golden vector of sampler-core in fixtures/golden/"
     );
 }
 

@@ -47,26 +47,17 @@ fn main() -> ExitCode {
 }
 
 fn run(dir: &Path) -> Result<(), fixtures::Error> {
-    let runs = fixtures::read_runs(&dir.join("logits").join("runs.txt"))?;
-    let mut logits = Vec::new();
-    for r in &runs {
-        logits.push(fixtures::read_logits(
-            &dir.join("logits").join(format!("{}.txt", r.logits)),
-        )?);
-    }
-    let mut cases = Vec::new();
-    for file in fixtures::txt_files(&dir.join("pieces"))? {
-        cases.extend(fixtures::read_pieces(&file)?);
-    }
+    let runs = fixtures::all_runs(dir)?;
+    let cases = fixtures::all_cases(dir)?;
 
     let vectors: Vec<replay::Vector<'_>> = runs
         .iter()
-        .zip(&logits)
-        .map(|(r, logits)| {
+        .map(|r| {
             let s = r.settings;
             replay::Vector {
                 name: &r.name,
-                logits,
+                logits: &r.logits,
+                shift: r.shift,
                 config: Config {
                     temperature: s.temperature,
                     top_k: s.top_k,
@@ -103,9 +94,12 @@ fn run(dir: &Path) -> Result<(), fixtures::Error> {
         })
         .collect();
 
-    let vocab = logits.iter().map(Vec::len).max().unwrap_or(1);
-    let mut scratch = vec![Candidate::default(); vocab];
+    let vocab = runs.iter().map(|r| r.logits.len()).max().unwrap_or(1);
+    let buffers = replay::Buffers {
+        scratch: &mut vec![Candidate::default(); vocab],
+        rotated: &mut vec![0.0; vocab],
+    };
     let mut out = Stdout(io::stdout().lock());
-    replay::all(&mut out, &vectors, &cases, &mut scratch);
+    replay::all(&mut out, &vectors, &cases, buffers);
     out.0.flush().map_err(|e| format!("stdout: {e}"))
 }
