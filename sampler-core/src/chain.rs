@@ -70,8 +70,8 @@ pub(crate) fn collect_all(logits: &[f32], ov: &Overrides, scratch: &mut [Candida
     let mut n = 0usize;
     for (id, &raw) in (0u32..).zip(logits.iter()) {
         let x = match pending.peek() {
-            Some(o) if o.id == id => {
-                let v = o.value;
+            Some(o) if o.id() == id => {
+                let v = o.value();
                 pending.next();
                 v
             }

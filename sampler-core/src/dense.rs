@@ -33,7 +33,7 @@ fn for_each_run(logits: &[f32], ov: &Overrides, mut f: impl FnMut(u32, &[f32])) 
     let mut pending = ov.as_slice();
     let mut start = 0usize;
     while let Some(o) = pending.first() {
-        let at = o.id as usize - o.id as usize % CHUNK;
+        let at = o.id() as usize - o.id() as usize % CHUNK;
         let Some(chunk) = body.get(at..at + CHUNK) else {
             break;
         };
@@ -62,13 +62,14 @@ fn for_each_run(logits: &[f32], ov: &Overrides, mut f: impl FnMut(u32, &[f32])) 
 /// Writes the overrides that fall in the chunk at `base`; returns the rest.
 fn patch<'o>(chunk: &mut [f32; CHUNK], base: u32, mut pending: &'o [Override]) -> &'o [Override] {
     while let Some((o, rest)) = pending.split_first() {
-        let Some(slot) =
-            o.id.checked_sub(base)
-                .and_then(|i| chunk.get_mut(i as usize))
+        let Some(slot) = o
+            .id()
+            .checked_sub(base)
+            .and_then(|i| chunk.get_mut(i as usize))
         else {
             break;
         };
-        *slot = o.value;
+        *slot = o.value();
         pending = rest;
     }
     pending
@@ -110,49 +111,138 @@ pub(crate) fn count(logits: &[f32], ov: &Overrides) -> usize {
 
 /// Copies the `min(k, candidates)` highest-ranked candidates into `scratch`; returns the count.
 ///
-/// A threshold scan: a chunk is looked at element by element only when some
-/// logit in it beats the current threshold; when the buffer fills, it is
-/// cut back to the best `k` by selection and the threshold rises to the
-/// k-th best logit. Since chunks come in id order, a later logit equal to
-/// that threshold always loses the tie, so the strict comparison is exact.
-/// The scan starts from [`seed`]'s lower bound instead of -inf, so that the
-/// buffer does not fill with the first few hundred logits.
+/// A threshold scan over the caller's logits: a chunk is looked at element
+/// by element only when some logit in it beats the current threshold; when
+/// the buffer fills, it is cut back to the best `k` by selection and the
+/// threshold rises to the k-th best logit. Since chunks come in id order, a
+/// later logit equal to that threshold always loses the tie, so the strict
+/// comparison is exact. The scan starts from [`seed`]'s lower bound instead
+/// of -inf, so that the buffer does not fill with the first few hundred
+/// logits.
+///
+/// Overridden ids are left out of the scan (their raw logits do not count)
+/// and join afterwards with their changed logits; the best `k` of the scan
+/// and the overrides together are the best `k` overall. This keeps the scan
+/// one unbroken pass however many ids the penalty window names.
 pub(crate) fn top_k(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate]) -> usize {
     if k == 0 {
         return 0;
     }
+    let changed = ov.as_slice();
     // Room for at least one chunk beyond k before the buffer is cut back.
     let room = scratch.len().min(k.saturating_mul(4).max(k + 256));
     let mut n = 0usize;
     let mut t = below(seed(logits, ov, k, scratch));
-    for_each_run(logits, ov, |base, run| {
-        let mut rest = run;
-        let mut first = base;
-        while let Some(skip) = next_hit(rest, t) {
-            let at = skip * CHUNK;
-            let Some(chunk) = rest.get(at..at + CHUNK) else {
-                break;
-            };
-            first += (at) as u32;
-            if n + CHUNK > room && n > k {
-                let live = scratch.get_mut(..n).unwrap_or(&mut []);
-                keep_top(live, k);
-                n = k;
-                let kth = live
-                    .get(..k)
-                    .unwrap_or(&[])
-                    .iter()
-                    .max_by(|a, b| rank_cmp(a, b));
-                t = kth.map_or(t, |c| c.logit);
+    let full = logits.len() - logits.len() % CHUNK;
+    let body = logits.get(..full).unwrap_or(&[]);
+    let mut padded = [f32::NAN; CHUNK];
+    for (slot, &x) in padded.iter_mut().zip(logits.get(full..).unwrap_or(&[])) {
+        *slot = x;
+    }
+    // Overrides before this index lie behind the scan.
+    let mut next = 0usize;
+    let mut at = 0usize;
+    loop {
+        let rest = body.get(at..).unwrap_or(&[]);
+        let chunk: &[f32; CHUNK] = match next_hit(rest, t) {
+            Some(skip) => {
+                at += skip * CHUNK;
+                let slice = body.get(at..at + CHUNK).unwrap_or(&[]);
+                match <&[f32; CHUNK]>::try_from(slice) {
+                    Ok(chunk) => chunk,
+                    Err(_) => break,
+                }
             }
-            n = append_above(scratch, n, first, chunk, t);
-            rest = rest.get(at + CHUNK..).unwrap_or(&[]);
-            first += CHUNK as u32;
+            None if at <= full => {
+                // The tail, padded with NaN; taken once.
+                at = full;
+                &padded
+            }
+            None => break,
+        };
+        if n + CHUNK > room && n > k {
+            let live = scratch.get_mut(..n).unwrap_or(&mut []);
+            keep_top(live, k);
+            n = k;
+            let kth = live
+                .get(..k)
+                .unwrap_or(&[])
+                .iter()
+                .max_by(|a, b| rank_cmp(a, b));
+            t = kth.map_or(t, |c| c.logit);
         }
-    });
+        while changed.get(next).is_some_and(|o| (o.id() as usize) < at) {
+            next += 1;
+        }
+        let first = at as u32;
+        let ahead = changed.get(next..).unwrap_or(&[]);
+        n = if ahead
+            .first()
+            .is_some_and(|o| (o.id() as usize) < at + CHUNK)
+        {
+            append_unchanged(scratch, n, first, chunk, t, ahead)
+        } else {
+            append_above(scratch, n, first, chunk, t)
+        };
+        at += CHUNK;
+        if at > full {
+            break;
+        }
+    }
+
+    // The overrides compete with what the scan kept; one below the k-th
+    // kept logit cannot enter, while one equal to it may win on its id.
     if n > k {
         keep_top(scratch.get_mut(..n).unwrap_or(&mut []), k);
         n = k;
+    }
+    let floor = if n < k {
+        f32::NEG_INFINITY
+    } else {
+        let kept = scratch.get(..n).unwrap_or(&[]);
+        kept.iter()
+            .map(|c| c.logit)
+            .fold(f32::INFINITY, |a, x| if x < a { x } else { a })
+    };
+    for o in changed {
+        // NaN fails both comparisons, so it never becomes a candidate.
+        if o.value() > f32::NEG_INFINITY && o.value() >= floor {
+            if let Some(slot) = scratch.get_mut(n) {
+                *slot = Candidate {
+                    id: o.id(),
+                    logit: o.value(),
+                };
+                n += 1;
+            }
+        }
+    }
+    if n > k {
+        keep_top(scratch.get_mut(..n).unwrap_or(&mut []), k);
+        n = k;
+    }
+    n
+}
+
+/// Appends the elements of `chunk` above `t` whose ids are not in `changed`.
+///
+/// `changed` is sorted by id and starts at or after `first`.
+fn append_unchanged(
+    scratch: &mut [Candidate],
+    mut n: usize,
+    first: u32,
+    chunk: &[f32],
+    t: f32,
+    changed: &[Override],
+) -> usize {
+    let mut changed = changed.iter().map(|o| o.id()).peekable();
+    for (id, &x) in (first..).zip(chunk) {
+        let overridden = changed.next_if_eq(&id).is_some();
+        if x > t && !overridden {
+            if let Some(slot) = scratch.get_mut(n) {
+                *slot = Candidate { id, logit: x };
+                n += 1;
+            }
+        }
     }
     n
 }
@@ -202,7 +292,7 @@ fn append_above(
     scratch: &mut [Candidate],
     mut n: usize,
     first: u32,
-    chunk: &[f32],
+    chunk: &[f32; CHUNK],
     t: f32,
 ) -> usize {
     if let Some(window) = scratch.get_mut(n..n + CHUNK) {
@@ -242,7 +332,7 @@ fn seed(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate]) -> 
     let mut pending = ov
         .as_slice()
         .iter()
-        .map(|o| o.id as usize / CHUNK)
+        .map(|o| o.id() as usize / CHUNK)
         .peekable();
     let mut n = 0usize;
     for (slot, c) in scratch.iter_mut().zip((0..want).map(|i| i * stride)) {
