@@ -1,0 +1,478 @@
+//! `shape` reproduces the core's worked examples from given logits and
+//! agrees with generation on the model; `plot` writes a well-formed SVG with
+//! one labelled line per setting.
+
+// Helpers outside #[test] functions report failure by panicking too.
+#![allow(clippy::panic, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+use talkback_tests::{talkback, Run};
+
+/// Runs `talkback` on one CPU thread (two tests share two cores).
+fn tb(args: &[&str]) -> Run {
+    let mut all = args.to_vec();
+    all.extend(["--threads", "1"]);
+    talkback(&all)
+}
+
+fn ok(run: &Run) {
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert!(run.stderr.is_empty(), "stderr: {}", run.stderr);
+}
+
+/// Every stage off but the one under test: temperature 1, no truncation.
+const PLAIN: [&str; 8] = [
+    "--temp", "1", "--top-k", "0", "--top-p", "1", "--min-p", "0",
+];
+
+/// The first worked example's logits.
+const TEN: &str = "3.4,2.8,2.1,1.6,1.0,0.4,-0.2,-0.8,-1.3,-2.0";
+/// Its probabilities in percent, rounded to one decimal.
+const TEN_PERCENT: [f64; 10] = [45.8, 25.1, 12.5, 7.6, 4.2, 2.3, 1.3, 0.7, 0.4, 0.2];
+/// The second worked example's logits.
+const SEVEN: &str = "2.5,1.8,1.2,0.9,0.3,-0.2,-1.1";
+
+/// `shape --logits` with the settings in `args`, as text or JSON.
+fn shape(logits: &str, args: &[&str], json: bool) -> Run {
+    let flag = format!("--logits={logits}");
+    let format = if json { "json" } else { "text" };
+    let run = tb(&[&["shape", flag.as_str(), "--format", format], args].concat());
+    ok(&run);
+    run
+}
+
+/// Settings with one value changed from [`PLAIN`].
+fn plain_with(flag: &str, value: &'static str) -> Vec<&'static str> {
+    let mut args = PLAIN.to_vec();
+    let at = args.iter().position(|&a| a == flag).expect("a PLAIN flag");
+    args[at + 1] = value;
+    args
+}
+
+/// One row of the text table: id, logit and the percentage per column
+/// (`None` for "-").
+#[derive(Debug)]
+struct Row {
+    id: u32,
+    logit: f64,
+    percent: Vec<Option<f64>>,
+}
+
+/// One line of the stage summary: name, survivors, entropy as printed.
+type StageLine = (String, usize, String);
+
+/// The text table: the stage summary, the row header, then the rows.
+fn parse_text(out: &str) -> (Vec<StageLine>, Vec<String>, Vec<Row>) {
+    let (stages, rows) = out.split_once("\n\n").expect("two blocks");
+    let mut stage_lines = stages.lines();
+    assert_eq!(
+        stage_lines
+            .next()
+            .map(str::split_whitespace)
+            .map(Iterator::collect::<Vec<_>>),
+        Some(vec!["stage", "survivors", "entropy"])
+    );
+    let stages = stage_lines
+        .map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(f.len(), 3, "{line}");
+            (
+                f[0].to_owned(),
+                f[1].parse().expect("count"),
+                f[2].to_owned(),
+            )
+        })
+        .collect();
+    let mut row_lines = rows.lines();
+    let header: Vec<String> = row_lines
+        .next()
+        .expect("row header")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let rows = row_lines
+        .filter(|line| !line.starts_with('('))
+        .map(|line| {
+            // No model, no pieces: id, logit, then one cell per column.
+            let f: Vec<&str> = line.split_whitespace().collect();
+            Row {
+                id: f[0].parse().expect("id"),
+                logit: f[1].parse().expect("logit"),
+                percent: f[2..].iter().map(|c| c.parse().ok()).collect(),
+            }
+        })
+        .collect();
+    (stages, header, rows)
+}
+
+/// The column index of `stage` in the text table's rows.
+fn column(header: &[String], stage: &str) -> usize {
+    header
+        .iter()
+        .skip(3)
+        .position(|h| h == &format!("{stage}%"))
+        .unwrap_or_else(|| panic!("no {stage}% column in {header:?}"))
+}
+
+fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// The ids whose probability after `stage` is not null, in JSON output.
+fn kept(v: &Value, stage: &str) -> BTreeSet<u64> {
+    v["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .filter(|t| !t["probs"][stage].is_null())
+        .map(|t| t["id"].as_u64().expect("id"))
+        .collect()
+}
+
+fn stage<'v>(v: &'v Value, name: &str) -> &'v Value {
+    v["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .find(|s| s["stage"] == name)
+        .unwrap_or_else(|| panic!("no stage {name} in {v}"))
+}
+
+#[test]
+fn ten_logits_give_the_worked_probabilities_and_entropy() {
+    let (stages, header, rows) = parse_text(shape(TEN, &PLAIN, false).text());
+    let names: Vec<&str> = stages.iter().map(|s| s.0.as_str()).collect();
+    assert_eq!(names, ["raw", "temp", "top-k", "top-p", "min-p"]);
+    for (name, survivors, entropy) in &stages {
+        assert_eq!(*survivors, 10, "{name}");
+        assert_eq!(
+            entropy.parse::<f64>().map(|e| format!("{e:.2}")),
+            Ok("1.50".into())
+        );
+    }
+    assert_eq!(rows.len(), 10);
+    let raw = column(&header, "raw");
+    let last = column(&header, "min-p");
+    for (i, (row, want)) in rows.iter().zip(TEN_PERCENT).enumerate() {
+        assert_eq!(row.id as usize, i, "most likely first");
+        let p = row.percent[raw].expect("raw");
+        assert_eq!(format!("{p:.1}"), format!("{want:.1}"), "token {i}: {p}");
+        assert_eq!(row.percent[last], Some(p), "nothing is removed");
+    }
+
+    let v = shape(TEN, &PLAIN, true).json();
+    assert_eq!(format!("{:.2}", num(&stage(&v, "raw")["entropy"])), "1.50");
+    let tokens = v["tokens"].as_array().expect("tokens");
+    assert_eq!(tokens.len(), 10);
+    for (i, (t, want)) in tokens.iter().zip(TEN_PERCENT).enumerate() {
+        assert_eq!(t["id"], i);
+        assert_eq!(t["piece"], Value::Null, "no model, no piece");
+        let p = num(&t["probs"]["raw"]) * 100.0;
+        assert_eq!(format!("{p:.1}"), format!("{want:.1}"), "token {i}: {p}");
+        assert_eq!(num(&t["logit"]) as f32, rows[i].logit as f32);
+    }
+}
+
+/// Checks that `stage` keeps exactly `ids` in both formats, and that the
+/// kept probabilities are renormalised.
+fn keeps(logits: &str, args: &[&str], stage_name: &str, ids: &[u64]) {
+    let want: BTreeSet<u64> = ids.iter().copied().collect();
+    let (stages, header, rows) = parse_text(shape(logits, args, false).text());
+    let s = stages.iter().find(|s| s.0 == stage_name).expect("stage");
+    assert_eq!(s.1, ids.len(), "{stages:?}");
+    let col = column(&header, stage_name);
+    let text_kept: BTreeSet<u64> = rows
+        .iter()
+        .filter(|r| r.percent[col].is_some())
+        .map(|r| u64::from(r.id))
+        .collect();
+    assert_eq!(text_kept, want, "text");
+
+    let v = shape(logits, args, true).json();
+    assert_eq!(kept(&v, stage_name), want, "json: {v}");
+    assert_eq!(stage(&v, stage_name)["survivors"], ids.len());
+    let sum: f64 = v["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .filter_map(|t| t["probs"][stage_name].as_f64())
+        .sum();
+    assert!((sum - 1.0).abs() < 1e-5, "kept probabilities sum to {sum}");
+}
+
+#[test]
+fn top_k_3_keeps_the_three_largest() {
+    keeps(SEVEN, &plain_with("--top-k", "3"), "top-k", &[0, 1, 2]);
+}
+
+#[test]
+fn top_p_0_7_keeps_the_three_largest() {
+    keeps(SEVEN, &plain_with("--top-p", "0.7"), "top-p", &[0, 1, 2]);
+}
+
+#[test]
+fn top_p_0_8_over_log_probabilities_keeps_two() {
+    let logits: Vec<String> = [0.3_f64, 0.1, 0.1, 0.5]
+        .iter()
+        .map(|p| p.ln().to_string())
+        .collect();
+    let logits = logits.join(",");
+    keeps(&logits, &plain_with("--top-p", "0.8"), "top-p", &[3, 0]);
+
+    // 0.5 and 0.3 renormalise to 5/8 and 3/8.
+    let v = shape(&logits, &plain_with("--top-p", "0.8"), true).json();
+    let tokens = v["tokens"].as_array().expect("tokens");
+    assert_eq!(tokens[0]["id"], 3);
+    assert!(
+        (num(&tokens[0]["probs"]["top-p"]) - 0.625).abs() < 1e-6,
+        "{v}"
+    );
+    assert!(
+        (num(&tokens[1]["probs"]["top-p"]) - 0.375).abs() < 1e-6,
+        "{v}"
+    );
+    assert!((num(&tokens[0]["probs"]["raw"]) - 0.5).abs() < 1e-6, "{v}");
+}
+
+#[test]
+fn negative_logits_may_follow_the_flag_as_a_separate_argument() {
+    let run = tb(&["shape", "--logits", "-1,-2,-3", "--format", "json"]);
+    ok(&run);
+    let v = run.json();
+    assert_eq!(v["tokens"].as_array().map(Vec::len), Some(3), "{v}");
+    assert_eq!(v["tokens"][0]["id"], 0);
+}
+
+#[test]
+fn rows_limits_the_listing_and_says_how_many_are_left() {
+    let run = tb(&["shape", &format!("--logits={TEN}"), "--rows", "4"]);
+    ok(&run);
+    let (_, _, rows) = parse_text(run.text());
+    assert_eq!(rows.len(), 4);
+    assert!(
+        run.text().ends_with("(6 more tokens; --rows shows more)\n"),
+        "{}",
+        run.text()
+    );
+}
+
+const PROMPT: &str = "The capital of France is";
+
+#[test]
+fn shape_on_the_model_matches_greedy_generation() {
+    let run = tb(&["shape", PROMPT, "--rows", "5", "--format", "json"]);
+    ok(&run);
+    let v = run.json();
+    let survivors: Vec<u64> = v["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|s| s["survivors"].as_u64().expect("count"))
+        .collect();
+    assert_eq!(survivors[0], 49_152, "{v}");
+    assert_eq!(survivors[1], 49_152, "temperature removes nothing: {v}");
+    assert_eq!(survivors[2], 40, "default top-k: {v}");
+    assert!(survivors.windows(2).all(|w| w[0] >= w[1]), "{v}");
+    assert!(*survivors.last().expect("final") >= 1);
+
+    let tokens = v["tokens"].as_array().expect("tokens");
+    assert_eq!(tokens.len(), 5);
+    let raw: Vec<f64> = tokens.iter().map(|t| num(&t["probs"]["raw"])).collect();
+    assert!(raw.windows(2).all(|w| w[0] >= w[1]), "{raw:?}");
+    assert!(raw.iter().sum::<f64>() <= 1.0 + 1e-6);
+    for t in tokens {
+        assert!(t["piece"].is_string(), "{t}");
+    }
+
+    let greedy = tb(&[
+        "complete", PROMPT, "--temp", "0", "-n", "1", "--format", "json",
+    ]);
+    ok(&greedy);
+    let g = greedy.json();
+    assert_eq!(
+        g["tokens"][0], tokens[0]["id"],
+        "shape's top row is the greedy pick"
+    );
+    assert_eq!(g["text"], tokens[0]["piece"]);
+
+    let text = tb(&["shape", PROMPT, "--rows", "5"]);
+    ok(&text);
+    let out = text.text();
+    assert!(
+        out.ends_with("(49147 more tokens; --rows shows more)\n"),
+        "{out}"
+    );
+    let piece = tokens[0]["piece"].as_str().expect("piece");
+    assert!(out.contains(&format!("{piece:?}")), "{out}");
+}
+
+#[test]
+fn shape_chat_matches_the_first_greedy_chat_token() {
+    let run = tb(&[
+        "shape", "Hello!", "--chat", "--rows", "1", "--format", "json",
+    ]);
+    ok(&run);
+    let top = run.json()["tokens"][0]["id"].clone();
+    // `shape --chat` renders the message alone, which is what `chat` does
+    // without --system.
+    let greedy = tb(&[
+        "chat", "Hello!", "--temp", "0", "-n", "1", "--format", "json",
+    ]);
+    ok(&greedy);
+    assert_eq!(greedy.json()["tokens"][0], top);
+}
+
+/// A file in the temporary folder, removed when dropped; tests run in
+/// parallel, so every file gets a name of its own.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let path = std::env::temp_dir().join(format!("talkback-cli-plot-{pid}-{n}-{name}"));
+        let _ = std::fs::remove_file(&path);
+        Self(path)
+    }
+
+    fn arg(&self) -> &str {
+        self.0.to_str().expect("UTF-8 temp path")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A chart's lines: (stroke colour, number of points) of every coloured
+/// polyline, and the text of every `<text>` element.
+struct Chart {
+    lines: Vec<(String, usize)>,
+    texts: Vec<String>,
+}
+
+fn read_chart(path: &TempFile) -> Chart {
+    let svg = std::fs::read_to_string(&path.0).expect("SVG written");
+    let doc = roxmltree::Document::parse(&svg).unwrap_or_else(|e| panic!("not XML ({e})"));
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    let mut lines = Vec::new();
+    let mut texts = Vec::new();
+    for node in doc.descendants().filter(roxmltree::Node::is_element) {
+        match node.tag_name().name() {
+            "polyline" | "path" => {
+                let stroke = node.attribute("stroke").unwrap_or("none");
+                // The frame, axes and ticks are black; data lines are not.
+                if stroke != "none" && stroke != "#000000" {
+                    let points = node
+                        .attribute("points")
+                        .map_or(0, |p| p.split_whitespace().count());
+                    lines.push((stroke.to_owned(), points));
+                }
+            }
+            "text" => texts.push(node.text().unwrap_or_default().trim().to_owned()),
+            _ => {}
+        }
+    }
+    Chart { lines, texts }
+}
+
+/// Checks a chart with one series per label, each `steps` points long:
+/// one line per series, one legend swatch of the same colour per label.
+fn check_chart(chart: &Chart, labels: &[&str], steps: usize) {
+    let series: Vec<&(String, usize)> = chart.lines.iter().filter(|l| l.1 > 2).collect();
+    let swatches: Vec<&(String, usize)> = chart.lines.iter().filter(|l| l.1 == 2).collect();
+    assert_eq!(series.len(), labels.len(), "series: {:?}", chart.lines);
+    for (_, points) in &series {
+        assert_eq!(*points, steps, "one point per generated token");
+    }
+    let colours: BTreeSet<&String> = series.iter().map(|l| &l.0).collect();
+    assert_eq!(
+        colours.len(),
+        labels.len(),
+        "each series has its own colour"
+    );
+    let legend: BTreeSet<&String> = swatches.iter().map(|l| &l.0).collect();
+    assert_eq!(legend, colours, "the legend shows every series' colour");
+    for label in labels {
+        assert!(
+            chart.texts.iter().any(|t| t == label),
+            "label {label:?} missing from {:?}",
+            chart.texts
+        );
+    }
+}
+
+#[test]
+fn plot_draws_one_labelled_line_per_top_p() {
+    let out = TempFile::new("top-p.svg");
+    let run = tb(&[
+        "plot",
+        "Once upon a time",
+        "--top-p",
+        "0.1,0.5,0.9",
+        "-n",
+        "12",
+        "-o",
+        out.arg(),
+    ]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.text());
+    assert_eq!(
+        run.stderr.trim_end(),
+        format!("talkback: wrote {} (3 series)", out.arg())
+    );
+    let chart = read_chart(&out);
+    check_chart(&chart, &["top-p 0.1", "top-p 0.5", "top-p 0.9"], 12);
+    assert!(
+        chart
+            .texts
+            .iter()
+            .any(|t| t == "Nucleus size per step (seed 0)"),
+        "{:?}",
+        chart.texts
+    );
+}
+
+#[test]
+fn plot_draws_every_combination_of_settings() {
+    let out = TempFile::new("grid.svg");
+    let run = tb(&[
+        "plot",
+        "Once upon a time",
+        "--temp",
+        "0.5,1.0",
+        "--top-p",
+        "0.5,0.9",
+        "-n",
+        "6",
+        "--seed",
+        "3",
+        "-o",
+        out.arg(),
+    ]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let labels = [
+        "temp 0.5, top-p 0.5",
+        "temp 0.5, top-p 0.9",
+        "temp 1, top-p 0.5",
+        "temp 1, top-p 0.9",
+    ];
+    check_chart(&read_chart(&out), &labels, 6);
+}
+
+#[test]
+fn plot_refuses_an_out_of_range_setting_before_writing() {
+    let out = TempFile::new("refused.svg");
+    let run = tb(&["plot", "x", "--top-p", "0.5,1.5", "-o", out.arg()]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stdout.is_empty());
+    assert!(run.stderr.contains("1.5"), "{}", run.stderr);
+    assert!(!out.0.exists());
+}
