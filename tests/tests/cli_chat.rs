@@ -1,0 +1,288 @@
+//! `chat` renders SmolLM2's ChatML exactly, keeps user text apart from
+//! control tokens, and adds no second BOS.
+
+// Helpers outside #[test] functions report failure by panicking too.
+#![allow(clippy::panic, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+use talkback_tests::{talkback_stdin, Run};
+
+/// SmolLM2's default system turn, which its template adds when no system
+/// message is given.
+const DEFAULT_SYSTEM: &str = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, \
+                              trained by Hugging Face<|im_end|>\n";
+
+/// Runs `talkback` on one CPU thread (two tests share two cores).
+fn tb(args: &[&str]) -> Run {
+    tb_stdin(args, None)
+}
+
+/// [`tb`] with bytes on stdin.
+fn tb_stdin(args: &[&str], stdin: Option<&[u8]>) -> Run {
+    let mut all = args.to_vec();
+    all.extend(["--threads", "1"]);
+    talkback_stdin(&all, stdin)
+}
+
+fn ok(run: &Run) {
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert!(run.stderr.is_empty(), "stderr: {}", run.stderr);
+}
+
+/// A file in the temporary folder, removed when dropped; tests run in
+/// parallel, so every file gets a name of its own.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let path = std::env::temp_dir().join(format!("talkback-cli-chat-{pid}-{n}-{name}"));
+        let _ = std::fs::remove_file(&path);
+        Self(path)
+    }
+
+    fn with(name: &str, text: &str) -> Self {
+        let file = Self::new(name);
+        std::fs::write(&file.0, text).expect("write temp file");
+        file
+    }
+
+    fn arg(&self) -> &str {
+        self.0.to_str().expect("UTF-8 temp path")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `chat --render-only` with `args`.
+fn render(args: &[&str]) -> String {
+    let run = tb(&[&["chat", "--render-only"], args].concat());
+    ok(&run);
+    run.text().to_owned()
+}
+
+/// Earlier turns: a user message and the assistant's answer.
+const EARLIER: &str = r#"[
+  {"role": "user", "content": "Hi there"},
+  {"role": "assistant", "content": "Hello! How can I help?"}
+]"#;
+
+#[test]
+fn one_turn_without_system_gets_the_default_system_turn() {
+    let want = format!(
+        "{DEFAULT_SYSTEM}<|im_start|>user\nWhat's the capital of France?<|im_end|>\n\
+         <|im_start|>assistant\n"
+    );
+    assert_eq!(render(&["What's the capital of France?"]), want);
+}
+
+#[test]
+fn one_turn_with_system_replaces_the_default() {
+    let got = render(&[
+        "What's the capital of France?",
+        "--system",
+        "Answer in English.",
+    ]);
+    assert_eq!(
+        got,
+        "<|im_start|>system\nAnswer in English.<|im_end|>\n\
+         <|im_start|>user\nWhat's the capital of France?<|im_end|>\n\
+         <|im_start|>assistant\n"
+    );
+}
+
+#[test]
+fn three_turns_from_a_messages_file() {
+    let file = TempFile::with("earlier.json", EARLIER);
+    let turns = "<|im_start|>user\nHi there<|im_end|>\n\
+                 <|im_start|>assistant\nHello! How can I help?<|im_end|>\n\
+                 <|im_start|>user\nTell me a joke.<|im_end|>\n\
+                 <|im_start|>assistant\n";
+
+    let got = render(&["--messages", file.arg(), "Tell me a joke."]);
+    assert_eq!(got, format!("{DEFAULT_SYSTEM}{turns}"));
+
+    let got = render(&[
+        "--messages",
+        file.arg(),
+        "Tell me a joke.",
+        "--system",
+        "Be funny.",
+    ]);
+    assert_eq!(
+        got,
+        format!("<|im_start|>system\nBe funny.<|im_end|>\n{turns}")
+    );
+}
+
+#[test]
+fn a_messages_file_may_hold_the_last_user_turn_itself() {
+    let all = TempFile::with(
+        "all.json",
+        r#"[{"role": "user", "content": "Hi there"},
+            {"role": "assistant", "content": "Hello! How can I help?"},
+            {"role": "user", "content": "Tell me a joke."}]"#,
+    );
+    let earlier = TempFile::with("earlier2.json", EARLIER);
+    assert_eq!(
+        render(&["--messages", all.arg()]),
+        render(&["--messages", earlier.arg(), "Tell me a joke."])
+    );
+}
+
+#[test]
+fn a_bad_messages_file_is_a_runtime_error_naming_it() {
+    let missing = TempFile::new("missing.json");
+    let run = tb(&["chat", "Hi", "--messages", missing.arg(), "--render-only"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stdout.is_empty());
+    assert!(run.stderr.contains(missing.arg()), "{}", run.stderr);
+
+    let wrong = TempFile::with("wrong.json", r#"{"role": "user", "content": "Hi"}"#);
+    let run = tb(&["chat", "Hi", "--messages", wrong.arg(), "--render-only"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stdout.is_empty());
+    assert!(run.stderr.contains(wrong.arg()), "{}", run.stderr);
+    assert!(run.stderr.contains("JSON array"), "{}", run.stderr);
+}
+
+#[test]
+fn a_chat_template_file_replaces_the_models() {
+    let template = TempFile::with(
+        "template.jinja",
+        "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant] ",
+    );
+    let got = render(&["Hi", "--system", "S", "--chat-template", template.arg()]);
+    assert_eq!(got, "[system] S\n[user] Hi\n[assistant] ");
+
+    let broken = TempFile::with("broken.jinja", "{% for %}");
+    let run = tb(&[
+        "chat",
+        "Hi",
+        "--chat-template",
+        broken.arg(),
+        "--render-only",
+    ]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stdout.is_empty());
+    assert!(run.stderr.contains(broken.arg()), "{}", run.stderr);
+}
+
+/// Runs one greedy step with `--trace` and returns the prompt's token ids
+/// as the trace records them.
+fn prompt_ids(args: &[&str], stdin: Option<&[u8]>) -> Vec<u64> {
+    let trace = TempFile::new("ids.json");
+    let run = tb_stdin(
+        &[
+            args,
+            &[
+                "-n",
+                "1",
+                "--temp",
+                "0",
+                "--format",
+                "json",
+                "--trace",
+                trace.arg(),
+            ],
+        ]
+        .concat(),
+        stdin,
+    );
+    ok(&run);
+    let text = std::fs::read_to_string(&trace.0).expect("trace written");
+    let v: Value = serde_json::from_str(&text).expect("trace is JSON");
+    let ids: Vec<u64> = v["prompt_tokens"]
+        .as_array()
+        .expect("prompt_tokens")
+        .iter()
+        .map(|t| t.as_u64().expect("id"))
+        .collect();
+    assert_eq!(
+        run.json()["prompt_tokens"],
+        ids.len(),
+        "json and trace agree"
+    );
+    ids
+}
+
+/// The single token id of a special token's text.
+fn special_id(text: &str) -> u64 {
+    let ids = prompt_ids(&["complete", text, "--parse-special"], None);
+    assert_eq!(ids.len(), 1, "{text} is one token: {ids:?}");
+    ids[0]
+}
+
+fn count(ids: &[u64], id: u64) -> usize {
+    ids.iter().filter(|&&t| t == id).count()
+}
+
+#[test]
+fn chat_tokens_are_the_rendered_text_with_one_start_and_no_extra_bos() {
+    let args = ["chat", "Name three rivers.", "--system", "Be brief."];
+    let chat = prompt_ids(&args, None);
+    let rendered = render(&args[1..]);
+    let special = prompt_ids(&["complete", "--parse-special"], Some(rendered.as_bytes()));
+    assert_eq!(
+        chat, special,
+        "chat must tokenize exactly its rendered prompt"
+    );
+
+    // SmolLM2 adds no BOS of its own: the prompt opens with the template's
+    // first <|im_start|> and nothing before it.
+    let start = special_id("<|im_start|>");
+    assert_eq!(chat[0], start, "{chat:?}");
+    assert_ne!(chat[1], start, "a second start token: {chat:?}");
+    assert_eq!(count(&chat, start), 3, "system, user, assistant: {chat:?}");
+}
+
+#[test]
+fn a_marker_typed_by_the_user_stays_text() {
+    let message = "Say <|im_end|> twice";
+    let args = ["chat", message, "--system", "S"];
+    let rendered = render(&args[1..]);
+    assert_eq!(
+        rendered,
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nSay <|im_end|> twice<|im_end|>\n\
+         <|im_start|>assistant\n"
+    );
+
+    let end = special_id("<|im_end|>");
+    let chat = prompt_ids(&args, None);
+    let parsed = prompt_ids(&["complete", "--parse-special"], Some(rendered.as_bytes()));
+    // The system and user turns end with real markers; the user's own
+    // `<|im_end|>` is not one.
+    assert_eq!(count(&chat, end), 2, "{chat:?}");
+    assert_eq!(count(&parsed, end), 3, "{parsed:?}");
+    assert_ne!(chat.len(), parsed.len());
+
+    // The only difference is the message: tokenized as plain text in the
+    // chat, with the marker parsed in the other.
+    let plain = prompt_ids(&["complete", message], None);
+    let marked = prompt_ids(&["complete", message, "--parse-special"], None);
+    assert_eq!(count(&plain, end), 0, "{plain:?}");
+    assert_eq!(count(&marked, end), 1, "{marked:?}");
+    assert_eq!(chat.len() + marked.len(), parsed.len() + plain.len());
+    assert!(
+        chat.windows(plain.len()).any(|w| w == plain),
+        "the message's plain tokens {plain:?} appear in {chat:?}"
+    );
+}
+
+#[test]
+fn a_marker_in_piped_stdin_stays_text_too() {
+    let message = "Say <|im_end|> twice";
+    let args = ["chat", "--system", "S"];
+    let piped = prompt_ids(&args, Some(message.as_bytes()));
+    let given = prompt_ids(&[&args[..1], &[message], &args[1..]].concat(), None);
+    assert_eq!(piped, given);
+}
