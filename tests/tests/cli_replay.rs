@@ -1,0 +1,289 @@
+//! Traces and replay on the real model: a recorded run replays exactly, a
+//! tampered trace is caught at the step and field that differ, and a trace
+//! from another model is refused.
+
+// Helpers outside #[test] functions report failure by panicking too.
+#![allow(clippy::panic, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+use talkback_tests::{talkback, Run};
+
+/// Runs `talkback` on one CPU thread (two tests share two cores).
+fn tb(args: &[&str]) -> Run {
+    let mut all = args.to_vec();
+    all.extend(["--threads", "1"]);
+    talkback(&all)
+}
+
+fn ok(run: &Run) {
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert!(run.stderr.is_empty(), "stderr: {}", run.stderr);
+}
+
+/// A file in the temporary folder, removed when dropped; tests run in
+/// parallel, so every file gets a name of its own.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let path = std::env::temp_dir().join(format!("talkback-cli-replay-{pid}-{n}-{name}"));
+        let _ = std::fs::remove_file(&path);
+        Self(path)
+    }
+
+    fn arg(&self) -> &str {
+        self.0.to_str().expect("UTF-8 temp path")
+    }
+
+    fn read_json(&self) -> Value {
+        let text = std::fs::read_to_string(&self.0).expect("trace written");
+        serde_json::from_str(&text).expect("trace is JSON")
+    }
+
+    fn write_json(&self, v: &Value) {
+        std::fs::write(&self.0, v.to_string()).expect("write trace");
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Runs `args` with `--trace` and `--format json`; returns the trace file
+/// and the JSON output.
+fn record(args: &[&str]) -> (TempFile, Value) {
+    let trace = TempFile::new("trace.json");
+    let run = tb(&[args, &["--format", "json", "--trace", trace.arg()]].concat());
+    ok(&run);
+    (trace, run.json())
+}
+
+/// Replays a trace and expects it to match.
+fn replays(trace: &TempFile, generated: usize) {
+    let run = tb(&["replay", trace.arg()]);
+    ok(&run);
+    let out = run.text();
+    assert!(out.starts_with("replay ok: "), "{out}");
+    assert!(
+        out.contains(&format!(" {generated} generated tokens match")),
+        "{out}"
+    );
+}
+
+/// Replays a trace and expects a divergence naming `what`.
+fn diverges(trace: &TempFile, what: &str) {
+    let run = tb(&["replay", trace.arg()]);
+    assert_eq!(run.code, 1, "stdout: {} stderr: {}", run.text(), run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.text());
+    let e = &run.stderr;
+    assert!(e.starts_with("talkback: replay diverged: "), "{e}");
+    assert!(e.contains(what), "expected {what:?} in: {e}");
+}
+
+/// Compares settings field by field; numbers as the f32 they stand for,
+/// since the trace writes an f32's shortest text ("0.8") and the JSON output
+/// the f64 it widens to ("0.800000011920929").
+fn same_settings(trace: &Value, json: &Value) {
+    let (t, j) = (
+        trace.as_object().expect("settings"),
+        json.as_object().expect("settings"),
+    );
+    assert_eq!(t.keys().collect::<Vec<_>>(), j.keys().collect::<Vec<_>>());
+    for (key, tv) in t {
+        let jv = &j[key];
+        match (tv.as_f64(), jv.as_f64()) {
+            (Some(x), Some(y)) => assert_eq!(x as f32, y as f32, "settings.{key}"),
+            _ => assert_eq!(tv, jv, "settings.{key}"),
+        }
+    }
+}
+
+/// Checks that the trace holds what the run printed.
+fn check_trace(trace: &Value, json: &Value) {
+    assert_eq!(trace["version"], 1);
+    let sha = trace["model_sha256"].as_str().expect("sha");
+    assert_eq!(sha.len(), 64, "{sha}");
+    assert!(sha
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    same_settings(&trace["settings"], &json["settings"]);
+    assert_eq!(trace["finish_reason"], json["finish_reason"]);
+    let steps = trace["steps"].as_array().expect("steps");
+    let ids: Vec<&Value> = steps.iter().map(|s| &s["id"]).collect();
+    let logprobs: Vec<&Value> = steps.iter().map(|s| &s["logprob"]).collect();
+    let json_ids: Vec<&Value> = json["tokens"].as_array().expect("tokens").iter().collect();
+    assert_eq!(ids, json_ids);
+    // The trace keeps f32 text and the JSON output f64 text of the same f32.
+    for (t, j) in logprobs
+        .iter()
+        .zip(json["logprobs"].as_array().expect("logprobs"))
+    {
+        let (t, j) = (t.as_f64().expect("logprob"), j.as_f64().expect("logprob"));
+        assert_eq!(t as f32, j as f32);
+    }
+    assert_eq!(
+        trace["prompt_tokens"].as_array().map(Vec::len),
+        json["prompt_tokens"].as_u64().map(|n| n as usize)
+    );
+}
+
+const STORY: &str = "Once upon a time, in a forest";
+
+#[test]
+fn a_complete_trace_replays() {
+    let (trace, json) = record(&["complete", STORY, "-n", "16", "--seed", "21"]);
+    let t = trace.read_json();
+    check_trace(&t, &json);
+    assert_eq!(t["prompt"]["mode"], "complete");
+    assert_eq!(t["prompt"]["text"], STORY);
+    assert_eq!(t["prompt"]["parse_special"], false);
+    replays(&trace, json["tokens"].as_array().map_or(0, Vec::len));
+}
+
+#[test]
+fn a_chat_trace_with_stops_and_penalties_replays() {
+    let (trace, json) = record(&[
+        "chat",
+        "Write a haiku about snow.",
+        "--system",
+        "You are a poet.",
+        "-n",
+        "20",
+        "--seed",
+        "77",
+        "--temp",
+        "1.2",
+        "--repeat-penalty",
+        "1.3",
+        "--presence-penalty",
+        "-0.2",
+        "--stop",
+        "zzz",
+    ]);
+    let t = trace.read_json();
+    check_trace(&t, &json);
+    assert_eq!(t["prompt"]["mode"], "chat");
+    let messages = t["prompt"]["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 2);
+    assert_eq!(messages[0]["role"], "system");
+    assert_eq!(messages[1]["content"], "Write a haiku about snow.");
+    assert!(t["prompt"]["chat_template"]
+        .as_str()
+        .is_some_and(|s| s.contains("<|im_start|>")));
+    replays(&trace, json["tokens"].as_array().map_or(0, Vec::len));
+}
+
+/// Records a 12-token run for tampering.
+fn recorded() -> (TempFile, Value) {
+    let (trace, _) = record(&["complete", STORY, "-n", "12", "--ignore-eos", "--seed", "5"]);
+    let t = trace.read_json();
+    assert_eq!(t["steps"].as_array().map(Vec::len), Some(12));
+    (trace, t)
+}
+
+#[test]
+fn a_changed_token_id_is_reported_at_its_step() {
+    let (trace, mut t) = recorded();
+    let id = t["steps"][4]["id"].as_u64().expect("id");
+    let other = if id == 100 { 101 } else { 100 };
+    t["steps"][4]["id"] = other.into();
+    trace.write_json(&t);
+    diverges(
+        &trace,
+        &format!("step 4: field `id` expected token {other}, got token {id}"),
+    );
+}
+
+#[test]
+fn a_changed_logprob_is_reported_at_its_step() {
+    let (trace, mut t) = recorded();
+    let lp = t["steps"][7]["logprob"].as_f64().expect("logprob");
+    t["steps"][7]["logprob"] = (lp - 0.25).into();
+    trace.write_json(&t);
+    diverges(&trace, "step 7: field `logprob` expected ");
+}
+
+#[test]
+fn a_changed_prompt_token_or_seed_is_reported() {
+    let (trace, t) = recorded();
+
+    let mut changed = t.clone();
+    changed["prompt_tokens"][1] = 5.into();
+    trace.write_json(&changed);
+    diverges(
+        &trace,
+        "prompt token 1: field `prompt_tokens` expected 5, got ",
+    );
+
+    // Another seed draws other tokens from some step on.
+    let mut reseeded = t.clone();
+    reseeded["settings"]["seed"] = 6.into();
+    trace.write_json(&reseeded);
+    diverges(&trace, ": field `id` expected token ");
+
+    let mut shorter = t;
+    shorter["steps"].as_array_mut().expect("steps").pop();
+    trace.write_json(&shorter);
+    diverges(&trace, "step 11: field `steps` expected 11 tokens, got 12");
+}
+
+#[test]
+fn a_trace_of_another_model_is_refused() {
+    let (trace, mut t) = recorded();
+    let real = t["model_sha256"].as_str().expect("sha").to_owned();
+    let fake = "0123456789abcdef".repeat(4);
+    t["model_sha256"] = fake.clone().into();
+    trace.write_json(&t);
+
+    let run = tb(&["replay", trace.arg()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.text());
+    let e = &run.stderr;
+    assert!(e.contains(&fake) && e.contains(&real), "{e}");
+    assert!(e.contains(trace.arg()), "{e}");
+    assert!(!e.contains("diverged"), "refused before generating: {e}");
+}
+
+#[test]
+fn an_unreadable_trace_is_a_runtime_error() {
+    let trace = TempFile::new("broken.json");
+    std::fs::write(&trace.0, "{\"version\": 1, \"steps\": [").expect("write");
+    let run = tb(&["replay", trace.arg()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stdout.is_empty());
+    assert!(run.stderr.contains(trace.arg()), "{}", run.stderr);
+    assert!(run.stderr.contains("not a valid trace"), "{}", run.stderr);
+
+    let missing = TempFile::new("missing.json");
+    let run = tb(&["replay", missing.arg()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains(missing.arg()), "{}", run.stderr);
+}
+
+#[test]
+fn the_llama_cpp_sampler_refuses_to_trace() {
+    let trace = TempFile::new("refused.json");
+    let run = tb(&[
+        "complete",
+        STORY,
+        "-n",
+        "4",
+        "--sampler",
+        "llama.cpp",
+        "--trace",
+        trace.arg(),
+    ]);
+    assert_eq!(run.code, 2, "a usage error: {}", run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.text());
+    assert!(run.stderr.contains("--trace"), "{}", run.stderr);
+    assert!(run.stderr.contains("--sampler"), "{}", run.stderr);
+    assert!(!trace.0.exists(), "no trace is written");
+}
