@@ -1,0 +1,210 @@
+//! Help, version and usage errors: help goes to stdout with exit 0, a usage
+//! error prints one message on stderr, nothing on stdout, and exits 2; a
+//! runtime failure exits 1 with one line naming what failed.
+
+// Helpers outside #[test] functions report failure by panicking too.
+#![allow(clippy::panic, clippy::expect_used, clippy::indexing_slicing)]
+
+use talkback_tests::{talkback, Run};
+
+/// Expects a usage error: exit 2, empty stdout, a clap message on stderr
+/// that mentions `needle`.
+fn usage_error(args: &[&str], needle: &str) {
+    let run = talkback(args);
+    assert_eq!(run.code, 2, "{args:?}: stderr {}", run.stderr);
+    assert!(run.stdout.is_empty(), "{args:?}: stdout {}", run.text());
+    assert!(
+        run.stderr.starts_with("error: "),
+        "{args:?}: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(needle),
+        "{args:?}: {needle:?} not in {}",
+        run.stderr
+    );
+}
+
+/// Expects a runtime error: exit 1, empty stdout, one line on stderr
+/// prefixed with the program's name and mentioning `needle`.
+fn runtime_error(run: &Run, needle: &str) {
+    assert_eq!(run.code, 1, "stderr {}", run.stderr);
+    assert!(run.stdout.is_empty(), "stdout {}", run.text());
+    assert!(run.stderr.starts_with("talkback: "), "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(needle),
+        "{needle:?} not in {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn help_lists_the_subcommands_and_exit_codes() {
+    let run = talkback(&["--help"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.is_empty(), "{}", run.stderr);
+    let help = run.text();
+    for command in ["chat", "complete", "replay", "plot", "shape"] {
+        assert!(
+            help.lines().any(|l| l.trim_start().starts_with(command)),
+            "{command} missing from:\n{help}"
+        );
+    }
+    let codes = help
+        .split_once("Exit codes:")
+        .expect("an exit code section")
+        .1;
+    for (code, meaning) in [
+        ("0", "success"),
+        ("1", "runtime failure"),
+        ("2", "usage error"),
+        ("130", "interrupted"),
+    ] {
+        assert!(
+            codes.lines().any(|l| {
+                let l = l.trim_start();
+                l.starts_with(code) && l[code.len()..].trim_start().starts_with(meaning)
+            }),
+            "exit code {code} ({meaning}) missing from:\n{codes}"
+        );
+    }
+}
+
+#[test]
+fn every_subcommand_has_help_naming_its_flags() {
+    let flags: [(&str, &[&str]); 5] = [
+        (
+            "chat",
+            &[
+                "--system",
+                "--messages",
+                "--render-only",
+                "--format",
+                "--trace",
+                "--stop",
+            ],
+        ),
+        (
+            "complete",
+            &[
+                "--parse-special",
+                "--format",
+                "--trace",
+                "--ignore-eos",
+                "-n",
+            ],
+        ),
+        ("replay", &["--model", "--threads"]),
+        ("plot", &["--top-p", "--temp", "--out", "--seed"]),
+        ("shape", &["--logits", "--rows", "--chat", "--format"]),
+    ];
+    for (command, names) in flags {
+        let run = talkback(&[command, "--help"]);
+        assert_eq!(run.code, 0, "{command}: {}", run.stderr);
+        assert!(run.stderr.is_empty(), "{command}: {}", run.stderr);
+        for name in names {
+            assert!(run.text().contains(name), "{command} --help lacks {name}");
+        }
+    }
+    let generation = talkback(&["complete", "--help"]);
+    for range in [
+        "(0..=1)",
+        "(>= 0, finite)",
+        "[default: 0.8]",
+        "[default: 40]",
+    ] {
+        assert!(
+            generation.text().contains(range),
+            "complete --help lacks {range}"
+        );
+    }
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let run = talkback(&["--version"]);
+    assert_eq!(run.code, 0);
+    let want = format!("talkback {}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(run.text().trim_end(), want);
+}
+
+#[test]
+fn bad_flags_and_values_are_usage_errors() {
+    let cases: [(&[&str], &str); 18] = [
+        (&["complete", "x", "--bogus"], "--bogus"),
+        (&["chat", "x", "--bogus"], "--bogus"),
+        (&["complete", "x", "--top-p", "1.5"], "between 0 and 1"),
+        (&["complete", "x", "--top-p", "-0.1"], "between 0 and 1"),
+        (&["complete", "x", "--min-p", "2"], "between 0 and 1"),
+        (&["chat", "x", "--temp", "nan"], "finite"),
+        (&["chat", "x", "--temp", "inf"], "finite"),
+        (&["complete", "x", "--temp", "-1"], "zero or more"),
+        (&["complete", "x", "--temp", "warm"], "not a number"),
+        (&["complete", "x", "-n", "0"], "--n-predict"),
+        (
+            &["complete", "x", "--stop", ""],
+            "stop string cannot be empty",
+        ),
+        (&["chat", "x", "--repeat-penalty", "0"], "more than zero"),
+        (&["complete", "x", "--format", "xml"], "xml"),
+        (&["complete", "x", "--sampler", "greedy"], "greedy"),
+        (
+            &["complete", "x", "--sampler-order", "top-q"],
+            "unknown stage",
+        ),
+        (&["complete", "x", "--ctx-size", "8"], "--ctx-size"),
+        (&["shape", "x", "--logits", "1,2"], "cannot be used with"),
+        (&["frobnicate"], "frobnicate"),
+    ];
+    for (args, needle) in cases {
+        usage_error(args, needle);
+    }
+}
+
+#[test]
+fn missing_arguments_are_usage_errors() {
+    usage_error(&["replay"], "<TRACE>");
+    usage_error(&["plot"], "<PROMPT>");
+    usage_error(&["shape"], "<PROMPT>");
+    let bare = talkback(&[]);
+    assert_eq!(bare.code, 2, "{}", bare.stderr);
+    assert!(bare.stdout.is_empty());
+    assert!(bare.stderr.contains("Usage:"), "{}", bare.stderr);
+}
+
+#[test]
+fn a_negative_penalty_is_a_value_not_a_flag() {
+    let run = talkback(&[
+        "complete",
+        "x",
+        "--presence-penalty",
+        "-0.5",
+        "--frequency-penalty",
+        "-1",
+        "-n",
+        "1",
+        "--threads",
+        "1",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let settings = &run.json()["settings"];
+    assert_eq!(settings["presence_penalty"], -0.5);
+    assert_eq!(settings["frequency_penalty"], -1.0);
+}
+
+#[test]
+fn a_missing_or_broken_model_is_a_runtime_error_naming_it() {
+    let path = std::env::temp_dir().join(format!("talkback-cli-usage-{}.gguf", std::process::id()));
+    let path_arg = path.to_str().expect("UTF-8 temp path");
+    let _ = std::fs::remove_file(&path);
+    runtime_error(&talkback(&["complete", "x", "--model", path_arg]), path_arg);
+
+    std::fs::write(&path, "not a model").expect("write");
+    let run = talkback(&["chat", "x", "--model", path_arg]);
+    let _ = std::fs::remove_file(&path);
+    runtime_error(&run, path_arg);
+    assert!(run.stderr.contains("GGUF"), "{}", run.stderr);
+}
