@@ -7,6 +7,9 @@
 //! 64-token generation with the default model. llama.cpp's own C++
 //! allocations do not go through Rust's allocator and are not counted.
 
+// Helpers outside #[test] functions stop the test the same way.
+#![allow(clippy::panic, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::alloc::System;
 use std::io;
 
