@@ -581,6 +581,11 @@ fn shape_command(args: &ShapeArgs, verbose: u8) -> Result<()> {
         dump_logits: None,
     };
     let settings = Settings::new(&args.sampling, &gen, &args.model);
+    if settings.sampler == Engine::LlamaCpp {
+        return Err(
+            Usage("shape shows sampler-core's stages only; drop --sampler llama.cpp").into(),
+        );
+    }
     let config = settings.config()?;
     let mut out = io::stdout().lock();
 
