@@ -163,6 +163,15 @@ fn bad_flags_and_values_are_usage_errors() {
 }
 
 #[test]
+fn flags_that_do_not_go_together_are_usage_errors() {
+    let run = talkback(&["shape", "--logits", "1,2", "--sampler", "llama.cpp"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.text());
+    assert!(run.stderr.starts_with("talkback: "), "{}", run.stderr);
+    assert!(run.stderr.contains("--sampler llama.cpp"), "{}", run.stderr);
+}
+
+#[test]
 fn missing_arguments_are_usage_errors() {
     usage_error(&["replay"], "<TRACE>");
     usage_error(&["plot"], "<PROMPT>");
