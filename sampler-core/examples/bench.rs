@@ -122,6 +122,12 @@ fn main() {
         min_p: 0.0,
         ..Config::default()
     };
+    let hot_top_p = Config {
+        temperature: 1.5,
+        top_k: 0,
+        min_p: 0.0,
+        ..Config::default()
+    };
     let temperature_only = Config {
         top_k: 0,
         top_p: 1.0,
@@ -143,6 +149,7 @@ fn main() {
         measure(&format!("default_{name}_v{v}"), default, &real, &[]);
         measure(&format!("greedy_{name}_v{v}"), greedy, &real, &[]);
         measure(&format!("topp_p095_{name}_v{v}"), top_p, &real, &[]);
+        measure(&format!("topp_p095_t15_{name}_v{v}"), hot_top_p, &real, &[]);
         measure(
             &format!("temperature_only_{name}_v{v}"),
             temperature_only,

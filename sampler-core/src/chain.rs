@@ -332,10 +332,7 @@ fn held_stage(
             Some(k) => (topk::apply(s, k), scale.inv_t),
             None => (len, scale.inv_t),
         },
-        Stage::TopP => (
-            topp::apply(s, config.top_p, |x| scale.weight(x)),
-            scale.inv_t,
-        ),
+        Stage::TopP => (topp::apply(s, config.top_p, &scale), scale.inv_t),
         Stage::MinP => (minp::apply(s, config.min_p, &scale), scale.inv_t),
     }
 }
@@ -414,7 +411,7 @@ fn sorted_stage(
 const TOP_P_HEAD: f32 = -10.0;
 
 /// Most tokens collected above [`TOP_P_HEAD`] before giving up on the head.
-const TOP_P_HEAD_LIMIT: usize = 4096;
+const TOP_P_HEAD_LIMIT: usize = 16_384;
 
 /// Top-p over every candidate, done from the head of the distribution.
 ///
@@ -438,11 +435,10 @@ fn top_p_from_head(
     let n = dense::at_most(logits, ov, scale, TOP_P_HEAD, TOP_P_HEAD_LIMIT, scratch)?;
     let head = scratch.get_mut(..n)?;
     let need = topp::target(p, total);
-    let weight = |x: f32| scale.weight(x);
-    if mass(head, weight) < need {
+    if mass(head, scale) < need {
         return None;
     }
-    weighted_select(head, need - 1, weight).map(|j| j + 1)
+    weighted_select(head, need - 1, scale).map(|j| j + 1)
 }
 
 /// The head of an untruncated final distribution and its exact total weight.
@@ -499,10 +495,7 @@ fn all_stage(
             // does everything ranked above it.
             let n = dense::at_least(logits, ov, &scale, ZERO_WEIGHT_CUT, scratch);
             let s = scratch.get_mut(..n).unwrap_or(&mut []);
-            Ok((
-                Live::Held(topp::apply(s, config.top_p, |x| scale.weight(x))),
-                inv_t,
-            ))
+            Ok((Live::Held(topp::apply(s, config.top_p, &scale)), inv_t))
         }
         Stage::MinP if config.min_p > 0.0 => {
             let m = summary.top()?;
@@ -546,16 +539,15 @@ pub(crate) fn finish(
     report: Option<&mut Report<'_>>,
 ) -> Option<Choice> {
     let scale = out.scale;
-    let weight = |x: f32| scale.weight(x);
     let (j, total) = match out.partial {
         // The head is a rank prefix, so a target inside its mass picks the
         // same token the scan over every token would.
-        Some(total) => (weighted_select(s, draw::target(u, total), weight)?, total),
+        Some(total) => (weighted_select(s, draw::target(u, total), &scale)?, total),
         None if out.sorted => {
             let w = out.cache.get(s, scale);
             draw::pick_sorted(w, u)
         }
-        None => draw::pick(s, u, weight),
+        None => draw::pick(s, u, &scale),
     };
     let chosen = s.get(j).or(s.first()).copied().unwrap_or_default();
     // ln(total / 2^30): the top token's weight is 2^30, so this is the log

@@ -9,7 +9,7 @@
 //! token; `u` just below 1 picks the last token of nonzero weight. The result
 //! depends on the set of survivors only, not on how they are stored.
 
-use crate::select::{mass, weighted_select};
+use crate::select::{mass, weighted_select, Weigh};
 use crate::Candidate;
 
 /// The cumulative-weight target for uniform `u` and total weight `total > 0`.
@@ -21,11 +21,11 @@ pub(crate) fn target(u: f64, total: u64) -> u64 {
 }
 
 /// Picks from `s` by `u`; returns the chosen position and the total weight.
-pub(crate) fn pick(s: &mut [Candidate], u: f64, weight: impl Fn(f32) -> u64) -> (usize, u64) {
-    let total = mass(s, &weight);
+pub(crate) fn pick(s: &mut [Candidate], u: f64, weight: &impl Weigh) -> (usize, u64) {
+    let total = mass(s, weight);
     // Survivors always hold the top token, whose weight is 2^30, so the
     // fallback to the top position is never taken.
-    let j = weighted_select(s, target(u, total), &weight).unwrap_or(0);
+    let j = weighted_select(s, target(u, total), weight).unwrap_or(0);
     (j, total)
 }
 
@@ -69,7 +69,7 @@ mod tests {
         let below_one = 1.0 - f64::EPSILON / 2.0;
         let id_at = |u: f64| {
             let mut s = make();
-            let (j, total) = pick(&mut s, u, weight);
+            let (j, total) = pick(&mut s, u, &weight);
             assert_eq!(total, 4);
             s.get(j).map(|c| c.id)
         };

@@ -11,7 +11,72 @@
 
 use core::cmp::Ordering;
 
+use crate::softmax::{weight_f64, Scale};
 use crate::Candidate;
+
+/// Gives the integer weight of a logit, one at a time or in batches.
+pub(crate) trait Weigh {
+    /// The weight of logit `x`.
+    fn weight(&self, x: f32) -> u64;
+
+    /// The weights of eight logits, each an exact integer below 2^31 in an f64.
+    #[inline(always)]
+    fn weigh8(&self, x: &[f32; 8]) -> [f64; 8] {
+        let mut w = [0.0; 8];
+        for (w, &x) in w.iter_mut().zip(x) {
+            *w = self.weight(x) as f64;
+        }
+        w
+    }
+}
+
+impl<F: Fn(f32) -> u64> Weigh for F {
+    fn weight(&self, x: f32) -> u64 {
+        self(x)
+    }
+}
+
+impl Weigh for Scale {
+    #[inline(always)]
+    fn weight(&self, x: f32) -> u64 {
+        Scale::weight(self, x)
+    }
+
+    #[inline(always)]
+    fn weigh8(&self, x: &[f32; 8]) -> [f64; 8] {
+        let mut w = [0.0; 8];
+        if self.inf {
+            for (w, &x) in w.iter_mut().zip(x) {
+                *w = Scale::weight(self, x) as f64;
+            }
+            return w;
+        }
+        // Straight-line arithmetic over eight lanes, so it vectorises.
+        let (m, inv_t) = (self.m, self.inv_t);
+        for (w, &x) in w.iter_mut().zip(x) {
+            *w = weight_f64((x - m) * inv_t);
+        }
+        w
+    }
+}
+
+/// Groups of eight per block of [`mass`]: each f64 lane then sums at most
+/// 2^20 weights of at most 2^30, below 2^53 where f64 holds every integer.
+const GROUPS_PER_BLOCK: usize = 1 << 20;
+
+/// Calls `f` with the logits of `s` eight at a time and the matching candidates.
+///
+/// The last batch is padded with -inf, whose weight is 0.
+#[inline(always)]
+fn in_eights(s: &[Candidate], mut f: impl FnMut(&[f32; 8], &[Candidate])) {
+    for group in s.chunks(8) {
+        let mut x = [f32::NEG_INFINITY; 8];
+        for (xi, c) in x.iter_mut().zip(group) {
+            *xi = c.logit;
+        }
+        f(&x, group);
+    }
+}
 
 /// Rank order: `Less` means `a` ranks before `b` (higher logit, or equal logit and lower id).
 ///
@@ -60,13 +125,80 @@ pub(crate) fn partition(s: &mut [Candidate], keep: impl Fn(&Candidate) -> bool) 
     kept
 }
 
-/// Sum of the weights of `s`.
-pub(crate) fn mass(s: &[Candidate], weight: impl Fn(f32) -> u64) -> u64 {
-    s.iter().map(|c| weight(c.logit)).sum()
+/// Sum of the weights of `s`, exact.
+pub(crate) fn mass(s: &[Candidate], weight: &impl Weigh) -> u64 {
+    let mut total = 0u64;
+    for block in s.chunks(8 * GROUPS_PER_BLOCK) {
+        let mut acc = [0.0f64; 8];
+        in_eights(block, |x, _| {
+            for (a, w) in acc.iter_mut().zip(weight.weigh8(x)) {
+                *a += w;
+            }
+        });
+        // Each lane is an exact non-negative integer below 2^53.
+        total += acc.iter().map(|&a| a as u64).sum::<u64>();
+    }
+    total
 }
 
 /// Runs at most this long are sorted instead of split further.
 const SMALL: usize = 24;
+
+/// Ranges longer than this are first narrowed by a logit histogram.
+const LARGE: usize = 2048;
+
+/// Histogram buckets per narrowing step.
+const BUCKETS: usize = 128;
+
+/// One narrowing step of [`weighted_select`] for long ranges.
+///
+/// Splits the logit range of `s` into [`BUCKETS`] equal buckets, highest
+/// logits first, sums the weight per bucket in one pass, finds the
+/// bucket where the cumulative weight passes `target`, and moves the
+/// buckets above it to the front and it right after. Since the bucket of a
+/// logit never rises as the logit grows, everything in earlier buckets ranks
+/// above everything in that bucket. Returns the bucket's start, length, and
+/// the target left inside it; `Some(None)` when `target` is not below the
+/// total; `None` when the logits span no finite, nonzero range.
+fn narrow(
+    s: &mut [Candidate],
+    target: u64,
+    weight: &impl Weigh,
+) -> Option<Option<(usize, usize, u64)>> {
+    let top = s.iter().fold(
+        f32::NEG_INFINITY,
+        |a, c| if c.logit > a { c.logit } else { a },
+    );
+    let low = s
+        .iter()
+        .fold(f32::INFINITY, |a, c| if c.logit < a { c.logit } else { a });
+    let per = BUCKETS as f32 / (top - low);
+    if !(per.is_finite() && per > 0.0) {
+        return None;
+    }
+    // Monotone in the logit: a higher logit never gets a later bucket.
+    let bucket = |x: f32| (((top - x) * per) as usize).min(BUCKETS - 1);
+    let mut weights = [0u64; BUCKETS];
+    in_eights(s, |x, group| {
+        for (&w, c) in weight.weigh8(x).iter().zip(group) {
+            if let Some(sum) = weights.get_mut(bucket(c.logit)) {
+                // Exact: a non-negative integer below 2^31.
+                *sum += w as u64;
+            }
+        }
+    });
+    let mut left = target;
+    for (b, &w) in weights.iter().enumerate() {
+        if left < w {
+            let above = partition(s, |c| bucket(c.logit) < b);
+            let inside = s.get_mut(above..)?;
+            let len = partition(inside, |c| bucket(c.logit) == b);
+            return Some(Some((above, len, left)));
+        }
+        left -= w;
+    }
+    Some(None)
+}
 
 /// Finds the element at cumulative weight `target` in rank order.
 ///
@@ -75,28 +207,40 @@ const SMALL: usize = 24;
 /// `s` so that `s[..=j]` are exactly its `j + 1` highest-ranked elements.
 /// Returns `None` when `target` is not below the total weight.
 ///
-/// Each round splits the live range at its median rank with `O(n)` selection
-/// and sums the weights of the upper half only, so the expected cost is a few
-/// passes over `s` and about one weight evaluation per element.
+/// Long ranges are first narrowed to one bucket of a logit histogram
+/// ([`narrow`]). Then each round splits the live range at its median rank
+/// with `O(n)` selection and sums the weights of the upper half only, so
+/// the expected cost is a few passes over `s` and about one weight
+/// evaluation per element.
 pub(crate) fn weighted_select(
     s: &mut [Candidate],
     target: u64,
-    weight: impl Fn(f32) -> u64,
+    weight: &impl Weigh,
 ) -> Option<usize> {
     let mut lo = 0usize;
     let mut hi = s.len();
     let mut left = target;
     while hi - lo > SMALL {
+        if hi - lo > LARGE {
+            let range = s.get_mut(lo..hi)?;
+            if let Some(narrowed) = narrow(range, left, weight) {
+                let (start, len, rest) = narrowed?;
+                lo += start;
+                hi = lo + len;
+                left = rest;
+                continue;
+            }
+        }
         let range = s.get_mut(lo..hi)?;
         let mid = range.len() / 2;
         let (upper, pivot, _) = range.select_nth_unstable_by(mid, rank_cmp);
-        let upper_mass = mass(upper, &weight);
+        let upper_mass = mass(upper, weight);
         if left < upper_mass {
             hi = lo + mid;
             continue;
         }
         left -= upper_mass;
-        let w = weight(pivot.logit);
+        let w = weight.weight(pivot.logit);
         if left < w {
             return Some(lo + mid);
         }
@@ -106,7 +250,7 @@ pub(crate) fn weighted_select(
     let range = s.get_mut(lo..hi)?;
     sort_by_rank(range);
     for (i, c) in range.iter().enumerate() {
-        let w = weight(c.logit);
+        let w = weight.weight(c.logit);
         if left < w {
             return Some(lo + i);
         }
@@ -192,7 +336,7 @@ mod tests {
         let logits: Vec<f32> = (0..200).map(|i| ((i * 37) % 101) as f32).collect();
         let mut sorted = cands(&logits);
         sort_by_rank(&mut sorted);
-        let total = mass(&sorted, weight);
+        let total = mass(&sorted, &weight);
         for target in (0..total).step_by(97).chain([0, total - 1]) {
             let mut cum = 0;
             let want = sorted
@@ -203,7 +347,7 @@ mod tests {
                 })
                 .map(|p| sorted.get(p).map(|c| c.id));
             let mut s = cands(&logits);
-            let got = weighted_select(&mut s, target, weight);
+            let got = weighted_select(&mut s, target, &weight);
             let j = got.unwrap_or(usize::MAX);
             assert_eq!(Some(s.get(j).map(|c| c.id)), want, "target {target}");
             let mut head: Vec<u32> = s.iter().take(j + 1).map(|c| c.id).collect();
@@ -213,7 +357,47 @@ mod tests {
             assert_eq!(head, top);
         }
         let mut s = cands(&logits);
-        assert_eq!(weighted_select(&mut s, total, weight), None);
+        assert_eq!(weighted_select(&mut s, total, &weight), None);
+    }
+
+    #[test]
+    fn weighted_select_narrows_long_ranges_exactly() {
+        // Long enough to take the histogram path, with ties, a wide spread
+        // and weights of zero at the bottom.
+        let weight = |x: f32| if x < 0.0 { 0 } else { (x * x) as u64 + 1 };
+        for shape in 0..3 {
+            let logits: Vec<f32> = (0..9000)
+                .map(|i| match shape {
+                    0 => ((i * 7919) % 5003) as f32 / 10.0,
+                    1 => ((i * 31) % 7) as f32,
+                    _ => ((i * 7919) % 9001) as f32 - 50.0,
+                })
+                .collect();
+            let mut sorted = cands(&logits);
+            sort_by_rank(&mut sorted);
+            let total = mass(&sorted, &weight);
+            for target in (0..total)
+                .step_by((total / 37) as usize + 1)
+                .chain([0, total - 1])
+            {
+                let mut cum = 0;
+                let want = sorted.iter().position(|c| {
+                    cum += weight(c.logit);
+                    cum > target
+                });
+                let mut s = cands(&logits);
+                let got = weighted_select(&mut s, target, &weight);
+                assert_eq!(got, want, "shape {shape} target {target}");
+                let j = got.unwrap();
+                let mut head: Vec<u32> = s.iter().take(j + 1).map(|c| c.id).collect();
+                let mut top: Vec<u32> = sorted.iter().take(j + 1).map(|c| c.id).collect();
+                head.sort_unstable();
+                top.sort_unstable();
+                assert_eq!(head, top, "shape {shape} target {target}");
+            }
+            let mut s = cands(&logits);
+            assert_eq!(weighted_select(&mut s, total, &weight), None);
+        }
     }
 
     #[test]

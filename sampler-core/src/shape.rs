@@ -107,7 +107,7 @@ pub fn shape(
         return Err(Error::NoFiniteLogit);
     }
     let plain = Scale::new(top);
-    let total = mass(all, |x| plain.weight(x));
+    let total = mass(all, &plain);
     let rows = out.rows.len().min(n);
     keep_top(all, rows);
     let head = all.get_mut(..rows).unwrap_or(&mut []);
@@ -124,7 +124,7 @@ pub fn shape(
     let table = out.rows.get_mut(..rows).unwrap_or(&mut []);
     let mut observe = |view: StageView<'_>| {
         let scale = view.scale;
-        let total = mass(view.survivors, |x| scale.weight(x));
+        let total = mass(view.survivors, &scale);
         // Survivors are a rank prefix, so row r survives exactly when r < count.
         for row in table.iter_mut().take(view.survivors.len()) {
             if let Some(cell) = row.after.get_mut(view.index) {

@@ -9,7 +9,7 @@
 //! the total still counts, so that a mass reaching `p` in real arithmetic is
 //! not lost to float rounding. Found by weighted selection, never a sort.
 
-use crate::select::{mass, weighted_select};
+use crate::select::{mass, weighted_select, Weigh};
 use crate::Candidate;
 
 /// Shortfall, as a fraction of the total mass, by which a prefix still reaches `p`.
@@ -28,14 +28,14 @@ pub(crate) fn target(p: f32, total: u64) -> u64 {
 }
 
 /// Keeps the smallest rank prefix of `s` reaching `p`; returns the survivor count.
-pub(crate) fn apply(s: &mut [Candidate], p: f32, weight: impl Fn(f32) -> u64) -> usize {
+pub(crate) fn apply(s: &mut [Candidate], p: f32, weight: &impl Weigh) -> usize {
     if p >= 1.0 || s.len() <= 1 {
         return s.len();
     }
-    let total = mass(s, &weight);
+    let total = mass(s, weight);
     let need = target(p, total);
     // The prefix ends at the token whose cumulative mass first exceeds need - 1.
-    match weighted_select(s, need.saturating_sub(1), &weight) {
+    match weighted_select(s, need.saturating_sub(1), weight) {
         Some(j) => j + 1,
         None => s.len(),
     }
@@ -77,9 +77,9 @@ mod tests {
             logit: [30.0, 10.0, 10.0, 50.0][i],
         });
         // 50 + 30 = 80 of 100 reaches 0.8 exactly.
-        assert_eq!(apply(&mut s, 0.8, weight), 2);
-        assert_eq!(apply(&mut s, 0.81, weight), 3);
-        assert_eq!(apply(&mut s, 0.0, weight), 1);
+        assert_eq!(apply(&mut s, 0.8, &weight), 2);
+        assert_eq!(apply(&mut s, 0.81, &weight), 3);
+        assert_eq!(apply(&mut s, 0.0, &weight), 1);
         assert_eq!(s.first().map(|c| c.id), Some(3));
         assert_eq!(prefix(&[50, 30, 10, 10], 0.8), 2);
         assert_eq!(prefix(&[50, 30, 10, 10], 0.81), 3);
