@@ -462,6 +462,21 @@ pub(crate) fn at_most(
             if !hit || over {
                 continue;
             }
+            if !inf && n + CHUNK <= limit {
+                // Branch-free: write every element at the end and advance
+                // past those that pass.
+                if let Some(window) = scratch.get_mut(n..n + CHUNK) {
+                    let mut end = 0usize;
+                    for (id, &x) in (first..).zip(chunk) {
+                        if let Some(slot) = window.get_mut(end) {
+                            *slot = Candidate { id, logit: x };
+                        }
+                        end += usize::from((x - m) * inv_t >= cut);
+                    }
+                    n += end;
+                    continue;
+                }
+            }
             for (id, &x) in (first..).zip(chunk) {
                 if x > f32::NEG_INFINITY && scale.d(x) >= cut {
                     match scratch.get_mut(n).filter(|_| n < limit) {

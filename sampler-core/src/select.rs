@@ -125,6 +125,29 @@ pub(crate) fn partition(s: &mut [Candidate], keep: impl Fn(&Candidate) -> bool) 
     kept
 }
 
+/// Orders `s` as keys below `b`, equal to `b`, above `b`, in one pass.
+///
+/// Returns how many keys are below `b` and how many equal it.
+fn split3(s: &mut [Candidate], key: impl Fn(&Candidate) -> usize, b: usize) -> (usize, usize) {
+    let (mut below, mut at, mut above) = (0usize, 0usize, s.len());
+    while at < above {
+        let Some(k) = s.get(at).map(&key) else {
+            break;
+        };
+        if k < b {
+            s.swap(below, at);
+            below += 1;
+            at += 1;
+        } else if k > b {
+            above -= 1;
+            s.swap(at, above);
+        } else {
+            at += 1;
+        }
+    }
+    (below, above - below)
+}
+
 /// Sum of the weights of `s`, exact.
 pub(crate) fn mass(s: &[Candidate], weight: &impl Weigh) -> u64 {
     let mut total = 0u64;
@@ -190,9 +213,7 @@ fn narrow(
     let mut left = target;
     for (b, &w) in weights.iter().enumerate() {
         if left < w {
-            let above = partition(s, |c| bucket(c.logit) < b);
-            let inside = s.get_mut(above..)?;
-            let len = partition(inside, |c| bucket(c.logit) == b);
+            let (above, len) = split3(s, |c| bucket(c.logit), b);
             return Some(Some((above, len, left)));
         }
         left -= w;
