@@ -335,17 +335,28 @@ fn seed(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate]) -> 
         .map(|o| o.id() as usize / CHUNK)
         .peekable();
     let mut n = 0usize;
-    for (slot, c) in scratch.iter_mut().zip((0..want).map(|i| i * stride)) {
+    for c in (0..want).map(|i| i * stride) {
         while pending.next_if(|&p| p < c).is_some() {}
         if pending.peek() == Some(&c) {
+            // A chunk with a changed logit says nothing about effective
+            // logits; it is left out, and so is its slot.
             continue;
         }
         let Some(chunk) = logits.get(c * CHUNK..c * CHUNK + CHUNK) else {
             break;
         };
-        let top = chunk
+        let mut lanes = [f32::NEG_INFINITY; 4];
+        for quad in chunk.chunks_exact(4) {
+            for (a, &x) in lanes.iter_mut().zip(quad) {
+                *a = if x > *a { x } else { *a };
+            }
+        }
+        let top = lanes
             .iter()
             .fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a });
+        let Some(slot) = scratch.get_mut(n) else {
+            break;
+        };
         *slot = Candidate {
             id: c as u32,
             logit: top,
@@ -578,6 +589,28 @@ mod tests {
                 let want: Vec<Candidate> = all.iter().copied().take(k).collect();
                 assert_eq!(sorted(scratch), want, "v {v} k {k}");
             }
+        }
+    }
+
+    #[test]
+    fn seed_ignores_stale_scratch_next_to_skipped_chunks() {
+        // All logits negative; the first sampled chunk holds a penalised id,
+        // and the scratch buffer holds large logits from an earlier call.
+        let v = 4096;
+        let logits: Vec<f32> = (0..v).map(|i| -1.0 - (i % 97) as f32 * 0.01).collect();
+        let mut ov = Overrides::new();
+        let c = Config {
+            repeat_penalty: 1.5,
+            ..Config::default()
+        };
+        ov.build(&logits, &[3, 700], &[], &c).unwrap();
+        let all = reference(&logits, &ov);
+        for k in [1, 2, 40] {
+            let mut scratch = vec![Candidate { id: 9, logit: 1e30 }; v];
+            let n = top_k(&logits, &ov, k, &mut scratch);
+            scratch.truncate(n);
+            let want: Vec<Candidate> = all.iter().copied().take(k).collect();
+            assert_eq!(sorted(scratch), want, "k {k}");
         }
     }
 

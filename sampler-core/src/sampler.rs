@@ -876,7 +876,9 @@ mod tests {
         alts: usize,
         path: Path,
     ) -> (Result<Choice, Error>, Vec<Alternative>, f32, Survivors) {
-        let mut scratch = vec![Candidate::default(); input.logits.len() + 3];
+        // Leftovers of an earlier call must never leak into a result.
+        let stale = Candidate { id: 1, logit: 1e30 };
+        let mut scratch = vec![stale; input.logits.len() + 3];
         let mut buf = vec![Alternative::default(); if alts == usize::MAX { 0 } else { alts }];
         let mut report = Report::new(&mut buf);
         let mut s = Sampler::new(config, 0, &mut scratch).unwrap();

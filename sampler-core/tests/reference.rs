@@ -181,7 +181,8 @@ fn check_step(
     seed: u64,
 ) -> Result<(), TestCaseError> {
     let v = logits.len();
-    let mut scratch = vec![Candidate::default(); v];
+    // Stale contents from an earlier call must never leak into a result.
+    let mut scratch = vec![Candidate { id: 0, logit: 1e30 }; v];
     let mut alts = vec![Alternative::default(); v];
     let mut report = Report::new(&mut alts);
     let mut sampler = Sampler::new(config, seed, &mut scratch).unwrap();
