@@ -150,6 +150,16 @@ fn main() {
         measure(&format!("greedy_{name}_v{v}"), greedy, &real, &[]);
         measure(&format!("topp_p095_{name}_v{v}"), top_p, &real, &[]);
         measure(&format!("topp_p095_t15_{name}_v{v}"), hot_top_p, &real, &[]);
+        // A window of the 64 most likely tokens: every penalised id competes.
+        let mut order: Vec<u32> = (0..v as u32).collect();
+        order.sort_by(|&a, &b| real[0][b as usize].total_cmp(&real[0][a as usize]));
+        let window: Vec<u32> = order.iter().copied().take(64).collect();
+        measure(
+            &format!("default_penalties_w64top_{name}_v{v}"),
+            penalties,
+            &real,
+            &window,
+        );
         measure(
             &format!("temperature_only_{name}_v{v}"),
             temperature_only,

@@ -131,8 +131,42 @@ pub(crate) fn top_k(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Can
     let changed = ov.as_slice();
     // Room for at least one chunk beyond k before the buffer is cut back.
     let room = scratch.len().min(k.saturating_mul(4).max(k + 256));
-    let mut n = 0usize;
     let mut t = below(seed(logits, ov, k, scratch));
+
+    // The overrides enter first, with their changed logits: penalised
+    // tokens are often the likeliest, and their k-th best raises the
+    // threshold before the scan starts. Since they are not in id order, a
+    // later logit equal to the threshold may still win a tie on its id, so
+    // from here on the test admits equality (`below` gives the float just
+    // under the threshold).
+    let mut n = 0usize;
+    for o in changed {
+        // NaN fails the comparison, so it never becomes a candidate.
+        if o.value() > f32::NEG_INFINITY {
+            if let Some(slot) = scratch.get_mut(n) {
+                *slot = Candidate {
+                    id: o.id(),
+                    logit: o.value(),
+                };
+                n += 1;
+            }
+        }
+    }
+    let inclusive = n > 0;
+    if n >= k {
+        let live = scratch.get_mut(..n).unwrap_or(&mut []);
+        keep_top(live, k);
+        n = k;
+        if let Some(kth) = live
+            .get(..k)
+            .unwrap_or(&[])
+            .iter()
+            .max_by(|a, b| rank_cmp(a, b))
+        {
+            let bound = below(kth.logit);
+            t = if bound > t { bound } else { t };
+        }
+    }
     let full = logits.len() - logits.len() % CHUNK;
     let body = logits.get(..full).unwrap_or(&[]);
     let mut padded = [f32::NAN; CHUNK];
@@ -169,7 +203,11 @@ pub(crate) fn top_k(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Can
                 .unwrap_or(&[])
                 .iter()
                 .max_by(|a, b| rank_cmp(a, b));
-            t = kth.map_or(t, |c| c.logit);
+            t = match kth {
+                Some(c) if inclusive => below(c.logit),
+                Some(c) => c.logit,
+                None => t,
+            };
         }
         while changed.get(next).is_some_and(|o| (o.id() as usize) < at) {
             next += 1;
@@ -190,32 +228,6 @@ pub(crate) fn top_k(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Can
         }
     }
 
-    // The overrides compete with what the scan kept; one below the k-th
-    // kept logit cannot enter, while one equal to it may win on its id.
-    if n > k {
-        keep_top(scratch.get_mut(..n).unwrap_or(&mut []), k);
-        n = k;
-    }
-    let floor = if n < k {
-        f32::NEG_INFINITY
-    } else {
-        let kept = scratch.get(..n).unwrap_or(&[]);
-        kept.iter()
-            .map(|c| c.logit)
-            .fold(f32::INFINITY, |a, x| if x < a { x } else { a })
-    };
-    for o in changed {
-        // NaN fails both comparisons, so it never becomes a candidate.
-        if o.value() > f32::NEG_INFINITY && o.value() >= floor {
-            if let Some(slot) = scratch.get_mut(n) {
-                *slot = Candidate {
-                    id: o.id(),
-                    logit: o.value(),
-                };
-                n += 1;
-            }
-        }
-    }
     if n > k {
         keep_top(scratch.get_mut(..n).unwrap_or(&mut []), k);
         n = k;
@@ -225,19 +237,39 @@ pub(crate) fn top_k(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Can
 
 /// Appends the elements of `chunk` above `t` whose ids are not in `changed`.
 ///
-/// `changed` is sorted by id and starts at or after `first`.
+/// `changed` is sorted by id and starts at or after `first`. Branch-free
+/// like [`append_above`], with the overridden lanes masked out.
 fn append_unchanged(
     scratch: &mut [Candidate],
     mut n: usize,
     first: u32,
-    chunk: &[f32],
+    chunk: &[f32; CHUNK],
     t: f32,
     changed: &[Override],
 ) -> usize {
-    let mut changed = changed.iter().map(|o| o.id()).peekable();
-    for (id, &x) in (first..).zip(chunk) {
-        let overridden = changed.next_if_eq(&id).is_some();
-        if x > t && !overridden {
+    let mut skip = [false; CHUNK];
+    for o in changed {
+        let lane = o
+            .id()
+            .checked_sub(first)
+            .and_then(|i| skip.get_mut(i as usize));
+        match lane {
+            Some(lane) => *lane = true,
+            None => break,
+        }
+    }
+    if let Some(window) = scratch.get_mut(n..n + CHUNK) {
+        let mut end = 0usize;
+        for ((id, &x), &skipped) in (first..).zip(chunk).zip(&skip) {
+            if let Some(slot) = window.get_mut(end) {
+                *slot = Candidate { id, logit: x };
+            }
+            end += usize::from(x > t && !skipped);
+        }
+        return n + end;
+    }
+    for ((id, &x), &skipped) in (first..).zip(chunk).zip(&skip) {
+        if x > t && !skipped {
             if let Some(slot) = scratch.get_mut(n) {
                 *slot = Candidate { id, logit: x };
                 n += 1;
@@ -316,38 +348,46 @@ fn append_above(
     n
 }
 
+/// Chunks per sampled group in [`seed`].
+const SEED_GROUP: usize = 8;
+
 /// A lower bound on the k-th highest effective logit, or -inf.
 ///
-/// Takes the maxima of `4k` chunks spread over the vocabulary (chunks with an
-/// override are left out, so raw and effective logits agree) and returns
-/// the k-th highest: k distinct chunks, hence k distinct tokens, reach it.
-/// Uses `scratch` for the maxima; the caller overwrites them.
+/// Takes the maxima of `4k` (at least 32) groups of [`SEED_GROUP`] chunks
+/// spread over the vocabulary (groups holding an override are left out, so
+/// raw and effective logits agree) and returns the k-th highest: k distinct
+/// groups, hence k distinct tokens, reach it. A group's maximum is that of
+/// 128 logits, so the bound sits far above what single logits would give,
+/// and the scan that follows meets few logits above it. Uses `scratch` for the
+/// maxima; the caller overwrites them.
 fn seed(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate]) -> f32 {
-    let chunks = logits.len() / CHUNK;
-    let want = k.saturating_mul(4).max(64).min(chunks).min(scratch.len());
+    const SPAN: usize = SEED_GROUP * CHUNK;
+    let groups = logits.len() / SPAN;
+    let want = k.saturating_mul(4).max(32).min(groups).min(scratch.len());
     if want < k || want == 0 {
         return f32::NEG_INFINITY;
     }
-    let stride = chunks / want;
+    let stride = groups / want;
     let mut pending = ov
         .as_slice()
         .iter()
-        .map(|o| o.id() as usize / CHUNK)
+        .map(|o| o.id() as usize / SPAN)
         .peekable();
     let mut n = 0usize;
-    for c in (0..want).map(|i| i * stride) {
-        while pending.next_if(|&p| p < c).is_some() {}
-        if pending.peek() == Some(&c) {
-            // A chunk with a changed logit says nothing about effective
+    for g in (0..want).map(|i| i * stride) {
+        while pending.next_if(|&p| p < g).is_some() {}
+        if pending.peek() == Some(&g) {
+            // A group with a changed logit says nothing about effective
             // logits; it is left out, and so is its slot.
             continue;
         }
-        let Some(chunk) = logits.get(c * CHUNK..c * CHUNK + CHUNK) else {
+        let Some(group) = logits.get(g * SPAN..g * SPAN + SPAN) else {
             break;
         };
         let mut lanes = [f32::NEG_INFINITY; 4];
-        for quad in chunk.chunks_exact(4) {
+        for quad in group.chunks_exact(4) {
             for (a, &x) in lanes.iter_mut().zip(quad) {
+                // NaN never wins.
                 *a = if x > *a { x } else { *a };
             }
         }
@@ -358,7 +398,7 @@ fn seed(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate]) -> 
             break;
         };
         *slot = Candidate {
-            id: c as u32,
+            id: g as u32,
             logit: top,
         };
         n += 1;
