@@ -139,6 +139,40 @@ fn main() {
         frequency_penalty: 0.1,
         ..Config::default()
     };
+    // Optional: a `--dump-logits` file of 49,152-token records (for
+    // instance talkback-bench's `target/bench/logits-64.f32`), with each
+    // step's top token as the penalty window, as that bench does.
+    if let Ok(path) = std::env::var("BENCH_DUMP") {
+        let bytes = std::fs::read(&path).expect("read BENCH_DUMP");
+        let steps: Vec<Vec<f32>> = bytes
+            .chunks_exact(49_152 * 4)
+            .map(|r| {
+                r.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect()
+            })
+            .collect();
+        let tops: Vec<u32> = steps
+            .iter()
+            .map(|l| {
+                let mut best = (0u32, f32::NEG_INFINITY);
+                for (id, &x) in (0u32..).zip(l) {
+                    if x > best.1 {
+                        best = (id, x);
+                    }
+                }
+                best.0
+            })
+            .collect();
+        let window: Vec<u32> = tops.iter().copied().cycle().take(64).collect();
+        measure("default_dump_v49152", default, &steps, &[]);
+        measure(
+            "default_penalties_w64_dump_v49152",
+            penalties,
+            &steps,
+            &window,
+        );
+    }
     for name in ["story", "chat-capital"] {
         let Some(real) = real_logits(name) else {
             eprintln!("fixtures/logits/{name}.txt not found; skipping the real-logit cases");
