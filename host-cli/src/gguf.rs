@@ -1,12 +1,31 @@
 //! Checks that a file is a well-formed GGUF model before llama.cpp sees it.
 //!
 //! llama.cpp reports a broken file as a bare load failure, and some
-//! malformed headers make it abort the process instead of returning. So the
+//! malformed files make it abort the process instead of returning. So the
 //! whole header is walked here first, with every length checked against the
 //! file's size: key-value pairs, tensor descriptions, and that each
 //! tensor's data lies inside the file. The message names the path and the
 //! first fault found.
+//!
+//! A few values that the walk alone would let through make llama.cpp abort
+//! (`GGML_ASSERT`) rather than fail, so they are checked too. Each was found
+//! by loading copies of a real model with one field changed:
+//!
+//! - `{arch}.block_count` outside 1..=512;
+//! - a negative or NaN `{arch}.attention.layer_norm_rms_epsilon` (or
+//!   `layer_norm_epsilon`), which aborts on the first decode;
+//! - `tokenizer.ggml.model` set to `none`: the first tokenization aborts;
+//! - two tokens in `tokenizer.ggml.tokens` with the same text;
+//! - a one-dimensional tensor (a norm or bias) of any type but F32: the CPU
+//!   backend multiplies by it only in F32 and aborts on anything else.
+//!
+//! Other corruptions found that way (counts, lengths, value types, shapes,
+//! offsets, unknown tensor types, NaN weights) are refused by llama.cpp or
+//! by the sampler with an error, not a crash. The rest of the file is not
+//! checked: a value llama.cpp asserts on and that no probe reached may
+//! still abort it.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
@@ -19,13 +38,27 @@ const MAGIC: &[u8; 4] = b"GGUF";
 const MAX_DIMS: u32 = 4;
 /// Data alignment when the file does not set `general.alignment`.
 const DEFAULT_ALIGNMENT: u64 = 32;
+/// Most layers llama.cpp accepts (its `LLAMA_MAX_LAYERS`).
+const MAX_LAYERS: u32 = 512;
+/// Bytes kept of a string value: enough for architecture and tokenizer names.
+const KEEP_STRING: usize = 64;
+/// The key that lists the vocabulary's token texts.
+const TOKENS_KEY: &[u8] = b"tokenizer.ggml.tokens";
+/// GGUF value type of a string.
+const STRING: u32 = 8;
+/// GGUF value type of an array.
+const ARRAY: u32 = 9;
+/// ggml type of a 32-bit float tensor.
+const F32: u32 = 0;
 
 /// Checks the path, the header, and that every tensor's data is present.
 ///
 /// # Errors
 ///
-/// - the path is missing, a directory, unreadable or empty;
-/// - the file is not GGUF, its header is corrupt, or it is truncated.
+/// - the path is missing, a directory, not a regular file, unreadable or
+///   empty;
+/// - the file is not GGUF, its header is corrupt, or it is truncated;
+/// - it holds a value that would make llama.cpp abort (see the module docs).
 pub fn check_file(path: &Path) -> Result<()> {
     let meta = std::fs::metadata(path).with_context(|| {
         if path.exists() {
@@ -39,6 +72,11 @@ pub fn check_file(path: &Path) -> Result<()> {
     })?;
     if meta.is_dir() {
         bail!("model {} is a directory, not a GGUF file", path.display());
+    }
+    // Opening a FIFO blocks until someone writes to it, and llama.cpp maps
+    // the file anyway, so anything but a plain file is refused up front.
+    if !meta.is_file() {
+        bail!("model {} is not a regular file", path.display());
     }
     let file = File::open(path).with_context(|| format!("cannot open model {}", path.display()))?;
     if meta.len() == 0 {
@@ -54,42 +92,73 @@ pub fn check_file(path: &Path) -> Result<()> {
 }
 
 /// Bytes a tensor of `elements` elements of ggml type `kind` takes, when the
-/// type is known: (block size in elements, bytes per block).
-fn type_layout(kind: u32) -> Option<(u64, u64)> {
+/// type is known: (name, block size in elements, bytes per block).
+fn type_layout(kind: u32) -> Option<(&'static str, u64, u64)> {
     Some(match kind {
-        0 => (1, 4),     // F32
-        1 => (1, 2),     // F16
-        2 => (32, 18),   // Q4_0
-        3 => (32, 20),   // Q4_1
-        6 => (32, 22),   // Q5_0
-        7 => (32, 24),   // Q5_1
-        8 => (32, 34),   // Q8_0
-        9 => (32, 36),   // Q8_1
-        10 => (256, 84), // Q2_K
-        11 => (256, 110),
-        12 => (256, 144),
-        13 => (256, 176),
-        14 => (256, 210),
-        15 => (256, 292),
-        16 => (256, 66),
-        17 => (256, 74),
-        18 => (256, 98),
-        19 => (256, 50),
-        20 => (32, 18),
-        21 => (256, 110),
-        22 => (256, 82),
-        23 => (256, 136),
-        24 => (1, 1), // I8
-        25 => (1, 2), // I16
-        26 => (1, 4), // I32
-        27 => (1, 8), // I64
-        28 => (1, 8), // F64
-        29 => (256, 56),
-        30 => (1, 2), // BF16
-        34 => (256, 54),
-        35 => (256, 66),
+        0 => ("F32", 1, 4),
+        1 => ("F16", 1, 2),
+        2 => ("Q4_0", 32, 18),
+        3 => ("Q4_1", 32, 20),
+        6 => ("Q5_0", 32, 22),
+        7 => ("Q5_1", 32, 24),
+        8 => ("Q8_0", 32, 34),
+        9 => ("Q8_1", 32, 36),
+        10 => ("Q2_K", 256, 84),
+        11 => ("Q3_K", 256, 110),
+        12 => ("Q4_K", 256, 144),
+        13 => ("Q5_K", 256, 176),
+        14 => ("Q6_K", 256, 210),
+        15 => ("Q8_K", 256, 292),
+        16 => ("IQ2_XXS", 256, 66),
+        17 => ("IQ2_XS", 256, 74),
+        18 => ("IQ3_XXS", 256, 98),
+        19 => ("IQ1_S", 256, 50),
+        20 => ("IQ4_NL", 32, 18),
+        21 => ("IQ3_S", 256, 110),
+        22 => ("IQ2_S", 256, 82),
+        23 => ("IQ4_XS", 256, 136),
+        24 => ("I8", 1, 1),
+        25 => ("I16", 1, 2),
+        26 => ("I32", 1, 4),
+        27 => ("I64", 1, 8),
+        28 => ("F64", 1, 8),
+        29 => ("IQ1_M", 256, 56),
+        30 => ("BF16", 1, 2),
+        34 => ("TQ1_0", 256, 54),
+        35 => ("TQ2_0", 256, 66),
         _ => return None,
     })
+}
+
+/// Text from the file made safe for a one-line message: lossy UTF-8,
+/// control characters escaped, at most 80 characters.
+fn shown(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out: String = text.escape_debug().take(80).collect();
+    if text.escape_debug().nth(80).is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
+/// The bytes before the first NUL: what llama.cpp sees of a string, since
+/// it reads them as C strings.
+fn c_str(bytes: &[u8]) -> &[u8] {
+    bytes
+        .iter()
+        .position(|&b| b == 0)
+        .map_or(bytes, |end| bytes.get(..end).unwrap_or_default())
+}
+
+/// A metadata value kept for the checks that follow the walk.
+#[derive(Debug, Clone, PartialEq)]
+enum Meta {
+    /// A `u32` value.
+    U32(u32),
+    /// An `f32` value.
+    F32(f32),
+    /// The first [`KEEP_STRING`] bytes of a string.
+    Str(Vec<u8>),
 }
 
 struct Reader<R> {
@@ -155,53 +224,93 @@ impl<R: Read + Seek> Reader<R> {
         Ok(buf)
     }
 
-    /// Skips one value of GGUF type `kind`; returns it when it is a u32.
-    fn value(&mut self, kind: u32, what: &str, depth: u32) -> Result<Option<u64>> {
+    /// Reads the vocabulary's token texts and refuses a repeated one,
+    /// which makes llama.cpp abort. An array of another item type is left
+    /// to llama.cpp, which refuses it.
+    fn tokens(&mut self, what: &str) -> Result<()> {
+        let item = self.u32(what)?;
+        let n = self.u64(what)?;
+        if item != STRING {
+            return self.array_items(item, n, what, 1);
+        }
+        if n.saturating_mul(8) > self.remaining() {
+            bail!(
+                "{what} claims {n} items but only {} bytes remain",
+                self.remaining()
+            );
+        }
+        let mut seen: HashMap<Vec<u8>, u64> = HashMap::new();
+        for i in 0..n {
+            let text = self.string(what, usize::MAX)?;
+            // llama.cpp names an empty token this way before indexing it.
+            let text = match c_str(&text) {
+                [] => format!("[EMPTY_{i}]").into_bytes(),
+                t => t.to_vec(),
+            };
+            if let Some(first) = seen.get(&text) {
+                bail!(
+                    "the vocabulary lists the token text \"{}\" twice (tokens {first} and {i})",
+                    shown(&text)
+                );
+            }
+            seen.insert(text, i);
+        }
+        Ok(())
+    }
+
+    /// Skips `n` array items of GGUF type `item`.
+    fn array_items(&mut self, item: u32, n: u64, what: &str, depth: u32) -> Result<()> {
+        let min = match item {
+            0 | 1 | 7 => 1,
+            2..=3 => 2,
+            4..=6 => 4,
+            STRING | 10..=12 => 8,
+            ARRAY => 12,
+            _ => bail!("{what} is an array of unknown type {item}"),
+        };
+        if n.saturating_mul(min) > self.remaining() {
+            bail!(
+                "{what} claims {n} items but only {} bytes remain",
+                self.remaining()
+            );
+        }
+        if item == STRING || item == ARRAY {
+            for _ in 0..n {
+                self.value(item, what, depth)?;
+            }
+        } else {
+            self.skip(n * min, what)?;
+        }
+        Ok(())
+    }
+
+    /// Reads one value of GGUF type `kind`; returns it when it is kept.
+    fn value(&mut self, kind: u32, what: &str, depth: u32) -> Result<Option<Meta>> {
         let fixed = match kind {
             0 | 1 | 7 => 1,
             2..=3 => 2,
             4..=6 => 4,
             10..=12 => 8,
-            8 => {
-                self.string(what, 0)?;
-                return Ok(None);
-            }
-            9 => {
+            STRING => return Ok(Some(Meta::Str(self.string(what, KEEP_STRING)?))),
+            ARRAY => {
                 if depth > 2 {
                     bail!("{what} nests arrays too deeply");
                 }
                 let item = self.u32(what)?;
                 let n = self.u64(what)?;
-                let min = match item {
-                    0 | 1 | 7 => 1,
-                    2..=3 => 2,
-                    4..=6 => 4,
-                    8 | 10..=12 => 8,
-                    9 => 12,
-                    _ => bail!("{what} is an array of unknown type {item}"),
-                };
-                if n.saturating_mul(min) > self.remaining() {
-                    bail!(
-                        "{what} claims {n} items but only {} bytes remain",
-                        self.remaining()
-                    );
-                }
-                if item == 8 || item == 9 {
-                    for _ in 0..n {
-                        self.value(item, what, depth + 1)?;
-                    }
-                } else {
-                    self.skip(n * min, what)?;
-                }
+                self.array_items(item, n, what, depth + 1)?;
                 return Ok(None);
             }
             _ => bail!("{what} has unknown value type {kind}"),
         };
-        if kind == 4 {
-            return Ok(Some(u64::from(self.u32(what)?)));
+        match kind {
+            4 => Ok(Some(Meta::U32(self.u32(what)?))),
+            6 => Ok(Some(Meta::F32(f32::from_le_bytes(self.bytes::<4>(what)?)))),
+            _ => {
+                self.skip(fixed, what)?;
+                Ok(None)
+            }
         }
-        self.skip(fixed, what)?;
-        Ok(None)
     }
 }
 
@@ -225,23 +334,34 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<()> {
     }
 
     let mut alignment = DEFAULT_ALIGNMENT;
+    let mut kept = Vec::new();
     for i in 0..n_kv {
         let key = r.string(&format!("key {i}"), 256)?;
-        let key = String::from_utf8_lossy(&key).into_owned();
-        let kind = r.u32(&format!("the type of `{key}`"))?;
-        let value = r.value(kind, &format!("the value of `{key}`"), 0)?;
-        if key == "general.alignment" {
+        let name = shown(&key);
+        let kind = r.u32(&format!("the type of `{name}`"))?;
+        let what = format!("the value of `{name}`");
+        let value = if key == TOKENS_KEY && kind == ARRAY {
+            r.tokens(&what)?;
+            None
+        } else {
+            r.value(kind, &what, 0)?
+        };
+        if key == b"general.alignment" {
             match value {
-                Some(a) if a > 0 && a.is_power_of_two() => alignment = a,
+                Some(Meta::U32(a)) if a > 0 && a.is_power_of_two() => alignment = u64::from(a),
                 _ => bail!("`general.alignment` must be a power of two"),
             }
         }
+        if let Some(value) = value {
+            kept.push((key, value));
+        }
     }
+    check_values(&kept)?;
 
     let mut tensors = Vec::new();
     for i in 0..n_tensors {
         let name = r.string(&format!("the name of tensor {i}"), 256)?;
-        let name = String::from_utf8_lossy(&name).into_owned();
+        let name = shown(&name);
         let dims = r.u32(&format!("the dimensions of `{name}`"))?;
         if dims == 0 || dims > MAX_DIMS {
             bail!("tensor `{name}` has {dims} dimensions (1 to {MAX_DIMS} allowed)");
@@ -258,13 +378,21 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<()> {
         if offset % alignment != 0 {
             bail!("tensor `{name}` is not aligned to {alignment} bytes");
         }
-        tensors.push((name, elements, kind, offset));
+        tensors.push((name, dims, elements, kind, offset));
     }
 
     let data_start = r.pos.div_ceil(alignment) * alignment;
     let data_len = r.len.saturating_sub(data_start);
-    for (name, elements, kind, offset) in tensors {
-        let Some((block, bytes)) = type_layout(kind) else {
+    for (name, dims, elements, kind, offset) in tensors {
+        let layout = type_layout(kind);
+        if dims == 1 && kind != F32 {
+            let type_name = layout.map_or_else(|| format!("type {kind}"), |l| l.0.to_owned());
+            bail!(
+                "tensor `{name}` is one-dimensional and {type_name}; llama.cpp's CPU \
+                 backend needs F32 there and would abort"
+            );
+        }
+        let Some((_, block, bytes)) = layout else {
             // A type newer than this table: llama.cpp decides.
             continue;
         };
@@ -283,6 +411,46 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<()> {
                 data_start + end,
                 r.len
             );
+        }
+    }
+    Ok(())
+}
+
+/// Refuses metadata values that make llama.cpp abort instead of failing.
+fn check_values(kept: &[(Vec<u8>, Meta)]) -> Result<()> {
+    let get = |key: &[u8]| kept.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+
+    if let Some(Meta::Str(model)) = get(b"tokenizer.ggml.model") {
+        if matches!(c_str(model), b"none" | b"no_vocab") {
+            bail!("the model has no tokenizer (`tokenizer.ggml.model` is `none`)");
+        }
+    }
+
+    // Without an architecture llama.cpp refuses the file by itself.
+    let Some(Meta::Str(arch)) = get(b"general.architecture") else {
+        return Ok(());
+    };
+    let arch = c_str(arch);
+    let key = |suffix: &str| [arch, suffix.as_bytes()].concat();
+    if let Some(Meta::U32(n)) = get(&key(".block_count")) {
+        if !(1..=MAX_LAYERS).contains(n) {
+            bail!(
+                "`{}.block_count` is {n}; llama.cpp accepts 1 to {MAX_LAYERS} layers",
+                shown(arch)
+            );
+        }
+    }
+    for suffix in [
+        ".attention.layer_norm_epsilon",
+        ".attention.layer_norm_rms_epsilon",
+    ] {
+        if let Some(Meta::F32(eps)) = get(&key(suffix)) {
+            if eps.is_nan() || *eps < 0.0 {
+                bail!(
+                    "`{}{suffix}` is {eps}; it must be zero or more",
+                    shown(arch)
+                );
+            }
         }
     }
     Ok(())
@@ -387,5 +555,217 @@ mod tests {
                 let _ = run(g);
             }
         }
+    }
+
+    /// A metadata value for [`build`].
+    enum V<'a> {
+        U32(u32),
+        F32(f32),
+        Str(&'a str),
+        Strings(&'a [&'a [u8]]),
+    }
+
+    /// A GGUF file with these pairs and one tensor `w` of 32 elements, of
+    /// `dims` dimensions and ggml type `kind`.
+    fn build(kvs: &[(&str, V<'_>)], dims: u32, kind: u32) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(MAGIC);
+        f.extend_from_slice(&3_u32.to_le_bytes());
+        f.extend_from_slice(&1_u64.to_le_bytes());
+        f.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
+        for (key, value) in kvs {
+            string(&mut f, key);
+            match value {
+                V::U32(v) => {
+                    f.extend_from_slice(&4_u32.to_le_bytes());
+                    f.extend_from_slice(&v.to_le_bytes());
+                }
+                V::F32(v) => {
+                    f.extend_from_slice(&6_u32.to_le_bytes());
+                    f.extend_from_slice(&v.to_le_bytes());
+                }
+                V::Str(v) => {
+                    f.extend_from_slice(&8_u32.to_le_bytes());
+                    string(&mut f, v);
+                }
+                V::Strings(items) => {
+                    f.extend_from_slice(&9_u32.to_le_bytes());
+                    f.extend_from_slice(&8_u32.to_le_bytes());
+                    f.extend_from_slice(&(items.len() as u64).to_le_bytes());
+                    for item in *items {
+                        f.extend_from_slice(&(item.len() as u64).to_le_bytes());
+                        f.extend_from_slice(item);
+                    }
+                }
+            }
+        }
+        string(&mut f, "w");
+        f.extend_from_slice(&dims.to_le_bytes());
+        f.extend_from_slice(&32_u64.to_le_bytes());
+        for _ in 1..dims {
+            f.extend_from_slice(&1_u64.to_le_bytes());
+        }
+        f.extend_from_slice(&kind.to_le_bytes());
+        f.extend_from_slice(&0_u64.to_le_bytes());
+        while f.len() % 32 != 0 {
+            f.push(0);
+        }
+        f.extend_from_slice(&[0_u8; 128]);
+        f
+    }
+
+    fn error(bytes: Vec<u8>) -> String {
+        format!("{:#}", run(bytes).expect_err("the file should be refused"))
+    }
+
+    #[test]
+    fn block_count_outside_what_llama_cpp_accepts_is_refused() {
+        for n in [0, MAX_LAYERS + 1, u32::MAX] {
+            let f = build(
+                &[
+                    ("general.architecture", V::Str("llama")),
+                    ("llama.block_count", V::U32(n)),
+                ],
+                1,
+                F32,
+            );
+            let err = error(f);
+            assert!(
+                err.contains(&format!("`llama.block_count` is {n}")),
+                "{err}"
+            );
+        }
+        for n in [1, MAX_LAYERS] {
+            let f = build(
+                &[
+                    ("general.architecture", V::Str("llama")),
+                    ("llama.block_count", V::U32(n)),
+                ],
+                1,
+                F32,
+            );
+            run(f).expect("a layer count llama.cpp accepts");
+        }
+    }
+
+    #[test]
+    fn block_count_is_read_under_the_files_own_architecture() {
+        // Another architecture's key is not this model's layer count.
+        let f = build(
+            &[
+                ("general.architecture", V::Str("qwen2")),
+                ("llama.block_count", V::U32(0)),
+            ],
+            1,
+            F32,
+        );
+        run(f).expect("llama.block_count means nothing to a qwen2 model");
+    }
+
+    #[test]
+    fn negative_or_nan_norm_epsilon_is_refused() {
+        for suffix in ["layer_norm_rms_epsilon", "layer_norm_epsilon"] {
+            let key = format!("llama.attention.{suffix}");
+            for eps in [f32::NAN, -1.0, -f32::MIN_POSITIVE] {
+                let f = build(
+                    &[
+                        ("general.architecture", V::Str("llama")),
+                        (&key, V::F32(eps)),
+                    ],
+                    1,
+                    F32,
+                );
+                let err = error(f);
+                assert!(err.contains(&format!("`{key}` is")), "{err}");
+            }
+            let f = build(
+                &[
+                    ("general.architecture", V::Str("llama")),
+                    (&key, V::F32(0.0)),
+                ],
+                1,
+                F32,
+            );
+            run(f).expect("an epsilon of zero is allowed");
+        }
+    }
+
+    #[test]
+    fn a_model_without_a_tokenizer_is_refused() {
+        for name in ["none", "no_vocab", "none\0padding"] {
+            let err = error(build(&[("tokenizer.ggml.model", V::Str(name))], 1, F32));
+            assert!(err.contains("has no tokenizer"), "{name:?}: {err}");
+        }
+        run(build(&[("tokenizer.ggml.model", V::Str("gpt2"))], 1, F32)).expect("gpt2");
+    }
+
+    #[test]
+    fn repeated_token_texts_are_refused() {
+        let tokens: &[&[u8]] = &[b"a", b"b", b"a"];
+        let err = error(build(
+            &[("tokenizer.ggml.tokens", V::Strings(tokens))],
+            1,
+            F32,
+        ));
+        assert!(
+            err.contains("token text \"a\" twice (tokens 0 and 2)"),
+            "{err}"
+        );
+
+        // llama.cpp reads token texts as C strings: text after a NUL is lost.
+        let tokens: &[&[u8]] = &[b"ab", b"ab\0c"];
+        let err = error(build(
+            &[("tokenizer.ggml.tokens", V::Strings(tokens))],
+            1,
+            F32,
+        ));
+        assert!(err.contains("(tokens 0 and 1)"), "{err}");
+
+        // Empty tokens get distinct names, unless a token already has one.
+        let tokens: &[&[u8]] = &[b"", b"", b"x"];
+        run(build(
+            &[("tokenizer.ggml.tokens", V::Strings(tokens))],
+            1,
+            F32,
+        ))
+        .expect("empty tokens are distinct");
+        let tokens: &[&[u8]] = &[b"[EMPTY_1]", b""];
+        let err = error(build(
+            &[("tokenizer.ggml.tokens", V::Strings(tokens))],
+            1,
+            F32,
+        ));
+        assert!(err.contains("[EMPTY_1]"), "{err}");
+    }
+
+    #[test]
+    fn a_vector_tensor_must_be_f32() {
+        // F16, BF16, Q8_0, I32, and a type newer than the table.
+        for kind in [1, 30, 8, 26, 39] {
+            let err = error(build(&[], 1, kind));
+            assert!(err.contains("one-dimensional"), "type {kind}: {err}");
+        }
+        run(build(&[], 1, F32)).expect("an F32 vector");
+        run(build(&[], 2, 1)).expect("an F16 matrix");
+    }
+
+    #[test]
+    fn names_from_the_file_are_shown_on_one_line() {
+        let f = build(&[("bad\nkey\u{1b}", V::U32(0))], 1, F32);
+        let mut g = f.clone();
+        // Give the pair an unknown value type.
+        let at = 24 + 8 + "bad\nkey\u{1b}".len();
+        g[at..at + 4].copy_from_slice(&77_u32.to_le_bytes());
+        let err = error(g);
+        assert!(!err.contains('\n') && !err.contains('\u{1b}'), "{err:?}");
+        assert!(err.contains("bad\\nkey\\u{1b}"), "{err}");
+        assert!(run(f).is_ok());
+
+        let long = "k".repeat(200);
+        let mut g = build(&[(&long, V::U32(0))], 1, F32);
+        let at = 24 + 8 + long.len();
+        g[at..at + 4].copy_from_slice(&77_u32.to_le_bytes());
+        let err = error(g);
+        assert!(err.contains(&format!("`{}...`", "k".repeat(80))), "{err}");
     }
 }
