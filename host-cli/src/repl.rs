@@ -20,12 +20,12 @@ use crate::generate::{Finish, INTERRUPTED};
 ///
 /// - the terminal cannot be read, or a turn fails to generate.
 pub fn run(template: &Template, turn: &mut dyn Turn, start: Vec<Message>) -> Result<()> {
-    let mut editor = DefaultEditor::new().context("cannot open the terminal for editing")?;
     let system: Vec<Message> = start;
     let mut messages = system.clone();
+    let mut history: Vec<String> = Vec::new();
     eprintln!("talkback: chat started; /reset forgets the conversation, /exit leaves");
     loop {
-        let line = match editor.readline("> ") {
+        let line = match read_line(&history) {
             Ok(line) => line,
             Err(ReadlineError::Interrupted) => continue,
             Err(ReadlineError::Eof) => return Ok(()),
@@ -42,7 +42,7 @@ pub fn run(template: &Template, turn: &mut dyn Turn, start: Vec<Message>) -> Res
             }
             _ => {}
         }
-        let _ = editor.add_history_entry(text);
+        history.push(text.to_owned());
 
         messages.push(Message::new("user", text));
         let rendered = template.render(&messages)?;
@@ -53,4 +53,18 @@ pub fn run(template: &Template, turn: &mut dyn Turn, start: Vec<Message>) -> Res
         }
         messages.push(Message::new("assistant", &reply));
     }
+}
+
+/// Reads one line with editing, offering `history` to the arrow keys.
+///
+/// rustyline takes over SIGINT from the moment an editor is created until
+/// it is dropped, and its handler only wakes its own reader. So an editor
+/// lives only while a line is read: during the model's reply the process's
+/// own Ctrl-C handler is back in place and stops the reply.
+fn read_line(history: &[String]) -> rustyline::Result<String> {
+    let mut editor = DefaultEditor::new()?;
+    for entry in history {
+        editor.add_history_entry(entry.as_str())?;
+    }
+    editor.readline("> ")
 }
