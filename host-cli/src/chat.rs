@@ -68,7 +68,9 @@ impl Template {
             Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
         });
         env.add_template_owned("chat", source.to_owned())
-            .map_err(|e| anyhow!("the chat template does not parse: {e:#}"))?;
+            // `{e:#}` would add minijinja's source excerpt over several lines;
+            // the plain form names the error, template and line in one.
+            .map_err(|e| anyhow!("the chat template does not parse: {e}"))?;
         Ok(Self {
             env,
             bos,
@@ -170,7 +172,7 @@ impl Template {
             bos_token => self.bos.as_str(),
             eos_token => self.eos.as_str(),
         })
-        .map_err(|e| anyhow!("the chat template failed to render: {e:#}"))
+        .map_err(|e| anyhow!("the chat template failed to render: {e}"))
     }
 }
 
@@ -296,5 +298,28 @@ mod tests {
     #[test]
     fn broken_template_fails_to_parse() {
         assert!(Template::new("{% for %}", String::new(), String::new()).is_err());
+    }
+
+    #[test]
+    fn template_errors_are_one_line_with_the_line_number() {
+        let parse = Template::new("hi\n{% for %}", String::new(), String::new())
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(
+            parse.contains("syntax error") && parse.contains("chat:2"),
+            "{parse}"
+        );
+        assert!(!parse.contains('\n'), "{parse}");
+
+        let t = Template::new("{{ raise_exception('no') }}", String::new(), String::new())
+            .expect("parse");
+        let render = t
+            .render(&[Message::new("user", "abc")])
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(render.contains("no"), "{render}");
+        assert!(!render.contains('\n'), "{render}");
     }
 }
