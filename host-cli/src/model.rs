@@ -16,7 +16,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
-use llama_cpp_2::LogOptions;
+use llama_cpp_2::{LlamaModelLoadError, LogOptions};
 
 use crate::cli::ModelArgs;
 use crate::gguf;
@@ -86,7 +86,14 @@ impl Model {
                 true
             });
         let model = LlamaModel::load_from_file(&backend, &path, &params)
-            .map_err(|e| anyhow::anyhow!("{e}"))
+            .map_err(|e| match e {
+                // llama.cpp logs its reason and returns nothing; its log is
+                // shown only at -vv.
+                LlamaModelLoadError::NullResult => {
+                    anyhow::anyhow!("llama.cpp refused it (run with -vv to see why)")
+                }
+                other => anyhow::anyhow!("{other}"),
+            })
             .with_context(|| format!("cannot load model {}", path.display()))?;
 
         let vocab = model.vocab();
