@@ -65,7 +65,7 @@ pub struct ShapeArgs {
     pub chat: bool,
 
     /// How many tokens to list, most likely first.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
     pub rows: usize,
 
     /// Output format: a table for people or JSON data.
@@ -111,7 +111,12 @@ pub struct PlotArgs {
     pub temp: Vec<f32>,
 
     /// Top-k values to compare, comma-separated; 0 is off.
-    #[arg(long, value_delimiter = ',', default_value = "0")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0",
+        allow_negative_numbers = true
+    )]
     pub top_k: Vec<u32>,
 
     /// Top-p values to compare, comma-separated (each 0..=1).
@@ -126,11 +131,11 @@ pub struct PlotArgs {
 
     /// Tokens to generate per setting (>= 1).
     #[arg(short = 'n', long = "n-predict", default_value_t = 64,
-          value_parser = clap::value_parser!(u32).range(1..))]
+          value_parser = clap::value_parser!(u32).range(1..), allow_negative_numbers = true)]
     pub n_predict: u32,
 
     /// Seed shared by every setting.
-    #[arg(short, long, default_value_t = 0)]
+    #[arg(short, long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
 
     /// Where to write the SVG chart.
@@ -154,7 +159,8 @@ pub struct ReplayArgs {
     pub model: Option<PathBuf>,
 
     /// CPU threads for decoding [default: all cores].
-    #[arg(short = 't', long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(short = 't', long, value_parser = clap::value_parser!(u32).range(1..=1024),
+          allow_negative_numbers = true)]
     pub threads: Option<u32>,
 }
 
@@ -227,20 +233,27 @@ pub struct ModelArgs {
 
     /// Context size in tokens, prompt included (16..=1048576).
     #[arg(short = 'c', long, default_value_t = 4096,
-          value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+          value_parser = clap::value_parser!(u32).range(16..=1_048_576),
+          allow_negative_numbers = true)]
     pub ctx_size: u32,
 
     /// Prompt tokens decoded per batch (1..=65536).
     #[arg(short = 'b', long, default_value_t = 512,
-          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+          value_parser = clap::value_parser!(u32).range(1..=65_536), allow_negative_numbers = true)]
     pub batch_size: u32,
 
     /// CPU threads for decoding [default: all cores].
-    #[arg(short = 't', long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(short = 't', long, value_parser = clap::value_parser!(u32).range(1..=1024),
+          allow_negative_numbers = true)]
     pub threads: Option<u32>,
 
     /// Layers to offload to the GPU; needs a build with `--features cuda`.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     pub gpu_layers: u32,
 }
 
@@ -255,7 +268,7 @@ pub struct SamplingArgs {
     pub temp: f32,
 
     /// Keep only the K most likely tokens; 0 turns it off.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 40, allow_negative_numbers = true)]
     pub top_k: u32,
 
     /// Keep the smallest set of tokens whose probability reaches P (0..=1); 1 is off.
@@ -274,7 +287,7 @@ pub struct SamplingArgs {
 
     /// How many recent generated tokens the penalties look at (0..=1024).
     #[arg(long, default_value_t = 64,
-          value_parser = clap::value_parser!(u32).range(0..=1024))]
+          value_parser = clap::value_parser!(u32).range(0..=1024), allow_negative_numbers = true)]
     pub repeat_last_n: u32,
 
     /// Subtracted once from the logit of every token in the window; 0 is off.
@@ -286,7 +299,7 @@ pub struct SamplingArgs {
     pub frequency_penalty: f32,
 
     /// Seed for the random draw [default: random, shown with -v].
-    #[arg(short, long)]
+    #[arg(short, long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
 
     /// Stage order: `talkback` (temperature first), `llama.cpp` (temperature
@@ -305,7 +318,7 @@ pub struct SamplingArgs {
 pub struct GenerationArgs {
     /// Stop after N generated tokens (>= 1) [default: until end of turn or full context].
     #[arg(short = 'n', long = "n-predict", value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..))]
+          value_parser = clap::value_parser!(u32).range(1..), allow_negative_numbers = true)]
     pub n_predict: Option<u32>,
 
     // Stop strings may start with a hyphen (`--stop "---"`, a Markdown rule).
@@ -437,6 +450,24 @@ mod tests {
         assert!(non_negative("inf").is_err());
         assert!(positive("0").is_err());
         assert!(non_empty("").is_err());
+    }
+
+    #[test]
+    fn a_negative_count_is_a_bad_value_not_an_unknown_flag() {
+        use clap::error::ErrorKind;
+        for flag in [
+            "--top-k",
+            "-n",
+            "--seed",
+            "--ctx-size",
+            "--threads",
+            "--repeat-last-n",
+        ] {
+            let err = Cli::try_parse_from(["talkback", "complete", "x", flag, "-1"])
+                .err()
+                .map(|e| e.kind());
+            assert_eq!(err, Some(ErrorKind::ValueValidation), "{flag}");
+        }
     }
 
     #[test]
