@@ -1,0 +1,364 @@
+//! Bad input, one case at a time: each run must end with the documented
+//! exit code (1 for a runtime failure, 2 for a usage error) and one clear
+//! line on stderr, never a panic, a backtrace or a hang.
+//!
+//! Unreadable model: the tests run as root in CI, and root reads a file
+//! whatever its mode. So when the test runs as root, `talkback` is started
+//! as `nobody` through `setpriv` (util-linux) on a file of mode 000; as any
+//! other user the mode alone blocks it. Either way the open really fails
+//! with "Permission denied".
+//!
+//! A FIFO as the model used to hang: opening one blocks until a writer
+//! comes. It is now refused as "not a regular file" before it is opened.
+
+// Helpers outside `#[test]` functions stop the test with a message on any
+// surprise, as the tests themselves do.
+#![allow(clippy::panic, clippy::expect_used, clippy::indexing_slicing)]
+
+mod reliability_support;
+
+use std::process::Command;
+
+use reliability_support::{
+    arg, binary, is_root, runtime_error, start, talkback, talkback_stdin, usage_error, Layout,
+    Scratch,
+};
+
+/// A short completion with the given model file.
+fn complete_with(model: &str) -> reliability_support::Run {
+    talkback(&[
+        "complete",
+        "The cat sat",
+        "-n",
+        "2",
+        "--seed",
+        "1",
+        "-m",
+        model,
+    ])
+}
+
+#[test]
+fn missing_model() {
+    let scratch = Scratch::new("missing");
+    let path = scratch.join("no-such.gguf");
+    let line = runtime_error(&complete_with(arg(&path)), "does not exist");
+    assert!(line.contains(arg(&path)), "{line}");
+}
+
+#[test]
+fn model_is_a_directory() {
+    let scratch = Scratch::new("dir");
+    let dir = scratch.join("models.gguf");
+    std::fs::create_dir(&dir).expect("mkdir");
+    runtime_error(&complete_with(arg(&dir)), "is a directory");
+}
+
+#[test]
+fn model_is_a_fifo() {
+    let scratch = Scratch::new("fifo");
+    let fifo = scratch.join("model.gguf");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success(), "mkfifo failed");
+    // Before the fix this blocked forever in open(); the deadline catches it.
+    runtime_error(&complete_with(arg(&fifo)), "is not a regular file");
+}
+
+#[test]
+fn model_is_unreadable() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new("unreadable");
+    let path = scratch.write("locked.gguf", b"GGUF\x03\0\0\0");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    let args = ["complete", "hi", "-n", "2", "-m", arg(&path)];
+    let run = if is_root() {
+        // Root ignores the mode, so run as nobody, who can still reach the
+        // binary and the scratch folder (both world-readable).
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(binary())
+            .args(args)
+            .env("TALKBACK_MODEL", reliability_support::model())
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        start(cmd, None).finish()
+    } else {
+        talkback(&args)
+    };
+    let line = runtime_error(&run, "Permission denied");
+    assert!(line.contains("cannot open model"), "{line}");
+}
+
+#[test]
+fn model_is_empty() {
+    let scratch = Scratch::new("empty");
+    let path = scratch.write("empty.gguf", b"");
+    runtime_error(&complete_with(arg(&path)), "is empty");
+}
+
+#[test]
+fn model_is_not_gguf() {
+    let scratch = Scratch::new("text");
+    let path = scratch.write("notes.gguf", b"these are not the weights\n");
+    runtime_error(&complete_with(arg(&path)), "no GGUF magic bytes");
+}
+
+#[test]
+fn model_is_a_truncated_copy() {
+    let scratch = Scratch::new("truncated");
+    let layout = Layout::of_model();
+    // Inside the magic, inside the vocabulary, inside the tensor
+    // descriptions, and inside the tensor data.
+    let cases = [
+        (3, "too short to be GGUF"),
+        (500_000, "tokenizer.ggml.tokens"),
+        (layout.data_start - 10, "truncated at byte"),
+        (layout.len / 2, "truncated: tensor"),
+        (layout.len - 1, "truncated: tensor `output_norm.weight`"),
+    ];
+    for (len, needle) in cases {
+        let path = scratch.model_prefix("cut.gguf", len);
+        let line = runtime_error(&complete_with(arg(&path)), needle);
+        assert!(line.contains("is not a usable GGUF file"), "{line}");
+    }
+}
+
+#[test]
+fn model_header_with_corrupt_counts_lengths_and_types() {
+    use reliability_support::Patchable;
+    let scratch = Scratch::new("header");
+    let layout = Layout::of_model();
+    let copy = Patchable::new(&scratch);
+    let name_at = layout.value_at("general.name");
+    let tokens_at = layout.value_at("tokenizer.ggml.tokens");
+    let first = &layout.tensors[0];
+    let cases: Vec<(u64, Vec<u8>, &str)> = vec![
+        (
+            4,
+            4_u32.to_le_bytes().to_vec(),
+            "GGUF version 4 is not supported",
+        ),
+        (8, u64::MAX.to_le_bytes().to_vec(), "cannot fit"),
+        (16, (1_u64 << 40).to_le_bytes().to_vec(), "cannot fit"),
+        // The first key's length.
+        (
+            24,
+            (1_u64 << 40).to_le_bytes().to_vec(),
+            "claims 1099511627776 bytes",
+        ),
+        // A string's length and a value's type.
+        (
+            name_at,
+            (1_u64 << 50).to_le_bytes().to_vec(),
+            "general.name",
+        ),
+        (
+            layout.key_type_at("general.name"),
+            77_u32.to_le_bytes().to_vec(),
+            "unknown value type 77",
+        ),
+        // The vocabulary's item type and item count.
+        (
+            tokens_at,
+            13_u32.to_le_bytes().to_vec(),
+            "array of unknown type 13",
+        ),
+        (
+            tokens_at + 4,
+            (1_u64 << 40).to_le_bytes().to_vec(),
+            "claims 1099511627776 items",
+        ),
+        // A tensor's dimension count and data offset.
+        (
+            first.n_dims_at,
+            7_u32.to_le_bytes().to_vec(),
+            "has 7 dimensions",
+        ),
+        (
+            first.offset_at,
+            (first.offset + 1).to_le_bytes().to_vec(),
+            "is not aligned",
+        ),
+    ];
+    for (at, bytes, needle) in cases {
+        let run = copy.with(&[(at, bytes)], |path| complete_with(arg(path)));
+        let line = runtime_error(&run, needle);
+        assert!(line.contains("is not a usable GGUF file"), "{line}");
+    }
+
+    // A tensor type llama.cpp does not know passes the walk; llama.cpp
+    // refuses it, and the message says where to see its reason.
+    let run = copy.with(&[(first.type_at, 99_u32.to_le_bytes().to_vec())], |path| {
+        complete_with(arg(path))
+    });
+    runtime_error(&run, "llama.cpp refused it (run with -vv to see why)");
+}
+
+#[test]
+fn prompt_longer_than_the_context() {
+    let prompt = "the quick brown fox jumps over the lazy dog ".repeat(20);
+    let run = talkback(&["complete", &prompt, "-c", "64", "-n", "4"]);
+    let line = runtime_error(&run, "but the context holds only 64");
+    assert!(line.contains("raise --ctx-size"), "{line}");
+}
+
+#[test]
+fn empty_prompt() {
+    runtime_error(
+        &talkback(&["complete", "", "-n", "2"]),
+        "the prompt is empty",
+    );
+}
+
+#[test]
+fn zero_tokens_requested() {
+    usage_error(
+        &talkback(&["complete", "hi", "-n", "0"]),
+        "'0' for '--n-predict <N>'",
+    );
+}
+
+#[test]
+fn out_of_range_negative_and_nan_settings() {
+    let cases: [(&[&str], &str); 11] = [
+        (&["--temp", "-1"], "`-1` must be zero or more"),
+        (&["--temp", "NaN"], "`NaN` must be a finite number"),
+        (&["--temp", "inf"], "`inf` must be a finite number"),
+        (&["--top-p", "1.5"], "`1.5` must be between 0 and 1"),
+        (&["--top-p", "-0.1"], "`-0.1` must be between 0 and 1"),
+        (&["--min-p", "nan"], "`nan` must be a finite number"),
+        (&["--repeat-penalty", "0"], "`0` must be more than zero"),
+        (
+            &["--presence-penalty", "NaN"],
+            "`NaN` must be a finite number",
+        ),
+        (&["--repeat-last-n", "5000"], "5000 is not in 0..=1024"),
+        (&["--ctx-size", "8"], "8 is not in 16..=1048576"),
+        (&["--top-k", "-1"], "'--top-k <TOP_K>'"),
+    ];
+    for (flags, needle) in cases {
+        let mut args = vec!["complete", "hi", "-n", "2"];
+        args.extend_from_slice(flags);
+        usage_error(&talkback(&args), needle);
+    }
+}
+
+#[test]
+fn unknown_sampler_order_name() {
+    usage_error(
+        &talkback(&["complete", "hi", "--sampler-order", "temp,top-q"]),
+        "unknown stage `top-q`",
+    );
+}
+
+#[test]
+fn empty_stop_string() {
+    usage_error(
+        &talkback(&["complete", "hi", "--stop", ""]),
+        "a stop string cannot be empty",
+    );
+}
+
+#[test]
+fn prompt_on_stdin_is_not_utf8() {
+    for cmd in ["complete", "chat"] {
+        let run = talkback_stdin(&[cmd, "-n", "2"], b"caf\xe9 au lait");
+        runtime_error(&run, "not valid UTF-8 (invalid byte at offset 3)");
+    }
+}
+
+#[test]
+fn messages_file_is_not_utf8() {
+    let scratch = Scratch::new("messages");
+    let path = scratch.write("turns.json", b"[{\"role\":\"user\",\"content\":\"\xff\"}]");
+    let run = talkback(&["chat", "hi", "-n", "2", "--messages", arg(&path)]);
+    let line = runtime_error(&run, "cannot read messages");
+    assert!(line.contains("valid UTF-8"), "{line}");
+}
+
+#[test]
+fn chat_template_that_raises() {
+    let scratch = Scratch::new("raise");
+    let path = scratch.write("raise.jinja", b"{{ raise_exception('no system role') }}");
+    let run = talkback(&["chat", "hi", "-n", "2", "--chat-template", arg(&path)]);
+    runtime_error(&run, "the chat template failed to render: ");
+    assert!(run.stderr.contains("no system role"), "{}", run.stderr);
+}
+
+#[test]
+fn chat_template_with_a_syntax_error() {
+    let scratch = Scratch::new("syntax");
+    let path = scratch.write("broken.jinja", b"{% for m in messages %}\n{{ m.content }\n");
+    let run = talkback(&["chat", "hi", "-n", "2", "--chat-template", arg(&path)]);
+    let line = runtime_error(&run, "the chat template does not parse: syntax error");
+    assert!(line.contains(arg(&path)), "{line}");
+}
+
+#[test]
+fn chat_template_file_is_not_utf8() {
+    let scratch = Scratch::new("template-bytes");
+    let path = scratch.write("latin1.jinja", b"{{ '\xe9' }}");
+    let run = talkback(&["chat", "hi", "-n", "2", "--chat-template", arg(&path)]);
+    runtime_error(&run, "cannot read chat template");
+}
+
+/// Records a short trace with the real model and returns its text.
+fn record(scratch: &Scratch) -> (std::path::PathBuf, String) {
+    let path = scratch.join("run.trace.json");
+    let run = talkback(&[
+        "complete",
+        "The cat sat",
+        "-n",
+        "3",
+        "--seed",
+        "5",
+        "--trace",
+        arg(&path),
+    ]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let text = std::fs::read_to_string(&path).expect("the trace was written");
+    (path, text)
+}
+
+#[test]
+fn replay_of_missing_malformed_and_truncated_traces() {
+    let scratch = Scratch::new("traces");
+    let missing = scratch.join("none.json");
+    runtime_error(&talkback(&["replay", arg(&missing)]), "cannot read trace");
+
+    let malformed = scratch.write("malformed.json", b"{\"version\": 1, \"steps\": [}");
+    runtime_error(
+        &talkback(&["replay", arg(&malformed)]),
+        "is not a valid trace",
+    );
+
+    let (_, text) = record(&scratch);
+    let truncated = scratch.write("truncated.json", &text.as_bytes()[..text.len() / 2]);
+    runtime_error(
+        &talkback(&["replay", arg(&truncated)]),
+        "is not a valid trace",
+    );
+}
+
+#[test]
+fn replay_with_another_model_file() {
+    let scratch = Scratch::new("other-model");
+    let (trace, _) = record(&scratch);
+    let layout = Layout::of_model();
+    // One byte inside the token embeddings: the header stays valid, the
+    // SHA-256 does not.
+    let at = layout.data_start + 1000;
+    let old = layout.bytes(at, 1)[0];
+    let other = scratch.model_with("other.gguf", &[(at, &[old ^ 0x01])]);
+
+    let line = runtime_error(
+        &talkback(&["replay", arg(&trace), "-m", arg(&other)]),
+        "was recorded with model",
+    );
+    assert!(line.contains(arg(&other)), "{line}");
+
+    // The changed copy is itself a usable model.
+    let run = complete_with(arg(&other));
+    assert_eq!(run.code, 0, "the changed copy still loads: {}", run.stderr);
+}

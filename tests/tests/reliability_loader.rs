@@ -1,0 +1,185 @@
+//! llama.cpp's loader, probed with corrupted copies of the real model.
+//!
+//! What the probing found (a copy of the model with one field changed,
+//! about 900 variants: every key's value type, counts and lengths, array
+//! item types, key values, token texts and types, merges, tensor dimension
+//! counts, dimensions, types and offsets, tensor data, and truncations from
+//! byte 1 to the last byte):
+//!
+//! - Most corruptions are refused with an error: the layout ones by
+//!   talkback's own walk of the header (`host-cli/src/gguf.rs`), the rest
+//!   by llama.cpp (shapes, sizes, unknown types and names) or, for NaN
+//!   weights, by the sampler ("every logit is NaN").
+//! - Five made llama.cpp abort the process (SIGABRT from `GGML_ASSERT`):
+//!   `llama.block_count` of 0 or above 512; a NaN or negative
+//!   `llama.attention.layer_norm_rms_epsilon` (at the first decode);
+//!   `tokenizer.ggml.model` = `none` (at the first tokenization); two
+//!   tokens with the same text; and a one-dimensional tensor (a norm
+//!   weight) stored as anything but F32, which the CPU backend cannot
+//!   multiply by. The walk now refuses all five first.
+//! - Many values llama.cpp accepts without complaint and runs with: a
+//!   changed context length, vocabulary size, BOS/EOS ids out of range,
+//!   token texts that are not UTF-8, broken merges. Those runs exit 0.
+//!
+//! The tests below pin the five abort cases, truncation at many points,
+//! corrupt tensor data, and a sweep of single-byte changes over the
+//! header; every run must end with an exit code and, on failure, one line.
+
+// Helpers outside `#[test]` functions stop the test with a message on any
+// surprise, as the tests themselves do.
+#![allow(clippy::panic, clippy::expect_used, clippy::indexing_slicing)]
+
+mod reliability_support;
+
+use reliability_support::{
+    arg, no_crash, runtime_error, talkback, Layout, Patchable, Run, Scratch,
+};
+
+/// A short completion with `model`.
+fn complete_with(model: &std::path::Path) -> Run {
+    talkback(&[
+        "complete",
+        "The cat sat",
+        "-n",
+        "2",
+        "--seed",
+        "1",
+        "-c",
+        "64",
+        "-m",
+        arg(model),
+    ])
+}
+
+/// Bytes to write over the copy, each at its offset.
+type Patches = Vec<(u64, Vec<u8>)>;
+
+fn u32_bytes(v: u32) -> Vec<u8> {
+    v.to_le_bytes().to_vec()
+}
+
+#[test]
+fn corruptions_llama_cpp_aborts_on_are_refused_first() {
+    let scratch = Scratch::new("aborts");
+    let layout = Layout::of_model();
+    let copy = Patchable::new(&scratch);
+    let blocks = layout.value_at("llama.block_count");
+    let eps = layout.value_at("llama.attention.layer_norm_rms_epsilon");
+    // The string's bytes follow its 8-byte length; "gpt2" becomes "none".
+    let tokenizer = layout.value_at("tokenizer.ggml.model") + 8;
+    assert_eq!(layout.bytes(tokenizer, 4), b"gpt2", "the model's tokenizer");
+    let norm = layout.tensor("output_norm.weight").type_at;
+
+    // Two neighbouring tokens of equal length, the second made a copy.
+    let (first, second) = (100..2000)
+        .map(|i| (layout.token_text(i), layout.token_text(i + 1)))
+        .find(|((_, a), (_, b))| a == b)
+        .expect("two neighbouring tokens of equal length");
+    let text = layout.bytes(first.0, first.1).to_vec();
+
+    let cases: Vec<(Patches, &str)> = vec![
+        (vec![(blocks, u32_bytes(0))], "`llama.block_count` is 0"),
+        (
+            vec![(blocks, u32_bytes(1000))],
+            "`llama.block_count` is 1000",
+        ),
+        (
+            vec![(eps, f32::NAN.to_le_bytes().to_vec())],
+            "`llama.attention.layer_norm_rms_epsilon` is NaN",
+        ),
+        (
+            vec![(eps, (-1.0_f32).to_le_bytes().to_vec())],
+            "`llama.attention.layer_norm_rms_epsilon` is -1",
+        ),
+        (vec![(tokenizer, b"none".to_vec())], "has no tokenizer"),
+        (vec![(second.0, text)], "twice"),
+        (
+            vec![(norm, u32_bytes(1))],
+            "`output_norm.weight` is one-dimensional and F16",
+        ),
+        (
+            vec![(norm, u32_bytes(26))],
+            "`output_norm.weight` is one-dimensional and I32",
+        ),
+    ];
+    for (patches, needle) in cases {
+        let run = copy.with(&patches, complete_with);
+        let line = runtime_error(&run, needle);
+        assert!(line.contains("is not a usable GGUF file"), "{line}");
+    }
+}
+
+#[test]
+fn truncation_at_many_points_is_refused() {
+    let scratch = Scratch::new("cuts");
+    let layout = Layout::of_model();
+    let header = layout.data_start;
+    let mut cuts: Vec<u64> = (1..40).map(|i| header * i / 40).collect();
+    cuts.extend([1, 4, 8, 16, 24, header - 1, header, header + 1]);
+    cuts.extend([layout.len / 3, layout.len - 4096, layout.len - 1]);
+    for cut in cuts {
+        let path = scratch.model_prefix("cut.gguf", cut);
+        let run = complete_with(&path);
+        let line = runtime_error(&run, "is not a usable GGUF file");
+        assert!(!line.contains("null result"), "cut at {cut}: {line}");
+    }
+}
+
+#[test]
+fn corrupt_tensor_data_is_an_error_or_a_result_not_a_crash() {
+    let scratch = Scratch::new("data");
+    let layout = Layout::of_model();
+    let copy = Patchable::new(&scratch);
+    let norm = layout.tensor("output_norm.weight");
+    let norm_data = layout.data_start + norm.offset;
+
+    // All-ones bytes are NaN as f32: every logit comes out NaN.
+    let run = copy.with(&[(norm_data, vec![0xff; 576 * 4])], complete_with);
+    runtime_error(&run, "every logit is NaN");
+
+    // A flipped byte in the embeddings changes numbers, not the outcome.
+    let embd = layout.data_start + layout.tensor("token_embd.weight").offset + 4096;
+    let run = copy.with(&[(embd, vec![0x5a])], complete_with);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert!(!run.stdout.is_empty());
+}
+
+#[test]
+fn single_byte_changes_across_the_header_never_crash() {
+    let scratch = Scratch::new("sweep");
+    let layout = Layout::of_model();
+    let copy = Patchable::new(&scratch);
+    // The header without the vocabulary's bulk (its strings and merges
+    // are covered by the cases above) plus the tensor descriptions.
+    let vocab = layout.value_at("tokenizer.ggml.tokens");
+    let tail = layout.key_type_at("tokenizer.ggml.bos_token_id") - 40;
+    let regions = [(0, vocab + 64), (tail, layout.data_start)];
+
+    // A fixed linear congruential sequence: the same sweep every run.
+    let mut state: u64 = 0x7a1c_bacc;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        state >> 33
+    };
+    let mut exits = [0_usize; 2];
+    for i in 0..48 {
+        let (start, end) = regions[i % 2];
+        let at = start + next() % (end - start);
+        let value = [0x00, 0xff, 0x7f, 0x80][(next() % 4) as usize];
+        let run = copy.with(&[(at, vec![value])], complete_with);
+        no_crash(&run.stderr);
+        match run.code {
+            0 => exits[0] += 1,
+            1 => {
+                let lines = run.stderr.lines().filter(|l| !l.is_empty()).count();
+                assert_eq!(lines, 1, "byte {at} = {value:#x}: {}", run.stderr);
+                exits[1] += 1;
+            }
+            code => panic!("byte {at} = {value:#x}: exit {code}; {}", run.stderr),
+        }
+    }
+    // Both outcomes occur: the sweep reaches llama.cpp, not only the walk.
+    assert!(exits[0] > 0 && exits[1] > 0, "exits 0/1: {exits:?}");
+}
