@@ -24,3 +24,6 @@ cargo build --release --locked -p sampler-core --target thumbv7em-none-eabihf --
 
 step "tests"
 cargo test --release --locked --workspace
+
+step "fuzzing: each target for ${FUZZ_SECONDS:-30}s, starting from the committed seeds"
+fuzz/run.sh "${FUZZ_SECONDS:-30}"
