@@ -1,10 +1,10 @@
 //! llama.cpp's loader, probed with corrupted copies of the real model.
 //!
 //! What the probing found (a copy of the model with one field changed,
-//! about 900 variants: every key's value type, counts and lengths, array
+//! about 770 variants: every key's value type, counts and lengths, array
 //! item types, key values, token texts and types, merges, tensor dimension
 //! counts, dimensions, types and offsets, tensor data, and truncations from
-//! byte 1 to the last byte):
+//! byte 1 to the last byte; then 250 random changes of 1 to 8 bytes):
 //!
 //! - Most corruptions are refused with an error: the layout ones by
 //!   talkback's own walk of the header (`host-cli/src/gguf.rs`), the rest
