@@ -60,15 +60,18 @@ const F32: u32 = 0;
 /// - the file is not GGUF, its header is corrupt, or it is truncated;
 /// - it holds a value that would make llama.cpp abort (see the module docs).
 pub fn check_file(path: &Path) -> Result<()> {
-    let meta = std::fs::metadata(path).with_context(|| {
-        if path.exists() {
-            format!("cannot read model {}", path.display())
-        } else {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        // Decided by the error, not by `Path::exists`, which also says
+        // false when a folder on the way cannot be searched.
+        let context = if e.kind() == std::io::ErrorKind::NotFound {
             format!(
                 "model {} does not exist (run fixtures/fetch-model.sh, or pass --model)",
                 path.display()
             )
-        }
+        } else {
+            format!("cannot read model {}", path.display())
+        };
+        anyhow::Error::new(e).context(context)
     })?;
     if meta.is_dir() {
         bail!("model {} is a directory, not a GGUF file", path.display());
