@@ -64,30 +64,45 @@ fn model_is_a_fifo() {
     runtime_error(&complete_with(arg(&fifo)), "is not a regular file");
 }
 
+/// Runs `talkback args` as a user whom file modes apply to: `nobody`
+/// through `setpriv` when the tests run as root, else the current user.
+fn talkback_unprivileged(args: &[&str]) -> reliability_support::Run {
+    if !is_root() {
+        return talkback(args);
+    }
+    // nobody can still reach the binary and the scratch folders, which
+    // are world-readable.
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(binary())
+        .args(args)
+        .env("TALKBACK_MODEL", reliability_support::model())
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    start(cmd, None).finish()
+}
+
 #[test]
 fn model_is_unreadable() {
+    use std::fs::Permissions;
     use std::os::unix::fs::PermissionsExt;
     let scratch = Scratch::new("unreadable");
     let path = scratch.write("locked.gguf", b"GGUF\x03\0\0\0");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).expect("chmod");
-    let args = ["complete", "hi", "-n", "2", "-m", arg(&path)];
-    let run = if is_root() {
-        // Root ignores the mode, so run as nobody, who can still reach the
-        // binary and the scratch folder (both world-readable).
-        let mut cmd = Command::new("setpriv");
-        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(binary())
-            .args(args)
-            .env("TALKBACK_MODEL", reliability_support::model())
-            .env_remove("RUST_LOG")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        start(cmd, None).finish()
-    } else {
-        talkback(&args)
-    };
+    std::fs::set_permissions(&path, Permissions::from_mode(0o000)).expect("chmod");
+    let run = talkback_unprivileged(&["complete", "hi", "-n", "2", "-m", arg(&path)]);
     let line = runtime_error(&run, "Permission denied");
     assert!(line.contains("cannot open model"), "{line}");
+
+    // Behind a folder that cannot be searched the file is not "missing".
+    let dir = scratch.join("closed");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let inside = scratch.write("closed/model.gguf", b"GGUF\x03\0\0\0");
+    std::fs::set_permissions(&dir, Permissions::from_mode(0o000)).expect("chmod");
+    let run = talkback_unprivileged(&["complete", "hi", "-n", "2", "-m", arg(&inside)]);
+    std::fs::set_permissions(&dir, Permissions::from_mode(0o755)).expect("chmod back");
+    let line = runtime_error(&run, "Permission denied");
+    assert!(line.contains("cannot read model"), "{line}");
 }
 
 #[test]
