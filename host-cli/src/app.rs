@@ -272,13 +272,21 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
                 path.display()
             )
         })?;
-        messages.extend(earlier);
+        // `--system` replaces the file's system turns rather than adding a
+        // second one, which templates do not expect.
+        let keep = |m: &Message| args.system.is_none() || m.role != "system";
+        messages.extend(earlier.into_iter().filter(keep));
     }
     let prompt = match &args.prompt {
         Some(p) => Some(p.clone()),
         None if args.messages.is_some() || io::stdin().is_terminal() => None,
-        None => Some(read_stdin()?),
+        // A piped message ends with the newline that `echo` or an editor
+        // adds; it is not part of what the user asked.
+        None => Some(read_stdin()?.trim_end_matches(['\n', '\r']).to_owned()),
     };
+    if prompt.as_deref().is_some_and(|p| p.trim().is_empty()) {
+        return Err(Usage("the message is empty: give some text to send").into());
+    }
     let interactive = prompt.is_none() && args.messages.is_none();
     if interactive && (gen.trace.is_some() || gen.format != Format::Text || args.render_only) {
         return Err(Usage(

@@ -15,7 +15,8 @@ const AFTER_HELP: &str = "\
 Exit codes:
   0    success (also when stdout is closed early, e.g. piped into `head`)
   1    runtime failure (model, context, template, trace, I/O)
-  2    usage error (unknown flag, value out of range, flags that do not go together)
+  2    usage error (unknown flag, value out of range, flags that do not go together,
+       an empty message)
   130  interrupted (Ctrl-C)
 
 The default model is the SmolLM2-135M-Instruct GGUF installed by
@@ -170,7 +171,8 @@ pub struct ChatArgs {
     /// The user's message; read from stdin when omitted.
     pub prompt: Option<String>,
 
-    /// A system message placed before the conversation.
+    /// A system message placed before the conversation; it replaces any
+    /// system message of `--messages`.
     #[arg(long, value_name = "TEXT")]
     pub system: Option<String>,
 

@@ -125,6 +125,36 @@ fn three_turns_from_a_messages_file() {
 }
 
 #[test]
+fn system_flag_replaces_the_system_turn_of_a_messages_file() {
+    let file = TempFile::with(
+        "with-system.json",
+        r#"[{"role": "system", "content": "Be terse."},
+            {"role": "user", "content": "Hi there"},
+            {"role": "assistant", "content": "Hello! How can I help?"}]"#,
+    );
+    let turns = "<|im_start|>user\nHi there<|im_end|>\n\
+                 <|im_start|>assistant\nHello! How can I help?<|im_end|>\n\
+                 <|im_start|>user\nTell me a joke.<|im_end|>\n\
+                 <|im_start|>assistant\n";
+    let kept = render(&["--messages", file.arg(), "Tell me a joke."]);
+    assert_eq!(
+        kept,
+        format!("<|im_start|>system\nBe terse.<|im_end|>\n{turns}")
+    );
+    let replaced = render(&[
+        "--messages",
+        file.arg(),
+        "Tell me a joke.",
+        "--system",
+        "Be funny.",
+    ]);
+    assert_eq!(
+        replaced,
+        format!("<|im_start|>system\nBe funny.<|im_end|>\n{turns}")
+    );
+}
+
+#[test]
 fn a_messages_file_may_hold_the_last_user_turn_itself() {
     let all = TempFile::with(
         "all.json",
@@ -285,4 +315,33 @@ fn a_marker_in_piped_stdin_stays_text_too() {
     let piped = prompt_ids(&args, Some(message.as_bytes()));
     let given = prompt_ids(&[&args[..1], &[message], &args[1..]].concat(), None);
     assert_eq!(piped, given);
+}
+
+#[test]
+fn a_piped_message_loses_the_newline_that_ends_it() {
+    let args = ["chat", "--system", "S"];
+    let piped = prompt_ids(&args, Some(b"Name a colour.\r\n"));
+    let given = prompt_ids(
+        &[&args[..1], &["Name a colour."], &args[1..]].concat(),
+        None,
+    );
+    assert_eq!(piped, given);
+}
+
+#[test]
+fn an_empty_message_is_a_usage_error() {
+    for (args, stdin) in [
+        (&["chat", ""][..], None),
+        (&["chat", " \n"][..], None),
+        (&["chat"][..], Some(&b""[..])),
+        (&["chat", "--render-only"][..], Some(&b"\n\n"[..])),
+    ] {
+        let run = tb_stdin(args, stdin);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert_eq!(
+            run.stderr, "talkback: the message is empty: give some text to send\n",
+            "{args:?}"
+        );
+        assert!(run.stdout.is_empty(), "{args:?}");
+    }
 }
