@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite from a fresh machine: set-up (packages, model,
 # build), formatting and lints, the bare-metal build of the core, every
-# unit, property and end-to-end test, and a bounded fuzzing pass.
+# unit, property and end-to-end test (the Cortex-M replay under QEMU
+# included), the wasm32 replay under Node.js, and a bounded fuzzing pass.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -11,9 +12,11 @@ step() { printf '\n== %s\n' "$*" >&2; }
 
 step "set-up"
 scripts/setup.sh
-if ! rustup target list --installed | grep -qx thumbv7em-none-eabihf; then
-  rustup target add thumbv7em-none-eabihf
-fi
+for target in thumbv7em-none-eabihf wasm32-wasip1; do
+  if ! rustup target list --installed | grep -qx "$target"; then
+    rustup target add "$target"
+  fi
+done
 
 step "format and lints"
 cargo fmt --all --check
@@ -24,6 +27,13 @@ cargo build --release --locked -p sampler-core --target thumbv7em-none-eabihf --
 
 step "tests"
 cargo test --release --locked --workspace
+
+step "the golden vectors on wasm32-wasip1 (Node.js's WASI) match x86-64"
+command -v node >/dev/null 2>&1 || {
+  echo "test.sh: Node.js 20 or later is needed for the wasm32 check" >&2
+  exit 1
+}
+firmware/wasi/check.sh
 
 step "fuzzing: each target for ${FUZZ_SECONDS:-30}s, starting from the committed seeds"
 fuzz/run.sh "${FUZZ_SECONDS:-30}"
