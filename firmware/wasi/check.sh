@@ -5,6 +5,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$here"
+# The paths below are this folder's own target, whatever the caller's setting.
+export CARGO_TARGET_DIR="$here/target"
 fixtures=$(cd ../../fixtures && pwd)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
