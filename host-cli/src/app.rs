@@ -243,7 +243,7 @@ fn save_trace(
     .save(path)
 }
 
-fn chat_template(args: &ChatArgs, model: &Model) -> Result<Template> {
+fn chat_template<'m>(args: &ChatArgs, model: &'m Model) -> Result<Template<'m>> {
     let Some(path) = &args.chat_template else {
         return Template::from_model(model);
     };
@@ -451,11 +451,18 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
             messages,
             chat_template,
         } => {
-            let template = Template::new(
-                chat_template,
-                model.bos_text().unwrap_or_default(),
-                model.eos_text().unwrap_or_default(),
-            )?;
+            // The model's own template renders as it did when recorded,
+            // llama.cpp's built-in fallback included.
+            let own = Template::model_source(&model).ok();
+            let template = if own.as_deref() == Some(chat_template.as_str()) {
+                Template::from_model(&model)?
+            } else {
+                Template::new(
+                    chat_template,
+                    model.bos_text().unwrap_or_default(),
+                    model.eos_text().unwrap_or_default(),
+                )?
+            };
             chat::tokenize(&model, &template.render(messages)?)?
         }
         Prompt::Complete {

@@ -1,12 +1,18 @@
 //! Chat templates: rendering a conversation the way the model was tuned on it.
 //!
 //! The model's own Jinja template (from its GGUF metadata, or a file given
-//! with `--chat-template`) is rendered with `minijinja`. So that a user who
+//! with `--chat-template`) is rendered with `minijinja`. A model template that
+//! `minijinja` cannot render (a syntax or a filter it lacks) falls back to the
+//! llama.cpp built-in template its text matches, with a warning on stderr;
+//! a template that raises an exception is obeyed, not bypassed. So that a user who
 //! types `<|im_end|>` sends text rather than a control token, the rendered
 //! prompt is split into template spans, tokenized with special-token parsing,
 //! and message spans, tokenized without it.
 
+use std::cell::Cell;
+
 use anyhow::{anyhow, Context as _, Result};
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate};
 use llama_cpp_2::token::LlamaToken;
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
@@ -38,12 +44,31 @@ impl Message {
 const OPEN: char = '\u{F8F0}';
 const CLOSE: char = '\u{F8F1}';
 
+/// Detail of the error `raise_exception` gives: a template that raises means
+/// it, so such an error never sends rendering to the fallback.
+const RAISED: &str = "the template raised: ";
+
+/// Largest conversation, in bytes, handed to llama.cpp's built-in templates,
+/// whose buffer length is an `i32`.
+const BUILTIN_MAX_BYTES: usize = 1 << 28;
+
 /// A chat template ready to render.
-pub struct Template {
+pub struct Template<'m> {
     env: Environment<'static>,
+    /// Whether `env` holds the template; false when it did not parse.
+    parsed: bool,
     bos: String,
     eos: String,
     source: String,
+    fallback: Option<Builtin<'m>>,
+}
+
+/// llama.cpp's built-in template for a model whose own one cannot be rendered.
+struct Builtin<'m> {
+    model: &'m Model,
+    template: LlamaChatTemplate,
+    /// Whether the switch to it has been announced on stderr.
+    warned: Cell<bool>,
 }
 
 /// A rendered prompt: its text and which byte ranges are message content.
@@ -55,37 +80,86 @@ pub struct Rendered {
     pub content: Vec<std::ops::Range<usize>>,
 }
 
-impl Template {
+impl<'m> Template<'m> {
     /// Compiles a Jinja chat template.
     ///
     /// # Errors
     ///
     /// - the template does not parse.
     pub fn new(source: &str, bos: String, eos: String) -> Result<Self> {
+        let (template, parsed) = Self::compile(source, bos, eos);
+        parsed?;
+        Ok(template)
+    }
+
+    /// The template, and whether it parsed.
+    fn compile(source: &str, bos: String, eos: String) -> (Self, Result<()>) {
         let mut env = Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<(), JinjaError> {
-            Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
+            Err(JinjaError::new(
+                ErrorKind::InvalidOperation,
+                format!("{RAISED}{msg}"),
+            ))
         });
-        env.add_template_owned("chat", source.to_owned())
+        let parsed = env
+            .add_template_owned("chat", source.to_owned())
             // `{e:#}` would add minijinja's source excerpt over several lines;
             // the plain form names the error, template and line in one.
-            .map_err(|e| anyhow!("the chat template does not parse: {e}"))?;
-        Ok(Self {
+            .map_err(|e| anyhow!("the chat template does not parse: {e}"));
+        let template = Self {
             env,
+            parsed: parsed.is_ok(),
             bos,
             eos,
             source: source.to_owned(),
-        })
+            fallback: None,
+        };
+        (template, parsed)
     }
 
     /// The model's own template, from its GGUF metadata.
     ///
     /// # Errors
     ///
-    /// - the model has no chat template, or it does not parse.
-    pub fn from_model(model: &Model) -> Result<Self> {
-        let source = model
+    /// - the model has no chat template;
+    /// - it does not parse with `minijinja` and matches none of llama.cpp's
+    ///   built-in templates.
+    pub fn from_model(model: &'m Model) -> Result<Self> {
+        let source = Self::model_source(model)?;
+        let (mut template, parsed) = Self::compile(
+            &source,
+            model.bos_text().unwrap_or_default(),
+            model.eos_text().unwrap_or_default(),
+        );
+        // llama.cpp takes the template text and picks the built-in one whose
+        // markers it contains.
+        let builtin = LlamaChatTemplate::new(&source)
+            .ok()
+            .filter(|t| matches_a_builtin(model, t));
+        template.fallback = builtin.map(|t| Builtin {
+            model,
+            template: t,
+            warned: Cell::new(false),
+        });
+        if let Err(e) = parsed {
+            let Some(fallback) = &template.fallback else {
+                return Err(anyhow!(
+                    "{e:#}, and it matches no llama.cpp built-in template"
+                ));
+            };
+            fallback.warn(&e);
+        }
+        Ok(template)
+    }
+
+    /// The model's chat template text.
+    ///
+    /// # Errors
+    ///
+    /// - the model has no chat template.
+    pub fn model_source(model: &Model) -> Result<String> {
+        model
             .inner()
             .meta_val_str("tokenizer.chat_template")
             .map_err(|_| {
@@ -94,12 +168,7 @@ impl Template {
                      or give one with --chat-template FILE",
                     model.path().display()
                 )
-            })?;
-        Self::new(
-            &source,
-            model.bos_text().unwrap_or_default(),
-            model.eos_text().unwrap_or_default(),
-        )
+            })
     }
 
     /// The template's source text.
@@ -162,17 +231,81 @@ impl Template {
     }
 
     fn render_raw(&self, messages: &[Message]) -> Result<String> {
-        let tmpl = self
-            .env
-            .get_template("chat")
-            .map_err(|e| anyhow!("chat template: {e}"))?;
-        tmpl.render(context! {
+        let jinja = if self.parsed {
+            self.render_jinja(messages)
+        } else {
+            Err(JinjaError::new(
+                ErrorKind::SyntaxError,
+                "the chat template does not parse",
+            ))
+        };
+        match (jinja, &self.fallback) {
+            (Ok(text), _) => Ok(text),
+            (Err(e), Some(fallback)) if !raised(&e) => {
+                fallback.warn(&anyhow!("the chat template failed to render: {e}"));
+                fallback.render(messages)
+            }
+            (Err(e), _) => Err(anyhow!("the chat template failed to render: {e}")),
+        }
+    }
+
+    fn render_jinja(&self, messages: &[Message]) -> Result<String, JinjaError> {
+        self.env.get_template("chat")?.render(context! {
             messages => messages.iter().map(message_value).collect::<Value>(),
             add_generation_prompt => true,
             bos_token => self.bos.as_str(),
             eos_token => self.eos.as_str(),
         })
-        .map_err(|e| anyhow!("the chat template failed to render: {e}"))
+    }
+}
+
+/// Whether a render error is the template's own `raise_exception`.
+fn raised(e: &JinjaError) -> bool {
+    e.kind() == ErrorKind::InvalidOperation && e.detail().is_some_and(|d| d.starts_with(RAISED))
+}
+
+/// Whether llama.cpp recognises `template` as one of its built-in templates.
+fn matches_a_builtin(model: &Model, template: &LlamaChatTemplate) -> bool {
+    LlamaChatMessage::new("user".into(), "x".into()).is_ok_and(|m| {
+        model
+            .inner()
+            .apply_chat_template(template, &[m], true)
+            .is_ok()
+    })
+}
+
+impl Builtin<'_> {
+    /// Says once, on stderr, that llama.cpp's built-in template is in use and why.
+    fn warn(&self, why: &anyhow::Error) {
+        if !self.warned.replace(true) {
+            eprintln!(
+                "talkback: warning: {why:#}; using llama.cpp's built-in template \
+                 that matches it instead, which may differ (a default system turn, \
+                 for one)"
+            );
+        }
+    }
+
+    fn render(&self, messages: &[Message]) -> Result<String> {
+        let bytes: usize = messages
+            .iter()
+            .map(|m| m.role.len() + m.content.len())
+            .sum();
+        if bytes > BUILTIN_MAX_BYTES {
+            return Err(anyhow!(
+                "the conversation is {bytes} bytes; llama.cpp's built-in templates \
+                 take at most {BUILTIN_MAX_BYTES}"
+            ));
+        }
+        let chat = messages
+            .iter()
+            .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| anyhow!("a message holds a NUL byte, which llama.cpp cannot take"))?;
+        self.model
+            .inner()
+            .apply_chat_template(&self.template, &chat, true)
+            .map_err(|e| anyhow!("llama.cpp's built-in chat template failed: {e}"))
     }
 }
 
@@ -227,7 +360,7 @@ mod tests {
         '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}\
         {{ '<|im_start|>assistant\\n' }}{% endif %}";
 
-    fn chatml() -> Template {
+    fn chatml() -> Template<'static> {
         Template::new(CHATML, String::new(), "<|im_end|>".into()).expect("template")
     }
 
@@ -267,6 +400,18 @@ mod tests {
             .render(&[Message::new("user", "x")])
             .expect_err("must fail");
         assert!(format!("{err:#}").contains("no system"), "{err:#}");
+    }
+
+    #[test]
+    fn only_raise_exception_counts_as_the_template_refusing() {
+        let error = |source: &str| {
+            let t = Template::new(source, String::new(), String::new()).expect("parse");
+            t.render_jinja(&[Message::new("user", "x")])
+                .expect_err("must fail")
+        };
+        assert!(raised(&error("{{ raise_exception('no') }}")));
+        assert!(!raised(&error("{{ messages | no_such_filter }}")));
+        assert!(!raised(&error("{{ no_such_function() }}")));
     }
 
     #[test]

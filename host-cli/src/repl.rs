@@ -19,7 +19,7 @@ use crate::generate::{Finish, INTERRUPTED};
 /// # Errors
 ///
 /// - the terminal cannot be read, or a turn fails to generate.
-pub fn run(template: &Template, turn: &mut dyn Turn, start: Vec<Message>) -> Result<()> {
+pub fn run(template: &Template<'_>, turn: &mut dyn Turn, start: Vec<Message>) -> Result<()> {
     let system: Vec<Message> = start;
     let mut messages = system.clone();
     let mut history: Vec<String> = Vec::new();

@@ -377,3 +377,55 @@ fn replay_with_another_model_file() {
     let run = complete_with(arg(&other));
     assert_eq!(run.code, 0, "the changed copy still loads: {}", run.stderr);
 }
+
+/// A copy of the model whose chat template has byte `'{'` at its start
+/// turned into a space (so `minijinja` meets an `endfor` with no `for`),
+/// and, with `hide_markers`, every `<` turned into `(` so that no
+/// llama.cpp built-in template recognises it.
+fn model_with_broken_template(scratch: &Scratch, hide_markers: bool) -> std::path::PathBuf {
+    let layout = Layout::of_model();
+    let at = layout.value_at("tokenizer.chat_template");
+    let len = u64::from_le_bytes(layout.bytes(at, 8).try_into().expect("8 bytes"));
+    let mut broken = layout.bytes(at + 8, len).to_vec();
+    assert!(broken.starts_with(b"{% for message in messages %}"));
+    broken[0] = b' ';
+    if hide_markers {
+        for b in broken.iter_mut().filter(|b| **b == b'<') {
+            *b = b'(';
+        }
+    }
+    scratch.model_with("template.gguf", &[(at + 8, &broken)])
+}
+
+#[test]
+fn model_template_minijinja_cannot_parse_falls_back_to_llama_cpp() {
+    let scratch = Scratch::new("template-fallback");
+    let model = model_with_broken_template(&scratch, false);
+    let run = talkback(&["chat", "--render-only", "--model", arg(&model), "Hi"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // llama.cpp's ChatML adds no default system turn.
+    assert_eq!(
+        run.stdout,
+        b"<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", run.stderr);
+    assert!(
+        lines[0].starts_with("talkback: warning: the chat template does not parse: ")
+            && lines[0].contains("using llama.cpp's built-in template"),
+        "{}",
+        lines[0]
+    );
+}
+
+#[test]
+fn model_template_nothing_can_render_is_an_error() {
+    let scratch = Scratch::new("template-unknown");
+    let model = model_with_broken_template(&scratch, true);
+    let run = talkback(&["chat", "--render-only", "--model", arg(&model), "Hi"]);
+    let line = runtime_error(&run, "the chat template does not parse: ");
+    assert!(
+        line.ends_with("and it matches no llama.cpp built-in template"),
+        "{line}"
+    );
+}
