@@ -168,7 +168,9 @@ impl<S: Sink> Sink for TeeSink<S> {
 
 /// Checks flags that only make sense together, before loading anything.
 fn check_generation(gen: &GenerationArgs, settings: &Settings) -> Result<()> {
-    settings.config()?;
+    settings
+        .check()
+        .map_err(|e| e.context(Usage("invalid settings")))?;
     if settings.sampler == Engine::LlamaCpp && gen.trace.is_some() {
         return Err(Usage(
             "--trace needs --sampler talkback: llama.cpp's sampler cannot be replayed",

@@ -29,6 +29,21 @@ const HELD: usize = MAX_STOP_LEN + 8;
 
 type Stream = TextStream<MAX_STOPS, MAX_STOP_LEN, HELD>;
 
+/// The stop strings as the text stream holds them.
+///
+/// # Errors
+///
+/// - a stop string is empty or longer than [`MAX_STOP_LEN`] bytes, or there
+///   are more than [`MAX_STOPS`] of them.
+pub fn stop_set(stops: &[String]) -> Result<StopSet<MAX_STOPS, MAX_STOP_LEN>> {
+    let mut set = StopSet::new();
+    for stop in stops {
+        set.push(stop.as_bytes())
+            .map_err(|e| anyhow!("stop string {stop:?}: {e}"))?;
+    }
+    Ok(set)
+}
+
 /// Set by the Ctrl-C handler; the loop ends the current reply when it sees it.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -264,13 +279,7 @@ impl Generator {
         req: &Request<'_>,
         sink: &mut dyn Sink,
     ) -> Result<Outcome> {
-        let mut stops = StopSet::<MAX_STOPS, MAX_STOP_LEN>::new();
-        for stop in req.stops {
-            stops
-                .push(stop.as_bytes())
-                .map_err(|e| anyhow!("stop string {stop:?}: {e}"))?;
-        }
-        let mut stream = Stream::new(stops);
+        let mut stream = Stream::new(stop_set(req.stops)?);
         self.alternatives
             .resize(req.alternatives, Alternative::default());
         self.recent.clear();
