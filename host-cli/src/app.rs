@@ -121,7 +121,7 @@ fn generate(
         0
     };
     let req = request(settings, alternatives)?;
-    let stdout = io::stdout().lock();
+    let stdout = crate::output::stdout();
     match format {
         Format::Text => {
             let mut sink = TeeSink {
@@ -186,7 +186,7 @@ fn generator(model: &Model, gen: &GenerationArgs) -> Result<Generator> {
     if let Some(path) = &gen.dump_logits {
         let file = std::fs::File::create(path)
             .with_context(|| format!("cannot create logits dump {}", path.display()))?;
-        generator.dump_logits(Box::new(io::BufWriter::new(file)));
+        generator.dump_logits(Box::new(io::BufWriter::new(file)), path);
     }
     Ok(generator)
 }
@@ -194,7 +194,7 @@ fn generator(model: &Model, gen: &GenerationArgs) -> Result<Generator> {
 /// Ends the output line, reports the finish on stderr, maps Ctrl-C to 130.
 fn report_finish(outcome: &Outcome, format: Format, verbose: u8) -> Result<()> {
     if format == Format::Text && io::stdout().is_terminal() {
-        let mut out = io::stdout().lock();
+        let mut out = crate::output::stdout();
         writeln!(out)?;
         out.flush()?;
     }
@@ -297,7 +297,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     }
     if args.render_only {
         let rendered = template.render(&messages)?;
-        let mut out = io::stdout().lock();
+        let mut out = crate::output::stdout();
         out.write_all(rendered.text.as_bytes())?;
         out.flush()?;
         return Ok(());
@@ -368,7 +368,7 @@ impl Turn for ChatTurn<'_, '_> {
             self.settings,
             Format::Text,
         )?;
-        let mut out = io::stdout().lock();
+        let mut out = crate::output::stdout();
         writeln!(out)?;
         out.flush()?;
         if outcome.finish == Finish::ContextFull {
@@ -475,7 +475,7 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
     if let Some(d) = trace::compare(&trace, &prompt_ids, &outcome.tokens, outcome.finish) {
         bail!("replay diverged: {d}");
     }
-    let mut out = io::stdout().lock();
+    let mut out = crate::output::stdout();
     writeln!(
         out,
         "replay ok: {} prompt tokens and {} generated tokens match (finish: {})",
@@ -589,7 +589,7 @@ fn shape_command(args: &ShapeArgs, verbose: u8) -> Result<()> {
         );
     }
     let config = settings.config()?;
-    let mut out = io::stdout().lock();
+    let mut out = crate::output::stdout();
 
     let (table, model) = if let Some(logits) = &args.logits {
         (crate::shape::table(logits, &config)?, None)

@@ -6,6 +6,7 @@
 //! its buffers have grown to fit.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -241,7 +242,7 @@ pub struct Generator {
     bias: Vec<(u32, f32)>,
     piece: Vec<u8>,
     out: Vec<u8>,
-    dump: Option<Box<dyn Write>>,
+    dump: Option<(Box<dyn Write>, PathBuf)>,
 }
 
 impl Generator {
@@ -259,9 +260,9 @@ impl Generator {
     }
 
     /// Writes every step's logits to `out` as little-endian f32, one
-    /// vocabulary-sized record per step.
-    pub fn dump_logits(&mut self, out: Box<dyn Write>) {
-        self.dump = Some(out);
+    /// vocabulary-sized record per step; `path` names it in errors.
+    pub fn dump_logits(&mut self, out: Box<dyn Write>, path: &Path) {
+        self.dump = Some((out, path.to_path_buf()));
     }
 
     /// Decodes `prompt` into `session`, then generates until a stop.
@@ -310,10 +311,12 @@ impl Generator {
                 break Finish::Interrupted;
             }
 
-            if let Some(dump) = self.dump.as_mut() {
-                for x in session.logits() {
-                    dump.write_all(&x.to_le_bytes())?;
-                }
+            if let Some((dump, path)) = self.dump.as_mut() {
+                session
+                    .logits()
+                    .iter()
+                    .try_for_each(|x| dump.write_all(&x.to_le_bytes()))
+                    .with_context(|| format!("cannot write logits dump {}", path.display()))?;
             }
             let mut report = Report::new(&mut self.alternatives);
             let t0 = Instant::now();
@@ -388,8 +391,9 @@ impl Generator {
             sink.text(self.out.get(..n).unwrap_or(&[]))?;
         }
         timings.generation = generating.elapsed();
-        if let Some(dump) = self.dump.as_mut() {
-            dump.flush()?;
+        if let Some((dump, path)) = self.dump.as_mut() {
+            dump.flush()
+                .with_context(|| format!("cannot write logits dump {}", path.display()))?;
         }
         Ok(Outcome {
             tokens,

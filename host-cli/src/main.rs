@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
 use clap::Parser;
-use talkback::{app, cli, generate};
+use talkback::{app, cli, generate, output};
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
@@ -21,7 +21,7 @@ fn main() -> ExitCode {
 
     match app::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if output::is_stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) if e.is::<app::Interrupted>() => ExitCode::from(130),
         Err(e) if e.is::<app::Usage>() => {
             eprintln!("talkback: {e:#}");
@@ -32,15 +32,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// A closed stdout (`talkback ... | head`) is a normal way to stop reading.
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
 }
 
 fn init_logging(verbose: u8) {

@@ -55,6 +55,38 @@ fn closing_stdout_after_ten_bytes_exits_zero_quietly() {
 }
 
 #[test]
+fn a_broken_pipe_outside_stdout_is_a_failure_naming_the_file() {
+    // The dump's reader leaves after one byte; the first record alone
+    // (49152 logits) is larger than a pipe holds, so the write must fail.
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(
+            r#""$0" complete "Once upon a time" -n 8 --ignore-eos --seed 3 --threads 1 \
+               --dump-logits >(head -c 1 >/dev/null)"#,
+        )
+        .arg(binary())
+        .env("TALKBACK_MODEL", model())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let run = reliability_support::start(cmd, None).finish();
+    let line = reliability_support::runtime_error(&run, "cannot write logits dump /dev/fd/");
+    assert!(line.ends_with("Broken pipe (os error 32)"), "{line}");
+
+    let run = talkback(&[
+        "complete",
+        "Once upon a time",
+        "-n",
+        "2",
+        "--threads",
+        "1",
+        "--dump-logits",
+        "/dev/full",
+    ]);
+    let line = reliability_support::runtime_error(&run, "cannot write logits dump /dev/full: ");
+    assert!(line.ends_with("(os error 28)"), "{line}");
+}
+
+#[test]
 fn ctrl_c_during_generation_keeps_the_text_and_exits_130() {
     let mut child = command(&[
         "complete",
