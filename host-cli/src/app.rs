@@ -82,7 +82,7 @@ pub fn load(args: &ModelArgs, verbose: u8) -> Result<Model> {
         return Err(Interrupted.into());
     }
     if verbose > 0 {
-        eprintln!(
+        crate::note!(
             "talkback: model {} ({} tokens in vocabulary)",
             model.path().display(),
             model.vocab_size()
@@ -202,7 +202,7 @@ fn report_finish(outcome: &Outcome, format: Format, verbose: u8) -> Result<()> {
         let t = outcome.timings;
         let secs = t.generation.as_secs_f64();
         let n = outcome.tokens.len();
-        eprintln!(
+        crate::note!(
             "talkback: finished: {} ({} prompt tokens, {} generated, {:.1} tokens/s, \
              sampling {:.3} ms)",
             outcome.finish.as_str().replace('_', " "),
@@ -305,7 +305,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     let mut session = model.session(&args.model)?;
     let mut generator = generator(&model, gen)?;
     if verbose > 0 {
-        eprintln!("talkback: {}", settings.describe());
+        crate::note!("talkback: {}", settings.describe());
     }
 
     if interactive {
@@ -319,7 +319,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     }
     let rendered = template.render(&messages)?;
     if verbose > 1 {
-        eprintln!("talkback: rendered prompt:\n{}", rendered.text);
+        crate::note!("talkback: rendered prompt:\n{}", rendered.text);
     }
     let tokens = chat::tokenize(&model, &rendered)?;
     let (outcome, _) = generate(
@@ -372,7 +372,7 @@ impl Turn for ChatTurn<'_, '_> {
         writeln!(out)?;
         out.flush()?;
         if outcome.finish == Finish::ContextFull {
-            eprintln!("talkback: the context is full; /reset to start over");
+            crate::note!("talkback: the context is full; /reset to start over");
         }
         Ok((String::from_utf8_lossy(&text).into_owned(), outcome.finish))
     }
@@ -393,7 +393,7 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
     let mut session = model.session(&args.model)?;
     let mut generator = generator(&model, gen)?;
     if verbose > 0 {
-        eprintln!("talkback: {}", settings.describe());
+        crate::note!("talkback: {}", settings.describe());
     }
     let tokens = model.tokenize(&prompt, model.wants_bos(), args.parse_special);
     let (outcome, _) = generate(
@@ -565,7 +565,7 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
     let series = crate::plot::collect(&model, &mut session, &tokens, &runs)?;
     let title = format!("Nucleus size per step (seed {})", args.seed);
     crate::plot::draw(&args.out, &title, &series)?;
-    eprintln!(
+    crate::note!(
         "talkback: wrote {} ({} series)",
         args.out.display(),
         series.len()

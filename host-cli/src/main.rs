@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     };
     init_logging(cli.verbose);
     if let Err(e) = ctrlc::set_handler(|| generate::INTERRUPTED.store(true, Ordering::Relaxed)) {
-        eprintln!("talkback: cannot install the Ctrl-C handler: {e}");
+        talkback::note!("talkback: cannot install the Ctrl-C handler: {e}");
     }
 
     match app::run(cli) {
@@ -24,11 +24,11 @@ fn main() -> ExitCode {
         Err(e) if output::is_stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) if e.is::<app::Interrupted>() => ExitCode::from(130),
         Err(e) if e.is::<app::Usage>() => {
-            eprintln!("talkback: {e:#}");
+            talkback::note!("talkback: {e:#}");
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("talkback: {e:#}");
+            talkback::note!("talkback: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -44,6 +44,9 @@ fn init_logging(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Its own report of a failed write goes through `eprintln!`, which
+        // panics when stderr is what failed.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();

@@ -87,6 +87,44 @@ fn a_broken_pipe_outside_stdout_is_a_failure_naming_the_file() {
 }
 
 #[test]
+fn a_stderr_that_cannot_be_written_does_not_fail_the_run() {
+    let args = [
+        "-v",
+        "complete",
+        "Once upon a time",
+        "-n",
+        "5",
+        "--seed",
+        "3",
+        "--threads",
+        "1",
+    ];
+    let want = talkback(&args);
+    assert_eq!(want.code, 0, "{}", want.stderr);
+    assert!(
+        want.stderr.contains("talkback: finished"),
+        "{}",
+        want.stderr
+    );
+
+    // A full disk, then a reader that has already gone.
+    for closed in [false, true] {
+        let mut cmd = command(&args);
+        cmd.stdin(Stdio::null());
+        if !closed {
+            cmd.stderr(std::fs::File::create("/dev/full").expect("open /dev/full"));
+        }
+        let mut child = cmd.spawn().expect("start talkback");
+        drop(child.stderr.take());
+        let stdout = Tail::follow(child.stdout.take().expect("stdout"));
+        let status = wait(&mut child);
+        assert_eq!(status.code(), Some(0), "closed pipe {closed}: {status}");
+        stdout.wait_for(0, "the whole text", |b| b.len() >= want.stdout.len());
+        assert_eq!(stdout.bytes(), want.stdout, "closed pipe {closed}");
+    }
+}
+
+#[test]
 fn ctrl_c_during_generation_keeps_the_text_and_exits_130() {
     let mut child = command(&[
         "complete",
