@@ -32,6 +32,13 @@ impl Message {
     }
 }
 
+/// Work one render may do, in minijinja's fuel: about one unit per
+/// instruction and per 64 bytes of data made. Real chat templates use a few
+/// dozen units per message; the budget stops a template that loops or
+/// builds text without end (it would otherwise hang, deaf to Ctrl-C, until
+/// memory ran out) while leaving room for hundreds of megabytes of messages.
+pub const FUEL: u64 = 10_000_000;
+
 // Private-use characters that mark where a message's content starts and ends
 // in the rendered text. Templates pass content through, so the marks show
 // where user text lies without guessing.
@@ -63,6 +70,7 @@ impl Template {
     /// - the template does not parse.
     pub fn new(source: &str, bos: String, eos: String) -> Result<Self> {
         let mut env = Environment::new();
+        env.set_fuel(Some(FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<(), JinjaError> {
             Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
@@ -172,7 +180,16 @@ impl Template {
             bos_token => self.bos.as_str(),
             eos_token => self.eos.as_str(),
         })
-        .map_err(|e| anyhow!("the chat template failed to render: {e}"))
+        .map_err(|e| {
+            if e.kind() == ErrorKind::OutOfFuel {
+                anyhow!(
+                    "the chat template failed to render: it ran out of its budget of \
+                     {FUEL} steps; does it loop without end?"
+                )
+            } else {
+                anyhow!("the chat template failed to render: {e}")
+            }
+        })
     }
 }
 
@@ -293,6 +310,36 @@ mod tests {
         )
         .expect("parse");
         assert!(t.render(&[Message::new("user", "abc")]).is_err());
+    }
+
+    #[test]
+    fn a_template_that_never_ends_runs_out_of_fuel() {
+        let endless = [
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+            "{% for i in range(100000) %}{{ 'x' * 10000000 }}{% endfor %}",
+        ];
+        for source in endless {
+            let t = Template::new(source, String::new(), String::new()).expect("parse");
+            let err = t
+                .render(&[Message::new("user", "x")])
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default();
+            assert!(err.contains("ran out of its budget"), "{source}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_long_conversation_fits_the_fuel_budget() {
+        let big = "word ".repeat(200_000);
+        let mut messages = vec![Message::new("user", &big)];
+        for i in 0..2_000 {
+            let role = if i % 2 == 0 { "assistant" } else { "user" };
+            messages.push(Message::new(role, "a short turn of a long chat"));
+        }
+        let r = chatml().render(&messages).expect("render");
+        assert_eq!(r.content.len(), messages.len());
+        assert!(r.text.len() > big.len(), "{}", r.text.len());
     }
 
     #[test]
