@@ -11,7 +11,8 @@ use std::path::Path;
 use anyhow::{anyhow, Context as _, Result};
 use plotters::prelude::*;
 
-use crate::generate::{Generator, Request, Sink, Step};
+use crate::app::Interrupted;
+use crate::generate::{Finish, Generator, Request, Sink, Step};
 use crate::model::{Model, Session};
 
 /// One line of the chart.
@@ -53,9 +54,14 @@ pub fn collect(
     let mut out = Vec::with_capacity(runs.len());
     for (label, req) in runs {
         let mut sink = Sizes::default();
-        generator
+        let outcome = generator
             .run(model, session, prompt, req, &mut sink)
             .with_context(|| format!("generating for `{label}`"))?;
+        // Ctrl-C ends this run early; the rest would end at once, and a
+        // chart of cut-short lines would pass for a finished one.
+        if outcome.finish == Finish::Interrupted {
+            return Err(Interrupted.into());
+        }
         out.push(Series {
             label: label.clone(),
             sizes: sink.0,

@@ -125,6 +125,41 @@ fn a_stderr_that_cannot_be_written_does_not_fail_the_run() {
 }
 
 #[test]
+fn ctrl_c_during_plot_exits_130_without_a_chart() {
+    let out = std::env::temp_dir().join(format!("talkback-plot-int-{}.svg", std::process::id()));
+    let _ = std::fs::remove_file(&out);
+    let mut child = command(&[
+        "-v",
+        "plot",
+        "Once upon a time",
+        "-n",
+        "64",
+        "--top-p",
+        "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+        "--threads",
+        "1",
+        "-o",
+        out.to_str().expect("UTF-8 temp path"),
+    ])
+    .stdin(Stdio::null())
+    .spawn()
+    .expect("start talkback");
+    let stderr = Tail::follow(child.stderr.take().expect("stderr"));
+    stderr.wait_for(0, "the model to load", |b| {
+        String::from_utf8_lossy(b).contains("tokens in vocabulary")
+    });
+    interrupt(&child);
+    let status = wait(&mut child);
+    let exists = out.exists();
+    let _ = std::fs::remove_file(&out);
+    let stderr = String::from_utf8_lossy(&stderr.bytes()).into_owned();
+    assert_eq!(status.code(), Some(130), "{status}; stderr: {stderr}");
+    no_crash(&stderr);
+    assert!(!stderr.contains("wrote"), "{stderr}");
+    assert!(!exists, "a chart of cut-short runs was written");
+}
+
+#[test]
 fn ctrl_c_during_generation_keeps_the_text_and_exits_130() {
     let mut child = command(&[
         "complete",
