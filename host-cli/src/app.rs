@@ -535,6 +535,7 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
         }
     }
 
+    let out = crate::plot::Output::open(&args.out)?;
     let model = load(&args.model, verbose)?;
     let mut session = model.session(&args.model)?;
     let tokens = if args.chat {
@@ -564,7 +565,7 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
         .collect();
     let series = crate::plot::collect(&model, &mut session, &tokens, &runs)?;
     let title = format!("Nucleus size per step (seed {})", args.seed);
-    crate::plot::draw(&args.out, &title, &series)?;
+    crate::plot::draw(out, &title, &series)?;
     crate::note!(
         "talkback: wrote {} ({} series)",
         args.out.display(),

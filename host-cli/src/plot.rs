@@ -5,8 +5,9 @@
 //! chart draws, per step, how many tokens survived top-p, one line per
 //! setting.
 
-use std::io;
-use std::path::Path;
+use std::fs::File;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context as _, Result};
 use plotters::prelude::*;
@@ -70,12 +71,70 @@ pub fn collect(
     Ok(out)
 }
 
-/// Draws the series as an SVG line chart at `path`.
+/// The chart's file, opened before any generation so that a path that
+/// cannot be written fails at once, not after every run.
+pub struct Output {
+    file: File,
+    path: PathBuf,
+    created: bool,
+    done: bool,
+}
+
+impl Output {
+    /// Opens `path` for writing, creating it if needed, without changing it yet.
+    ///
+    /// # Errors
+    ///
+    /// - the file cannot be opened for writing (a directory, a missing
+    ///   folder, no permission).
+    pub fn open(path: &Path) -> Result<Self> {
+        let created = !path.exists();
+        let file = File::options()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("cannot write chart {}", path.display()))?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            created,
+            done: false,
+        })
+    }
+
+    /// The path the chart goes to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        // A chart that was never drawn leaves no empty file behind.
+        if self.created && !self.done {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Draws the series as an SVG line chart into `out`.
 ///
 /// # Errors
 ///
 /// - the file cannot be written.
-pub fn draw(path: &Path, title: &str, series: &[Series]) -> Result<()> {
+pub fn draw(mut out: Output, title: &str, series: &[Series]) -> Result<()> {
+    let mut svg = String::new();
+    render(&mut svg, out.path(), title, series)?;
+    let fail = |e: io::Error| anyhow!("cannot write chart {}: {e}", out.path.display());
+    out.file.set_len(0).map_err(fail)?;
+    out.file.write_all(svg.as_bytes()).map_err(fail)?;
+    out.file.flush().map_err(fail)?;
+    out.done = true;
+    Ok(())
+}
+
+fn render(svg: &mut String, path: &Path, title: &str, series: &[Series]) -> Result<()> {
     let steps = series
         .iter()
         .map(|s| s.sizes.len())
@@ -89,7 +148,7 @@ pub fn draw(path: &Path, title: &str, series: &[Series]) -> Result<()> {
         .unwrap_or(1)
         .max(1);
 
-    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
+    let root = SVGBackend::with_string(svg, (960, 540)).into_drawing_area();
     let fail = |e: &dyn std::fmt::Display| anyhow!("cannot draw {}: {e}", path.display());
     root.fill(&WHITE).map_err(|e| fail(&e))?;
     let mut chart = ChartBuilder::on(&root)
