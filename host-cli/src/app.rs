@@ -495,6 +495,21 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
         min_p: 0.0,
         ..sampler_core::Config::default()
     };
+    let combinations = [
+        args.temp.len(),
+        args.top_k.len(),
+        args.top_p.len(),
+        args.min_p.len(),
+    ]
+    .iter()
+    .try_fold(1_usize, |n, &len| n.checked_mul(len));
+    if !combinations.is_some_and(|n| n <= crate::plot::MAX_SERIES) {
+        return Err(Usage(
+            "plot draws at most 99 settings (the combinations of --temp, --top-k, \
+             --top-p and --min-p); list fewer values",
+        )
+        .into());
+    }
     let varies = [
         args.temp.len() > 1,
         args.top_k.len() > 1,

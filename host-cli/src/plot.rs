@@ -16,6 +16,10 @@ use crate::app::Interrupted;
 use crate::generate::{Finish, Generator, Request, Sink, Step};
 use crate::model::{Model, Session};
 
+/// Most settings one chart shows: beyond this many its colours repeat and
+/// two lines could not be told apart (and each setting is a whole run).
+pub const MAX_SERIES: usize = 99;
+
 /// One line of the chart.
 #[derive(Debug, Clone)]
 pub struct Series {
