@@ -82,7 +82,7 @@ pub fn load(args: &ModelArgs, verbose: u8) -> Result<Model> {
         return Err(Interrupted.into());
     }
     if verbose > 0 {
-        eprintln!(
+        crate::note!(
             "talkback: model {} ({} tokens in vocabulary)",
             model.path().display(),
             model.vocab_size()
@@ -121,7 +121,7 @@ fn generate(
         0
     };
     let req = request(settings, alternatives)?;
-    let stdout = io::stdout().lock();
+    let stdout = crate::output::stdout();
     match format {
         Format::Text => {
             let mut sink = TeeSink {
@@ -168,7 +168,9 @@ impl<S: Sink> Sink for TeeSink<S> {
 
 /// Checks flags that only make sense together, before loading anything.
 fn check_generation(gen: &GenerationArgs, settings: &Settings) -> Result<()> {
-    settings.config()?;
+    settings
+        .check()
+        .map_err(|e| e.context(Usage("invalid settings")))?;
     if settings.sampler == Engine::LlamaCpp && gen.trace.is_some() {
         return Err(Usage(
             "--trace needs --sampler talkback: llama.cpp's sampler cannot be replayed",
@@ -184,7 +186,7 @@ fn generator(model: &Model, gen: &GenerationArgs) -> Result<Generator> {
     if let Some(path) = &gen.dump_logits {
         let file = std::fs::File::create(path)
             .with_context(|| format!("cannot create logits dump {}", path.display()))?;
-        generator.dump_logits(Box::new(io::BufWriter::new(file)));
+        generator.dump_logits(Box::new(io::BufWriter::new(file)), path);
     }
     Ok(generator)
 }
@@ -192,7 +194,7 @@ fn generator(model: &Model, gen: &GenerationArgs) -> Result<Generator> {
 /// Ends the output line, reports the finish on stderr, maps Ctrl-C to 130.
 fn report_finish(outcome: &Outcome, format: Format, verbose: u8) -> Result<()> {
     if format == Format::Text && io::stdout().is_terminal() {
-        let mut out = io::stdout().lock();
+        let mut out = crate::output::stdout();
         writeln!(out)?;
         out.flush()?;
     }
@@ -200,7 +202,7 @@ fn report_finish(outcome: &Outcome, format: Format, verbose: u8) -> Result<()> {
         let t = outcome.timings;
         let secs = t.generation.as_secs_f64();
         let n = outcome.tokens.len();
-        eprintln!(
+        crate::note!(
             "talkback: finished: {} ({} prompt tokens, {} generated, {:.1} tokens/s, \
              sampling {:.3} ms)",
             outcome.finish.as_str().replace('_', " "),
@@ -303,7 +305,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     }
     if args.render_only {
         let rendered = template.render(&messages)?;
-        let mut out = io::stdout().lock();
+        let mut out = crate::output::stdout();
         out.write_all(rendered.text.as_bytes())?;
         out.flush()?;
         return Ok(());
@@ -311,7 +313,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     let mut session = model.session(&args.model)?;
     let mut generator = generator(&model, gen)?;
     if verbose > 0 {
-        eprintln!("talkback: {}", settings.describe());
+        crate::note!("talkback: {}", settings.describe());
     }
 
     if interactive {
@@ -325,7 +327,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     }
     let rendered = template.render(&messages)?;
     if verbose > 1 {
-        eprintln!("talkback: rendered prompt:\n{}", rendered.text);
+        crate::note!("talkback: rendered prompt:\n{}", rendered.text);
     }
     let tokens = chat::tokenize(&model, &rendered)?;
     let (outcome, _) = generate(
@@ -374,11 +376,11 @@ impl Turn for ChatTurn<'_, '_> {
             self.settings,
             Format::Text,
         )?;
-        let mut out = io::stdout().lock();
+        let mut out = crate::output::stdout();
         writeln!(out)?;
         out.flush()?;
         if outcome.finish == Finish::ContextFull {
-            eprintln!("talkback: the context is full; /reset to start over");
+            crate::note!("talkback: the context is full; /reset to start over");
         }
         Ok((String::from_utf8_lossy(&text).into_owned(), outcome.finish))
     }
@@ -399,7 +401,7 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
     let mut session = model.session(&args.model)?;
     let mut generator = generator(&model, gen)?;
     if verbose > 0 {
-        eprintln!("talkback: {}", settings.describe());
+        crate::note!("talkback: {}", settings.describe());
     }
     let tokens = model.tokenize(&prompt, model.wants_bos(), args.parse_special);
     let (outcome, _) = generate(
@@ -488,7 +490,7 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
     if let Some(d) = trace::compare(&trace, &prompt_ids, &outcome.tokens, outcome.finish) {
         bail!("replay diverged: {d}");
     }
-    let mut out = io::stdout().lock();
+    let mut out = crate::output::stdout();
     writeln!(
         out,
         "replay ok: {} prompt tokens and {} generated tokens match (finish: {})",
@@ -508,6 +510,21 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
         min_p: 0.0,
         ..sampler_core::Config::default()
     };
+    let combinations = [
+        args.temp.len(),
+        args.top_k.len(),
+        args.top_p.len(),
+        args.min_p.len(),
+    ]
+    .iter()
+    .try_fold(1_usize, |n, &len| n.checked_mul(len));
+    if !combinations.is_some_and(|n| n <= crate::plot::MAX_SERIES) {
+        return Err(Usage(
+            "plot draws at most 99 settings (the combinations of --temp, --top-k, \
+             --top-p and --min-p); list fewer values",
+        )
+        .into());
+    }
     let varies = [
         args.temp.len() > 1,
         args.top_k.len() > 1,
@@ -548,6 +565,7 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
         }
     }
 
+    let out = crate::plot::Output::open(&args.out)?;
     let model = load(&args.model, verbose)?;
     let mut session = model.session(&args.model)?;
     let tokens = if args.chat {
@@ -577,8 +595,8 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
         .collect();
     let series = crate::plot::collect(&model, &mut session, &tokens, &runs)?;
     let title = format!("Nucleus size per step (seed {})", args.seed);
-    crate::plot::draw(&args.out, &title, &series)?;
-    eprintln!(
+    crate::plot::draw(out, &title, &series)?;
+    crate::note!(
         "talkback: wrote {} ({} series)",
         args.out.display(),
         series.len()
@@ -602,7 +620,7 @@ fn shape_command(args: &ShapeArgs, verbose: u8) -> Result<()> {
         );
     }
     let config = settings.config()?;
-    let mut out = io::stdout().lock();
+    let mut out = crate::output::stdout();
 
     let (table, model) = if let Some(logits) = &args.logits {
         (crate::shape::table(logits, &config)?, None)

@@ -38,6 +38,13 @@ impl Message {
     }
 }
 
+/// Work one render may do, in minijinja's fuel: about one unit per
+/// instruction and per 64 bytes of data made. Real chat templates use a few
+/// dozen units per message; the budget stops a template that loops or
+/// builds text without end (it would otherwise hang, deaf to Ctrl-C, until
+/// memory ran out) while leaving room for hundreds of megabytes of messages.
+pub const FUEL: u64 = 10_000_000;
+
 // Private-use characters that mark where a message's content starts and ends
 // in the rendered text. Templates pass content through, so the marks show
 // where user text lies without guessing.
@@ -95,6 +102,7 @@ impl<'m> Template<'m> {
     /// The template, and whether it parsed.
     fn compile(source: &str, bos: String, eos: String) -> (Self, Result<()>) {
         let mut env = Environment::new();
+        env.set_fuel(Some(FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<(), JinjaError> {
             Err(JinjaError::new(
@@ -241,6 +249,12 @@ impl<'m> Template<'m> {
         };
         match (jinja, &self.fallback) {
             (Ok(text), _) => Ok(text),
+            // A template that raised or ran out of fuel was rendered as
+            // written; another template would hide that, not mend it.
+            (Err(e), _) if e.kind() == ErrorKind::OutOfFuel => Err(anyhow!(
+                "the chat template failed to render: it ran out of its budget of \
+                 {FUEL} steps; does it loop without end?"
+            )),
             (Err(e), Some(fallback)) if !raised(&e) => {
                 fallback.warn(&anyhow!("the chat template failed to render: {e}"));
                 fallback.render(messages)
@@ -278,7 +292,7 @@ impl Builtin<'_> {
     /// Says once, on stderr, that llama.cpp's built-in template is in use and why.
     fn warn(&self, why: &anyhow::Error) {
         if !self.warned.replace(true) {
-            eprintln!(
+            note!(
                 "talkback: warning: {why:#}; using llama.cpp's built-in template \
                  that matches it instead, which may differ (a default system turn, \
                  for one)"
@@ -438,6 +452,36 @@ mod tests {
         )
         .expect("parse");
         assert!(t.render(&[Message::new("user", "abc")]).is_err());
+    }
+
+    #[test]
+    fn a_template_that_never_ends_runs_out_of_fuel() {
+        let endless = [
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+            "{% for i in range(100000) %}{{ 'x' * 10000000 }}{% endfor %}",
+        ];
+        for source in endless {
+            let t = Template::new(source, String::new(), String::new()).expect("parse");
+            let err = t
+                .render(&[Message::new("user", "x")])
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default();
+            assert!(err.contains("ran out of its budget"), "{source}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_long_conversation_fits_the_fuel_budget() {
+        let big = "word ".repeat(200_000);
+        let mut messages = vec![Message::new("user", &big)];
+        for i in 0..2_000 {
+            let role = if i % 2 == 0 { "assistant" } else { "user" };
+            messages.push(Message::new(role, "a short turn of a long chat"));
+        }
+        let r = chatml().render(&messages).expect("render");
+        assert_eq!(r.content.len(), messages.len());
+        assert!(r.text.len() > big.len(), "{}", r.text.len());
     }
 
     #[test]

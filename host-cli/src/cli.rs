@@ -324,7 +324,8 @@ pub struct GenerationArgs {
     pub n_predict: Option<u32>,
 
     // Stop strings may start with a hyphen (`--stop "---"`, a Markdown rule).
-    /// Stop when the output would contain TEXT (repeatable); TEXT is not printed.
+    /// Stop when the output would contain TEXT (repeatable, up to 16 strings
+    /// of up to 256 bytes); TEXT is not printed.
     #[arg(long = "stop", value_name = "TEXT", value_parser = non_empty,
           allow_hyphen_values = true)]
     pub stops: Vec<String>,
@@ -402,8 +403,14 @@ fn unit_interval(s: &str) -> Result<f32, String> {
 }
 
 fn non_empty(s: &str) -> Result<String, String> {
+    use crate::generate::MAX_STOP_LEN;
     if s.is_empty() {
         Err("a stop string cannot be empty".to_owned())
+    } else if s.len() > MAX_STOP_LEN {
+        Err(format!(
+            "a stop string of {} bytes exceeds the limit of {MAX_STOP_LEN} bytes",
+            s.len()
+        ))
     } else {
         Ok(s.to_owned())
     }
@@ -452,6 +459,8 @@ mod tests {
         assert!(non_negative("inf").is_err());
         assert!(positive("0").is_err());
         assert!(non_empty("").is_err());
+        assert!(non_empty(&"x".repeat(256)).is_ok());
+        assert!(non_empty(&"x".repeat(257)).is_err());
     }
 
     #[test]

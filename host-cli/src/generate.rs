@@ -6,6 +6,7 @@
 //! its buffers have grown to fit.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,21 @@ pub const MAX_STOP_LEN: usize = 256;
 const HELD: usize = MAX_STOP_LEN + 8;
 
 type Stream = TextStream<MAX_STOPS, MAX_STOP_LEN, HELD>;
+
+/// The stop strings as the text stream holds them.
+///
+/// # Errors
+///
+/// - a stop string is empty or longer than [`MAX_STOP_LEN`] bytes, or there
+///   are more than [`MAX_STOPS`] of them.
+pub fn stop_set(stops: &[String]) -> Result<StopSet<MAX_STOPS, MAX_STOP_LEN>> {
+    let mut set = StopSet::new();
+    for stop in stops {
+        set.push(stop.as_bytes())
+            .map_err(|e| anyhow!("stop string {stop:?}: {e}"))?;
+    }
+    Ok(set)
+}
 
 /// Set by the Ctrl-C handler; the loop ends the current reply when it sees it.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -226,7 +242,7 @@ pub struct Generator {
     bias: Vec<(u32, f32)>,
     piece: Vec<u8>,
     out: Vec<u8>,
-    dump: Option<Box<dyn Write>>,
+    dump: Option<(Box<dyn Write>, PathBuf)>,
 }
 
 impl Generator {
@@ -244,9 +260,9 @@ impl Generator {
     }
 
     /// Writes every step's logits to `out` as little-endian f32, one
-    /// vocabulary-sized record per step.
-    pub fn dump_logits(&mut self, out: Box<dyn Write>) {
-        self.dump = Some(out);
+    /// vocabulary-sized record per step; `path` names it in errors.
+    pub fn dump_logits(&mut self, out: Box<dyn Write>, path: &Path) {
+        self.dump = Some((out, path.to_path_buf()));
     }
 
     /// Decodes `prompt` into `session`, then generates until a stop.
@@ -264,13 +280,7 @@ impl Generator {
         req: &Request<'_>,
         sink: &mut dyn Sink,
     ) -> Result<Outcome> {
-        let mut stops = StopSet::<MAX_STOPS, MAX_STOP_LEN>::new();
-        for stop in req.stops {
-            stops
-                .push(stop.as_bytes())
-                .map_err(|e| anyhow!("stop string {stop:?}: {e}"))?;
-        }
-        let mut stream = Stream::new(stops);
+        let mut stream = Stream::new(stop_set(req.stops)?);
         self.alternatives
             .resize(req.alternatives, Alternative::default());
         self.recent.clear();
@@ -301,10 +311,12 @@ impl Generator {
                 break Finish::Interrupted;
             }
 
-            if let Some(dump) = self.dump.as_mut() {
-                for x in session.logits() {
-                    dump.write_all(&x.to_le_bytes())?;
-                }
+            if let Some((dump, path)) = self.dump.as_mut() {
+                session
+                    .logits()
+                    .iter()
+                    .try_for_each(|x| dump.write_all(&x.to_le_bytes()))
+                    .with_context(|| format!("cannot write logits dump {}", path.display()))?;
             }
             let mut report = Report::new(&mut self.alternatives);
             let t0 = Instant::now();
@@ -379,8 +391,9 @@ impl Generator {
             sink.text(self.out.get(..n).unwrap_or(&[]))?;
         }
         timings.generation = generating.elapsed();
-        if let Some(dump) = self.dump.as_mut() {
-            dump.flush()?;
+        if let Some((dump, path)) = self.dump.as_mut() {
+            dump.flush()
+                .with_context(|| format!("cannot write logits dump {}", path.display()))?;
         }
         Ok(Outcome {
             tokens,

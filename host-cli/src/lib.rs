@@ -1,6 +1,19 @@
 //! The `talkback` command's modules, as a library so that tests can drive
 //! the generation loop in-process; `main.rs` only parses and dispatches.
 
+/// Writes one line to stderr like `eprintln!`, but never panics.
+///
+/// `eprintln!` panics when stderr cannot be written (a closed pipe, a full
+/// disk), which turned a run that had succeeded into a crash with exit 101.
+/// A diagnostic that cannot be shown is dropped instead.
+#[macro_export]
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod app;
 pub mod chat;
 pub mod cli;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
 use clap::Parser;
-use talkback::{app, cli, generate};
+use talkback::{app, cli, generate, output};
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
@@ -16,31 +16,22 @@ fn main() -> ExitCode {
     };
     init_logging(cli.verbose);
     if let Err(e) = ctrlc::set_handler(|| generate::INTERRUPTED.store(true, Ordering::Relaxed)) {
-        eprintln!("talkback: cannot install the Ctrl-C handler: {e}");
+        talkback::note!("talkback: cannot install the Ctrl-C handler: {e}");
     }
 
     match app::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if output::is_stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) if e.is::<app::Interrupted>() => ExitCode::from(130),
         Err(e) if e.is::<app::Usage>() => {
-            eprintln!("talkback: {e:#}");
+            talkback::note!("talkback: {e:#}");
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("talkback: {e:#}");
+            talkback::note!("talkback: {e:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-/// A closed stdout (`talkback ... | head`) is a normal way to stop reading.
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
 }
 
 fn init_logging(verbose: u8) {
@@ -53,6 +44,9 @@ fn init_logging(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Its own report of a failed write goes through `eprintln!`, which
+        // panics when stderr is what failed.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();

@@ -77,10 +77,13 @@ impl Model {
             .with_progress_callback(move |p| {
                 let pct = (p * 100.0) as i32;
                 if show_progress && pct != last {
+                    use std::io::Write as _;
                     last = pct;
-                    eprint!("\rtalkback: loading model {pct:3}%");
+                    // Not `eprint!`: a stderr that fails must not panic here.
+                    let mut err = std::io::stderr();
+                    let _ = write!(err, "\rtalkback: loading model {pct:3}%");
                     if pct >= 100 {
-                        eprint!("\r\x1b[K");
+                        let _ = write!(err, "\r\x1b[K");
                     }
                 }
                 true

@@ -11,6 +11,58 @@ use crate::generate::{Outcome, Sink, Step};
 use crate::model::Model;
 use crate::settings::Settings;
 
+/// The reader of stdout went away (`talkback ... | head`), which is a normal
+/// way to stop reading and exits 0.
+///
+/// Only writes to stdout carry it: a broken pipe anywhere else (a
+/// `--dump-logits` or `--trace` file that is a pipe) is a failure.
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stdout was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// Whether `e`, or anything that caused it, is stdout being closed.
+pub fn is_stdout_closed(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::get_ref)
+            .is_some_and(|inner| inner.is::<StdoutClosed>())
+    })
+}
+
+/// Locked stdout whose broken-pipe errors say that they come from stdout.
+pub struct Stdout(io::StdoutLock<'static>);
+
+/// Locks stdout for writing.
+pub fn stdout() -> Stdout {
+    Stdout(io::stdout().lock())
+}
+
+fn mark(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        io::Error::new(io::ErrorKind::BrokenPipe, StdoutClosed)
+    } else {
+        e
+    }
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf).map_err(mark)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush().map_err(mark)
+    }
+}
+
 /// Prints released text as it arrives.
 pub struct TextSink<W: Write> {
     out: W,
@@ -198,4 +250,25 @@ pub fn summary(text: &[u8], outcome: &Outcome, settings: &Settings, event: bool)
         fields.insert("event".into(), Value::String("summary".into()));
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Context as _;
+
+    use super::*;
+
+    #[test]
+    fn only_a_broken_pipe_on_stdout_counts_as_stdout_closed() {
+        let stdout: Result<(), io::Error> = Err(mark(io::ErrorKind::BrokenPipe.into()));
+        let e = stdout.context("cannot print").expect_err("an error");
+        assert!(is_stdout_closed(&e));
+
+        let file: Result<(), io::Error> = Err(io::ErrorKind::BrokenPipe.into());
+        let e = file.context("cannot write trace").expect_err("an error");
+        assert!(!is_stdout_closed(&e));
+
+        let full = mark(io::Error::from_raw_os_error(28));
+        assert!(!is_stdout_closed(&anyhow::Error::new(full)));
+    }
 }

@@ -5,14 +5,20 @@
 //! chart draws, per step, how many tokens survived top-p, one line per
 //! setting.
 
-use std::io;
-use std::path::Path;
+use std::fs::File;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context as _, Result};
 use plotters::prelude::*;
 
-use crate::generate::{Generator, Request, Sink, Step};
+use crate::app::Interrupted;
+use crate::generate::{Finish, Generator, Request, Sink, Step};
 use crate::model::{Model, Session};
+
+/// Most settings one chart shows: beyond this many its colours repeat and
+/// two lines could not be told apart (and each setting is a whole run).
+pub const MAX_SERIES: usize = 99;
 
 /// One line of the chart.
 #[derive(Debug, Clone)]
@@ -53,9 +59,14 @@ pub fn collect(
     let mut out = Vec::with_capacity(runs.len());
     for (label, req) in runs {
         let mut sink = Sizes::default();
-        generator
+        let outcome = generator
             .run(model, session, prompt, req, &mut sink)
             .with_context(|| format!("generating for `{label}`"))?;
+        // Ctrl-C ends this run early; the rest would end at once, and a
+        // chart of cut-short lines would pass for a finished one.
+        if outcome.finish == Finish::Interrupted {
+            return Err(Interrupted.into());
+        }
         out.push(Series {
             label: label.clone(),
             sizes: sink.0,
@@ -64,12 +75,70 @@ pub fn collect(
     Ok(out)
 }
 
-/// Draws the series as an SVG line chart at `path`.
+/// The chart's file, opened before any generation so that a path that
+/// cannot be written fails at once, not after every run.
+pub struct Output {
+    file: File,
+    path: PathBuf,
+    created: bool,
+    done: bool,
+}
+
+impl Output {
+    /// Opens `path` for writing, creating it if needed, without changing it yet.
+    ///
+    /// # Errors
+    ///
+    /// - the file cannot be opened for writing (a directory, a missing
+    ///   folder, no permission).
+    pub fn open(path: &Path) -> Result<Self> {
+        let created = !path.exists();
+        let file = File::options()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("cannot write chart {}", path.display()))?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            created,
+            done: false,
+        })
+    }
+
+    /// The path the chart goes to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        // A chart that was never drawn leaves no empty file behind.
+        if self.created && !self.done {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Draws the series as an SVG line chart into `out`.
 ///
 /// # Errors
 ///
 /// - the file cannot be written.
-pub fn draw(path: &Path, title: &str, series: &[Series]) -> Result<()> {
+pub fn draw(mut out: Output, title: &str, series: &[Series]) -> Result<()> {
+    let mut svg = String::new();
+    render(&mut svg, out.path(), title, series)?;
+    let fail = |e: io::Error| anyhow!("cannot write chart {}: {e}", out.path.display());
+    out.file.set_len(0).map_err(fail)?;
+    out.file.write_all(svg.as_bytes()).map_err(fail)?;
+    out.file.flush().map_err(fail)?;
+    out.done = true;
+    Ok(())
+}
+
+fn render(svg: &mut String, path: &Path, title: &str, series: &[Series]) -> Result<()> {
     let steps = series
         .iter()
         .map(|s| s.sizes.len())
@@ -83,7 +152,7 @@ pub fn draw(path: &Path, title: &str, series: &[Series]) -> Result<()> {
         .unwrap_or(1)
         .max(1);
 
-    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
+    let root = SVGBackend::with_string(svg, (960, 540)).into_drawing_area();
     let fail = |e: &dyn std::fmt::Display| anyhow!("cannot draw {}: {e}", path.display());
     root.fill(&WHITE).map_err(|e| fail(&e))?;
     let mut chart = ChartBuilder::on(&root)

@@ -23,7 +23,7 @@ pub fn run(template: &Template<'_>, turn: &mut dyn Turn, start: Vec<Message>) ->
     let system: Vec<Message> = start;
     let mut messages = system.clone();
     let mut history: Vec<String> = Vec::new();
-    eprintln!("talkback: chat started; /reset forgets the conversation, /exit leaves");
+    crate::note!("talkback: chat started; /reset forgets the conversation, /exit leaves");
     loop {
         let line = match read_line(&history) {
             Ok(line) => line,
@@ -37,7 +37,7 @@ pub fn run(template: &Template<'_>, turn: &mut dyn Turn, start: Vec<Message>) ->
             "/exit" | "/quit" => return Ok(()),
             "/reset" => {
                 messages = system.clone();
-                eprintln!("talkback: conversation reset");
+                crate::note!("talkback: conversation reset");
                 continue;
             }
             _ => {}
@@ -49,7 +49,7 @@ pub fn run(template: &Template<'_>, turn: &mut dyn Turn, start: Vec<Message>) ->
         let (reply, finish) = turn.reply(&rendered)?;
         if finish == Finish::Interrupted {
             INTERRUPTED.store(false, Ordering::Relaxed);
-            eprintln!("talkback: reply interrupted");
+            crate::note!("talkback: reply interrupted");
         }
         messages.push(Message::new("assistant", &reply));
     }

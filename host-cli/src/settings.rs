@@ -1,12 +1,19 @@
 //! The effective settings of a run, as printed with `-v`, written to JSON
 //! output and recorded in traces so that any run can be repeated.
 
-use anyhow::{anyhow, Result};
+use std::ops::RangeInclusive;
+
+use anyhow::{anyhow, bail, Result};
 use sampler_core::{Config, Order, Stage};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{GenerationArgs, ModelArgs, SamplingArgs};
 use crate::generate::Engine;
+
+/// Context sizes `--ctx-size` accepts, in tokens.
+pub const CTX_SIZES: RangeInclusive<u32> = 16..=1_048_576;
+/// Batch sizes `--batch-size` accepts, in tokens.
+pub const BATCH_SIZES: RangeInclusive<u32> = 1..=65_536;
 
 /// Everything that decides which tokens a run produces, given the prompt
 /// and the model.
@@ -109,6 +116,48 @@ impl Settings {
         Ok(config)
     }
 
+    /// Checks every setting against the limits the command line enforces
+    /// and those of the sampler and the text stream, so that settings read
+    /// from elsewhere (a trace) or too many stop strings fail before the
+    /// model loads rather than partway through a run.
+    ///
+    /// # Errors
+    ///
+    /// - any error of [`Settings::config`];
+    /// - too many, empty or too long stop strings;
+    /// - a penalty window, context, batch or token cap out of range.
+    pub fn check(&self) -> Result<Config> {
+        let config = self.config()?;
+        crate::generate::stop_set(&self.stops)?;
+        if self.repeat_last_n as usize > sampler_core::MAX_RECENT {
+            bail!(
+                "a penalty window of {} tokens exceeds the limit of {}",
+                self.repeat_last_n,
+                sampler_core::MAX_RECENT
+            );
+        }
+        if !CTX_SIZES.contains(&self.ctx_size) {
+            bail!(
+                "a context of {} tokens is outside {}..={}",
+                self.ctx_size,
+                CTX_SIZES.start(),
+                CTX_SIZES.end()
+            );
+        }
+        if !BATCH_SIZES.contains(&self.batch_size) {
+            bail!(
+                "a batch of {} tokens is outside {}..={}",
+                self.batch_size,
+                BATCH_SIZES.start(),
+                BATCH_SIZES.end()
+            );
+        }
+        if self.n_predict == Some(0) {
+            bail!("a token cap of 0 generates nothing");
+        }
+        Ok(config)
+    }
+
     /// One line for `-v`: every setting, so the run can be repeated.
     pub fn describe(&self) -> String {
         format!(
@@ -145,4 +194,98 @@ pub fn random_seed() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     RandomState::new().hash_one(nanos)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    /// The settings of `talkback complete x` with `extra` flags.
+    fn parsed(extra: &[&str]) -> Option<Settings> {
+        let mut argv = vec!["talkback", "complete", "x"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).ok()?.command {
+            Command::Complete(a) => Some(Settings::new(&a.sampling, &a.generation, &a.model)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn check_agrees_with_the_command_line_at_every_edge() {
+        for (flag, good, bad) in [
+            ("--ctx-size", *CTX_SIZES.start(), CTX_SIZES.start() - 1),
+            ("--ctx-size", *CTX_SIZES.end(), CTX_SIZES.end() + 1),
+            (
+                "--batch-size",
+                *BATCH_SIZES.start(),
+                BATCH_SIZES.start() - 1,
+            ),
+            ("--batch-size", *BATCH_SIZES.end(), BATCH_SIZES.end() + 1),
+            ("--repeat-last-n", 1024, 1025),
+        ] {
+            let good = parsed(&[flag, &good.to_string()]).expect(flag);
+            assert!(good.check().is_ok(), "{flag} {good:?}");
+            assert!(parsed(&[flag, &bad.to_string()]).is_none(), "{flag} {bad}");
+        }
+        let base = parsed(&[]).expect("defaults");
+        let cases = [
+            Settings {
+                ctx_size: 15,
+                ..base.clone()
+            },
+            Settings {
+                batch_size: 0,
+                ..base.clone()
+            },
+            Settings {
+                repeat_last_n: 1025,
+                ..base.clone()
+            },
+            Settings {
+                n_predict: Some(0),
+                ..base.clone()
+            },
+            Settings {
+                stops: vec![String::new()],
+                ..base.clone()
+            },
+        ];
+        for bad in cases {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn stop_strings_are_held_to_the_stream_limits() {
+        use crate::generate::{MAX_STOPS, MAX_STOP_LEN};
+        let many: Vec<String> = (0..=MAX_STOPS).map(|i| format!("s{i}")).collect();
+        let base = parsed(&[]).expect("defaults");
+        let at_limit = Settings {
+            stops: many[..MAX_STOPS].to_vec(),
+            ..base.clone()
+        };
+        assert!(at_limit.check().is_ok());
+        let err = Settings {
+            stops: many,
+            ..base.clone()
+        }
+        .check()
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+        assert!(err.contains("at most 16"), "{err}");
+        let long = Settings {
+            stops: vec!["x".repeat(MAX_STOP_LEN + 1)],
+            ..base
+        };
+        let err = long
+            .check()
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(err.contains("257 bytes"), "{err}");
+    }
 }

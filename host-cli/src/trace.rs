@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::chat::Message;
-use crate::generate::{Finish, Outcome};
+use crate::generate::{Engine, Finish, Outcome};
 use crate::settings::Settings;
 
 /// The trace format version this build writes and reads.
@@ -154,6 +154,18 @@ impl Trace {
                 "trace {} has format version {}; this build reads version {VERSION}",
                 path.display(),
                 trace.version
+            );
+        }
+        // A trace edited by hand can hold settings the command line never
+        // accepts; refuse them here instead of partway through the replay.
+        trace
+            .settings
+            .check()
+            .with_context(|| format!("trace {} has invalid settings", path.display()))?;
+        if trace.settings.sampler != Engine::Talkback {
+            bail!(
+                "trace {} names llama.cpp's sampler, which cannot be replayed",
+                path.display()
             );
         }
         if Finish::from_name(&trace.finish_reason).is_none() {
@@ -395,6 +407,39 @@ mod tests {
             compare(&t, &[1, 2], &[(5, -0.5)], Finish::Length),
             Some(Divergence::Finish { .. })
         ));
+    }
+
+    #[test]
+    fn load_refuses_settings_the_command_line_would_not_accept() {
+        let path = std::env::temp_dir().join(format!(
+            "talkback-trace-settings-{}.json",
+            std::process::id()
+        ));
+        let edits: [(&str, serde_json::Value, &str); 4] = [
+            ("batch_size", serde_json::json!(0), "batch of 0 tokens"),
+            ("repeat_last_n", serde_json::json!(5000), "5000 tokens"),
+            ("stops", serde_json::json!([""]), "empty"),
+            (
+                "sampler",
+                serde_json::json!("llama.cpp"),
+                "cannot be replayed",
+            ),
+        ];
+        for (field, value, needle) in edits {
+            let mut t = serde_json::to_value(trace(&[(5, -0.5)], "length")).expect("encode");
+            t["settings"][field] = value;
+            std::fs::write(&path, t.to_string()).expect("write");
+            let err = Trace::load(&path)
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default();
+            assert!(err.contains(needle), "{field}: {err}");
+        }
+        let t = serde_json::to_string(&trace(&[(5, -0.5)], "length")).expect("encode");
+        std::fs::write(&path, t).expect("write");
+        let loaded = Trace::load(&path).map(|t| t.steps.len());
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(loaded.ok(), Some(1));
     }
 
     #[test]

@@ -476,3 +476,53 @@ fn plot_refuses_an_out_of_range_setting_before_writing() {
     assert!(run.stderr.contains("1.5"), "{}", run.stderr);
     assert!(!out.0.exists());
 }
+
+#[test]
+fn plot_refuses_an_unwritable_chart_path_before_loading_the_model() {
+    let dir = std::env::temp_dir();
+    let missing = TempFile::new("no-such-folder");
+    let inside = missing.0.join("chart.svg");
+    let inside = inside.to_str().expect("UTF-8 temp path");
+    let dir = dir.to_str().expect("UTF-8 temp path");
+    for out in [dir, inside] {
+        // The model does not exist either: the chart's path must be the
+        // first thing checked, before any model or generation.
+        let run = tb(&["plot", "x", "-o", out, "--model", "/nonexistent/m.gguf"]);
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(run.stdout.is_empty());
+        let want = format!("talkback: cannot write chart {out}: ");
+        assert!(run.stderr.starts_with(&want), "{}", run.stderr);
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    }
+    assert!(!missing.0.exists());
+
+    // A chart that fails after opening (here, no model) leaves no empty file.
+    let out = TempFile::new("never-drawn.svg");
+    let run = tb(&[
+        "plot",
+        "x",
+        "-o",
+        out.arg(),
+        "--model",
+        "/nonexistent/m.gguf",
+    ]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("does not exist"), "{}", run.stderr);
+    assert!(!out.0.exists());
+}
+
+#[test]
+fn plot_refuses_more_settings_than_it_has_colours() {
+    let out = TempFile::new("too-many.svg");
+    let ten = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1";
+    let run = tb(&["plot", "x", "--top-p", ten, "--min-p", ten, "-o", out.arg()]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stdout.is_empty());
+    assert!(
+        run.stderr
+            .starts_with("talkback: plot draws at most 99 settings"),
+        "{}",
+        run.stderr
+    );
+    assert!(!out.0.exists());
+}

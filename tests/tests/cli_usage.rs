@@ -172,6 +172,34 @@ fn flags_that_do_not_go_together_are_usage_errors() {
 }
 
 #[test]
+fn stop_strings_past_the_stream_limits_are_usage_errors_before_loading() {
+    let long = "x".repeat(257);
+    usage_error(
+        &["complete", "x", "--stop", &long],
+        "exceeds the limit of 256 bytes",
+    );
+
+    // A model that does not exist shows that the count is refused before
+    // anything is loaded.
+    let mut args = vec!["complete", "x", "--model", "/nonexistent/m.gguf"];
+    let stops: Vec<String> = (0..17).map(|i| format!("s{i}")).collect();
+    for stop in &stops {
+        args.extend(["--stop", stop]);
+    }
+    let run = talkback(&args);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.text());
+    assert_eq!(
+        run.stderr.trim_end(),
+        "talkback: invalid settings: stop string \"s16\": too many stop strings (at most 16)"
+    );
+    let sixteen = args.len() - 2;
+    let run = talkback(&args[..sixteen]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("does not exist"), "{}", run.stderr);
+}
+
+#[test]
 fn missing_arguments_are_usage_errors() {
     usage_error(&["replay"], "<TRACE>");
     usage_error(&["plot"], "<PROMPT>");

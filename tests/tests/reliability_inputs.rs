@@ -302,6 +302,20 @@ fn chat_template_that_raises() {
 }
 
 #[test]
+fn chat_template_that_never_ends() {
+    let scratch = Scratch::new("endless");
+    let path = scratch.write(
+        "endless.jinja",
+        b"{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+    );
+    let run = talkback(&["chat", "hi", "--render-only", "--chat-template", arg(&path)]);
+    runtime_error(
+        &run,
+        "the chat template failed to render: it ran out of its budget",
+    );
+}
+
+#[test]
 fn chat_template_with_a_syntax_error() {
     let scratch = Scratch::new("syntax");
     let path = scratch.write("broken.jinja", b"{% for m in messages %}\n{{ m.content }\n");

@@ -55,6 +55,111 @@ fn closing_stdout_after_ten_bytes_exits_zero_quietly() {
 }
 
 #[test]
+fn a_broken_pipe_outside_stdout_is_a_failure_naming_the_file() {
+    // The dump's reader leaves after one byte; the first record alone
+    // (49152 logits) is larger than a pipe holds, so the write must fail.
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(
+            r#""$0" complete "Once upon a time" -n 8 --ignore-eos --seed 3 --threads 1 \
+               --dump-logits >(head -c 1 >/dev/null)"#,
+        )
+        .arg(binary())
+        .env("TALKBACK_MODEL", model())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let run = reliability_support::start(cmd, None).finish();
+    let line = reliability_support::runtime_error(&run, "cannot write logits dump /dev/fd/");
+    assert!(line.ends_with("Broken pipe (os error 32)"), "{line}");
+
+    let run = talkback(&[
+        "complete",
+        "Once upon a time",
+        "-n",
+        "2",
+        "--threads",
+        "1",
+        "--dump-logits",
+        "/dev/full",
+    ]);
+    let line = reliability_support::runtime_error(&run, "cannot write logits dump /dev/full: ");
+    assert!(line.ends_with("(os error 28)"), "{line}");
+}
+
+#[test]
+fn a_stderr_that_cannot_be_written_does_not_fail_the_run() {
+    let args = [
+        "-v",
+        "complete",
+        "Once upon a time",
+        "-n",
+        "5",
+        "--seed",
+        "3",
+        "--threads",
+        "1",
+    ];
+    let want = talkback(&args);
+    assert_eq!(want.code, 0, "{}", want.stderr);
+    assert!(
+        want.stderr.contains("talkback: finished"),
+        "{}",
+        want.stderr
+    );
+
+    // A full disk, then a reader that has already gone.
+    for closed in [false, true] {
+        let mut cmd = command(&args);
+        cmd.stdin(Stdio::null());
+        if !closed {
+            cmd.stderr(std::fs::File::create("/dev/full").expect("open /dev/full"));
+        }
+        let mut child = cmd.spawn().expect("start talkback");
+        drop(child.stderr.take());
+        let stdout = Tail::follow(child.stdout.take().expect("stdout"));
+        let status = wait(&mut child);
+        assert_eq!(status.code(), Some(0), "closed pipe {closed}: {status}");
+        stdout.wait_for(0, "the whole text", |b| b.len() >= want.stdout.len());
+        assert_eq!(stdout.bytes(), want.stdout, "closed pipe {closed}");
+    }
+}
+
+#[test]
+fn ctrl_c_during_plot_exits_130_without_a_chart() {
+    let out = std::env::temp_dir().join(format!("talkback-plot-int-{}.svg", std::process::id()));
+    let _ = std::fs::remove_file(&out);
+    let mut child = command(&[
+        "-v",
+        "plot",
+        "Once upon a time",
+        "-n",
+        "64",
+        "--top-p",
+        "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+        "--threads",
+        "1",
+        "-o",
+        out.to_str().expect("UTF-8 temp path"),
+    ])
+    .stdin(Stdio::null())
+    .spawn()
+    .expect("start talkback");
+    let stderr = Tail::follow(child.stderr.take().expect("stderr"));
+    stderr.wait_for(0, "the model to load", |b| {
+        String::from_utf8_lossy(b).contains("tokens in vocabulary")
+    });
+    interrupt(&child);
+    let status = wait(&mut child);
+    let exists = out.exists();
+    let _ = std::fs::remove_file(&out);
+    let stderr = String::from_utf8_lossy(&stderr.bytes()).into_owned();
+    assert_eq!(status.code(), Some(130), "{status}; stderr: {stderr}");
+    no_crash(&stderr);
+    assert!(!stderr.contains("wrote"), "{stderr}");
+    assert!(!exists, "a chart of cut-short runs was written");
+}
+
+#[test]
 fn ctrl_c_during_generation_keeps_the_text_and_exits_130() {
     let mut child = command(&[
         "complete",
