@@ -140,7 +140,7 @@ fn generate(
             Ok((outcome, sink.text))
         }
         Format::Jsonl => {
-            let mut sink = JsonlSink::new(stdout, model, settings.sampler == Engine::Talkback);
+            let mut sink = JsonlSink::new(stdout, model, &req, session.n_ctx());
             let outcome = generator.run(model, session, prompt, &req, &mut sink)?;
             let text = std::mem::take(&mut sink.text);
             sink.finish(summary(&text, &outcome, settings, true))?;
