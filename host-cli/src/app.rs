@@ -126,13 +126,13 @@ fn generate(
         Format::Text => {
             let mut sink = TeeSink {
                 inner: TextSink::new(stdout),
-                text: Vec::new(),
+                text: Vec::with_capacity(req.text_bound(model, session.n_ctx())),
             };
             let outcome = generator.run(model, session, prompt, &req, &mut sink)?;
             Ok((outcome, sink.text))
         }
         Format::Json => {
-            let mut sink = CollectSink::default();
+            let mut sink = CollectSink::new(model, &req, session.n_ctx());
             let outcome = generator.run(model, session, prompt, &req, &mut sink)?;
             let mut out = stdout;
             writeln!(out, "{}", summary(&sink.text, &outcome, settings, false))?;

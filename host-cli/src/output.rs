@@ -3,10 +3,10 @@
 //! stdout holds only what was asked for and is flushed per token; every
 //! diagnostic goes to stderr.
 //!
-//! The JSON-lines sink allocates nothing per token: it reserves, up front,
-//! room for all the text the run can release ([`Request::text_bound`]), and
-//! serializes each event from borrowed fields into a line buffer that is
-//! cleared, never dropped.
+//! No sink allocates per token: those that keep the reply's text reserve,
+//! up front, room for all the text the run can release
+//! ([`Request::text_bound`]), and a JSON-lines event is serialized from
+//! borrowed fields into a line buffer that is cleared, never dropped.
 
 use std::fmt::{self, Write as _};
 use std::io::{self, Write};
@@ -49,6 +49,16 @@ impl<W: Write> Sink for TextSink<W> {
 pub struct CollectSink {
     /// Released text so far.
     pub text: Vec<u8>,
+}
+
+impl CollectSink {
+    /// A sink with room for all the text `req` can release with `model` in a
+    /// context of `n_ctx` tokens, so that collecting never grows it.
+    pub fn new(model: &Model, req: &Request<'_>, n_ctx: usize) -> Self {
+        Self {
+            text: Vec::with_capacity(req.text_bound(model, n_ctx)),
+        }
+    }
 }
 
 impl Sink for CollectSink {
