@@ -126,13 +126,13 @@ fn generate(
         Format::Text => {
             let mut sink = TeeSink {
                 inner: TextSink::new(stdout),
-                text: Vec::new(),
+                text: Vec::with_capacity(req.text_bound(model, session.n_ctx())),
             };
             let outcome = generator.run(model, session, prompt, &req, &mut sink)?;
             Ok((outcome, sink.text))
         }
         Format::Json => {
-            let mut sink = CollectSink::default();
+            let mut sink = CollectSink::new(model, &req, session.n_ctx());
             let outcome = generator.run(model, session, prompt, &req, &mut sink)?;
             let mut out = stdout;
             writeln!(out, "{}", summary(&sink.text, &outcome, settings, false))?;
@@ -140,7 +140,7 @@ fn generate(
             Ok((outcome, sink.text))
         }
         Format::Jsonl => {
-            let mut sink = JsonlSink::new(stdout, model, settings.sampler == Engine::Talkback);
+            let mut sink = JsonlSink::new(stdout, model, &req, session.n_ctx());
             let outcome = generator.run(model, session, prompt, &req, &mut sink)?;
             let text = std::mem::take(&mut sink.text);
             sink.finish(summary(&text, &outcome, settings, true))?;

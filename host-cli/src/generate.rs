@@ -110,6 +110,31 @@ pub struct Request<'a> {
     pub engine: Engine,
 }
 
+impl Request<'_> {
+    /// Most tokens this request generates in a context of `n_ctx` tokens.
+    pub fn max_tokens(&self, n_ctx: usize) -> usize {
+        self.n_predict.map_or(n_ctx, |n| (n as usize).min(n_ctx))
+    }
+
+    /// Most bytes of text one run of this request releases with `model`, in
+    /// a context of `n_ctx` tokens.
+    ///
+    /// The released text is the lossy UTF-8 decoding of the pieces, cut at a
+    /// stop string, and lossy decoding writes at most three bytes (U+FFFD)
+    /// for each byte it reads.
+    pub fn text_bound(&self, model: &Model, n_ctx: usize) -> usize {
+        self.max_tokens(n_ctx)
+            .saturating_mul(model.longest_piece())
+            .saturating_mul(3)
+    }
+}
+
+/// Most bytes of text the loop hands a sink after one token, up to the next
+/// token or the end of the run, when no piece is longer than `longest_piece`.
+pub const fn step_text_bound(longest_piece: usize) -> usize {
+    Stream::output_bound(longest_piece).saturating_add(Stream::finish_bound())
+}
+
 /// Which sampler picks the tokens.
 #[derive(
     Debug,
@@ -248,13 +273,14 @@ pub struct Generator {
 impl Generator {
     /// Buffers for `model`'s vocabulary.
     pub fn new(model: &Model) -> Self {
+        let longest = model.longest_piece();
         Self {
             scratch: vec![Candidate::default(); model.vocab_size()],
             alternatives: Vec::new(),
             recent: Vec::with_capacity(1024),
             bias: Vec::new(),
-            piece: Vec::with_capacity(64),
-            out: Vec::with_capacity(1024),
+            piece: Vec::with_capacity(longest),
+            out: Vec::with_capacity(Stream::output_bound(longest)),
             dump: None,
         }
     }
@@ -302,7 +328,7 @@ impl Generator {
 
         let generating = Instant::now();
         let cap = req.n_predict.map_or(usize::MAX, |n| n as usize);
-        let mut tokens = Vec::with_capacity(cap.min(session.n_ctx()));
+        let mut tokens = Vec::with_capacity(req.max_tokens(session.n_ctx()));
         let finish = loop {
             if tokens.len() >= cap {
                 break Finish::Length;

@@ -47,6 +47,7 @@ pub struct Model {
     path: PathBuf,
     eog: Vec<u32>,
     add_bos: bool,
+    longest_piece: usize,
 }
 
 impl Model {
@@ -106,12 +107,23 @@ impl Model {
             .filter_map(|t| u32::try_from(t.0).ok())
             .collect();
         let add_bos = vocab.should_add_bos();
+        let mut piece = Vec::new();
+        let longest_piece = vocab
+            .tokens()
+            .map(|t| {
+                piece.clear();
+                vocab.token_to_piece_into(t, &mut piece, false, None);
+                piece.len()
+            })
+            .max()
+            .unwrap_or(0);
         Ok(Self {
             model,
             backend,
             path,
             eog,
             add_bos,
+            longest_piece,
         })
     }
 
@@ -138,6 +150,12 @@ impl Model {
     /// Whether `id` ends generation.
     pub fn is_eog(&self, id: u32) -> bool {
         self.eog.contains(&id)
+    }
+
+    /// The length in bytes of the longest text [`Model::piece_into`] gives
+    /// for any token, which sizes the buffers that hold pieces.
+    pub fn longest_piece(&self) -> usize {
+        self.longest_piece
     }
 
     /// Whether the tokenizer wants a BOS token at the start of a prompt.

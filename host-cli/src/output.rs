@@ -2,12 +2,20 @@
 //!
 //! stdout holds only what was asked for and is flushed per token; every
 //! diagnostic goes to stderr.
+//!
+//! No sink allocates per token: those that keep the reply's text reserve,
+//! up front, room for all the text the run can release
+//! ([`Request::text_bound`]), and a JSON-lines event is serialized from
+//! borrowed fields into a line buffer that is cleared, never dropped.
 
+use std::fmt::{self, Write as _};
 use std::io::{self, Write};
 
+use sampler_core::Survivors;
+use serde::{Serialize, Serializer};
 use serde_json::{json, Value};
 
-use crate::generate::{Outcome, Sink, Step};
+use crate::generate::{step_text_bound, Engine, Outcome, Request, Sink, Step};
 use crate::model::Model;
 use crate::settings::Settings;
 
@@ -96,6 +104,16 @@ pub struct CollectSink {
     pub text: Vec<u8>,
 }
 
+impl CollectSink {
+    /// A sink with room for all the text `req` can release with `model` in a
+    /// context of `n_ctx` tokens, so that collecting never grows it.
+    pub fn new(model: &Model, req: &Request<'_>, n_ctx: usize) -> Self {
+        Self {
+            text: Vec::with_capacity(req.text_bound(model, n_ctx)),
+        }
+    }
+}
+
 impl Sink for CollectSink {
     fn text(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.text.extend_from_slice(bytes);
@@ -109,30 +127,46 @@ impl Sink for CollectSink {
 
 /// Writes one JSON event per token; each event carries the text that the
 /// token released.
+///
+/// A token's event is written when the next token arrives, or at
+/// [`JsonlSink::flush_pending`], because its text reaches the sink after it.
 pub struct JsonlSink<'m, W: Write> {
     out: W,
     model: &'m Model,
-    pending: Option<Value>,
-    released: Vec<u8>,
-    piece: Vec<u8>,
     stats: bool,
+    held: HeldToken,
+    pending: bool,
+    released: Vec<u8>,
+    line: Vec<u8>,
     /// All released text, for the summary event.
     pub text: Vec<u8>,
 }
 
 impl<'m, W: Write> JsonlSink<'m, W> {
-    /// A sink writing to `out`, naming alternatives with `model`'s vocabulary;
-    /// without `stats` (llama.cpp's sampler computes none), entropy,
-    /// survivors and alternatives are written as `null`.
-    pub fn new(out: W, model: &'m Model, stats: bool) -> Self {
+    /// A sink writing to `out` for a run of `req` in a context of `n_ctx`
+    /// tokens, naming alternatives with `model`'s vocabulary.
+    ///
+    /// Without statistics (`--sampler llama.cpp` computes none), entropy,
+    /// survivors and alternatives are written as `null`. Every buffer is
+    /// given its full size here, from `model`'s longest piece, the number
+    /// of alternatives and the token cap.
+    pub fn new(out: W, model: &'m Model, req: &Request<'_>, n_ctx: usize) -> Self {
+        let longest = model.longest_piece();
+        let alternatives = req.alternatives;
         Self {
             out,
             model,
-            pending: None,
-            released: Vec::new(),
-            piece: Vec::new(),
-            stats,
-            text: Vec::new(),
+            stats: req.engine == Engine::Talkback,
+            held: HeldToken {
+                piece: Vec::with_capacity(longest),
+                alternatives: Vec::with_capacity(alternatives),
+                alternative_pieces: Vec::with_capacity(alternatives.saturating_mul(longest)),
+                ..HeldToken::default()
+            },
+            pending: false,
+            released: Vec::with_capacity(step_text_bound(longest)),
+            line: Vec::with_capacity(line_bound(longest, alternatives)),
+            text: Vec::with_capacity(req.text_bound(model, n_ctx)),
         }
     }
 
@@ -142,16 +176,17 @@ impl<'m, W: Write> JsonlSink<'m, W> {
     ///
     /// - stdout cannot be written.
     pub fn flush_pending(&mut self) -> io::Result<()> {
-        if let Some(mut event) = self.pending.take() {
-            if let Some(fields) = event.as_object_mut() {
-                let text = String::from_utf8_lossy(&self.released).into_owned();
-                fields.insert("text".into(), Value::String(text));
-            }
-            self.released.clear();
-            writeln!(self.out, "{event}")?;
-            self.out.flush()?;
+        if !self.pending {
+            return Ok(());
         }
-        Ok(())
+        self.pending = false;
+
+        self.line.clear();
+        self.held
+            .write_line(&self.released, self.stats, &mut self.line)?;
+        self.released.clear();
+        self.out.write_all(&self.line)?;
+        self.out.flush()
     }
 
     /// Writes the summary event.
@@ -164,6 +199,11 @@ impl<'m, W: Write> JsonlSink<'m, W> {
         writeln!(self.out, "{summary}")?;
         self.out.flush()
     }
+
+    /// The writer, once the run is over.
+    pub fn into_inner(self) -> W {
+        self.out
+    }
 }
 
 impl<W: Write> Sink for JsonlSink<'_, W> {
@@ -175,55 +215,199 @@ impl<W: Write> Sink for JsonlSink<'_, W> {
 
     fn token(&mut self, step: &Step<'_>) -> io::Result<()> {
         self.flush_pending()?;
-        let piece = String::from_utf8_lossy(step.piece);
-        if !self.stats {
-            // Zeros here would read as a certain choice with no survivors.
-            self.pending = Some(json!({
-                "event": "token",
-                "index": step.index,
-                "id": step.id,
-                "piece": piece,
-                "piece_bytes": step.piece,
-                "logprob": null,
-                "entropy": null,
-                "survivors": null,
-                "alternatives": null,
-            }));
-            return Ok(());
+
+        let held = &mut self.held;
+        held.index = step.index;
+        held.id = step.id;
+        held.logprob = step.logprob;
+        held.entropy = step.entropy;
+        held.survivors = step.survivors;
+        held.piece.clear();
+        held.piece.extend_from_slice(step.piece);
+        held.alternatives.clear();
+        held.alternative_pieces.clear();
+        // Without statistics there are no alternatives to name.
+        if self.stats {
+            for a in step.alternatives {
+                let start = held.alternative_pieces.len();
+                self.model.piece_into(a.id, &mut held.alternative_pieces);
+                held.alternatives.push(HeldAlternative {
+                    id: a.id,
+                    logprob: a.logprob,
+                    start,
+                    end: held.alternative_pieces.len(),
+                });
+            }
         }
-        let alternatives: Vec<Value> = step
-            .alternatives
-            .iter()
-            .map(|a| {
-                self.piece.clear();
-                self.model.piece_into(a.id, &mut self.piece);
-                json!({
-                    "id": a.id,
-                    "piece": String::from_utf8_lossy(&self.piece),
-                    "logprob": a.logprob,
-                })
-            })
-            .collect();
-        let s = step.survivors;
-        self.pending = Some(json!({
-            "event": "token",
-            "index": step.index,
-            "id": step.id,
-            "piece": piece,
-            "piece_bytes": step.piece,
-            "logprob": step.logprob,
-            "entropy": step.entropy,
-            "survivors": {
-                "vocab": s.vocab,
-                "top_k": s.after_top_k,
-                "top_p": s.after_top_p,
-                "min_p": s.after_min_p,
-                "final": s.final_count,
-            },
-            "alternatives": alternatives,
-        }));
+        self.pending = true;
         Ok(())
     }
+}
+
+/// The token whose event waits for its text, in buffers that are reused.
+#[derive(Default)]
+struct HeldToken {
+    index: usize,
+    id: u32,
+    logprob: f32,
+    entropy: f32,
+    survivors: Survivors,
+    piece: Vec<u8>,
+    alternatives: Vec<HeldAlternative>,
+    /// The alternatives' pieces, end to end.
+    alternative_pieces: Vec<u8>,
+}
+
+/// One alternative of the held token; its piece is
+/// `alternative_pieces[start..end]`.
+#[derive(Clone, Copy)]
+struct HeldAlternative {
+    id: u32,
+    logprob: f32,
+    start: usize,
+    end: usize,
+}
+
+impl HeldToken {
+    /// Appends this token's event, with `text` as the text it released, as
+    /// one line to `line`; without `stats` the statistics are `null`.
+    fn write_line(&self, text: &[u8], stats: bool, line: &mut Vec<u8>) -> serde_json::Result<()> {
+        let event = TokenEvent {
+            alternatives: stats.then_some(AlternativeList {
+                held: &self.alternatives,
+                pieces: &self.alternative_pieces,
+            }),
+            // Zeros here would read as a certain choice with no survivors.
+            entropy: stats.then_some(f64::from(self.entropy)),
+            event: "token",
+            id: self.id,
+            index: self.index,
+            logprob: stats.then_some(f64::from(self.logprob)),
+            piece: Lossy(&self.piece),
+            piece_bytes: &self.piece,
+            survivors: stats.then_some(Counts::from(self.survivors)),
+            text: Lossy(text),
+        };
+        serde_json::to_writer(&mut *line, &event)?;
+        line.push(b'\n');
+        Ok(())
+    }
+}
+
+/// One token event as printed.
+///
+/// The fields are in alphabetical order because the events have always had
+/// their keys sorted (`serde_json`'s map without `preserve_order`). Floats
+/// are widened to `f64`, as they always were; serde_json writes `null` for
+/// one that is not finite.
+#[derive(Serialize)]
+struct TokenEvent<'a> {
+    alternatives: Option<AlternativeList<'a>>,
+    entropy: Option<f64>,
+    event: &'static str,
+    id: u32,
+    index: usize,
+    logprob: Option<f64>,
+    piece: Lossy<'a>,
+    piece_bytes: &'a [u8],
+    survivors: Option<Counts>,
+    text: Lossy<'a>,
+}
+
+/// Survivors after each stage, under the names the events use.
+#[derive(Serialize)]
+struct Counts {
+    #[serde(rename = "final")]
+    final_count: usize,
+    min_p: usize,
+    top_k: usize,
+    top_p: usize,
+    vocab: usize,
+}
+
+impl From<Survivors> for Counts {
+    fn from(s: Survivors) -> Self {
+        Self {
+            final_count: s.final_count,
+            min_p: s.after_min_p,
+            top_k: s.after_top_k,
+            top_p: s.after_top_p,
+            vocab: s.vocab,
+        }
+    }
+}
+
+/// The held token's alternatives, serialized as an array of objects.
+struct AlternativeList<'a> {
+    held: &'a [HeldAlternative],
+    pieces: &'a [u8],
+}
+
+impl Serialize for AlternativeList<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.held.iter().map(|a| AlternativeEvent {
+            id: a.id,
+            logprob: f64::from(a.logprob),
+            piece: Lossy(self.pieces.get(a.start..a.end).unwrap_or_default()),
+        }))
+    }
+}
+
+/// One alternative as printed, keys in alphabetical order.
+#[derive(Serialize)]
+struct AlternativeEvent<'a> {
+    id: u32,
+    logprob: f64,
+    piece: Lossy<'a>,
+}
+
+/// Bytes shown as `String::from_utf8_lossy` shows them, without building a
+/// `String`.
+///
+/// As a serde value it is a string written through `collect_str`, which
+/// serde_json escapes straight into its writer.
+struct Lossy<'a>(&'a [u8]);
+
+impl fmt::Display for Lossy<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Each chunk's invalid part is one maximal invalid sequence, the
+        // unit that `from_utf8_lossy` replaces with one U+FFFD.
+        for chunk in self.0.utf8_chunks() {
+            f.write_str(chunk.valid())?;
+            if !chunk.invalid().is_empty() {
+                f.write_char(char::REPLACEMENT_CHARACTER)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Lossy<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Most bytes of one token event's line, so its buffer is sized once.
+///
+/// In a JSON string a byte takes at most six bytes (`\u001f`), and lossy
+/// UTF-8 writes at most three (U+FFFD) for one byte, which needs no escape;
+/// in `piece_bytes` a byte takes at most four (`255,`).
+fn line_bound(longest_piece: usize, alternatives: usize) -> usize {
+    // Keys and punctuation take about 170 bytes, and each of the nine
+    // numbers at most 24 (an `f64` such as -2.2250738585072014e-308).
+    const FIXED: usize = 512;
+    // `{"id":4294967295,"logprob":` and 24 bytes of number, `,"piece":""},`.
+    const PER_ALTERNATIVE: usize = 64;
+    let piece = longest_piece.saturating_mul(6 + 4);
+    let text = step_text_bound(longest_piece).saturating_mul(6);
+    let each = longest_piece
+        .saturating_mul(6)
+        .saturating_add(PER_ALTERNATIVE);
+    FIXED
+        .saturating_add(piece)
+        .saturating_add(text)
+        .saturating_add(alternatives.saturating_mul(each))
 }
 
 /// The summary of a run as JSON: text, tokens, finish reason, settings, timings.
@@ -270,5 +454,218 @@ mod tests {
 
         let full = mark(io::Error::from_raw_os_error(28));
         assert!(!is_stdout_closed(&anyhow::Error::new(full)));
+    }
+
+    /// The event built the obvious way, as a `serde_json::Value` printed by
+    /// its `Display`, with the text added last.
+    fn reference(held: &HeldToken, text: &[u8], stats: bool) -> String {
+        let piece = String::from_utf8_lossy(&held.piece);
+        let mut event = if stats {
+            let alternatives: Vec<Value> = held
+                .alternatives
+                .iter()
+                .map(|a| {
+                    let bytes = &held.alternative_pieces[a.start..a.end];
+                    json!({
+                        "id": a.id,
+                        "piece": String::from_utf8_lossy(bytes),
+                        "logprob": a.logprob,
+                    })
+                })
+                .collect();
+            let s = held.survivors;
+            json!({
+                "event": "token",
+                "index": held.index,
+                "id": held.id,
+                "piece": piece,
+                "piece_bytes": held.piece,
+                "logprob": held.logprob,
+                "entropy": held.entropy,
+                "survivors": {
+                    "vocab": s.vocab,
+                    "top_k": s.after_top_k,
+                    "top_p": s.after_top_p,
+                    "min_p": s.after_min_p,
+                    "final": s.final_count,
+                },
+                "alternatives": alternatives,
+            })
+        } else {
+            json!({
+                "event": "token",
+                "index": held.index,
+                "id": held.id,
+                "piece": piece,
+                "piece_bytes": held.piece,
+                "logprob": null,
+                "entropy": null,
+                "survivors": null,
+                "alternatives": null,
+            })
+        };
+        let text = String::from_utf8_lossy(text).into_owned();
+        event
+            .as_object_mut()
+            .expect("an object")
+            .insert("text".into(), Value::String(text));
+        format!("{event}\n")
+    }
+
+    /// A held token with `piece` and `alternatives` as (id, logprob, piece).
+    fn held(
+        piece: &[u8],
+        logprob: f32,
+        entropy: f32,
+        alternatives: &[(u32, f32, &[u8])],
+    ) -> HeldToken {
+        let mut held = HeldToken {
+            index: 7,
+            id: 3_571,
+            logprob,
+            entropy,
+            survivors: Survivors {
+                vocab: 49_152,
+                after_top_k: 40,
+                after_top_p: 12,
+                after_min_p: 9,
+                final_count: 9,
+            },
+            piece: piece.to_vec(),
+            ..HeldToken::default()
+        };
+        for &(id, logprob, bytes) in alternatives {
+            let start = held.alternative_pieces.len();
+            held.alternative_pieces.extend_from_slice(bytes);
+            held.alternatives.push(HeldAlternative {
+                id,
+                logprob,
+                start,
+                end: held.alternative_pieces.len(),
+            });
+        }
+        held
+    }
+
+    fn line(held: &HeldToken, text: &[u8], stats: bool) -> String {
+        let mut line = Vec::new();
+        held.write_line(text, stats, &mut line)
+            .expect("a Vec takes every write");
+        String::from_utf8(line).expect("JSON is UTF-8")
+    }
+
+    #[test]
+    fn token_lines_match_the_value_built_event_byte_for_byte() {
+        let awkward: &[u8] = b"\"q\\ \n\t\x01\x1f\x7f/ \xc3\xa9\xe2\x98\x83\xf0\x9d\x84\x9e";
+        let cases = [
+            held(
+                b" time",
+                -0.318_492_5,
+                1.734_67,
+                &[
+                    (891, -0.318_492_5, b" time"),
+                    (2_001, -1.5, b" day"),
+                    (12, -2.000_001, b","),
+                    (0, -7.25e-9, b""),
+                    (49_151, -30.0, b" upon"),
+                ],
+            ),
+            // Parts of a character, bytes that never start one, and escapes.
+            held(
+                b"\xe2\x82",
+                -1e-30,
+                0.0,
+                &[
+                    (1, -0.0, b"\xff"),
+                    (2, -1e-45, b"\xf0\x9f"),
+                    (3, -3.4e38, awkward),
+                ],
+            ),
+            held(awkward, f32::MIN_POSITIVE, f32::MAX, &[]),
+            // Values a sampler should never report still print as `null`.
+            held(
+                b"",
+                f32::NAN,
+                f32::INFINITY,
+                &[(5, f32::NEG_INFINITY, b"x"), (6, f32::NAN, b"y")],
+            ),
+        ];
+        let texts: [&[u8]; 4] = [b"", b" time", awkward, b"\xe2\x82\xac tail \xed\xa0\x80"];
+        for held in &cases {
+            for text in texts {
+                for stats in [true, false] {
+                    assert_eq!(line(held, text, stats), reference(held, text, stats));
+                }
+            }
+        }
+
+        let mut extreme = held(b"a", -1.0, 1.0, &[(u32::MAX, -1.0, b"b")]);
+        extreme.index = usize::MAX;
+        extreme.id = u32::MAX;
+        extreme.survivors = Survivors {
+            vocab: usize::MAX,
+            after_top_k: usize::MAX,
+            after_top_p: 1,
+            after_min_p: 0,
+            final_count: 0,
+        };
+        assert_eq!(line(&extreme, b"", true), reference(&extreme, b"", true));
+    }
+
+    #[test]
+    fn lossy_text_is_what_from_utf8_lossy_gives() {
+        let mut inputs: Vec<Vec<u8>> = (0..=u8::MAX).map(|b| vec![b]).collect();
+        inputs.extend((0..=u16::MAX).map(|x| x.to_be_bytes().to_vec()));
+        // Bytes at the edges of UTF-8's ranges, in every order of four.
+        let edges = [
+            0x00, 0x41, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf, 0xc0, 0xc2, 0xdf, 0xe0, 0xed,
+            0xef, 0xf0, 0xf4, 0xf5, 0xff,
+        ];
+        for a in edges {
+            for b in edges {
+                for c in edges {
+                    for d in edges {
+                        inputs.push(vec![a, b, c, d]);
+                    }
+                }
+            }
+        }
+        for bytes in &inputs {
+            assert_eq!(
+                Lossy(bytes).to_string(),
+                String::from_utf8_lossy(bytes),
+                "{bytes:x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_longest_line_fits_the_room_reserved_for_it() {
+        let longest = 81;
+        for byte in [0x01, 0xff] {
+            let piece = vec![byte; longest];
+            let alternatives: Vec<(u32, f32, &[u8])> = (0..5)
+                .map(|i| (u32::MAX - i, -1.175_494_2e-38, &piece[..]))
+                .collect();
+            let mut held = held(&piece, -1.175_494_2e-38, -1.175_494_2e-38, &alternatives);
+            held.index = usize::MAX;
+            held.id = u32::MAX;
+            held.survivors = Survivors {
+                vocab: usize::MAX,
+                after_top_k: usize::MAX,
+                after_top_p: usize::MAX,
+                after_min_p: usize::MAX,
+                final_count: usize::MAX,
+            };
+            let text = vec![byte; step_text_bound(longest)];
+
+            let bound = line_bound(longest, alternatives.len());
+            let mut line = Vec::with_capacity(bound);
+            let room = line.capacity();
+            held.write_line(&text, true, &mut line)
+                .expect("a Vec takes every write");
+            assert!(line.len() <= bound, "{} > {bound}", line.len());
+            assert_eq!(line.capacity(), room, "the line grew");
+        }
     }
 }
