@@ -1,17 +1,34 @@
 #!/usr/bin/env bash
-# Brings a fresh Debian machine with Rust and Python to the point where
-# talkback builds and runs: system packages for building llama.cpp, the
-# default model, and a release build. Every step is skipped when already done.
+# Brings a fresh Debian machine with Rust and Python 3 to the point where
+# talkback builds and runs: system packages for building llama.cpp (and pip,
+# for the model download), the default model, and a release build. With
+# --tests it also installs what the test suite runs: QEMU for the Cortex-M
+# replay and Node.js for the wasm32 one. Every step is skipped when already
+# done; installing packages needs root or sudo.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
+tests=false
+case "${1:-}" in
+  --tests) tests=true ;;
+  "") ;;
+  *)
+    echo "usage: $0 [--tests]" >&2
+    exit 2
+    ;;
+esac
+
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v clang >/dev/null 2>&1 || need+=(clang)
 compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || need+=(libclang-dev)
-command -v qemu-system-arm >/dev/null 2>&1 || need+=(qemu-system-arm)
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+if $tests; then
+  command -v qemu-system-arm >/dev/null 2>&1 || need+=(qemu-system-arm)
+  command -v node >/dev/null 2>&1 || need+=(nodejs)
+fi
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]}" >&2
   sudo=()
@@ -28,5 +45,8 @@ fi
 
 fixtures/fetch-model.sh
 
-echo "setup: building talkback (release; the first build compiles llama.cpp)" >&2
+if [[ ! -x "${CARGO_TARGET_DIR:-$root/target}/release/talkback" ]]; then
+  echo "setup: building talkback (release; this first build compiles llama.cpp," \
+    "about five minutes on two cores)" >&2
+fi
 cargo build --release --locked -p talkback --quiet

@@ -11,7 +11,7 @@ cd "$root"
 step() { printf '\n== %s\n' "$*" >&2; }
 
 step "set-up"
-scripts/setup.sh
+scripts/setup.sh --tests
 for target in thumbv7em-none-eabihf wasm32-wasip1; do
   if ! rustup target list --installed | grep -qx "$target"; then
     rustup target add "$target"
@@ -29,10 +29,6 @@ step "tests"
 cargo test --release --locked --workspace
 
 step "the golden vectors on wasm32-wasip1 (Node.js's WASI) match x86-64"
-command -v node >/dev/null 2>&1 || {
-  echo "test.sh: Node.js 20 or later is needed for the wasm32 check" >&2
-  exit 1
-}
 firmware/wasi/check.sh
 
 step "fuzzing: each target for ${FUZZ_SECONDS:-30}s, starting from the committed seeds"
