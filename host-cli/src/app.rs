@@ -395,6 +395,9 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
         }
         None => read_stdin()?,
     };
+    if prompt.is_empty() {
+        return Err(Usage("the prompt is empty: nothing to continue from").into());
+    }
     let settings = Settings::new(&args.sampling, gen, &args.model);
     check_generation(gen, &settings)?;
     let model = load(&args.model, verbose)?;
@@ -403,7 +406,7 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
     if verbose > 0 {
         crate::note!("talkback: {}", settings.describe());
     }
-    let tokens = model.tokenize(&prompt, model.wants_bos(), args.parse_special);
+    let tokens = model.tokenize(&prompt, model.wants_bos(), args.parse_special)?;
     let (outcome, _) = generate(
         &model,
         &mut generator,
@@ -470,7 +473,7 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         Prompt::Complete {
             text,
             parse_special,
-        } => model.tokenize(text, model.wants_bos(), *parse_special),
+        } => model.tokenize(text, model.wants_bos(), *parse_special)?,
     };
     let prompt_ids = ids(&tokens);
     if let Some(d) = trace::compare(&trace, &prompt_ids, &[], Finish::Length)
@@ -575,7 +578,7 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
             &template.render(&[Message::new("user", &args.prompt)])?,
         )?
     } else {
-        model.tokenize(&args.prompt, model.wants_bos(), false)
+        model.tokenize(&args.prompt, model.wants_bos(), false)?
     };
     let runs: Vec<(String, Request<'_>)> = configs
         .into_iter()
@@ -631,7 +634,7 @@ fn shape_command(args: &ShapeArgs, verbose: u8) -> Result<()> {
             let template = Template::from_model(&model)?;
             chat::tokenize(&model, &template.render(&[Message::new("user", prompt)])?)?
         } else {
-            model.tokenize(prompt, model.wants_bos(), false)
+            model.tokenize(prompt, model.wants_bos(), false)?
         };
         let table = {
             let mut session = model.session(&args.model)?;

@@ -343,7 +343,7 @@ pub fn tokenize(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
         .bos_text()
         .is_some_and(|b| !b.is_empty() && rendered.text.starts_with(&b));
     if model.wants_bos() && !bos_written {
-        tokens.extend(model.tokenize("", true, false));
+        tokens.extend(model.tokenize("", true, false)?);
     }
     let mut at = 0;
     for range in &rendered.content {
@@ -351,16 +351,16 @@ pub fn tokenize(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
             .text
             .get(at..range.start)
             .context("content range out of order")?;
-        tokens.extend(model.tokenize(template, false, true));
+        tokens.extend(model.tokenize(template, false, true)?);
         let user = rendered
             .text
             .get(range.clone())
             .context("content range out of bounds")?;
-        tokens.extend(model.tokenize(user, false, false));
+        tokens.extend(model.tokenize(user, false, false)?);
         at = range.end;
     }
     let tail = rendered.text.get(at..).unwrap_or_default();
-    tokens.extend(model.tokenize(tail, false, true));
+    tokens.extend(model.tokenize(tail, false, true)?);
     Ok(tokens)
 }
 

@@ -233,7 +233,8 @@ pub struct ModelArgs {
     #[arg(short, long, value_name = "PATH")]
     pub model: Option<PathBuf>,
 
-    /// Context size in tokens, prompt included (16..=1048576).
+    /// Context size in tokens, prompt included (16..=1048576, and no more than
+    /// the model was trained on).
     #[arg(short = 'c', long, default_value_t = 4096,
           value_parser = clap::value_parser!(u32).range(16..=1_048_576),
           allow_negative_numbers = true)]
@@ -249,11 +250,12 @@ pub struct ModelArgs {
           allow_negative_numbers = true)]
     pub threads: Option<u32>,
 
-    /// Layers to offload to the GPU; needs a build with `--features cuda`.
+    /// Layers to offload to the GPU; above 0 needs a build with `--features cuda`.
     #[arg(
         long,
         value_name = "N",
         default_value_t = 0,
+        value_parser = gpu_layers,
         allow_negative_numbers = true
     )]
     pub gpu_layers: u32,
@@ -438,6 +440,19 @@ pub fn parse_order(s: &str) -> Result<Order, String> {
         stages.push(stage);
     }
     Order::new(&stages).map_err(|e| format!("invalid order `{s}`: {e}"))
+}
+
+/// Parses `--gpu-layers`, refusing offload in a build without a GPU backend.
+fn gpu_layers(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number from 0 to {}", u32::MAX))?;
+    if n > 0 && !cfg!(feature = "cuda") {
+        return Err("this build has no GPU backend; build with \
+             `cargo build --release -p talkback --features cuda`"
+            .into());
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

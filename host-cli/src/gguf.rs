@@ -65,7 +65,8 @@ pub fn check_file(path: &Path) -> Result<()> {
         // false when a folder on the way cannot be searched.
         let context = if e.kind() == std::io::ErrorKind::NotFound {
             format!(
-                "model {} does not exist (run fixtures/fetch-model.sh, or pass --model)",
+                "model {} does not exist (fixtures/fetch-model.sh installs the default one; \
+                 --model or TALKBACK_MODEL names another)",
                 path.display()
             )
         } else {

@@ -33,8 +33,11 @@ pub fn resolve_path(arg: Option<&Path>) -> PathBuf {
     if let Some(path) = std::env::var_os("TALKBACK_MODEL") {
         return PathBuf::from(path);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
+    // The checkout this binary was built from, where the fetch script puts it.
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .unwrap_or(manifest)
         .join("models")
         .join(DEFAULT_MODEL_FILE)
 }
@@ -51,6 +54,19 @@ pub struct Model {
 }
 
 impl Model {
+    /// The context length the model was trained on, from its metadata.
+    ///
+    /// Read from the GGUF key rather than llama.cpp's accessor, which panics
+    /// on values above `i32::MAX`.
+    pub fn trained_context(&self) -> Option<u64> {
+        let arch = self.model.meta_val_str("general.architecture").ok()?;
+        let text = self
+            .model
+            .meta_val_str(&format!("{arch}.context_length"))
+            .ok()?;
+        text.trim().parse().ok().filter(|&t| t > 0)
+    }
+
     /// Checks the file, then loads it, with llama.cpp's logs shown only at `-vv`.
     ///
     /// # Errors
@@ -184,10 +200,30 @@ impl Model {
     }
 
     /// Tokenizes `text`; `parse_special` turns special-token text into control tokens.
-    pub fn tokenize(&self, text: &str, add_bos: bool, parse_special: bool) -> Vec<LlamaToken> {
-        self.model
+    ///
+    /// # Errors
+    ///
+    /// - `text` is longer than llama.cpp's tokenizer takes (2 GiB), far
+    ///   more than any context holds.
+    pub fn tokenize(
+        &self,
+        text: &str,
+        add_bos: bool,
+        parse_special: bool,
+    ) -> Result<Vec<LlamaToken>> {
+        // llama.cpp counts the text's bytes in an i32, and llama-cpp-2
+        // panics beyond it.
+        if i32::try_from(text.len()).is_err() {
+            bail!(
+                "the text is {} bytes, more than llama.cpp can tokenize ({})",
+                text.len(),
+                i32::MAX
+            );
+        }
+        Ok(self
+            .model
             .vocab()
-            .tokenize(text.as_bytes(), add_bos, parse_special)
+            .tokenize(text.as_bytes(), add_bos, parse_special))
     }
 
     /// Appends the bytes of one token's text to `out` (control tokens give nothing).
@@ -202,6 +238,7 @@ impl Model {
     ///
     /// # Errors
     ///
+    /// - the context is longer than the one the model was trained on;
     /// - llama.cpp cannot allocate a context of this size.
     pub fn session(&self, args: &ModelArgs) -> Result<Session<'_>> {
         let threads = args.threads.map_or_else(
@@ -209,6 +246,19 @@ impl Model {
             |t| t as usize,
         );
         let threads = i32::try_from(threads).unwrap_or(1);
+        if let Some(trained) = self
+            .trained_context()
+            .filter(|&t| u64::from(args.ctx_size) > t)
+        {
+            // Beyond it the model's output degrades, and the cache can outgrow
+            // memory (a million tokens takes tens of gigabytes).
+            bail!(
+                "a context of {} tokens is more than the {trained} that model {} was \
+                 trained on; pass --ctx-size {trained} or less",
+                args.ctx_size,
+                self.path.display()
+            );
+        }
         let n_batch = args.batch_size.min(args.ctx_size);
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(args.ctx_size))

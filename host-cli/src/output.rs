@@ -422,7 +422,7 @@ pub fn summary(text: &[u8], outcome: &Outcome, settings: &Settings, event: bool)
         "finish_reason": outcome.finish.as_str(),
         "prompt_tokens": outcome.prompt_tokens,
         "generated_tokens": n,
-        "settings": settings,
+        "settings": settings_value(settings),
         "timings": {
             "prompt_ms": t.prompt.as_secs_f64() * 1e3,
             "generation_ms": secs * 1e3,
@@ -434,6 +434,17 @@ pub fn summary(text: &[u8], outcome: &Outcome, settings: &Settings, event: bool)
         fields.insert("event".into(), Value::String("summary".into()));
     }
     v
+}
+
+/// The settings as JSON, each `f32` written as its shortest decimal.
+///
+/// `json!` widens an `f32` to `f64` first, which prints `0.8` as
+/// `0.800000011920929`; going through the text keeps what the user typed.
+fn settings_value(settings: &Settings) -> Value {
+    serde_json::to_string(settings)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or(Value::Null)
 }
 
 #[cfg(test)]

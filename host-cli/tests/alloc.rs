@@ -117,11 +117,13 @@ fn allocations_per_token<S: Sink>(
         alternatives,
         engine: settings.sampler,
     };
-    let prompt: Vec<LlamaToken> = model.tokenize(
-        args.prompt.as_deref().unwrap_or_default(),
-        model.wants_bos(),
-        false,
-    );
+    let prompt: Vec<LlamaToken> = model
+        .tokenize(
+            args.prompt.as_deref().unwrap_or_default(),
+            model.wants_bos(),
+            false,
+        )
+        .expect("the prompt tokenizes");
     let mut session = model.session(&args.model).expect("a context");
     let mut generator = Generator::new(model);
     let mut probe = Probe {

@@ -505,9 +505,9 @@ fn piped_stdin_is_one_message_for_chat() {
 }
 
 #[test]
-fn empty_or_invalid_stdin_is_a_runtime_error() {
+fn empty_stdin_is_a_usage_error_and_invalid_stdin_a_runtime_error() {
     let empty = tb_stdin(&["complete", "-n", "2"], Some(b""));
-    assert_eq!(empty.code, 1, "{}", empty.stderr);
+    assert_eq!(empty.code, 2, "{}", empty.stderr);
     assert!(empty.stdout.is_empty());
     assert!(empty.stderr.contains("empty"), "{}", empty.stderr);
 
@@ -573,4 +573,23 @@ fn llama_cpp_sampler_stops_at_n_and_reports_no_statistics() {
         run.stdout
     };
     assert_eq!(greedy("llama.cpp"), greedy("talkback"));
+}
+
+#[test]
+fn json_settings_read_as_they_were_typed() {
+    for format in ["json", "jsonl"] {
+        let run = tb(&[
+            "complete", STORY, "-n", "1", "--temp", "0.8", "--top-p", "0.95", "--min-p", "0.05",
+            "--format", format,
+        ]);
+        ok(&run);
+        let text = run.text();
+        for field in [
+            r#""temperature":0.8,"#,
+            r#""top_p":0.95"#,
+            r#""min_p":0.05,"#,
+        ] {
+            assert!(text.contains(field), "{format}: {field} not in {text}");
+        }
+    }
 }

@@ -245,3 +245,15 @@ fn a_missing_or_broken_model_is_a_runtime_error_naming_it() {
     runtime_error(&run, path_arg);
     assert!(run.stderr.contains("GGUF"), "{}", run.stderr);
 }
+
+#[test]
+fn gpu_layers_need_a_gpu_build() {
+    usage_error(
+        &["complete", "hi", "--gpu-layers", "1"],
+        "this build has no GPU backend",
+    );
+    usage_error(
+        &["chat", "hi", "--gpu-layers", "-1"],
+        "is not a whole number",
+    );
+}

@@ -220,10 +220,17 @@ fn prompt_longer_than_the_context() {
 
 #[test]
 fn empty_prompt() {
-    runtime_error(
-        &talkback(&["complete", "", "-n", "2"]),
-        "the prompt is empty",
-    );
+    for run in [
+        talkback(&["complete", "", "-n", "2"]),
+        talkback_stdin(&["complete", "-n", "2"], b""),
+    ] {
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        assert!(run.stdout.is_empty());
+        assert_eq!(
+            run.stderr,
+            "talkback: the prompt is empty: nothing to continue from\n"
+        );
+    }
 }
 
 #[test]
@@ -442,4 +449,15 @@ fn model_template_nothing_can_render_is_an_error() {
         line.ends_with("and it matches no llama.cpp built-in template"),
         "{line}"
     );
+}
+
+#[test]
+fn context_longer_than_the_model_was_trained_on() {
+    // SmolLM2-135M was trained on 8192 tokens; a million would take tens of
+    // gigabytes of cache before the first token.
+    let run = talkback(&["complete", "hi", "-n", "2", "--ctx-size", "1048576"]);
+    let line = runtime_error(&run, "a context of 1048576 tokens is more than the 8192");
+    assert!(line.ends_with("pass --ctx-size 8192 or less"), "{line}");
+    let at_limit = talkback(&["complete", "hi", "-n", "2", "--ctx-size", "8192", "-t", "1"]);
+    assert_eq!(at_limit.code, 0, "{}", at_limit.stderr);
 }
