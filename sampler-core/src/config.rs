@@ -84,9 +84,10 @@ impl Order {
     ///
     /// ```
     /// use sampler_core::{Order, Stage};
-    /// let order = Order::new(&[Stage::TopK, Stage::Temperature]).unwrap();
+    /// let order = Order::new(&[Stage::TopK, Stage::Temperature])?;
     /// assert_eq!(order.stages(), &[Stage::TopK, Stage::Temperature]);
     /// assert!(Order::new(&[Stage::TopK]).is_err());
+    /// # Ok::<(), sampler_core::Error>(())
     /// ```
     pub fn new(stages: &[Stage]) -> Result<Order, Error> {
         let mut out = [Stage::Temperature; MAX_STAGES];

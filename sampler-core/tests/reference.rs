@@ -301,7 +301,10 @@ fn config_strategy() -> impl Strategy<Value = Config> {
     let top_k = prop_oneof![2 => Just(0u32), 3 => 1u32..80, 1 => 80u32..300_000];
     let top_p = prop_oneof![2 => Just(1.0f32), 1 => Just(0.0f32), 3 => 0.0f32..1.0];
     let min_p = prop_oneof![2 => Just(0.0f32), 1 => Just(1.0f32), 3 => 0.0f32..0.6];
-    let penalty = prop_oneof![3 => Just((1.0f32, 0.0f32, 0.0f32)), 1 => (0.5f32..2.0, -1.0f32..1.0, -1.0f32..1.0)];
+    let penalty = prop_oneof![
+        3 => Just((1.0f32, 0.0f32, 0.0f32)),
+        1 => (0.5f32..2.0, -1.0f32..1.0, -1.0f32..1.0),
+    ];
     let order = prop_oneof![
         Just(Order::TALKBACK),
         Just(Order::LLAMA_CPP),

@@ -114,7 +114,8 @@ fn stream(
 
 fn text_strategy() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
-        3 => prop::collection::vec(prop::sample::select(ATOMS), 0..40).prop_map(|atoms| atoms.concat()),
+        3 => prop::collection::vec(prop::sample::select(ATOMS), 0..40)
+            .prop_map(|atoms| atoms.concat()),
         1 => prop::collection::vec(any::<u8>(), 0..64),
     ]
 }
