@@ -594,13 +594,17 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
         })
         .collect();
     let series = crate::plot::collect(&model, &mut session, &tokens, &runs)?;
-    let title = format!("Nucleus size per step (seed {})", args.seed);
+    let title = format!("Tokens to draw from per step (seed {})", args.seed);
+    // stdout carries the chart itself; a note would only be noise there.
+    let to_stdout = out.is_stdout();
     crate::plot::draw(out, &title, &series)?;
-    crate::note!(
-        "talkback: wrote {} ({} series)",
-        args.out.display(),
-        series.len()
-    );
+    if !to_stdout {
+        crate::note!(
+            "talkback: wrote {} ({} series)",
+            args.out.display(),
+            series.len()
+        );
+    }
     Ok(())
 }
 

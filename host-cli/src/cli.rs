@@ -44,7 +44,13 @@ pub enum Command {
     Complete(CompleteArgs),
     /// Regenerate a run from its trace and check it token by token.
     Replay(ReplayArgs),
-    /// Chart nucleus size per step for several settings, as SVG.
+    /// Chart how many tokens are left to draw from at each step, for several settings, as SVG.
+    ///
+    /// Every combination of the listed --temp, --top-k, --top-p and --min-p
+    /// values generates from the prompt with the same seed, and draws one
+    /// line: at each step, the number of tokens left after every stage (the
+    /// distribution the token is drawn from). A line ends early when its
+    /// reply ends, so `-n 8` may give fewer than 8 points.
     Plot(PlotArgs),
     /// Show the next-token distribution stage by stage.
     Shape(ShapeArgs),
@@ -139,8 +145,9 @@ pub struct PlotArgs {
     #[arg(short, long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
 
-    /// Where to write the SVG chart.
-    #[arg(short, long, default_value = "talkback-plot.svg")]
+    /// SVG file to write, relative to the current folder; `-` writes the
+    /// chart to stdout.
+    #[arg(short, long, value_name = "PATH", default_value = "talkback-plot.svg")]
     pub out: PathBuf,
 
     /// Model and context settings.
