@@ -448,6 +448,9 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         gpu_layers: 0,
     };
     let model = load(&model_args, verbose)?;
+    if verbose > 0 {
+        crate::note!("talkback: {}", settings.describe());
+    }
     let tokens = match &trace.prompt {
         Prompt::Chat {
             messages,
@@ -609,28 +612,36 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
 }
 
 fn shape_command(args: &ShapeArgs, verbose: u8) -> Result<()> {
-    let gen = GenerationArgs {
-        n_predict: None,
-        stops: Vec::new(),
-        ignore_eos: false,
-        format: Format::Text,
-        trace: None,
-        dump_logits: None,
+    let stages = &args.stages;
+    let config = sampler_core::Config {
+        temperature: stages.temp,
+        top_k: stages.top_k,
+        top_p: stages.top_p,
+        min_p: stages.min_p,
+        order: stages.sampler_order,
+        ..sampler_core::Config::default()
     };
-    let settings = Settings::new(&args.sampling, &gen, &args.model);
-    if settings.sampler == Engine::LlamaCpp {
-        return Err(
-            Usage("shape shows sampler-core's stages only; drop --sampler llama.cpp").into(),
-        );
-    }
-    let config = settings.config()?;
+    config
+        .validate()
+        .map_err(|e| anyhow!("invalid sampling settings: {e}"))?;
     let mut out = crate::output::stdout();
 
     let (table, model) = if let Some(logits) = &args.logits {
+        if verbose > 0 {
+            crate::note!("talkback: {}", crate::shape::describe(&config));
+        }
         (crate::shape::table(logits, &config)?, None)
     } else {
         let prompt = args.prompt.as_deref().unwrap_or_default();
         let model = load(&args.model, verbose)?;
+        if verbose > 0 {
+            crate::note!(
+                "talkback: {} | ctx {} | chat {}",
+                crate::shape::describe(&config),
+                args.model.ctx_size,
+                args.chat
+            );
+        }
         let tokens = if args.chat {
             let template = Template::from_model(&model)?;
             chat::tokenize(&model, &template.render(&[Message::new("user", prompt)])?)?

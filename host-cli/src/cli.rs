@@ -79,9 +79,12 @@ pub struct ShapeArgs {
     #[arg(long, value_enum, default_value_t = ShapeFormat::Text)]
     pub format: ShapeFormat,
 
-    /// Sampling settings.
+    // Penalties look only at generated tokens, of which one next token has
+    // none; the seed and the sampler choice only matter to a draw. So shape
+    // takes the stages alone, and any other sampling flag is a usage error.
+    /// The stages and their order.
     #[command(flatten)]
-    pub sampling: SamplingArgs,
+    pub stages: StageArgs,
 
     /// Model and context settings.
     #[command(flatten)]
@@ -266,12 +269,13 @@ pub struct ModelArgs {
     pub gpu_layers: u32,
 }
 
-/// Sampling settings, named as llama.cpp names them.
+// Numeric flags accept a leading minus (`--temp -1`), so that an
+// out-of-range value is reported as such instead of as an unknown flag, and
+// negative penalties need no `=`.
+
+/// The truncation stages and their order: all that shapes one distribution.
 #[derive(Debug, Args, Clone)]
-pub struct SamplingArgs {
-    // Numeric flags accept a leading minus (`--temp -1`), so that an
-    // out-of-range value is reported as such instead of as an unknown flag,
-    // and negative penalties need no `=`.
+pub struct StageArgs {
     /// Temperature (>= 0, finite); 0 picks the most likely token (greedy).
     #[arg(long, default_value_t = 0.8, value_parser = non_negative, allow_negative_numbers = true)]
     pub temp: f32,
@@ -289,6 +293,19 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 0.05, value_parser = unit_interval,
           allow_negative_numbers = true)]
     pub min_p: f32,
+
+    /// Stage order: `talkback` (temperature first), `llama.cpp` (temperature
+    /// last), or a comma list of temp, top-k, top-p, min-p.
+    #[arg(long, default_value = "talkback", value_parser = parse_order)]
+    pub sampler_order: Order,
+}
+
+/// Sampling settings, named as llama.cpp names them.
+#[derive(Debug, Args, Clone)]
+pub struct SamplingArgs {
+    /// The stages and their order.
+    #[command(flatten)]
+    pub stages: StageArgs,
 
     /// Repetition penalty over the last tokens (> 0); 1 is off.
     #[arg(long, default_value_t = 1.0, value_parser = positive, allow_negative_numbers = true)]
@@ -310,11 +327,6 @@ pub struct SamplingArgs {
     /// Seed for the random draw [default: random, shown with -v].
     #[arg(short, long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
-
-    /// Stage order: `talkback` (temperature first), `llama.cpp` (temperature
-    /// last), or a comma list of temp, top-k, top-p, min-p.
-    #[arg(long, default_value = "talkback", value_parser = parse_order)]
-    pub sampler_order: Order,
 
     /// Which sampler picks tokens; `llama.cpp` is for speed comparisons and
     /// reports no log-probabilities.

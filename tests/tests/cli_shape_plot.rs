@@ -74,7 +74,7 @@ fn parse_text(out: &str) -> (Vec<StageLine>, Vec<String>, Vec<Row>) {
             .next()
             .map(str::split_whitespace)
             .map(Iterator::collect::<Vec<_>>),
-        Some(vec!["stage", "survivors", "entropy"])
+        Some(vec!["stage", "survivors", "entropy", "(nats)"])
     );
     let stages = stage_lines
         .map(|line| {
@@ -257,6 +257,79 @@ fn rows_limits_the_listing_and_says_how_many_are_left() {
         run.text().ends_with("(6 more tokens; --rows shows more)\n"),
         "{}",
         run.text()
+    );
+}
+
+#[test]
+fn shape_refuses_the_flags_that_do_nothing_for_one_next_token() {
+    for (flag, value) in [
+        ("--seed", "1"),
+        ("--repeat-penalty", "1.1"),
+        ("--repeat-last-n", "8"),
+        ("--presence-penalty", "0.5"),
+        ("--frequency-penalty", "0.5"),
+        ("--sampler", "talkback"),
+        ("--sampler", "llama.cpp"),
+    ] {
+        let run = tb(&["shape", "--logits", TEN, flag, value]);
+        assert_eq!(run.code, 2, "{flag}: {}", run.stderr);
+        assert!(run.stdout.is_empty(), "{flag}");
+        let want = format!("unexpected argument '{flag}'");
+        assert!(run.stderr.contains(&want), "{flag}: {}", run.stderr);
+    }
+
+    let help = tb(&["shape", "--help"]);
+    ok(&help);
+    let flags: BTreeSet<&str> = help
+        .text()
+        .split_whitespace()
+        .filter(|w| w.starts_with("--"))
+        .map(|w| w.trim_end_matches([',', '.', ')']))
+        .collect();
+    for used in ["--temp", "--top-k", "--top-p", "--min-p", "--sampler-order"] {
+        assert!(flags.contains(used), "{used} missing from {flags:?}");
+    }
+    for unused in [
+        "--seed",
+        "--repeat-penalty",
+        "--repeat-last-n",
+        "--presence-penalty",
+        "--frequency-penalty",
+        "--sampler",
+    ] {
+        assert!(!flags.contains(unused), "{unused} listed in {flags:?}");
+    }
+}
+
+#[test]
+fn verbose_shape_prints_the_settings_it_applies() {
+    let logits = format!("--logits={TEN}");
+    let run = tb(&[
+        &[
+            "-v",
+            "shape",
+            logits.as_str(),
+            "--sampler-order",
+            "llama.cpp",
+        ],
+        &plain_with("--top-k", "3")[..],
+    ]
+    .concat());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stderr,
+        "talkback: temp 1 | top-k 3 | top-p 1 | min-p 0 | order top-k,top-p,min-p,temp\n"
+    );
+
+    let run = tb(&["-v", "shape", PROMPT, "--chat", "--ctx-size", "256"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", run.stderr);
+    assert!(lines[0].starts_with("talkback: model "), "{}", run.stderr);
+    assert_eq!(
+        lines[1],
+        "talkback: temp 0.8 | top-k 40 | top-p 0.95 | min-p 0.05 \
+         | order temp,top-k,top-p,min-p | ctx 256 | chat true"
     );
 }
 
