@@ -451,6 +451,9 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         gpu_layers: 0,
     };
     let model = load(&model_args, verbose)?;
+    if verbose > 0 {
+        crate::note!("talkback: {}", settings.describe());
+    }
     let tokens = match &trace.prompt {
         Prompt::Chat {
             messages,
@@ -597,39 +600,51 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
         })
         .collect();
     let series = crate::plot::collect(&model, &mut session, &tokens, &runs)?;
-    let title = format!("Nucleus size per step (seed {})", args.seed);
+    let title = format!("Tokens to draw from per step (seed {})", args.seed);
+    // stdout carries the chart itself; a note would only be noise there.
+    let to_stdout = out.is_stdout();
     crate::plot::draw(out, &title, &series)?;
-    crate::note!(
-        "talkback: wrote {} ({} series)",
-        args.out.display(),
-        series.len()
-    );
+    if !to_stdout {
+        crate::note!(
+            "talkback: wrote {} ({} series)",
+            args.out.display(),
+            series.len()
+        );
+    }
     Ok(())
 }
 
 fn shape_command(args: &ShapeArgs, verbose: u8) -> Result<()> {
-    let gen = GenerationArgs {
-        n_predict: None,
-        stops: Vec::new(),
-        ignore_eos: false,
-        format: Format::Text,
-        trace: None,
-        dump_logits: None,
+    let stages = &args.stages;
+    let config = sampler_core::Config {
+        temperature: stages.temp,
+        top_k: stages.top_k,
+        top_p: stages.top_p,
+        min_p: stages.min_p,
+        order: stages.sampler_order,
+        ..sampler_core::Config::default()
     };
-    let settings = Settings::new(&args.sampling, &gen, &args.model);
-    if settings.sampler == Engine::LlamaCpp {
-        return Err(
-            Usage("shape shows sampler-core's stages only; drop --sampler llama.cpp").into(),
-        );
-    }
-    let config = settings.config()?;
+    config
+        .validate()
+        .map_err(|e| anyhow!("invalid sampling settings: {e}"))?;
     let mut out = crate::output::stdout();
 
     let (table, model) = if let Some(logits) = &args.logits {
+        if verbose > 0 {
+            crate::note!("talkback: {}", crate::shape::describe(&config));
+        }
         (crate::shape::table(logits, &config)?, None)
     } else {
         let prompt = args.prompt.as_deref().unwrap_or_default();
         let model = load(&args.model, verbose)?;
+        if verbose > 0 {
+            crate::note!(
+                "talkback: {} | ctx {} | chat {}",
+                crate::shape::describe(&config),
+                args.model.ctx_size,
+                args.chat
+            );
+        }
         let tokens = if args.chat {
             let template = Template::from_model(&model)?;
             chat::tokenize(&model, &template.render(&[Message::new("user", prompt)])?)?

@@ -44,7 +44,13 @@ pub enum Command {
     Complete(CompleteArgs),
     /// Regenerate a run from its trace and check it token by token.
     Replay(ReplayArgs),
-    /// Chart nucleus size per step for several settings, as SVG.
+    /// Chart how many tokens are left to draw from at each step, for several settings, as SVG.
+    ///
+    /// Every combination of the listed --temp, --top-k, --top-p and --min-p
+    /// values generates from the prompt with the same seed, and draws one
+    /// line: at each step, the number of tokens left after every stage (the
+    /// distribution the token is drawn from). A line ends early when its
+    /// reply ends, so `-n 8` may give fewer than 8 points.
     Plot(PlotArgs),
     /// Show the next-token distribution stage by stage.
     Shape(ShapeArgs),
@@ -73,9 +79,12 @@ pub struct ShapeArgs {
     #[arg(long, value_enum, default_value_t = ShapeFormat::Text)]
     pub format: ShapeFormat,
 
-    /// Sampling settings.
+    // Penalties look only at generated tokens, of which one next token has
+    // none; the seed and the sampler choice only matter to a draw. So shape
+    // takes the stages alone, and any other sampling flag is a usage error.
+    /// The stages and their order.
     #[command(flatten)]
-    pub sampling: SamplingArgs,
+    pub stages: StageArgs,
 
     /// Model and context settings.
     #[command(flatten)]
@@ -139,8 +148,9 @@ pub struct PlotArgs {
     #[arg(short, long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
 
-    /// Where to write the SVG chart.
-    #[arg(short, long, default_value = "talkback-plot.svg")]
+    /// SVG file to write, relative to the current folder; `-` writes the
+    /// chart to stdout.
+    #[arg(short, long, value_name = "PATH", default_value = "talkback-plot.svg")]
     pub out: PathBuf,
 
     /// Model and context settings.
@@ -261,12 +271,13 @@ pub struct ModelArgs {
     pub gpu_layers: u32,
 }
 
-/// Sampling settings, named as llama.cpp names them.
+// Numeric flags accept a leading minus (`--temp -1`), so that an
+// out-of-range value is reported as such instead of as an unknown flag, and
+// negative penalties need no `=`.
+
+/// The truncation stages and their order: all that shapes one distribution.
 #[derive(Debug, Args, Clone)]
-pub struct SamplingArgs {
-    // Numeric flags accept a leading minus (`--temp -1`), so that an
-    // out-of-range value is reported as such instead of as an unknown flag,
-    // and negative penalties need no `=`.
+pub struct StageArgs {
     /// Temperature (>= 0, finite); 0 picks the most likely token (greedy).
     #[arg(long, default_value_t = 0.8, value_parser = non_negative, allow_negative_numbers = true)]
     pub temp: f32,
@@ -284,6 +295,19 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 0.05, value_parser = unit_interval,
           allow_negative_numbers = true)]
     pub min_p: f32,
+
+    /// Stage order: `talkback` (temperature first), `llama.cpp` (temperature
+    /// last), or a comma list of temp, top-k, top-p, min-p.
+    #[arg(long, default_value = "talkback", value_parser = parse_order)]
+    pub sampler_order: Order,
+}
+
+/// Sampling settings, named as llama.cpp names them.
+#[derive(Debug, Args, Clone)]
+pub struct SamplingArgs {
+    /// The stages and their order.
+    #[command(flatten)]
+    pub stages: StageArgs,
 
     /// Repetition penalty over the last tokens (> 0); 1 is off.
     #[arg(long, default_value_t = 1.0, value_parser = positive, allow_negative_numbers = true)]
@@ -305,11 +329,6 @@ pub struct SamplingArgs {
     /// Seed for the random draw [default: random, shown with -v].
     #[arg(short, long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
-
-    /// Stage order: `talkback` (temperature first), `llama.cpp` (temperature
-    /// last), or a comma list of temp, top-k, top-p, min-p.
-    #[arg(long, default_value = "talkback", value_parser = parse_order)]
-    pub sampler_order: Order,
 
     /// Which sampler picks tokens; `llama.cpp` is for speed comparisons and
     /// reports no log-probabilities.

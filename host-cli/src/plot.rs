@@ -1,9 +1,10 @@
-//! `talkback plot`: nucleus size per step for several settings, as SVG.
+//! `talkback plot`: the size of the final distribution per step for several
+//! settings, as SVG.
 //!
 //! Each setting (every combination of the listed temperatures, top-k, top-p
 //! and min-p values) generates from the same prompt with the same seed; the
-//! chart draws, per step, how many tokens survived top-p, one line per
-//! setting.
+//! chart draws, per step, how many tokens were left to draw from after every
+//! stage, one line per setting. A line ends where its reply ended.
 
 use std::fs::File;
 use std::io::{self, Write as _};
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context as _, Result};
 use plotters::prelude::*;
+use plotters_backend::DrawingErrorKind;
 
 use crate::app::Interrupted;
 use crate::generate::{Finish, Generator, Request, Sink, Step};
@@ -20,16 +22,19 @@ use crate::model::{Model, Session};
 /// two lines could not be told apart (and each setting is a whole run).
 pub const MAX_SERIES: usize = 99;
 
+/// What the vertical axis counts.
+const Y_LABEL: &str = "tokens left after every stage";
+
 /// One line of the chart.
 #[derive(Debug, Clone)]
 pub struct Series {
     /// Legend label, e.g. `top-p 0.5`.
     pub label: String,
-    /// Survivors after top-p at each step.
+    /// Tokens left after every stage, one entry per generated token.
     pub sizes: Vec<usize>,
 }
 
-/// Records survivors after top-p per step.
+/// Records the size of the final distribution per step.
 #[derive(Default)]
 struct Sizes(Vec<usize>);
 
@@ -39,12 +44,14 @@ impl Sink for Sizes {
     }
 
     fn token(&mut self, step: &Step<'_>) -> io::Result<()> {
-        self.0.push(step.survivors.after_top_p);
+        // The last stage in the order may be any of them, and min-p or
+        // top-k after top-p would not show in an earlier count.
+        self.0.push(step.survivors.final_count);
         Ok(())
     }
 }
 
-/// Generates once per request and collects each run's nucleus sizes.
+/// Generates once per request and collects each run's distribution sizes.
 ///
 /// # Errors
 ///
@@ -75,23 +82,38 @@ pub fn collect(
     Ok(out)
 }
 
-/// The chart's file, opened before any generation so that a path that
-/// cannot be written fails at once, not after every run.
+/// Where the chart goes: a file, opened before any generation so that a
+/// path that cannot be written fails at once, not after every run; or
+/// stdout, for `-o -`.
 pub struct Output {
-    file: File,
-    path: PathBuf,
-    created: bool,
+    target: Target,
     done: bool,
 }
 
+enum Target {
+    File {
+        file: File,
+        path: PathBuf,
+        created: bool,
+    },
+    Stdout,
+}
+
 impl Output {
-    /// Opens `path` for writing, creating it if needed, without changing it yet.
+    /// Opens `path` for writing, creating it if needed, without changing it
+    /// yet; `-` stands for stdout.
     ///
     /// # Errors
     ///
     /// - the file cannot be opened for writing (a directory, a missing
     ///   folder, no permission).
     pub fn open(path: &Path) -> Result<Self> {
+        if path == Path::new("-") {
+            return Ok(Self {
+                target: Target::Stdout,
+                done: false,
+            });
+        }
         let created = !path.exists();
         let file = File::options()
             .write(true)
@@ -100,24 +122,56 @@ impl Output {
             .open(path)
             .with_context(|| format!("cannot write chart {}", path.display()))?;
         Ok(Self {
-            file,
-            path: path.to_path_buf(),
-            created,
+            target: Target::File {
+                file,
+                path: path.to_path_buf(),
+                created,
+            },
             done: false,
         })
     }
 
-    /// The path the chart goes to.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Whether the chart goes to stdout.
+    pub fn is_stdout(&self) -> bool {
+        matches!(self.target, Target::Stdout)
+    }
+
+    /// The chart's destination as messages name it.
+    fn name(&self) -> String {
+        match &self.target {
+            Target::File { path, .. } => path.display().to_string(),
+            Target::Stdout => "stdout".to_owned(),
+        }
+    }
+
+    fn write(&mut self, svg: &[u8]) -> io::Result<()> {
+        match &mut self.target {
+            Target::File { file, .. } => {
+                file.set_len(0)?;
+                file.write_all(svg)?;
+                file.flush()
+            }
+            Target::Stdout => {
+                let mut out = crate::output::stdout();
+                out.write_all(svg)?;
+                out.flush()
+            }
+        }
     }
 }
 
 impl Drop for Output {
     fn drop(&mut self) {
         // A chart that was never drawn leaves no empty file behind.
-        if self.created && !self.done {
-            let _ = std::fs::remove_file(&self.path);
+        if let Target::File {
+            path,
+            created: true,
+            ..
+        } = &self.target
+        {
+            if !self.done {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }
@@ -126,19 +180,38 @@ impl Drop for Output {
 ///
 /// # Errors
 ///
-/// - the file cannot be written.
+/// - the chart cannot be drawn, or its file or stdout cannot be written.
 pub fn draw(mut out: Output, title: &str, series: &[Series]) -> Result<()> {
     let mut svg = String::new();
-    render(&mut svg, out.path(), title, series)?;
-    let fail = |e: io::Error| anyhow!("cannot write chart {}: {e}", out.path.display());
-    out.file.set_len(0).map_err(fail)?;
-    out.file.write_all(svg.as_bytes()).map_err(fail)?;
-    out.file.flush().map_err(fail)?;
+    render(&mut svg, title, series)
+        .map_err(|e| anyhow!("cannot draw chart {}: {}", out.name(), draw_reason(&e)))?;
+    out.write(svg.as_bytes())
+        .with_context(|| format!("cannot write chart {}", out.name()))?;
     out.done = true;
     Ok(())
 }
 
-fn render(svg: &mut String, path: &Path, title: &str, series: &[Series]) -> Result<()> {
+/// What went wrong while drawing, without the wrappers plotters adds
+/// around it ("backend error: Drawing backend error: ...").
+fn draw_reason<E>(e: &DrawingAreaErrorKind<E>) -> String
+where
+    E: std::error::Error + Send + Sync,
+{
+    match e {
+        DrawingAreaErrorKind::BackendError(DrawingErrorKind::DrawingError(inner)) => {
+            inner.to_string()
+        }
+        DrawingAreaErrorKind::BackendError(DrawingErrorKind::FontError(inner)) => {
+            format!("no usable font ({inner})")
+        }
+        DrawingAreaErrorKind::SharingError => "the drawing area was in use".to_owned(),
+        DrawingAreaErrorKind::LayoutError => "the chart does not fit its area".to_owned(),
+    }
+}
+
+type DrawResult = std::result::Result<(), DrawingAreaErrorKind<io::Error>>;
+
+fn render(svg: &mut String, title: &str, series: &[Series]) -> DrawResult {
     let steps = series
         .iter()
         .map(|s| s.sizes.len())
@@ -153,29 +226,25 @@ fn render(svg: &mut String, path: &Path, title: &str, series: &[Series]) -> Resu
         .max(1);
 
     let root = SVGBackend::with_string(svg, (960, 540)).into_drawing_area();
-    let fail = |e: &dyn std::fmt::Display| anyhow!("cannot draw {}: {e}", path.display());
-    root.fill(&WHITE).map_err(|e| fail(&e))?;
+    root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(56)
-        .build_cartesian_2d(0..steps, 0..top + top / 10 + 1)
-        .map_err(|e| fail(&e))?;
+        .build_cartesian_2d(0..steps, 0..top + top / 10 + 1)?;
     chart
         .configure_mesh()
         .x_desc("step")
-        .y_desc("tokens left after top-p")
-        .draw()
-        .map_err(|e| fail(&e))?;
+        .y_desc(Y_LABEL)
+        .draw()?;
     for (i, s) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart
             .draw_series(LineSeries::new(
                 s.sizes.iter().enumerate().map(|(x, &y)| (x, y)),
                 color.stroke_width(2),
-            ))
-            .map_err(|e| fail(&e))?
+            ))?
             .label(s.label.clone())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
     }
@@ -183,8 +252,49 @@ fn render(svg: &mut String, path: &Path, title: &str, series: &[Series]) -> Resu
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .draw()
-        .map_err(|e| fail(&e))?;
-    root.present().map_err(|e| fail(&e))?;
+        .draw()?;
+    root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drawing_error_is_named_once() {
+        let denied = io::Error::new(io::ErrorKind::PermissionDenied, "permission denied");
+        let e = DrawingAreaErrorKind::BackendError(DrawingErrorKind::DrawingError(denied));
+        assert_eq!(draw_reason(&e), "permission denied");
+        let e: DrawingAreaErrorKind<io::Error> = DrawingAreaErrorKind::LayoutError;
+        assert_eq!(draw_reason(&e), "the chart does not fit its area");
+    }
+
+    #[test]
+    fn dash_means_stdout_and_creates_no_file() {
+        let out = Output::open(Path::new("-")).expect("stdout");
+        assert!(out.is_stdout());
+        assert_eq!(out.name(), "stdout");
+        drop(out);
+        assert!(!Path::new("-").exists());
+    }
+
+    #[test]
+    fn every_series_is_drawn_with_its_label() {
+        let series = [
+            Series {
+                label: "min-p 0.1".to_owned(),
+                sizes: vec![7, 3, 1],
+            },
+            Series {
+                label: "min-p 0.2".to_owned(),
+                sizes: vec![4, 2],
+            },
+        ];
+        let mut svg = String::new();
+        assert!(render(&mut svg, "title", &series).is_ok());
+        for text in ["title", Y_LABEL, "min-p 0.1", "min-p 0.2"] {
+            assert!(svg.contains(text), "{text} missing");
+        }
+    }
 }

@@ -1,8 +1,10 @@
 //! The interactive chat: line editing, history, multi-turn context.
 //!
-//! `/reset` forgets the conversation (the system message stays), `/exit`
-//! or end of input leaves. Ctrl-C while the model replies stops the reply
-//! and returns to the prompt.
+//! `/reset` forgets the conversation (the system message stays), `/exit`,
+//! `/quit` or end of input leaves, `/help` lists the commands. Any other
+//! line of a single `/word` is an unknown command and is not sent. Ctrl-C
+//! while the model replies stops the reply and returns to the prompt; at
+//! the prompt it clears the line.
 
 use std::sync::atomic::Ordering;
 
@@ -14,6 +16,59 @@ use crate::app::Turn;
 use crate::chat::{Message, Template};
 use crate::generate::{Finish, INTERRUPTED};
 
+/// What `/help` prints.
+const HELP: &str = "\
+talkback: commands:
+  /reset        forget the conversation (the system message stays)
+  /exit, /quit  leave (as Ctrl-D at an empty prompt does)
+  /help         show this list
+Ctrl-C stops a reply; at the prompt it clears the line.";
+
+/// One line typed at the prompt.
+#[derive(Debug, PartialEq, Eq)]
+enum Input<'a> {
+    /// Nothing but blanks.
+    Empty,
+    /// `/exit` or `/quit`.
+    Exit,
+    /// `/reset`.
+    Reset,
+    /// `/help`.
+    Help,
+    /// A single `/word` that names no command.
+    Unknown(&'a str),
+    /// Text for the model, trimmed.
+    Message(&'a str),
+}
+
+impl<'a> Input<'a> {
+    /// Reads a line as a command or a message.
+    fn of(line: &'a str) -> Self {
+        let text = line.trim();
+        match text {
+            "" => Self::Empty,
+            "/exit" | "/quit" => Self::Exit,
+            "/reset" => Self::Reset,
+            "/help" => Self::Help,
+            // A mistyped command would otherwise reach the model as a
+            // message; a path such as /etc/hosts or a sentence that starts
+            // with a slash still does.
+            _ if is_command_word(text) => Self::Unknown(text),
+            _ => Self::Message(text),
+        }
+    }
+}
+
+/// Whether `text` is `/` and a word of letters, digits, `-` or `_`.
+fn is_command_word(text: &str) -> bool {
+    text.strip_prefix('/').is_some_and(|word| {
+        word.starts_with(|c: char| c.is_ascii_alphabetic())
+            && word
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    })
+}
+
 /// Runs the read-reply loop until `/exit` or end of input.
 ///
 /// # Errors
@@ -23,7 +78,7 @@ pub fn run(template: &Template<'_>, turn: &mut dyn Turn, start: Vec<Message>) ->
     let system: Vec<Message> = start;
     let mut messages = system.clone();
     let mut history: Vec<String> = Vec::new();
-    crate::note!("talkback: chat started; /reset forgets the conversation, /exit leaves");
+    crate::note!("talkback: chat started; /help lists the commands, /exit leaves");
     loop {
         let line = match read_line(&history) {
             Ok(line) => line,
@@ -31,17 +86,24 @@ pub fn run(template: &Template<'_>, turn: &mut dyn Turn, start: Vec<Message>) ->
             Err(ReadlineError::Eof) => return Ok(()),
             Err(e) => return Err(e).context("cannot read from the terminal"),
         };
-        let text = line.trim();
-        match text {
-            "" => continue,
-            "/exit" | "/quit" => return Ok(()),
-            "/reset" => {
+        let text = match Input::of(&line) {
+            Input::Empty => continue,
+            Input::Exit => return Ok(()),
+            Input::Reset => {
                 messages = system.clone();
                 crate::note!("talkback: conversation reset");
                 continue;
             }
-            _ => {}
-        }
+            Input::Help => {
+                crate::note!("{HELP}");
+                continue;
+            }
+            Input::Unknown(word) => {
+                crate::note!("talkback: unknown command {word} (try /help)");
+                continue;
+            }
+            Input::Message(text) => text,
+        };
         history.push(text.to_owned());
 
         messages.push(Message::new("user", text));
@@ -67,4 +129,30 @@ fn read_line(history: &[String]) -> rustyline::Result<String> {
         editor.add_history_entry(entry.as_str())?;
     }
     editor.readline("> ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_read_and_the_rest_is_sent() {
+        assert_eq!(Input::of("  "), Input::Empty);
+        assert_eq!(Input::of("/exit"), Input::Exit);
+        assert_eq!(Input::of(" /quit "), Input::Exit);
+        assert_eq!(Input::of("/reset"), Input::Reset);
+        assert_eq!(Input::of("/help\n"), Input::Help);
+        assert_eq!(Input::of("/x"), Input::Unknown("/x"));
+        assert_eq!(Input::of("/clear-all"), Input::Unknown("/clear-all"));
+        for text in ["/etc/hosts", "/ x", "/help me", "/", "/2", "hello /x"] {
+            assert_eq!(Input::of(text), Input::Message(text), "{text}");
+        }
+    }
+
+    #[test]
+    fn help_names_every_command() {
+        for command in ["/reset", "/exit", "/quit", "/help"] {
+            assert!(HELP.contains(command), "{command}");
+        }
+    }
 }

@@ -68,15 +68,16 @@ impl Settings {
     /// Collects the settings of one run.
     pub fn new(sampling: &SamplingArgs, gen: &GenerationArgs, model: &ModelArgs) -> Self {
         Self {
-            temperature: sampling.temp,
-            top_k: sampling.top_k,
-            top_p: sampling.top_p,
-            min_p: sampling.min_p,
+            temperature: sampling.stages.temp,
+            top_k: sampling.stages.top_k,
+            top_p: sampling.stages.top_p,
+            min_p: sampling.stages.min_p,
             repeat_penalty: sampling.repeat_penalty,
             repeat_last_n: sampling.repeat_last_n,
             presence_penalty: sampling.presence_penalty,
             frequency_penalty: sampling.frequency_penalty,
             sampler_order: sampling
+                .stages
                 .sampler_order
                 .stages()
                 .iter()

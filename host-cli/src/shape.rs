@@ -44,6 +44,24 @@ fn entropy(probs: impl Iterator<Item = f32>) -> f64 {
         + 0.0
 }
 
+/// One line for `-v`: the settings that shape the distribution.
+pub fn describe(config: &Config) -> String {
+    let order: Vec<&str> = config
+        .order
+        .stages()
+        .iter()
+        .map(|&s| stage_name(s))
+        .collect();
+    format!(
+        "temp {} | top-k {} | top-p {} | min-p {} | order {}",
+        config.temperature,
+        config.top_k,
+        config.top_p,
+        config.min_p,
+        order.join(",")
+    )
+}
+
 /// Runs the core's chain over `logits` and collects every row.
 ///
 /// # Errors
@@ -98,9 +116,13 @@ pub fn print_text(
     limit: usize,
     piece: &dyn Fn(u32) -> Option<String>,
 ) -> std::io::Result<()> {
-    writeln!(out, "{:<8} {:>10} {:>9}", "stage", "survivors", "entropy")?;
+    writeln!(
+        out,
+        "{:<8} {:>10} {:>14}",
+        "stage", "survivors", "entropy (nats)"
+    )?;
     for c in &table.columns {
-        writeln!(out, "{:<8} {:>10} {:>9.4}", c.name, c.survivors, c.entropy)?;
+        writeln!(out, "{:<8} {:>10} {:>14.4}", c.name, c.survivors, c.entropy)?;
     }
     writeln!(out)?;
     write!(out, "{:>7} {:<14} {:>9}", "id", "piece", "logit")?;

@@ -181,6 +181,31 @@ fn a_chat_trace_with_stops_and_penalties_replays() {
     replays(&trace, json["tokens"].as_array().map_or(0, Vec::len));
 }
 
+#[test]
+fn verbose_replay_prints_the_recorded_settings() {
+    let (trace, json) = record(&[
+        "complete", STORY, "-n", "6", "--seed", "31", "--temp", "1.3", "--top-k", "7",
+    ]);
+    let run = tb(&["-v", "replay", trace.arg()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.text().starts_with("replay ok: "), "{}", run.text());
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", run.stderr);
+    assert!(lines[0].starts_with("talkback: model "), "{}", run.stderr);
+    let settings = lines[1];
+    for part in [
+        "seed 31 |",
+        "| temp 1.3 |",
+        "| top-k 7 |",
+        "| top-p 0.95 |",
+        "| n 6 |",
+        "| sampler talkback",
+    ] {
+        assert!(settings.contains(part), "{part:?} missing from {settings}");
+    }
+    assert_eq!(json["settings"]["seed"], 31);
+}
+
 /// Records a 12-token run for tampering.
 fn recorded() -> (TempFile, Value) {
     let (trace, _) = record(&["complete", STORY, "-n", "12", "--ignore-eos", "--seed", "5"]);

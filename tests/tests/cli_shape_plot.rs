@@ -74,7 +74,7 @@ fn parse_text(out: &str) -> (Vec<StageLine>, Vec<String>, Vec<Row>) {
             .next()
             .map(str::split_whitespace)
             .map(Iterator::collect::<Vec<_>>),
-        Some(vec!["stage", "survivors", "entropy"])
+        Some(vec!["stage", "survivors", "entropy", "(nats)"])
     );
     let stages = stage_lines
         .map(|line| {
@@ -260,6 +260,79 @@ fn rows_limits_the_listing_and_says_how_many_are_left() {
     );
 }
 
+#[test]
+fn shape_refuses_the_flags_that_do_nothing_for_one_next_token() {
+    for (flag, value) in [
+        ("--seed", "1"),
+        ("--repeat-penalty", "1.1"),
+        ("--repeat-last-n", "8"),
+        ("--presence-penalty", "0.5"),
+        ("--frequency-penalty", "0.5"),
+        ("--sampler", "talkback"),
+        ("--sampler", "llama.cpp"),
+    ] {
+        let run = tb(&["shape", "--logits", TEN, flag, value]);
+        assert_eq!(run.code, 2, "{flag}: {}", run.stderr);
+        assert!(run.stdout.is_empty(), "{flag}");
+        let want = format!("unexpected argument '{flag}'");
+        assert!(run.stderr.contains(&want), "{flag}: {}", run.stderr);
+    }
+
+    let help = tb(&["shape", "--help"]);
+    ok(&help);
+    let flags: BTreeSet<&str> = help
+        .text()
+        .split_whitespace()
+        .filter(|w| w.starts_with("--"))
+        .map(|w| w.trim_end_matches([',', '.', ')']))
+        .collect();
+    for used in ["--temp", "--top-k", "--top-p", "--min-p", "--sampler-order"] {
+        assert!(flags.contains(used), "{used} missing from {flags:?}");
+    }
+    for unused in [
+        "--seed",
+        "--repeat-penalty",
+        "--repeat-last-n",
+        "--presence-penalty",
+        "--frequency-penalty",
+        "--sampler",
+    ] {
+        assert!(!flags.contains(unused), "{unused} listed in {flags:?}");
+    }
+}
+
+#[test]
+fn verbose_shape_prints_the_settings_it_applies() {
+    let logits = format!("--logits={TEN}");
+    let run = tb(&[
+        &[
+            "-v",
+            "shape",
+            logits.as_str(),
+            "--sampler-order",
+            "llama.cpp",
+        ],
+        &plain_with("--top-k", "3")[..],
+    ]
+    .concat());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stderr,
+        "talkback: temp 1 | top-k 3 | top-p 1 | min-p 0 | order top-k,top-p,min-p,temp\n"
+    );
+
+    let run = tb(&["-v", "shape", PROMPT, "--chat", "--ctx-size", "256"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", run.stderr);
+    assert!(lines[0].starts_with("talkback: model "), "{}", run.stderr);
+    assert_eq!(
+        lines[1],
+        "talkback: temp 0.8 | top-k 40 | top-p 0.95 | min-p 0.05 \
+         | order temp,top-k,top-p,min-p | ctx 256 | chat true"
+    );
+}
+
 const PROMPT: &str = "The capital of France is";
 
 #[test]
@@ -352,35 +425,101 @@ impl Drop for TempFile {
 }
 
 /// A chart's lines: (stroke colour, number of points) of every coloured
-/// polyline, and the text of every `<text>` element.
+/// polyline, the text of every `<text>` element, the pixel height of each
+/// data line's points, and the vertical axis' tick labels as (pixel
+/// height, value).
 struct Chart {
     lines: Vec<(String, usize)>,
     texts: Vec<String>,
+    heights: Vec<Vec<f64>>,
+    ticks: Vec<(f64, f64)>,
 }
 
-fn read_chart(path: &TempFile) -> Chart {
-    let svg = std::fs::read_to_string(&path.0).expect("SVG written");
-    let doc = roxmltree::Document::parse(&svg).unwrap_or_else(|e| panic!("not XML ({e})"));
+impl Chart {
+    /// The values the data lines (legend swatches excluded) plot, read back
+    /// through the vertical axis' tick labels.
+    fn values(&self) -> Vec<Vec<f64>> {
+        let first = self.ticks.first().expect("ticks");
+        let per_pixel = self.tokens_per_pixel();
+        self.heights
+            .iter()
+            .filter(|h| h.len() > 2)
+            .map(|h| {
+                h.iter()
+                    .map(|y| first.1 + (y - first.0) * per_pixel)
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// How many tokens one pixel of height stands for.
+    fn tokens_per_pixel(&self) -> f64 {
+        match self.ticks.as_slice() {
+            [first, .., last] => (last.1 - first.1) / (last.0 - first.0),
+            _ => panic!("too few ticks: {:?}", self.ticks),
+        }
+    }
+
+    /// The data lines' values as whole token counts.
+    fn counts(&self) -> Vec<Vec<u64>> {
+        // Points sit on whole pixels: a pixel must be well under one token
+        // for the rounding to be read back exactly.
+        let per_pixel = self.tokens_per_pixel().abs();
+        assert!(per_pixel < 0.25, "{per_pixel} tokens per pixel");
+        self.values()
+            .iter()
+            .map(|line| line.iter().map(|v| v.round() as u64).collect())
+            .collect()
+    }
+}
+
+fn parse_chart(svg: &str) -> Chart {
+    let doc = roxmltree::Document::parse(svg).unwrap_or_else(|e| panic!("not XML ({e})"));
     assert_eq!(doc.root_element().tag_name().name(), "svg");
-    let mut lines = Vec::new();
-    let mut texts = Vec::new();
+    let mut chart = Chart {
+        lines: Vec::new(),
+        texts: Vec::new(),
+        heights: Vec::new(),
+        ticks: Vec::new(),
+    };
     for node in doc.descendants().filter(roxmltree::Node::is_element) {
         match node.tag_name().name() {
             "polyline" | "path" => {
                 let stroke = node.attribute("stroke").unwrap_or("none");
                 // The frame, axes and ticks are black; data lines are not.
                 if stroke != "none" && stroke != "#000000" {
-                    let points = node
-                        .attribute("points")
-                        .map_or(0, |p| p.split_whitespace().count());
-                    lines.push((stroke.to_owned(), points));
+                    let points = node.attribute("points").unwrap_or_default();
+                    let heights: Vec<f64> = points
+                        .split_whitespace()
+                        .map(|p| {
+                            let (_, y) = p.split_once(',').expect("x,y");
+                            y.parse().expect("a pixel height")
+                        })
+                        .collect();
+                    chart.lines.push((stroke.to_owned(), heights.len()));
+                    chart.heights.push(heights);
                 }
             }
-            "text" => texts.push(node.text().unwrap_or_default().trim().to_owned()),
+            "text" => {
+                let text = node.text().unwrap_or_default().trim().to_owned();
+                // The vertical axis' labels are the right-aligned numbers.
+                if node.attribute("text-anchor") == Some("end") {
+                    if let (Ok(value), Some(y)) = (text.parse::<f64>(), node.attribute("y")) {
+                        chart
+                            .ticks
+                            .push((y.parse().expect("a pixel height"), value));
+                    }
+                }
+                chart.texts.push(text);
+            }
             _ => {}
         }
     }
-    Chart { lines, texts }
+    chart
+}
+
+fn read_chart(path: &TempFile) -> Chart {
+    parse_chart(&std::fs::read_to_string(&path.0).expect("SVG written"))
 }
 
 /// Checks a chart with one series per label, each `steps` points long:
@@ -430,14 +569,157 @@ fn plot_draws_one_labelled_line_per_top_p() {
     );
     let chart = read_chart(&out);
     check_chart(&chart, &["top-p 0.1", "top-p 0.5", "top-p 0.9"], 12);
+    // Counts reach the hundreds here, so a pixel stands for some tokens.
+    let per_pixel = chart.tokens_per_pixel().abs();
+    for (line, top_p) in chart.values().iter().zip(["0.1", "0.5", "0.9"]) {
+        let want = final_counts(&[
+            "Once upon a time",
+            "--temp",
+            "0.8",
+            "--top-k",
+            "0",
+            "--top-p",
+            top_p,
+            "--min-p",
+            "0",
+            "--seed",
+            "0",
+            "-n",
+            "12",
+        ]);
+        assert_eq!(line.len(), want.len(), "top-p {top_p}");
+        for (got, want) in line.iter().zip(&want) {
+            assert!(
+                (got - *want as f64).abs() <= per_pixel,
+                "top-p {top_p}: {line:?} vs {want:?}"
+            );
+        }
+    }
     assert!(
         chart
             .texts
             .iter()
-            .any(|t| t == "Nucleus size per step (seed 0)"),
+            .any(|t| t == "Tokens to draw from per step (seed 0)"),
         "{:?}",
         chart.texts
     );
+}
+
+/// The final distribution's size at each step of `complete` with `args`,
+/// from its JSON-lines events.
+fn final_counts(args: &[&str]) -> Vec<u64> {
+    let run = tb(&[&["complete", "--format", "jsonl"], args].concat());
+    ok(&run);
+    run.text()
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).expect("a JSON line"))
+        .filter(|event| event["event"] == "token")
+        .map(|event| event["survivors"]["final"].as_u64().expect("a count"))
+        .collect()
+}
+
+#[test]
+fn plot_counts_what_min_p_leaves_after_top_p() {
+    let out = TempFile::new("min-p.svg");
+    let story = "Tell me a story";
+    let run = tb(&[
+        "plot",
+        story,
+        "--top-p",
+        "1",
+        "--min-p",
+        "0.1,0.2",
+        "-n",
+        "8",
+        "-o",
+        out.arg(),
+    ]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let chart = read_chart(&out);
+    assert!(
+        chart
+            .texts
+            .iter()
+            .any(|t| t == "tokens left after every stage"),
+        "{:?}",
+        chart.texts
+    );
+    let counts = chart.counts();
+    // Plot's fixed settings, spelled out for `complete`.
+    let same = [
+        "--temp", "0.8", "--top-k", "0", "--top-p", "1", "--seed", "0", "-n", "8",
+    ];
+    let want: Vec<Vec<u64>> = ["0.1", "0.2"]
+        .iter()
+        .map(|min_p| final_counts(&[&[story, "--min-p", min_p], &same[..]].concat()))
+        .collect();
+    assert_eq!(counts, want);
+    assert_ne!(counts[0], counts[1], "min-p must change the line");
+    // Both start from the same context, where the stricter min-p keeps fewer.
+    assert!(counts[1][0] < counts[0][0], "{counts:?}");
+    // Top-p 1 alone would keep the whole vocabulary of 49152.
+    assert!(counts.iter().flatten().all(|&n| n < 1000), "{counts:?}");
+}
+
+#[test]
+fn plot_counts_what_top_k_leaves() {
+    let out = TempFile::new("top-k.svg");
+    let run = tb(&[
+        "plot",
+        "Once upon a time",
+        "--top-p",
+        "1",
+        "--top-k",
+        "5,20",
+        "-n",
+        "6",
+        "-o",
+        out.arg(),
+    ]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let chart = read_chart(&out);
+    check_chart(&chart, &["top-k 5", "top-k 20"], 6);
+    assert_eq!(chart.counts(), [vec![5; 6], vec![20; 6]]);
+}
+
+#[test]
+fn plot_to_a_dash_writes_the_chart_to_stdout() {
+    let dir = TempFile::new("dash");
+    std::fs::create_dir(&dir.0).expect("a folder");
+    let out = std::process::Command::new(talkback_tests::binary())
+        .args(["plot", "Once upon a time", "--top-p", "0.5,0.9", "-n", "4"])
+        .args(["-o", "-", "--threads", "1"])
+        .env("TALKBACK_MODEL", talkback_tests::model())
+        .env_remove("RUST_LOG")
+        .current_dir(&dir.0)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run talkback");
+    let run = Run::from(out);
+    let listed: Vec<_> = std::fs::read_dir(&dir.0)
+        .expect("the folder")
+        .map(|e| e.expect("an entry").file_name())
+        .collect();
+    std::fs::remove_dir_all(&dir.0).expect("remove the folder");
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert_eq!(run.stderr, "", "the chart is the only output");
+    assert!(listed.is_empty(), "{listed:?}");
+    check_chart(&parse_chart(run.text()), &["top-p 0.5", "top-p 0.9"], 4);
+}
+
+#[test]
+fn plot_help_says_where_the_chart_goes_and_why_lines_end_early() {
+    let run = tb(&["plot", "--help"]);
+    ok(&run);
+    let help = run.text().split_whitespace().collect::<Vec<_>>().join(" ");
+    for want in [
+        "[default: talkback-plot.svg]",
+        "`-` writes the chart to stdout",
+        "tokens left after every stage",
+        "A line ends early when its reply ends",
+    ] {
+        assert!(help.contains(want), "{want:?} missing from {help}");
+    }
 }
 
 #[test]

@@ -164,11 +164,21 @@ fn bad_flags_and_values_are_usage_errors() {
 
 #[test]
 fn flags_that_do_not_go_together_are_usage_errors() {
-    let run = talkback(&["shape", "--logits", "1,2", "--sampler", "llama.cpp"]);
+    // The model does not exist: the flags are refused before it would load.
+    let run = talkback(&[
+        "complete",
+        "x",
+        "--sampler",
+        "llama.cpp",
+        "--trace",
+        "/nonexistent/trace.json",
+        "--model",
+        "/nonexistent/m.gguf",
+    ]);
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stdout.is_empty(), "{}", run.text());
     assert!(run.stderr.starts_with("talkback: "), "{}", run.stderr);
-    assert!(run.stderr.contains("--sampler llama.cpp"), "{}", run.stderr);
+    assert!(run.stderr.contains("--sampler talkback"), "{}", run.stderr);
 }
 
 #[test]

@@ -408,3 +408,73 @@ fn ctrl_c_during_a_reply_returns_to_the_prompt() {
     );
     no_crash(&term.screen());
 }
+
+/// The text a stretch of the screen shows: terminal control sequences
+/// (`ESC [ ... letter`) and carriage returns removed.
+fn visible(screen: &str) -> String {
+    let mut out = String::new();
+    let mut chars = screen.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                if chars.next() == Some('[') {
+                    for c in chars.by_ref() {
+                        if c.is_ascii_alphabetic() || c == '~' {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\r' => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+impl Terminal {
+    /// Types `line` and Enter at the prompt that ends at `at`; returns what
+    /// the chat showed before its next prompt, and where that prompt ends.
+    fn answer(&mut self, at: usize, line: &str) -> (String, usize) {
+        self.keys(format!("{line}\r").as_bytes());
+        let echoed = self.wait_for(at, line);
+        let next = self.wait_for(echoed, "> ");
+        let bytes = self.screen.bytes();
+        let shown = String::from_utf8_lossy(&bytes[echoed..next - 2]).into_owned();
+        (visible(&shown), next)
+    }
+}
+
+#[test]
+fn slash_commands_are_answered_and_never_sent_to_the_model() {
+    let mut term = Terminal::start(&["-n", "4", "--seed", "1"]);
+    let at = term.wait_for(0, "chat started");
+    let at = term.wait_for(at, "> ");
+
+    let (help, at) = term.answer(at, "/help");
+    for command in ["/reset", "/exit", "/quit", "/help"] {
+        assert!(help.contains(command), "{command} missing from {help:?}");
+    }
+    assert!(
+        help.contains("at the prompt it clears the line"),
+        "{help:?}"
+    );
+
+    let (unknown, at) = term.answer(at, "/x");
+    assert_eq!(
+        unknown.trim(),
+        "talkback: unknown command /x (try /help)",
+        "a reply was generated"
+    );
+
+    term.keys(b"/quit\r");
+    term.wait_for(at, "/quit");
+    let status = wait(&mut term.child);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{status}; screen:\n{}",
+        term.screen()
+    );
+    no_crash(&term.screen());
+}
