@@ -142,11 +142,9 @@ pub fn print_text(
         writeln!(out)?;
     }
     if table.rows.len() > limit {
-        writeln!(
-            out,
-            "({} more tokens; --rows shows more)",
-            table.rows.len() - limit
-        )?;
+        let more = table.rows.len() - limit;
+        let noun = if more == 1 { "token" } else { "tokens" };
+        writeln!(out, "({more} more {noun}; --rows shows more)")?;
     }
     Ok(())
 }

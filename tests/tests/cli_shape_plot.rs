@@ -258,6 +258,13 @@ fn rows_limits_the_listing_and_says_how_many_are_left() {
         "{}",
         run.text()
     );
+    let one_left = tb(&["shape", &format!("--logits={TEN}"), "--rows", "9"]);
+    ok(&one_left);
+    assert!(
+        one_left.text().ends_with("(1 more token; --rows shows more)\n"),
+        "{}",
+        one_left.text()
+    );
 }
 
 #[test]
