@@ -16,7 +16,7 @@ Exit codes:
   0    success (also when stdout is closed early, e.g. piped into `head`)
   1    runtime failure (model, context, template, trace, I/O)
   2    usage error (unknown flag, value out of range, flags that do not go together,
-       an empty message)
+       an empty message or prompt)
   130  interrupted (Ctrl-C)
 
 The default model is the SmolLM2-135M-Instruct GGUF installed by
