@@ -9,7 +9,7 @@
 
 use crate::config::Stage;
 use crate::penalty::Overrides;
-use crate::select::{keep_top, mass, sort_by_rank, weighted_select};
+use crate::select::{keep_top, mass, sort_by_rank, weighted_select, Weigh};
 use crate::softmax::{Scale, WEIGHT_ONE};
 use crate::{dense, draw, minp, temperature, topk, topp};
 use crate::{Alternative, Candidate, Choice, Config, Error, Input, Report, Survivors};
@@ -359,8 +359,16 @@ impl WeightCache {
     /// Weights of `s` (at most [`SORTED_MAX`] long) under `scale`, reusing earlier work.
     fn get(&mut self, s: &[Candidate], scale: Scale) -> &[u64] {
         if self.scale != Some(scale) || self.len < s.len() {
-            for (w, c) in self.w.iter_mut().zip(s) {
-                *w = scale.weight(c.logit);
+            // Eight at a time, so the exponentials vectorise.
+            for (w8, c8) in self.w.chunks_mut(8).zip(s.chunks(8)) {
+                let mut x = [f32::NEG_INFINITY; 8];
+                for (xi, c) in x.iter_mut().zip(c8) {
+                    *xi = c.logit;
+                }
+                for (w, &v) in w8.iter_mut().zip(scale.weigh8(&x).iter()) {
+                    // Exact: a non-negative integer below 2^31.
+                    *w = v as u64;
+                }
             }
             self.scale = Some(scale);
             self.len = s.len().min(SORTED_MAX);
