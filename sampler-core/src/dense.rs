@@ -93,6 +93,78 @@ pub(crate) fn top(logits: &[f32], ov: &Overrides) -> f32 {
     m
 }
 
+/// Logits per block of [`argmax`].
+const SCAN_BLOCK: usize = 16 * CHUNK;
+
+/// The maximum of `block`, whose length is a multiple of [`CHUNK`]; -inf if empty.
+///
+/// Sixteen lanes (four registers on baseline x86-64), so that no maximum
+/// waits on the one before it; NaN never wins a comparison.
+#[inline(always)]
+fn block_max(block: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; CHUNK];
+    for chunk in block.chunks_exact(CHUNK) {
+        for (a, &x) in acc.iter_mut().zip(chunk) {
+            *a = if x > *a { x } else { *a };
+        }
+    }
+    // Halving folds, so the lanes combine in a short tree, not a chain.
+    let mut width = CHUNK / 2;
+    while width > 0 {
+        let (lo, hi) = acc.split_at_mut(width);
+        for (a, &b) in lo.iter_mut().zip(hi.iter()) {
+            *a = if b > *a { b } else { *a };
+        }
+        width /= 2;
+    }
+    let [top, ..] = acc;
+    top
+}
+
+/// The top-ranked candidate: the highest effective logit, the lowest id among equals.
+///
+/// One pass of block maxima. A block replaces the best only when its
+/// maximum is strictly higher, so the earliest block holding the maximum
+/// keeps it; that block alone is then searched for the first id equal to
+/// the maximum. `None` when there is no candidate.
+pub(crate) fn argmax(logits: &[f32], ov: &Overrides) -> Option<Candidate> {
+    let mut best = f32::NEG_INFINITY;
+    let mut home = 0usize;
+    for_each_run(logits, ov, |first, run| {
+        for (block, start) in run
+            .chunks(SCAN_BLOCK)
+            .zip((first as usize..).step_by(SCAN_BLOCK))
+        {
+            let m = block_max(block);
+            if m > best {
+                best = m;
+                home = start;
+            }
+        }
+    });
+    // NaN never wins, so -inf means no candidate at all.
+    if best == f32::NEG_INFINITY {
+        return None;
+    }
+    // The block again, with its effective logits.
+    let end = logits.len().min(home + SCAN_BLOCK);
+    let raw = logits.get(home..end)?;
+    let changed = ov.as_slice();
+    let from = changed.partition_point(|o| (o.id() as usize) < home);
+    let mut pending = changed.get(from..).unwrap_or(&[]).iter().peekable();
+    for (id, &x) in (home as u32..).zip(raw) {
+        let x = match pending.next_if(|o| o.id() == id) {
+            Some(o) => o.value(),
+            None => x,
+        };
+        // -0.0 equals +0.0 here, as rank order treats them.
+        if x == best {
+            return Some(Candidate { id, logit: x });
+        }
+    }
+    None
+}
+
 /// The number of candidates: effective logits neither NaN nor -inf.
 pub(crate) fn count(logits: &[f32], ov: &Overrides) -> usize {
     let mut n = 0usize;
@@ -127,6 +199,15 @@ pub(crate) fn count(logits: &[f32], ov: &Overrides) -> usize {
 pub(crate) fn top_k(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate]) -> usize {
     if k == 0 {
         return 0;
+    }
+    if k == 1 {
+        return match (argmax(logits, ov), scratch.first_mut()) {
+            (Some(top), Some(slot)) => {
+                *slot = top;
+                1
+            }
+            _ => 0,
+        };
     }
     let changed = ov.as_slice();
     // Room for at least one chunk beyond k before the buffer is cut back.
