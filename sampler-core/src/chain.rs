@@ -217,6 +217,9 @@ pub(crate) fn run(
                         return Err(Error::NoFiniteLogit);
                     }
                     top = held_top(scratch.get(..n).unwrap_or(&[]));
+                    // Top-k of a few, and greedy, come out in rank order.
+                    let by_top_k = matches!(stage, Stage::TopK | Stage::Temperature);
+                    sorted = by_top_k && n <= SORTED_MAX && dense::top_k_sorts(n);
                 }
                 live = next;
                 inv_t = t;

@@ -14,7 +14,7 @@
 
 use crate::chain::ZERO_WEIGHT_CUT;
 use crate::penalty::{Override, Overrides};
-use crate::select::{keep_top, rank_cmp};
+use crate::select::{keep_top, rank_cmp, rank_key};
 use crate::softmax::{weight_f64, Scale};
 use crate::Candidate;
 
@@ -93,7 +93,7 @@ pub(crate) fn top(logits: &[f32], ov: &Overrides) -> f32 {
     m
 }
 
-/// Logits per block of [`argmax`].
+/// Logits per block of [`argmax`] and of [`top_k_keys`].
 const SCAN_BLOCK: usize = 16 * CHUNK;
 
 /// The maximum of `block`, whose length is a multiple of [`CHUNK`]; -inf if empty.
@@ -181,7 +181,41 @@ pub(crate) fn count(logits: &[f32], ov: &Overrides) -> usize {
     n
 }
 
+/// Whether [`top_k`] writes its `n` survivors in rank order: it does when they are few.
+pub(crate) fn top_k_sorts(n: usize) -> bool {
+    n <= KEYS_K_MAX
+}
+
 /// Copies the `min(k, candidates)` highest-ranked candidates into `scratch`; returns the count.
+///
+/// `k = 1` is [`argmax`]; up to [`KEYS_K_MAX`] it is [`top_k_keys`], and
+/// beyond that [`top_k_scan`]. The survivors come out in rank order when
+/// they are few ([`top_k_sorts`]).
+pub(crate) fn top_k(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate]) -> usize {
+    if k == 0 {
+        return 0;
+    }
+    if k == 1 {
+        return match (argmax(logits, ov), scratch.first_mut()) {
+            (Some(top), Some(slot)) => {
+                *slot = top;
+                1
+            }
+            _ => 0,
+        };
+    }
+    if k <= KEYS_K_MAX {
+        return top_k_keys(logits, ov, k, scratch);
+    }
+    let n = top_k_scan(logits, ov, k, scratch);
+    if top_k_sorts(n) {
+        // Few candidates for a large k: order them as the keyed path does.
+        crate::select::sort_by_rank(scratch.get_mut(..n).unwrap_or(&mut []));
+    }
+    n
+}
+
+/// [`top_k`] for large `k`, in no particular order.
 ///
 /// A threshold scan over the caller's logits: a chunk is looked at element
 /// by element only when some logit in it beats the current threshold; when
@@ -196,19 +230,12 @@ pub(crate) fn count(logits: &[f32], ov: &Overrides) -> usize {
 /// and join afterwards with their changed logits; the best `k` of the scan
 /// and the overrides together are the best `k` overall. This keeps the scan
 /// one unbroken pass however many ids the penalty window names.
-pub(crate) fn top_k(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate]) -> usize {
-    if k == 0 {
-        return 0;
-    }
-    if k == 1 {
-        return match (argmax(logits, ov), scratch.first_mut()) {
-            (Some(top), Some(slot)) => {
-                *slot = top;
-                1
-            }
-            _ => 0,
-        };
-    }
+pub(crate) fn top_k_scan(
+    logits: &[f32],
+    ov: &Overrides,
+    k: usize,
+    scratch: &mut [Candidate],
+) -> usize {
     let changed = ov.as_slice();
     // Room for at least one chunk beyond k before the buffer is cut back.
     let room = scratch.len().min(k.saturating_mul(4).max(k + 256));
@@ -314,6 +341,426 @@ pub(crate) fn top_k(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Can
         n = k;
     }
     n
+}
+
+/// Candidates held as packed rank keys on the stack by [`top_k_keys`].
+const KEYS: usize = 128;
+
+/// Largest `k` that [`top_k_keys`] takes: the key buffer and the block pool
+/// need room well beyond `k`, or they would be cut back too often.
+const KEYS_K_MAX: usize = 64;
+
+/// The candidate a rank key was made from, but with -0.0 read back as +0.0.
+#[inline(always)]
+fn unkey(key: u64) -> Candidate {
+    let ordered = (key >> 32) as u32;
+    let bits = if ordered & 0x8000_0000 != 0 {
+        ordered & 0x7fff_ffff
+    } else {
+        !ordered
+    };
+    Candidate {
+        id: !(key as u32),
+        logit: f32::from_bits(bits),
+    }
+}
+
+/// A float's bits mapped to an unsigned integer of the same order; -0.0 below +0.0.
+#[inline(always)]
+fn ordered(x: f32) -> u32 {
+    let bits = x.to_bits();
+    if bits & 0x8000_0000 != 0 {
+        !bits
+    } else {
+        bits | 0x8000_0000
+    }
+}
+
+/// Rank keys of the best candidates seen, with a threshold that rises as they are cut back.
+struct Keys {
+    keys: [u64; KEYS],
+    n: usize,
+    k: usize,
+    /// Candidates not above this logit cannot enter the best `k`.
+    t: f32,
+}
+
+impl Keys {
+    /// Keeps the best `k` keys, unordered, and raises the threshold below the k-th.
+    fn cut(&mut self) {
+        let k = self.k;
+        let Some(live) = self.keys.get_mut(..self.n) else {
+            return;
+        };
+        if live.len() <= k {
+            return;
+        }
+        live.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
+        self.n = k;
+        if let Some(&kth) = live.get(k - 1) {
+            // Not above the k-th: a later logit equal to it may still win
+            // the tie on a lower id.
+            let bound = below(unkey(kth).logit);
+            self.t = if bound > self.t { bound } else { self.t };
+        }
+    }
+
+    /// Adds one candidate, cutting back first when the buffer is full.
+    fn push(&mut self, id: u32, x: f32) {
+        if self.n == KEYS {
+            self.cut();
+        }
+        if let Some(slot) = self.keys.get_mut(self.n) {
+            *slot = rank_key(&Candidate { id, logit: x });
+            self.n += 1;
+        }
+    }
+
+    /// Adds the logits of `chunk` above the threshold, `first` being the id of its first.
+    ///
+    /// `skip` has a bit set for each lane whose raw logit must not count.
+    /// A chunk holds few logits above the threshold, so only those are
+    /// visited, through a bit mask built without branches.
+    #[inline(always)]
+    fn append(&mut self, first: u32, chunk: &[f32; CHUNK], skip: u32) {
+        let t = self.t;
+        let mut hit = false;
+        for &x in chunk {
+            hit |= x > t;
+        }
+        if !hit {
+            return;
+        }
+        let mut mask = 0u32;
+        for (i, &x) in chunk.iter().enumerate() {
+            mask |= u32::from(x > t) << i;
+        }
+        mask &= !skip;
+        while mask != 0 {
+            let lane = mask.trailing_zeros();
+            mask &= mask - 1;
+            if let Some(&x) = chunk.get(lane as usize) {
+                self.push(first + lane, x);
+            }
+        }
+    }
+}
+
+/// Entries of the block pool of [`top_k_keys`].
+const POOL: usize = 128;
+
+/// What a pool entry stands for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A block with no override: its maximum is an effective logit.
+    Block,
+    /// A block holding overrides: its maximum, of raw logits, only bounds
+    /// the effective logits of its other ids from above.
+    Mixed,
+    /// One overridden id and its effective logit.
+    Changed,
+}
+
+/// Blocks (and changed logits) that may hold one of the best `k`, with a
+/// threshold no higher than the k-th best effective logit.
+struct Pool {
+    max: [f32; POOL],
+    start: [u32; POOL],
+    source: [Source; POOL],
+    n: usize,
+    k: usize,
+    /// Everything not above it is out.
+    t: f32,
+    /// Counted entries since the threshold last rose by a batch, and their least maximum.
+    fresh: usize,
+    fresh_min: f32,
+    /// Set when the pool filled with entries it could not drop (blocks
+    /// holding overrides do not raise the threshold); the result is then
+    /// found another way.
+    overflow: bool,
+}
+
+impl Pool {
+    /// Adds a block if its maximum beats the threshold, without a branch on that test.
+    ///
+    /// Blocks enter in no predictable pattern, so the entry is written
+    /// every time and only the count moves on the test; the rare upkeep
+    /// (a full pool, a batch of `k` counted entries) is a branch apart.
+    #[inline(always)]
+    fn offer(&mut self, max: f32, start: u32, mixed: bool) {
+        let enter = max > self.t;
+        let counted = enter && !mixed;
+        let at = self.n.min(POOL - 1);
+        if let (Some(m), Some(s), Some(src)) = (
+            self.max.get_mut(at),
+            self.start.get_mut(at),
+            self.source.get_mut(at),
+        ) {
+            *m = max;
+            *s = start;
+            *src = if mixed { Source::Mixed } else { Source::Block };
+        }
+        self.n += usize::from(enter);
+        self.fresh_min = if counted && max < self.fresh_min {
+            max
+        } else {
+            self.fresh_min
+        };
+        self.fresh += usize::from(counted);
+        if self.fresh == self.k || self.n == POOL {
+            self.settle();
+        }
+    }
+
+    /// Raises the threshold by the last batch of `k` counted entries, and makes room.
+    #[cold]
+    fn settle(&mut self) {
+        if self.fresh == self.k {
+            let bound = below(self.fresh_min);
+            self.t = if bound > self.t { bound } else { self.t };
+            self.fresh = 0;
+            self.fresh_min = f32::INFINITY;
+        }
+        if self.n == POOL {
+            self.drop_below();
+            if self.n > POOL / 2 {
+                self.cut();
+            }
+            if self.n == POOL {
+                self.overflow = true;
+                // Later entries overwrite the last slot; the caller looks
+                // at `overflow` before using the pool.
+                self.n = POOL - 1;
+            }
+        }
+    }
+
+    /// Adds the changed logit of an overridden id.
+    fn push_changed(&mut self, x: f32, id: u32) {
+        // NaN fails the comparison, so it never becomes a candidate.
+        let enter = x > self.t;
+        if !enter {
+            return;
+        }
+        if let (Some(m), Some(s), Some(src)) = (
+            self.max.get_mut(self.n),
+            self.start.get_mut(self.n),
+            self.source.get_mut(self.n),
+        ) {
+            *m = x;
+            *s = id;
+            *src = Source::Changed;
+        }
+        self.n += 1;
+        self.fresh_min = if x < self.fresh_min {
+            x
+        } else {
+            self.fresh_min
+        };
+        self.fresh += 1;
+        if self.fresh == self.k || self.n == POOL {
+            self.settle();
+        }
+    }
+
+    /// Raises the threshold to the k-th highest counted maximum and drops what falls under it.
+    ///
+    /// Each counted entry holds a distinct token at its maximum (blocks
+    /// do not overlap, and changed ids are left out of blocks), so at least
+    /// `k` tokens reach the k-th highest of them.
+    fn cut(&mut self) {
+        let mut keys = [0u32; POOL];
+        let mut m = 0usize;
+        for (&x, &src) in self.max.iter().zip(&self.source).take(self.n) {
+            if let (true, Some(slot)) = (src != Source::Mixed, keys.get_mut(m)) {
+                *slot = ordered(x);
+                m += 1;
+            }
+        }
+        let k = self.k;
+        let counted = keys.get_mut(..m).unwrap_or(&mut []);
+        if m >= k {
+            counted.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
+            if let Some(&kth) = counted.get(k - 1) {
+                let bits = if kth & 0x8000_0000 != 0 {
+                    kth & 0x7fff_ffff
+                } else {
+                    !kth
+                };
+                let bound = below(f32::from_bits(bits));
+                self.t = if bound > self.t { bound } else { self.t };
+            }
+        }
+        self.drop_below();
+    }
+
+    /// Drops the entries whose maximum is not above the threshold.
+    fn drop_below(&mut self) {
+        let t = self.t;
+        let mut kept = 0usize;
+        for i in 0..self.n {
+            let (Some(&x), Some(&s), Some(&src)) =
+                (self.max.get(i), self.start.get(i), self.source.get(i))
+            else {
+                break;
+            };
+            if x > t {
+                if let (Some(mk), Some(sk), Some(srck)) = (
+                    self.max.get_mut(kept),
+                    self.start.get_mut(kept),
+                    self.source.get_mut(kept),
+                ) {
+                    *mk = x;
+                    *sk = s;
+                    *srck = src;
+                }
+                kept += 1;
+            }
+        }
+        self.n = kept;
+    }
+}
+
+/// [`top_k`] for `2 <= k <= KEYS_K_MAX`, in rank order.
+///
+/// Two phases. First, one pass takes the maximum of each block of
+/// [`SCAN_BLOCK`] logits and keeps, in a small pool, the blocks whose
+/// maximum beats a threshold; the threshold rises to the k-th highest
+/// maximum kept, since k blocks reaching it hold k tokens reaching it.
+/// Blocks holding an overridden id count only through the overrides'
+/// changed logits. Second, only the blocks left in the pool are read again,
+/// and their logits above the threshold become packed rank keys, which
+/// compare as plain integers; the best `k` of them are written to
+/// `scratch` in rank order. Returns the count.
+fn top_k_keys(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate]) -> usize {
+    let changed = ov.as_slice();
+    let mut pool = Pool {
+        max: [f32::NEG_INFINITY; POOL],
+        start: [0; POOL],
+        source: [Source::Block; POOL],
+        n: 0,
+        k,
+        t: f32::NEG_INFINITY,
+        fresh: 0,
+        fresh_min: f32::INFINITY,
+        overflow: false,
+    };
+    for o in changed {
+        pool.push_changed(o.value(), o.id());
+    }
+    let full = logits.len() - logits.len() % CHUNK;
+    let body = logits.get(..full).unwrap_or(&[]);
+    let mut next = 0usize;
+    for (block, start) in body.chunks(SCAN_BLOCK).zip((0usize..).step_by(SCAN_BLOCK)) {
+        let m = block_max(block);
+        while changed.get(next).is_some_and(|o| (o.id() as usize) < start) {
+            next += 1;
+        }
+        let mixed = changed
+            .get(next)
+            .is_some_and(|o| (o.id() as usize) < start + block.len());
+        pool.offer(m, start as u32, mixed);
+    }
+    if pool.overflow {
+        let n = top_k_scan(logits, ov, k, scratch);
+        crate::select::sort_by_rank(scratch.get_mut(..n).unwrap_or(&mut []));
+        return n;
+    }
+    pool.cut();
+
+    let mut held = Keys {
+        keys: [0; KEYS],
+        n: 0,
+        k,
+        t: pool.t,
+    };
+    for i in 0..pool.n {
+        let (Some(&start), Some(&source)) = (pool.start.get(i), pool.source.get(i)) else {
+            break;
+        };
+        if source == Source::Changed {
+            if let Some(&x) = pool.max.get(i) {
+                held.push(start, x);
+            }
+            continue;
+        }
+        let from = start as usize;
+        let block = body.get(from..full.min(from + SCAN_BLOCK)).unwrap_or(&[]);
+        let mut pending = if source == Source::Mixed {
+            let at = changed.partition_point(|o| (o.id() as usize) < from);
+            changed.get(at..).unwrap_or(&[])
+        } else {
+            &[]
+        };
+        // Which chunks hold a logit above the threshold, found without a
+        // branch per chunk; few do.
+        let t = held.t;
+        let mut hits = 0u32;
+        for (i, chunk) in block.chunks_exact(CHUNK).enumerate() {
+            let mut hit = false;
+            for &x in chunk {
+                hit |= x > t;
+            }
+            hits |= u32::from(hit) << i;
+        }
+        while hits != 0 {
+            let i = hits.trailing_zeros() as usize;
+            hits &= hits - 1;
+            let first = start + (i * CHUNK) as u32;
+            let mut skip = 0u32;
+            while let Some((o, rest)) = pending.split_first() {
+                if o.id() < first {
+                    pending = rest;
+                    continue;
+                }
+                match o.id().checked_sub(first).filter(|&l| (l as usize) < CHUNK) {
+                    Some(lane) => skip |= 1 << lane,
+                    None => break,
+                }
+                pending = rest;
+            }
+            let chunk = block.get(i * CHUNK..i * CHUNK + CHUNK).unwrap_or(&[]);
+            if let Ok(chunk) = <&[f32; CHUNK]>::try_from(chunk) {
+                held.append(first, chunk, skip);
+            }
+        }
+    }
+    // The last ids, fewer than a chunk, take part in no block.
+    let tail = logits.get(full..).unwrap_or(&[]);
+    let from = changed.partition_point(|o| (o.id() as usize) < full);
+    let mut skip = 0u32;
+    for o in changed.get(from..).unwrap_or(&[]) {
+        skip |= 1u32
+            .checked_shl(o.id().wrapping_sub(full as u32))
+            .unwrap_or(0);
+    }
+    let mut padded = [f32::NAN; CHUNK];
+    for (slot, &x) in padded.iter_mut().zip(tail) {
+        *slot = x;
+    }
+    held.append(full as u32, &padded, skip);
+    held.cut();
+    let n = held.n.min(k);
+    let best = held.keys.get_mut(..n).unwrap_or(&mut []);
+    best.sort_unstable_by(|a, b| b.cmp(a));
+    for (slot, &key) in scratch.iter_mut().zip(best.iter()) {
+        let mut c = unkey(key);
+        if c.logit == 0.0 {
+            // The key lost the sign of a zero; the logit itself still has it.
+            c.logit = effective(logits, ov, c.id);
+        }
+        *slot = c;
+    }
+    n.min(scratch.len())
+}
+
+/// The effective logit of `id`, which must be in the vocabulary.
+fn effective(logits: &[f32], ov: &Overrides, id: u32) -> f32 {
+    let changed = ov.as_slice();
+    match changed.binary_search_by_key(&id, |o| o.id()) {
+        Ok(i) => changed.get(i).map_or(f32::NAN, |o| o.value()),
+        Err(_) => logits.get(id as usize).copied().unwrap_or(f32::NAN),
+    }
 }
 
 /// Appends the elements of `chunk` above `t` whose ids are not in `changed`.
@@ -629,6 +1076,7 @@ pub(crate) fn at_most(
 mod tests {
     use super::*;
     use crate::chain::collect_all;
+    use crate::penalty::MAX_RECENT;
     use crate::select::sort_by_rank;
     use crate::Config;
 
@@ -710,6 +1158,32 @@ mod tests {
                 let want: Vec<Candidate> = all.iter().copied().take(k).collect();
                 assert_eq!(sorted(scratch), want, "v {v} k {k}");
             }
+        }
+    }
+
+    #[test]
+    fn top_k_with_overrides_in_every_block_matches_reference() {
+        // More blocks hold an override than the block pool has room for,
+        // and the penalised ids are among the highest logits.
+        let v = 70_000;
+        let mut s = 5u64;
+        let logits: Vec<f32> = (0..v).map(|_| lcg(&mut s)).collect();
+        let mut recent: Vec<u32> = (0..v as u32).step_by(97).collect();
+        recent.extend((0..v as u32).filter(|&i| logits[i as usize] > 3.9).take(40));
+        let mut ov = Overrides::new();
+        let c = Config {
+            repeat_penalty: 1.5,
+            ..Config::default()
+        };
+        ov.build(&logits, &recent[..MAX_RECENT.min(recent.len())], &[], &c)
+            .unwrap();
+        let all = reference(&logits, &ov);
+        for k in [2, 40, 64] {
+            let mut scratch = vec![Candidate { id: 7, logit: 1e30 }; v];
+            let n = top_k(&logits, &ov, k, &mut scratch);
+            scratch.truncate(n);
+            let want: Vec<Candidate> = all.iter().copied().take(k).collect();
+            assert_eq!(scratch, want, "k {k}");
         }
     }
 
