@@ -454,11 +454,41 @@ const POOL: usize = 128;
 enum Source {
     /// A block with no override: its maximum is an effective logit.
     Block,
-    /// A block holding overrides: its maximum, of raw logits, only bounds
-    /// the effective logits of its other ids from above.
+    /// A block holding overrides, with the maximum of its other ids.
     Mixed,
     /// One overridden id and its effective logit.
     Changed,
+}
+
+/// The maximum of `block` (ids from `first`) over the ids not in `changed`.
+///
+/// `changed` is sorted by id and starts at or after `first`; -inf when
+/// every id is overridden. The raw logits of overridden ids are left out,
+/// so the result is an effective logit of some other id.
+fn unchanged_max(block: &[f32], first: u32, mut changed: &[Override]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; CHUNK];
+    for (chunk, at) in block.chunks_exact(CHUNK).zip((first..).step_by(CHUNK)) {
+        let mut lanes = [f32::NEG_INFINITY; CHUNK];
+        for (l, &x) in lanes.iter_mut().zip(chunk) {
+            *l = x;
+        }
+        while let Some((o, rest)) = changed.split_first() {
+            match o
+                .id()
+                .checked_sub(at)
+                .and_then(|i| lanes.get_mut(i as usize))
+            {
+                Some(l) => *l = f32::NEG_INFINITY,
+                None => break,
+            }
+            changed = rest;
+        }
+        // Lane by lane, so the maxima vectorise; NaN never wins.
+        for (a, &x) in acc.iter_mut().zip(&lanes) {
+            *a = if x > *a { x } else { *a };
+        }
+    }
+    block_max(&acc)
 }
 
 /// Blocks (and changed logits) that may hold one of the best `k`, with a
@@ -474,9 +504,8 @@ struct Pool {
     /// Counted entries since the threshold last rose by a batch, and their least maximum.
     fresh: usize,
     fresh_min: f32,
-    /// Set when the pool filled with entries it could not drop (blocks
-    /// holding overrides do not raise the threshold); the result is then
-    /// found another way.
+    /// Set when the pool filled with entries it could not drop (many
+    /// blocks tied at the threshold); the result is then found another way.
     overflow: bool,
 }
 
@@ -489,7 +518,6 @@ impl Pool {
     #[inline(always)]
     fn offer(&mut self, max: f32, start: u32, mixed: bool) {
         let enter = max > self.t;
-        let counted = enter && !mixed;
         let at = self.n.min(POOL - 1);
         if let (Some(m), Some(s), Some(src)) = (
             self.max.get_mut(at),
@@ -501,12 +529,12 @@ impl Pool {
             *src = if mixed { Source::Mixed } else { Source::Block };
         }
         self.n += usize::from(enter);
-        self.fresh_min = if counted && max < self.fresh_min {
+        self.fresh_min = if enter && max < self.fresh_min {
             max
         } else {
             self.fresh_min
         };
-        self.fresh += usize::from(counted);
+        self.fresh += usize::from(enter);
         if self.fresh == self.k || self.n == POOL {
             self.settle();
         }
@@ -563,19 +591,16 @@ impl Pool {
         }
     }
 
-    /// Raises the threshold to the k-th highest counted maximum and drops what falls under it.
+    /// Raises the threshold to the k-th highest maximum and drops what falls under it.
     ///
-    /// Each counted entry holds a distinct token at its maximum (blocks
-    /// do not overlap, and changed ids are left out of blocks), so at least
-    /// `k` tokens reach the k-th highest of them.
+    /// Each entry holds a distinct token at its maximum (blocks do not
+    /// overlap, and changed ids are left out of the maxima of blocks), so
+    /// at least `k` tokens reach the k-th highest of them.
     fn cut(&mut self) {
         let mut keys = [0u32; POOL];
-        let mut m = 0usize;
-        for (&x, &src) in self.max.iter().zip(&self.source).take(self.n) {
-            if let (true, Some(slot)) = (src != Source::Mixed, keys.get_mut(m)) {
-                *slot = ordered(x);
-                m += 1;
-            }
+        let m = self.n.min(POOL);
+        for (slot, &x) in keys.iter_mut().zip(&self.max).take(m) {
+            *slot = ordered(x);
         }
         let k = self.k;
         let counted = keys.get_mut(..m).unwrap_or(&mut []);
@@ -627,8 +652,10 @@ impl Pool {
 /// [`SCAN_BLOCK`] logits and keeps, in a small pool, the blocks whose
 /// maximum beats a threshold; the threshold rises to the k-th highest
 /// maximum kept, since k blocks reaching it hold k tokens reaching it.
-/// Blocks holding an overridden id count only through the overrides'
-/// changed logits. Second, only the blocks left in the pool are read again,
+/// A block holding an overridden id enters with the maximum of its other
+/// ids, computed only when its raw maximum beats the threshold; the
+/// overrides enter with their changed logits. Second, only the blocks left
+/// in the pool are read again,
 /// and their logits above the threshold become packed rank keys, which
 /// compare as plain integers; the best `k` of them are written to
 /// `scratch` in rank order. Returns the count.
@@ -659,7 +686,18 @@ fn top_k_keys(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate
         let mixed = changed
             .get(next)
             .is_some_and(|o| (o.id() as usize) < start + block.len());
-        pool.offer(m, start as u32, mixed);
+        if mixed && m > pool.t {
+            // The raw maximum may be an overridden logit; what counts is
+            // the maximum of the other ids, which is an effective logit.
+            let ahead = changed.get(next..).unwrap_or(&[]);
+            pool.offer(
+                unchanged_max(block, start as u32, ahead),
+                start as u32,
+                true,
+            );
+        } else {
+            pool.offer(m, start as u32, mixed);
+        }
     }
     if pool.overflow {
         let n = top_k_scan(logits, ov, k, scratch);
