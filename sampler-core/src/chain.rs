@@ -426,8 +426,8 @@ const TOP_P_HEAD_LIMIT: usize = 16_384;
 
 /// Top-p over every candidate, done from the head of the distribution.
 ///
-/// One vectorised pass sums every weight exactly and a cheap second one
-/// collects the tokens with `d >= TOP_P_HEAD`. When their mass reaches the target, the cut lies
+/// One vectorised pass sums every weight exactly and collects the tokens
+/// with `d >= TOP_P_HEAD`. When their mass reaches the target, the cut lies
 /// among them and is found there; this is the same cut as over all
 /// candidates, since the head is a rank prefix and the target comes from
 /// the exact total. Returns `None` (nothing decided) when the head is too
@@ -442,9 +442,8 @@ fn top_p_from_head(
     if scale.inf {
         return None;
     }
-    let total = dense::mass(logits, ov, scale);
-    let n = dense::at_most(logits, ov, scale, TOP_P_HEAD, TOP_P_HEAD_LIMIT, scratch)?;
-    let head = scratch.get_mut(..n)?;
+    let (total, n) = dense::mass_and_head(logits, ov, scale, TOP_P_HEAD, TOP_P_HEAD_LIMIT, scratch);
+    let head = scratch.get_mut(..n?)?;
     let need = topp::target(p, total);
     if mass(head, scale) < need {
         return None;
@@ -464,9 +463,8 @@ fn final_head(
     if scale.inf {
         return None;
     }
-    let total = dense::mass(logits, ov, scale);
-    let n = dense::at_most(logits, ov, scale, TOP_P_HEAD, TOP_P_HEAD_LIMIT, scratch)?;
-    Some((n, total))
+    let (total, n) = dense::mass_and_head(logits, ov, scale, TOP_P_HEAD, TOP_P_HEAD_LIMIT, scratch);
+    Some((n?, total))
 }
 
 /// Runs one stage while every candidate survives; collects when it truncates.

@@ -15,7 +15,7 @@
 use crate::chain::ZERO_WEIGHT_CUT;
 use crate::penalty::{Override, Overrides};
 use crate::select::{keep_top, rank_cmp, rank_key};
-use crate::softmax::{weight_f64, Scale};
+use crate::softmax::{exp_det, weight_f64, Scale, WEIGHT_ONE};
 use crate::Candidate;
 
 /// Logits per chunk.
@@ -990,6 +990,10 @@ fn below(x: f32) -> f32 {
     }
 }
 
+/// `2^23` and its bits: see [`mass_and_head`].
+const TWO_23: f32 = 8_388_608.0;
+const TWO_23_BITS: i32 = 0x4B00_0000;
+
 /// Chunks per block of the exact weight sums: each f64 lane takes at most
 /// `4 * BLOCK` weights of at most 2^30, staying below 2^53 where f64 holds
 /// every integer.
@@ -1004,7 +1008,9 @@ const BLOCK: usize = 1 << 20;
 /// is below [`ZERO_WEIGHT_CUT`] weigh nothing and are skipped. The loop
 /// does nothing else, which keeps its working set in registers.
 ///
-/// `scale` must not be the +inf kind.
+/// `scale` must not be the +inf kind. Kept for the tests, as the plain
+/// form of [`mass_and_head`]'s sum.
+#[cfg(test)]
 pub(crate) fn mass(logits: &[f32], ov: &Overrides, scale: &Scale) -> u64 {
     let (m, inv_t) = (scale.m, scale.inv_t);
     let mut total = 0u64;
@@ -1033,6 +1039,82 @@ pub(crate) fn mass(logits: &[f32], ov: &Overrides, scale: &Scale) -> u64 {
         }
     });
     total
+}
+
+/// At or below this scaled difference every weight is below 2^23.
+///
+/// `e^-4.86 * 2^30` is about 0.8% under 2^23, far more than the
+/// exponential's error of about one unit in the last place.
+const SMALL_CUT: f32 = -4.86;
+
+/// Small-weight chunks summed in 32-bit lanes before they are flushed:
+/// 255 weights below 2^23 stay below 2^31.
+const SMALL_RUN: u32 = 255;
+
+/// The exact total weight of all candidates under `scale`, and the
+/// candidates with `scale.d(x) >= cut` in `scratch` (`None` for the count
+/// once more than `limit` pass, as [`at_most`]).
+///
+/// The sum is [`mass`]'s, with one shortcut: chunks whose weights are all
+/// below 2^23 are rounded and summed in 32-bit integer lanes instead of
+/// f64. Adding 2^23 to such a weight rounds it to the nearest integer,
+/// ties to even (floats in `[2^23, 2^24)` are spaced 1 apart), exactly as
+/// [`weight_f64`] does, and leaves that integer in the mantissa bits; so
+/// the total is the same integer, with fewer conversions per weight. The
+/// head is collected by a second, cheap pass: folding it into the first
+/// made that one slower.
+///
+/// `scale` must not be the +inf kind and `cut` must be finite.
+pub(crate) fn mass_and_head(
+    logits: &[f32],
+    ov: &Overrides,
+    scale: &Scale,
+    cut: f32,
+    limit: usize,
+    scratch: &mut [Candidate],
+) -> (u64, Option<usize>) {
+    let (m, inv_t) = (scale.m, scale.inv_t);
+    let mut total = 0u64;
+    let mut small = [0i32; CHUNK];
+    let mut pending = 0u32;
+    for_each_run(logits, ov, |_, run| {
+        for block in run.chunks(CHUNK * BLOCK) {
+            let mut acc = [0.0f64; 4];
+            for chunk in block.chunks_exact(CHUNK) {
+                let mut d = [0.0f32; CHUNK];
+                let (mut live, mut big) = (false, false);
+                for (di, &x) in d.iter_mut().zip(chunk) {
+                    let v = (x - m) * inv_t;
+                    *di = v;
+                    // NaN fails both tests.
+                    live |= v >= ZERO_WEIGHT_CUT;
+                    big |= v > SMALL_CUT;
+                }
+                if big {
+                    for quarter in d.chunks_exact(4) {
+                        for (a, &di) in acc.iter_mut().zip(quarter) {
+                            *a += weight_f64(di);
+                        }
+                    }
+                } else if live {
+                    for (s, &di) in small.iter_mut().zip(&d) {
+                        let w = exp_det(di) * WEIGHT_ONE;
+                        *s += ((w + TWO_23).to_bits() as i32).wrapping_sub(TWO_23_BITS);
+                    }
+                    pending += 1;
+                    if pending == SMALL_RUN {
+                        total += small.iter().map(|&s| s as u64).sum::<u64>();
+                        small = [0; CHUNK];
+                        pending = 0;
+                    }
+                }
+            }
+            // Each lane is an exact non-negative integer below 2^53.
+            total += acc.iter().map(|&a| a as u64).sum::<u64>();
+        }
+    });
+    total += small.iter().map(|&s| s as u64).sum::<u64>();
+    (total, at_most(logits, ov, scale, cut, limit, scratch))
 }
 
 /// Copies every candidate with scaled difference `scale.d(x) >= cut` into `scratch`.
@@ -1274,7 +1356,16 @@ mod tests {
                 assert_eq!(mass(&logits, &ov, &scale), want, "v {v} t {t}");
                 for (cut, limit) in [(-2.0f32, v), (-6.0, v), (-6.0, 16)] {
                     let mut scratch = vec![Candidate::default(); v];
+                    let (total, fused) =
+                        mass_and_head(&logits, &ov, &scale, cut, limit, &mut scratch);
+                    assert_eq!(total, want, "v {v} t {t}: fused total");
+                    let fused = fused.map(|n| sorted(scratch[..n].to_vec()));
                     let got = at_most(&logits, &ov, &scale, cut, limit, &mut scratch);
+                    assert_eq!(
+                        fused,
+                        got.map(|n| sorted(scratch[..n].to_vec())),
+                        "v {v} t {t}"
+                    );
                     let head: Vec<Candidate> = all
                         .iter()
                         .copied()
