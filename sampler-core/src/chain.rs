@@ -9,7 +9,7 @@
 
 use crate::config::Stage;
 use crate::penalty::Overrides;
-use crate::select::{keep_top, mass, sort_by_rank, weighted_select};
+use crate::select::{keep_top, mass, sort_by_rank, weighted_select, Weigh};
 use crate::softmax::{Scale, WEIGHT_ONE};
 use crate::{dense, draw, minp, temperature, topk, topp};
 use crate::{Alternative, Candidate, Choice, Config, Error, Input, Report, Survivors};
@@ -217,6 +217,9 @@ pub(crate) fn run(
                         return Err(Error::NoFiniteLogit);
                     }
                     top = held_top(scratch.get(..n).unwrap_or(&[]));
+                    // Top-k of a few, and greedy, come out in rank order.
+                    let by_top_k = matches!(stage, Stage::TopK | Stage::Temperature);
+                    sorted = by_top_k && n <= SORTED_MAX && dense::top_k_sorts(n);
                 }
                 live = next;
                 inv_t = t;
@@ -359,8 +362,16 @@ impl WeightCache {
     /// Weights of `s` (at most [`SORTED_MAX`] long) under `scale`, reusing earlier work.
     fn get(&mut self, s: &[Candidate], scale: Scale) -> &[u64] {
         if self.scale != Some(scale) || self.len < s.len() {
-            for (w, c) in self.w.iter_mut().zip(s) {
-                *w = scale.weight(c.logit);
+            // Eight at a time, so the exponentials vectorise.
+            for (w8, c8) in self.w.chunks_mut(8).zip(s.chunks(8)) {
+                let mut x = [f32::NEG_INFINITY; 8];
+                for (xi, c) in x.iter_mut().zip(c8) {
+                    *xi = c.logit;
+                }
+                for (w, &v) in w8.iter_mut().zip(scale.weigh8(&x).iter()) {
+                    // Exact: a non-negative integer below 2^31.
+                    *w = v as u64;
+                }
             }
             self.scale = Some(scale);
             self.len = s.len().min(SORTED_MAX);
@@ -415,8 +426,8 @@ const TOP_P_HEAD_LIMIT: usize = 16_384;
 
 /// Top-p over every candidate, done from the head of the distribution.
 ///
-/// One vectorised pass sums every weight exactly and a cheap second one
-/// collects the tokens with `d >= TOP_P_HEAD`. When their mass reaches the target, the cut lies
+/// One vectorised pass sums every weight exactly and collects the tokens
+/// with `d >= TOP_P_HEAD`. When their mass reaches the target, the cut lies
 /// among them and is found there; this is the same cut as over all
 /// candidates, since the head is a rank prefix and the target comes from
 /// the exact total. Returns `None` (nothing decided) when the head is too
@@ -431,9 +442,8 @@ fn top_p_from_head(
     if scale.inf {
         return None;
     }
-    let total = dense::mass(logits, ov, scale);
-    let n = dense::at_most(logits, ov, scale, TOP_P_HEAD, TOP_P_HEAD_LIMIT, scratch)?;
-    let head = scratch.get_mut(..n)?;
+    let (total, n) = dense::mass_and_head(logits, ov, scale, TOP_P_HEAD, TOP_P_HEAD_LIMIT, scratch);
+    let head = scratch.get_mut(..n?)?;
     let need = topp::target(p, total);
     if mass(head, scale) < need {
         return None;
@@ -453,9 +463,8 @@ fn final_head(
     if scale.inf {
         return None;
     }
-    let total = dense::mass(logits, ov, scale);
-    let n = dense::at_most(logits, ov, scale, TOP_P_HEAD, TOP_P_HEAD_LIMIT, scratch)?;
-    Some((n, total))
+    let (total, n) = dense::mass_and_head(logits, ov, scale, TOP_P_HEAD, TOP_P_HEAD_LIMIT, scratch);
+    Some((n?, total))
 }
 
 /// Runs one stage while every candidate survives; collects when it truncates.

@@ -14,8 +14,8 @@
 
 use crate::chain::ZERO_WEIGHT_CUT;
 use crate::penalty::{Override, Overrides};
-use crate::select::{keep_top, rank_cmp};
-use crate::softmax::{weight_f64, Scale};
+use crate::select::{keep_top, rank_cmp, rank_key};
+use crate::softmax::{exp_det, weight_f64, Scale, WEIGHT_ONE};
 use crate::Candidate;
 
 /// Logits per chunk.
@@ -93,6 +93,78 @@ pub(crate) fn top(logits: &[f32], ov: &Overrides) -> f32 {
     m
 }
 
+/// Logits per block of [`argmax`] and of [`top_k_keys`].
+const SCAN_BLOCK: usize = 16 * CHUNK;
+
+/// The maximum of `block`, whose length is a multiple of [`CHUNK`]; -inf if empty.
+///
+/// Sixteen lanes (four registers on baseline x86-64), so that no maximum
+/// waits on the one before it; NaN never wins a comparison.
+#[inline(always)]
+fn block_max(block: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; CHUNK];
+    for chunk in block.chunks_exact(CHUNK) {
+        for (a, &x) in acc.iter_mut().zip(chunk) {
+            *a = if x > *a { x } else { *a };
+        }
+    }
+    // Halving folds, so the lanes combine in a short tree, not a chain.
+    let mut width = CHUNK / 2;
+    while width > 0 {
+        let (lo, hi) = acc.split_at_mut(width);
+        for (a, &b) in lo.iter_mut().zip(hi.iter()) {
+            *a = if b > *a { b } else { *a };
+        }
+        width /= 2;
+    }
+    let [top, ..] = acc;
+    top
+}
+
+/// The top-ranked candidate: the highest effective logit, the lowest id among equals.
+///
+/// One pass of block maxima. A block replaces the best only when its
+/// maximum is strictly higher, so the earliest block holding the maximum
+/// keeps it; that block alone is then searched for the first id equal to
+/// the maximum. `None` when there is no candidate.
+pub(crate) fn argmax(logits: &[f32], ov: &Overrides) -> Option<Candidate> {
+    let mut best = f32::NEG_INFINITY;
+    let mut home = 0usize;
+    for_each_run(logits, ov, |first, run| {
+        for (block, start) in run
+            .chunks(SCAN_BLOCK)
+            .zip((first as usize..).step_by(SCAN_BLOCK))
+        {
+            let m = block_max(block);
+            if m > best {
+                best = m;
+                home = start;
+            }
+        }
+    });
+    // NaN never wins, so -inf means no candidate at all.
+    if best == f32::NEG_INFINITY {
+        return None;
+    }
+    // The block again, with its effective logits.
+    let end = logits.len().min(home + SCAN_BLOCK);
+    let raw = logits.get(home..end)?;
+    let changed = ov.as_slice();
+    let from = changed.partition_point(|o| (o.id() as usize) < home);
+    let mut pending = changed.get(from..).unwrap_or(&[]).iter().peekable();
+    for (id, &x) in (home as u32..).zip(raw) {
+        let x = match pending.next_if(|o| o.id() == id) {
+            Some(o) => o.value(),
+            None => x,
+        };
+        // -0.0 equals +0.0 here, as rank order treats them.
+        if x == best {
+            return Some(Candidate { id, logit: x });
+        }
+    }
+    None
+}
+
 /// The number of candidates: effective logits neither NaN nor -inf.
 pub(crate) fn count(logits: &[f32], ov: &Overrides) -> usize {
     let mut n = 0usize;
@@ -109,7 +181,41 @@ pub(crate) fn count(logits: &[f32], ov: &Overrides) -> usize {
     n
 }
 
+/// Whether [`top_k`] writes its `n` survivors in rank order: it does when they are few.
+pub(crate) fn top_k_sorts(n: usize) -> bool {
+    n <= KEYS_K_MAX
+}
+
 /// Copies the `min(k, candidates)` highest-ranked candidates into `scratch`; returns the count.
+///
+/// `k = 1` is [`argmax`]; up to [`KEYS_K_MAX`] it is [`top_k_keys`], and
+/// beyond that [`top_k_scan`]. The survivors come out in rank order when
+/// they are few ([`top_k_sorts`]).
+pub(crate) fn top_k(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate]) -> usize {
+    if k == 0 {
+        return 0;
+    }
+    if k == 1 {
+        return match (argmax(logits, ov), scratch.first_mut()) {
+            (Some(top), Some(slot)) => {
+                *slot = top;
+                1
+            }
+            _ => 0,
+        };
+    }
+    if k <= KEYS_K_MAX {
+        return top_k_keys(logits, ov, k, scratch);
+    }
+    let n = top_k_scan(logits, ov, k, scratch);
+    if top_k_sorts(n) {
+        // Few candidates for a large k: order them as the keyed path does.
+        crate::select::sort_by_rank(scratch.get_mut(..n).unwrap_or(&mut []));
+    }
+    n
+}
+
+/// [`top_k`] for large `k`, in no particular order.
 ///
 /// A threshold scan over the caller's logits: a chunk is looked at element
 /// by element only when some logit in it beats the current threshold; when
@@ -124,10 +230,12 @@ pub(crate) fn count(logits: &[f32], ov: &Overrides) -> usize {
 /// and join afterwards with their changed logits; the best `k` of the scan
 /// and the overrides together are the best `k` overall. This keeps the scan
 /// one unbroken pass however many ids the penalty window names.
-pub(crate) fn top_k(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate]) -> usize {
-    if k == 0 {
-        return 0;
-    }
+pub(crate) fn top_k_scan(
+    logits: &[f32],
+    ov: &Overrides,
+    k: usize,
+    scratch: &mut [Candidate],
+) -> usize {
     let changed = ov.as_slice();
     // Room for at least one chunk beyond k before the buffer is cut back.
     let room = scratch.len().min(k.saturating_mul(4).max(k + 256));
@@ -233,6 +341,464 @@ pub(crate) fn top_k(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Can
         n = k;
     }
     n
+}
+
+/// Candidates held as packed rank keys on the stack by [`top_k_keys`].
+const KEYS: usize = 128;
+
+/// Largest `k` that [`top_k_keys`] takes: the key buffer and the block pool
+/// need room well beyond `k`, or they would be cut back too often.
+const KEYS_K_MAX: usize = 64;
+
+/// The candidate a rank key was made from, but with -0.0 read back as +0.0.
+#[inline(always)]
+fn unkey(key: u64) -> Candidate {
+    let ordered = (key >> 32) as u32;
+    let bits = if ordered & 0x8000_0000 != 0 {
+        ordered & 0x7fff_ffff
+    } else {
+        !ordered
+    };
+    Candidate {
+        id: !(key as u32),
+        logit: f32::from_bits(bits),
+    }
+}
+
+/// A float's bits mapped to an unsigned integer of the same order; -0.0 below +0.0.
+#[inline(always)]
+fn ordered(x: f32) -> u32 {
+    let bits = x.to_bits();
+    if bits & 0x8000_0000 != 0 {
+        !bits
+    } else {
+        bits | 0x8000_0000
+    }
+}
+
+/// Rank keys of the best candidates seen, with a threshold that rises as they are cut back.
+struct Keys {
+    keys: [u64; KEYS],
+    n: usize,
+    k: usize,
+    /// Candidates not above this logit cannot enter the best `k`.
+    t: f32,
+}
+
+impl Keys {
+    /// Keeps the best `k` keys, unordered, and raises the threshold below the k-th.
+    fn cut(&mut self) {
+        let k = self.k;
+        let Some(live) = self.keys.get_mut(..self.n) else {
+            return;
+        };
+        if live.len() <= k {
+            return;
+        }
+        live.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
+        self.n = k;
+        if let Some(&kth) = live.get(k - 1) {
+            // Not above the k-th: a later logit equal to it may still win
+            // the tie on a lower id.
+            let bound = below(unkey(kth).logit);
+            self.t = if bound > self.t { bound } else { self.t };
+        }
+    }
+
+    /// Adds one candidate, cutting back first when the buffer is full.
+    fn push(&mut self, id: u32, x: f32) {
+        if self.n == KEYS {
+            self.cut();
+        }
+        if let Some(slot) = self.keys.get_mut(self.n) {
+            *slot = rank_key(&Candidate { id, logit: x });
+            self.n += 1;
+        }
+    }
+
+    /// Adds the logits of `chunk` above the threshold, `first` being the id of its first.
+    ///
+    /// `skip` has a bit set for each lane whose raw logit must not count.
+    /// A chunk holds few logits above the threshold, so only those are
+    /// visited, through a bit mask built without branches.
+    #[inline(always)]
+    fn append(&mut self, first: u32, chunk: &[f32; CHUNK], skip: u32) {
+        let t = self.t;
+        let mut hit = false;
+        for &x in chunk {
+            hit |= x > t;
+        }
+        if !hit {
+            return;
+        }
+        let mut mask = 0u32;
+        for (i, &x) in chunk.iter().enumerate() {
+            mask |= u32::from(x > t) << i;
+        }
+        mask &= !skip;
+        while mask != 0 {
+            let lane = mask.trailing_zeros();
+            mask &= mask - 1;
+            if let Some(&x) = chunk.get(lane as usize) {
+                self.push(first + lane, x);
+            }
+        }
+    }
+}
+
+/// Entries of the block pool of [`top_k_keys`].
+const POOL: usize = 128;
+
+/// What a pool entry stands for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A block with no override: its maximum is an effective logit.
+    Block,
+    /// A block holding overrides, with the maximum of its other ids.
+    Mixed,
+    /// One overridden id and its effective logit.
+    Changed,
+}
+
+/// The maximum of `block` (ids from `first`) over the ids not in `changed`.
+///
+/// `changed` is sorted by id and starts at or after `first`; -inf when
+/// every id is overridden. The raw logits of overridden ids are left out,
+/// so the result is an effective logit of some other id.
+fn unchanged_max(block: &[f32], first: u32, mut changed: &[Override]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; CHUNK];
+    for (chunk, at) in block.chunks_exact(CHUNK).zip((first..).step_by(CHUNK)) {
+        let mut lanes = [f32::NEG_INFINITY; CHUNK];
+        for (l, &x) in lanes.iter_mut().zip(chunk) {
+            *l = x;
+        }
+        while let Some((o, rest)) = changed.split_first() {
+            match o
+                .id()
+                .checked_sub(at)
+                .and_then(|i| lanes.get_mut(i as usize))
+            {
+                Some(l) => *l = f32::NEG_INFINITY,
+                None => break,
+            }
+            changed = rest;
+        }
+        // Lane by lane, so the maxima vectorise; NaN never wins.
+        for (a, &x) in acc.iter_mut().zip(&lanes) {
+            *a = if x > *a { x } else { *a };
+        }
+    }
+    block_max(&acc)
+}
+
+/// Blocks (and changed logits) that may hold one of the best `k`, with a
+/// threshold no higher than the k-th best effective logit.
+struct Pool {
+    max: [f32; POOL],
+    start: [u32; POOL],
+    source: [Source; POOL],
+    n: usize,
+    k: usize,
+    /// Everything not above it is out.
+    t: f32,
+    /// Counted entries since the threshold last rose by a batch, and their least maximum.
+    fresh: usize,
+    fresh_min: f32,
+    /// Set when the pool filled with entries it could not drop (many
+    /// blocks tied at the threshold); the result is then found another way.
+    overflow: bool,
+}
+
+impl Pool {
+    /// Adds a block if its maximum beats the threshold, without a branch on that test.
+    ///
+    /// Blocks enter in no predictable pattern, so the entry is written
+    /// every time and only the count moves on the test; the rare upkeep
+    /// (a full pool, a batch of `k` counted entries) is a branch apart.
+    #[inline(always)]
+    fn offer(&mut self, max: f32, start: u32, mixed: bool) {
+        let enter = max > self.t;
+        let at = self.n.min(POOL - 1);
+        if let (Some(m), Some(s), Some(src)) = (
+            self.max.get_mut(at),
+            self.start.get_mut(at),
+            self.source.get_mut(at),
+        ) {
+            *m = max;
+            *s = start;
+            *src = if mixed { Source::Mixed } else { Source::Block };
+        }
+        self.n += usize::from(enter);
+        self.fresh_min = if enter && max < self.fresh_min {
+            max
+        } else {
+            self.fresh_min
+        };
+        self.fresh += usize::from(enter);
+        if self.fresh == self.k || self.n == POOL {
+            self.settle();
+        }
+    }
+
+    /// Raises the threshold by the last batch of `k` counted entries, and makes room.
+    #[cold]
+    fn settle(&mut self) {
+        if self.fresh == self.k {
+            let bound = below(self.fresh_min);
+            self.t = if bound > self.t { bound } else { self.t };
+            self.fresh = 0;
+            self.fresh_min = f32::INFINITY;
+        }
+        if self.n == POOL {
+            self.drop_below();
+            if self.n > POOL / 2 {
+                self.cut();
+            }
+            if self.n == POOL {
+                self.overflow = true;
+                // Later entries overwrite the last slot; the caller looks
+                // at `overflow` before using the pool.
+                self.n = POOL - 1;
+            }
+        }
+    }
+
+    /// Adds the changed logit of an overridden id.
+    fn push_changed(&mut self, x: f32, id: u32) {
+        // NaN fails the comparison, so it never becomes a candidate.
+        let enter = x > self.t;
+        if !enter {
+            return;
+        }
+        if let (Some(m), Some(s), Some(src)) = (
+            self.max.get_mut(self.n),
+            self.start.get_mut(self.n),
+            self.source.get_mut(self.n),
+        ) {
+            *m = x;
+            *s = id;
+            *src = Source::Changed;
+        }
+        self.n += 1;
+        self.fresh_min = if x < self.fresh_min {
+            x
+        } else {
+            self.fresh_min
+        };
+        self.fresh += 1;
+        if self.fresh == self.k || self.n == POOL {
+            self.settle();
+        }
+    }
+
+    /// Raises the threshold to the k-th highest maximum and drops what falls under it.
+    ///
+    /// Each entry holds a distinct token at its maximum (blocks do not
+    /// overlap, and changed ids are left out of the maxima of blocks), so
+    /// at least `k` tokens reach the k-th highest of them.
+    fn cut(&mut self) {
+        let mut keys = [0u32; POOL];
+        let m = self.n.min(POOL);
+        for (slot, &x) in keys.iter_mut().zip(&self.max).take(m) {
+            *slot = ordered(x);
+        }
+        let k = self.k;
+        let counted = keys.get_mut(..m).unwrap_or(&mut []);
+        if m >= k {
+            counted.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
+            if let Some(&kth) = counted.get(k - 1) {
+                let bits = if kth & 0x8000_0000 != 0 {
+                    kth & 0x7fff_ffff
+                } else {
+                    !kth
+                };
+                let bound = below(f32::from_bits(bits));
+                self.t = if bound > self.t { bound } else { self.t };
+            }
+        }
+        self.drop_below();
+    }
+
+    /// Drops the entries whose maximum is not above the threshold.
+    fn drop_below(&mut self) {
+        let t = self.t;
+        let mut kept = 0usize;
+        for i in 0..self.n {
+            let (Some(&x), Some(&s), Some(&src)) =
+                (self.max.get(i), self.start.get(i), self.source.get(i))
+            else {
+                break;
+            };
+            if x > t {
+                if let (Some(mk), Some(sk), Some(srck)) = (
+                    self.max.get_mut(kept),
+                    self.start.get_mut(kept),
+                    self.source.get_mut(kept),
+                ) {
+                    *mk = x;
+                    *sk = s;
+                    *srck = src;
+                }
+                kept += 1;
+            }
+        }
+        self.n = kept;
+    }
+}
+
+/// [`top_k`] for `2 <= k <= KEYS_K_MAX`, in rank order.
+///
+/// Two phases. First, one pass takes the maximum of each block of
+/// [`SCAN_BLOCK`] logits and keeps, in a small pool, the blocks whose
+/// maximum beats a threshold; the threshold rises to the k-th highest
+/// maximum kept, since k blocks reaching it hold k tokens reaching it.
+/// A block holding an overridden id enters with the maximum of its other
+/// ids, computed only when its raw maximum beats the threshold; the
+/// overrides enter with their changed logits. Second, only the blocks left
+/// in the pool are read again,
+/// and their logits above the threshold become packed rank keys, which
+/// compare as plain integers; the best `k` of them are written to
+/// `scratch` in rank order. Returns the count.
+fn top_k_keys(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate]) -> usize {
+    let changed = ov.as_slice();
+    let mut pool = Pool {
+        max: [f32::NEG_INFINITY; POOL],
+        start: [0; POOL],
+        source: [Source::Block; POOL],
+        n: 0,
+        k,
+        t: f32::NEG_INFINITY,
+        fresh: 0,
+        fresh_min: f32::INFINITY,
+        overflow: false,
+    };
+    for o in changed {
+        pool.push_changed(o.value(), o.id());
+    }
+    let full = logits.len() - logits.len() % CHUNK;
+    let body = logits.get(..full).unwrap_or(&[]);
+    let mut next = 0usize;
+    for (block, start) in body.chunks(SCAN_BLOCK).zip((0usize..).step_by(SCAN_BLOCK)) {
+        let m = block_max(block);
+        while changed.get(next).is_some_and(|o| (o.id() as usize) < start) {
+            next += 1;
+        }
+        let mixed = changed
+            .get(next)
+            .is_some_and(|o| (o.id() as usize) < start + block.len());
+        if mixed && m > pool.t {
+            // The raw maximum may be an overridden logit; what counts is
+            // the maximum of the other ids, which is an effective logit.
+            let ahead = changed.get(next..).unwrap_or(&[]);
+            pool.offer(
+                unchanged_max(block, start as u32, ahead),
+                start as u32,
+                true,
+            );
+        } else {
+            pool.offer(m, start as u32, mixed);
+        }
+    }
+    if pool.overflow {
+        let n = top_k_scan(logits, ov, k, scratch);
+        crate::select::sort_by_rank(scratch.get_mut(..n).unwrap_or(&mut []));
+        return n;
+    }
+    pool.cut();
+
+    let mut held = Keys {
+        keys: [0; KEYS],
+        n: 0,
+        k,
+        t: pool.t,
+    };
+    for i in 0..pool.n {
+        let (Some(&start), Some(&source)) = (pool.start.get(i), pool.source.get(i)) else {
+            break;
+        };
+        if source == Source::Changed {
+            if let Some(&x) = pool.max.get(i) {
+                held.push(start, x);
+            }
+            continue;
+        }
+        let from = start as usize;
+        let block = body.get(from..full.min(from + SCAN_BLOCK)).unwrap_or(&[]);
+        let mut pending = if source == Source::Mixed {
+            let at = changed.partition_point(|o| (o.id() as usize) < from);
+            changed.get(at..).unwrap_or(&[])
+        } else {
+            &[]
+        };
+        // Which chunks hold a logit above the threshold, found without a
+        // branch per chunk; few do.
+        let t = held.t;
+        let mut hits = 0u32;
+        for (i, chunk) in block.chunks_exact(CHUNK).enumerate() {
+            let mut hit = false;
+            for &x in chunk {
+                hit |= x > t;
+            }
+            hits |= u32::from(hit) << i;
+        }
+        while hits != 0 {
+            let i = hits.trailing_zeros() as usize;
+            hits &= hits - 1;
+            let first = start + (i * CHUNK) as u32;
+            let mut skip = 0u32;
+            while let Some((o, rest)) = pending.split_first() {
+                if o.id() < first {
+                    pending = rest;
+                    continue;
+                }
+                match o.id().checked_sub(first).filter(|&l| (l as usize) < CHUNK) {
+                    Some(lane) => skip |= 1 << lane,
+                    None => break,
+                }
+                pending = rest;
+            }
+            let chunk = block.get(i * CHUNK..i * CHUNK + CHUNK).unwrap_or(&[]);
+            if let Ok(chunk) = <&[f32; CHUNK]>::try_from(chunk) {
+                held.append(first, chunk, skip);
+            }
+        }
+    }
+    // The last ids, fewer than a chunk, take part in no block.
+    let tail = logits.get(full..).unwrap_or(&[]);
+    let from = changed.partition_point(|o| (o.id() as usize) < full);
+    let mut skip = 0u32;
+    for o in changed.get(from..).unwrap_or(&[]) {
+        skip |= 1u32
+            .checked_shl(o.id().wrapping_sub(full as u32))
+            .unwrap_or(0);
+    }
+    let mut padded = [f32::NAN; CHUNK];
+    for (slot, &x) in padded.iter_mut().zip(tail) {
+        *slot = x;
+    }
+    held.append(full as u32, &padded, skip);
+    held.cut();
+    let n = held.n.min(k);
+    let best = held.keys.get_mut(..n).unwrap_or(&mut []);
+    best.sort_unstable_by(|a, b| b.cmp(a));
+    for (slot, &key) in scratch.iter_mut().zip(best.iter()) {
+        let mut c = unkey(key);
+        if c.logit == 0.0 {
+            // The key lost the sign of a zero; the logit itself still has it.
+            c.logit = effective(logits, ov, c.id);
+        }
+        *slot = c;
+    }
+    n.min(scratch.len())
+}
+
+/// The effective logit of `id`, which must be in the vocabulary.
+fn effective(logits: &[f32], ov: &Overrides, id: u32) -> f32 {
+    let changed = ov.as_slice();
+    match changed.binary_search_by_key(&id, |o| o.id()) {
+        Ok(i) => changed.get(i).map_or(f32::NAN, |o| o.value()),
+        Err(_) => logits.get(id as usize).copied().unwrap_or(f32::NAN),
+    }
 }
 
 /// Appends the elements of `chunk` above `t` whose ids are not in `changed`.
@@ -424,6 +990,10 @@ fn below(x: f32) -> f32 {
     }
 }
 
+/// `2^23` and its bits: see [`mass_and_head`].
+const TWO_23: f32 = 8_388_608.0;
+const TWO_23_BITS: i32 = 0x4B00_0000;
+
 /// Chunks per block of the exact weight sums: each f64 lane takes at most
 /// `4 * BLOCK` weights of at most 2^30, staying below 2^53 where f64 holds
 /// every integer.
@@ -438,7 +1008,9 @@ const BLOCK: usize = 1 << 20;
 /// is below [`ZERO_WEIGHT_CUT`] weigh nothing and are skipped. The loop
 /// does nothing else, which keeps its working set in registers.
 ///
-/// `scale` must not be the +inf kind.
+/// `scale` must not be the +inf kind. Kept for the tests, as the plain
+/// form of [`mass_and_head`]'s sum.
+#[cfg(test)]
 pub(crate) fn mass(logits: &[f32], ov: &Overrides, scale: &Scale) -> u64 {
     let (m, inv_t) = (scale.m, scale.inv_t);
     let mut total = 0u64;
@@ -467,6 +1039,82 @@ pub(crate) fn mass(logits: &[f32], ov: &Overrides, scale: &Scale) -> u64 {
         }
     });
     total
+}
+
+/// At or below this scaled difference every weight is below 2^23.
+///
+/// `e^-4.86 * 2^30` is about 0.8% under 2^23, far more than the
+/// exponential's error of about one unit in the last place.
+const SMALL_CUT: f32 = -4.86;
+
+/// Small-weight chunks summed in 32-bit lanes before they are flushed:
+/// 255 weights below 2^23 stay below 2^31.
+const SMALL_RUN: u32 = 255;
+
+/// The exact total weight of all candidates under `scale`, and the
+/// candidates with `scale.d(x) >= cut` in `scratch` (`None` for the count
+/// once more than `limit` pass, as [`at_most`]).
+///
+/// The sum is [`mass`]'s, with one shortcut: chunks whose weights are all
+/// below 2^23 are rounded and summed in 32-bit integer lanes instead of
+/// f64. Adding 2^23 to such a weight rounds it to the nearest integer,
+/// ties to even (floats in `[2^23, 2^24)` are spaced 1 apart), exactly as
+/// [`weight_f64`] does, and leaves that integer in the mantissa bits; so
+/// the total is the same integer, with fewer conversions per weight. The
+/// head is collected by a second, cheap pass: folding it into the first
+/// made that one slower.
+///
+/// `scale` must not be the +inf kind and `cut` must be finite.
+pub(crate) fn mass_and_head(
+    logits: &[f32],
+    ov: &Overrides,
+    scale: &Scale,
+    cut: f32,
+    limit: usize,
+    scratch: &mut [Candidate],
+) -> (u64, Option<usize>) {
+    let (m, inv_t) = (scale.m, scale.inv_t);
+    let mut total = 0u64;
+    let mut small = [0i32; CHUNK];
+    let mut pending = 0u32;
+    for_each_run(logits, ov, |_, run| {
+        for block in run.chunks(CHUNK * BLOCK) {
+            let mut acc = [0.0f64; 4];
+            for chunk in block.chunks_exact(CHUNK) {
+                let mut d = [0.0f32; CHUNK];
+                let (mut live, mut big) = (false, false);
+                for (di, &x) in d.iter_mut().zip(chunk) {
+                    let v = (x - m) * inv_t;
+                    *di = v;
+                    // NaN fails both tests.
+                    live |= v >= ZERO_WEIGHT_CUT;
+                    big |= v > SMALL_CUT;
+                }
+                if big {
+                    for quarter in d.chunks_exact(4) {
+                        for (a, &di) in acc.iter_mut().zip(quarter) {
+                            *a += weight_f64(di);
+                        }
+                    }
+                } else if live {
+                    for (s, &di) in small.iter_mut().zip(&d) {
+                        let w = exp_det(di) * WEIGHT_ONE;
+                        *s += ((w + TWO_23).to_bits() as i32).wrapping_sub(TWO_23_BITS);
+                    }
+                    pending += 1;
+                    if pending == SMALL_RUN {
+                        total += small.iter().map(|&s| s as u64).sum::<u64>();
+                        small = [0; CHUNK];
+                        pending = 0;
+                    }
+                }
+            }
+            // Each lane is an exact non-negative integer below 2^53.
+            total += acc.iter().map(|&a| a as u64).sum::<u64>();
+        }
+    });
+    total += small.iter().map(|&s| s as u64).sum::<u64>();
+    (total, at_most(logits, ov, scale, cut, limit, scratch))
 }
 
 /// Copies every candidate with scaled difference `scale.d(x) >= cut` into `scratch`.
@@ -548,6 +1196,7 @@ pub(crate) fn at_most(
 mod tests {
     use super::*;
     use crate::chain::collect_all;
+    use crate::penalty::MAX_RECENT;
     use crate::select::sort_by_rank;
     use crate::Config;
 
@@ -633,6 +1282,32 @@ mod tests {
     }
 
     #[test]
+    fn top_k_with_overrides_in_every_block_matches_reference() {
+        // More blocks hold an override than the block pool has room for,
+        // and the penalised ids are among the highest logits.
+        let v = 70_000;
+        let mut s = 5u64;
+        let logits: Vec<f32> = (0..v).map(|_| lcg(&mut s)).collect();
+        let mut recent: Vec<u32> = (0..v as u32).step_by(97).collect();
+        recent.extend((0..v as u32).filter(|&i| logits[i as usize] > 3.9).take(40));
+        let mut ov = Overrides::new();
+        let c = Config {
+            repeat_penalty: 1.5,
+            ..Config::default()
+        };
+        ov.build(&logits, &recent[..MAX_RECENT.min(recent.len())], &[], &c)
+            .unwrap();
+        let all = reference(&logits, &ov);
+        for k in [2, 40, 64] {
+            let mut scratch = vec![Candidate { id: 7, logit: 1e30 }; v];
+            let n = top_k(&logits, &ov, k, &mut scratch);
+            scratch.truncate(n);
+            let want: Vec<Candidate> = all.iter().copied().take(k).collect();
+            assert_eq!(scratch, want, "k {k}");
+        }
+    }
+
+    #[test]
     fn seed_ignores_stale_scratch_next_to_skipped_chunks() {
         // All logits negative; the first sampled chunk holds a penalised id,
         // and the scratch buffer holds large logits from an earlier call.
@@ -681,7 +1356,16 @@ mod tests {
                 assert_eq!(mass(&logits, &ov, &scale), want, "v {v} t {t}");
                 for (cut, limit) in [(-2.0f32, v), (-6.0, v), (-6.0, 16)] {
                     let mut scratch = vec![Candidate::default(); v];
+                    let (total, fused) =
+                        mass_and_head(&logits, &ov, &scale, cut, limit, &mut scratch);
+                    assert_eq!(total, want, "v {v} t {t}: fused total");
+                    let fused = fused.map(|n| sorted(scratch[..n].to_vec()));
                     let got = at_most(&logits, &ov, &scale, cut, limit, &mut scratch);
+                    assert_eq!(
+                        fused,
+                        got.map(|n| sorted(scratch[..n].to_vec())),
+                        "v {v} t {t}"
+                    );
                     let head: Vec<Candidate> = all
                         .iter()
                         .copied()

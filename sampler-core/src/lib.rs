@@ -80,10 +80,14 @@
 //!   on the platform, the selection algorithm or whether a report was asked
 //!   for. A failed call draws nothing and leaves the sampler as it was.
 //! - **Cost**: no stage copies, exponentiates or sorts the whole vocabulary
-//!   when top-k is on: top-k and greedy are one vectorised threshold scan
-//!   over the logits, min-p a maximum scan and one collecting scan.
-//!   Penalties and bias change only the ids they name; the scans skip those
-//!   ids and let their changed logits join afterwards. Top-p with top-k off,
+//!   when top-k is on: greedy is one vectorised pass of block maxima, and a
+//!   top-k of up to 64 the same pass keeping the blocks that can hold one
+//!   of the k, which alone are read again (larger k: a threshold scan);
+//!   min-p is a maximum scan and one collecting scan. Penalties and bias
+//!   change only the ids they name; the scans leave those ids' raw logits
+//!   out and let their changed logits join. A sampler keeps the counts of
+//!   its last penalty window (up to 64 ids) and updates them when the next
+//!   window is the same or moved on by a token. Top-p with top-k off,
 //!   and a chain that truncates nothing, sum every weight exactly in one
 //!   vectorised pass (one exponential per token) and then select among the
 //!   tokens within 10 nats of the top, where real language-model logits put

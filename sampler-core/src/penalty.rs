@@ -98,12 +98,30 @@ impl Overrides {
     /// - [`Error::TooManyBiases`] if `bias` exceeds [`MAX_BIAS`].
     /// - [`Error::TokenOutOfRange`] if an id is not below `logits.len()`.
     /// - [`Error::InvalidBias`] if a bias value is NaN.
+    #[cfg(test)]
     pub(crate) fn build(
         &mut self,
         logits: &[f32],
         recent: &[u32],
         bias: &[(u32, f32)],
         config: &Config,
+    ) -> Result<(), Error> {
+        self.build_with(logits, recent, bias, config, None)
+    }
+
+    /// [`Overrides::build`], taking the window's counts from `counts` when
+    /// it is given and the window is short enough to be kept there.
+    ///
+    /// # Errors
+    ///
+    /// - As [`Overrides::build`].
+    pub(crate) fn build_with(
+        &mut self,
+        logits: &[f32],
+        recent: &[u32],
+        bias: &[(u32, f32)],
+        config: &Config,
+        counts: Option<&mut WindowCounts>,
     ) -> Result<(), Error> {
         self.list.clear();
         let vocab = logits.len();
@@ -122,9 +140,14 @@ impl Overrides {
         // Every id is checked even when penalties are off, so that a bad
         // window is reported the same way whatever the settings.
         let logit = |id: u32| logits.get(id as usize).copied();
-        for &id in recent {
-            if logit(id).is_none() {
-                return Err(Error::TokenOutOfRange { id, vocab });
+        // One comparison of the largest id first; the loop only names the
+        // first offender.
+        let largest = recent.iter().fold(0u32, |a, &id| a.max(id));
+        if !recent.is_empty() && largest as usize >= vocab {
+            for &id in recent {
+                if logit(id).is_none() {
+                    return Err(Error::TokenOutOfRange { id, vocab });
+                }
             }
         }
         for &(id, b) in bias {
@@ -136,7 +159,17 @@ impl Overrides {
             }
         }
 
-        if config.penalties_active() {
+        let counted = match counts {
+            Some(c) if config.penalties_active() => c.update(recent),
+            _ => None,
+        };
+        if let Some(counted) = counted {
+            for &entry in counted {
+                let (id, count) = ((entry >> 32) as u32, entry as u32);
+                let value = penalize(logit(id).unwrap_or(f32::NAN), count, config);
+                self.push(Override::with_value(id, value))?;
+            }
+        } else if config.penalties_active() {
             for &id in recent {
                 self.push(Override::new(id, 0))?;
             }
@@ -208,9 +241,109 @@ impl Overrides {
     }
 }
 
+/// Most window ids whose counts a sampler keeps from one call to the next.
+pub(crate) const COUNTED_RECENT: usize = 64;
+
+/// The last penalty window and the count of each of its ids.
+///
+/// Consecutive calls of a generation pass the same window, or the same one
+/// moved on by a token, so the counts are updated instead of the window
+/// being sorted again. Only speed depends on it: the counts are always
+/// those of the window passed.
+#[derive(Debug, Default)]
+pub(crate) struct WindowCounts {
+    /// The window the counts are of.
+    window: Vec<u32, COUNTED_RECENT>,
+    /// `id << 32 | count`, ascending by id.
+    counts: Vec<u64, COUNTED_RECENT>,
+}
+
+impl WindowCounts {
+    /// No window yet.
+    pub(crate) const fn new() -> Self {
+        WindowCounts {
+            window: Vec::new(),
+            counts: Vec::new(),
+        }
+    }
+
+    /// The counts of `recent`, or `None` when it is too long to keep.
+    fn update(&mut self, recent: &[u32]) -> Option<&[u64]> {
+        if recent.len() > COUNTED_RECENT {
+            return None;
+        }
+        let (old, new) = (self.window.as_slice(), recent);
+        let moved =
+            !old.is_empty() && old.len() == new.len() && old.get(1..) == new.get(..new.len() - 1);
+        let grown = new.len() == old.len() + 1 && new.get(..old.len()) == Some(old);
+        if old == new {
+            return Some(&self.counts);
+        }
+        let fresh = if moved {
+            let gone = old.first().copied();
+            gone.is_some_and(|id| self.remove(id))
+        } else {
+            grown
+        };
+        let fresh = fresh && new.last().is_some_and(|&id| self.add(id));
+        if !fresh {
+            self.recount(recent)?;
+        }
+        self.window.clear();
+        self.window.extend_from_slice(recent).ok()?;
+        Some(&self.counts)
+    }
+
+    /// Takes one occurrence of `id` away; false if it had none.
+    fn remove(&mut self, id: u32) -> bool {
+        let Ok(i) = self.counts.binary_search_by_key(&id, |&e| (e >> 32) as u32) else {
+            return false;
+        };
+        match self.counts.get_mut(i) {
+            Some(e) if *e as u32 > 1 => *e -= 1,
+            Some(_) => {
+                self.counts.remove(i);
+            }
+            None => return false,
+        }
+        true
+    }
+
+    /// Adds one occurrence of `id`; false if there was no room.
+    fn add(&mut self, id: u32) -> bool {
+        match self.counts.binary_search_by_key(&id, |&e| (e >> 32) as u32) {
+            Ok(i) => match self.counts.get_mut(i) {
+                Some(e) => {
+                    *e += 1;
+                    true
+                }
+                None => false,
+            },
+            Err(i) => self.counts.insert(i, (u64::from(id) << 32) | 1).is_ok(),
+        }
+    }
+
+    /// Counts `recent` from scratch: sorted, then each run of one id collapsed.
+    fn recount(&mut self, recent: &[u32]) -> Option<()> {
+        let mut ids: Vec<u32, COUNTED_RECENT> = Vec::new();
+        ids.extend_from_slice(recent).ok()?;
+        ids.sort_unstable();
+        self.counts.clear();
+        for &id in &ids {
+            match self.counts.last_mut() {
+                Some(e) if (*e >> 32) as u32 == id => *e += 1,
+                _ => self.counts.push((u64::from(id) << 32) | 1).ok()?,
+            }
+        }
+        Some(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    extern crate std;
 
     fn cfg(rp: f32, presence: f32, freq: f32) -> Config {
         Config {
@@ -301,6 +434,74 @@ mod tests {
                 capacity: MAX_BIAS
             })
         );
+    }
+
+    #[test]
+    fn kept_counts_follow_every_window() {
+        // Windows as a generation passes them (the same, grown by one,
+        // moved on by one) and unrelated ones; the kept counts must always
+        // be those of the window passed.
+        let mut kept = WindowCounts::new();
+        let mut state = 11u64;
+        let mut next = |n: u64| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 33) % n) as u32
+        };
+        let mut window: std::vec::Vec<u32> = std::vec::Vec::new();
+        for step in 0..2000 {
+            match next(6) {
+                0 => {}
+                1 if window.len() < COUNTED_RECENT => window.push(next(40)),
+                1 | 2 => {
+                    if !window.is_empty() {
+                        window.remove(0);
+                    }
+                    window.push(next(40));
+                }
+                3 => {
+                    window = (0..next(COUNTED_RECENT as u64 + 20))
+                        .map(|_| next(60))
+                        .collect()
+                }
+                4 => {
+                    if let Some(last) = window.last_mut() {
+                        *last = next(40);
+                    }
+                }
+                _ => window.truncate(next(COUNTED_RECENT as u64) as usize),
+            }
+            let got = kept.update(&window).map(<[u64]>::to_vec);
+            let mut tally = std::collections::BTreeMap::new();
+            for &id in &window {
+                *tally.entry(id).or_insert(0u64) += 1;
+            }
+            let want: std::vec::Vec<u64> = tally
+                .into_iter()
+                .map(|(id, n)| (u64::from(id) << 32) | n)
+                .collect();
+            let want = (window.len() <= COUNTED_RECENT).then_some(want);
+            assert_eq!(got, want, "step {step}: window {window:?}");
+        }
+    }
+
+    #[test]
+    fn kept_counts_give_the_same_overrides() {
+        let logits: std::vec::Vec<f32> = (0..300).map(|i| (i % 17) as f32 - 8.0).collect();
+        let c = cfg(1.3, 0.2, 0.1);
+        let mut kept = WindowCounts::new();
+        let mut window: std::vec::Vec<u32> = (0..64).map(|i| i * 7 % 300).collect();
+        for step in 0..50u32 {
+            let mut a = Overrides::new();
+            let mut b = Overrides::new();
+            a.build_with(&logits, &window, &[(5, 1.0)], &c, Some(&mut kept))
+                .unwrap();
+            b.build(&logits, &window, &[(5, 1.0)], &c).unwrap();
+            assert_eq!(a.as_slice(), b.as_slice(), "step {step}");
+            window.remove(0);
+            window.push(step * 13 % 300);
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use core::fmt;
 
 use crate::chain::{self, Path, StageView, ZERO_WEIGHT_CUT};
 use crate::dense;
-use crate::penalty::Overrides;
+use crate::penalty::{Overrides, WindowCounts};
 use crate::{Config, Error, Rng};
 
 /// One element of the caller's scratch buffer: a token id and its logit.
@@ -117,6 +117,8 @@ pub struct Sampler<'s> {
     rng: Rng,
     step: u64,
     scratch: &'s mut [Candidate],
+    /// The last penalty window's counts, which the next call usually reuses.
+    counts: WindowCounts,
 }
 
 impl fmt::Debug for Sampler<'_> {
@@ -157,6 +159,7 @@ impl<'s> Sampler<'s> {
             rng: Rng::new(seed),
             step: 0,
             scratch,
+            counts: WindowCounts::new(),
         })
     }
 
@@ -204,7 +207,13 @@ impl<'s> Sampler<'s> {
     ) -> Result<Choice, Error> {
         chain::check_input(input, self.scratch.len())?;
         let mut ov = Overrides::new();
-        ov.build(input.logits, input.recent, input.bias, &self.config)?;
+        ov.build_with(
+            input.logits,
+            input.recent,
+            input.bias,
+            &self.config,
+            Some(&mut self.counts),
+        )?;
 
         if self.config.is_greedy() && report.is_none() && path == Path::Fast {
             // Every stage keeps the top token, so greedy without a report

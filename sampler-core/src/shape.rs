@@ -95,7 +95,7 @@ pub fn shape(
     config.validate()?;
     chain::check_input(&input, scratch.len())?;
     let mut ov = Overrides::new();
-    ov.build(input.logits, input.recent, input.bias, config)?;
+    ov.build_with(input.logits, input.recent, input.bias, config, None)?;
 
     let n = chain::collect_all(input.logits, &ov, scratch);
     let all = scratch.get_mut(..n).unwrap_or(&mut []);
