@@ -261,7 +261,9 @@ fn rows_limits_the_listing_and_says_how_many_are_left() {
     let one_left = tb(&["shape", &format!("--logits={TEN}"), "--rows", "9"]);
     ok(&one_left);
     assert!(
-        one_left.text().ends_with("(1 more token; --rows shows more)\n"),
+        one_left
+            .text()
+            .ends_with("(1 more token; --rows shows more)\n"),
         "{}",
         one_left.text()
     );
