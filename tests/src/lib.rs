@@ -11,6 +11,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -132,4 +133,91 @@ pub fn talkback_stdin(args: &[&str], stdin: Option<&[u8]>) -> Run {
         pipe.write_all(bytes).expect("write stdin");
     }
     child.wait_with_output().expect("wait for talkback").into()
+}
+
+/// Runs `talkback` on one CPU thread.
+///
+/// Two tests run at once on a two-core machine, and llama.cpp's default of
+/// one thread per core then makes every decode wait on the other process:
+/// generation slows down ten-fold or more.
+pub fn tb(args: &[&str]) -> Run {
+    tb_stdin(args, None)
+}
+
+/// [`tb`] with bytes on stdin.
+pub fn tb_stdin(args: &[&str], stdin: Option<&[u8]>) -> Run {
+    let mut all = args.to_vec();
+    all.extend(["--threads", "1"]);
+    talkback_stdin(&all, stdin)
+}
+
+/// Asserts a clean success: exit 0 and nothing on stderr.
+///
+/// # Panics
+///
+/// - when the run failed or wrote to stderr.
+pub fn ok(run: &Run) {
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert!(run.stderr.is_empty(), "stderr: {}", run.stderr);
+}
+
+/// A file in the temporary folder, removed when dropped; tests run in
+/// parallel, so every file gets a name of its own.
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    /// A fresh path ending in `name`; nothing is there yet.
+    pub fn new(name: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let path = std::env::temp_dir().join(format!("talkback-test-{pid}-{n}-{name}"));
+        let _ = std::fs::remove_file(&path);
+        Self(path)
+    }
+
+    /// A file ending in `name` holding `text`.
+    ///
+    /// # Panics
+    ///
+    /// - when the file cannot be written.
+    pub fn with(name: &str, text: &str) -> Self {
+        let file = Self::new(name);
+        std::fs::write(&file.0, text).expect("write temp file");
+        file
+    }
+
+    /// The path as a command-line argument.
+    ///
+    /// # Panics
+    ///
+    /// - when the temporary folder's path is not UTF-8.
+    pub fn arg(&self) -> &str {
+        self.0.to_str().expect("UTF-8 temp path")
+    }
+
+    /// The file's contents as JSON.
+    ///
+    /// # Panics
+    ///
+    /// - when the file is missing or not JSON.
+    pub fn read_json(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(&self.0).expect("file written");
+        serde_json::from_str(&text).expect("file is JSON")
+    }
+
+    /// Replaces the file's contents with `v`.
+    ///
+    /// # Panics
+    ///
+    /// - when the file cannot be written.
+    pub fn write_json(&self, v: &serde_json::Value) {
+        std::fs::write(&self.0, v.to_string()).expect("write file");
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

@@ -4,64 +4,13 @@
 // Helpers outside #[test] functions report failure by panicking too.
 #![allow(clippy::panic, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use serde_json::Value;
-use talkback_tests::{talkback_stdin, Run};
+use talkback_tests::{ok, tb, tb_stdin, TempFile};
 
 /// SmolLM2's default system turn, which its template adds when no system
 /// message is given.
 const DEFAULT_SYSTEM: &str = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, \
                               trained by Hugging Face<|im_end|>\n";
-
-/// Runs `talkback` on one CPU thread (two tests share two cores).
-fn tb(args: &[&str]) -> Run {
-    tb_stdin(args, None)
-}
-
-/// [`tb`] with bytes on stdin.
-fn tb_stdin(args: &[&str], stdin: Option<&[u8]>) -> Run {
-    let mut all = args.to_vec();
-    all.extend(["--threads", "1"]);
-    talkback_stdin(&all, stdin)
-}
-
-fn ok(run: &Run) {
-    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
-    assert!(run.stderr.is_empty(), "stderr: {}", run.stderr);
-}
-
-/// A file in the temporary folder, removed when dropped; tests run in
-/// parallel, so every file gets a name of its own.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(name: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let pid = std::process::id();
-        let path = std::env::temp_dir().join(format!("talkback-cli-chat-{pid}-{n}-{name}"));
-        let _ = std::fs::remove_file(&path);
-        Self(path)
-    }
-
-    fn with(name: &str, text: &str) -> Self {
-        let file = Self::new(name);
-        std::fs::write(&file.0, text).expect("write temp file");
-        file
-    }
-
-    fn arg(&self) -> &str {
-        self.0.to_str().expect("UTF-8 temp path")
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 /// `chat --render-only` with `args`.
 fn render(args: &[&str]) -> String {

@@ -6,34 +6,12 @@
 #![allow(clippy::panic, clippy::expect_used, clippy::indexing_slicing)]
 
 use serde_json::Value;
-use talkback_tests::{talkback_stdin, Run};
+use talkback_tests::{ok, tb, tb_stdin, Run};
 
 /// The default model's vocabulary size.
 const VOCAB: u64 = 49_152;
 
 const STORY: &str = "Once upon a time, in a forest";
-
-/// Runs `talkback` on one CPU thread.
-///
-/// Two tests run at once on a two-core machine, and llama.cpp's default of
-/// one thread per core then makes every decode wait on the other process:
-/// generation slows down ten-fold or more.
-fn tb(args: &[&str]) -> Run {
-    tb_stdin(args, None)
-}
-
-/// [`tb`] with bytes on stdin.
-fn tb_stdin(args: &[&str], stdin: Option<&[u8]>) -> Run {
-    let mut all = args.to_vec();
-    all.extend(["--threads", "1"]);
-    talkback_stdin(&all, stdin)
-}
-
-/// Asserts a clean success: exit 0 and nothing on stderr.
-fn ok(run: &Run) {
-    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
-    assert!(run.stderr.is_empty(), "stderr: {}", run.stderr);
-}
 
 /// stdout as JSON lines.
 fn events(run: &Run) -> Vec<Value> {

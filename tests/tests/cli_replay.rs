@@ -5,57 +5,8 @@
 // Helpers outside #[test] functions report failure by panicking too.
 #![allow(clippy::panic, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use serde_json::Value;
-use talkback_tests::{talkback, Run};
-
-/// Runs `talkback` on one CPU thread (two tests share two cores).
-fn tb(args: &[&str]) -> Run {
-    let mut all = args.to_vec();
-    all.extend(["--threads", "1"]);
-    talkback(&all)
-}
-
-fn ok(run: &Run) {
-    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
-    assert!(run.stderr.is_empty(), "stderr: {}", run.stderr);
-}
-
-/// A file in the temporary folder, removed when dropped; tests run in
-/// parallel, so every file gets a name of its own.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(name: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let pid = std::process::id();
-        let path = std::env::temp_dir().join(format!("talkback-cli-replay-{pid}-{n}-{name}"));
-        let _ = std::fs::remove_file(&path);
-        Self(path)
-    }
-
-    fn arg(&self) -> &str {
-        self.0.to_str().expect("UTF-8 temp path")
-    }
-
-    fn read_json(&self) -> Value {
-        let text = std::fs::read_to_string(&self.0).expect("trace written");
-        serde_json::from_str(&text).expect("trace is JSON")
-    }
-
-    fn write_json(&self, v: &Value) {
-        std::fs::write(&self.0, v.to_string()).expect("write trace");
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
+use talkback_tests::{ok, tb, TempFile};
 
 /// Runs `args` with `--trace` and `--format json`; returns the trace file
 /// and the JSON output.

@@ -6,23 +6,9 @@
 #![allow(clippy::panic, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
-use talkback_tests::{talkback, Run};
-
-/// Runs `talkback` on one CPU thread (two tests share two cores).
-fn tb(args: &[&str]) -> Run {
-    let mut all = args.to_vec();
-    all.extend(["--threads", "1"]);
-    talkback(&all)
-}
-
-fn ok(run: &Run) {
-    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
-    assert!(run.stderr.is_empty(), "stderr: {}", run.stderr);
-}
+use talkback_tests::{ok, tb, Run, TempFile};
 
 /// Every stage off but the one under test: temperature 1, no truncation.
 const PLAIN: [&str; 8] = [
@@ -406,31 +392,6 @@ fn shape_chat_matches_the_first_greedy_chat_token() {
     ]);
     ok(&greedy);
     assert_eq!(greedy.json()["tokens"][0], top);
-}
-
-/// A file in the temporary folder, removed when dropped; tests run in
-/// parallel, so every file gets a name of its own.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(name: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let pid = std::process::id();
-        let path = std::env::temp_dir().join(format!("talkback-cli-plot-{pid}-{n}-{name}"));
-        let _ = std::fs::remove_file(&path);
-        Self(path)
-    }
-
-    fn arg(&self) -> &str {
-        self.0.to_str().expect("UTF-8 temp path")
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// A chart's lines: (stroke colour, number of points) of every coloured
