@@ -358,6 +358,18 @@ impl Terminal {
     fn screen(&self) -> String {
         String::from_utf8_lossy(&self.screen.bytes()).into_owned()
     }
+
+    /// Waits for the chat to end and asserts it exited 0 with no crash on screen.
+    fn exits_cleanly(&mut self) {
+        let status = wait(&mut self.child);
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{status}; screen:\n{}",
+            self.screen()
+        );
+        no_crash(&self.screen());
+    }
 }
 
 impl Drop for Terminal {
@@ -375,14 +387,7 @@ fn end_of_input_leaves_the_chat_cleanly() {
     let at = term.wait_for(0, "chat started");
     term.wait_for(at, "> ");
     term.keys(b"\x04");
-    let status = wait(&mut term.child);
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "{status}; screen:\n{}",
-        term.screen()
-    );
-    no_crash(&term.screen());
+    term.exits_cleanly();
 }
 
 #[test]
@@ -399,14 +404,7 @@ fn ctrl_c_during_a_reply_returns_to_the_prompt() {
     let at = term.wait_for(at, "talkback: reply interrupted");
     term.wait_for(at, "> ");
     term.keys(b"/exit\r");
-    let status = wait(&mut term.child);
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "{status}; screen:\n{}",
-        term.screen()
-    );
-    no_crash(&term.screen());
+    term.exits_cleanly();
 }
 
 /// The text a stretch of the screen shows: terminal control sequences
@@ -469,12 +467,5 @@ fn slash_commands_are_answered_and_never_sent_to_the_model() {
 
     term.keys(b"/quit\r");
     term.wait_for(at, "/quit");
-    let status = wait(&mut term.child);
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "{status}; screen:\n{}",
-        term.screen()
-    );
-    no_crash(&term.screen());
+    term.exits_cleanly();
 }
