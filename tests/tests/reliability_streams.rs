@@ -322,7 +322,12 @@ struct Terminal {
 
 impl Terminal {
     fn start(args: &[&str]) -> Self {
-        let mut line = format!("'{}' chat", binary().display());
+        // `script` runs the line with `$SHELL -c`. dash (Debian's /bin/sh)
+        // stays as the chat's parent, in the terminal's foreground group,
+        // and dies of the Ctrl-C meant for the chat; `script` then reports
+        // the shell's 130. `exec` leaves the chat alone on the terminal
+        // whichever shell runs the line.
+        let mut line = format!("exec '{}' chat", binary().display());
         for a in args {
             line.push_str(&format!(" '{a}'"));
         }
