@@ -1308,6 +1308,34 @@ mod tests {
     }
 
     #[test]
+    fn top_k_when_every_block_maximum_is_overridden_matches_reference() {
+        // Each block's raw maximum is a token biased far down, so no block
+        // maximum is an effective logit; the best k lie elsewhere in the
+        // very blocks that hold the overrides.
+        let blocks = 200;
+        let v = SCAN_BLOCK * blocks + 5;
+        let mut s = 11u64;
+        let mut logits: Vec<f32> = (0..v).map(|_| lcg(&mut s)).collect();
+        let mut bias = Vec::new();
+        for b in 0..blocks {
+            let id = b * SCAN_BLOCK + (b * 37) % SCAN_BLOCK;
+            logits[id] = 50.0 + b as f32 * 0.01;
+            bias.push((id as u32, -100.0f32));
+        }
+        let mut ov = Overrides::new();
+        ov.build(&logits, &[], &bias, &Config::default()).unwrap();
+        let all = reference(&logits, &ov);
+        assert!(all[0].logit < 50.0, "the biased ids must not lead");
+        for k in [2, 40, 64] {
+            let mut scratch = vec![Candidate { id: 7, logit: 1e30 }; v];
+            let n = top_k(&logits, &ov, k, &mut scratch);
+            scratch.truncate(n);
+            let want: Vec<Candidate> = all.iter().copied().take(k).collect();
+            assert_eq!(scratch, want, "k {k}");
+        }
+    }
+
+    #[test]
     fn seed_ignores_stale_scratch_next_to_skipped_chunks() {
         // All logits negative; the first sampled chunk holds a penalised id,
         // and the scratch buffer holds large logits from an earlier call.
