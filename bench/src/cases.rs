@@ -14,7 +14,7 @@ use sampler_core::{Alternative, Candidate, Config, Input, Order, Report, Sampler
 
 use crate::floor;
 use crate::input::{self, WINDOW};
-use crate::measure::{self, Contender, Pick};
+use crate::measure::{self, Contender, Pick, Timing};
 use crate::KernelArgs;
 
 /// Seed of both samplers' draws.
@@ -54,7 +54,11 @@ struct Check {
 /// - the logits cannot be loaded; a sampler rejects its settings.
 pub fn run(args: &KernelArgs) -> Result<()> {
     let real = input::load(args)?;
-    let rounds = args.rounds as usize;
+    let timing = Timing {
+        rounds: args.rounds as usize,
+        cold: args.cold,
+    };
+    let rounds = timing.rounds;
     println!("talkback-bench kernels");
     println!("machine: {}", machine());
     println!("logits:  {}", real.source);
@@ -63,6 +67,12 @@ pub fn run(args: &KernelArgs) -> Result<()> {
          medians per token in microseconds",
         real.steps.len()
     );
+    if timing.cold {
+        println!(
+            "cold:    before each timed call, 64 MiB streamed through the caches, \
+             then the step's logits read once"
+        );
+    }
     println!("larger vocabularies tile the real vector, later copies perturbed by up to +-0.125");
     let mut rows = Vec::new();
     let mut checks = Vec::new();
@@ -83,7 +93,7 @@ pub fn run(args: &KernelArgs) -> Result<()> {
                 v,
                 &steps,
                 &real.window,
-                rounds,
+                &timing,
                 &mut rows,
                 &mut checks,
                 &mut notes,
@@ -91,15 +101,15 @@ pub fn run(args: &KernelArgs) -> Result<()> {
         }
         if wanted(top_p_name) {
             eprintln!("talkback-bench: {top_p_name}");
-            top_p_group(v, &steps, rounds, &mut rows, &mut checks)?;
+            top_p_group(v, &steps, &timing, &mut rows, &mut checks)?;
         }
         if wanted(greedy_name) {
             eprintln!("talkback-bench: {greedy_name}");
-            greedy_group(v, &steps, rounds, &mut rows, &mut checks, &mut notes)?;
+            greedy_group(v, &steps, &timing, &mut rows, &mut checks, &mut notes)?;
         }
         if wanted(floor_name) {
             eprintln!("talkback-bench: {floor_name}");
-            floor_group(v, &steps, rounds, &mut rows);
+            floor_group(v, &steps, &timing, &mut rows);
         }
     }
     print_rows(&rows);
@@ -201,7 +211,7 @@ fn chain_group(
     v: usize,
     steps: &[Vec<f32>],
     window: &[u32],
-    rounds: usize,
+    timing: &Timing,
     rows: &mut Vec<Row>,
     checks: &mut Vec<Check>,
     notes: &mut Vec<String>,
@@ -257,7 +267,7 @@ fn chain_group(
             ours_step(&mut pen_talkback, l, window)
         }),
     ];
-    measure::run(steps, rounds, &mut cs);
+    measure::run(steps, timing, &mut cs);
 
     let case = format!("default_chain_v{v}");
     let pen_case = format!("default_chain_penalties_w{WINDOW}_rp{REPEAT_PENALTY}_v{v}");
@@ -315,7 +325,7 @@ fn in_final_set(
 fn top_p_group(
     v: usize,
     steps: &[Vec<f32>],
-    rounds: usize,
+    timing: &Timing,
     rows: &mut Vec<Row>,
     checks: &mut Vec<Check>,
 ) -> Result<()> {
@@ -334,7 +344,7 @@ fn top_p_group(
         Contender::new("llama.cpp", |l: &[f32]| llama_step(&mut llama, l)),
         Contender::new("ours", |l: &[f32]| ours_step(&mut ours, l, &[])),
     ];
-    measure::run(steps, rounds, &mut cs);
+    measure::run(steps, timing, &mut cs);
     let case = format!("top_p_p0.95_v{v}");
     push_group(rows, &case, &cs);
     let r = ratio(&cs, 0, 1);
@@ -350,7 +360,7 @@ fn top_p_group(
 fn greedy_group(
     v: usize,
     steps: &[Vec<f32>],
-    rounds: usize,
+    timing: &Timing,
     rows: &mut Vec<Row>,
     checks: &mut Vec<Check>,
     notes: &mut Vec<String>,
@@ -367,7 +377,7 @@ fn greedy_group(
             ours_step_report(&mut ours_report, l)
         }),
     ];
-    measure::run(steps, rounds, &mut cs);
+    measure::run(steps, timing, &mut cs);
     let case = format!("greedy_v{v}");
     push_group(rows, &case, &cs);
     let r = ratio(&cs, 0, 1);
@@ -393,7 +403,7 @@ fn greedy_group(
 }
 
 /// The floor kernels; their ratio column is llama.cpp's default chain... none: absolute only.
-fn floor_group(v: usize, steps: &[Vec<f32>], rounds: usize, rows: &mut Vec<Row>) {
+fn floor_group(v: usize, steps: &[Vec<f32>], timing: &Timing, rows: &mut Vec<Row>) {
     let bits = |x: f32| Pick::id(x.to_bits());
     let mut cs = vec![
         Contender::new(format!("floor_max_v{v}"), |l: &[f32]| bits(floor::max(l))),
@@ -404,7 +414,7 @@ fn floor_group(v: usize, steps: &[Vec<f32>], rounds: usize, rows: &mut Vec<Row>)
             bits(floor::max_sum_exp_libm(l))
         }),
     ];
-    measure::run(steps, rounds, &mut cs);
+    measure::run(steps, timing, &mut cs);
     for c in &cs {
         rows.push(Row {
             case: c.label.clone(),

@@ -93,6 +93,13 @@ pub struct KernelArgs {
     /// Run only the cases whose name contains this text.
     #[arg(long, value_name = "TEXT")]
     filter: Option<String>,
+
+    /// Start every timed call with cold caches, as after a decode step:
+    /// 64 MiB are streamed through them first, then the step's logits are
+    /// read once. Each call then costs a few milliseconds more to set up,
+    /// so use few rounds.
+    #[arg(long)]
+    cold: bool,
 }
 
 impl Default for KernelArgs {
@@ -105,6 +112,7 @@ impl Default for KernelArgs {
             rounds: 6,
             vocab: vec![49152, 151_936, 262_144],
             filter: None,
+            cold: false,
         }
     }
 }

@@ -59,8 +59,44 @@ impl<'a> Contender<'a> {
     }
 }
 
-/// Runs one untimed round, then `rounds` timed rounds over every step.
-pub fn run(steps: &[Vec<f32>], rounds: usize, contenders: &mut [Contender<'_>]) {
+/// How a group of contenders is timed.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Timed rounds over every step, after one untimed round.
+    pub rounds: usize,
+    /// Whether each timed call starts with cold caches (see [`Chill`]).
+    pub cold: bool,
+}
+
+/// Bytes streamed before a cold call: twice this machine kind's 32 MiB L3.
+const CHILL_BYTES: usize = 64 << 20;
+
+/// What a decode step does to the caches before the sampler runs, roughly:
+/// it streams the model's weights through them (98 MB for SmolLM2 Q4_1),
+/// which evicts the sampler's code and data, and writes the logits last.
+struct Chill(Vec<u8>);
+
+impl Chill {
+    fn new() -> Self {
+        // Ones, not zeros, so that every page is really mapped.
+        Chill(vec![1; CHILL_BYTES])
+    }
+
+    /// Reads a byte of every cache line of the buffer, then every logit.
+    fn apply(&self, logits: &[f32]) {
+        let mut acc = 0u8;
+        for line in self.0.chunks(64) {
+            acc = acc.wrapping_add(line.first().copied().unwrap_or(0));
+        }
+        black_box(acc);
+        black_box(logits.iter().fold(0.0f32, |a, &x| a + x));
+    }
+}
+
+/// Runs one untimed round, then `timing.rounds` timed rounds over every step.
+pub fn run(steps: &[Vec<f32>], timing: &Timing, contenders: &mut [Contender<'_>]) {
+    let rounds = timing.rounds;
+    let chill = timing.cold.then(Chill::new);
     let n = contenders.len();
     let mut order: Vec<usize> = (0..n).collect();
     let mut state = 0x2545_f491_4f6c_dd1d_u64;
@@ -72,6 +108,9 @@ pub fn run(steps: &[Vec<f32>], rounds: usize, contenders: &mut [Contender<'_>]) 
                 let Some(c) = contenders.get_mut(i) else {
                     continue;
                 };
+                if let (true, Some(chill)) = (timed, chill.as_ref()) {
+                    chill.apply(logits);
+                }
                 let t0 = Instant::now();
                 let pick = (c.call)(black_box(logits));
                 let ns = t0.elapsed().as_nanos() as f64;
@@ -158,7 +197,14 @@ mod tests {
                     }
                 }),
             ];
-            run(&steps, 2, &mut cs);
+            run(
+                &steps,
+                &Timing {
+                    rounds: 2,
+                    cold: false,
+                },
+                &mut cs,
+            );
             assert_eq!(cs[0].times.len(), 6);
             assert_eq!(cs[1].builds.len(), 6);
             assert!(cs[0].builds.is_empty());
