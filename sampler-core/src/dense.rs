@@ -738,12 +738,21 @@ fn top_k_keys(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate
         if mixed && m > pool.t {
             // The raw maximum may be an overridden logit; what counts is
             // the maximum of the other ids, which is an effective logit.
+            // When no overridden id holds the raw maximum, another id does
+            // and it stands; only otherwise is the block read again.
             let ahead = changed.get(next..).unwrap_or(&[]);
-            pool.offer(
-                unchanged_max(block, start as u32, ahead),
-                start as u32,
-                true,
-            );
+            let end = start + block.len();
+            let raw = |o: &Override| block.get((o.id() as usize).wrapping_sub(start)).copied();
+            let held = ahead
+                .iter()
+                .take_while(|o| (o.id() as usize) < end)
+                .any(|o| raw(o) == Some(m));
+            let max = if held {
+                unchanged_max(block, start as u32, ahead)
+            } else {
+                m
+            };
+            pool.offer(max, start as u32, true);
         } else {
             pool.offer(m, start as u32, mixed);
         }
