@@ -474,3 +474,43 @@ fn slash_commands_are_answered_and_never_sent_to_the_model() {
     term.wait_for(at, "/quit");
     term.exits_cleanly();
 }
+
+#[test]
+fn a_conversation_that_outgrows_the_context_keeps_the_chat() {
+    // The default system turn and "Hi" take 31 tokens; with 8 more for the
+    // reply, a second turn cannot fit in 44.
+    let mut term = Terminal::start(&[
+        "--ctx-size",
+        "44",
+        "-n",
+        "8",
+        "--temp",
+        "0",
+        "--threads",
+        "1",
+    ]);
+    let at = term.wait_for(0, "chat started");
+    let at = term.wait_for(at, "> ");
+
+    let (first, at) = term.answer(at, "Hi");
+    assert!(!first.trim().is_empty(), "no reply");
+    let (refused, at) = term.answer(at, "Tell me more");
+    assert!(
+        refused.trim().starts_with("talkback: the conversation is ")
+            && refused
+                .trim()
+                .ends_with("more than the context of 44; it was not sent (/reset to start over)"),
+        "{refused:?}"
+    );
+
+    let (reset, at) = term.answer(at, "/reset");
+    assert_eq!(reset.trim(), "talkback: conversation reset");
+    // The refused message left nothing behind: the same first turn gives
+    // the same greedy reply.
+    let (again, at) = term.answer(at, "Hi");
+    assert_eq!(again, first);
+
+    term.keys(b"/exit\r");
+    term.wait_for(at, "/exit");
+    term.exits_cleanly();
+}
