@@ -487,13 +487,21 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
 
     let mut session = model.session(&model_args)?;
     let mut generator = Generator::new(&model);
-    let req = request(&settings, 0)?;
+    let mut req = request(&settings, 0)?;
+    // Ctrl-C ended the recorded run between two steps, so its replay
+    // regenerates the steps it recorded and stops there as it did.
+    let interrupted = trace.finish_reason == Finish::Interrupted.as_str();
+    if interrupted {
+        req.n_predict = Some(u32::try_from(trace.steps.len()).unwrap_or(u32::MAX));
+    }
     let mut sink = CollectSink::default();
     let outcome = generator.run(&model, &mut session, &tokens, &req, &mut sink)?;
-    if outcome.finish == Finish::Interrupted {
-        return Err(Interrupted.into());
-    }
-    if let Some(d) = trace::compare(&trace, &prompt_ids, &outcome.tokens, outcome.finish) {
+    let finish = match outcome.finish {
+        Finish::Interrupted => return Err(Interrupted.into()),
+        Finish::Length if interrupted => Finish::Interrupted,
+        other => other,
+    };
+    if let Some(d) = trace::compare(&trace, &prompt_ids, &outcome.tokens, finish) {
         bail!("replay diverged: {d}");
     }
     let mut out = crate::output::stdout();
@@ -502,7 +510,7 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         "replay ok: {} prompt tokens and {} generated tokens match (finish: {})",
         prompt_ids.len(),
         outcome.tokens.len(),
-        outcome.finish.as_str()
+        finish.as_str()
     )?;
     out.flush()?;
     Ok(())

@@ -187,6 +187,50 @@ fn ctrl_c_during_generation_keeps_the_text_and_exits_130() {
     assert!(text.len() >= 20, "{text:?}");
 }
 
+#[test]
+fn a_trace_of_an_interrupted_run_replays_up_to_the_interrupt() {
+    let scratch = reliability_support::Scratch::new("interrupted-trace");
+    let trace = scratch.join("run.json");
+    let trace = trace.to_str().expect("a UTF-8 path");
+    let mut child = command(&[
+        "complete",
+        "Once upon a time",
+        "-n",
+        "3000",
+        "--ignore-eos",
+        "--seed",
+        "3",
+        "--threads",
+        "1",
+        "--trace",
+        trace,
+    ])
+    .stdin(Stdio::null())
+    .spawn()
+    .expect("start talkback");
+    let stdout = Tail::follow(child.stdout.take().expect("stdout"));
+    stdout.wait_for(0, "20 bytes of text", |b| b.len() >= 20);
+    interrupt(&child);
+    assert_eq!(wait(&mut child).code(), Some(130));
+
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(trace).expect("the trace was written"))
+            .expect("the trace is JSON");
+    assert_eq!(recorded["finish_reason"], "interrupted");
+    let steps = recorded["steps"].as_array().map_or(0, Vec::len);
+    assert!(steps > 0 && steps < 3000, "{steps} steps");
+
+    let run = talkback(&["replay", trace, "--threads", "1"]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout),
+        format!(
+            "replay ok: 4 prompt tokens and {steps} generated tokens match \
+             (finish: interrupted)\n"
+        )
+    );
+}
+
 /// The greedy continuation of `PROMPT`: its text and token count.
 fn greedy_text(n: &str) -> (String, usize) {
     let run = talkback(&[
