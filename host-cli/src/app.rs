@@ -1,7 +1,6 @@
 //! The subcommands: chat (one-shot and interactive), raw completion, replay.
 
 use std::io::{self, IsTerminal, Read, Write};
-use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -16,7 +15,7 @@ use crate::generate::{Engine, Finish, Generator, Outcome, Request, Sink, Step, I
 use crate::model::{resolve_path, Model, Session};
 use crate::output::{summary, CollectSink, JsonlSink, TextSink};
 use crate::settings::Settings;
-use crate::trace::{self, Prompt, Trace};
+use crate::trace::{self, Prompt, Trace, TraceFile};
 
 /// How many alternatives a JSON-lines token event lists.
 const ALTERNATIVES: usize = 5;
@@ -226,7 +225,7 @@ fn ids(tokens: &[LlamaToken]) -> Vec<u32> {
 }
 
 fn save_trace(
-    path: &Path,
+    out: TraceFile,
     model: &Model,
     prompt: Prompt,
     tokens: &[LlamaToken],
@@ -242,7 +241,7 @@ fn save_trace(
         settings.clone(),
         outcome,
     )
-    .save(path)
+    .save(out)
 }
 
 fn chat_template<'m>(args: &ChatArgs, model: &'m Model) -> Result<Template<'m>> {
@@ -298,6 +297,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     }
     let settings = Settings::new(&args.sampling, gen, &args.model);
     check_generation(gen, &settings)?;
+    let trace_file = gen.trace.as_deref().map(TraceFile::open).transpose()?;
     let model = load(&args.model, verbose)?;
     let template = chat_template(args, &model)?;
     if let Some(prompt) = &prompt {
@@ -338,12 +338,12 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
         &settings,
         gen.format,
     )?;
-    if let Some(path) = &gen.trace {
+    if let Some(out) = trace_file {
         let prompt = Prompt::Chat {
             messages,
             chat_template: template.source().to_owned(),
         };
-        save_trace(path, &model, prompt, &tokens, &settings, &outcome)?;
+        save_trace(out, &model, prompt, &tokens, &settings, &outcome)?;
     }
     report_finish(&outcome, gen.format, verbose)
 }
@@ -400,6 +400,7 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
     }
     let settings = Settings::new(&args.sampling, gen, &args.model);
     check_generation(gen, &settings)?;
+    let trace_file = gen.trace.as_deref().map(TraceFile::open).transpose()?;
     let model = load(&args.model, verbose)?;
     let mut session = model.session(&args.model)?;
     let mut generator = generator(&model, gen)?;
@@ -415,12 +416,12 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
         &settings,
         gen.format,
     )?;
-    if let Some(path) = &gen.trace {
+    if let Some(out) = trace_file {
         let prompt = Prompt::Complete {
             text: prompt,
             parse_special: args.parse_special,
         };
-        save_trace(path, &model, prompt, &tokens, &settings, &outcome)?;
+        save_trace(out, &model, prompt, &tokens, &settings, &outcome)?;
     }
     report_finish(&outcome, gen.format, verbose)
 }
