@@ -280,10 +280,15 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     }
     let prompt = match &args.prompt {
         Some(p) => Some(p.clone()),
-        None if args.messages.is_some() || io::stdin().is_terminal() => None,
-        // A piped message ends with the newline that `echo` or an editor
-        // adds; it is not part of what the user asked.
-        None => Some(read_stdin()?.trim_end_matches(['\n', '\r']).to_owned()),
+        None if io::stdin().is_terminal() => None,
+        None => {
+            // A piped message ends with the newline that `echo` or an editor
+            // adds; it is not part of what the user asked.
+            let piped = read_stdin()?.trim_end_matches(['\n', '\r']).to_owned();
+            // After a messages file, an empty stdin (such as /dev/null) adds
+            // no turn: the file may end with the user's turn itself.
+            (args.messages.is_none() || !piped.is_empty()).then_some(piped)
+        }
     };
     if prompt.as_deref().is_some_and(|p| p.trim().is_empty()) {
         return Err(Usage("the message is empty: give some text to send").into());
