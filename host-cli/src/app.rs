@@ -165,6 +165,18 @@ impl<S: Sink> Sink for TeeSink<S> {
     }
 }
 
+/// Refuses a chat message of nothing but blanks, or an empty raw prompt,
+/// before loading anything; `chat` tells which of the two `prompt` is.
+fn check_prompt(prompt: &str, chat: bool) -> Result<()> {
+    if chat && prompt.trim().is_empty() {
+        return Err(Usage("the message is empty: give some text to send").into());
+    }
+    if prompt.is_empty() {
+        return Err(Usage("the prompt is empty: nothing to continue from").into());
+    }
+    Ok(())
+}
+
 /// Checks flags that only make sense together, before loading anything.
 fn check_generation(gen: &GenerationArgs, settings: &Settings) -> Result<()> {
     settings
@@ -290,8 +302,8 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
             (args.messages.is_none() || !piped.is_empty()).then_some(piped)
         }
     };
-    if prompt.as_deref().is_some_and(|p| p.trim().is_empty()) {
-        return Err(Usage("the message is empty: give some text to send").into());
+    if let Some(prompt) = &prompt {
+        check_prompt(prompt, true)?;
     }
     let interactive = prompt.is_none() && args.messages.is_none();
     if interactive && (gen.trace.is_some() || gen.format != Format::Text || args.render_only) {
@@ -400,9 +412,7 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
         }
         None => read_stdin()?,
     };
-    if prompt.is_empty() {
-        return Err(Usage("the prompt is empty: nothing to continue from").into());
-    }
+    check_prompt(&prompt, false)?;
     let settings = Settings::new(&args.sampling, gen, &args.model);
     check_generation(gen, &settings)?;
     let trace_file = gen.trace.as_deref().map(TraceFile::open).transpose()?;
@@ -585,6 +595,7 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
         }
     }
 
+    check_prompt(&args.prompt, args.chat)?;
     let out = crate::plot::Output::open(&args.out)?;
     let model = load(&args.model, verbose)?;
     let mut session = model.session(&args.model)?;
@@ -650,6 +661,7 @@ fn shape_command(args: &ShapeArgs, verbose: u8) -> Result<()> {
         (crate::shape::table(logits, &config)?, None)
     } else {
         let prompt = args.prompt.as_deref().unwrap_or_default();
+        check_prompt(prompt, args.chat)?;
         let model = load(&args.model, verbose)?;
         if verbose > 0 {
             crate::note!(
