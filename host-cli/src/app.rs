@@ -1,7 +1,6 @@
 //! The subcommands: chat (one-shot and interactive), raw completion, replay.
 
 use std::io::{self, IsTerminal, Read, Write};
-use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -16,7 +15,7 @@ use crate::generate::{Engine, Finish, Generator, Outcome, Request, Sink, Step, I
 use crate::model::{resolve_path, Model, Session};
 use crate::output::{summary, CollectSink, JsonlSink, TextSink};
 use crate::settings::Settings;
-use crate::trace::{self, Prompt, Trace};
+use crate::trace::{self, Prompt, Trace, TraceFile};
 
 /// How many alternatives a JSON-lines token event lists.
 const ALTERNATIVES: usize = 5;
@@ -166,6 +165,18 @@ impl<S: Sink> Sink for TeeSink<S> {
     }
 }
 
+/// Refuses a chat message of nothing but blanks, or an empty raw prompt,
+/// before loading anything; `chat` tells which of the two `prompt` is.
+fn check_prompt(prompt: &str, chat: bool) -> Result<()> {
+    if chat && prompt.trim().is_empty() {
+        return Err(Usage("the message is empty: give some text to send").into());
+    }
+    if prompt.is_empty() {
+        return Err(Usage("the prompt is empty: nothing to continue from").into());
+    }
+    Ok(())
+}
+
 /// Checks flags that only make sense together, before loading anything.
 fn check_generation(gen: &GenerationArgs, settings: &Settings) -> Result<()> {
     settings
@@ -226,7 +237,7 @@ fn ids(tokens: &[LlamaToken]) -> Vec<u32> {
 }
 
 fn save_trace(
-    path: &Path,
+    out: TraceFile,
     model: &Model,
     prompt: Prompt,
     tokens: &[LlamaToken],
@@ -242,7 +253,7 @@ fn save_trace(
         settings.clone(),
         outcome,
     )
-    .save(path)
+    .save(out)
 }
 
 fn chat_template<'m>(args: &ChatArgs, model: &'m Model) -> Result<Template<'m>> {
@@ -281,13 +292,18 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     }
     let prompt = match &args.prompt {
         Some(p) => Some(p.clone()),
-        None if args.messages.is_some() || io::stdin().is_terminal() => None,
-        // A piped message ends with the newline that `echo` or an editor
-        // adds; it is not part of what the user asked.
-        None => Some(read_stdin()?.trim_end_matches(['\n', '\r']).to_owned()),
+        None if io::stdin().is_terminal() => None,
+        None => {
+            // A piped message ends with the newline that `echo` or an editor
+            // adds; it is not part of what the user asked.
+            let piped = read_stdin()?.trim_end_matches(['\n', '\r']).to_owned();
+            // After a messages file, an empty stdin (such as /dev/null) adds
+            // no turn: the file may end with the user's turn itself.
+            (args.messages.is_none() || !piped.is_empty()).then_some(piped)
+        }
     };
-    if prompt.as_deref().is_some_and(|p| p.trim().is_empty()) {
-        return Err(Usage("the message is empty: give some text to send").into());
+    if let Some(prompt) = &prompt {
+        check_prompt(prompt, true)?;
     }
     let interactive = prompt.is_none() && args.messages.is_none();
     if interactive && (gen.trace.is_some() || gen.format != Format::Text || args.render_only) {
@@ -298,6 +314,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     }
     let settings = Settings::new(&args.sampling, gen, &args.model);
     check_generation(gen, &settings)?;
+    let trace_file = gen.trace.as_deref().map(TraceFile::open).transpose()?;
     let model = load(&args.model, verbose)?;
     let template = chat_template(args, &model)?;
     if let Some(prompt) = &prompt {
@@ -338,12 +355,12 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
         &settings,
         gen.format,
     )?;
-    if let Some(path) = &gen.trace {
+    if let Some(out) = trace_file {
         let prompt = Prompt::Chat {
             messages,
             chat_template: template.source().to_owned(),
         };
-        save_trace(path, &model, prompt, &tokens, &settings, &outcome)?;
+        save_trace(out, &model, prompt, &tokens, &settings, &outcome)?;
     }
     report_finish(&outcome, gen.format, verbose)
 }
@@ -395,11 +412,10 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
         }
         None => read_stdin()?,
     };
-    if prompt.is_empty() {
-        return Err(Usage("the prompt is empty: nothing to continue from").into());
-    }
+    check_prompt(&prompt, false)?;
     let settings = Settings::new(&args.sampling, gen, &args.model);
     check_generation(gen, &settings)?;
+    let trace_file = gen.trace.as_deref().map(TraceFile::open).transpose()?;
     let model = load(&args.model, verbose)?;
     let mut session = model.session(&args.model)?;
     let mut generator = generator(&model, gen)?;
@@ -415,12 +431,12 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
         &settings,
         gen.format,
     )?;
-    if let Some(path) = &gen.trace {
+    if let Some(out) = trace_file {
         let prompt = Prompt::Complete {
             text: prompt,
             parse_special: args.parse_special,
         };
-        save_trace(path, &model, prompt, &tokens, &settings, &outcome)?;
+        save_trace(out, &model, prompt, &tokens, &settings, &outcome)?;
     }
     report_finish(&outcome, gen.format, verbose)
 }
@@ -487,13 +503,21 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
 
     let mut session = model.session(&model_args)?;
     let mut generator = Generator::new(&model);
-    let req = request(&settings, 0)?;
+    let mut req = request(&settings, 0)?;
+    // Ctrl-C ended the recorded run between two steps, so its replay
+    // regenerates the steps it recorded and stops there as it did.
+    let interrupted = trace.finish_reason == Finish::Interrupted.as_str();
+    if interrupted {
+        req.n_predict = Some(u32::try_from(trace.steps.len()).unwrap_or(u32::MAX));
+    }
     let mut sink = CollectSink::default();
     let outcome = generator.run(&model, &mut session, &tokens, &req, &mut sink)?;
-    if outcome.finish == Finish::Interrupted {
-        return Err(Interrupted.into());
-    }
-    if let Some(d) = trace::compare(&trace, &prompt_ids, &outcome.tokens, outcome.finish) {
+    let finish = match outcome.finish {
+        Finish::Interrupted => return Err(Interrupted.into()),
+        Finish::Length if interrupted => Finish::Interrupted,
+        other => other,
+    };
+    if let Some(d) = trace::compare(&trace, &prompt_ids, &outcome.tokens, finish) {
         bail!("replay diverged: {d}");
     }
     let mut out = crate::output::stdout();
@@ -502,7 +526,7 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         "replay ok: {} prompt tokens and {} generated tokens match (finish: {})",
         prompt_ids.len(),
         outcome.tokens.len(),
-        outcome.finish.as_str()
+        finish.as_str()
     )?;
     out.flush()?;
     Ok(())
@@ -571,6 +595,7 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
         }
     }
 
+    check_prompt(&args.prompt, args.chat)?;
     let out = crate::plot::Output::open(&args.out)?;
     let model = load(&args.model, verbose)?;
     let mut session = model.session(&args.model)?;
@@ -636,6 +661,7 @@ fn shape_command(args: &ShapeArgs, verbose: u8) -> Result<()> {
         (crate::shape::table(logits, &config)?, None)
     } else {
         let prompt = args.prompt.as_deref().unwrap_or_default();
+        check_prompt(prompt, args.chat)?;
         let model = load(&args.model, verbose)?;
         if verbose > 0 {
             crate::note!(

@@ -285,6 +285,28 @@ impl Model {
     }
 }
 
+/// A prompt longer than the context; the interactive chat recovers from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PromptTooLong {
+    /// Length of the prompt, in tokens.
+    pub tokens: usize,
+    /// Size of the context, in tokens.
+    pub n_ctx: usize,
+}
+
+impl std::fmt::Display for PromptTooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the prompt is {} tokens but the context holds only {}; \
+             raise --ctx-size or shorten the prompt",
+            self.tokens, self.n_ctx
+        )
+    }
+}
+
+impl std::error::Error for PromptTooLong {}
+
 /// One context: the tokens in its KV cache and the logits of the last one.
 pub struct Session<'m> {
     ctx: LlamaContext<'m>,
@@ -312,19 +334,18 @@ impl Session<'_> {
     ///
     /// # Errors
     ///
-    /// - the prompt is empty or longer than the context;
+    /// - the prompt is empty, or longer than the context ([`PromptTooLong`]);
     /// - llama.cpp fails to decode.
     pub fn set_prompt(&mut self, prompt: &[LlamaToken]) -> Result<()> {
         if prompt.is_empty() {
             bail!("the prompt is empty: nothing to continue from");
         }
         if prompt.len() > self.n_ctx {
-            bail!(
-                "the prompt is {} tokens but the context holds only {}; \
-                 raise --ctx-size or shorten the prompt",
-                prompt.len(),
-                self.n_ctx
-            );
+            return Err(PromptTooLong {
+                tokens: prompt.len(),
+                n_ctx: self.n_ctx,
+            }
+            .into());
         }
 
         // Keep the common prefix, but always decode the last prompt token

@@ -4,7 +4,8 @@
 //! `/quit` or end of input leaves, `/help` lists the commands. Any other
 //! line of a single `/word` is an unknown command and is not sent. Ctrl-C
 //! while the model replies stops the reply and returns to the prompt; at
-//! the prompt it clears the line.
+//! the prompt it clears the line. A message that would not fit in the
+//! context with the conversation before it is not sent.
 
 use std::sync::atomic::Ordering;
 
@@ -15,6 +16,7 @@ use rustyline::DefaultEditor;
 use crate::app::Turn;
 use crate::chat::{Message, Template};
 use crate::generate::{Finish, INTERRUPTED};
+use crate::model::PromptTooLong;
 
 /// What `/help` prints.
 const HELP: &str = "\
@@ -108,7 +110,25 @@ pub fn run(template: &Template<'_>, turn: &mut dyn Turn, start: Vec<Message>) ->
 
         messages.push(Message::new("user", text));
         let rendered = template.render(&messages)?;
-        let (reply, finish) = turn.reply(&rendered)?;
+        let (reply, finish) = match turn.reply(&rendered) {
+            Ok(done) => done,
+            Err(e) => {
+                // A conversation that has outgrown the context ends no
+                // session: the message is not sent, and the user can
+                // /reset or leave.
+                let Some(full) = e.chain().find_map(|c| c.downcast_ref::<PromptTooLong>()) else {
+                    return Err(e);
+                };
+                messages.pop();
+                crate::note!(
+                    "talkback: the conversation is {} tokens with this message, more than \
+                     the context of {}; it was not sent (/reset to start over)",
+                    full.tokens,
+                    full.n_ctx
+                );
+                continue;
+            }
+        };
         if finish == Finish::Interrupted {
             INTERRUPTED.store(false, Ordering::Relaxed);
             crate::note!("talkback: reply interrupted");

@@ -7,8 +7,8 @@
 //! difference is reported with the step and the field that differs.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
-use std::path::Path;
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
@@ -128,15 +128,17 @@ impl Trace {
         }
     }
 
-    /// Writes the trace as pretty JSON.
+    /// Writes the trace as pretty JSON to `out`.
     ///
     /// # Errors
     ///
     /// - the file cannot be written.
-    pub fn save(&self, path: &Path) -> Result<()> {
+    pub fn save(&self, mut out: TraceFile) -> Result<()> {
         let json = serde_json::to_string_pretty(self).context("cannot encode the trace")?;
-        std::fs::write(path, json + "\n")
-            .with_context(|| format!("cannot write trace {}", path.display()))
+        out.write(json.as_bytes())
+            .with_context(|| format!("cannot write trace {}", out.path.display()))?;
+        out.written = true;
+        Ok(())
     }
 
     /// Reads and checks a trace file.
@@ -176,6 +178,60 @@ impl Trace {
             );
         }
         Ok(trace)
+    }
+}
+
+/// The file a trace goes to, opened before the run so that a path that
+/// cannot be written fails before anything is generated.
+pub struct TraceFile {
+    file: File,
+    path: PathBuf,
+    /// Whether opening it created it, so that a run that ends without a
+    /// trace leaves no empty file behind.
+    created: bool,
+    written: bool,
+}
+
+impl TraceFile {
+    /// Opens `path` for writing, creating it if needed, without changing it yet.
+    ///
+    /// # Errors
+    ///
+    /// - the file cannot be opened for writing (a directory, a missing
+    ///   folder, no permission).
+    pub fn open(path: &Path) -> Result<Self> {
+        let created = !path.exists();
+        let file = File::options()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("cannot write trace {}", path.display()))?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            created,
+            written: false,
+        })
+    }
+
+    /// Replaces the file's contents with `bytes` and a newline.
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        // A pipe or a device has no length to cut.
+        if self.file.metadata()?.is_file() {
+            self.file.set_len(0)?;
+        }
+        self.file.write_all(bytes)?;
+        self.file.write_all(b"\n")?;
+        self.file.flush()
+    }
+}
+
+impl Drop for TraceFile {
+    fn drop(&mut self) {
+        if self.created && !self.written {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

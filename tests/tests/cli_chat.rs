@@ -294,3 +294,31 @@ fn an_empty_message_is_a_usage_error() {
         assert!(run.stdout.is_empty(), "{args:?}");
     }
 }
+
+#[test]
+fn piped_stdin_is_the_turn_after_a_messages_file() {
+    let earlier = TempFile::with("earlier3.json", EARLIER);
+    let piped = tb_stdin(
+        &["chat", "--messages", earlier.arg(), "--render-only"],
+        Some(b"Tell me a joke.\n"),
+    );
+    ok(&piped);
+    assert_eq!(
+        piped.text(),
+        render(&["--messages", earlier.arg(), "Tell me a joke."])
+    );
+    assert!(piped
+        .text()
+        .ends_with("<|im_start|>user\nTell me a joke.<|im_end|>\n<|im_start|>assistant\n"));
+
+    // An empty stdin adds no turn.
+    let none = tb_stdin(
+        &["chat", "--messages", earlier.arg(), "--render-only"],
+        Some(b""),
+    );
+    ok(&none);
+    assert_eq!(none.text(), render(&["--messages", earlier.arg()]));
+    assert!(none
+        .text()
+        .ends_with("Hello! How can I help?<|im_end|>\n<|im_start|>assistant\n"));
+}

@@ -263,3 +263,33 @@ fn the_llama_cpp_sampler_refuses_to_trace() {
     assert!(run.stderr.contains("--sampler"), "{}", run.stderr);
     assert!(!trace.0.exists(), "no trace is written");
 }
+
+#[test]
+fn a_trace_that_cannot_be_written_fails_before_generating() {
+    let folder = TempFile::new("no-such-folder");
+    let inside = folder.0.join("run.json");
+    let inside = inside.to_str().expect("UTF-8 temp path");
+    let run = tb(&["complete", STORY, "-n", "4", "--trace", inside]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "generated first: {}", run.text());
+    assert_eq!(
+        run.stderr,
+        format!("talkback: cannot write trace {inside}: No such file or directory (os error 2)\n")
+    );
+
+    // A run that writes no trace leaves no empty file behind.
+    let unused = TempFile::new("unused.json");
+    ok(&tb(&[
+        "chat",
+        "Hi",
+        "--render-only",
+        "--trace",
+        unused.arg(),
+    ]));
+    assert!(!unused.0.exists(), "an empty trace was left");
+
+    // An older, longer trace is replaced whole.
+    let old = TempFile::with("old.json", &" ".repeat(1 << 16));
+    ok(&tb(&["complete", STORY, "-n", "4", "--trace", old.arg()]));
+    replays(&old, 4);
+}

@@ -234,6 +234,38 @@ fn empty_prompt() {
 }
 
 #[test]
+fn empty_prompt_for_shape_and_plot() {
+    let chart = std::env::temp_dir().join(format!("talkback-empty-{}.svg", std::process::id()));
+    let chart = chart.to_str().expect("a UTF-8 path");
+    // The model does not exist: the prompt is refused before it is looked for.
+    let missing = ["--model", "/nonexistent/m.gguf"];
+    for (args, want) in [
+        (
+            &["shape", ""][..],
+            "the prompt is empty: nothing to continue from",
+        ),
+        (
+            &["shape", "--chat", " "][..],
+            "the message is empty: give some text to send",
+        ),
+        (
+            &["plot", "", "-o", chart][..],
+            "the prompt is empty: nothing to continue from",
+        ),
+        (
+            &["plot", "--chat", "\n", "-o", chart][..],
+            "the message is empty: give some text to send",
+        ),
+    ] {
+        let run = talkback(&[args, &missing[..]].concat());
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(run.stdout.is_empty(), "{args:?}");
+        assert_eq!(run.stderr, format!("talkback: {want}\n"), "{args:?}");
+    }
+    assert!(!std::path::Path::new(chart).exists(), "a chart was written");
+}
+
+#[test]
 fn zero_tokens_requested() {
     usage_error(
         &talkback(&["complete", "hi", "-n", "0"]),

@@ -187,6 +187,50 @@ fn ctrl_c_during_generation_keeps_the_text_and_exits_130() {
     assert!(text.len() >= 20, "{text:?}");
 }
 
+#[test]
+fn a_trace_of_an_interrupted_run_replays_up_to_the_interrupt() {
+    let scratch = reliability_support::Scratch::new("interrupted-trace");
+    let trace = scratch.join("run.json");
+    let trace = trace.to_str().expect("a UTF-8 path");
+    let mut child = command(&[
+        "complete",
+        "Once upon a time",
+        "-n",
+        "3000",
+        "--ignore-eos",
+        "--seed",
+        "3",
+        "--threads",
+        "1",
+        "--trace",
+        trace,
+    ])
+    .stdin(Stdio::null())
+    .spawn()
+    .expect("start talkback");
+    let stdout = Tail::follow(child.stdout.take().expect("stdout"));
+    stdout.wait_for(0, "20 bytes of text", |b| b.len() >= 20);
+    interrupt(&child);
+    assert_eq!(wait(&mut child).code(), Some(130));
+
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(trace).expect("the trace was written"))
+            .expect("the trace is JSON");
+    assert_eq!(recorded["finish_reason"], "interrupted");
+    let steps = recorded["steps"].as_array().map_or(0, Vec::len);
+    assert!(steps > 0 && steps < 3000, "{steps} steps");
+
+    let run = talkback(&["replay", trace, "--threads", "1"]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout),
+        format!(
+            "replay ok: 4 prompt tokens and {steps} generated tokens match \
+             (finish: interrupted)\n"
+        )
+    );
+}
+
 /// The greedy continuation of `PROMPT`: its text and token count.
 fn greedy_text(n: &str) -> (String, usize) {
     let run = talkback(&[
@@ -472,5 +516,45 @@ fn slash_commands_are_answered_and_never_sent_to_the_model() {
 
     term.keys(b"/quit\r");
     term.wait_for(at, "/quit");
+    term.exits_cleanly();
+}
+
+#[test]
+fn a_conversation_that_outgrows_the_context_keeps_the_chat() {
+    // The default system turn and "Hi" take 31 tokens; with 8 more for the
+    // reply, a second turn cannot fit in 44.
+    let mut term = Terminal::start(&[
+        "--ctx-size",
+        "44",
+        "-n",
+        "8",
+        "--temp",
+        "0",
+        "--threads",
+        "1",
+    ]);
+    let at = term.wait_for(0, "chat started");
+    let at = term.wait_for(at, "> ");
+
+    let (first, at) = term.answer(at, "Hi");
+    assert!(!first.trim().is_empty(), "no reply");
+    let (refused, at) = term.answer(at, "Tell me more");
+    assert!(
+        refused.trim().starts_with("talkback: the conversation is ")
+            && refused
+                .trim()
+                .ends_with("more than the context of 44; it was not sent (/reset to start over)"),
+        "{refused:?}"
+    );
+
+    let (reset, at) = term.answer(at, "/reset");
+    assert_eq!(reset.trim(), "talkback: conversation reset");
+    // The refused message left nothing behind: the same first turn gives
+    // the same greedy reply.
+    let (again, at) = term.answer(at, "Hi");
+    assert_eq!(again, first);
+
+    term.keys(b"/exit\r");
+    term.wait_for(at, "/exit");
     term.exits_cleanly();
 }
