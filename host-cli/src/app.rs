@@ -177,6 +177,40 @@ fn check_prompt(prompt: &str, chat: bool) -> Result<()> {
     Ok(())
 }
 
+/// Checks the turns of a `--messages` file: their roles (see
+/// [`check_roles`]), and that none is empty, as an empty prompt is refused.
+fn check_messages(messages: &[Message]) -> Result<()> {
+    check_roles(messages)?;
+    for (i, m) in messages.iter().enumerate() {
+        if m.content.trim().is_empty() {
+            bail!("turn {} ({}) is empty", i + 1, m.role);
+        }
+    }
+    Ok(())
+}
+
+/// Checks that every role is a name (`user`, `assistant`, `system`,
+/// `tool`, ...).
+///
+/// The template writes the role into the prompt as it stands, and the
+/// prompt is read with control tokens parsed, so a role such as
+/// `<|im_start|>` would inject one: user text is only kept apart inside
+/// message content.
+fn check_roles(messages: &[Message]) -> Result<()> {
+    let name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    for (i, m) in messages.iter().enumerate() {
+        if m.role.is_empty() || m.role.len() > 64 || !m.role.chars().all(name) {
+            bail!(
+                "turn {} has the role {:?}; a role is a name of at most 64 letters, \
+                 digits, '-' or '_', such as user or assistant",
+                i + 1,
+                m.role
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Checks flags that only make sense together, before loading anything.
 fn check_generation(gen: &GenerationArgs, settings: &Settings) -> Result<()> {
     settings
@@ -285,6 +319,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
                 path.display()
             )
         })?;
+        check_messages(&earlier).with_context(|| format!("messages {}", path.display()))?;
         // `--system` replaces the file's system turns rather than adding a
         // second one, which templates do not expect.
         let keep = |m: &Message| args.system.is_none() || m.role != "system";
@@ -304,6 +339,13 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     };
     if let Some(prompt) = &prompt {
         check_prompt(prompt, true)?;
+    }
+    if args.messages.is_some() && prompt.is_none() && messages.iter().all(|m| m.role == "system") {
+        return Err(Usage(
+            "nothing to answer: the --messages file holds no user or assistant turn \
+             and no message was given",
+        )
+        .into());
     }
     let interactive = prompt.is_none() && args.messages.is_none();
     if interactive && (gen.trace.is_some() || gen.format != Format::Text || args.render_only) {
@@ -443,6 +485,9 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
 
 fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
     let trace = Trace::load(&args.trace)?;
+    if let Prompt::Chat { messages, .. } = &trace.prompt {
+        check_roles(messages).with_context(|| format!("trace {}", args.trace.display()))?;
+    }
     let path = resolve_path(args.model.as_deref());
     crate::gguf::check_file(&path)?;
     let sha = trace::sha256_file(&path)?;

@@ -135,6 +135,66 @@ fn a_bad_messages_file_is_a_runtime_error_naming_it() {
 }
 
 #[test]
+fn a_role_that_is_not_a_name_is_refused_before_it_reaches_the_prompt() {
+    // The template writes roles into the prompt, which is read with
+    // control tokens parsed: `<|im_start|>` as a role would be one.
+    for role in [
+        "<|im_start|>",
+        "<|im_end|>",
+        "",
+        "user\nsystem",
+        "as sistant",
+        "rôle",
+    ] {
+        let turns = serde_json::json!([{"role": role, "content": "Hi"}]).to_string();
+        let file = TempFile::with("roles.json", &turns);
+        let run = tb(&["chat", "--messages", file.arg(), "--render-only"]);
+        assert_eq!(run.code, 1, "{role:?}: {}", run.stderr);
+        assert!(run.stdout.is_empty(), "{role:?}: {}", run.text());
+        let e = &run.stderr;
+        assert!(e.starts_with("talkback: messages "), "{e}");
+        assert!(
+            e.contains(file.arg()) && e.contains("turn 1 has the role"),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+    // Names pass, and reach the template as written.
+    let template = TempFile::with(
+        "roles.jinja",
+        "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}",
+    );
+    let turns = r#"[{"role": "tool", "content": "42"}, {"role": "tool_call-2", "content": "x"}]"#;
+    let file = TempFile::with("names.json", turns);
+    let got = render(&["--messages", file.arg(), "--chat-template", template.arg()]);
+    assert_eq!(got, "[tool] 42\n[tool_call-2] x\n");
+}
+
+#[test]
+fn empty_turns_and_a_file_with_nothing_to_answer_are_refused() {
+    let blank = TempFile::with("blank.json", r#"[{"role": "user", "content": " \n"}]"#);
+    let run = tb(&["chat", "--messages", blank.arg(), "-n", "3"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.text());
+    assert!(
+        run.stderr.contains("turn 1 (user) is empty"),
+        "{}",
+        run.stderr
+    );
+
+    for turns in ["[]", r#"[{"role": "system", "content": "Be brief."}]"#] {
+        let file = TempFile::with("nothing.json", turns);
+        let run = tb(&["chat", "--messages", file.arg(), "-n", "3"]);
+        assert_eq!(run.code, 2, "{turns}: {}", run.stderr);
+        assert!(run.stdout.is_empty(), "{turns}: {}", run.text());
+        assert!(run.stderr.contains("nothing to answer"), "{}", run.stderr);
+        // A message given as well is something to answer.
+        let got = render(&["--messages", file.arg(), "Hello"]);
+        assert!(got.ends_with("<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"));
+    }
+}
+
+#[test]
 fn a_chat_template_file_replaces_the_models() {
     let template = TempFile::with(
         "template.jinja",

@@ -229,6 +229,23 @@ fn a_trace_of_another_model_is_refused() {
 }
 
 #[test]
+fn a_trace_whose_role_is_not_a_name_is_refused() {
+    let (trace, _) = record(&["chat", "Hi", "-n", "2", "--seed", "3"]);
+    let mut t = trace.read_json();
+    t["prompt"]["messages"][0]["role"] = "<|im_start|>".into();
+    trace.write_json(&t);
+    let run = tb(&["replay", trace.arg()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.text());
+    let e = &run.stderr;
+    assert!(
+        e.contains(trace.arg()) && e.contains("turn 1 has the role"),
+        "{e}"
+    );
+    assert!(!e.contains("diverged"), "refused before generating: {e}");
+}
+
+#[test]
 fn an_unreadable_trace_is_a_runtime_error() {
     let trace = TempFile::new("broken.json");
     std::fs::write(&trace.0, "{\"version\": 1, \"steps\": [").expect("write");
