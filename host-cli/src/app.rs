@@ -354,6 +354,14 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
         )
         .into());
     }
+    if args.render_only && (gen.trace.is_some() || gen.format != Format::Text) {
+        // Nothing is generated, so there is nothing to trace, and the
+        // prompt is printed as the model reads it, not as JSON.
+        return Err(Usage(
+            "--render-only prints the prompt as text: it takes no --trace or --format",
+        )
+        .into());
+    }
     let settings = Settings::new(&args.sampling, gen, &args.model);
     check_generation(gen, &settings)?;
     let trace_file = gen.trace.as_deref().map(TraceFile::open).transpose()?;

@@ -195,7 +195,8 @@ pub struct ChatArgs {
     #[arg(long, value_name = "FILE")]
     pub messages: Option<PathBuf>,
 
-    /// Print the rendered prompt exactly as the model would see it, and exit.
+    /// Print the rendered prompt exactly as the model would see it, and exit
+    /// (as text: not with --format or --trace).
     #[arg(long)]
     pub render_only: bool,
 

@@ -179,6 +179,34 @@ fn flags_that_do_not_go_together_are_usage_errors() {
     assert!(run.stdout.is_empty(), "{}", run.text());
     assert!(run.stderr.starts_with("talkback: "), "{}", run.stderr);
     assert!(run.stderr.contains("--sampler talkback"), "{}", run.stderr);
+
+    // --render-only generates nothing: no trace to write, and the prompt
+    // comes out as the model reads it.
+    for extra in [
+        &["--format", "json"][..],
+        &["--format", "jsonl"],
+        &["--trace", "/nonexistent/trace.json"],
+    ] {
+        let args = [
+            &[
+                "chat",
+                "Hi",
+                "--render-only",
+                "--model",
+                "/nonexistent/m.gguf",
+            ][..],
+            extra,
+        ]
+        .concat();
+        let run = talkback(&args);
+        assert_eq!(run.code, 2, "{extra:?}: {}", run.stderr);
+        assert!(run.stdout.is_empty(), "{extra:?}: {}", run.text());
+        assert!(
+            run.stderr.starts_with("talkback: --render-only"),
+            "{}",
+            run.stderr
+        );
+    }
 }
 
 #[test]
