@@ -297,7 +297,8 @@ pub struct StageArgs {
     pub min_p: f32,
 
     /// Stage order: `talkback` (temperature first), `llama.cpp` (temperature
-    /// last), or a comma list of temp, top-k, top-p, min-p.
+    /// last), or a comma list of temp, top-k, top-p, min-p; a stage left out
+    /// of the list does not run, whatever its flag says.
     #[arg(long, default_value = "talkback", value_parser = parse_order)]
     pub sampler_order: Order,
 }
