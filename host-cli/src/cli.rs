@@ -178,7 +178,8 @@ pub struct ReplayArgs {
 /// Arguments of `talkback chat`.
 #[derive(Debug, Args)]
 pub struct ChatArgs {
-    /// The user's message; read from stdin when omitted.
+    /// The user's message; read from stdin when omitted, unless `--messages`
+    /// is given.
     pub prompt: Option<String>,
 
     /// A system message placed before the conversation; it replaces any
@@ -191,7 +192,8 @@ pub struct ChatArgs {
     pub chat_template: Option<PathBuf>,
 
     /// Earlier turns as a JSON array of {"role", "content"} objects; the
-    /// prompt, if given, is appended as the last user message.
+    /// prompt, if given, is appended as the last user message (stdin is not
+    /// read, so the file may end with the turn to answer).
     #[arg(long, value_name = "FILE")]
     pub messages: Option<PathBuf>,
 

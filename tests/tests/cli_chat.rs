@@ -119,6 +119,23 @@ fn a_messages_file_may_hold_the_last_user_turn_itself() {
 }
 
 #[test]
+fn a_messages_file_leaves_piped_stdin_unread() {
+    let all = TempFile::with(
+        "all-stdin.json",
+        r#"[{"role": "user", "content": "Hi there"}]"#,
+    );
+    let piped = tb_stdin(
+        &["chat", "--render-only", "--messages", all.arg()],
+        Some(b"Not sent\n"),
+    );
+    ok(&piped);
+    assert_eq!(
+        piped.text(),
+        format!("{DEFAULT_SYSTEM}<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n")
+    );
+}
+
+#[test]
 fn a_bad_messages_file_is_a_runtime_error_naming_it() {
     let missing = TempFile::new("missing.json");
     let run = tb(&["chat", "Hi", "--messages", missing.arg(), "--render-only"]);
