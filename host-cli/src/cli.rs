@@ -178,7 +178,8 @@ pub struct ReplayArgs {
 /// Arguments of `talkback chat`.
 #[derive(Debug, Args)]
 pub struct ChatArgs {
-    /// The user's message; read from stdin when omitted.
+    /// The user's message; read from stdin when omitted (after `--messages`,
+    /// an empty stdin adds no turn).
     pub prompt: Option<String>,
 
     /// A system message placed before the conversation; it replaces any
@@ -191,7 +192,8 @@ pub struct ChatArgs {
     pub chat_template: Option<PathBuf>,
 
     /// Earlier turns as a JSON array of {"role", "content"} objects; the
-    /// prompt, if given, is appended as the last user message.
+    /// message, from the argument or stdin, is appended as the last user
+    /// turn, and without one the file may end with the turn to answer.
     #[arg(long, value_name = "FILE")]
     pub messages: Option<PathBuf>,
 
@@ -298,7 +300,8 @@ pub struct StageArgs {
     pub min_p: f32,
 
     /// Stage order: `talkback` (temperature first), `llama.cpp` (temperature
-    /// last), or a comma list of temp, top-k, top-p, min-p.
+    /// last), or a comma list of temp, top-k, top-p, min-p; a stage left out
+    /// of the list does not run, whatever its flag says.
     #[arg(long, default_value = "talkback", value_parser = parse_order)]
     pub sampler_order: Order,
 }

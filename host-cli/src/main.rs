@@ -1,5 +1,6 @@
 //! `talkback`: chat and completion with GGUF models, sampled by sampler-core.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
@@ -48,6 +49,9 @@ fn init_logging(verbose: u8) {
         // panics when stderr is what failed.
         .log_internal_errors(false)
         .with_writer(std::io::stderr)
+        // Colour codes only help a person at a terminal; in a log file or a
+        // pipe they are noise around every line.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
 }

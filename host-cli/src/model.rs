@@ -24,13 +24,18 @@ use crate::gguf;
 /// File name of the default model, as installed by `fixtures/fetch-model.sh`.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// The model path to use: `--model`, else `$TALKBACK_MODEL`, else the
-/// fetched default under the workspace's `models/` folder.
+/// The model path to use: `--model`, else `$TALKBACK_MODEL` if it is not
+/// empty, else the fetched default under the workspace's `models/` folder.
 pub fn resolve_path(arg: Option<&Path>) -> PathBuf {
+    resolve(arg, std::env::var_os("TALKBACK_MODEL"))
+}
+
+/// [`resolve_path`] with the value of `$TALKBACK_MODEL` given.
+fn resolve(arg: Option<&Path>, env: Option<std::ffi::OsString>) -> PathBuf {
     if let Some(path) = arg {
         return path.to_path_buf();
     }
-    if let Some(path) = std::env::var_os("TALKBACK_MODEL") {
+    if let Some(path) = env.filter(|p| !p.is_empty()) {
         return PathBuf::from(path);
     }
     // The checkout this binary was built from, where the fetch script puts it.
@@ -416,5 +421,26 @@ impl Session<'_> {
         self.cached.extend_from_slice(tokens);
         self.logits_index = i32::try_from(last).unwrap_or(0);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flag_wins_then_the_variable_then_the_checkout() {
+        let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).parent();
+        let default = checkout
+            .expect("host-cli sits in the checkout")
+            .join("models")
+            .join(DEFAULT_MODEL_FILE);
+        let flag = Path::new("/m/flag.gguf");
+        let var = Some("/m/var.gguf".into());
+        assert_eq!(resolve(Some(flag), var.clone()), flag);
+        assert_eq!(resolve(None, var), Path::new("/m/var.gguf"));
+        assert_eq!(resolve(None, None), default);
+        // `TALKBACK_MODEL=` in a shell means no choice, not a file named "".
+        assert_eq!(resolve(None, Some("".into())), default);
     }
 }

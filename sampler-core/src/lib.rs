@@ -100,8 +100,9 @@
 //!   which costs tens of nanoseconds per token: about a millisecond for a
 //!   49,152-token vocabulary. Real logits at temperatures up to about 1.5
 //!   stay on the fast path.
-//! - Weights are quantised to `2^-30` of the top token's, so a token less
-//!   likely than that, relative to the top token, is never drawn.
+//! - Weights are integers in units of `2^-30` of the top token's, rounded
+//!   to the nearest, so a token less likely than about `2^-31` times the
+//!   top token weighs 0 and is never drawn.
 //! - Logit bias values must not be NaN; +inf and -inf are accepted (an
 //!   infinite bias forces or bans a token).
 //!

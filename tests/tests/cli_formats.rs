@@ -436,6 +436,15 @@ fn verbose_shows_a_given_seed() {
 }
 
 #[test]
+fn very_verbose_logs_on_a_pipe_carry_no_colour_codes() {
+    let run = tb(&["complete", "Hi", "-vv", "-n", "1", "--seed", "1"]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    // llama.cpp's own logs show at -vv; escape codes would garble a log file.
+    assert!(run.stderr.contains("llama_model_loader"), "{}", run.stderr);
+    assert!(!run.stderr.contains('\u{1b}'), "{:?}", run.stderr);
+}
+
+#[test]
 fn piped_stdin_is_the_text_for_complete() {
     let args = ["complete", "-n", "12", "--seed", "8", "--format", "json"];
     let piped = tb_stdin(&args, Some(STORY.as_bytes()));

@@ -225,6 +225,25 @@ fn top_p_0_8_over_log_probabilities_keeps_two() {
 }
 
 #[test]
+fn a_stage_left_out_of_the_order_does_not_run() {
+    // min-p 0.3 keeps ids 0 and 1 when it runs; an order without it keeps all seven.
+    keeps(SEVEN, &plain_with("--min-p", "0.3"), "min-p", &[0, 1]);
+
+    let mut args = plain_with("--min-p", "0.3");
+    args.extend(["--sampler-order", "top-k,temp,top-p"]);
+    let v = shape(SEVEN, &args, true).json();
+    let names: Vec<&str> = v["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|s| s["stage"].as_str().expect("stage name"))
+        .collect();
+    assert_eq!(names, ["raw", "top-k", "temp", "top-p"], "{v}");
+    assert_eq!(stage(&v, "top-p")["survivors"], 7, "{v}");
+    assert_eq!(kept(&v, "top-p"), (0..7).collect(), "{v}");
+}
+
+#[test]
 fn negative_logits_may_follow_the_flag_as_a_separate_argument() {
     let run = tb(&["shape", "--logits", "-1,-2,-3", "--format", "json"]);
     ok(&run);

@@ -13,59 +13,8 @@
 //!    string, releases them as soon as they cannot, and drops the stop string
 //!    and everything after it once one is complete.
 //!
-//! # What is matched
-//!
-//! Stop strings are matched against the *sanitized* text, the text as it
-//! will be shown, never against raw bytes. A stop string must therefore be
-//! valid UTF-8 (anything else is refused when it is added), and a stop string
-//! containing U+FFFD matches a replacement character however the invalid
-//! bytes behind it were split.
-//!
-//! # The contract
-//!
-//! Split a byte string `text` into pieces in any way, push them in order and
-//! call [`TextStream::finish`]. Everything released, concatenated, equals
-//! this reference:
-//!
-//! 1. decode `text` with `String::from_utf8_lossy`;
-//! 2. find the stop string whose first occurrence *ends* earliest; if several
-//!    end at the same byte, take the longest, that is the one that starts
-//!    first; if the same string was added twice, the lower index;
-//! 3. cut the decoded text where that occurrence starts, or keep all of it
-//!    when no stop string occurs.
-//!
-//! The rule is "first to complete", because that is the first moment the
-//! stream can know a stop has happened: generation ends there, and text
-//! after that point was never meant to be shown.
-//!
-//! Each call's released bytes are valid UTF-8 on their own. Once a stop
-//! string has matched, [`TextStream::push`] releases nothing more and
-//! [`TextStream::stopped`] names the stop string.
-//!
-//! # Capacities
-//!
-//! - `S`: most stop strings, `L`: most bytes in one stop string, both in the
-//!   type of [`StopSet`].
-//! - `H`: held-bytes capacity of [`TextStream`]. The stream never holds more
-//!   than `L + 2` bytes: `L - 1` that may begin a stop string and 3 of an
-//!   unfinished character. `H >= L + 3` is checked when the program is
-//!   compiled; `H` sizes the held-text buffer and enters the output bounds.
-//! - Output: the caller's buffer. [`TextStream::output_bound`] and
-//!   [`TextStream::finish_bound`] give lengths that always suffice; a smaller
-//!   buffer fails with [`StreamError::OutputTooSmall`] only when what the
-//!   call releases does not fit, and then changes nothing.
-//! - Memory: a [`StopSet`] takes about `S * L * (1 + size_of::<usize>())`
-//!   bytes (each stop string keeps its border table), a [`TextStream`] that
-//!   plus `H + S * size_of::<usize>()` and a few words.
-//!
-//! Pieces may be of any length: they are consumed byte by byte and only the
-//! held text is stored, so a piece far longer than `H` is fine given an
-//! output buffer for what it releases.
-//!
-//! # Cost
-//!
-//! O(`S`) amortized work per input byte (each stop string runs a
-//! Knuth–Morris–Pratt automaton), no allocation, and no panic on any input.
+//! The exact contract, the capacities and the cost are stated on [`TextStream`],
+//! where the public documentation shows them.
 
 mod error;
 mod stop;
@@ -89,8 +38,61 @@ pub struct Pushed {
 /// Text streamer: stop matching over decoded bytes plus UTF-8 safety.
 ///
 /// `S` and `L` are the capacities of its [`StopSet`]; `H` is the held-bytes
-/// capacity and must be at least `L + 3` (checked at compile time). See the
-/// [module documentation](self) for the exact contract.
+/// capacity and must be at least `L + 3` (checked at compile time).
+///
+/// # What is matched
+///
+/// Stop strings are matched against the *sanitized* text, the text as it
+/// will be shown, never against raw bytes. A stop string must therefore be
+/// valid UTF-8 (anything else is refused when it is added), and a stop string
+/// containing U+FFFD matches a replacement character however the invalid
+/// bytes behind it were split.
+///
+/// # The contract
+///
+/// Split a byte string `text` into pieces in any way, push them in order and
+/// call [`TextStream::finish`]. Everything released, concatenated, equals
+/// this reference:
+///
+/// 1. decode `text` with `String::from_utf8_lossy`;
+/// 2. find the stop string whose first occurrence *ends* earliest; if several
+///    end at the same byte, take the longest, that is the one that starts
+///    first; if the same string was added twice, the lower index;
+/// 3. cut the decoded text where that occurrence starts, or keep all of it
+///    when no stop string occurs.
+///
+/// The rule is "first to complete", because that is the first moment the
+/// stream can know a stop has happened: generation ends there, and text
+/// after that point was never meant to be shown.
+///
+/// Each call's released bytes are valid UTF-8 on their own. Once a stop
+/// string has matched, [`TextStream::push`] releases nothing more and
+/// [`TextStream::stopped`] names the stop string.
+///
+/// # Capacities
+///
+/// - `S`: most stop strings, `L`: most bytes in one stop string, both in the
+///   type of [`StopSet`].
+/// - `H`: held-bytes capacity of [`TextStream`]. The stream never holds more
+///   than `L + 2` bytes: `L - 1` that may begin a stop string and 3 of an
+///   unfinished character. `H >= L + 3` is checked when the program is
+///   compiled; `H` sizes the held-text buffer and enters the output bounds.
+/// - Output: the caller's buffer. [`TextStream::output_bound`] and
+///   [`TextStream::finish_bound`] give lengths that always suffice; a smaller
+///   buffer fails with [`StreamError::OutputTooSmall`] only when what the
+///   call releases does not fit, and then changes nothing.
+/// - Memory: a [`StopSet`] takes about `S * L * (1 + size_of::<usize>())`
+///   bytes (each stop string keeps its border table), a [`TextStream`] that
+///   plus `H + S * size_of::<usize>()` and a few words.
+///
+/// Pieces may be of any length: they are consumed byte by byte and only the
+/// held text is stored, so a piece far longer than `H` is fine given an
+/// output buffer for what it releases.
+///
+/// # Cost
+///
+/// O(`S`) amortized work per input byte (each stop string runs a
+/// Knuth–Morris–Pratt automaton), no allocation, and no panic on any input.
 ///
 /// # Examples
 ///
