@@ -20,6 +20,7 @@ pub mod cli;
 pub mod generate;
 pub mod gguf;
 pub mod model;
+pub mod outfile;
 pub mod output;
 pub mod plot;
 pub mod repl;

@@ -6,9 +6,8 @@
 //! chart draws, per step, how many tokens were left to draw from after every
 //! stage, one line per setting. A line ends where its reply ended.
 
-use std::fs::File;
 use std::io::{self, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, Context as _, Result};
 use plotters::prelude::*;
@@ -17,6 +16,7 @@ use plotters_backend::DrawingErrorKind;
 use crate::app::Interrupted;
 use crate::generate::{Finish, Generator, Request, Sink, Step};
 use crate::model::{Model, Session};
+use crate::outfile::ReservedFile;
 
 /// Most settings one chart shows: beyond this many its colours repeat and
 /// two lines could not be told apart (and each setting is a whole run).
@@ -85,17 +85,10 @@ pub fn collect(
 /// Where the chart goes: a file, opened before any generation so that a
 /// path that cannot be written fails at once, not after every run; or
 /// stdout, for `-o -`.
-pub struct Output {
-    target: Target,
-    done: bool,
-}
-
-enum Target {
-    File {
-        file: File,
-        path: PathBuf,
-        created: bool,
-    },
+pub enum Output {
+    /// A file, removed again if it was new and no chart was drawn.
+    File(ReservedFile),
+    /// stdout.
     Stdout,
 }
 
@@ -109,68 +102,31 @@ impl Output {
     ///   folder, no permission).
     pub fn open(path: &Path) -> Result<Self> {
         if path == Path::new("-") {
-            return Ok(Self {
-                target: Target::Stdout,
-                done: false,
-            });
+            return Ok(Self::Stdout);
         }
-        let created = !path.exists();
-        let file = File::options()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .with_context(|| format!("cannot write chart {}", path.display()))?;
-        Ok(Self {
-            target: Target::File {
-                file,
-                path: path.to_path_buf(),
-                created,
-            },
-            done: false,
-        })
+        ReservedFile::open(path, "chart").map(Self::File)
     }
 
     /// Whether the chart goes to stdout.
     pub fn is_stdout(&self) -> bool {
-        matches!(self.target, Target::Stdout)
+        matches!(self, Self::Stdout)
     }
 
     /// The chart's destination as messages name it.
     fn name(&self) -> String {
-        match &self.target {
-            Target::File { path, .. } => path.display().to_string(),
-            Target::Stdout => "stdout".to_owned(),
+        match self {
+            Self::File(file) => file.path().display().to_string(),
+            Self::Stdout => "stdout".to_owned(),
         }
     }
 
     fn write(&mut self, svg: &[u8]) -> io::Result<()> {
-        match &mut self.target {
-            Target::File { file, .. } => {
-                file.set_len(0)?;
-                file.write_all(svg)?;
-                file.flush()
-            }
-            Target::Stdout => {
+        match self {
+            Self::File(file) => file.replace(svg),
+            Self::Stdout => {
                 let mut out = crate::output::stdout();
                 out.write_all(svg)?;
                 out.flush()
-            }
-        }
-    }
-}
-
-impl Drop for Output {
-    fn drop(&mut self) {
-        // A chart that was never drawn leaves no empty file behind.
-        if let Target::File {
-            path,
-            created: true,
-            ..
-        } = &self.target
-        {
-            if !self.done {
-                let _ = std::fs::remove_file(path);
             }
         }
     }
@@ -186,9 +142,7 @@ pub fn draw(mut out: Output, title: &str, series: &[Series]) -> Result<()> {
     render(&mut svg, title, series)
         .map_err(|e| anyhow!("cannot draw chart {}: {}", out.name(), draw_reason(&e)))?;
     out.write(svg.as_bytes())
-        .with_context(|| format!("cannot write chart {}", out.name()))?;
-    out.done = true;
-    Ok(())
+        .with_context(|| format!("cannot write chart {}", out.name()))
 }
 
 /// What went wrong while drawing, without the wrappers plotters adds

@@ -7,8 +7,8 @@
 //! difference is reported with the step and the field that differs.
 
 use std::fs::File;
-use std::io::{BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufReader, Read};
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::chat::Message;
 use crate::generate::{Engine, Finish, Outcome};
+use crate::outfile::ReservedFile;
 use crate::settings::Settings;
 
 /// The trace format version this build writes and reads.
@@ -134,11 +135,11 @@ impl Trace {
     ///
     /// - the file cannot be written.
     pub fn save(&self, mut out: TraceFile) -> Result<()> {
-        let json = serde_json::to_string_pretty(self).context("cannot encode the trace")?;
-        out.write(json.as_bytes())
-            .with_context(|| format!("cannot write trace {}", out.path.display()))?;
-        out.written = true;
-        Ok(())
+        let mut json = serde_json::to_string_pretty(self).context("cannot encode the trace")?;
+        json.push('\n');
+        out.0
+            .replace(json.as_bytes())
+            .with_context(|| format!("cannot write trace {}", out.0.path().display()))
     }
 
     /// Reads and checks a trace file.
@@ -183,14 +184,7 @@ impl Trace {
 
 /// The file a trace goes to, opened before the run so that a path that
 /// cannot be written fails before anything is generated.
-pub struct TraceFile {
-    file: File,
-    path: PathBuf,
-    /// Whether opening it created it, so that a run that ends without a
-    /// trace leaves no empty file behind.
-    created: bool,
-    written: bool,
-}
+pub struct TraceFile(ReservedFile);
 
 impl TraceFile {
     /// Opens `path` for writing, creating it if needed, without changing it yet.
@@ -200,38 +194,7 @@ impl TraceFile {
     /// - the file cannot be opened for writing (a directory, a missing
     ///   folder, no permission).
     pub fn open(path: &Path) -> Result<Self> {
-        let created = !path.exists();
-        let file = File::options()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .with_context(|| format!("cannot write trace {}", path.display()))?;
-        Ok(Self {
-            file,
-            path: path.to_path_buf(),
-            created,
-            written: false,
-        })
-    }
-
-    /// Replaces the file's contents with `bytes` and a newline.
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        // A pipe or a device has no length to cut.
-        if self.file.metadata()?.is_file() {
-            self.file.set_len(0)?;
-        }
-        self.file.write_all(bytes)?;
-        self.file.write_all(b"\n")?;
-        self.file.flush()
-    }
-}
-
-impl Drop for TraceFile {
-    fn drop(&mut self) {
-        if self.created && !self.written {
-            let _ = std::fs::remove_file(&self.path);
-        }
+        ReservedFile::open(path, "trace").map(Self)
     }
 }
 

@@ -294,15 +294,23 @@ fn a_trace_that_cannot_be_written_fails_before_generating() {
         format!("talkback: cannot write trace {inside}: No such file or directory (os error 2)\n")
     );
 
-    // A run that writes no trace leaves no empty file behind.
+    // A run that fails after the trace is opened leaves no empty file behind.
     let unused = TempFile::new("unused.json");
-    ok(&tb(&[
-        "chat",
-        "Hi",
-        "--render-only",
+    let long = STORY.repeat(4);
+    let run = tb(&[
+        "complete",
+        &long,
+        "--ctx-size",
+        "16",
         "--trace",
         unused.arg(),
-    ]));
+    ]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("the context holds only 16"),
+        "{}",
+        run.stderr
+    );
     assert!(!unused.0.exists(), "an empty trace was left");
 
     // An older, longer trace is replaced whole.

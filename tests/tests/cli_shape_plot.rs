@@ -697,6 +697,41 @@ fn plot_to_a_dash_writes_the_chart_to_stdout() {
 }
 
 #[test]
+fn plot_writes_its_chart_to_a_pipe_or_a_device() {
+    // Neither can be cut to length, which a file about to be replaced is.
+    let piped = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(r#""$0" plot "Once upon a time" --top-p 0.5 -n 3 --threads 1 -o >(cat) | cat"#)
+        .arg(talkback_tests::binary())
+        .env("TALKBACK_MODEL", talkback_tests::model())
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run talkback");
+    let run = Run::from(piped);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let label = "temp 0.8, top-k 0, top-p 0.5, min-p 0";
+    check_chart(&parse_chart(run.text()), &[label], 3);
+
+    let run = tb(&[
+        "plot",
+        "Once",
+        "--top-p",
+        "0.5",
+        "-n",
+        "2",
+        "-o",
+        "/dev/null",
+    ]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert!(
+        run.stderr.contains("wrote /dev/null (1 series)"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn plot_help_says_where_the_chart_goes_and_why_lines_end_early() {
     let run = tb(&["plot", "--help"]);
     ok(&run);
