@@ -1292,6 +1292,19 @@ mod tests {
         all
     }
 
+    /// Checks `top_k` for each `k` against the reference, rank order
+    /// included, writing over a scratch buffer full of stale candidates.
+    fn top_k_agrees(logits: &[f32], ov: &Overrides, ks: &[usize]) {
+        let all = reference(logits, ov);
+        for &k in ks {
+            let mut scratch = vec![Candidate { id: 7, logit: 1e30 }; logits.len()];
+            let n = top_k(logits, ov, k, &mut scratch);
+            scratch.truncate(n);
+            let want: Vec<Candidate> = all.iter().copied().take(k).collect();
+            assert_eq!(scratch, want, "k {k}");
+        }
+    }
+
     fn sorted(mut s: Vec<Candidate>) -> Vec<Candidate> {
         sort_by_rank(&mut s);
         s
@@ -1347,14 +1360,7 @@ mod tests {
         };
         ov.build(&logits, &recent[..MAX_RECENT.min(recent.len())], &[], &c)
             .unwrap();
-        let all = reference(&logits, &ov);
-        for k in [2, 40, 64] {
-            let mut scratch = vec![Candidate { id: 7, logit: 1e30 }; v];
-            let n = top_k(&logits, &ov, k, &mut scratch);
-            scratch.truncate(n);
-            let want: Vec<Candidate> = all.iter().copied().take(k).collect();
-            assert_eq!(scratch, want, "k {k}");
-        }
+        top_k_agrees(&logits, &ov, &[2, 40, 64]);
     }
 
     #[test]
@@ -1374,15 +1380,11 @@ mod tests {
         }
         let mut ov = Overrides::new();
         ov.build(&logits, &[], &bias, &Config::default()).unwrap();
-        let all = reference(&logits, &ov);
-        assert!(all[0].logit < 50.0, "the biased ids must not lead");
-        for k in [2, 40, 64] {
-            let mut scratch = vec![Candidate { id: 7, logit: 1e30 }; v];
-            let n = top_k(&logits, &ov, k, &mut scratch);
-            scratch.truncate(n);
-            let want: Vec<Candidate> = all.iter().copied().take(k).collect();
-            assert_eq!(scratch, want, "k {k}");
-        }
+        assert!(
+            reference(&logits, &ov)[0].logit < 50.0,
+            "the biased ids must not lead"
+        );
+        top_k_agrees(&logits, &ov, &[2, 40, 64]);
     }
 
     #[test]
@@ -1430,14 +1432,7 @@ mod tests {
             ..Config::default()
         };
         ov.build(&logits, &[3, 700], &[], &c).unwrap();
-        let all = reference(&logits, &ov);
-        for k in [1, 2, 40] {
-            let mut scratch = vec![Candidate { id: 9, logit: 1e30 }; v];
-            let n = top_k(&logits, &ov, k, &mut scratch);
-            scratch.truncate(n);
-            let want: Vec<Candidate> = all.iter().copied().take(k).collect();
-            assert_eq!(sorted(scratch), want, "k {k}");
-        }
+        top_k_agrees(&logits, &ov, &[1, 2, 40]);
     }
 
     #[test]
