@@ -1105,7 +1105,7 @@ const SMALL_RUN: u32 = 255;
 /// candidates with `scale.d(x) >= cut` in `scratch` (`None` for the count
 /// once more than `limit` pass, as [`at_most`]).
 ///
-/// The sum is [`mass`]'s, with one shortcut: chunks whose weights are all
+/// The sum is that of the test-only `mass`, with one shortcut: chunks whose weights are all
 /// below 2^23 are rounded and summed in 32-bit integer lanes instead of
 /// f64. Adding 2^23 to such a weight rounds it to the nearest integer,
 /// ties to even (floats in `[2^23, 2^24)` are spaced 1 apart), exactly as

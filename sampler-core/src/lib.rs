@@ -117,7 +117,7 @@
 //! | shape rows | the caller's buffer in [`ShapeReport`] | the top ones are written |
 //! | stages in an order | [`MAX_STAGES`] = 4, each at most once | [`Error::InvalidOrder`] |
 //!
-//! **Stack**: [`Sampler::sample`] and [`shape`] need under 20 KiB of stack in
+//! **Stack**: [`Sampler::sample`] and [`shape()`] need under 20 KiB of stack in
 //! optimised x86-64 builds, 10 KiB of it the list of changed logits (one
 //! 8-byte slot per window id and bias entry). `tests/stack_bound.rs` checks
 //! it.

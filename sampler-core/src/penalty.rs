@@ -109,12 +109,12 @@ impl Overrides {
         self.build_with(logits, recent, bias, config, None)
     }
 
-    /// [`Overrides::build`], taking the window's counts from `counts` when
+    /// `Overrides::build`, taking the window's counts from `counts` when
     /// it is given and the window is short enough to be kept there.
     ///
     /// # Errors
     ///
-    /// - As [`Overrides::build`].
+    /// - As `Overrides::build`.
     pub(crate) fn build_with(
         &mut self,
         logits: &[f32],
