@@ -38,7 +38,46 @@ pub fn binary() -> PathBuf {
          (scripts/test.sh does this)",
         bin.display()
     );
+    // This crate cannot depend on a binary, so `cargo test` does not rebuild
+    // it; a binary older than its sources would pass or fail for the wrong
+    // code.
+    let built = modified(&bin);
+    if let Some(newer) = ["host-cli/src", "sampler-core/src"]
+        .iter()
+        .filter_map(|dir| newest_source(&root().join(dir)))
+        .find(|(time, _)| Some(*time) > built)
+    {
+        panic!(
+            "{} is older than {}: rebuild it with `cargo build --release -p talkback`",
+            bin.display(),
+            newer.1.display()
+        );
+    }
     bin
+}
+
+/// When `path` was last modified, if that can be read.
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The most recently modified file under `dir`, and when.
+fn newest_source(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let found = if path.is_dir() {
+            newest_source(&path)
+        } else {
+            modified(&path).map(|t| (t, path))
+        };
+        if let Some(found) = found {
+            if newest.as_ref().map_or(true, |n| found.0 > n.0) {
+                newest = Some(found);
+            }
+        }
+    }
+    newest
 }
 
 /// The default model file.
