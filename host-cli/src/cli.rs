@@ -5,7 +5,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, Parser, Subcommand, ValueEnum};
 use sampler_core::{Order, Stage};
 
 use crate::generate::Engine;
@@ -301,7 +302,7 @@ pub struct StageArgs {
 
     /// Stage order: `talkback` (temperature first), `llama.cpp` (temperature
     /// last), or a comma list of temp, top-k, top-p, min-p; a stage left out
-    /// of the list does not run, whatever its flag says.
+    /// of the list does not run, and a flag given for it is refused.
     #[arg(long, default_value = "talkback", value_parser = parse_order)]
     pub sampler_order: Order,
 }
@@ -439,6 +440,42 @@ fn non_empty(s: &str) -> Result<String, String> {
     } else {
         Ok(s.to_owned())
     }
+}
+
+/// Refuses a stage flag given on the command line when `--sampler-order`
+/// leaves that stage out, where it would have no effect.
+///
+/// Only flags the user typed count: a default value for a stage the order
+/// does not run is nobody's request.
+///
+/// # Errors
+///
+/// - the first such flag, named with the stage it sets.
+pub fn check_stage_flags(matches: &ArgMatches) -> Result<(), String> {
+    let Some((_, sub)) = matches.subcommand() else {
+        return Ok(());
+    };
+    // Only the subcommands that take an order have stage flags to check.
+    let Ok(Some(order)) = sub.try_get_one::<Order>("sampler_order") else {
+        return Ok(());
+    };
+    let flags = [
+        ("temp", Stage::Temperature),
+        ("top_k", Stage::TopK),
+        ("top_p", Stage::TopP),
+        ("min_p", Stage::MinP),
+    ];
+    for (id, stage) in flags {
+        let typed = sub.value_source(id) == Some(ValueSource::CommandLine);
+        if typed && !order.stages().contains(&stage) {
+            return Err(format!(
+                "--{} has no effect: --sampler-order leaves out the {stage} stage; \
+                 add it to the order or drop the flag",
+                id.replace('_', "-")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Parses a preset name or a comma-separated list of stages.

@@ -4,17 +4,24 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use talkback::{app, cli, generate, output};
 
 fn main() -> ExitCode {
-    let cli = match cli::Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = cli::Cli::command()
+        .try_get_matches()
+        .and_then(|m| cli::Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    if let Err(e) = cli::check_stage_flags(&matches) {
+        talkback::note!("talkback: {e}");
+        return ExitCode::from(2);
+    }
     init_logging(cli.verbose);
     if let Err(e) = ctrlc::set_handler(|| generate::INTERRUPTED.store(true, Ordering::Relaxed)) {
         talkback::note!("talkback: cannot install the Ctrl-C handler: {e}");

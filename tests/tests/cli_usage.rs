@@ -285,6 +285,48 @@ fn a_missing_or_broken_model_is_a_runtime_error_naming_it() {
 }
 
 #[test]
+fn a_stage_flag_for_a_stage_the_order_leaves_out_is_refused() {
+    // Every order includes temperature, so only the truncations can be left out.
+    for (flag, value, stage) in [("--min-p", "0.1", "min-p"), ("--top-k", "3", "top-k")] {
+        let run = talkback(&[
+            "shape",
+            "--logits",
+            "1,2,3",
+            "--sampler-order",
+            "temp,top-p",
+            flag,
+            value,
+        ]);
+        assert_eq!(run.code, 2, "{flag}: {}", run.stderr);
+        assert!(run.stdout.is_empty(), "{flag}: {}", run.text());
+        assert_eq!(
+            run.stderr,
+            format!(
+                "talkback: {flag} has no effect: --sampler-order leaves out the {stage} \
+                 stage; add it to the order or drop the flag\n"
+            )
+        );
+    }
+    // Defaults of the stages left out are no request, and a flag for a
+    // stage in the order is taken.
+    for extra in [&[][..], &["--top-p", "0.5"]] {
+        let args = [
+            &[
+                "shape",
+                "--logits",
+                "1,2,3",
+                "--sampler-order",
+                "temp,top-p",
+            ][..],
+            extra,
+        ]
+        .concat();
+        let run = talkback(&args);
+        assert_eq!(run.code, 0, "{extra:?}: {}", run.stderr);
+    }
+}
+
+#[test]
 fn gpu_layers_need_a_gpu_build() {
     usage_error(
         &["complete", "hi", "--gpu-layers", "1"],
