@@ -62,14 +62,18 @@ fn modified(path: &Path) -> Option<std::time::SystemTime> {
 }
 
 /// The most recently modified file under `dir`, and when.
+///
+/// A file dated in the future (copied from a machine whose clock runs
+/// ahead) says nothing about which came first, so it is passed over.
 fn newest_source(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    let now = std::time::SystemTime::now();
     let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let path = entry.path();
         let found = if path.is_dir() {
             newest_source(&path)
         } else {
-            modified(&path).map(|t| (t, path))
+            modified(&path).filter(|&t| t <= now).map(|t| (t, path))
         };
         if let Some(found) = found {
             if newest.as_ref().map_or(true, |n| found.0 > n.0) {
