@@ -15,7 +15,7 @@
 use crate::chain::ZERO_WEIGHT_CUT;
 use crate::penalty::{Override, Overrides};
 use crate::select::{keep_top, rank_cmp, rank_key};
-use crate::softmax::{exp_det, weight_f64, Scale, WEIGHT_ONE};
+use crate::softmax::{small_weight_bits, weight_f64, Scale, SMALL_CUT, TWO_23_BITS};
 use crate::Candidate;
 
 /// Logits per chunk.
@@ -1040,10 +1040,6 @@ fn below(x: f32) -> f32 {
     }
 }
 
-/// `2^23` and its bits: see [`mass_and_head`].
-const TWO_23: f32 = 8_388_608.0;
-const TWO_23_BITS: i32 = 0x4B00_0000;
-
 /// Chunks per block of the exact weight sums: each f64 lane takes at most
 /// `4 * BLOCK` weights of at most 2^30, staying below 2^53 where f64 holds
 /// every integer.
@@ -1091,12 +1087,6 @@ pub(crate) fn mass(logits: &[f32], ov: &Overrides, scale: &Scale) -> u64 {
     total
 }
 
-/// At or below this scaled difference every weight is below 2^23.
-///
-/// `e^-4.86 * 2^30` is about 0.8% under 2^23, far more than the
-/// exponential's error of about one unit in the last place.
-const SMALL_CUT: f32 = -4.86;
-
 /// Small-weight chunks summed in 32-bit lanes before they are flushed:
 /// 255 weights below 2^23 stay below 2^31.
 const SMALL_RUN: u32 = 255;
@@ -1105,14 +1095,13 @@ const SMALL_RUN: u32 = 255;
 /// candidates with `scale.d(x) >= cut` in `scratch` (`None` for the count
 /// once more than `limit` pass, as [`at_most`]).
 ///
-/// The sum is that of the test-only `mass`, with one shortcut: chunks whose weights are all
-/// below 2^23 are rounded and summed in 32-bit integer lanes instead of
-/// f64. Adding 2^23 to such a weight rounds it to the nearest integer,
-/// ties to even (floats in `[2^23, 2^24)` are spaced 1 apart), exactly as
-/// [`weight_f64`] does, and leaves that integer in the mantissa bits; so
-/// the total is the same integer, with fewer conversions per weight. The
-/// head is collected by a second, cheap pass: folding it into the first
-/// made that one slower.
+/// The sum is that of the test-only `mass`, with one shortcut: chunks whose
+/// weights are all below 2^23 go through [`small_weight_bits`] and are
+/// summed in 32-bit integer lanes instead of f64, so the total is the same
+/// integer with fewer operations per weight. Each chunk's largest `d`
+/// picks its path and tells whether the chunk holds a head candidate;
+/// the starts of those chunks are listed at the back of `scratch`, and
+/// only they are read again to collect the head.
 ///
 /// `scale` must not be the +inf kind and `cut` must be finite.
 pub(crate) fn mass_and_head(
@@ -1124,37 +1113,45 @@ pub(crate) fn mass_and_head(
     scratch: &mut [Candidate],
 ) -> (u64, Option<usize>) {
     let (m, inv_t) = (scale.m, scale.inv_t);
+    let back = scratch.len();
     let mut total = 0u64;
-    let mut small = [0i32; CHUNK];
+    let mut small = [0u32; CHUNK];
     let mut pending = 0u32;
-    for_each_run(logits, ov, |_, run| {
-        for block in run.chunks(CHUNK * BLOCK) {
+    let mut marked = 0usize;
+    for_each_run(logits, ov, |first, run| {
+        for (block, at) in run
+            .chunks(CHUNK * BLOCK)
+            .zip((first..).step_by(CHUNK * BLOCK))
+        {
             let mut acc = [0.0f64; 4];
-            for chunk in block.chunks_exact(CHUNK) {
+            for (chunk, start) in block.chunks_exact(CHUNK).zip((at..).step_by(CHUNK)) {
                 let mut d = [0.0f32; CHUNK];
-                let (mut live, mut big) = (false, false);
                 for (di, &x) in d.iter_mut().zip(chunk) {
-                    let v = (x - m) * inv_t;
-                    *di = v;
-                    // NaN fails both tests.
-                    live |= v >= ZERO_WEIGHT_CUT;
-                    big |= v > SMALL_CUT;
+                    *di = (x - m) * inv_t;
                 }
-                if big {
+                // NaN never wins, so it neither marks nor weighs a chunk.
+                let top = block_max(&d);
+                // Written every time, kept only for a head chunk: no branch.
+                if let Some(slot) = back
+                    .checked_sub(marked + 1)
+                    .and_then(|i| scratch.get_mut(i))
+                {
+                    slot.id = start;
+                }
+                marked += usize::from(top >= cut);
+                if top > SMALL_CUT {
                     for quarter in d.chunks_exact(4) {
                         for (a, &di) in acc.iter_mut().zip(quarter) {
                             *a += weight_f64(di);
                         }
                     }
-                } else if live {
+                } else if top >= ZERO_WEIGHT_CUT {
                     for (s, &di) in small.iter_mut().zip(&d) {
-                        let w = exp_det(di) * WEIGHT_ONE;
-                        *s += ((w + TWO_23).to_bits() as i32).wrapping_sub(TWO_23_BITS);
+                        *s = s.wrapping_add(small_weight_bits(di));
                     }
                     pending += 1;
                     if pending == SMALL_RUN {
-                        total += small.iter().map(|&s| s as u64).sum::<u64>();
-                        small = [0; CHUNK];
+                        total += flush(&mut small, pending);
                         pending = 0;
                     }
                 }
@@ -1163,8 +1160,104 @@ pub(crate) fn mass_and_head(
             total += acc.iter().map(|&a| a as u64).sum::<u64>();
         }
     });
-    total += small.iter().map(|&s| s as u64).sum::<u64>();
-    (total, at_most(logits, ov, scale, cut, limit, scratch))
+    total += flush(&mut small, pending);
+    // Collecting writes at most 16 candidates per listed chunk from the
+    // front; the list must stay clear of them until it is read.
+    let head = if marked.saturating_mul(CHUNK + 1) <= back {
+        collect_marked(logits, ov, scale, cut, limit, scratch, marked)
+    } else {
+        at_most(logits, ov, scale, cut, limit, scratch)
+    };
+    (total, head)
+}
+
+/// The weights summed in `small` over `runs` chunks, each lane holding
+/// the bits of its weights plus `2^23` apiece; clears `small`.
+fn flush(small: &mut [u32; CHUNK], runs: u32) -> u64 {
+    // Each lane's true sum is below 2^31, so the wrapped difference is it.
+    let extra = runs.wrapping_mul(TWO_23_BITS);
+    let sum = small
+        .iter()
+        .map(|&s| u64::from(s.wrapping_sub(extra)))
+        .sum();
+    *small = [0; CHUNK];
+    sum
+}
+
+/// The head of [`mass_and_head`], read from the `marked` chunks whose
+/// starts are listed at the back of `scratch`, entry `i` at `len - 1 - i`.
+fn collect_marked(
+    logits: &[f32],
+    ov: &Overrides,
+    scale: &Scale,
+    cut: f32,
+    limit: usize,
+    scratch: &mut [Candidate],
+    marked: usize,
+) -> Option<usize> {
+    let limit = limit.min(scratch.len());
+    let back = scratch.len();
+    let mut pending = ov.as_slice();
+    let mut n = 0usize;
+    for i in 0..marked {
+        let start = scratch.get(back.checked_sub(i + 1)?)?.id;
+        let mut chunk = [f32::NAN; CHUNK];
+        let from = start as usize;
+        let raw = logits.get(from..logits.len().min(from + CHUNK))?;
+        for (slot, &x) in chunk.iter_mut().zip(raw) {
+            *slot = x;
+        }
+        let skip = pending.partition_point(|o| o.id() < start);
+        pending = patch(&mut chunk, start, pending.get(skip..)?);
+        if !take(start, &chunk, scale, cut, limit, scratch, &mut n) {
+            return None;
+        }
+    }
+    Some(n)
+}
+
+/// Appends the candidates of `chunk` (ids from `first`) with
+/// `scale.d(x) >= cut` to `scratch[*n..]`; false once more than `limit`
+/// would be held.
+#[inline(always)]
+fn take(
+    first: u32,
+    chunk: &[f32; CHUNK],
+    scale: &Scale,
+    cut: f32,
+    limit: usize,
+    scratch: &mut [Candidate],
+    n: &mut usize,
+) -> bool {
+    let (m, inv_t) = (scale.m, scale.inv_t);
+    if !scale.inf && *n + CHUNK <= limit {
+        // Branch-free: write every element at the end and advance past
+        // those that pass.
+        if let Some(window) = scratch.get_mut(*n..*n + CHUNK) {
+            let mut end = 0usize;
+            for (id, &x) in (first..).zip(chunk) {
+                if let Some(slot) = window.get_mut(end) {
+                    *slot = Candidate { id, logit: x };
+                }
+                // NaN compares false, so NaN logits never pass.
+                end += usize::from((x - m) * inv_t >= cut);
+            }
+            *n += end;
+            return true;
+        }
+    }
+    for (id, &x) in (first..).zip(chunk) {
+        if x > f32::NEG_INFINITY && scale.d(x) >= cut {
+            match scratch.get_mut(*n).filter(|_| *n < limit) {
+                Some(slot) => {
+                    *slot = Candidate { id, logit: x };
+                    *n += 1;
+                }
+                None => return false,
+            }
+        }
+    }
+    true
 }
 
 /// Copies every candidate with scaled difference `scale.d(x) >= cut` into `scratch`.
@@ -1211,31 +1304,8 @@ pub(crate) fn at_most(
             if !hit || over {
                 continue;
             }
-            if !inf && n + CHUNK <= limit {
-                // Branch-free: write every element at the end and advance
-                // past those that pass.
-                if let Some(window) = scratch.get_mut(n..n + CHUNK) {
-                    let mut end = 0usize;
-                    for (id, &x) in (first..).zip(chunk) {
-                        if let Some(slot) = window.get_mut(end) {
-                            *slot = Candidate { id, logit: x };
-                        }
-                        end += usize::from((x - m) * inv_t >= cut);
-                    }
-                    n += end;
-                    continue;
-                }
-            }
-            for (id, &x) in (first..).zip(chunk) {
-                if x > f32::NEG_INFINITY && scale.d(x) >= cut {
-                    match scratch.get_mut(n).filter(|_| n < limit) {
-                        Some(slot) => {
-                            *slot = Candidate { id, logit: x };
-                            n += 1;
-                        }
-                        None => over = true,
-                    }
-                }
+            if let Ok(chunk) = <&[f32; CHUNK]>::try_from(chunk) {
+                over = !take(first, chunk, scale, cut, limit, scratch, &mut n);
             }
         }
     });

@@ -40,6 +40,17 @@ pub(crate) fn exp_det(d: f32) -> f32 {
     let r = (d - n * LN2_HI) - n * LN2_LO;
     // Taylor series of e^r to degree 7; |r| <= 0.35 keeps the error near
     // one unit in the last place.
+    let p = taylor7(r);
+
+    // n is in [-126, 0], so 2^n is a normal float built from its exponent bits.
+    let n_int = (k.to_bits() as i32).wrapping_sub(ROUND_MAGIC_BITS);
+    let scale = f32::from_bits((n_int.wrapping_add(127) << 23) as u32);
+    p * scale
+}
+
+/// The degree-7 Taylor polynomial of `e^r`, by Horner's rule.
+#[inline(always)]
+fn taylor7(r: f32) -> f32 {
     let p = 1.0 / 5040.0;
     let p = p * r + 1.0 / 720.0;
     let p = p * r + 1.0 / 120.0;
@@ -47,12 +58,49 @@ pub(crate) fn exp_det(d: f32) -> f32 {
     let p = p * r + 1.0 / 6.0;
     let p = p * r + 0.5;
     let p = p * r + 1.0;
-    let p = p * r + 1.0;
+    p * r + 1.0
+}
 
-    // n is in [-126, 0], so 2^n is a normal float built from its exponent bits.
-    let n_int = (k.to_bits() as i32).wrapping_sub(ROUND_MAGIC_BITS);
-    let scale = f32::from_bits((n_int.wrapping_add(127) << 23) as u32);
-    p * scale
+/// At or below this scaled difference every weight is below 2^23.
+///
+/// `e^-4.86 * 2^30` is about 0.8% under 2^23, far more than the
+/// exponential's error of about one unit in the last place.
+pub(crate) const SMALL_CUT: f32 = -4.86;
+
+/// `2^23`: adding it to a non-negative float below 2^23 rounds that float
+/// to an integer, ties to even, and leaves the integer in the low mantissa
+/// bits (floats in `[2^23, 2^24)` are spaced 1 apart).
+const TWO_23: f32 = 8_388_608.0;
+
+/// The bits of `2^23`: what [`small_weight_bits`] adds to every weight.
+pub(crate) const TWO_23_BITS: u32 = 0x4B00_0000;
+
+/// Exponent bits of `2^(n + 30)` from the bits of `n + ROUND_MAGIC`:
+/// `ROUND_MAGIC_BITS` off, the float bias of 127 and the 30 of
+/// [`WEIGHT_ONE`] on.
+const WEIGHT_EXP: i32 = (127 + 30) - ROUND_MAGIC_BITS;
+
+/// `TWO_23_BITS + weight_of(d)`, for `d <= SMALL_CUT`, -inf or NaN.
+///
+/// The same sequence of operations as [`exp_det`] followed by the scaling
+/// and rounding of [`weight_of`], with three steps left out that change
+/// nothing in this range: the clamp at 0 (d is already below it); the
+/// separate products by `2^n` and by `2^30`, replaced by one product by
+/// `2^(n + 30)` (all three are exact where the weight is not 0); and the
+/// removal of `2^23`, left to the caller, who sums the bits of many weights
+/// and takes `TWO_23_BITS` off once per weight summed. A test runs it on
+/// every float of its range.
+#[inline(always)]
+pub(crate) fn small_weight_bits(d: f32) -> u32 {
+    // NaN fails the comparison and lands on the floor, as in exp_det.
+    let d = if d > EXP_FLOOR { d } else { EXP_FLOOR };
+    let k = d * LOG2E + ROUND_MAGIC;
+    let n = k - ROUND_MAGIC;
+    let r = (d - n * LN2_HI) - n * LN2_LO;
+    let p = taylor7(r);
+    // n is in [-126, -7], so 2^(n + 30) is a normal float.
+    let scale = f32::from_bits(((k.to_bits() as i32).wrapping_add(WEIGHT_EXP) << 23) as u32);
+    (p * scale + TWO_23).to_bits()
 }
 
 /// `2^52`: adding and removing it rounds a non-negative f64 below 2^52 to an integer.
@@ -185,6 +233,32 @@ mod tests {
             d -= 0.001_3;
         }
         assert!(weight_of(-21.0) > 0);
+    }
+
+    #[test]
+    fn small_weights_match_on_every_float_of_their_range() {
+        let check = |d: f32| {
+            let got = small_weight_bits(d).wrapping_sub(TWO_23_BITS);
+            assert_eq!(got, weight_of(d), "{d} ({:#010x})", d.to_bits());
+        };
+        for d in [
+            f32::NAN,
+            -f32::NAN,
+            f32::NEG_INFINITY,
+            -f32::MAX,
+            -1.0e6,
+            -87.0,
+        ] {
+            check(d);
+        }
+        // Every float from SMALL_CUT down to -88; below -87 both clamp
+        // to the same floor. Unoptimised builds take every 61st.
+        let step = if cfg!(debug_assertions) { 61 } else { 1 };
+        let (mut bits, last) = (SMALL_CUT.to_bits(), (-88.0f32).to_bits());
+        while bits <= last {
+            check(f32::from_bits(bits));
+            bits += step;
+        }
     }
 
     #[test]
