@@ -9,7 +9,7 @@
 
 use crate::config::Stage;
 use crate::penalty::Overrides;
-use crate::select::{keep_top, mass, sort_by_rank, weighted_select, Weigh};
+use crate::select::{keep_top, mass, sort_by_rank, weighted_select, weighted_select_above, Weigh};
 use crate::softmax::{Scale, WEIGHT_ONE};
 use crate::{dense, draw, minp, temperature, topk, topp};
 use crate::{Alternative, Candidate, Choice, Config, Error, Input, Report, Survivors};
@@ -426,12 +426,17 @@ const TOP_P_HEAD_LIMIT: usize = 16_384;
 
 /// Top-p over every candidate, done from the head of the distribution.
 ///
-/// One vectorised pass sums every weight exactly and collects the tokens
-/// with `d >= TOP_P_HEAD`. When their mass reaches the target, the cut lies
-/// among them and is found there; this is the same cut as over all
-/// candidates, since the head is a rank prefix and the target comes from
-/// the exact total. Returns `None` (nothing decided) when the head is too
-/// long or too light, or the top logit is +inf.
+/// One vectorised pass bounds the total weight by `[lo, hi]` and collects
+/// the tokens with `d >= TOP_P_HEAD`. The cut is the smallest rank prefix
+/// reaching the target, and the target grows with the total; so when the
+/// head holds the target of `hi`, and what ranks above the token reaching
+/// it falls short of the target of `lo`, that token ends the prefix for
+/// every total in between, the exact one included. Only otherwise is the
+/// total computed exactly, in a second pass, and the cut found among the
+/// tokens the first selection put in front. Either way the cut is the one
+/// over all candidates, since the head is a rank prefix. Returns `None`
+/// (nothing decided) when the head is too long or too light, or the top
+/// logit is +inf.
 fn top_p_from_head(
     logits: &[f32],
     ov: &Overrides,
@@ -442,13 +447,30 @@ fn top_p_from_head(
     if scale.inf {
         return None;
     }
-    let (total, n) = dense::mass_and_head(logits, ov, scale, TOP_P_HEAD, TOP_P_HEAD_LIMIT, scratch);
+    let (lo, hi, n) =
+        dense::bounded_mass_and_head(logits, ov, scale, TOP_P_HEAD, TOP_P_HEAD_LIMIT, scratch);
     let head = scratch.get_mut(..n?)?;
-    let need = topp::target(p, total);
-    if mass(head, scale) < need {
+    let held = mass(head, scale);
+    let (need_lo, need_hi) = (topp::target(p, lo), topp::target(p, hi));
+    if held < need_lo {
         return None;
     }
-    weighted_select(head, need - 1, scale).map(|j| j + 1)
+    let mut within = head.len();
+    if held >= need_hi {
+        let (last, above) = weighted_select_above(head, need_hi - 1, scale)?;
+        if above < need_lo {
+            return Some(last + 1);
+        }
+        // The exact target is at most need_hi: its cut is among these.
+        within = last + 1;
+    }
+    #[cfg(test)]
+    tests::EXACT_RETRIES.with(|c| c.set(c.get() + 1));
+    let need = topp::target(p, dense::total_weight(logits, ov, scale));
+    if held < need {
+        return None;
+    }
+    weighted_select(head.get_mut(..within)?, need - 1, scale).map(|j| j + 1)
 }
 
 /// The head of an untruncated final distribution and its exact total weight.
@@ -614,5 +636,65 @@ fn entropy(s: &[Candidate], scale: &Scale, total: u64, ln_total: f64) -> f32 {
         h as f32
     } else {
         0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    extern crate std;
+    use std::vec;
+    use std::vec::Vec;
+
+    std::thread_local! {
+        /// Calls of `top_p_from_head` on this thread that needed the exact total.
+        pub(super) static EXACT_RETRIES: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+    }
+
+    #[test]
+    fn top_p_from_the_head_keeps_the_cut_over_all_candidates_on_both_paths() {
+        // One top token and some thousands of small weights inside the
+        // head: the nucleus ends among tokens each about 5e-5 of the total,
+        // close to the spread of the bounds, so some calls are decided by
+        // the bounds and some need the exact total.
+        let mut state = 11u64;
+        let mut unit = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let mut decided = 0;
+        for case in 0..80usize {
+            let v = 9_000 + case * 37;
+            let mut logits: Vec<f32> = (0..v).map(|_| -8.0 - 1.5 * unit()).collect();
+            if let Some(top) = logits.get_mut(case) {
+                *top = 0.0;
+            }
+            let p = 0.3 + 0.65 * unit();
+            let ov = Overrides::new();
+            let scale = Scale::new(0.0);
+            let mut scratch = vec![Candidate::default(); v];
+            let retries = EXACT_RETRIES.with(|c| c.get());
+            let got = top_p_from_head(&logits, &ov, &scale, p, &mut scratch).unwrap();
+            if EXACT_RETRIES.with(|c| c.get()) == retries {
+                decided += 1;
+            }
+            let mut kept: Vec<u32> = scratch[..got].iter().map(|c| c.id).collect();
+            kept.sort_unstable();
+
+            let mut all = vec![Candidate::default(); v];
+            let n = collect_all(&logits, &ov, &mut all);
+            let keep = topp::apply(&mut all[..n], p, &scale);
+            let mut want: Vec<u32> = all[..keep].iter().map(|c| c.id).collect();
+            want.sort_unstable();
+            assert_eq!(kept, want, "case {case} p {p}");
+        }
+        let retried = EXACT_RETRIES.with(|c| c.get());
+        assert!(
+            decided > 40 && retried > 3,
+            "{decided} decided, {retried} retried"
+        );
     }
 }

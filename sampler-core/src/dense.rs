@@ -15,7 +15,9 @@
 use crate::chain::ZERO_WEIGHT_CUT;
 use crate::penalty::{Override, Overrides};
 use crate::select::{keep_top, rank_cmp, rank_key};
-use crate::softmax::{small_weight_bits, weight_f64, Scale, SMALL_CUT, TWO_23_BITS};
+use crate::softmax::{
+    small_weight_approx, small_weight_bits, weight_f64, Scale, APPROX_ERROR, SMALL_CUT, TWO_23_BITS,
+};
 use crate::Candidate;
 
 /// Logits per chunk.
@@ -1045,78 +1047,134 @@ fn below(x: f32) -> f32 {
 /// every integer.
 const BLOCK: usize = 1 << 20;
 
-/// The total integer weight of all candidates under `scale`.
-///
-/// One vectorised pass: each weight is an exact integer in an f64, summed in
-/// four lanes, exact within a block of [`BLOCK`] chunks; block sums then go
-/// into a `u64`. So the total is exact and equal to summing
-/// [`Scale::weight`] over the candidates in any order. Chunks whose every `d`
-/// is below [`ZERO_WEIGHT_CUT`] weigh nothing and are skipped. The loop
-/// does nothing else, which keeps its working set in registers.
-///
-/// `scale` must not be the +inf kind. Kept for the tests, as the plain
-/// form of [`mass_and_head`]'s sum.
-#[cfg(test)]
-pub(crate) fn mass(logits: &[f32], ov: &Overrides, scale: &Scale) -> u64 {
-    let (m, inv_t) = (scale.m, scale.inv_t);
-    let mut total = 0u64;
-    for_each_run(logits, ov, |_, run| {
-        for block in run.chunks(CHUNK * BLOCK) {
-            let mut acc = [0.0f64; 4];
-            for chunk in block.chunks_exact(CHUNK) {
-                let mut d = [0.0f32; CHUNK];
-                let mut live = false;
-                for (di, &x) in d.iter_mut().zip(chunk) {
-                    let v = (x - m) * inv_t;
-                    *di = v;
-                    // NaN fails the test.
-                    live |= v >= ZERO_WEIGHT_CUT;
-                }
-                if live {
-                    for quarter in d.chunks_exact(4) {
-                        for (a, &di) in acc.iter_mut().zip(quarter) {
-                            *a += weight_f64(di);
-                        }
-                    }
-                }
-            }
-            // Each lane is an exact non-negative integer below 2^53.
-            total += acc.iter().map(|&a| a as u64).sum::<u64>();
-        }
-    });
-    total
-}
-
 /// Small-weight chunks summed in 32-bit lanes before they are flushed:
 /// 255 weights below 2^23 stay below 2^31.
 const SMALL_RUN: u32 = 255;
 
-/// The exact total weight of all candidates under `scale`, and the
-/// candidates with `scale.d(x) >= cut` in `scratch` (`None` for the count
-/// once more than `limit` pass, as [`at_most`]).
+/// How [`mass_pass`] sums the chunks whose weights are all below 2^23.
+trait SmallSum {
+    /// Adds the weights of one chunk of scaled differences, each at most
+    /// [`SMALL_CUT`], -inf or NaN.
+    fn add(&mut self, d: &[f32; CHUNK]);
+}
+
+/// The exact sum: [`small_weight_bits`] in 32-bit integer lanes.
+#[derive(Default)]
+struct ExactSmall {
+    lanes: [u32; CHUNK],
+    runs: u32,
+    total: u64,
+}
+
+impl ExactSmall {
+    /// Moves the lanes into `total`.
+    fn flush(&mut self) {
+        // Each lane holds its weights plus 2^23 apiece, wrapped; its true
+        // sum is below 2^31, so the wrapped difference is that sum.
+        let extra = self.runs.wrapping_mul(TWO_23_BITS);
+        let sum: u64 = self
+            .lanes
+            .iter()
+            .map(|&s| u64::from(s.wrapping_sub(extra)))
+            .sum();
+        self.total += sum;
+        self.lanes = [0; CHUNK];
+        self.runs = 0;
+    }
+}
+
+impl SmallSum for ExactSmall {
+    #[inline(always)]
+    fn add(&mut self, d: &[f32; CHUNK]) {
+        for (s, &di) in self.lanes.iter_mut().zip(d) {
+            *s = s.wrapping_add(small_weight_bits(di));
+        }
+        self.runs += 1;
+        if self.runs == SMALL_RUN {
+            self.flush();
+        }
+    }
+}
+
+/// Small-weight chunks summed in f32 lanes before they are flushed into f64.
+const APPROX_RUN: u32 = 8;
+
+/// Bound on the relative error of [`ApproxSmall`]'s summation. A lane adds
+/// at most [`APPROX_RUN`] non-negative f32 values before it is flushed,
+/// erring by at most `7 * 2^-24` (4.2e-7) of their sum; the f64 additions
+/// of the flushed lanes err by less than 2^-24 in all, even over 2^32
+/// weights. This is about twice their sum.
+const SUM_ERROR: f64 = 1.0 / 1_048_576.0;
+
+/// Bounds on the sum: [`small_weight_approx`] in f32 lanes, with the count
+/// of weights summed, so that the true sum of the weights can be bounded
+/// ([`ApproxSmall::bounds`]).
+#[derive(Default)]
+struct ApproxSmall {
+    lanes: [f32; CHUNK],
+    runs: u32,
+    sum: f64,
+    weights: u64,
+}
+
+impl ApproxSmall {
+    /// Moves the lanes into `sum`.
+    fn flush(&mut self) {
+        self.sum += self.lanes.iter().map(|&s| f64::from(s)).sum::<f64>();
+        self.lanes = [0.0; CHUNK];
+        self.runs = 0;
+    }
+
+    /// The least and the greatest integer the exact sum of the weights can be.
+    fn bounds(mut self) -> (u64, u64) {
+        self.flush();
+        // Each weight is within APPROX_ERROR of its approximation plus a
+        // half for its rounding; the sum of the approximations is within
+        // SUM_ERROR of `sum`. 2^-30 covers their products and squares
+        // (under 2^-38) and the rounding of this arithmetic (2^-50).
+        let spread = APPROX_ERROR + SUM_ERROR + 1.0 / 1_073_741_824.0;
+        let halves = self.weights as f64 * 0.5 + 1.0;
+        let lo = libm::floor(self.sum * (1.0 - spread) - halves);
+        let hi = libm::ceil(self.sum * (1.0 + spread) + halves);
+        // In range: the sum is below 2^62 for any vocabulary of u32 ids.
+        (if lo > 0.0 { lo as u64 } else { 0 }, hi as u64)
+    }
+}
+
+impl SmallSum for ApproxSmall {
+    #[inline(always)]
+    fn add(&mut self, d: &[f32; CHUNK]) {
+        for (s, &di) in self.lanes.iter_mut().zip(d) {
+            *s += small_weight_approx(di);
+        }
+        self.weights += CHUNK as u64;
+        self.runs += 1;
+        if self.runs == APPROX_RUN {
+            self.flush();
+        }
+    }
+}
+
+/// One pass for [`mass_and_head`] and [`bounded_mass_and_head`]: returns
+/// the exact total weight of the chunks holding a weight of 2^23 or more,
+/// and the count of chunks listed at the back of `scratch`; `small` sums
+/// the other chunks of nonzero weight.
 ///
-/// The sum is that of the test-only `mass`, with one shortcut: chunks whose
-/// weights are all below 2^23 go through [`small_weight_bits`] and are
-/// summed in 32-bit integer lanes instead of f64, so the total is the same
-/// integer with fewer operations per weight. Each chunk's largest `d`
-/// picks its path and tells whether the chunk holds a head candidate;
-/// the starts of those chunks are listed at the back of `scratch`, and
-/// only they are read again to collect the head.
-///
-/// `scale` must not be the +inf kind and `cut` must be finite.
-pub(crate) fn mass_and_head(
+/// Each chunk's largest `d` picks its path and tells whether the chunk
+/// holds a head candidate (`d >= cut`); the starts of those chunks are
+/// listed at the back of `scratch`, entry `i` at `len - 1 - i`.
+#[inline(always)]
+fn mass_pass(
     logits: &[f32],
     ov: &Overrides,
     scale: &Scale,
     cut: f32,
-    limit: usize,
     scratch: &mut [Candidate],
-) -> (u64, Option<usize>) {
+    small: &mut impl SmallSum,
+) -> (u64, usize) {
     let (m, inv_t) = (scale.m, scale.inv_t);
     let back = scratch.len();
     let mut total = 0u64;
-    let mut small = [0u32; CHUNK];
-    let mut pending = 0u32;
     let mut marked = 0usize;
     for_each_run(logits, ov, |first, run| {
         for (block, at) in run
@@ -1146,42 +1204,96 @@ pub(crate) fn mass_and_head(
                         }
                     }
                 } else if top >= ZERO_WEIGHT_CUT {
-                    for (s, &di) in small.iter_mut().zip(&d) {
-                        *s = s.wrapping_add(small_weight_bits(di));
-                    }
-                    pending += 1;
-                    if pending == SMALL_RUN {
-                        total += flush(&mut small, pending);
-                        pending = 0;
-                    }
+                    small.add(&d);
                 }
             }
             // Each lane is an exact non-negative integer below 2^53.
             total += acc.iter().map(|&a| a as u64).sum::<u64>();
         }
     });
-    total += flush(&mut small, pending);
+    (total, marked)
+}
+
+/// The head after [`mass_pass`]: from the listed chunks when the list
+/// stays clear of what is collected, else by [`at_most`].
+fn head_after_pass(
+    logits: &[f32],
+    ov: &Overrides,
+    scale: &Scale,
+    cut: f32,
+    limit: usize,
+    scratch: &mut [Candidate],
+    marked: usize,
+) -> Option<usize> {
     // Collecting writes at most 16 candidates per listed chunk from the
     // front; the list must stay clear of them until it is read.
-    let head = if marked.saturating_mul(CHUNK + 1) <= back {
+    if marked.saturating_mul(CHUNK + 1) <= scratch.len() {
         collect_marked(logits, ov, scale, cut, limit, scratch, marked)
     } else {
         at_most(logits, ov, scale, cut, limit, scratch)
-    };
-    (total, head)
+    }
 }
 
-/// The weights summed in `small` over `runs` chunks, each lane holding
-/// the bits of its weights plus `2^23` apiece; clears `small`.
-fn flush(small: &mut [u32; CHUNK], runs: u32) -> u64 {
-    // Each lane's true sum is below 2^31, so the wrapped difference is it.
-    let extra = runs.wrapping_mul(TWO_23_BITS);
-    let sum = small
-        .iter()
-        .map(|&s| u64::from(s.wrapping_sub(extra)))
-        .sum();
-    *small = [0; CHUNK];
-    sum
+/// The exact total weight of all candidates under `scale`, and the
+/// candidates with `scale.d(x) >= cut` in `scratch` (`None` for the count
+/// once more than `limit` pass, as [`at_most`]).
+///
+/// Every weight is an exact integer, so the total is exact and equal to
+/// summing [`Scale::weight`] over the candidates in any order: chunks
+/// holding a weight of 2^23 or more sum theirs in four f64 lanes, exact
+/// within a block of [`BLOCK`] chunks; the other chunks of nonzero weight
+/// go through [`small_weight_bits`] and are summed in 32-bit integer
+/// lanes, with fewer operations per weight. Chunks whose every `d` is
+/// below [`ZERO_WEIGHT_CUT`] weigh nothing and are skipped. Only the chunks
+/// [`mass_pass`] lists are read again to collect the head.
+///
+/// `scale` must not be the +inf kind and `cut` must be finite.
+pub(crate) fn mass_and_head(
+    logits: &[f32],
+    ov: &Overrides,
+    scale: &Scale,
+    cut: f32,
+    limit: usize,
+    scratch: &mut [Candidate],
+) -> (u64, Option<usize>) {
+    let mut small = ExactSmall::default();
+    let (big, marked) = mass_pass(logits, ov, scale, cut, scratch, &mut small);
+    small.flush();
+    let head = head_after_pass(logits, ov, scale, cut, limit, scratch, marked);
+    (big + small.total, head)
+}
+
+/// The exact total weight of all candidates under `scale`: the sum of
+/// [`mass_and_head`] without the head.
+///
+/// `scale` must not be the +inf kind.
+pub(crate) fn total_weight(logits: &[f32], ov: &Overrides, scale: &Scale) -> u64 {
+    let mut small = ExactSmall::default();
+    // With no room to list chunks in, and a cut no difference reaches,
+    // the pass lists nothing.
+    let (big, _) = mass_pass(logits, ov, scale, f32::INFINITY, &mut [], &mut small);
+    small.flush();
+    big + small.total
+}
+
+/// Like [`mass_and_head`], but with bounds `(lo, hi)` on the total weight
+/// instead of the total: the weights below 2^23 are summed with
+/// [`small_weight_approx`], which is cheaper, and the error of that sum is
+/// bounded. `hi - lo` is a few millionths of the total weight of those
+/// small weights, plus half a unit per weight.
+pub(crate) fn bounded_mass_and_head(
+    logits: &[f32],
+    ov: &Overrides,
+    scale: &Scale,
+    cut: f32,
+    limit: usize,
+    scratch: &mut [Candidate],
+) -> (u64, u64, Option<usize>) {
+    let mut small = ApproxSmall::default();
+    let (big, marked) = mass_pass(logits, ov, scale, cut, scratch, &mut small);
+    let (lo, hi) = small.bounds();
+    let head = head_after_pass(logits, ov, scale, cut, limit, scratch, marked);
+    (big + lo, big + hi, head)
 }
 
 /// The head of [`mass_and_head`], read from the `marked` chunks whose
@@ -1529,13 +1641,29 @@ mod tests {
             for t in [0.3f32, 1.0, 4.0] {
                 let scale = Scale::new(top.logit).with_temperature(t);
                 let want: u64 = all.iter().map(|c| scale.weight(c.logit)).sum();
-                assert_eq!(mass(&logits, &ov, &scale), want, "v {v} t {t}");
+                assert_eq!(total_weight(&logits, &ov, &scale), want, "v {v} t {t}");
                 for (cut, limit) in [(-2.0f32, v), (-6.0, v), (-6.0, 16)] {
                     let mut scratch = vec![Candidate::default(); v];
                     let (total, fused) =
                         mass_and_head(&logits, &ov, &scale, cut, limit, &mut scratch);
                     assert_eq!(total, want, "v {v} t {t}: fused total");
-                    let fused = fused.map(|n| sorted(scratch[..n].to_vec()));
+                    let fused_sorted = fused.map(|n| sorted(scratch[..n].to_vec()));
+                    let (lo, hi, bounded) =
+                        bounded_mass_and_head(&logits, &ov, &scale, cut, limit, &mut scratch);
+                    assert!(lo <= want && want <= hi, "v {v} t {t}: {lo} {want} {hi}");
+                    // Loose by the relative error of the small weights and
+                    // half a unit per weight, no more.
+                    let slack = 2.1 * (APPROX_ERROR + SUM_ERROR) * want as f64;
+                    assert!(
+                        ((hi - lo) as f64) <= slack + v as f64 + 4.0,
+                        "v {v} t {t}: {lo} {hi}"
+                    );
+                    assert_eq!(
+                        bounded.map(|n| sorted(scratch[..n].to_vec())),
+                        fused_sorted,
+                        "v {v} t {t}"
+                    );
+                    let fused = fused_sorted;
                     let got = at_most(&logits, &ov, &scale, cut, limit, &mut scratch);
                     assert_eq!(
                         fused,

@@ -238,6 +238,16 @@ pub(crate) fn weighted_select(
     target: u64,
     weight: &impl Weigh,
 ) -> Option<usize> {
+    weighted_select_above(s, target, weight).map(|(j, _)| j)
+}
+
+/// [`weighted_select`], also returning the weight of the elements ranked
+/// above the one found: at most `target`.
+pub(crate) fn weighted_select_above(
+    s: &mut [Candidate],
+    target: u64,
+    weight: &impl Weigh,
+) -> Option<(usize, u64)> {
     let mut lo = 0usize;
     let mut hi = s.len();
     let mut left = target;
@@ -263,7 +273,7 @@ pub(crate) fn weighted_select(
         left -= upper_mass;
         let w = weight.weight(pivot.logit);
         if left < w {
-            return Some(lo + mid);
+            return Some((lo + mid, target - left));
         }
         left -= w;
         lo += mid + 1;
@@ -273,7 +283,7 @@ pub(crate) fn weighted_select(
     for (i, c) in range.iter().enumerate() {
         let w = weight.weight(c.logit);
         if left < w {
-            return Some(lo + i);
+            return Some((lo + i, target - left));
         }
         left -= w;
     }
@@ -368,9 +378,13 @@ mod tests {
                 })
                 .map(|p| sorted.get(p).map(|c| c.id));
             let mut s = cands(&logits);
-            let got = weighted_select(&mut s, target, &weight);
-            let j = got.unwrap_or(usize::MAX);
+            let got = weighted_select_above(&mut s, target, &weight);
+            let j = got.map_or(usize::MAX, |(j, _)| j);
             assert_eq!(Some(s.get(j).map(|c| c.id)), want, "target {target}");
+            if let Some((j, above)) = got {
+                let above_sorted: u64 = sorted.iter().take(j).map(|c| weight(c.logit)).sum();
+                assert_eq!(above, above_sorted, "target {target}");
+            }
             let mut head: Vec<u32> = s.iter().take(j + 1).map(|c| c.id).collect();
             let mut top: Vec<u32> = sorted.iter().take(j + 1).map(|c| c.id).collect();
             head.sort_unstable();
@@ -407,9 +421,11 @@ mod tests {
                     cum > target
                 });
                 let mut s = cands(&logits);
-                let got = weighted_select(&mut s, target, &weight);
-                assert_eq!(got, want, "shape {shape} target {target}");
-                let j = got.unwrap();
+                let got = weighted_select_above(&mut s, target, &weight);
+                assert_eq!(got.map(|(j, _)| j), want, "shape {shape} target {target}");
+                let (j, above) = got.unwrap();
+                let above_sorted: u64 = sorted.iter().take(j).map(|c| weight(c.logit)).sum();
+                assert_eq!(above, above_sorted, "shape {shape} target {target}");
                 let mut head: Vec<u32> = s.iter().take(j + 1).map(|c| c.id).collect();
                 let mut top: Vec<u32> = sorted.iter().take(j + 1).map(|c| c.id).collect();
                 head.sort_unstable();

@@ -103,6 +103,46 @@ pub(crate) fn small_weight_bits(d: f32) -> u32 {
     (p * scale + TWO_23).to_bits()
 }
 
+/// A degree-5 polynomial within 1.4e-7 of `e^r`, relatively, for
+/// `|r| <= ln 2 / 2`: coefficients of `r^0` to `r^5`, fitted for the least
+/// largest relative error.
+const APPROX: [f32; 6] = [
+    1.000_000_1,
+    0.999_999_7,
+    0.499_988_94,
+    0.166_675_76,
+    0.041_915_59,
+    0.008_297_597,
+];
+
+/// What [`small_weight_approx`] may be off by, as a fraction of its value,
+/// before the weight's rounding: `|weight_of(d) - approx| <= APPROX_ERROR *
+/// approx + 1/2`. A test checks it on every float of its range; the
+/// largest error found there is under half of it.
+pub(crate) const APPROX_ERROR: f64 = 1.0 / 1_048_576.0;
+
+/// `e^d * 2^30` to within [`APPROX_ERROR`] relative, for `d <= SMALL_CUT`,
+/// -inf or NaN; cheaper than [`small_weight_bits`] by a shorter polynomial
+/// that needs no rounding to an integer.
+///
+/// For bounds on a sum of weights, never for a weight itself.
+#[inline(always)]
+pub(crate) fn small_weight_approx(d: f32) -> f32 {
+    let [c0, c1, c2, c3, c4, c5] = APPROX;
+    // NaN fails the comparison and lands on the floor, as in exp_det.
+    let d = if d > EXP_FLOOR { d } else { EXP_FLOOR };
+    let k = d * LOG2E + ROUND_MAGIC;
+    let n = k - ROUND_MAGIC;
+    let r = (d - n * LN2_HI) - n * LN2_LO;
+    let p = c5 * r + c4;
+    let p = p * r + c3;
+    let p = p * r + c2;
+    let p = p * r + c1;
+    let p = p * r + c0;
+    // As in small_weight_bits: 2^(n + 30) is a normal float.
+    p * f32::from_bits(((k.to_bits() as i32).wrapping_add(WEIGHT_EXP) << 23) as u32)
+}
+
 /// `2^52`: adding and removing it rounds a non-negative f64 below 2^52 to an integer.
 const INTEGER_MAGIC: f64 = 4_503_599_627_370_496.0;
 
@@ -235,12 +275,10 @@ mod tests {
         assert!(weight_of(-21.0) > 0);
     }
 
-    #[test]
-    fn small_weights_match_on_every_float_of_their_range() {
-        let check = |d: f32| {
-            let got = small_weight_bits(d).wrapping_sub(TWO_23_BITS);
-            assert_eq!(got, weight_of(d), "{d} ({:#010x})", d.to_bits());
-        };
+    /// Calls `f` on every float from `SMALL_CUT` down to -88 (below -87
+    /// every kernel clamps to the same floor) and on NaN, the infinity and
+    /// a few values far below. Unoptimised builds take every 61st float.
+    fn every_small_float(mut f: impl FnMut(f32)) {
         for d in [
             f32::NAN,
             -f32::NAN,
@@ -249,16 +287,43 @@ mod tests {
             -1.0e6,
             -87.0,
         ] {
-            check(d);
+            f(d);
         }
-        // Every float from SMALL_CUT down to -88; below -87 both clamp
-        // to the same floor. Unoptimised builds take every 61st.
         let step = if cfg!(debug_assertions) { 61 } else { 1 };
         let (mut bits, last) = (SMALL_CUT.to_bits(), (-88.0f32).to_bits());
         while bits <= last {
-            check(f32::from_bits(bits));
+            f(f32::from_bits(bits));
             bits += step;
         }
+    }
+
+    #[test]
+    fn small_weights_match_on_every_float_of_their_range() {
+        every_small_float(|d| {
+            let got = small_weight_bits(d).wrapping_sub(TWO_23_BITS);
+            assert_eq!(got, weight_of(d), "{d} ({:#010x})", d.to_bits());
+        });
+    }
+
+    #[test]
+    fn approximate_weights_stay_within_their_bound_on_every_float_of_their_range() {
+        let mut worst = 0.0f64;
+        every_small_float(|d| {
+            let (w, f) = (f64::from(weight_of(d)), f64::from(small_weight_approx(d)));
+            assert!(f >= 0.0, "{d}");
+            assert!(
+                (w - f).abs() <= APPROX_ERROR * f + 0.5,
+                "{d}: weight {w}, approximation {f}"
+            );
+            // Before rounding, the error is relative alone.
+            let exact = f64::from(exp_det(d)) * f64::from(WEIGHT_ONE);
+            if exact > 0.0 {
+                worst = worst.max((exact - f).abs() / exact);
+            }
+        });
+        // The bound has room to spare, and is not loose by orders of magnitude.
+        assert!(worst < APPROX_ERROR / 2.0, "{worst}");
+        assert!(worst > APPROX_ERROR / 20.0, "{worst}");
     }
 
     #[test]
