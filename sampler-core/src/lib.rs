@@ -87,11 +87,15 @@
 //!   change only the ids they name; the scans leave those ids' raw logits
 //!   out and let their changed logits join. A sampler keeps the counts of
 //!   its last penalty window (up to 64 ids) and updates them when the next
-//!   window is the same or moved on by a token. Top-p with top-k off,
-//!   and a chain that truncates nothing, sum every weight exactly in one
-//!   vectorised pass (one exponential per token) and then select among the
-//!   tokens within 10 nats of the top, where real language-model logits put
-//!   nearly all the mass.
+//!   window is the same or moved on by a token. A chain that truncates
+//!   nothing sums every weight exactly in one vectorised pass (one
+//!   exponential per token) and then draws among the tokens within 10 nats
+//!   of the top, where real language-model logits put nearly all the mass.
+//!   Top-p with top-k off makes the same pass with a cheaper polynomial
+//!   that only bounds the total weight, within a few millionths, and finds
+//!   its cut among those tokens; the cut is exact whenever it is the same
+//!   for every total within the bounds, and an exact pass settles the
+//!   other cases.
 //!
 //! # Limitations
 //!

@@ -8,6 +8,10 @@
 //! every platform and in both its scalar and vectorised uses. Weights are
 //! integers, so their sums are exact and independent of summation order;
 //! this is what makes every choice independent of the selection algorithm.
+//! The one other exponential here, [`small_weight_approx`], only bounds
+//! sums of weights, with an error checked on every input it can get; a
+//! cut is taken from such bounds only when every total within them gives
+//! the same one.
 
 /// Weight of the top token: `2^30`. Weights below half a unit round to zero.
 pub(crate) const WEIGHT_ONE: f32 = 1_073_741_824.0;
