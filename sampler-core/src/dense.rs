@@ -1719,4 +1719,140 @@ mod tests {
         assert_eq!(n, 2);
         assert_eq!(scratch.map(|c| c.id)[..2], [1, 3]);
     }
+
+    /// The scaled difference from `from` down to `to` at which the exact
+    /// weight lies furthest above (`sign` 1) or below (`sign` -1) its
+    /// approximation.
+    fn leaning(from: f32, to: f32, sign: f64) -> f32 {
+        let mut best = (f64::NEG_INFINITY, from);
+        for bits in from.to_bits()..=to.to_bits() {
+            let d = f32::from_bits(bits);
+            let w = f64::from(crate::softmax::weight_of(d));
+            let lean = sign * (w - f64::from(small_weight_approx(d)));
+            if lean > best.0 {
+                best = (lean, d);
+            }
+        }
+        best.1
+    }
+
+    #[test]
+    fn bounds_hold_when_every_error_leans_one_way() {
+        // Hundreds of thousands of small weights, each where the exact
+        // weight is furthest from its approximation in one direction:
+        // near 2^23, where the relative error counts most; near half a
+        // unit, where the rounding does; and both mixed. Summed, the
+        // errors add up instead of cancelling, so the total must sit near
+        // the bound they lean towards, and still within it.
+        let v = 300_007;
+        for sign in [1.0f64, -1.0] {
+            let large = leaning(-4.87, -5.0, sign);
+            let mid = leaning(-15.9, -16.0, sign);
+            let tiny = leaning(-21.4, -21.5, sign);
+            for kinds in [[large; 3], [tiny; 3], [large, mid, tiny]] {
+                let mut logits: Vec<f32> = (0..v).map(|i| kinds[i / CHUNK % 3]).collect();
+                logits[v / 2] = 0.0;
+                let ov = Overrides::new();
+                let scale = Scale::new(0.0);
+                let total: u64 = logits.iter().map(|&x| scale.weight(x)).sum();
+                assert_eq!(total_weight(&logits, &ov, &scale), total, "{kinds:?}");
+                let mut scratch = vec![Candidate::default(); v];
+                let (lo, hi, head) =
+                    bounded_mass_and_head(&logits, &ov, &scale, -1.0, 16, &mut scratch);
+                assert_eq!(head, Some(1), "{kinds:?}");
+                assert!(lo <= total && total <= hi, "{kinds:?}: {lo} {total} {hi}");
+                let slack = 2.1 * (APPROX_ERROR + SUM_ERROR) * total as f64;
+                assert!(((hi - lo) as f64) <= slack + v as f64 + 4.0, "{kinds:?}");
+                // The errors did lean: the total is in the half they point to.
+                let (above, below) = (hi - total, total - lo);
+                assert!(
+                    (above < below) == (sign > 0.0),
+                    "{kinds:?}: {lo} {total} {hi}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn marked_chunks_may_fill_scratch_to_the_last_entry() {
+        // Nearly every chunk holds head candidates, so the chunk list at
+        // the back of scratch and the head collected at the front come
+        // close when scratch holds exactly 17 entries per listed chunk;
+        // with fewer the head is collected by a second scan instead, and
+        // with as few as the vocabulary the list would be overwritten
+        // before it is read. Overrides penalise the top token, pull a token into the head
+        // from a chunk that would not be listed, and ban one and push
+        // another out of the head in the tail chunk.
+        let chunks = 63;
+        let v = chunks * CHUNK + 12;
+        let mut s = 41u64;
+        let mut logits: Vec<f32> = (0..v)
+            .map(|i| {
+                let x = lcg(&mut s) * 0.75 - 3.0;
+                if [59, 61, 62].contains(&(i / CHUNK)) {
+                    x - 10.0
+                } else {
+                    x
+                }
+            })
+            .collect();
+        logits[100] = 0.5;
+        // Every listed chunk but the one pulled in and the tail is full,
+        // so the head grows as fast as it can towards the list.
+        let bias = [
+            (59 * CHUNK as u32 + 3, 12.0),
+            (v as u32 - 3, f32::NEG_INFINITY),
+            (v as u32 - 5, -9.0),
+        ];
+        let c = Config {
+            repeat_penalty: 1.4,
+            ..Config::default()
+        };
+        let mut ov = Overrides::new();
+        ov.build(&logits, &[100, v as u32 - 1], &bias, &c).unwrap();
+        let all = reference(&logits, &ov);
+        let scale = Scale::new(all[0].logit);
+        let cut = -7.0;
+        let head: Vec<Candidate> = all
+            .iter()
+            .copied()
+            .filter(|c| scale.d(c.logit) >= cut)
+            .collect();
+        let mut listed: Vec<u32> = head.iter().map(|c| c.id / CHUNK as u32).collect();
+        listed.sort_unstable();
+        listed.dedup();
+        let marked = listed.len();
+        assert_eq!(marked, 62, "chunks {listed:?}");
+        assert_eq!(head.len(), 60 * CHUNK + 1 + 10, "head");
+
+        let total: u64 = all.iter().map(|c| scale.weight(c.logit)).sum();
+        let stale = Candidate { id: 9, logit: 1e30 };
+        for len in [v, 17 * marked - 1, 17 * marked, 17 * marked + 1, 40 * v] {
+            let mut scratch = vec![stale; len];
+            let (got_total, n) = mass_and_head(&logits, &ov, &scale, cut, len, &mut scratch);
+            assert_eq!(got_total, total, "len {len}");
+            let n = n.unwrap();
+            assert_eq!(sorted(scratch[..n].to_vec()), head, "len {len}");
+
+            let mut scratch = vec![stale; len];
+            let (lo, hi, n) = bounded_mass_and_head(&logits, &ov, &scale, cut, len, &mut scratch);
+            assert!(lo <= total && total <= hi, "len {len}");
+            let n = n.unwrap();
+            assert_eq!(sorted(scratch[..n].to_vec()), head, "len {len}");
+
+            // The list itself, read with a limit at the head's size and one below.
+            let mut scratch = vec![stale; len];
+            let mut small = ExactSmall::default();
+            let (_, listed) = mass_pass(&logits, &ov, &scale, cut, &mut scratch, &mut small);
+            assert_eq!(listed, marked, "len {len}");
+            if listed * (CHUNK + 1) <= len {
+                let mut again = scratch.clone();
+                let n = collect_marked(&logits, &ov, &scale, cut, head.len(), &mut again, listed);
+                assert_eq!(n.map(|n| sorted(again[..n].to_vec())), Some(head.clone()));
+                let limit = head.len() - 1;
+                let n = collect_marked(&logits, &ov, &scale, cut, limit, &mut scratch, listed);
+                assert_eq!(n, None, "len {len}");
+            }
+        }
+    }
 }
