@@ -640,7 +640,7 @@ fn entropy(s: &[Candidate], scale: &Scale, total: u64, ln_total: f64) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     extern crate std;
@@ -649,7 +649,7 @@ mod tests {
 
     std::thread_local! {
         /// Calls of `top_p_from_head` on this thread that needed the exact total.
-        pub(super) static EXACT_RETRIES: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+        pub(crate) static EXACT_RETRIES: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
     }
 
     #[test]
@@ -695,6 +695,135 @@ mod tests {
         assert!(
             decided > 40 && retried > 3,
             "{decided} decided, {retried} retried"
+        );
+    }
+
+    /// The next float above `x`, for `x` in `(0, 1)`.
+    fn up(x: f32) -> f32 {
+        f32::from_bits(x.to_bits() + 1)
+    }
+
+    #[test]
+    fn top_p_from_the_head_keeps_the_exact_cut_for_every_p_across_the_bounds() {
+        // A head of about a thousand tokens above a tail of some 59,000
+        // tiny weights, so the bounds on the total are tens of thousands
+        // of units apart. For several nucleus positions, p walks one float at
+        // a time across every value whose targets of the two bounds
+        // straddle a prefix mass, so the targets of `lo`, of the exact
+        // total and of `hi` each cross it in turn. Penalties touch the top
+        // token, the head and the tail chunk; biases raise a head token
+        // and a tail-chunk token and ban another head token; the
+        // temperature is not 1.
+        let v = 60_005;
+        let t = 0.7f32;
+        let mut state = 29u64;
+        let mut unit = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let mut logits: Vec<f32> = (0..v)
+            .map(|i| {
+                let d = if i % 200 == 7 {
+                    -3.0 - 6.9 * unit()
+                } else {
+                    -10.0 - 11.0 * unit()
+                };
+                d * t
+            })
+            .collect();
+        logits[777] = 0.0;
+        let tail = (v - v % dense::CHUNK) as u32;
+        let recent = [7u32, 207, 777, tail, tail + 1, (v - 1) as u32];
+        let bias = [(407u32, 1.5f32), (tail, 9.0), (1007, f32::NEG_INFINITY)];
+        let config = Config {
+            repeat_penalty: 1.2,
+            presence_penalty: 0.1,
+            ..Config::default()
+        };
+        let mut ov = Overrides::new();
+        ov.build(&logits, &recent, &bias, &config).unwrap();
+
+        // The reference: every candidate in rank order and its prefix masses.
+        let mut all = vec![Candidate::default(); v];
+        let n = collect_all(&logits, &ov, &mut all);
+        all.truncate(n);
+        sort_by_rank(&mut all);
+        let scale = Scale::new(all[0].logit).with_temperature(t);
+        let mut rank = vec![usize::MAX; v];
+        let mut cum = Vec::with_capacity(n);
+        let mut sum = 0u64;
+        for (r, c) in all.iter().enumerate() {
+            rank[c.id as usize] = r;
+            sum += scale.weight(c.logit);
+            cum.push(sum);
+        }
+        let total = sum;
+        let mut scratch = vec![Candidate { id: 3, logit: 1e30 }; v];
+        let (lo, hi, head) = dense::bounded_mass_and_head(
+            &logits,
+            &ov,
+            &scale,
+            TOP_P_HEAD,
+            TOP_P_HEAD_LIMIT,
+            &mut scratch,
+        );
+        let head = head.unwrap();
+        assert!(lo <= total && total <= hi);
+        assert!(hi - lo > 20_000, "bounds {lo} {hi}: too tight to test");
+        // Spot-check the prefix masses against the stage itself.
+        let mut check = all.clone();
+        assert_eq!(
+            topp::apply(&mut check, 0.9, &scale),
+            cum.partition_point(|&c| c < topp::target(0.9, total)) + 1
+        );
+
+        // Prefix masses around several nucleus positions, and around the
+        // end of the head, where the cut moves past what was collected.
+        let mut edges = Vec::new();
+        for level in [0.35f64, 0.6, 0.8, 0.9] {
+            let j = cum.partition_point(|&c| (c as f64) < level * total as f64);
+            edges.extend_from_slice(&cum[j - 1..j + 2]);
+        }
+        edges.extend_from_slice(&cum[head - 2..head + 1]);
+
+        let (mut tried, mut decided_apart, mut retried) = (0, 0, 0);
+        for edge in edges {
+            // From well below the edge for `hi` to well above it for `lo`:
+            // the width of the bounds on either side.
+            let margin = (hi - lo) as f64;
+            let from = (edge as f64 - margin) / hi as f64 + topp::TOP_P_TOLERANCE;
+            let to = (edge as f64 + margin) / lo as f64 + topp::TOP_P_TOLERANCE;
+            let mut p = from as f32;
+            while f64::from(p) <= to {
+                let need = topp::target(p, total);
+                let want = cum.partition_point(|&c| c < need) + 1;
+                let retries = EXACT_RETRIES.with(|c| c.get());
+                let got = top_p_from_head(&logits, &ov, &scale, p, &mut scratch);
+                // Past the head nothing is decided, and the caller selects
+                // among every token of nonzero weight.
+                let want = Some(want).filter(|&w| w <= head);
+                assert_eq!(got, want, "p {p} ({:#x}) edge {edge}", p.to_bits());
+                let want = want.unwrap_or(0);
+                assert!(
+                    scratch[..want].iter().all(|c| rank[c.id as usize] < want),
+                    "p {p}: not the top {want}"
+                );
+                if EXACT_RETRIES.with(|c| c.get()) > retries {
+                    retried += 1;
+                } else if got.is_some() && topp::target(p, lo) < topp::target(p, hi) {
+                    decided_apart += 1;
+                }
+                tried += 1;
+                p = up(p);
+            }
+        }
+        // Both ways of deciding ran many times, and the bounds alone
+        // decided many cuts while their targets were apart.
+        assert!(
+            retried > 200 && decided_apart > 200,
+            "{tried} tried: {retried} retried, {decided_apart} decided with bounds apart"
         );
     }
 }
