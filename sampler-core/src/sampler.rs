@@ -878,16 +878,28 @@ mod tests {
         }
     }
 
-    fn outcome(
+    /// The choice, the alternatives, the entropy and the survivor counts.
+    type Observed = (Result<Choice, Error>, Vec<Alternative>, f32, Survivors);
+
+    /// [`Observed`] with every float as its bits.
+    type ObservedBits = (Result<(u32, u32), Error>, Vec<(u32, u32)>, u32, Survivors);
+
+    fn outcome(input: Input<'_>, config: Config, u: f64, alts: usize, path: Path) -> Observed {
+        outcome_in(input, config, u, alts, input.logits.len() + 3, path)
+    }
+
+    /// [`outcome`] with a scratch buffer of `len` elements.
+    fn outcome_in(
         input: Input<'_>,
         config: Config,
         u: f64,
         alts: usize,
+        len: usize,
         path: Path,
-    ) -> (Result<Choice, Error>, Vec<Alternative>, f32, Survivors) {
+    ) -> Observed {
         // Leftovers of an earlier call must never leak into a result.
         let stale = Candidate { id: 1, logit: 1e30 };
-        let mut scratch = vec![stale; input.logits.len() + 3];
+        let mut scratch = vec![stale; len];
         let mut buf = vec![Alternative::default(); if alts == usize::MAX { 0 } else { alts }];
         let mut report = Report::new(&mut buf);
         let mut s = Sampler::new(config, 0, &mut scratch).unwrap();
@@ -899,6 +911,13 @@ mod tests {
         let r = s.sample_with_unit(input, u, with, path);
         let (n, e, sv) = (report.n_alternatives, report.entropy, report.survivors);
         (r, buf[..n].to_vec(), e, sv)
+    }
+
+    /// The result of [`outcome`] as bits, so that equality is bit for bit.
+    fn bits(o: &Observed) -> ObservedBits {
+        let choice = o.0.map(|c| (c.id, c.logprob.to_bits()));
+        let alts = o.1.iter().map(|a| (a.id, a.logprob.to_bits())).collect();
+        (choice, alts, o.2.to_bits(), o.3)
     }
 
     #[test]
@@ -927,12 +946,6 @@ mod tests {
             let alts = g.pick(&[0, 1, 5, 64, usize::MAX]);
             let fast = outcome(input, config, u, alts, Path::Fast);
             let slow = outcome(input, config, u, alts, Path::Reference);
-            let bits = |o: &(Result<Choice, Error>, Vec<Alternative>, f32, Survivors)| {
-                let choice = o.0.map(|c| (c.id, c.logprob.to_bits()));
-                let alts: Vec<(u32, u32)> =
-                    o.1.iter().map(|a| (a.id, a.logprob.to_bits())).collect();
-                (choice, alts, o.2.to_bits(), o.3)
-            };
             assert_eq!(
                 bits(&fast),
                 bits(&slow),
@@ -945,6 +958,177 @@ mod tests {
                 bits(&fast).0,
                 "case {case}: the report changed the choice"
             );
+        }
+    }
+
+    /// Logits for top-p over every candidate: a top token at `base` and the
+    /// rest in one of several shapes of scaled difference, times `t`, with
+    /// NaN, infinities, zeros of both signs, subnormals and extremes strewn
+    /// over some of them.
+    fn top_p_logits(g: &mut Gen, v: usize, t: f32) -> Vec<f32> {
+        let shape = g.below(10);
+        let base = g.pick(&[0.0f32, 0.0, 17.5, -30.0, 1000.0, -1.0e6, 3.0e38]);
+        let mut out: Vec<f32> = (0..v)
+            .map(|_| {
+                let u = g.unit();
+                let d = match shape {
+                    // A light head over a heavy tail of tiny weights.
+                    0 | 1 if g.below(50) == 0 => -5.0 - 5.0 * u,
+                    0 | 1 => -10.0 - 12.0 * u,
+                    // Flat: everything within the head.
+                    2 => -10.0 * u,
+                    3 => -30.0 * u * u,
+                    // On either side of the small-weight cut, and of the head's.
+                    4 => -4.86 + (g.below(5) as f32 - 2.0) * 1e-6,
+                    5 => -10.0 + (g.below(5) as f32 - 2.0) * 1e-6,
+                    // Ties in whole nats.
+                    6 => (u * -12.0).round(),
+                    // Around the cut below which weights round to 0.
+                    7 => -22.0 + u,
+                    // Many small weights inside the head.
+                    8 => -8.0 - 1.5 * u,
+                    _ => -100.0 * u,
+                };
+                base + d * t
+            })
+            .collect();
+        let top = g.below(v);
+        out[top] = base;
+        if g.below(3) == 0 {
+            for _ in 0..1 + v / 40 {
+                let i = g.below(v);
+                out[i] = g.pick(&[
+                    f32::NAN,
+                    f32::NEG_INFINITY,
+                    f32::INFINITY,
+                    -0.0,
+                    0.0,
+                    1e-45,
+                    -1e-45,
+                    1e-39,
+                    f32::MAX,
+                    -f32::MAX,
+                ]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn fast_path_matches_reference_for_top_p_over_every_candidate() {
+        // Top-p sees every candidate (top-k off or at least the vocabulary,
+        // or absent), so it goes through the bounded pass over the dense
+        // logits; scratch buffers run from the vocabulary's length to far
+        // past it, and penalties and biases name ids in head chunks and in
+        // the tail chunk.
+        use Stage::*;
+        let orders = [
+            Order::TALKBACK,
+            Order::LLAMA_CPP,
+            Order::new(&[TopP, Temperature]).unwrap(),
+            Order::new(&[Temperature, TopP, MinP]).unwrap(),
+        ];
+        let retries = chain::tests::EXACT_RETRIES.with(|c| c.get());
+        let mut g = Gen(77);
+        for case in 0..2500 {
+            let v = g.pick(&[
+                1, 2, 15, 16, 17, 31, 33, 255, 256, 1000, 1007, 4096, 4097, 16_383, 16_385, 20_000,
+                49_152, 65_543,
+            ]);
+            let v = if case % 500 == 499 { 300_007 } else { v };
+            let t = g.pick(&[
+                1.0f32,
+                1.0,
+                0.8,
+                1.5,
+                0.01,
+                1e-30,
+                f32::MIN_POSITIVE,
+                100.0,
+                1e30,
+                f32::MAX,
+            ]);
+            // Extreme temperatures take the logits as they are.
+            let logits = top_p_logits(&mut g, v, if (1e-6..1e6).contains(&t) { t } else { 1.0 });
+            let r = g.unit();
+            let config = Config {
+                temperature: t,
+                top_k: g.pick(&[0, 0, 0, v as u32, v as u32 + 5]),
+                top_p: g.pick(&[
+                    0.0,
+                    1e-45,
+                    1e-7,
+                    1e-5,
+                    0.1,
+                    0.5,
+                    0.9,
+                    0.95,
+                    0.99,
+                    0.999,
+                    0.99999,
+                    0.999_999_94,
+                    1.0,
+                    r,
+                    r,
+                    r,
+                ]),
+                min_p: g.pick(&[0.0, 0.0, 0.05, 1e-12]),
+                repeat_penalty: g.pick(&[1.0, 1.0, 1.3]),
+                presence_penalty: g.pick(&[0.0, 0.5]),
+                frequency_penalty: 0.0,
+                order: g.pick(&orders),
+            };
+            // Ids in the first chunk, the tail chunk and anywhere.
+            let tail = (v - v % 16).min(v - 1) as u32;
+            let mut ids = vec![0u32, (v - 1) as u32, tail];
+            ids.extend((0..5).map(|_| g.below(v) as u32));
+            let recent: Vec<u32> = (0..g.below(6)).map(|_| g.pick(&ids)).collect();
+            let bias: Vec<(u32, f32)> = (0..g.below(4))
+                .map(|_| {
+                    let value = g.pick(&[-1.0, 2.0, 30.0, -0.0, 1e-40, f32::NEG_INFINITY]);
+                    (g.pick(&ids), value)
+                })
+                .collect();
+            let input = Input {
+                logits: &logits,
+                recent: &recent,
+                bias: &bias,
+            };
+            let r = f64::from(g.unit());
+            let u = g.pick(&[0.0, BELOW_ONE, 0.5, r]);
+            let alts = g.pick(&[0, 3, 64, usize::MAX]);
+            let len = v + g.pick(&[0, 1, 3, 16, 17, v, 20 * v]);
+            let fast = outcome_in(input, config, u, alts, len, Path::Fast);
+            let slow = outcome_in(input, config, u, alts, len, Path::Reference);
+            assert_eq!(
+                bits(&fast),
+                bits(&slow),
+                "case {case}: v {v} len {len} {config:?} u {u} alts {alts} recent {recent:?} \
+                 bias {bias:?}"
+            );
+        }
+        // Some cuts were left open by the bounds and settled exactly.
+        let retried = chain::tests::EXACT_RETRIES.with(|c| c.get()) - retries;
+        assert!(retried > 0, "no exact retry");
+
+        // Heads of one token under, at and over the most collected.
+        for head in [16_383, 16_384, 16_385] {
+            let v = head + 40;
+            let logits: Vec<f32> = (0..v)
+                .map(|i| if i < head { -9.9 * g.unit() } else { -15.0 })
+                .collect();
+            for top_p in [0.5, 0.999] {
+                let config = Config {
+                    top_k: 0,
+                    top_p,
+                    min_p: 0.0,
+                    ..Config::default()
+                };
+                let input = Input::new(&logits);
+                let fast = outcome_in(input, config, 0.7, 5, v, Path::Fast);
+                let slow = outcome_in(input, config, 0.7, 5, v, Path::Reference);
+                assert_eq!(bits(&fast), bits(&slow), "head {head} p {top_p}");
+            }
         }
     }
 }
