@@ -92,8 +92,9 @@
 //!   exponential per token) and then draws among the tokens within 10 nats
 //!   of the top, where real language-model logits put nearly all the mass.
 //!   Top-p with top-k off makes the same pass with a cheaper polynomial
-//!   that only bounds the total weight, within a few millionths, and finds
-//!   its cut among those tokens; the cut is exact whenever it is the same
+//!   that only bounds the total weight (to within a few millionths of the
+//!   weights below 2^23 plus half a unit for each of them), and finds its
+//!   cut among those tokens; the cut is exact whenever it is the same
 //!   for every total within the bounds, and an exact pass settles the
 //!   other cases.
 //!
