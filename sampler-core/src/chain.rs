@@ -473,6 +473,43 @@ fn top_p_from_head(
     weighted_select(head.get_mut(..within)?, need - 1, scale).map(|j| j + 1)
 }
 
+/// Deeper cuts at which top-p looks for its cut when the head above
+/// [`TOP_P_HEAD`] falls short of `p`: at temperature 1.5 and `p = 0.99`,
+/// SmolLM2's nucleus ends between -10 and -13.3 on most steps of a story.
+const TOP_P_DEEPER: [f32; 2] = [-13.0, -16.0];
+
+/// Most tokens collected above a cut of [`TOP_P_DEEPER`]: past that,
+/// selecting among them costs about as much as among all.
+const TOP_P_DEEPER_LIMIT: usize = 32_768;
+
+/// Top-p over every candidate when the head above [`TOP_P_HEAD`] was too
+/// light or too long: the exact total weight in one pass, then the tokens
+/// above each cut of [`TOP_P_DEEPER`] in turn until their mass reaches the
+/// target, and the cut among them. Each set is a rank prefix, so this is
+/// the cut over all candidates. `None` when no such set is found (or the
+/// top logit is +inf), and every candidate of nonzero weight must be
+/// looked at.
+fn top_p_from_deeper_head(
+    logits: &[f32],
+    ov: &Overrides,
+    scale: &Scale,
+    p: f32,
+    scratch: &mut [Candidate],
+) -> Option<usize> {
+    if scale.inf {
+        return None;
+    }
+    let need = topp::target(p, dense::total_weight(logits, ov, scale));
+    for cut in TOP_P_DEEPER {
+        let n = dense::at_most(logits, ov, scale, cut, TOP_P_DEEPER_LIMIT, scratch)?;
+        let head = scratch.get_mut(..n)?;
+        if mass(head, scale) >= need {
+            return weighted_select(head, need - 1, scale).map(|j| j + 1);
+        }
+    }
+    None
+}
+
 /// The head of an untruncated final distribution and its exact total weight.
 ///
 /// `None` when the top logit is +inf or the head is too long.
@@ -520,6 +557,9 @@ fn all_stage(
                 ..Scale::new(m)
             };
             if let Some(len) = top_p_from_head(logits, ov, &scale, config.top_p, scratch) {
+                return Ok((Live::Held(len), inv_t));
+            }
+            if let Some(len) = top_p_from_deeper_head(logits, ov, &scale, config.top_p, scratch) {
                 return Ok((Live::Held(len), inv_t));
             }
             // The token where the mass crosses p has nonzero weight, and so
@@ -827,5 +867,72 @@ pub(crate) mod tests {
             retried * step > 2_000 && decided_apart * step > 4_000,
             "{tried} tried: {retried} retried, {decided_apart} decided with bounds apart"
         );
+    }
+
+    #[test]
+    fn deeper_heads_keep_the_cut_over_all_candidates() {
+        // One top token over a band of small weights. Unless p is small,
+        // the head above -10 holds the top token alone, too light for p,
+        // and the cut is found above -13 or above -16; with the band below
+        // -16 neither holds it and `None` hands the call to the scan of
+        // every candidate.
+        let mut state = 5u64;
+        let mut unit = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        };
+        // Band top, band width, tokens in it, p, and whether the head
+        // above -10 and the deeper search each decide it.
+        let bands = [
+            (-10.5f32, 2.0f32, 15_000usize, 0.95f32, false, true),
+            (-10.5, 2.0, 15_000, 0.5, true, true),
+            (-13.5, 2.0, 30_000, 0.99, false, true),
+            (-17.0, 3.0, 30_000, 0.999_9, false, false),
+        ];
+        let ids = |s: &[Candidate]| {
+            let mut ids: Vec<u32> = s.iter().map(|c| c.id).collect();
+            ids.sort_unstable();
+            ids
+        };
+        let mut deepest = f32::INFINITY;
+        for (case, &(top, width, n, p, by_head, by_deeper)) in bands.iter().enumerate() {
+            let t = 1.0 + 0.25 * case as f32;
+            let mut logits: Vec<f32> = (0..n).map(|_| (top - width * unit()) * t).collect();
+            logits.insert(n / 3, 0.0);
+            let v = logits.len();
+            let bias = [(7u32, -0.5f32), ((v - 1) as u32, 0.25)];
+            let config = Config {
+                presence_penalty: 0.5,
+                ..Config::default()
+            };
+            let mut ov = Overrides::new();
+            ov.build(&logits, &[3, 9, (n / 3) as u32], &bias, &config)
+                .unwrap();
+            let scale = Scale::new(0.0).with_temperature(t);
+
+            let mut all = vec![Candidate::default(); v];
+            let m = collect_all(&logits, &ov, &mut all);
+            let keep = topp::apply(&mut all[..m], p, &scale);
+            let want = ids(&all[..keep]);
+
+            let mut scratch = vec![Candidate::default(); v];
+            let head = top_p_from_head(&logits, &ov, &scale, p, &mut scratch);
+            assert_eq!(head.is_some(), by_head, "case {case}");
+            if let Some(len) = head {
+                assert_eq!(ids(&scratch[..len]), want, "case {case}");
+            }
+            let deeper = top_p_from_deeper_head(&logits, &ov, &scale, p, &mut scratch);
+            assert_eq!(deeper.is_some(), by_deeper, "case {case}");
+            if let Some(len) = deeper {
+                assert_eq!(ids(&scratch[..len]), want, "case {case}");
+                for c in &all[..keep] {
+                    deepest = deepest.min(scale.d(c.logit));
+                }
+            }
+        }
+        // The nucleus of the third band reaches below the first deeper cut.
+        assert!(deepest < TOP_P_DEEPER[0], "{deepest}");
     }
 }
