@@ -684,12 +684,24 @@ pub(crate) mod tests {
     use super::*;
 
     extern crate std;
+    use core::cell::Cell;
     use std::vec;
     use std::vec::Vec;
 
     std::thread_local! {
         /// Calls of `top_p_from_head` on this thread that needed the exact total.
-        pub(crate) static EXACT_RETRIES: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+        pub(crate) static EXACT_RETRIES: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// Uniform floats in `[0, 1)` from a fixed-seed linear congruential generator.
+    fn units(seed: u64) -> impl FnMut() -> f32 {
+        let mut state = seed;
+        move || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        }
     }
 
     #[test]
@@ -698,13 +710,7 @@ pub(crate) mod tests {
         // head: the nucleus ends among tokens each about 5e-5 of the total,
         // close to the spread of the bounds, so some calls are decided by
         // the bounds and some need the exact total.
-        let mut state = 11u64;
-        let mut unit = || {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (state >> 40) as f32 / (1u64 << 24) as f32
-        };
+        let mut unit = units(11);
         let mut decided = 0;
         for case in 0..80usize {
             let v = 9_000 + case * 37;
@@ -756,13 +762,7 @@ pub(crate) mod tests {
         // temperature is not 1.
         let v = 60_005;
         let t = 0.7f32;
-        let mut state = 29u64;
-        let mut unit = || {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (state >> 40) as f32 / (1u64 << 24) as f32
-        };
+        let mut unit = units(29);
         let mut logits: Vec<f32> = (0..v)
             .map(|i| {
                 let d = if i % 200 == 7 {
@@ -876,13 +876,7 @@ pub(crate) mod tests {
         // and the cut is found above -13 or above -16; with the band below
         // -16 neither holds it and `None` hands the call to the scan of
         // every candidate.
-        let mut state = 5u64;
-        let mut unit = || {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (state >> 40) as f32 / (1u64 << 24) as f32
-        };
+        let mut unit = units(5);
         // Band top, band width, tokens in it, p, and whether the head
         // above -10 and the deeper search each decide it.
         let bands = [
