@@ -502,9 +502,9 @@ fn top_p_from_deeper_head(
     let need = topp::target(p, dense::total_weight(logits, ov, scale));
     for cut in TOP_P_DEEPER {
         let n = dense::at_most(logits, ov, scale, cut, TOP_P_DEEPER_LIMIT, scratch)?;
-        let head = scratch.get_mut(..n)?;
-        if mass(head, scale) >= need {
-            return weighted_select(head, need - 1, scale).map(|j| j + 1);
+        // No token reaches need - 1 when the set is too light for it.
+        if let Some(j) = weighted_select(scratch.get_mut(..n)?, need - 1, scale) {
+            return Some(j + 1);
         }
     }
     None
