@@ -16,7 +16,8 @@ use crate::chain::ZERO_WEIGHT_CUT;
 use crate::penalty::{Override, Overrides};
 use crate::select::{keep_top, rank_cmp, rank_key};
 use crate::softmax::{
-    small_weight_approx, small_weight_bits, weight_f64, Scale, APPROX_ERROR, SMALL_CUT, TWO_23_BITS,
+    small_weight_approx, small_weight_bits, weight_f64, Scale, APPROX_ERROR, LOW_CUT,
+    LOW_WEIGHT_MAX, SMALL_CUT, TWO_23_BITS,
 };
 use crate::Candidate;
 
@@ -1053,9 +1054,17 @@ const SMALL_RUN: u32 = 255;
 
 /// How [`mass_pass`] sums the chunks whose weights are all below 2^23.
 trait SmallSum {
+    /// Chunks whose largest scaled difference is below this go to
+    /// [`SmallSum::skip`] instead of [`SmallSum::add`].
+    const FLOOR: f32;
+
     /// Adds the weights of one chunk of scaled differences, each at most
     /// [`SMALL_CUT`], -inf or NaN.
     fn add(&mut self, d: &[f32; CHUNK]);
+
+    /// Takes note of a chunk whose largest scaled difference, `top`, is
+    /// below [`SmallSum::FLOOR`].
+    fn skip(&mut self, top: f32);
 }
 
 /// The exact sum: [`small_weight_bits`] in 32-bit integer lanes.
@@ -1084,6 +1093,12 @@ impl ExactSmall {
 }
 
 impl SmallSum for ExactSmall {
+    const FLOOR: f32 = ZERO_WEIGHT_CUT;
+
+    /// Such a chunk weighs nothing.
+    #[inline(always)]
+    fn skip(&mut self, _top: f32) {}
+
     #[inline(always)]
     fn add(&mut self, d: &[f32; CHUNK]) {
         for (s, &di) in self.lanes.iter_mut().zip(d) {
@@ -1108,13 +1123,15 @@ const SUM_ERROR: f64 = 1.0 / 1_048_576.0;
 
 /// Bounds on the sum: [`small_weight_approx`] in f32 lanes, with the count
 /// of weights summed, so that the true sum of the weights can be bounded
-/// ([`ApproxSmall::bounds`]).
+/// ([`ApproxSmall::bounds`]). Chunks below [`LOW_CUT`] are only counted:
+/// each weighs between 0 and `CHUNK * LOW_WEIGHT_MAX`.
 #[derive(Default)]
 struct ApproxSmall {
     lanes: [f32; CHUNK],
     runs: u32,
     sum: f64,
     weights: u64,
+    low_chunks: u64,
 }
 
 impl ApproxSmall {
@@ -1136,12 +1153,22 @@ impl ApproxSmall {
         let halves = self.weights as f64 * 0.5 + 1.0;
         let lo = libm::floor(self.sum * (1.0 - spread) - halves);
         let hi = libm::ceil(self.sum * (1.0 + spread) + halves);
-        // In range: the sum is below 2^62 for any vocabulary of u32 ids.
-        (if lo > 0.0 { lo as u64 } else { 0 }, hi as u64)
+        // In range: the sum is below 2^62 for any vocabulary of u32 ids,
+        // and so is the weight of the low chunks, under 2^7 per chunk.
+        let low = self.low_chunks * (CHUNK as u64 * u64::from(LOW_WEIGHT_MAX));
+        (if lo > 0.0 { lo as u64 } else { 0 }, hi as u64 + low)
     }
 }
 
 impl SmallSum for ApproxSmall {
+    const FLOOR: f32 = LOW_CUT;
+
+    /// Counted without a branch when it may weigh something.
+    #[inline(always)]
+    fn skip(&mut self, top: f32) {
+        self.low_chunks += u64::from(top >= ZERO_WEIGHT_CUT);
+    }
+
     #[inline(always)]
     fn add(&mut self, d: &[f32; CHUNK]) {
         for (s, &di) in self.lanes.iter_mut().zip(d) {
@@ -1164,13 +1191,13 @@ impl SmallSum for ApproxSmall {
 /// holds a head candidate (`d >= cut`); the starts of those chunks are
 /// listed at the back of `scratch`, entry `i` at `len - 1 - i`.
 #[inline(always)]
-fn mass_pass(
+fn mass_pass<S: SmallSum>(
     logits: &[f32],
     ov: &Overrides,
     scale: &Scale,
     cut: f32,
     scratch: &mut [Candidate],
-    small: &mut impl SmallSum,
+    small: &mut S,
 ) -> (u64, usize) {
     let (m, inv_t) = (scale.m, scale.inv_t);
     let back = scratch.len();
@@ -1203,8 +1230,10 @@ fn mass_pass(
                             *a += weight_f64(di);
                         }
                     }
-                } else if top >= ZERO_WEIGHT_CUT {
+                } else if top >= S::FLOOR {
                     small.add(&d);
+                } else {
+                    small.skip(top);
                 }
             }
             // Each lane is an exact non-negative integer below 2^53.
@@ -1279,8 +1308,10 @@ pub(crate) fn total_weight(logits: &[f32], ov: &Overrides, scale: &Scale) -> u64
 /// Like [`mass_and_head`], but with bounds `(lo, hi)` on the total weight
 /// instead of the total: the weights below 2^23 are summed with
 /// [`small_weight_approx`], which is cheaper, and the error of that sum is
-/// bounded. `hi - lo` is a few millionths of the total weight of those
-/// small weights, plus half a unit per weight.
+/// bounded; chunks below [`LOW_CUT`] are not summed at all, only counted.
+/// `hi - lo` is a few millionths of the total weight of the small weights,
+/// plus half a unit per weight summed and `CHUNK * LOW_WEIGHT_MAX` per
+/// chunk counted.
 pub(crate) fn bounded_mass_and_head(
     logits: &[f32],
     ov: &Overrides,
@@ -1748,7 +1779,8 @@ mod tests {
         for sign in [1.0f64, -1.0] {
             let large = leaning(-4.87, -5.0, sign);
             let mid = leaning(-15.9, -16.0, sign);
-            let tiny = leaning(-21.4, -21.5, sign);
+            // Just above the low cut: below it nothing is approximated.
+            let tiny = leaning(LOW_CUT + 0.1, LOW_CUT, sign);
             for kinds in [[large; 3], [tiny; 3], [large, mid, tiny]] {
                 let mut logits: Vec<f32> = (0..v).map(|i| kinds[i / CHUNK % 3]).collect();
                 logits[v / 2] = 0.0;
@@ -1769,6 +1801,46 @@ mod tests {
                     (above < below) == (sign > 0.0),
                     "{kinds:?}: {lo} {total} {hi}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_below_the_low_cut_are_bounded_from_both_sides() {
+        // Every chunk below the low cut, at the most and at the least its
+        // weights can be: the upper bound is reached in the first case, the
+        // lower in the second, whatever the rest weighs.
+        let v = 40_000 * CHUNK + 5;
+        let most = f32::from_bits(LOW_CUT.to_bits() + 1);
+        let least = f32::from_bits(ZERO_WEIGHT_CUT.to_bits() - 1);
+        assert_eq!(crate::softmax::weight_of(most), LOW_WEIGHT_MAX);
+        assert_eq!(crate::softmax::weight_of(least), 0);
+        for (fill, at_hi) in [(most, true), (least, false)] {
+            for rest in [0.0f32, -2.0, -10.0] {
+                let mut logits = vec![fill; v];
+                logits[0] = 0.0;
+                // One chunk apart from the low ones, with a small weight.
+                for x in &mut logits[CHUNK * 7..CHUNK * 8] {
+                    *x = rest - 5.0;
+                }
+                logits[v - 1] = rest;
+                let ov = Overrides::new();
+                let scale = Scale::new(0.0);
+                let total: u64 = logits.iter().map(|&x| scale.weight(x)).sum();
+                let mut scratch = vec![Candidate::default(); v];
+                let (lo, hi, _) =
+                    bounded_mass_and_head(&logits, &ov, &scale, -1.0, 16, &mut scratch);
+                assert!(
+                    lo <= total && total <= hi,
+                    "{fill} {rest}: {lo} {total} {hi}"
+                );
+                let low_chunks = (v / CHUNK - 2) as u64;
+                let width = low_chunks * CHUNK as u64 * u64::from(LOW_WEIGHT_MAX);
+                // The other chunks err by their relative error at most.
+                let slack = (2.1 * (APPROX_ERROR + SUM_ERROR) * total as f64) as u64 + 64;
+                let near = if at_hi { hi - total } else { total - lo };
+                assert!(near <= slack, "{fill} {rest}: {lo} {total} {hi}");
+                assert!(hi - lo >= width && hi - lo <= width + slack, "{lo} {hi}");
             }
         }
     }

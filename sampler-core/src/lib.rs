@@ -93,7 +93,9 @@
 //!   of the top, where real language-model logits put nearly all the mass.
 //!   Top-p with top-k off makes the same pass with a cheaper polynomial
 //!   that only bounds the total weight (to within a few millionths of the
-//!   weights below 2^23 plus half a unit for each of them), and finds its
+//!   weights below 2^23 plus half a unit for each of them; chunks of
+//!   sixteen tokens all more than 18 nats under the top are only counted,
+//!   at up to 16 units of weight per token), and finds its
 //!   cut among those tokens; the cut is exact whenever it is the same
 //!   for every total within the bounds, and an exact pass settles the
 //!   other cases.
