@@ -125,27 +125,30 @@ pub(crate) fn partition(s: &mut [Candidate], keep: impl Fn(&Candidate) -> bool) 
     kept
 }
 
-/// Orders `s` as keys below `b`, equal to `b`, above `b`, in one pass.
+/// Orders `s` as keys below `b`, equal to `b`, then the rest.
 ///
-/// Returns how many keys are below `b` and how many equal it.
+/// Returns how many keys are below `b` and how many equal it. Two
+/// partitions without a branch on the key (every element is swapped, and
+/// only the count moves on the test): keys are in no order, so a branch on
+/// each would be mispredicted about as often as not.
 fn split3(s: &mut [Candidate], key: impl Fn(&Candidate) -> usize, b: usize) -> (usize, usize) {
-    let (mut below, mut at, mut above) = (0usize, 0usize, s.len());
-    while at < above {
-        let Some(k) = s.get(at).map(&key) else {
-            break;
-        };
-        if k < b {
-            s.swap(below, at);
-            below += 1;
-            at += 1;
-        } else if k > b {
-            above -= 1;
-            s.swap(at, above);
-        } else {
-            at += 1;
-        }
+    let at_most = sift(s, |c| key(c) <= b);
+    let below = sift(s.get_mut(..at_most).unwrap_or(&mut []), |c| key(c) < b);
+    (below, at_most - below)
+}
+
+/// Moves the elements that satisfy `keep` to the front; returns how many there are.
+///
+/// Like [`partition`], without a branch on `keep`.
+fn sift(s: &mut [Candidate], keep: impl Fn(&Candidate) -> bool) -> usize {
+    let mut kept = 0usize;
+    for i in 0..s.len() {
+        let k = s.get(i).is_some_and(&keep);
+        // Everything in kept..i fails `keep`, so the swap keeps that true.
+        s.swap(kept, i);
+        kept += usize::from(k);
     }
-    (below, above - below)
+    kept
 }
 
 /// Sum of the weights of `s`, exact.
@@ -173,6 +176,25 @@ const LARGE: usize = 2048;
 /// Histogram buckets per narrowing step.
 const BUCKETS: usize = 128;
 
+/// The bucket of logit `x` in [`narrow`]: `(top - x) * per` rounded to an
+/// integer and capped at the last bucket.
+///
+/// Monotone in the logit, which is all the buckets need: a higher logit
+/// never gets a later bucket. Rounding by adding 2^23 (to nearest, ties to
+/// even) is plain arithmetic, so batches of these vectorise; `x` from
+/// `low` to `top` gives at most `BUCKETS` plus a rounding error before the
+/// cap, and -inf lands in the last bucket.
+#[inline(always)]
+fn bucket_of(top: f32, per: f32, x: f32) -> usize {
+    let f = (top - x) * per;
+    let r = (f + TWO_23).to_bits().wrapping_sub(TWO_23.to_bits());
+    (r as usize).min(BUCKETS - 1)
+}
+
+/// `2^23`: adding it to a non-negative float below 2^23 rounds the float to
+/// an integer, which the low mantissa bits then hold.
+const TWO_23: f32 = 8_388_608.0;
+
 /// One narrowing step of [`weighted_select`] for long ranges.
 ///
 /// Splits the logit range of `s` into [`BUCKETS`] equal buckets, highest
@@ -188,23 +210,26 @@ fn narrow(
     target: u64,
     weight: &impl Weigh,
 ) -> Option<Option<(usize, usize, u64)>> {
-    let top = s.iter().fold(
-        f32::NEG_INFINITY,
-        |a, c| if c.logit > a { c.logit } else { a },
-    );
-    let low = s
+    let (top, low) = s
         .iter()
-        .fold(f32::INFINITY, |a, c| if c.logit < a { c.logit } else { a });
+        .fold((f32::NEG_INFINITY, f32::INFINITY), |(top, low), c| {
+            let x = c.logit;
+            (if x > top { x } else { top }, if x < low { x } else { low })
+        });
     let per = BUCKETS as f32 / (top - low);
     if !(per.is_finite() && per > 0.0) {
         return None;
     }
-    // Monotone in the logit: a higher logit never gets a later bucket.
-    let bucket = |x: f32| (((top - x) * per) as usize).min(BUCKETS - 1);
+    let bucket = |x: f32| bucket_of(top, per, x);
     let mut weights = [0u64; BUCKETS];
     in_eights(s, |x, group| {
-        for (&w, c) in weight.weigh8(x).iter().zip(group) {
-            if let Some(sum) = weights.get_mut(bucket(c.logit)) {
+        let mut at = [0usize; 8];
+        for (b, &x) in at.iter_mut().zip(x) {
+            *b = bucket(x);
+        }
+        // The padding after a short last group takes no part.
+        for (&w, &b) in weight.weigh8(x).iter().zip(&at).take(group.len()) {
+            if let Some(sum) = weights.get_mut(b) {
                 // Exact: a non-negative integer below 2^31.
                 *sum += w as u64;
             }
@@ -443,5 +468,60 @@ mod tests {
         let n = partition(&mut s, |c| c.logit > 0.0);
         assert_eq!(n, 3);
         assert!(s.iter().take(3).all(|c| c.logit > 0.0));
+    }
+
+    #[test]
+    fn split3_groups_keys_below_at_and_above_without_losing_any() {
+        for len in [0usize, 1, 2, 7, 100, 1001] {
+            let logits: Vec<f32> = (0..len).map(|i| ((i * 7919) % 13) as f32).collect();
+            for b in [0usize, 5, 12, 13] {
+                let mut s = cands(&logits);
+                let key = |c: &Candidate| c.logit as usize;
+                let (below, at) = split3(&mut s, key, b);
+                let count =
+                    |f: &dyn Fn(usize) -> bool| logits.iter().filter(|&&x| f(x as usize)).count();
+                assert_eq!(below, count(&|k| k < b), "len {len} b {b}");
+                assert_eq!(at, count(&|k| k == b), "len {len} b {b}");
+                assert!(s[..below].iter().all(|c| key(c) < b));
+                assert!(s[below..below + at].iter().all(|c| key(c) == b));
+                assert!(s[below + at..].iter().all(|c| key(c) > b));
+                let mut ids: Vec<u32> = s.iter().map(|c| c.id).collect();
+                ids.sort_unstable();
+                assert_eq!(ids, (0..len as u32).collect::<Vec<_>>());
+            }
+        }
+    }
+
+    #[test]
+    fn buckets_never_rise_with_the_logit_and_span_every_bucket() {
+        for (low, top) in [
+            (-30.0f32, 0.0f32),
+            (1.0e-3, 2.0e-3),
+            (-1.0e6, 1.0e6),
+            (7.0, 7.5),
+        ] {
+            let per = BUCKETS as f32 / (top - low);
+            let steps = 100_000;
+            let mut last = usize::MAX;
+            let mut seen = [false; BUCKETS];
+            for i in 0..=steps {
+                let x = low + (top - low) * (i as f32 / steps as f32);
+                let x = x.min(top);
+                let b = bucket_of(top, per, x);
+                assert!(
+                    b < BUCKETS && b <= last,
+                    "{low} {top}: {x} -> {b} after {last}"
+                );
+                seen[b] = true;
+                last = b;
+            }
+            assert_eq!(bucket_of(top, per, top), 0);
+            assert_eq!(bucket_of(top, per, low), BUCKETS - 1);
+            assert_eq!(bucket_of(top, per, f32::NEG_INFINITY), BUCKETS - 1);
+            assert!(
+                seen.iter().all(|&s| s),
+                "{low} {top}: a bucket is never used"
+            );
+        }
     }
 }
