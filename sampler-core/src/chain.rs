@@ -9,7 +9,9 @@
 
 use crate::config::Stage;
 use crate::penalty::Overrides;
-use crate::select::{keep_top, mass, sort_by_rank, weighted_select, weighted_select_above, Weigh};
+use crate::select::{
+    keep_top, mass, partition, sort_by_rank, weighted_select, weighted_select_above, Weigh,
+};
 use crate::softmax::{Scale, WEIGHT_ONE};
 use crate::{dense, draw, minp, temperature, topk, topp};
 use crate::{Alternative, Candidate, Choice, Config, Error, Input, Report, Survivors};
@@ -473,23 +475,14 @@ fn top_p_from_head(
     weighted_select(head.get_mut(..within)?, need - 1, scale).map(|j| j + 1)
 }
 
-/// Deeper cuts at which top-p looks for its cut when the head above
-/// [`TOP_P_HEAD`] falls short of `p`: at temperature 1.5 and `p = 0.99`,
-/// SmolLM2's nucleus ends between -10 and -13.3 on most steps of a story.
-const TOP_P_DEEPER: [f32; 2] = [-13.0, -16.0];
-
-/// Most tokens collected above a cut of [`TOP_P_DEEPER`]: past that,
-/// selecting among them costs about as much as among all.
-const TOP_P_DEEPER_LIMIT: usize = 32_768;
-
 /// Top-p over every candidate when the head above [`TOP_P_HEAD`] was too
-/// light or too long: the exact total weight in one pass, then the tokens
-/// above each cut of [`TOP_P_DEEPER`] in turn until their mass reaches the
-/// target, and the cut among them. Each set is a rank prefix, so this is
-/// the cut over all candidates. `None` when no such set is found (or the
-/// top logit is +inf), and every candidate of nonzero weight must be
-/// looked at.
-fn top_p_from_deeper_head(
+/// light or too long (hot temperatures, flat logits): one pass sums every
+/// weight exactly into bins of an eighth of a nat ([`dense::BINS`]), which
+/// names the bin where the cumulative weight reaches the target; the tokens
+/// of that bin and the ones before it are collected (a rank prefix), all of
+/// the earlier bins' tokens survive, and the cut is selected among the few
+/// tokens of that bin alone. `None` only when the top logit is +inf.
+fn top_p_from_total(
     logits: &[f32],
     ov: &Overrides,
     scale: &Scale,
@@ -499,15 +492,28 @@ fn top_p_from_deeper_head(
     if scale.inf {
         return None;
     }
-    let need = topp::target(p, dense::total_weight(logits, ov, scale));
-    for cut in TOP_P_DEEPER {
-        let n = dense::at_most(logits, ov, scale, cut, TOP_P_DEEPER_LIMIT, scratch)?;
-        // No token reaches need - 1 when the set is too light for it.
-        if let Some(j) = weighted_select(scratch.get_mut(..n)?, need - 1, scale) {
-            return Some(j + 1);
+    let mut hist = [0u64; dense::BINS];
+    let total = dense::weight_histogram(logits, ov, scale, &mut hist);
+    let need = topp::target(p, total);
+    // The first bin whose cumulative weight reaches `need`, and the weight
+    // of the bins before it, which falls short of it.
+    let mut before = 0u64;
+    let mut bin = 0usize;
+    for (b, &w) in hist.iter().enumerate() {
+        bin = b;
+        if before + w >= need {
+            break;
         }
+        before += w;
     }
-    None
+    let n = dense::at_least(logits, ov, scale, dense::bin_floor(bin), scratch);
+    let held = scratch.get_mut(..n)?;
+    let earlier = partition(held, |c| dense::bin_of(scale.d(c.logit)) < bin);
+    // The cut is the token of `bin` where the cumulative weight, the
+    // earlier bins' included, first exceeds need - 1.
+    let last = held.get_mut(earlier..)?;
+    let j = weighted_select(last, need - 1 - before, scale)?;
+    Some(earlier + j + 1)
 }
 
 /// The head of an untruncated final distribution and its exact total weight.
@@ -559,11 +565,11 @@ fn all_stage(
             if let Some(len) = top_p_from_head(logits, ov, &scale, config.top_p, scratch) {
                 return Ok((Live::Held(len), inv_t));
             }
-            if let Some(len) = top_p_from_deeper_head(logits, ov, &scale, config.top_p, scratch) {
+            if let Some(len) = top_p_from_total(logits, ov, &scale, config.top_p, scratch) {
                 return Ok((Live::Held(len), inv_t));
             }
-            // The token where the mass crosses p has nonzero weight, and so
-            // does everything ranked above it.
+            // The top logit is +inf: the tokens sharing it hold all the
+            // mass, and they have nonzero weight.
             let n = dense::at_least(logits, ov, &scale, ZERO_WEIGHT_CUT, scratch);
             let s = scratch.get_mut(..n).unwrap_or(&mut []);
             Ok((Live::Held(topp::apply(s, config.top_p, &scale)), inv_t))
@@ -870,28 +876,31 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn deeper_heads_keep_the_cut_over_all_candidates() {
-        // One top token over a band of small weights. Unless p is small,
+    fn binned_totals_keep_the_cut_over_all_candidates() {
+        // One top token over a band of small weights: unless p is small,
         // the head above -10 holds the top token alone, too light for p,
-        // and the cut is found above -13 or above -16; with the band below
-        // -16 neither holds it and `None` hands the call to the scan of
-        // every candidate.
+        // and the cut comes from the binned total. Bands narrow and wide,
+        // shallow and below -16, and longer than the head takes; then
+        // logits on the bin edges exactly, and many equal logits across
+        // the cut, where ties go by id.
         let mut unit = units(5);
         // Band top, band width, tokens in it, p, and whether the head
-        // above -10 and the deeper search each decide it.
+        // above -10 decides it.
         let bands = [
-            (-10.5f32, 2.0f32, 15_000usize, 0.95f32, false, true),
-            (-10.5, 2.0, 15_000, 0.5, true, true),
-            (-13.5, 2.0, 30_000, 0.99, false, true),
-            (-17.0, 3.0, 30_000, 0.999_9, false, false),
+            (-10.5f32, 2.0f32, 15_000usize, 0.95f32, false),
+            (-10.5, 2.0, 15_000, 0.5, true),
+            (-13.5, 2.0, 30_000, 0.99, false),
+            (-17.0, 3.0, 30_000, 0.999_9, false),
+            (-10.2, 2.5, 40_000, 0.9, false),
+            (-1.0, 6.0, 40_000, 0.7, false),
+            (-0.1, 0.0, 5_000, 0.37, true),
         ];
         let ids = |s: &[Candidate]| {
             let mut ids: Vec<u32> = s.iter().map(|c| c.id).collect();
             ids.sort_unstable();
             ids
         };
-        let mut deepest = f32::INFINITY;
-        for (case, &(top, width, n, p, by_head, by_deeper)) in bands.iter().enumerate() {
+        for (case, &(top, width, n, p, by_head)) in bands.iter().enumerate() {
             let t = 1.0 + 0.25 * case as f32;
             let mut logits: Vec<f32> = (0..n).map(|_| (top - width * unit()) * t).collect();
             logits.insert(n / 3, 0.0);
@@ -917,16 +926,69 @@ pub(crate) mod tests {
             if let Some(len) = head {
                 assert_eq!(ids(&scratch[..len]), want, "case {case}");
             }
-            let deeper = top_p_from_deeper_head(&logits, &ov, &scale, p, &mut scratch);
-            assert_eq!(deeper.is_some(), by_deeper, "case {case}");
-            if let Some(len) = deeper {
-                assert_eq!(ids(&scratch[..len]), want, "case {case}");
-                for c in &all[..keep] {
-                    deepest = deepest.min(scale.d(c.logit));
-                }
-            }
+            let len = top_p_from_total(&logits, &ov, &scale, p, &mut scratch).unwrap();
+            assert_eq!(ids(&scratch[..len]), want, "case {case}");
         }
-        // The nucleus of the third band reaches below the first deeper cut.
-        assert!(deepest < TOP_P_DEEPER[0], "{deepest}");
+        // Logits on the edges of the bins, an eighth of a nat apart, with
+        // every p from 0 to 0.99 in small steps (the stage never runs with
+        // p = 1).
+        let logits: Vec<f32> = (0..4000).map(|i| -((i % 97) as f32) / 8.0).collect();
+        let scale = Scale::new(0.0);
+        let ov = Overrides::new();
+        for step in 0..100 {
+            let p = step as f32 / 100.0;
+            let mut all = vec![Candidate::default(); logits.len()];
+            let m = collect_all(&logits, &ov, &mut all);
+            let keep = topp::apply(&mut all[..m], p, &scale);
+            let mut scratch = vec![Candidate::default(); logits.len()];
+            let len = top_p_from_total(&logits, &ov, &scale, p, &mut scratch).unwrap();
+            assert_eq!(ids(&scratch[..len]), ids(&all[..keep]), "p {p}");
+        }
+        // With the top logit +inf nothing is decided here.
+        let logits = [f32::INFINITY, 0.0, f32::INFINITY];
+        let mut scratch = [Candidate::default(); 3];
+        let scale = Scale::new(f32::INFINITY);
+        assert_eq!(
+            top_p_from_total(&logits, &Overrides::new(), &scale, 0.5, &mut scratch),
+            None
+        );
+    }
+
+    #[test]
+    fn binned_totals_match_the_reference_on_random_logits() {
+        let mut unit = units(77);
+        for case in 0..300 {
+            let v = 1 + (unit() * 3000.0) as usize;
+            let spread = 1.0 + unit() * 40.0;
+            let mut logits: Vec<f32> = (0..v).map(|_| (unit() - 1.0) * spread).collect();
+            // Some exact duplicates and some tokens that are no candidates.
+            for i in (0..v).step_by(7) {
+                logits[i] = logits[i / 2];
+            }
+            if case % 5 == 0 {
+                logits[v / 2] = f32::NAN;
+                logits[v - 1] = f32::NEG_INFINITY;
+            }
+            let t = 0.2 + unit() * 3.0;
+            let p = unit();
+            let ov = Overrides::new();
+            let mut all = vec![Candidate::default(); v];
+            let m = collect_all(&logits, &ov, &mut all);
+            if m == 0 {
+                continue;
+            }
+            let top = all[..m]
+                .iter()
+                .fold(f32::NEG_INFINITY, |a, c| a.max(c.logit));
+            let scale = Scale::new(top).with_temperature(t);
+            let keep = topp::apply(&mut all[..m], p, &scale);
+            let mut want: Vec<u32> = all[..keep].iter().map(|c| c.id).collect();
+            want.sort_unstable();
+            let mut scratch = vec![Candidate::default(); v];
+            let len = top_p_from_total(&logits, &ov, &scale, p, &mut scratch).unwrap();
+            let mut got: Vec<u32> = scratch[..len].iter().map(|c| c.id).collect();
+            got.sort_unstable();
+            assert_eq!(got, want, "case {case}: v {v} t {t} p {p}");
+        }
     }
 }

@@ -16,7 +16,7 @@ use crate::chain::ZERO_WEIGHT_CUT;
 use crate::penalty::{Override, Overrides};
 use crate::select::{keep_top, rank_cmp, rank_key};
 use crate::softmax::{
-    small_weight_approx, small_weight_bits, weight_f64, Scale, APPROX_ERROR, LOW_CUT,
+    small_weight_approx, small_weight_bits, weight_f64, weight_of, Scale, APPROX_ERROR, LOW_CUT,
     LOW_WEIGHT_MAX, SMALL_CUT, TWO_23_BITS,
 };
 use crate::Candidate;
@@ -1305,6 +1305,84 @@ pub(crate) fn total_weight(logits: &[f32], ov: &Overrides, scale: &Scale) -> u64
     big + small.total
 }
 
+/// Bins per nat of [`weight_histogram`].
+pub(crate) const BINS_PER_NAT: f32 = 8.0;
+
+/// Bins of [`weight_histogram`]: eight per nat down to
+/// [`ZERO_WEIGHT_CUT`], and a last one for everything below, which
+/// weighs nothing.
+pub(crate) const BINS: usize = 22 * 8 + 1;
+
+/// The bin of scaled difference `d` (at most 0): `floor(-d * BINS_PER_NAT)`,
+/// at most `BINS - 1`.
+///
+/// The product is exact (a power of two), so bin `b` holds exactly the
+/// differences in `(-(b + 1) / 8, -b / 8]`, and a higher difference never
+/// gets a later bin. The cast floors, sends +inf to the last bin and NaN to
+/// the first; NaN weighs nothing and is never a candidate.
+#[inline(always)]
+pub(crate) fn bin_of(d: f32) -> usize {
+    ((-d * BINS_PER_NAT) as u32 as usize).min(BINS - 1)
+}
+
+/// The least scaled difference in bins up to `b`: the float just above
+/// `-(b + 1) / 8`, so that `d >= bin_floor(b)` exactly when `bin_of(d) <= b`.
+pub(crate) fn bin_floor(b: usize) -> f32 {
+    let edge = -((b + 1) as f32) / BINS_PER_NAT;
+    // Negative and finite: the next float up has the next lower magnitude.
+    f32::from_bits(edge.to_bits() - 1)
+}
+
+/// The exact total weight of all candidates under `scale`, with the weight
+/// of each [`bin_of`] their scaled differences added up in `hist`.
+///
+/// The weights are those of [`Scale::weight`], in one pass: each chunk with
+/// a nonzero weight gets its sixteen weights exactly (the cheaper kernel
+/// when all are below 2^23) and adds each to its bin. The sums are exact
+/// integers, so the total is the sum of the bins. `scale` must not be the
+/// +inf kind.
+pub(crate) fn weight_histogram(
+    logits: &[f32],
+    ov: &Overrides,
+    scale: &Scale,
+    hist: &mut [u64; BINS],
+) -> u64 {
+    let (m, inv_t) = (scale.m, scale.inv_t);
+    for_each_run(logits, ov, |_, run| {
+        for chunk in run.chunks_exact(CHUNK) {
+            let mut d = [0.0f32; CHUNK];
+            for (di, &x) in d.iter_mut().zip(chunk) {
+                *di = (x - m) * inv_t;
+            }
+            // NaN never wins; a chunk under the zero cut weighs nothing.
+            let top = block_max(&d);
+            if top < ZERO_WEIGHT_CUT {
+                continue;
+            }
+            let mut w = [0u32; CHUNK];
+            if top > SMALL_CUT {
+                for (wi, &di) in w.iter_mut().zip(&d) {
+                    *wi = weight_of(di);
+                }
+            } else {
+                for (wi, &di) in w.iter_mut().zip(&d) {
+                    *wi = small_weight_bits(di).wrapping_sub(TWO_23_BITS);
+                }
+            }
+            let mut at = [0usize; CHUNK];
+            for (a, &di) in at.iter_mut().zip(&d) {
+                *a = bin_of(di);
+            }
+            for (&wi, &a) in w.iter().zip(&at) {
+                if let Some(sum) = hist.get_mut(a) {
+                    *sum += u64::from(wi);
+                }
+            }
+        }
+    });
+    hist.iter().sum()
+}
+
 /// Like [`mass_and_head`], but with bounds `(lo, hi)` on the total weight
 /// instead of the total: the weights below 2^23 are summed with
 /// [`small_weight_approx`], which is cheaper, and the error of that sum is
@@ -1843,6 +1921,44 @@ mod tests {
                 assert!(hi - lo >= width && hi - lo <= width + slack, "{lo} {hi}");
             }
         }
+    }
+
+    #[test]
+    fn weight_histogram_bins_every_weight_exactly() {
+        for v in [1, 16, 31, 700, 5000, 70_000] {
+            let (logits, ov) = case(v, 11 + v as u64);
+            let all = reference(&logits, &ov);
+            let Some(top) = all.first() else { continue };
+            if top.logit == f32::INFINITY {
+                continue;
+            }
+            for t in [0.3f32, 1.0, 4.0] {
+                let scale = Scale::new(top.logit).with_temperature(t);
+                let mut want = [0u64; BINS];
+                for c in &all {
+                    want[bin_of(scale.d(c.logit))] += scale.weight(c.logit);
+                }
+                let mut hist = [0u64; BINS];
+                let total = weight_histogram(&logits, &ov, &scale, &mut hist);
+                assert_eq!(hist, want, "v {v} t {t}");
+                assert_eq!(total, total_weight(&logits, &ov, &scale), "v {v} t {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn bin_floors_split_the_bins_exactly() {
+        for b in 0..BINS - 1 {
+            let floor = bin_floor(b);
+            let under = f32::from_bits(floor.to_bits() + 1);
+            assert!(bin_of(floor) <= b && bin_of(under) > b, "bin {b}");
+            assert_eq!(bin_of(-(b as f32) / BINS_PER_NAT), b);
+        }
+        assert_eq!(bin_of(0.0), 0);
+        assert_eq!(bin_of(-0.0), 0);
+        assert_eq!(bin_of(f32::NEG_INFINITY), BINS - 1);
+        assert_eq!(bin_of(-1.0e30), BINS - 1);
+        assert_eq!(bin_of(ZERO_WEIGHT_CUT), BINS - 1);
     }
 
     #[test]
