@@ -40,6 +40,9 @@ pub(crate) struct Outcome {
     /// the held tokens are a rank prefix of it and `total` is the exact
     /// weight of all of it. A draw past the head needs the rest collected.
     pub partial: Option<u64>,
+    /// The exact total weight of the held candidates under `scale`, when the
+    /// chain already knows it.
+    pub mass: Option<u64>,
     /// Scale of the final distribution.
     pub scale: Scale,
     /// Counts after each stage.
@@ -119,6 +122,9 @@ struct Summary<'a> {
     ov: &'a Overrides,
     top: Option<f32>,
     count: Option<usize>,
+    /// The last top-p cut over every candidate, with the `1 / t` it was
+    /// made under: its mass is the final total if nothing changes after it.
+    cut: Option<(Cut, f32)>,
 }
 
 impl Summary<'_> {
@@ -176,6 +182,7 @@ pub(crate) fn run(
         ov,
         top: None,
         count: None,
+        cut: None,
     };
     let mut live = Live::All;
     let mut top = f32::NEG_INFINITY;
@@ -301,6 +308,11 @@ pub(crate) fn run(
         sort_by_rank(held_s);
         sorted = true;
     }
+    // A top-p cut's mass is the total if no later stage cut or rescaled.
+    let mass = summary
+        .cut
+        .filter(|&(cut, t)| cut.len == held && t == inv_t && partial.is_none())
+        .map(|(cut, _)| cut.mass);
     Ok(Outcome {
         held,
         scale,
@@ -308,6 +320,7 @@ pub(crate) fn run(
         sorted,
         cache,
         partial,
+        mass,
     })
 }
 
@@ -426,6 +439,26 @@ const TOP_P_HEAD: f32 = -10.0;
 /// Most tokens collected above [`TOP_P_HEAD`] before giving up on the head.
 const TOP_P_HEAD_LIMIT: usize = 16_384;
 
+/// Where top-p cut the candidates: the survivors at the front of scratch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Cut {
+    /// How many survive.
+    len: usize,
+    /// Their exact total weight, which the draw then need not sum again.
+    mass: u64,
+}
+
+impl Cut {
+    /// The cut ending at `s[j]`, with `above` the weight of `s[..j]`.
+    fn at(s: &[Candidate], j: usize, above: u64, scale: &Scale) -> Option<Cut> {
+        let last = s.get(j)?;
+        Some(Cut {
+            len: j + 1,
+            mass: above + scale.weight(last.logit),
+        })
+    }
+}
+
 /// Top-p over every candidate, done from the head of the distribution.
 ///
 /// One vectorised pass bounds the total weight by `[lo, hi]` and collects
@@ -445,7 +478,7 @@ fn top_p_from_head(
     scale: &Scale,
     p: f32,
     scratch: &mut [Candidate],
-) -> Option<usize> {
+) -> Option<Cut> {
     if scale.inf {
         return None;
     }
@@ -461,7 +494,7 @@ fn top_p_from_head(
     if held >= need_hi {
         let (last, above) = weighted_select_above(head, need_hi - 1, scale)?;
         if above < need_lo {
-            return Some(last + 1);
+            return Cut::at(head, last, above, scale);
         }
         // The exact target is at most need_hi: its cut is among these.
         within = last + 1;
@@ -472,7 +505,8 @@ fn top_p_from_head(
     if held < need {
         return None;
     }
-    weighted_select(head.get_mut(..within)?, need - 1, scale).map(|j| j + 1)
+    let (j, above) = weighted_select_above(head.get_mut(..within)?, need - 1, scale)?;
+    Cut::at(head, j, above, scale)
 }
 
 /// Top-p over every candidate when the head above [`TOP_P_HEAD`] was too
@@ -488,7 +522,7 @@ fn top_p_from_total(
     scale: &Scale,
     p: f32,
     scratch: &mut [Candidate],
-) -> Option<usize> {
+) -> Option<Cut> {
     if scale.inf {
         return None;
     }
@@ -512,8 +546,8 @@ fn top_p_from_total(
     // The cut is the token of `bin` where the cumulative weight, the
     // earlier bins' included, first exceeds need - 1.
     let last = held.get_mut(earlier..)?;
-    let j = weighted_select(last, need - 1 - before, scale)?;
-    Some(earlier + j + 1)
+    let (j, above) = weighted_select_above(last, need - 1 - before, scale)?;
+    Cut::at(held, earlier + j, before + above, scale)
 }
 
 /// The head of an untruncated final distribution and its exact total weight.
@@ -562,11 +596,13 @@ fn all_stage(
                 inv_t,
                 ..Scale::new(m)
             };
-            if let Some(len) = top_p_from_head(logits, ov, &scale, config.top_p, scratch) {
-                return Ok((Live::Held(len), inv_t));
-            }
-            if let Some(len) = top_p_from_total(logits, ov, &scale, config.top_p, scratch) {
-                return Ok((Live::Held(len), inv_t));
+            let cut = match top_p_from_head(logits, ov, &scale, config.top_p, scratch) {
+                Some(cut) => Some(cut),
+                None => top_p_from_total(logits, ov, &scale, config.top_p, scratch),
+            };
+            if let Some(cut) = cut {
+                summary.cut = Some((cut, inv_t));
+                return Ok((Live::Held(cut.len), inv_t));
             }
             // The top logit is +inf: the tokens sharing it hold all the
             // mass, and they have nonzero weight.
@@ -624,7 +660,10 @@ pub(crate) fn finish(
             let w = out.cache.get(s, scale);
             draw::pick_sorted(w, u)
         }
-        None => draw::pick(s, u, &scale),
+        None => match out.mass {
+            Some(total) => draw::pick_with_total(s, u, total, &scale),
+            None => draw::pick(s, u, &scale),
+        },
     };
     let chosen = s.get(j).or(s.first()).copied().unwrap_or_default();
     // ln(total / 2^30): the top token's weight is 2^30, so this is the log
@@ -699,6 +738,14 @@ pub(crate) mod tests {
         pub(crate) static EXACT_RETRIES: Cell<usize> = const { Cell::new(0) };
     }
 
+    /// The length of a top-p cut, after checking the mass it reports
+    /// against the weights of the survivors it left in `s`.
+    fn survivors(cut: Cut, s: &[Candidate], scale: &Scale) -> usize {
+        let mass: u64 = s[..cut.len].iter().map(|c| scale.weight(c.logit)).sum();
+        assert_eq!(cut.mass, mass, "the mass of {} survivors", cut.len);
+        cut.len
+    }
+
     /// Uniform floats in `[0, 1)` from a fixed-seed linear congruential generator.
     fn units(seed: u64) -> impl FnMut() -> f32 {
         let mut state = seed;
@@ -730,6 +777,7 @@ pub(crate) mod tests {
             let mut scratch = vec![Candidate::default(); v];
             let retries = EXACT_RETRIES.with(|c| c.get());
             let got = top_p_from_head(&logits, &ov, &scale, p, &mut scratch).unwrap();
+            let got = survivors(got, &scratch, &scale);
             if EXACT_RETRIES.with(|c| c.get()) == retries {
                 decided += 1;
             }
@@ -848,7 +896,8 @@ pub(crate) mod tests {
                 let need = topp::target(p, total);
                 let want = cum.partition_point(|&c| c < need) + 1;
                 let retries = EXACT_RETRIES.with(|c| c.get());
-                let got = top_p_from_head(&logits, &ov, &scale, p, &mut scratch);
+                let got = top_p_from_head(&logits, &ov, &scale, p, &mut scratch)
+                    .map(|cut| survivors(cut, &scratch, &scale));
                 // Past the head nothing is decided, and the caller selects
                 // among every token of nonzero weight.
                 let want = Some(want).filter(|&w| w <= head);
@@ -921,12 +970,14 @@ pub(crate) mod tests {
             let want = ids(&all[..keep]);
 
             let mut scratch = vec![Candidate::default(); v];
-            let head = top_p_from_head(&logits, &ov, &scale, p, &mut scratch);
+            let head = top_p_from_head(&logits, &ov, &scale, p, &mut scratch)
+                .map(|cut| survivors(cut, &scratch, &scale));
             assert_eq!(head.is_some(), by_head, "case {case}");
             if let Some(len) = head {
                 assert_eq!(ids(&scratch[..len]), want, "case {case}");
             }
-            let len = top_p_from_total(&logits, &ov, &scale, p, &mut scratch).unwrap();
+            let cut = top_p_from_total(&logits, &ov, &scale, p, &mut scratch).unwrap();
+            let len = survivors(cut, &scratch, &scale);
             assert_eq!(ids(&scratch[..len]), want, "case {case}");
         }
         // Logits on the edges of the bins, an eighth of a nat apart, with
@@ -941,7 +992,8 @@ pub(crate) mod tests {
             let m = collect_all(&logits, &ov, &mut all);
             let keep = topp::apply(&mut all[..m], p, &scale);
             let mut scratch = vec![Candidate::default(); logits.len()];
-            let len = top_p_from_total(&logits, &ov, &scale, p, &mut scratch).unwrap();
+            let cut = top_p_from_total(&logits, &ov, &scale, p, &mut scratch).unwrap();
+            let len = survivors(cut, &scratch, &scale);
             assert_eq!(ids(&scratch[..len]), ids(&all[..keep]), "p {p}");
         }
         // With the top logit +inf nothing is decided here.
@@ -985,7 +1037,8 @@ pub(crate) mod tests {
             let mut want: Vec<u32> = all[..keep].iter().map(|c| c.id).collect();
             want.sort_unstable();
             let mut scratch = vec![Candidate::default(); v];
-            let len = top_p_from_total(&logits, &ov, &scale, p, &mut scratch).unwrap();
+            let cut = top_p_from_total(&logits, &ov, &scale, p, &mut scratch).unwrap();
+            let len = survivors(cut, &scratch, &scale);
             let mut got: Vec<u32> = scratch[..len].iter().map(|c| c.id).collect();
             got.sort_unstable();
             assert_eq!(got, want, "case {case}: v {v} t {t} p {p}");

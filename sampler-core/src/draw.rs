@@ -23,6 +23,16 @@ pub(crate) fn target(u: f64, total: u64) -> u64 {
 /// Picks from `s` by `u`; returns the chosen position and the total weight.
 pub(crate) fn pick(s: &mut [Candidate], u: f64, weight: &impl Weigh) -> (usize, u64) {
     let total = mass(s, weight);
+    pick_with_total(s, u, total, weight)
+}
+
+/// [`pick`] when the total weight of `s` is already known to be `total`.
+pub(crate) fn pick_with_total(
+    s: &mut [Candidate],
+    u: f64,
+    total: u64,
+    weight: &impl Weigh,
+) -> (usize, u64) {
     // Survivors always hold the top token, whose weight is 2^30, so the
     // fallback to the top position is never taken.
     let j = weighted_select(s, target(u, total), weight).unwrap_or(0);

@@ -252,6 +252,7 @@ impl<'s> Sampler<'s> {
         let scale = out.scale;
         out.held = dense::at_least(input.logits, &ov, &scale, ZERO_WEIGHT_CUT, self.scratch);
         out.partial = None;
+        out.mass = None;
         out.sorted = false;
         let s = self.scratch.get_mut(..out.held).unwrap_or(&mut []);
         chain::finish(s, &mut out, u, None).ok_or(Error::NoFiniteLogit)
