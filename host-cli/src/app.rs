@@ -1,6 +1,8 @@
 //! The subcommands: chat (one-shot and interactive), raw completion, replay.
 
+use std::borrow::Cow;
 use std::io::{self, IsTerminal, Read, Write};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -34,11 +36,17 @@ impl std::error::Error for Interrupted {}
 
 /// Flags that parse one by one but not together; the process exits with 2.
 #[derive(Debug)]
-pub struct Usage(&'static str);
+pub struct Usage(Cow<'static, str>);
+
+impl Usage {
+    fn new(message: impl Into<Cow<'static, str>>) -> Self {
+        Self(message.into())
+    }
+}
 
 impl std::fmt::Display for Usage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0)
+        f.write_str(&self.0)
     }
 }
 
@@ -169,10 +177,10 @@ impl<S: Sink> Sink for TeeSink<S> {
 /// before loading anything; `chat` tells which of the two `prompt` is.
 fn check_prompt(prompt: &str, chat: bool) -> Result<()> {
     if chat && prompt.trim().is_empty() {
-        return Err(Usage("the message is empty: give some text to send").into());
+        return Err(Usage::new("the message is empty: give some text to send").into());
     }
     if prompt.is_empty() {
-        return Err(Usage("the prompt is empty: nothing to continue from").into());
+        return Err(Usage::new("the prompt is empty: nothing to continue from").into());
     }
     Ok(())
 }
@@ -215,14 +223,30 @@ fn check_roles(messages: &[Message]) -> Result<()> {
 fn check_generation(gen: &GenerationArgs, settings: &Settings) -> Result<()> {
     settings
         .check()
-        .map_err(|e| e.context(Usage("invalid settings")))?;
+        .map_err(|e| e.context(Usage::new("invalid settings")))?;
     if settings.sampler == Engine::LlamaCpp && gen.trace.is_some() {
-        return Err(Usage(
+        return Err(Usage::new(
             "--trace needs --sampler talkback: llama.cpp's sampler cannot be replayed",
         )
         .into());
     }
     Ok(())
+}
+
+/// Refuses a `--trace` or `--dump-logits` file that is the model, one of
+/// `inputs`, or the other output, before anything is opened or loaded.
+fn check_outputs(gen: &GenerationArgs, model: &ModelArgs, inputs: &[(&str, &Path)]) -> Result<()> {
+    let model = resolve_path(model.model.as_deref());
+    let mut read = vec![("the model", model.as_path())];
+    read.extend_from_slice(inputs);
+    let mut written = Vec::new();
+    if let Some(path) = &gen.trace {
+        written.push(("--trace", path.as_path()));
+    }
+    if let Some(path) = &gen.dump_logits {
+        written.push(("--dump-logits", path.as_path()));
+    }
+    crate::outfile::check_distinct(&written, &read).map_err(|e| Usage::new(e.to_string()).into())
 }
 
 /// A generator for `model`, dumping logits where `--dump-logits` asks.
@@ -341,7 +365,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
         check_prompt(prompt, true)?;
     }
     if args.messages.is_some() && prompt.is_none() && messages.iter().all(|m| m.role == "system") {
-        return Err(Usage(
+        return Err(Usage::new(
             "nothing to answer: the --messages file holds no user or assistant turn \
              and no message was given",
         )
@@ -349,7 +373,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     }
     let interactive = prompt.is_none() && args.messages.is_none();
     if interactive && (gen.trace.is_some() || gen.format != Format::Text || args.render_only) {
-        return Err(Usage(
+        return Err(Usage::new(
             "--trace, --render-only and --format json/jsonl need a prompt (argument or stdin)",
         )
         .into());
@@ -357,13 +381,21 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     if args.render_only && (gen.trace.is_some() || gen.format != Format::Text) {
         // Nothing is generated, so there is nothing to trace, and the
         // prompt is printed as the model reads it, not as JSON.
-        return Err(Usage(
+        return Err(Usage::new(
             "--render-only prints the prompt as text: it takes no --trace or --format",
         )
         .into());
     }
     let settings = Settings::new(&args.sampling, gen, &args.model);
     check_generation(gen, &settings)?;
+    let mut inputs = Vec::new();
+    if let Some(path) = &args.messages {
+        inputs.push(("--messages", path.as_path()));
+    }
+    if let Some(path) = &args.chat_template {
+        inputs.push(("--chat-template", path.as_path()));
+    }
+    check_outputs(gen, &args.model, &inputs)?;
     let trace_file = gen.trace.as_deref().map(TraceFile::open).transpose()?;
     let model = load(&args.model, verbose)?;
     let template = chat_template(args, &model)?;
@@ -458,13 +490,14 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
     let prompt = match &args.prompt {
         Some(p) => p.clone(),
         None if io::stdin().is_terminal() => {
-            return Err(Usage("give the text to continue as an argument or on stdin").into())
+            return Err(Usage::new("give the text to continue as an argument or on stdin").into())
         }
         None => read_stdin()?,
     };
     check_prompt(&prompt, false)?;
     let settings = Settings::new(&args.sampling, gen, &args.model);
     check_generation(gen, &settings)?;
+    check_outputs(gen, &args.model, &[])?;
     let trace_file = gen.trace.as_deref().map(TraceFile::open).transpose()?;
     let model = load(&args.model, verbose)?;
     let mut session = model.session(&args.model)?;
@@ -602,7 +635,7 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
     .iter()
     .try_fold(1_usize, |n, &len| n.checked_mul(len));
     if !combinations.is_some_and(|n| n <= crate::plot::MAX_SERIES) {
-        return Err(Usage(
+        return Err(Usage::new(
             "plot draws at most 99 settings (the combinations of --temp, --top-k, \
              --top-p and --min-p); list fewer values",
         )
@@ -649,6 +682,11 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
     }
 
     check_prompt(&args.prompt, args.chat)?;
+    if args.out != Path::new("-") {
+        let model = resolve_path(args.model.model.as_deref());
+        crate::outfile::check_distinct(&[("-o", &args.out)], &[("the model", &model)])
+            .map_err(|e| Usage::new(e.to_string()))?;
+    }
     let out = crate::plot::Output::open(&args.out)?;
     let model = load(&args.model, verbose)?;
     let mut session = model.session(&args.model)?;
