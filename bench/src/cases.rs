@@ -3,6 +3,7 @@
 //! Each group of contenders is timed interleaved on the same logits (see
 //! [`crate::measure`]); every ratio printed compares medians from one group.
 
+use std::fmt::Write as _;
 use std::time::Instant;
 
 use anyhow::{anyhow, Result};
@@ -47,33 +48,39 @@ struct Check {
     met: bool,
 }
 
-/// Runs every case for every vocabulary size and prints the table.
+/// Runs every case for every vocabulary size and returns the table.
 ///
 /// # Errors
 ///
 /// - the logits cannot be loaded; a sampler rejects its settings.
-pub fn run(args: &KernelArgs) -> Result<()> {
+pub fn run(args: &KernelArgs) -> Result<String> {
     let real = input::load(args)?;
     let timing = Timing {
         rounds: args.rounds as usize,
         cold: args.cold,
     };
     let rounds = timing.rounds;
-    println!("talkback-bench kernels");
-    println!("machine: {}", machine());
-    println!("logits:  {}", real.source);
-    println!(
+    let mut out = String::new();
+    writeln!(out, "talkback-bench kernels")?;
+    writeln!(out, "machine: {}", machine())?;
+    writeln!(out, "logits:  {}", real.source)?;
+    writeln!(
+        out,
         "timing:  {rounds} rounds x {} steps per contender, interleaved; \
          medians per token in microseconds",
         real.steps.len()
-    );
+    )?;
     if timing.cold {
-        println!(
+        writeln!(
+            out,
             "cold:    before each timed call, 64 MiB streamed through the caches, \
              then the step's logits read once"
-        );
+        )?;
     }
-    println!("larger vocabularies tile the real vector, later copies perturbed by up to +-0.125");
+    writeln!(
+        out,
+        "larger vocabularies tile the real vector, later copies perturbed by up to +-0.125"
+    )?;
     let mut rows = Vec::new();
     let mut checks = Vec::new();
     let mut notes = Vec::new();
@@ -88,7 +95,7 @@ pub fn run(args: &KernelArgs) -> Result<()> {
         ];
         let [chain_name, top_p_name, greedy_name, floor_name] = &names;
         if wanted(chain_name) {
-            eprintln!("talkback-bench: {chain_name}");
+            note!("talkback-bench: {chain_name}");
             chain_group(
                 v,
                 &steps,
@@ -100,33 +107,33 @@ pub fn run(args: &KernelArgs) -> Result<()> {
             )?;
         }
         if wanted(top_p_name) {
-            eprintln!("talkback-bench: {top_p_name}");
+            note!("talkback-bench: {top_p_name}");
             top_p_group(v, &steps, &timing, &mut rows, &mut checks)?;
         }
         if wanted(greedy_name) {
-            eprintln!("talkback-bench: {greedy_name}");
+            note!("talkback-bench: {greedy_name}");
             greedy_group(v, &steps, &timing, &mut rows, &mut checks, &mut notes)?;
         }
         if wanted(floor_name) {
-            eprintln!("talkback-bench: {floor_name}");
+            note!("talkback-bench: {floor_name}");
             floor_group(v, &steps, &timing, &mut rows);
         }
     }
-    print_rows(&rows);
-    println!();
-    println!("targets");
+    print_rows(&mut out, &rows)?;
+    writeln!(out)?;
+    writeln!(out, "targets")?;
     for c in &checks {
         let mark = if c.met { "met   " } else { "MISSED" };
-        println!("  {mark} {:<46} {}", c.what, c.value);
+        writeln!(out, "  {mark} {:<46} {}", c.what, c.value)?;
     }
     if !notes.is_empty() {
-        println!();
-        println!("checks");
+        writeln!(out)?;
+        writeln!(out, "checks")?;
         for n in &notes {
-            println!("  {n}");
+            writeln!(out, "  {n}")?;
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// The CPU model and core count, from `/proc/cpuinfo`.
@@ -453,24 +460,27 @@ fn push_group(rows: &mut Vec<Row>, case: &str, cs: &[Contender<'_>]) {
     }
 }
 
-fn print_rows(rows: &[Row]) {
-    println!();
-    println!(
+fn print_rows(out: &mut String, rows: &[Row]) -> std::fmt::Result {
+    writeln!(out)?;
+    writeln!(
+        out,
         "{:<42} {:<30} {:>9} {:>9} {:>9} {:>14}",
         "case", "contender", "median", "p10", "p90", "llama.cpp/ours"
-    );
+    )?;
     for r in rows {
         if !r.case.is_empty() {
-            println!();
+            writeln!(out)?;
         }
         let label = match r.build {
             Some(b) => format!("{} (array {b:.1})", r.label),
             None => r.label.clone(),
         };
         let ratio = r.ratio.map_or(String::new(), |x| format!("{x:.1}x"));
-        println!(
+        writeln!(
+            out,
             "{:<42} {:<30} {:>9.2} {:>9.2} {:>9.2} {:>14}",
             r.case, label, r.median, r.p10, r.p90, ratio
-        );
+        )?;
     }
+    Ok(())
 }

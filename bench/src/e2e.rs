@@ -5,6 +5,7 @@
 //! JSON timings give tokens per second (generation only, the prompt and model
 //! load left out) and the time spent inside the sampler.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -48,12 +49,12 @@ struct Run {
     share: f64,
 }
 
-/// Runs both samplers alternately and prints tokens per second and the sampler's share.
+/// Runs both samplers alternately; returns tokens per second and the sampler's share.
 ///
 /// # Errors
 ///
 /// - the binary is missing or a run fails or prints no timings.
-pub fn run(args: &E2eArgs) -> Result<()> {
+pub fn run(args: &E2eArgs) -> Result<String> {
     let bin = args.talkback.clone().unwrap_or_else(|| {
         workspace_root()
             .join("target")
@@ -76,7 +77,7 @@ pub fn run(args: &E2eArgs) -> Result<()> {
         for j in 0..2 {
             let e = (i + j) % 2;
             let engine = engines.get(e).copied().unwrap_or("talkback");
-            eprintln!(
+            note!(
                 "talkback-bench: run {} of {}, --sampler {engine}",
                 i + 1,
                 args.runs
@@ -88,38 +89,43 @@ pub fn run(args: &E2eArgs) -> Result<()> {
         }
     }
 
-    println!("talkback-bench e2e");
-    println!("machine: {}", machine());
-    println!(
+    let mut out = String::new();
+    writeln!(out, "talkback-bench e2e")?;
+    writeln!(out, "machine: {}", machine())?;
+    writeln!(
+        out,
         "runs:    {} per sampler, alternating; complete {PROMPT:?} -n {} --ignore-eos, \
          seed 1, default settings, {threads} threads",
         args.runs, args.n_predict
-    );
-    println!();
-    println!(
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
         "{:<12} {:>14} {:>22} {:>26}",
         "sampler", "tokens/s", "sampling ms/token", "sampler share of a step"
-    );
+    )?;
     let mut medians = [0.0f64; 2];
     for ((name, runs), m) in engines.iter().zip(&results).zip(medians.iter_mut()) {
         let tps: Vec<f64> = runs.iter().map(|r| r.tokens_per_s).collect();
         let ms: Vec<f64> = runs.iter().map(|r| r.sampling_ms_per_token).collect();
         let share: Vec<f64> = runs.iter().map(|r| r.share).collect();
         *m = median(&tps);
-        println!(
+        writeln!(
+            out,
             "{name:<12} {:>14.2} {:>22.4} {:>25.2}%",
             median(&tps),
             median(&ms),
             median(&share) * 100.0
-        );
+        )?;
     }
     let [ours, theirs] = medians;
-    println!();
-    println!(
+    writeln!(out)?;
+    writeln!(
+        out,
         "tokens/s, talkback / llama.cpp: {:.3}x (medians)",
         ours / theirs
-    );
-    Ok(())
+    )?;
+    Ok(out)
 }
 
 fn one_run(bin: &PathBuf, args: &E2eArgs, threads: u32, engine: &str) -> Result<Run> {

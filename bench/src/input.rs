@@ -5,6 +5,7 @@
 //! or from the two single-step fixtures committed under `fixtures/logits/`.
 //! Each source also gives the token ids that serve as the penalty window.
 
+use std::fmt::Write as _;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
@@ -62,7 +63,7 @@ pub fn load(args: &KernelArgs) -> Result<Logits> {
     match model {
         Some(path) if path.is_file() => generate(&path, args.steps as usize),
         _ => {
-            eprintln!(
+            note!(
                 "talkback-bench: no model found (fixtures/fetch-model.sh installs it); \
                  using the two single-step fixtures in fixtures/logits/"
             );
@@ -110,7 +111,7 @@ fn generate(path: &Path, steps: usize) -> Result<Logits> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let out = dir.join(format!("logits-{steps}.f32"));
     let exe = std::env::current_exe().context("cannot find this program's path")?;
-    eprintln!(
+    note!(
         "talkback-bench: generating {steps} steps of logits with {}",
         path.display()
     );
@@ -156,14 +157,14 @@ fn generate(path: &Path, steps: usize) -> Result<Logits> {
 }
 
 /// Decodes [`PROMPT`] with the model, samples `steps` tokens with the default
-/// settings, and writes each step's logits to `out` as little-endian f32.
+/// settings, and writes each step's logits to `file` as little-endian f32.
 ///
-/// Prints `vocab N` and `tokens ID...` on stdout for [`generate`].
+/// Returns the lines `vocab N` and `tokens ID...` that [`generate`] reads.
 ///
 /// # Errors
 ///
-/// - the model cannot be loaded or decoded, or `out` cannot be written.
-pub fn dump(path: &Path, steps: usize, out: &Path) -> Result<()> {
+/// - the model cannot be loaded or decoded, or `file` cannot be written.
+pub fn dump(path: &Path, steps: usize, file: &Path) -> Result<String> {
     let backend = LlamaBackend::init().context("cannot start the llama.cpp backend")?;
     let model = LlamaModel::load_from_file(&backend, path, &LlamaModelParams::default())
         .map_err(|e| anyhow!("{e}"))
@@ -209,10 +210,11 @@ pub fn dump(path: &Path, steps: usize, out: &Path) -> Result<()> {
         )?;
         ctx.decode(&mut batch).context("cannot decode")?;
     }
-    std::fs::write(out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
-    println!("vocab {vocab}");
-    println!("tokens {}", tokens.join(" "));
-    Ok(())
+    std::fs::write(file, &bytes).with_context(|| format!("cannot write {}", file.display()))?;
+    let mut out = String::new();
+    writeln!(out, "vocab {vocab}")?;
+    writeln!(out, "tokens {}", tokens.join(" "))?;
+    Ok(out)
 }
 
 /// Reads the two committed f16 fixtures; their prompt tokens make the window.

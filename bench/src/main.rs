@@ -12,8 +12,18 @@
 //!   `--sampler llama.cpp`, alternating, and prints tokens per second and the
 //!   sampler's share of a decode step.
 //!
-//! Results go to stdout; progress and notes go to stderr. Exit codes: 0
-//! success, 1 failure, 2 usage error.
+//! Results go to stdout, all at once when the measurement ends; progress
+//! and notes go to stderr. Exit codes: 0 success (also when stdout is
+//! closed early), 1 failure, 2 usage error.
+
+/// Writes a line to stderr; a stderr that cannot be written loses the
+/// line, not the measurement.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 mod cases;
 mod e2e;
@@ -21,6 +31,7 @@ mod floor;
 mod input;
 mod measure;
 
+use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -132,11 +143,52 @@ fn main() -> ExitCode {
         Some(Command::E2e(args)) => e2e::run(&args),
         Some(Command::DumpLogits(args)) => input::dump(&args.model, args.steps, &args.out),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("talkback-bench: {e:#}");
+    match result.map(|text| emit(&mut io::stdout().lock(), &text)) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            note!("talkback-bench: cannot write the results: {e}");
             ExitCode::FAILURE
         }
+        Err(e) => {
+            note!("talkback-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes the results; a reader that left early (`| head`) is no failure.
+fn emit(out: &mut impl io::Write, text: &str) -> io::Result<()> {
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer whose reader has gone, as stdout is under `| head -1`.
+    struct Closed;
+
+    impl io::Write for Closed {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_closed_stdout_is_no_failure_but_a_full_disk_is() {
+        assert!(emit(&mut Closed, "table\n").is_ok());
+        let mut full = io::Cursor::new([0u8; 2]);
+        let e = emit(&mut full, "table\n").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WriteZero);
+        let mut out = Vec::new();
+        emit(&mut out, "table\n").unwrap();
+        assert_eq!(out, b"table\n");
     }
 }
