@@ -48,6 +48,20 @@ struct Check {
     met: bool,
 }
 
+/// Refuses arguments that would time the same thing twice.
+///
+/// # Errors
+///
+/// - a vocabulary size listed twice.
+pub fn check(args: &KernelArgs) -> Result<(), String> {
+    for (i, v) in args.vocab.iter().enumerate() {
+        if args.vocab.get(..i).is_some_and(|before| before.contains(v)) {
+            return Err(format!("--vocab lists {v} twice"));
+        }
+    }
+    Ok(())
+}
+
 /// Runs every case for every vocabulary size and returns the table.
 ///
 /// # Errors

@@ -80,8 +80,9 @@ pub struct KernelArgs {
     #[arg(long, value_name = "FILE")]
     logits: Option<PathBuf>,
 
-    /// Logits per record of the `--logits` file (its model's vocabulary size).
-    #[arg(long, value_name = "N", default_value_t = 49152)]
+    /// Logits per record of the `--logits` file (its model's vocabulary
+    /// size, 1..=1048576).
+    #[arg(long, value_name = "N", default_value_t = 49152, value_parser = vocab_size)]
     logits_vocab: usize,
 
     /// GGUF model that generates the logits [default: $TALKBACK_MODEL, else
@@ -97,8 +98,10 @@ pub struct KernelArgs {
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=1000))]
     rounds: u32,
 
-    /// Vocabulary sizes, comma-separated; larger ones tile the real logits.
-    #[arg(long, value_delimiter = ',', default_value = "49152,151936,262144")]
+    /// Vocabulary sizes, comma-separated, each in 1..=1048576 and listed
+    /// once; larger ones tile the real logits, smaller ones take a prefix.
+    #[arg(long, value_delimiter = ',', default_value = "49152,151936,262144",
+          value_parser = vocab_size)]
     vocab: Vec<usize>,
 
     /// Run only the cases whose name contains this text.
@@ -111,6 +114,20 @@ pub struct KernelArgs {
     /// so use few rounds.
     #[arg(long)]
     cold: bool,
+}
+
+/// Most logits per vector: four times the largest vocabulary the bench
+/// times by default. 512 steps of it take 2 GiB, and far larger sizes
+/// would run out of memory before the first call.
+const MAX_VOCAB: usize = 1 << 20;
+
+fn vocab_size(s: &str) -> Result<usize, String> {
+    let v: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if (1..=MAX_VOCAB).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not in 1..={MAX_VOCAB}"))
+    }
 }
 
 impl Default for KernelArgs {
@@ -136,6 +153,12 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    if let Some(Command::Kernels(args)) = &cli.command {
+        if let Err(e) = cases::check(args) {
+            note!("talkback-bench: {e}");
+            return ExitCode::from(2);
+        }
+    }
     llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default().with_logs_enabled(false));
     let result = match cli.command {
         None => cases::run(&KernelArgs::default()),
@@ -167,6 +190,38 @@ fn emit(out: &mut impl io::Write, text: &str) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn kernels(args: &[&str]) -> Result<KernelArgs, clap::Error> {
+        let argv = ["talkback-bench", "kernels"].iter().chain(args);
+        match Cli::try_parse_from(argv)?.command {
+            Some(Command::Kernels(k)) => Ok(k),
+            other => panic!("not kernels: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn vocabulary_sizes_are_bounded_at_parse_time() {
+        for bad in ["0", "1048577", "100000000000", "18446744073709551615"] {
+            for flag in ["--vocab", "--logits-vocab"] {
+                let e = kernels(&[flag, bad]).unwrap_err();
+                assert_eq!(
+                    e.kind(),
+                    clap::error::ErrorKind::ValueValidation,
+                    "{flag} {bad}"
+                );
+                assert!(e.to_string().contains("is not in 1..=1048576"), "{e}");
+            }
+        }
+        let k = kernels(&["--vocab", "1,1048576", "--logits-vocab", "1048576"]).unwrap();
+        assert_eq!(k.vocab, [1, 1 << 20]);
+        assert_eq!(k.logits_vocab, 1 << 20);
+    }
+
+    #[test]
+    fn a_repeated_size_is_refused() {
+        let k = kernels(&["--vocab", "1000,2000,1000"]).unwrap();
+        assert_eq!(cases::check(&k).unwrap_err(), "--vocab lists 1000 twice");
+    }
 
     /// A writer whose reader has gone, as stdout is under `| head -1`.
     struct Closed;
