@@ -104,7 +104,7 @@ pub struct KernelArgs {
           value_parser = vocab_size)]
     vocab: Vec<usize>,
 
-    /// Run only the cases whose name contains this text.
+    /// Run only the groups of cases where some case name contains this text.
     #[arg(long, value_name = "TEXT")]
     filter: Option<String>,
 
@@ -218,9 +218,29 @@ mod tests {
     }
 
     #[test]
-    fn a_repeated_size_is_refused() {
+    fn a_repeated_size_or_a_filter_matching_no_case_is_refused() {
         let k = kernels(&["--vocab", "1000,2000,1000"]).unwrap();
         assert_eq!(cases::check(&k).unwrap_err(), "--vocab lists 1000 twice");
+
+        let k = kernels(&["--vocab", "1000", "--filter", "nothing"]).unwrap();
+        let e = cases::check(&k).unwrap_err();
+        assert!(
+            e.starts_with(
+                "--filter \"nothing\" matches no case; the cases are default_chain_v1000, "
+            ),
+            "{e}"
+        );
+        assert!(e.ends_with("floor_max_sumexp_libm_v1000"), "{e}");
+
+        // Every name the table prints picks its group.
+        for name in [
+            "default_chain_penalties_w64_rp1.1_v1000",
+            "floor_max_sumexp_poly",
+            "greedy",
+        ] {
+            let k = kernels(&["--vocab", "1000", "--filter", name]).unwrap();
+            assert_eq!(cases::check(&k), Ok(()), "{name}");
+        }
     }
 
     /// A writer whose reader has gone, as stdout is under `| head -1`.
