@@ -48,7 +48,8 @@ pub fn workspace_root() -> PathBuf {
 ///
 /// # Errors
 ///
-/// - the dump file is unreadable or not a whole number of records;
+/// - the dump file is unreadable, not a whole number of records, or holds
+///   a record with every logit NaN or negative infinity;
 /// - the model cannot be loaded or decoded;
 /// - the fixtures are missing or malformed.
 pub fn load(args: &KernelArgs) -> Result<Logits> {
@@ -93,6 +94,16 @@ fn from_dump(path: &Path, vocab: usize, steps: usize) -> Result<Logits> {
                 .collect()
         })
         .collect();
+    // Such a record is no step any model produced, and it would fail
+    // our sampler halfway through the run while llama.cpp's chain still
+    // returns a token.
+    let usable = |l: &Vec<f32>| l.iter().any(|x| !x.is_nan() && *x != f32::NEG_INFINITY);
+    if let Some(i) = all.iter().position(|l| !usable(l)) {
+        bail!(
+            "record {i} of {} has no logit that is a number above negative infinity",
+            path.display()
+        );
+    }
     // The window: each step's top token, as a greedy reading of the dump.
     let window = cycle(&all.iter().map(|l| top(l)).collect::<Vec<_>>());
     Ok(Logits {
@@ -361,6 +372,29 @@ mod tests {
         assert_eq!(l, [1.0, -2.0, 10.164_062_5]);
         assert!(parse_fixture("# Tokens: 1\n").is_err());
         assert!(parse_fixture("# Tokens: 1\nzzzz\n").is_err());
+    }
+
+    #[test]
+    fn a_dump_record_with_nothing_to_draw_is_refused() {
+        let path = std::env::temp_dir().join(format!("bench-dump-{}.f32", std::process::id()));
+        let record = |xs: [f32; 3]| xs.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>();
+        let mut bytes = record([1.0, f32::NAN, f32::NEG_INFINITY]);
+        bytes.extend(record([f32::NAN, f32::NEG_INFINITY, f32::NAN]));
+        std::fs::write(&path, &bytes).unwrap();
+        let e = from_dump(&path, 3, 64).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "record 1 of {} has no logit that is a number above negative infinity",
+                path.display()
+            )
+        );
+        // The first record alone is usable, +inf included.
+        let ok = from_dump(&path, 3, 1).unwrap();
+        assert_eq!(ok.steps.len(), 1);
+        std::fs::write(&path, record([f32::INFINITY, 0.0, 0.0])).unwrap();
+        assert_eq!(from_dump(&path, 3, 64).unwrap().window[0], 0);
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
