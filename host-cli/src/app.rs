@@ -22,6 +22,13 @@ use crate::trace::{self, Prompt, Trace, TraceFile};
 /// How many alternatives a JSON-lines token event lists.
 const ALTERNATIVES: usize = 5;
 
+/// What `chat` can do for a model without a chat template.
+const CHAT_WITHOUT_TEMPLATE: &str = "use `complete`, or give one with --chat-template FILE";
+
+/// What `shape --chat` and `plot --chat` can do instead, as they take no
+/// template file.
+const WITHOUT_CHAT_FLAG: &str = "leave out --chat to give the prompt as raw text";
+
 /// Ctrl-C ended the run; the process exits with 130.
 #[derive(Debug)]
 pub struct Interrupted;
@@ -316,7 +323,7 @@ fn save_trace(
 
 fn chat_template<'m>(args: &ChatArgs, model: &'m Model) -> Result<Template<'m>> {
     let Some(path) = &args.chat_template else {
-        return Template::from_model(model);
+        return Template::from_model(model, CHAT_WITHOUT_TEMPLATE);
     };
     let source = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read chat template {}", path.display()))?;
@@ -565,7 +572,7 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
             // llama.cpp's built-in fallback included.
             let own = Template::model_source(&model).ok();
             let template = if own.as_deref() == Some(chat_template.as_str()) {
-                Template::from_model(&model)?
+                Template::from_model(&model, CHAT_WITHOUT_TEMPLATE)?
             } else {
                 Template::new(
                     chat_template,
@@ -691,7 +698,7 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
     let model = load(&args.model, verbose)?;
     let mut session = model.session(&args.model)?;
     let tokens = if args.chat {
-        let template = Template::from_model(&model)?;
+        let template = Template::from_model(&model, WITHOUT_CHAT_FLAG)?;
         chat::tokenize(
             &model,
             &template.render(&[Message::new("user", &args.prompt)])?,
@@ -763,7 +770,7 @@ fn shape_command(args: &ShapeArgs, verbose: u8) -> Result<()> {
             );
         }
         let tokens = if args.chat {
-            let template = Template::from_model(&model)?;
+            let template = Template::from_model(&model, WITHOUT_CHAT_FLAG)?;
             chat::tokenize(&model, &template.render(&[Message::new("user", prompt)])?)?
         } else {
             model.tokenize(prompt, model.wants_bos(), false)?

@@ -570,3 +570,45 @@ fn an_output_that_names_the_model_or_an_input_is_refused() {
     let run = talkback(&args);
     assert_eq!(run.code, 0, "{}", run.stderr);
 }
+
+#[test]
+fn model_without_a_chat_template_says_what_each_command_can_do() {
+    // The key renamed by its last letter: the file stays valid, with no
+    // template. `shape` and `plot` were told to use --chat-template, which
+    // they do not take.
+    let scratch = Scratch::new("no-template");
+    let layout = Layout::of_model();
+    let last = layout.key_type_at("tokenizer.chat_template") - 1;
+    let model = scratch.model_with("plain.gguf", &[(last, b"E")]);
+    let model = arg(&model);
+    let without = format!("talkback: model {model} has no chat template; ");
+    let run = talkback(&["chat", "Hi", "--render-only", "-m", model]);
+    let line = runtime_error(&run, &without);
+    assert!(
+        line.ends_with("use `complete`, or give one with --chat-template FILE"),
+        "{line}"
+    );
+    let chart = scratch.join("chart.svg");
+    for args in [
+        vec!["shape", "--chat", "Hi", "-m", model],
+        vec![
+            "plot",
+            "--chat",
+            "Hi",
+            "-n",
+            "1",
+            "-m",
+            model,
+            "-o",
+            arg(&chart),
+        ],
+    ] {
+        let line = runtime_error(&talkback(&args), &without);
+        assert!(
+            line.ends_with("leave out --chat to give the prompt as raw text"),
+            "{line}"
+        );
+    }
+    let run = talkback(&["shape", "Hi", "-m", model, "-t", "1"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
