@@ -6,7 +6,7 @@
 //! load left out) and the time spent inside the sampler.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -33,7 +33,8 @@ pub struct E2eArgs {
     #[arg(short = 't', long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     threads: Option<u32>,
 
-    /// The talkback binary [default: target/release/talkback].
+    /// The talkback binary [default: the one built beside this program,
+    /// else target/release/talkback].
     #[arg(long, value_name = "PATH")]
     talkback: Option<PathBuf>,
 
@@ -56,10 +57,8 @@ struct Run {
 /// - the binary is missing or a run fails or prints no timings.
 pub fn run(args: &E2eArgs) -> Result<String> {
     let bin = args.talkback.clone().unwrap_or_else(|| {
-        workspace_root()
-            .join("target")
-            .join("release")
-            .join("talkback")
+        let here = std::env::current_exe().ok();
+        default_binary(here.as_deref().and_then(Path::parent), &workspace_root())
     });
     if !bin.is_file() {
         bail!(
@@ -128,6 +127,17 @@ pub fn run(args: &E2eArgs) -> Result<String> {
     Ok(out)
 }
 
+/// The talkback binary cargo built beside this one in `folder`, wherever
+/// `CARGO_TARGET_DIR` put them both; else `target/release/talkback` under
+/// the checkout `root`.
+fn default_binary(folder: Option<&Path>, root: &Path) -> PathBuf {
+    let name = format!("talkback{}", std::env::consts::EXE_SUFFIX);
+    folder
+        .map(|f| f.join(&name))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| root.join("target").join("release").join(name))
+}
+
 fn one_run(bin: &PathBuf, args: &E2eArgs, threads: u32, engine: &str) -> Result<Run> {
     let mut cmd = Command::new(bin);
     cmd.args([
@@ -172,4 +182,26 @@ fn one_run(bin: &PathBuf, args: &E2eArgs, threads: u32, engine: &str) -> Result<
         sampling_ms_per_token: sampling_ms / tokens,
         share: sampling_ms / generation_ms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_binary_is_the_one_built_beside_the_bench() {
+        let dir = std::env::temp_dir().join(format!("bench-e2e-{}", std::process::id()));
+        let beside = dir.join("elsewhere").join("release");
+        std::fs::create_dir_all(&beside).unwrap();
+        let root = dir.join("checkout");
+        let fallback = root.join("target").join("release").join("talkback");
+        assert_eq!(default_binary(Some(&beside), &root), fallback);
+        assert_eq!(default_binary(None, &root), fallback);
+        std::fs::write(beside.join("talkback"), b"").unwrap();
+        assert_eq!(
+            default_binary(Some(&beside), &root),
+            beside.join("talkback")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
