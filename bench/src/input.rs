@@ -50,27 +50,36 @@ pub fn workspace_root() -> PathBuf {
 ///
 /// - the dump file is unreadable, not a whole number of records, or holds
 ///   a record with every logit NaN or negative infinity;
+/// - the model named by `--model` or `TALKBACK_MODEL` is not a file;
 /// - the model cannot be loaded or decoded;
 /// - the fixtures are missing or malformed.
 pub fn load(args: &KernelArgs) -> Result<Logits> {
     if let Some(path) = &args.logits {
         return from_dump(path, args.logits_vocab, args.steps as usize);
     }
-    let model = args.model.clone().or_else(|| {
+    let named = args.model.clone().or_else(|| {
         std::env::var_os("TALKBACK_MODEL")
+            .filter(|p| !p.is_empty())
             .map(PathBuf::from)
-            .or_else(|| Some(workspace_root().join("models").join(DEFAULT_MODEL_FILE)))
     });
-    match model {
-        Some(path) if path.is_file() => generate(&path, args.steps as usize),
-        _ => {
-            note!(
-                "talkback-bench: no model found (fixtures/fetch-model.sh installs it); \
-                 using the two single-step fixtures in fixtures/logits/"
-            );
-            from_fixtures()
+    // A model someone named must be the one used: timing the fixtures
+    // instead would answer another question than the one asked.
+    if let Some(path) = named {
+        let meta = std::fs::metadata(&path).with_context(|| format!("model {}", path.display()))?;
+        if !meta.is_file() {
+            bail!("model {} is not a file", path.display());
         }
+        return generate(&path, args.steps as usize);
     }
+    let fetched = workspace_root().join("models").join(DEFAULT_MODEL_FILE);
+    if fetched.is_file() {
+        return generate(&fetched, args.steps as usize);
+    }
+    note!(
+        "talkback-bench: no model found (fixtures/fetch-model.sh installs it); \
+         using the two single-step fixtures in fixtures/logits/"
+    );
+    from_fixtures()
 }
 
 /// Reads at most `steps` records of `vocab` logits from a `--dump-logits` file.
@@ -395,6 +404,29 @@ mod tests {
         std::fs::write(&path, record([f32::INFINITY, 0.0, 0.0])).unwrap();
         assert_eq!(from_dump(&path, 3, 64).unwrap().window[0], 0);
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_named_model_that_is_missing_is_an_error_not_the_fixtures() {
+        let missing = std::env::temp_dir().join("bench-no-such-model.gguf");
+        let args = KernelArgs {
+            model: Some(missing.clone()),
+            ..KernelArgs::default()
+        };
+        let e = load(&args).err().unwrap();
+        assert_eq!(
+            format!("{e:#}"),
+            format!(
+                "model {}: No such file or directory (os error 2)",
+                missing.display()
+            )
+        );
+        let args = KernelArgs {
+            model: Some(std::env::temp_dir()),
+            ..KernelArgs::default()
+        };
+        let e = load(&args).err().unwrap();
+        assert!(e.to_string().ends_with(" is not a file"), "{e}");
     }
 
     #[test]

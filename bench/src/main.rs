@@ -86,7 +86,9 @@ pub struct KernelArgs {
     logits_vocab: usize,
 
     /// GGUF model that generates the logits [default: $TALKBACK_MODEL, else
-    /// the fetched SmolLM2 model]; without one, the committed fixtures are used.
+    /// the fetched SmolLM2 model]; a model named here or in $TALKBACK_MODEL
+    /// must exist, and only without the fetched one are the committed
+    /// fixtures used.
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
 
