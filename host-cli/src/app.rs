@@ -633,6 +633,17 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
         min_p: 0.0,
         ..sampler_core::Config::default()
     };
+    // A value listed twice would only draw the same line twice, under the
+    // same label.
+    let repeats = [
+        ("--temp", first_repeat(&args.temp)),
+        ("--top-k", first_repeat(&args.top_k)),
+        ("--top-p", first_repeat(&args.top_p)),
+        ("--min-p", first_repeat(&args.min_p)),
+    ];
+    if let Some((flag, Some(v))) = repeats.into_iter().find(|(_, v)| v.is_some()) {
+        return Err(Usage::new(format!("{flag} lists {v} twice")).into());
+    }
     let combinations = [
         args.temp.len(),
         args.top_k.len(),
@@ -735,6 +746,14 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The first value equal to one before it, shown as that earlier one is.
+fn first_repeat<T: PartialEq + ToString>(values: &[T]) -> Option<String> {
+    values.iter().enumerate().find_map(|(i, v)| {
+        let before = values.get(..i)?;
+        before.iter().find(|b| *b == v).map(T::to_string)
+    })
 }
 
 fn shape_command(args: &ShapeArgs, verbose: u8) -> Result<()> {
