@@ -50,7 +50,8 @@ pub fn workspace_root() -> PathBuf {
 ///
 /// - the dump file is unreadable, not a whole number of records, or holds
 ///   a record with every logit NaN or negative infinity;
-/// - the model named by `--model` or `TALKBACK_MODEL` is not a file;
+/// - the model named by `--model` or `TALKBACK_MODEL` is missing, or
+///   the model is not a GGUF file that llama.cpp can load;
 /// - the model cannot be loaded or decoded;
 /// - the fixtures are missing or malformed.
 pub fn load(args: &KernelArgs) -> Result<Logits> {
@@ -65,10 +66,6 @@ pub fn load(args: &KernelArgs) -> Result<Logits> {
     // A model someone named must be the one used: timing the fixtures
     // instead would answer another question than the one asked.
     if let Some(path) = named {
-        let meta = std::fs::metadata(&path).with_context(|| format!("model {}", path.display()))?;
-        if !meta.is_file() {
-            bail!("model {} is not a file", path.display());
-        }
         return generate(&path, args.steps as usize);
     }
     let fetched = workspace_root().join("models").join(DEFAULT_MODEL_FILE);
@@ -127,6 +124,10 @@ fn from_dump(path: &Path, vocab: usize, steps: usize) -> Result<Logits> {
 /// llama.cpp's OpenMP worker threads keep spinning for a while after each
 /// decode; in a child process they are gone before any timing starts.
 fn generate(path: &Path, steps: usize) -> Result<Logits> {
+    // A file that makes llama.cpp abort would kill the child with a page
+    // of assertion text and a debugger's backtrace; this names the fault
+    // in one line instead.
+    talkback::gguf::check_file(path)?;
     let dir = workspace_root().join("target").join("bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let out = dir.join(format!("logits-{steps}.f32"));
@@ -414,19 +415,51 @@ mod tests {
             ..KernelArgs::default()
         };
         let e = load(&args).err().unwrap();
-        assert_eq!(
-            format!("{e:#}"),
-            format!(
-                "model {}: No such file or directory (os error 2)",
-                missing.display()
-            )
+        assert!(
+            format!("{e:#}").starts_with(&format!("model {} does not exist", missing.display())),
+            "{e:#}"
         );
         let args = KernelArgs {
             model: Some(std::env::temp_dir()),
             ..KernelArgs::default()
         };
         let e = load(&args).err().unwrap();
-        assert!(e.to_string().ends_with(" is not a file"), "{e}");
+        assert!(
+            e.to_string().ends_with(" is a directory, not a GGUF file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_model_llama_cpp_would_abort_on_is_refused_in_one_line() {
+        // GGUF version 3, no tensors, two keys: a llama model of 0 layers.
+        let mut bytes = b"GGUF".to_vec();
+        bytes.extend(3u32.to_le_bytes());
+        bytes.extend(0u64.to_le_bytes());
+        bytes.extend(2u64.to_le_bytes());
+        for (key, kind, value) in [
+            (
+                "general.architecture",
+                8u32,
+                [&5u64.to_le_bytes()[..], b"llama"].concat(),
+            ),
+            ("llama.block_count", 4, 0u32.to_le_bytes().to_vec()),
+        ] {
+            bytes.extend((key.len() as u64).to_le_bytes());
+            bytes.extend(key.as_bytes());
+            bytes.extend(kind.to_le_bytes());
+            bytes.extend(value);
+        }
+        let path = std::env::temp_dir().join(format!("bench-layers-{}.gguf", std::process::id()));
+        std::fs::write(&path, &bytes).unwrap();
+        let args = KernelArgs {
+            model: Some(path.clone()),
+            ..KernelArgs::default()
+        };
+        let e = format!("{:#}", load(&args).err().unwrap());
+        std::fs::remove_file(&path).unwrap();
+        assert!(e.contains("`llama.block_count` is 0"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
     }
 
     #[test]
