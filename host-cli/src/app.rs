@@ -1,7 +1,7 @@
 //! The subcommands: chat (one-shot and interactive), raw completion, replay.
 
 use std::borrow::Cow;
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
@@ -77,9 +77,7 @@ pub fn run(cli: Cli) -> Result<()> {
 
 /// Reads all of stdin as UTF-8 text.
 fn read_stdin() -> Result<String> {
-    let mut bytes = Vec::new();
-    io::stdin()
-        .read_to_end(&mut bytes)
+    let bytes = crate::infile::read_bounded(io::stdin(), crate::infile::MAX_TEXT)
         .context("cannot read the prompt from stdin")?;
     String::from_utf8(bytes).map_err(|e| {
         anyhow!(
@@ -325,7 +323,7 @@ fn chat_template<'m>(args: &ChatArgs, model: &'m Model) -> Result<Template<'m>> 
     let Some(path) = &args.chat_template else {
         return Template::from_model(model, CHAT_WITHOUT_TEMPLATE);
     };
-    let source = std::fs::read_to_string(path)
+    let source = crate::infile::read_text(path, crate::infile::MAX_TEXT)
         .with_context(|| format!("cannot read chat template {}", path.display()))?;
     Template::new(
         &source,
@@ -342,7 +340,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
         messages.push(Message::new("system", system));
     }
     if let Some(path) = &args.messages {
-        let text = std::fs::read_to_string(path)
+        let text = crate::infile::read_text(path, crate::infile::MAX_TEXT)
             .with_context(|| format!("cannot read messages {}", path.display()))?;
         let earlier: Vec<Message> = serde_json::from_str(&text).map_err(|e| {
             anyhow!(

@@ -612,3 +612,37 @@ fn model_without_a_chat_template_says_what_each_command_can_do() {
     let run = talkback(&["shape", "Hi", "-m", model, "-t", "1"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
 }
+
+#[test]
+fn an_endless_input_is_refused_at_its_size_limit() {
+    // Each used to be read to its end, which /dev/zero never reaches: the
+    // process grew until the system killed it.
+    let zero = "/dev/zero";
+    for (args, line) in [
+        (
+            vec!["chat", "Hi", "--messages", zero],
+            "talkback: cannot read messages /dev/zero: it holds more than 64 MiB",
+        ),
+        (
+            vec!["chat", "Hi", "--chat-template", zero],
+            "talkback: cannot read chat template /dev/zero: it holds more than 64 MiB",
+        ),
+        (
+            vec!["replay", zero],
+            "talkback: cannot read trace /dev/zero: it holds more than 256 MiB",
+        ),
+    ] {
+        assert_eq!(runtime_error(&talkback(&args), line), line);
+    }
+    for sub in ["complete", "chat"] {
+        let mut cmd = reliability_support::command(&[sub]);
+        cmd.stdin(std::fs::File::open(zero).expect("open /dev/zero"));
+        let output = cmd.output().expect("run talkback");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{sub}: {stderr}");
+        assert_eq!(
+            stderr,
+            "talkback: cannot read the prompt from stdin: it holds more than 64 MiB\n"
+        );
+    }
+}
