@@ -3,6 +3,7 @@
 //! Each group of contenders is timed interleaved on the same logits (see
 //! [`crate::measure`]); every ratio printed compares medians from one group.
 
+use std::fmt::Write as _;
 use std::time::Instant;
 
 use anyhow::{anyhow, Result};
@@ -47,86 +48,168 @@ struct Check {
     met: bool,
 }
 
-/// Runs every case for every vocabulary size and prints the table.
+/// The groups of contenders; each is timed on its own, once per vocabulary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Group {
+    Chain,
+    TopP,
+    Greedy,
+    Floor,
+}
+
+impl Group {
+    /// Every group, in the order they run.
+    const ALL: [Group; 4] = [Group::Chain, Group::TopP, Group::Greedy, Group::Floor];
+
+    /// The case names the group prints for vocabulary `v`.
+    fn cases(self, v: usize) -> Vec<String> {
+        match self {
+            Group::Chain => chain_cases(v).into(),
+            Group::TopP => vec![format!("top_p_p0.95_v{v}")],
+            Group::Greedy => vec![format!("greedy_v{v}")],
+            Group::Floor => floor_cases(v).into(),
+        }
+    }
+}
+
+/// The cases of the default chain, without and with penalties.
+fn chain_cases(v: usize) -> [String; 2] {
+    [
+        format!("default_chain_v{v}"),
+        format!("default_chain_penalties_w{WINDOW}_rp{REPEAT_PENALTY}_v{v}"),
+    ]
+}
+
+/// The floor kernels' cases.
+fn floor_cases(v: usize) -> [String; 3] {
+    [
+        format!("floor_max_v{v}"),
+        format!("floor_max_sumexp_poly_v{v}"),
+        format!("floor_max_sumexp_libm_v{v}"),
+    ]
+}
+
+/// The groups `args` asks for, each with its vocabulary, in the order they run.
+///
+/// A group runs when the filter is part of any case name it prints, so
+/// that every name in the table can be given back as a filter.
+fn selected(args: &KernelArgs) -> Vec<(usize, Group)> {
+    let wanted = |cases: Vec<String>| {
+        args.filter
+            .as_deref()
+            .map_or(true, |f| cases.iter().any(|c| c.contains(f)))
+    };
+    args.vocab
+        .iter()
+        .flat_map(|&v| Group::ALL.map(|g| (v, g)))
+        .filter(|&(v, g)| wanted(g.cases(v)))
+        .collect()
+}
+
+/// Refuses arguments that would time nothing or the same thing twice.
+///
+/// # Errors
+///
+/// - a vocabulary size listed twice;
+/// - a filter that no case name contains (the message lists them).
+pub fn check(args: &KernelArgs) -> Result<(), String> {
+    for (i, v) in args.vocab.iter().enumerate() {
+        if args.vocab.get(..i).is_some_and(|before| before.contains(v)) {
+            return Err(format!("--vocab lists {v} twice"));
+        }
+    }
+    if let (Some(filter), true) = (&args.filter, selected(args).is_empty()) {
+        let all: Vec<String> = args
+            .vocab
+            .iter()
+            .flat_map(|&v| Group::ALL.into_iter().flat_map(move |g| g.cases(v)))
+            .collect();
+        return Err(format!(
+            "--filter {filter:?} matches no case; the cases are {}",
+            all.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// Runs every case `args` selects and returns the table.
 ///
 /// # Errors
 ///
 /// - the logits cannot be loaded; a sampler rejects its settings.
-pub fn run(args: &KernelArgs) -> Result<()> {
+pub fn run(args: &KernelArgs) -> Result<String> {
     let real = input::load(args)?;
     let timing = Timing {
         rounds: args.rounds as usize,
         cold: args.cold,
     };
     let rounds = timing.rounds;
-    println!("talkback-bench kernels");
-    println!("machine: {}", machine());
-    println!("logits:  {}", real.source);
-    println!(
+    let mut out = String::new();
+    writeln!(out, "talkback-bench kernels")?;
+    writeln!(out, "machine: {}", machine())?;
+    writeln!(out, "logits:  {}", real.source)?;
+    writeln!(
+        out,
         "timing:  {rounds} rounds x {} steps per contender, interleaved; \
          medians per token in microseconds",
         real.steps.len()
-    );
+    )?;
     if timing.cold {
-        println!(
+        writeln!(
+            out,
             "cold:    before each timed call, 64 MiB streamed through the caches, \
              then the step's logits read once"
-        );
+        )?;
     }
-    println!("larger vocabularies tile the real vector, later copies perturbed by up to +-0.125");
+    writeln!(
+        out,
+        "larger vocabularies tile the real vector, later copies perturbed by up to +-0.125"
+    )?;
     let mut rows = Vec::new();
     let mut checks = Vec::new();
     let mut notes = Vec::new();
+    let groups = selected(args);
     for &v in &args.vocab {
+        let chosen: Vec<Group> = groups.iter().filter(|g| g.0 == v).map(|g| g.1).collect();
+        if chosen.is_empty() {
+            continue;
+        }
         let steps: Vec<Vec<f32>> = real.steps.iter().map(|l| input::tile(l, v)).collect();
-        let wanted = |case: &str| args.filter.as_deref().map_or(true, |f| case.contains(f));
-        let names = [
-            format!("default_chain_v{v}"),
-            format!("top_p_p0.95_v{v}"),
-            format!("greedy_v{v}"),
-            format!("floor_v{v}"),
-        ];
-        let [chain_name, top_p_name, greedy_name, floor_name] = &names;
-        if wanted(chain_name) {
-            eprintln!("talkback-bench: {chain_name}");
-            chain_group(
-                v,
-                &steps,
-                &real.window,
-                &timing,
-                &mut rows,
-                &mut checks,
-                &mut notes,
-            )?;
-        }
-        if wanted(top_p_name) {
-            eprintln!("talkback-bench: {top_p_name}");
-            top_p_group(v, &steps, &timing, &mut rows, &mut checks)?;
-        }
-        if wanted(greedy_name) {
-            eprintln!("talkback-bench: {greedy_name}");
-            greedy_group(v, &steps, &timing, &mut rows, &mut checks, &mut notes)?;
-        }
-        if wanted(floor_name) {
-            eprintln!("talkback-bench: {floor_name}");
-            floor_group(v, &steps, &timing, &mut rows);
+        for group in chosen {
+            note!("talkback-bench: {}", group.cases(v).join(", "));
+            match group {
+                Group::Chain => chain_group(
+                    v,
+                    &steps,
+                    &real.window,
+                    &timing,
+                    &mut rows,
+                    &mut checks,
+                    &mut notes,
+                )?,
+                Group::TopP => top_p_group(v, &steps, &timing, &mut rows, &mut checks)?,
+                Group::Greedy => {
+                    greedy_group(v, &steps, &timing, &mut rows, &mut checks, &mut notes)?;
+                }
+                Group::Floor => floor_group(v, &steps, &timing, &mut rows),
+            }
         }
     }
-    print_rows(&rows);
-    println!();
-    println!("targets");
+    print_rows(&mut out, &rows)?;
+    writeln!(out)?;
+    writeln!(out, "targets")?;
     for c in &checks {
         let mark = if c.met { "met   " } else { "MISSED" };
-        println!("  {mark} {:<46} {}", c.what, c.value);
+        writeln!(out, "  {mark} {:<46} {}", c.what, c.value)?;
     }
     if !notes.is_empty() {
-        println!();
-        println!("checks");
+        writeln!(out)?;
+        writeln!(out, "checks")?;
         for n in &notes {
-            println!("  {n}");
+            writeln!(out, "  {n}")?;
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// The CPU model and core count, from `/proc/cpuinfo`.
@@ -269,8 +352,7 @@ fn chain_group(
     ];
     measure::run(steps, timing, &mut cs);
 
-    let case = format!("default_chain_v{v}");
-    let pen_case = format!("default_chain_penalties_w{WINDOW}_rp{REPEAT_PENALTY}_v{v}");
+    let [case, pen_case] = chain_cases(v);
     let (head, tail) = cs.split_at(4);
     push_group(rows, &case, head);
     push_group(rows, &pen_case, tail);
@@ -405,14 +487,11 @@ fn greedy_group(
 /// The floor kernels; their ratio column is llama.cpp's default chain... none: absolute only.
 fn floor_group(v: usize, steps: &[Vec<f32>], timing: &Timing, rows: &mut Vec<Row>) {
     let bits = |x: f32| Pick::id(x.to_bits());
+    let [max, poly, libm] = floor_cases(v);
     let mut cs = vec![
-        Contender::new(format!("floor_max_v{v}"), |l: &[f32]| bits(floor::max(l))),
-        Contender::new(format!("floor_max_sumexp_poly_v{v}"), |l: &[f32]| {
-            bits(floor::max_sum_exp_poly(l))
-        }),
-        Contender::new(format!("floor_max_sumexp_libm_v{v}"), |l: &[f32]| {
-            bits(floor::max_sum_exp_libm(l))
-        }),
+        Contender::new(max, |l: &[f32]| bits(floor::max(l))),
+        Contender::new(poly, |l: &[f32]| bits(floor::max_sum_exp_poly(l))),
+        Contender::new(libm, |l: &[f32]| bits(floor::max_sum_exp_libm(l))),
     ];
     measure::run(steps, timing, &mut cs);
     for c in &cs {
@@ -453,24 +532,27 @@ fn push_group(rows: &mut Vec<Row>, case: &str, cs: &[Contender<'_>]) {
     }
 }
 
-fn print_rows(rows: &[Row]) {
-    println!();
-    println!(
+fn print_rows(out: &mut String, rows: &[Row]) -> std::fmt::Result {
+    writeln!(out)?;
+    writeln!(
+        out,
         "{:<42} {:<30} {:>9} {:>9} {:>9} {:>14}",
         "case", "contender", "median", "p10", "p90", "llama.cpp/ours"
-    );
+    )?;
     for r in rows {
         if !r.case.is_empty() {
-            println!();
+            writeln!(out)?;
         }
         let label = match r.build {
             Some(b) => format!("{} (array {b:.1})", r.label),
             None => r.label.clone(),
         };
         let ratio = r.ratio.map_or(String::new(), |x| format!("{x:.1}x"));
-        println!(
+        writeln!(
+            out,
             "{:<42} {:<30} {:>9.2} {:>9.2} {:>9.2} {:>14}",
             r.case, label, r.median, r.p10, r.p90, ratio
-        );
+        )?;
     }
+    Ok(())
 }

@@ -5,7 +5,8 @@
 //! JSON timings give tokens per second (generation only, the prompt and model
 //! load left out) and the time spent inside the sampler.
 
-use std::path::PathBuf;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -32,7 +33,8 @@ pub struct E2eArgs {
     #[arg(short = 't', long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     threads: Option<u32>,
 
-    /// The talkback binary [default: target/release/talkback].
+    /// The talkback binary [default: the one built beside this program,
+    /// else target/release/talkback].
     #[arg(long, value_name = "PATH")]
     talkback: Option<PathBuf>,
 
@@ -48,17 +50,15 @@ struct Run {
     share: f64,
 }
 
-/// Runs both samplers alternately and prints tokens per second and the sampler's share.
+/// Runs both samplers alternately; returns tokens per second and the sampler's share.
 ///
 /// # Errors
 ///
 /// - the binary is missing or a run fails or prints no timings.
-pub fn run(args: &E2eArgs) -> Result<()> {
+pub fn run(args: &E2eArgs) -> Result<String> {
     let bin = args.talkback.clone().unwrap_or_else(|| {
-        workspace_root()
-            .join("target")
-            .join("release")
-            .join("talkback")
+        let here = std::env::current_exe().ok();
+        default_binary(here.as_deref().and_then(Path::parent), &workspace_root())
     });
     if !bin.is_file() {
         bail!(
@@ -76,7 +76,7 @@ pub fn run(args: &E2eArgs) -> Result<()> {
         for j in 0..2 {
             let e = (i + j) % 2;
             let engine = engines.get(e).copied().unwrap_or("talkback");
-            eprintln!(
+            note!(
                 "talkback-bench: run {} of {}, --sampler {engine}",
                 i + 1,
                 args.runs
@@ -88,38 +88,54 @@ pub fn run(args: &E2eArgs) -> Result<()> {
         }
     }
 
-    println!("talkback-bench e2e");
-    println!("machine: {}", machine());
-    println!(
+    let mut out = String::new();
+    writeln!(out, "talkback-bench e2e")?;
+    writeln!(out, "machine: {}", machine())?;
+    writeln!(
+        out,
         "runs:    {} per sampler, alternating; complete {PROMPT:?} -n {} --ignore-eos, \
          seed 1, default settings, {threads} threads",
         args.runs, args.n_predict
-    );
-    println!();
-    println!(
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
         "{:<12} {:>14} {:>22} {:>26}",
         "sampler", "tokens/s", "sampling ms/token", "sampler share of a step"
-    );
+    )?;
     let mut medians = [0.0f64; 2];
     for ((name, runs), m) in engines.iter().zip(&results).zip(medians.iter_mut()) {
         let tps: Vec<f64> = runs.iter().map(|r| r.tokens_per_s).collect();
         let ms: Vec<f64> = runs.iter().map(|r| r.sampling_ms_per_token).collect();
         let share: Vec<f64> = runs.iter().map(|r| r.share).collect();
         *m = median(&tps);
-        println!(
+        writeln!(
+            out,
             "{name:<12} {:>14.2} {:>22.4} {:>25.2}%",
             median(&tps),
             median(&ms),
             median(&share) * 100.0
-        );
+        )?;
     }
     let [ours, theirs] = medians;
-    println!();
-    println!(
+    writeln!(out)?;
+    writeln!(
+        out,
         "tokens/s, talkback / llama.cpp: {:.3}x (medians)",
         ours / theirs
-    );
-    Ok(())
+    )?;
+    Ok(out)
+}
+
+/// The talkback binary cargo built beside this one in `folder`, wherever
+/// `CARGO_TARGET_DIR` put them both; else `target/release/talkback` under
+/// the checkout `root`.
+fn default_binary(folder: Option<&Path>, root: &Path) -> PathBuf {
+    let name = format!("talkback{}", std::env::consts::EXE_SUFFIX);
+    folder
+        .map(|f| f.join(&name))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| root.join("target").join("release").join(name))
 }
 
 fn one_run(bin: &PathBuf, args: &E2eArgs, threads: u32, engine: &str) -> Result<Run> {
@@ -166,4 +182,26 @@ fn one_run(bin: &PathBuf, args: &E2eArgs, threads: u32, engine: &str) -> Result<
         sampling_ms_per_token: sampling_ms / tokens,
         share: sampling_ms / generation_ms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_binary_is_the_one_built_beside_the_bench() {
+        let dir = std::env::temp_dir().join(format!("bench-e2e-{}", std::process::id()));
+        let beside = dir.join("elsewhere").join("release");
+        std::fs::create_dir_all(&beside).unwrap();
+        let root = dir.join("checkout");
+        let fallback = root.join("target").join("release").join("talkback");
+        assert_eq!(default_binary(Some(&beside), &root), fallback);
+        assert_eq!(default_binary(None, &root), fallback);
+        std::fs::write(beside.join("talkback"), b"").unwrap();
+        assert_eq!(
+            default_binary(Some(&beside), &root),
+            beside.join("talkback")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -5,6 +5,7 @@
 //! or from the two single-step fixtures committed under `fixtures/logits/`.
 //! Each source also gives the token ids that serve as the penalty window.
 
+use std::fmt::Write as _;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
@@ -47,28 +48,35 @@ pub fn workspace_root() -> PathBuf {
 ///
 /// # Errors
 ///
-/// - the dump file is unreadable or not a whole number of records;
+/// - the dump file is unreadable, not a whole number of records, or holds
+///   a record with every logit NaN or negative infinity;
+/// - the model named by `--model` or `TALKBACK_MODEL` is missing, or
+///   the model is not a GGUF file that llama.cpp can load;
 /// - the model cannot be loaded or decoded;
 /// - the fixtures are missing or malformed.
 pub fn load(args: &KernelArgs) -> Result<Logits> {
     if let Some(path) = &args.logits {
         return from_dump(path, args.logits_vocab, args.steps as usize);
     }
-    let model = args.model.clone().or_else(|| {
+    let named = args.model.clone().or_else(|| {
         std::env::var_os("TALKBACK_MODEL")
+            .filter(|p| !p.is_empty())
             .map(PathBuf::from)
-            .or_else(|| Some(workspace_root().join("models").join(DEFAULT_MODEL_FILE)))
     });
-    match model {
-        Some(path) if path.is_file() => generate(&path, args.steps as usize),
-        _ => {
-            eprintln!(
-                "talkback-bench: no model found (fixtures/fetch-model.sh installs it); \
-                 using the two single-step fixtures in fixtures/logits/"
-            );
-            from_fixtures()
-        }
+    // A model someone named must be the one used: timing the fixtures
+    // instead would answer another question than the one asked.
+    if let Some(path) = named {
+        return generate(&path, args.steps as usize);
     }
+    let fetched = workspace_root().join("models").join(DEFAULT_MODEL_FILE);
+    if fetched.is_file() {
+        return generate(&fetched, args.steps as usize);
+    }
+    note!(
+        "talkback-bench: no model found (fixtures/fetch-model.sh installs it); \
+         using the two single-step fixtures in fixtures/logits/"
+    );
+    from_fixtures()
 }
 
 /// Reads at most `steps` records of `vocab` logits from a `--dump-logits` file.
@@ -92,6 +100,16 @@ fn from_dump(path: &Path, vocab: usize, steps: usize) -> Result<Logits> {
                 .collect()
         })
         .collect();
+    // Such a record is no step any model produced, and it would fail
+    // our sampler halfway through the run while llama.cpp's chain still
+    // returns a token.
+    let usable = |l: &Vec<f32>| l.iter().any(|x| !x.is_nan() && *x != f32::NEG_INFINITY);
+    if let Some(i) = all.iter().position(|l| !usable(l)) {
+        bail!(
+            "record {i} of {} has no logit that is a number above negative infinity",
+            path.display()
+        );
+    }
     // The window: each step's top token, as a greedy reading of the dump.
     let window = cycle(&all.iter().map(|l| top(l)).collect::<Vec<_>>());
     Ok(Logits {
@@ -106,11 +124,15 @@ fn from_dump(path: &Path, vocab: usize, steps: usize) -> Result<Logits> {
 /// llama.cpp's OpenMP worker threads keep spinning for a while after each
 /// decode; in a child process they are gone before any timing starts.
 fn generate(path: &Path, steps: usize) -> Result<Logits> {
+    // A file that makes llama.cpp abort would kill the child with a page
+    // of assertion text and a debugger's backtrace; this names the fault
+    // in one line instead.
+    talkback::gguf::check_file(path)?;
     let dir = workspace_root().join("target").join("bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let out = dir.join(format!("logits-{steps}.f32"));
     let exe = std::env::current_exe().context("cannot find this program's path")?;
-    eprintln!(
+    note!(
         "talkback-bench: generating {steps} steps of logits with {}",
         path.display()
     );
@@ -156,14 +178,14 @@ fn generate(path: &Path, steps: usize) -> Result<Logits> {
 }
 
 /// Decodes [`PROMPT`] with the model, samples `steps` tokens with the default
-/// settings, and writes each step's logits to `out` as little-endian f32.
+/// settings, and writes each step's logits to `file` as little-endian f32.
 ///
-/// Prints `vocab N` and `tokens ID...` on stdout for [`generate`].
+/// Returns the lines `vocab N` and `tokens ID...` that [`generate`] reads.
 ///
 /// # Errors
 ///
-/// - the model cannot be loaded or decoded, or `out` cannot be written.
-pub fn dump(path: &Path, steps: usize, out: &Path) -> Result<()> {
+/// - the model cannot be loaded or decoded, or `file` cannot be written.
+pub fn dump(path: &Path, steps: usize, file: &Path) -> Result<String> {
     let backend = LlamaBackend::init().context("cannot start the llama.cpp backend")?;
     let model = LlamaModel::load_from_file(&backend, path, &LlamaModelParams::default())
         .map_err(|e| anyhow!("{e}"))
@@ -209,10 +231,11 @@ pub fn dump(path: &Path, steps: usize, out: &Path) -> Result<()> {
         )?;
         ctx.decode(&mut batch).context("cannot decode")?;
     }
-    std::fs::write(out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
-    println!("vocab {vocab}");
-    println!("tokens {}", tokens.join(" "));
-    Ok(())
+    std::fs::write(file, &bytes).with_context(|| format!("cannot write {}", file.display()))?;
+    let mut out = String::new();
+    writeln!(out, "vocab {vocab}")?;
+    writeln!(out, "tokens {}", tokens.join(" "))?;
+    Ok(out)
 }
 
 /// Reads the two committed f16 fixtures; their prompt tokens make the window.
@@ -359,6 +382,84 @@ mod tests {
         assert_eq!(l, [1.0, -2.0, 10.164_062_5]);
         assert!(parse_fixture("# Tokens: 1\n").is_err());
         assert!(parse_fixture("# Tokens: 1\nzzzz\n").is_err());
+    }
+
+    #[test]
+    fn a_dump_record_with_nothing_to_draw_is_refused() {
+        let path = std::env::temp_dir().join(format!("bench-dump-{}.f32", std::process::id()));
+        let record = |xs: [f32; 3]| xs.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>();
+        let mut bytes = record([1.0, f32::NAN, f32::NEG_INFINITY]);
+        bytes.extend(record([f32::NAN, f32::NEG_INFINITY, f32::NAN]));
+        std::fs::write(&path, &bytes).unwrap();
+        let e = from_dump(&path, 3, 64).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "record 1 of {} has no logit that is a number above negative infinity",
+                path.display()
+            )
+        );
+        // The first record alone is usable, +inf included.
+        let ok = from_dump(&path, 3, 1).unwrap();
+        assert_eq!(ok.steps.len(), 1);
+        std::fs::write(&path, record([f32::INFINITY, 0.0, 0.0])).unwrap();
+        assert_eq!(from_dump(&path, 3, 64).unwrap().window[0], 0);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_named_model_that_is_missing_is_an_error_not_the_fixtures() {
+        let missing = std::env::temp_dir().join("bench-no-such-model.gguf");
+        let args = KernelArgs {
+            model: Some(missing.clone()),
+            ..KernelArgs::default()
+        };
+        let e = load(&args).err().unwrap();
+        assert!(
+            format!("{e:#}").starts_with(&format!("model {} does not exist", missing.display())),
+            "{e:#}"
+        );
+        let args = KernelArgs {
+            model: Some(std::env::temp_dir()),
+            ..KernelArgs::default()
+        };
+        let e = load(&args).err().unwrap();
+        assert!(
+            e.to_string().ends_with(" is a directory, not a GGUF file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_model_llama_cpp_would_abort_on_is_refused_in_one_line() {
+        // GGUF version 3, no tensors, two keys: a llama model of 0 layers.
+        let mut bytes = b"GGUF".to_vec();
+        bytes.extend(3u32.to_le_bytes());
+        bytes.extend(0u64.to_le_bytes());
+        bytes.extend(2u64.to_le_bytes());
+        for (key, kind, value) in [
+            (
+                "general.architecture",
+                8u32,
+                [&5u64.to_le_bytes()[..], b"llama"].concat(),
+            ),
+            ("llama.block_count", 4, 0u32.to_le_bytes().to_vec()),
+        ] {
+            bytes.extend((key.len() as u64).to_le_bytes());
+            bytes.extend(key.as_bytes());
+            bytes.extend(kind.to_le_bytes());
+            bytes.extend(value);
+        }
+        let path = std::env::temp_dir().join(format!("bench-layers-{}.gguf", std::process::id()));
+        std::fs::write(&path, &bytes).unwrap();
+        let args = KernelArgs {
+            model: Some(path.clone()),
+            ..KernelArgs::default()
+        };
+        let e = format!("{:#}", load(&args).err().unwrap());
+        std::fs::remove_file(&path).unwrap();
+        assert!(e.contains("`llama.block_count` is 0"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
     }
 
     #[test]

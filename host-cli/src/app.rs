@@ -1,6 +1,8 @@
 //! The subcommands: chat (one-shot and interactive), raw completion, replay.
 
-use std::io::{self, IsTerminal, Read, Write};
+use std::borrow::Cow;
+use std::io::{self, IsTerminal, Write};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -20,6 +22,13 @@ use crate::trace::{self, Prompt, Trace, TraceFile};
 /// How many alternatives a JSON-lines token event lists.
 const ALTERNATIVES: usize = 5;
 
+/// What `chat` can do for a model without a chat template.
+const CHAT_WITHOUT_TEMPLATE: &str = "use `complete`, or give one with --chat-template FILE";
+
+/// What `shape --chat` and `plot --chat` can do instead, as they take no
+/// template file.
+const WITHOUT_CHAT_FLAG: &str = "leave out --chat to give the prompt as raw text";
+
 /// Ctrl-C ended the run; the process exits with 130.
 #[derive(Debug)]
 pub struct Interrupted;
@@ -34,11 +43,17 @@ impl std::error::Error for Interrupted {}
 
 /// Flags that parse one by one but not together; the process exits with 2.
 #[derive(Debug)]
-pub struct Usage(&'static str);
+pub struct Usage(Cow<'static, str>);
+
+impl Usage {
+    fn new(message: impl Into<Cow<'static, str>>) -> Self {
+        Self(message.into())
+    }
+}
 
 impl std::fmt::Display for Usage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0)
+        f.write_str(&self.0)
     }
 }
 
@@ -62,9 +77,7 @@ pub fn run(cli: Cli) -> Result<()> {
 
 /// Reads all of stdin as UTF-8 text.
 fn read_stdin() -> Result<String> {
-    let mut bytes = Vec::new();
-    io::stdin()
-        .read_to_end(&mut bytes)
+    let bytes = crate::infile::read_bounded(io::stdin(), crate::infile::MAX_TEXT)
         .context("cannot read the prompt from stdin")?;
     String::from_utf8(bytes).map_err(|e| {
         anyhow!(
@@ -169,10 +182,10 @@ impl<S: Sink> Sink for TeeSink<S> {
 /// before loading anything; `chat` tells which of the two `prompt` is.
 fn check_prompt(prompt: &str, chat: bool) -> Result<()> {
     if chat && prompt.trim().is_empty() {
-        return Err(Usage("the message is empty: give some text to send").into());
+        return Err(Usage::new("the message is empty: give some text to send").into());
     }
     if prompt.is_empty() {
-        return Err(Usage("the prompt is empty: nothing to continue from").into());
+        return Err(Usage::new("the prompt is empty: nothing to continue from").into());
     }
     Ok(())
 }
@@ -215,14 +228,30 @@ fn check_roles(messages: &[Message]) -> Result<()> {
 fn check_generation(gen: &GenerationArgs, settings: &Settings) -> Result<()> {
     settings
         .check()
-        .map_err(|e| e.context(Usage("invalid settings")))?;
+        .map_err(|e| e.context(Usage::new("invalid settings")))?;
     if settings.sampler == Engine::LlamaCpp && gen.trace.is_some() {
-        return Err(Usage(
+        return Err(Usage::new(
             "--trace needs --sampler talkback: llama.cpp's sampler cannot be replayed",
         )
         .into());
     }
     Ok(())
+}
+
+/// Refuses a `--trace` or `--dump-logits` file that is the model, one of
+/// `inputs`, or the other output, before anything is opened or loaded.
+fn check_outputs(gen: &GenerationArgs, model: &ModelArgs, inputs: &[(&str, &Path)]) -> Result<()> {
+    let model = resolve_path(model.model.as_deref());
+    let mut read = vec![("the model", model.as_path())];
+    read.extend_from_slice(inputs);
+    let mut written = Vec::new();
+    if let Some(path) = &gen.trace {
+        written.push(("--trace", path.as_path()));
+    }
+    if let Some(path) = &gen.dump_logits {
+        written.push(("--dump-logits", path.as_path()));
+    }
+    crate::outfile::check_distinct(&written, &read).map_err(|e| Usage::new(e.to_string()).into())
 }
 
 /// A generator for `model`, dumping logits where `--dump-logits` asks.
@@ -292,9 +321,9 @@ fn save_trace(
 
 fn chat_template<'m>(args: &ChatArgs, model: &'m Model) -> Result<Template<'m>> {
     let Some(path) = &args.chat_template else {
-        return Template::from_model(model);
+        return Template::from_model(model, CHAT_WITHOUT_TEMPLATE);
     };
-    let source = std::fs::read_to_string(path)
+    let source = crate::infile::read_text(path, crate::infile::MAX_TEXT)
         .with_context(|| format!("cannot read chat template {}", path.display()))?;
     Template::new(
         &source,
@@ -311,7 +340,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
         messages.push(Message::new("system", system));
     }
     if let Some(path) = &args.messages {
-        let text = std::fs::read_to_string(path)
+        let text = crate::infile::read_text(path, crate::infile::MAX_TEXT)
             .with_context(|| format!("cannot read messages {}", path.display()))?;
         let earlier: Vec<Message> = serde_json::from_str(&text).map_err(|e| {
             anyhow!(
@@ -341,7 +370,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
         check_prompt(prompt, true)?;
     }
     if args.messages.is_some() && prompt.is_none() && messages.iter().all(|m| m.role == "system") {
-        return Err(Usage(
+        return Err(Usage::new(
             "nothing to answer: the --messages file holds no user or assistant turn \
              and no message was given",
         )
@@ -349,7 +378,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     }
     let interactive = prompt.is_none() && args.messages.is_none();
     if interactive && (gen.trace.is_some() || gen.format != Format::Text || args.render_only) {
-        return Err(Usage(
+        return Err(Usage::new(
             "--trace, --render-only and --format json/jsonl need a prompt (argument or stdin)",
         )
         .into());
@@ -357,13 +386,21 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     if args.render_only && (gen.trace.is_some() || gen.format != Format::Text) {
         // Nothing is generated, so there is nothing to trace, and the
         // prompt is printed as the model reads it, not as JSON.
-        return Err(Usage(
+        return Err(Usage::new(
             "--render-only prints the prompt as text: it takes no --trace or --format",
         )
         .into());
     }
     let settings = Settings::new(&args.sampling, gen, &args.model);
     check_generation(gen, &settings)?;
+    let mut inputs = Vec::new();
+    if let Some(path) = &args.messages {
+        inputs.push(("--messages", path.as_path()));
+    }
+    if let Some(path) = &args.chat_template {
+        inputs.push(("--chat-template", path.as_path()));
+    }
+    check_outputs(gen, &args.model, &inputs)?;
     let trace_file = gen.trace.as_deref().map(TraceFile::open).transpose()?;
     let model = load(&args.model, verbose)?;
     let template = chat_template(args, &model)?;
@@ -458,13 +495,14 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
     let prompt = match &args.prompt {
         Some(p) => p.clone(),
         None if io::stdin().is_terminal() => {
-            return Err(Usage("give the text to continue as an argument or on stdin").into())
+            return Err(Usage::new("give the text to continue as an argument or on stdin").into())
         }
         None => read_stdin()?,
     };
     check_prompt(&prompt, false)?;
     let settings = Settings::new(&args.sampling, gen, &args.model);
     check_generation(gen, &settings)?;
+    check_outputs(gen, &args.model, &[])?;
     let trace_file = gen.trace.as_deref().map(TraceFile::open).transpose()?;
     let model = load(&args.model, verbose)?;
     let mut session = model.session(&args.model)?;
@@ -532,7 +570,7 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
             // llama.cpp's built-in fallback included.
             let own = Template::model_source(&model).ok();
             let template = if own.as_deref() == Some(chat_template.as_str()) {
-                Template::from_model(&model)?
+                Template::from_model(&model, CHAT_WITHOUT_TEMPLATE)?
             } else {
                 Template::new(
                     chat_template,
@@ -593,6 +631,17 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
         min_p: 0.0,
         ..sampler_core::Config::default()
     };
+    // A value listed twice would only draw the same line twice, under the
+    // same label.
+    let repeats = [
+        ("--temp", first_repeat(&args.temp)),
+        ("--top-k", first_repeat(&args.top_k)),
+        ("--top-p", first_repeat(&args.top_p)),
+        ("--min-p", first_repeat(&args.min_p)),
+    ];
+    if let Some((flag, Some(v))) = repeats.into_iter().find(|(_, v)| v.is_some()) {
+        return Err(Usage::new(format!("{flag} lists {v} twice")).into());
+    }
     let combinations = [
         args.temp.len(),
         args.top_k.len(),
@@ -602,7 +651,7 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
     .iter()
     .try_fold(1_usize, |n, &len| n.checked_mul(len));
     if !combinations.is_some_and(|n| n <= crate::plot::MAX_SERIES) {
-        return Err(Usage(
+        return Err(Usage::new(
             "plot draws at most 99 settings (the combinations of --temp, --top-k, \
              --top-p and --min-p); list fewer values",
         )
@@ -649,11 +698,16 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
     }
 
     check_prompt(&args.prompt, args.chat)?;
+    if args.out != Path::new("-") {
+        let model = resolve_path(args.model.model.as_deref());
+        crate::outfile::check_distinct(&[("-o", &args.out)], &[("the model", &model)])
+            .map_err(|e| Usage::new(e.to_string()))?;
+    }
     let out = crate::plot::Output::open(&args.out)?;
     let model = load(&args.model, verbose)?;
     let mut session = model.session(&args.model)?;
     let tokens = if args.chat {
-        let template = Template::from_model(&model)?;
+        let template = Template::from_model(&model, WITHOUT_CHAT_FLAG)?;
         chat::tokenize(
             &model,
             &template.render(&[Message::new("user", &args.prompt)])?,
@@ -692,6 +746,14 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
     Ok(())
 }
 
+/// The first value equal to one before it, shown as that earlier one is.
+fn first_repeat<T: PartialEq + ToString>(values: &[T]) -> Option<String> {
+    values.iter().enumerate().find_map(|(i, v)| {
+        let before = values.get(..i)?;
+        before.iter().find(|b| *b == v).map(T::to_string)
+    })
+}
+
 fn shape_command(args: &ShapeArgs, verbose: u8) -> Result<()> {
     let stages = &args.stages;
     let config = sampler_core::Config {
@@ -725,7 +787,7 @@ fn shape_command(args: &ShapeArgs, verbose: u8) -> Result<()> {
             );
         }
         let tokens = if args.chat {
-            let template = Template::from_model(&model)?;
+            let template = Template::from_model(&model, WITHOUT_CHAT_FLAG)?;
             chat::tokenize(&model, &template.render(&[Message::new("user", prompt)])?)?
         } else {
             model.tokenize(prompt, model.wants_bos(), false)?

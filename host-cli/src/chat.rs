@@ -126,15 +126,16 @@ impl<'m> Template<'m> {
         (template, parsed)
     }
 
-    /// The model's own template, from its GGUF metadata.
+    /// The model's own template, from its GGUF metadata; `instead` says
+    /// what the command can do without one.
     ///
     /// # Errors
     ///
-    /// - the model has no chat template;
+    /// - the model has no chat template (the message ends with `instead`);
     /// - it does not parse with `minijinja` and matches none of llama.cpp's
     ///   built-in templates.
-    pub fn from_model(model: &'m Model) -> Result<Self> {
-        let source = Self::model_source(model)?;
+    pub fn from_model(model: &'m Model, instead: &str) -> Result<Self> {
+        let source = Self::model_source(model).map_err(|e| anyhow!("{e}; {instead}"))?;
         let (mut template, parsed) = Self::compile(
             &source,
             model.bos_text().unwrap_or_default(),
@@ -170,13 +171,7 @@ impl<'m> Template<'m> {
         model
             .inner()
             .meta_val_str("tokenizer.chat_template")
-            .map_err(|_| {
-                anyhow!(
-                    "model {} has no chat template; use `complete`, \
-                     or give one with --chat-template FILE",
-                    model.path().display()
-                )
-            })
+            .map_err(|_| anyhow!("model {} has no chat template", model.path().display()))
     }
 
     /// The template's source text.

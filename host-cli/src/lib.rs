@@ -19,6 +19,7 @@ pub mod chat;
 pub mod cli;
 pub mod generate;
 pub mod gguf;
+pub mod infile;
 pub mod model;
 pub mod outfile;
 pub mod output;

@@ -5,6 +5,11 @@
 //! opened at once without touching its contents, replaced whole when it is
 //! finally written, and removed again if this opening created it and the
 //! run ended without writing it.
+//!
+//! Before any of that, [`check_distinct`] makes sure that no output names a
+//! file the run reads or another output writes: the model is mapped into
+//! memory while it runs, so cutting it short kills the process, and a
+//! trace written over the messages file it was made from loses them.
 
 use std::fs::File;
 use std::io::{self, Seek as _, SeekFrom, Write as _};
@@ -78,6 +83,83 @@ impl Drop for ReservedFile {
     }
 }
 
+/// How a path is told apart from another: the file it names, or, for a
+/// file not made yet, where it would be made.
+#[derive(Debug, PartialEq, Eq)]
+enum Identity {
+    /// An existing regular file (a link leads to its target).
+    File(FileId),
+    /// A path that does not exist yet, with its folder made absolute.
+    New(PathBuf),
+}
+
+#[cfg(unix)]
+type FileId = (u64, u64);
+
+#[cfg(not(unix))]
+type FileId = PathBuf;
+
+#[cfg(unix)]
+fn file_id(_path: &Path, meta: &std::fs::Metadata) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt as _;
+    // Device and inode see through symbolic and hard links alike.
+    Some((meta.dev(), meta.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(path: &Path, _meta: &std::fs::Metadata) -> Option<FileId> {
+    path.canonicalize().ok()
+}
+
+/// What `path` names, or `None` when two flags may share it: a device or
+/// pipe (such as `/dev/null`) takes any number of writers, and a path that
+/// cannot be resolved fails later with its own message.
+fn identity(path: &Path) -> Option<Identity> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => file_id(path, &meta).map(Identity::File),
+        Ok(_) => None,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let name = path.file_name()?;
+            let folder = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            Some(Identity::New(folder.canonicalize().ok()?.join(name)))
+        }
+        Err(_) => None,
+    }
+}
+
+/// Refuses an output that names the same file as an input or an earlier
+/// output; each is given as the flag or role that names it and its path.
+///
+/// # Errors
+///
+/// - the first output that shares its file, naming both.
+pub fn check_distinct(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> Result<()> {
+    let inputs: Vec<_> = inputs
+        .iter()
+        .filter_map(|&(what, path)| Some((what, path, identity(path)?)))
+        .collect();
+    let mut seen: Vec<(&str, &Path, Identity)> = Vec::new();
+    for &(what, path) in outputs {
+        let Some(id) = identity(path) else {
+            continue;
+        };
+        if let Some((other, other_path, _)) =
+            inputs.iter().chain(&seen).find(|(_, _, seen)| *seen == id)
+        {
+            anyhow::bail!(
+                "{what} {} is the same file as {other} {}; give it a path of its own",
+                path.display(),
+                other_path.display()
+            );
+        }
+        seen.push((what, path, id));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +199,51 @@ mod tests {
         let mut f = ReservedFile::open(Path::new("/dev/null"), "chart").unwrap();
         f.replace(b"<svg/>").unwrap();
         assert_eq!(f.path(), Path::new("/dev/null"));
+    }
+
+    #[test]
+    fn an_output_may_not_share_a_file_with_an_input_or_another_output() {
+        let model = temp("model.gguf");
+        std::fs::write(&model, b"GGUF").unwrap();
+        let link = temp("link.gguf");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&model, &link).unwrap();
+        let fresh = temp("fresh.json");
+        let _ = std::fs::remove_file(&fresh);
+        let inputs = [("the model", model.as_path())];
+
+        let e = check_distinct(&[("--dump-logits", link.as_path())], &inputs).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "--dump-logits {} is the same file as the model {}; give it a path of its own",
+                link.display(),
+                model.display()
+            )
+        );
+        // A file not made yet is told apart by where it would be made.
+        let again = fresh
+            .parent()
+            .unwrap()
+            .join(".")
+            .join(fresh.file_name().unwrap());
+        let both = [
+            ("--trace", fresh.as_path()),
+            ("--dump-logits", again.as_path()),
+        ];
+        let e = check_distinct(&both, &inputs).unwrap_err();
+        assert!(e.to_string().ends_with(&format!(
+            "is the same file as --trace {}; give it a path of its own",
+            fresh.display()
+        )));
+        assert!(!fresh.exists(), "the check creates nothing");
+
+        // Devices take any number of writers; distinct files pass.
+        let null = Path::new("/dev/null");
+        check_distinct(&[("--trace", null), ("--dump-logits", null)], &inputs).unwrap();
+        check_distinct(&[("--trace", fresh.as_path())], &inputs).unwrap();
+        std::fs::remove_file(&link).unwrap();
+        std::fs::remove_file(&model).unwrap();
     }
 
     #[test]

@@ -156,6 +156,16 @@ impl Settings {
         if self.n_predict == Some(0) {
             bail!("a token cap of 0 generates nothing");
         }
+        // llama.cpp's generator keeps the low 32 bits, and all ones there
+        // asks it for a fresh random seed: the run would not repeat.
+        let draws = self.temperature != 0.0;
+        if self.sampler == Engine::LlamaCpp && draws && self.seed & LLAMA_RANDOM == LLAMA_RANDOM {
+            bail!(
+                "seed {}: llama.cpp's sampler keeps its low 32 bits, and {LLAMA_RANDOM} \
+                 there asks it for a random seed; pick another",
+                self.seed
+            );
+        }
         Ok(config)
     }
 
@@ -188,13 +198,22 @@ impl Settings {
     }
 }
 
+/// The low 32 bits of a seed that llama.cpp reads as "pick one at random".
+const LLAMA_RANDOM: u64 = 0xffff_ffff;
+
 /// A seed from the operating system's hasher keys and the clock.
 pub fn random_seed() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    RandomState::new().hash_one(nanos)
+    let seed = RandomState::new().hash_one(nanos);
+    // A seed that `-v` prints must repeat the run with either sampler.
+    if seed & LLAMA_RANDOM == LLAMA_RANDOM {
+        seed ^ 1
+    } else {
+        seed
+    }
 }
 
 #[cfg(test)]
@@ -257,6 +276,34 @@ mod tests {
         for bad in cases {
             assert!(bad.check().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_seed_llama_cpp_reads_as_random_is_refused_for_its_sampler() {
+        let check = |extra: &[&str]| {
+            let settings = parsed(extra).expect("parses");
+            settings.check().err().map(|e| format!("{e:#}"))
+        };
+        for seed in ["4294967295", "18446744073709551615", "8589934591"] {
+            let err = check(&["--sampler", "llama.cpp", "--seed", seed]).unwrap_or_default();
+            assert_eq!(
+                err,
+                format!(
+                    "seed {seed}: llama.cpp's sampler keeps its low 32 bits, and 4294967295 \
+                     there asks it for a random seed; pick another"
+                )
+            );
+            // sampler-core takes all 64 bits, and greedy draws nothing.
+            assert_eq!(check(&["--seed", seed]), None);
+            assert_eq!(
+                check(&["--sampler", "llama.cpp", "--seed", seed, "--temp", "0"]),
+                None
+            );
+        }
+        assert_eq!(
+            check(&["--sampler", "llama.cpp", "--seed", "4294967294"]),
+            None
+        );
     }
 
     #[test]

@@ -148,8 +148,9 @@ impl Trace {
     ///
     /// - the file is missing, not JSON, truncated, or of another version.
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read trace {}", path.display()))?;
+        let bytes = std::fs::File::open(path)
+            .and_then(|file| crate::infile::read_bounded(file, crate::infile::MAX_TRACE))
+            .with_context(|| format!("cannot read trace {}", path.display()))?;
         let trace: Self = serde_json::from_slice(&bytes)
             .map_err(|e| anyhow!("trace {} is not a valid trace: {e}", path.display()))?;
         if trace.version != VERSION {

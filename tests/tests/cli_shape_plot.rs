@@ -839,3 +839,34 @@ fn plot_refuses_more_settings_than_it_has_colours() {
     );
     assert!(!out.0.exists());
 }
+
+#[test]
+fn plot_refuses_a_value_listed_twice() {
+    // It drew the same line twice under the same label. Values are
+    // compared as numbers, so 0.5 and 0.50 are one, and so are 0 and -0.
+    let out = TempFile::new("twice.svg");
+    for (flag, list, twice) in [
+        ("--temp", "0.5,0.8,0.50", "0.5"),
+        ("--top-k", "40,10,40", "40"),
+        ("--min-p", "0,-0", "0"),
+    ] {
+        let args = [
+            "plot",
+            "x",
+            flag,
+            list,
+            "-o",
+            out.arg(),
+            "--model",
+            "/nonexistent/m.gguf",
+        ];
+        let run = tb(&args);
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        assert!(run.stdout.is_empty());
+        assert_eq!(
+            run.stderr,
+            format!("talkback: {flag} lists {twice} twice\n")
+        );
+        assert!(!out.0.exists());
+    }
+}

@@ -493,3 +493,156 @@ fn context_longer_than_the_model_was_trained_on() {
     let at_limit = talkback(&["complete", "hi", "-n", "2", "--ctx-size", "8192", "-t", "1"]);
     assert_eq!(at_limit.code, 0, "{}", at_limit.stderr);
 }
+
+/// Asserts a usage error found after parsing: exit 2, nothing on stdout,
+/// and the one line `line` on stderr.
+fn late_usage_error(run: &reliability_support::Run, line: &str) {
+    assert_eq!(run.code, 2, "exit code; stderr:\n{}", run.stderr);
+    assert!(run.stdout.is_empty(), "stdout: {:?}", run.text());
+    assert_eq!(run.stderr, format!("talkback: {line}\n"));
+}
+
+#[test]
+fn an_output_that_names_the_model_or_an_input_is_refused() {
+    // The logits dump was cut to nothing under the mapped model, and the
+    // process died of SIGBUS; a trace or chart replaced the model whole.
+    let scratch = Scratch::new("output-clash");
+    let model = scratch.model_with("model.gguf", &[]);
+    let link = scratch.join("link.gguf");
+    std::os::unix::fs::symlink(&model, &link).expect("link the model");
+    let size = std::fs::metadata(&model).expect("model").len();
+    let (model, link) = (arg(&model), arg(&link));
+    let same = |flag: &str, path: &str, other: &str| {
+        format!("{flag} {path} is the same file as {other}; give it a path of its own")
+    };
+    for flag in ["--dump-logits", "--trace"] {
+        let run = talkback(&["complete", "hi", "-n", "2", "-m", model, flag, link]);
+        late_usage_error(&run, &same(flag, link, &format!("the model {model}")));
+    }
+    let run = talkback(&["plot", "hi", "-n", "2", "-m", link, "-o", model]);
+    late_usage_error(&run, &same("-o", model, &format!("the model {link}")));
+    let len = std::fs::metadata(model).expect("model").len();
+    assert_eq!(len, size, "the model was written to");
+
+    // The messages a chat is made from, and the other output.
+    let messages = scratch.write("turns.json", br#"[{"role": "user", "content": "Hi"}]"#);
+    let messages = arg(&messages);
+    let run = talkback(&["chat", "--messages", messages, "--trace", messages]);
+    late_usage_error(
+        &run,
+        &same("--trace", messages, &format!("--messages {messages}")),
+    );
+    let out = scratch.join("out.bin");
+    let out = arg(&out);
+    let args = [
+        "complete",
+        "hi",
+        "-n",
+        "2",
+        "--trace",
+        out,
+        "--dump-logits",
+        out,
+    ];
+    late_usage_error(
+        &talkback(&args),
+        &same("--dump-logits", out, &format!("--trace {out}")),
+    );
+    assert!(
+        !scratch.join("out.bin").exists(),
+        "a refused run left a file"
+    );
+
+    // A device takes both outputs.
+    let null = "/dev/null";
+    let args = [
+        "complete",
+        "hi",
+        "-n",
+        "2",
+        "-t",
+        "1",
+        "--trace",
+        null,
+        "--dump-logits",
+        null,
+    ];
+    let run = talkback(&args);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
+
+#[test]
+fn model_without_a_chat_template_says_what_each_command_can_do() {
+    // The key renamed by its last letter: the file stays valid, with no
+    // template. `shape` and `plot` were told to use --chat-template, which
+    // they do not take.
+    let scratch = Scratch::new("no-template");
+    let layout = Layout::of_model();
+    let last = layout.key_type_at("tokenizer.chat_template") - 1;
+    let model = scratch.model_with("plain.gguf", &[(last, b"E")]);
+    let model = arg(&model);
+    let without = format!("talkback: model {model} has no chat template; ");
+    let run = talkback(&["chat", "Hi", "--render-only", "-m", model]);
+    let line = runtime_error(&run, &without);
+    assert!(
+        line.ends_with("use `complete`, or give one with --chat-template FILE"),
+        "{line}"
+    );
+    let chart = scratch.join("chart.svg");
+    for args in [
+        vec!["shape", "--chat", "Hi", "-m", model],
+        vec![
+            "plot",
+            "--chat",
+            "Hi",
+            "-n",
+            "1",
+            "-m",
+            model,
+            "-o",
+            arg(&chart),
+        ],
+    ] {
+        let line = runtime_error(&talkback(&args), &without);
+        assert!(
+            line.ends_with("leave out --chat to give the prompt as raw text"),
+            "{line}"
+        );
+    }
+    let run = talkback(&["shape", "Hi", "-m", model, "-t", "1"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
+
+#[test]
+fn an_endless_input_is_refused_at_its_size_limit() {
+    // Each used to be read to its end, which /dev/zero never reaches: the
+    // process grew until the system killed it.
+    let zero = "/dev/zero";
+    for (args, line) in [
+        (
+            vec!["chat", "Hi", "--messages", zero],
+            "talkback: cannot read messages /dev/zero: it holds more than 64 MiB",
+        ),
+        (
+            vec!["chat", "Hi", "--chat-template", zero],
+            "talkback: cannot read chat template /dev/zero: it holds more than 64 MiB",
+        ),
+        (
+            vec!["replay", zero],
+            "talkback: cannot read trace /dev/zero: it holds more than 256 MiB",
+        ),
+    ] {
+        assert_eq!(runtime_error(&talkback(&args), line), line);
+    }
+    for sub in ["complete", "chat"] {
+        let mut cmd = reliability_support::command(&[sub]);
+        cmd.stdin(std::fs::File::open(zero).expect("open /dev/zero"));
+        let output = cmd.output().expect("run talkback");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{sub}: {stderr}");
+        assert_eq!(
+            stderr,
+            "talkback: cannot read the prompt from stdin: it holds more than 64 MiB\n"
+        );
+    }
+}

@@ -1,0 +1,80 @@
+//! Reading a text input whole, up to a size no real input reaches.
+//!
+//! A path may name a device or a pipe that never ends (`/dev/zero`, `yes |`),
+//! and reading it to the end grew memory until the system killed the
+//! process. Each input is read up to its limit plus one byte, so one too
+//! large is refused as soon as it passes the limit.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+
+/// Most bytes of a prompt, a messages file or a chat template: 64 MiB,
+/// more text than the largest context (1048576 tokens) holds at 64 bytes
+/// a token.
+pub const MAX_TEXT: u64 = 64 << 20;
+
+/// Most bytes of a trace: 256 MiB, a trace of the largest context with
+/// room to spare (a step takes about 60 bytes).
+pub const MAX_TRACE: u64 = 256 << 20;
+
+/// Reads all of `input`, failing once it holds more than `limit` bytes.
+///
+/// # Errors
+///
+/// - the read fails, or the input holds more than `limit` bytes.
+pub fn read_bounded(input: impl Read, limit: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    input
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("it holds more than {} MiB", limit >> 20),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Reads the file at `path` as UTF-8 text of at most `limit` bytes.
+///
+/// # Errors
+///
+/// - the file cannot be opened or read, holds more than `limit` bytes, or
+///   is not UTF-8.
+pub fn read_text(path: &Path, limit: u64) -> io::Result<String> {
+    let bytes = read_bounded(File::open(path)?, limit)?;
+    // The same words as `std::fs::read_to_string`, which this replaces.
+    String::from_utf8(bytes).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endless_input_stops_one_byte_past_the_limit() {
+        let e = read_bounded(io::repeat(0), 4 << 20).unwrap_err();
+        assert_eq!(e.to_string(), "it holds more than 4 MiB");
+        let zero = read_text(Path::new("/dev/zero"), 1 << 20).unwrap_err();
+        assert_eq!(zero.to_string(), "it holds more than 1 MiB");
+        assert_eq!(read_bounded(&[7u8; 10][..], 10).unwrap(), [7; 10]);
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_named_as_before() {
+        let path = std::env::temp_dir().join(format!("talkback-infile-{}", std::process::id()));
+        std::fs::write(&path, b"ok\xff").unwrap();
+        let e = read_text(&path, MAX_TEXT).unwrap_err();
+        assert_eq!(e.to_string(), "stream did not contain valid UTF-8");
+        std::fs::write(&path, "ok").unwrap();
+        assert_eq!(read_text(&path, MAX_TEXT).unwrap(), "ok");
+        std::fs::remove_file(&path).unwrap();
+    }
+}
