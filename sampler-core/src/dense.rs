@@ -16,8 +16,8 @@ use crate::chain::ZERO_WEIGHT_CUT;
 use crate::penalty::{Override, Overrides};
 use crate::select::{keep_top, rank_cmp, rank_key};
 use crate::softmax::{
-    small_weight_approx, small_weight_bits, weight_f64, weight_of, Scale, APPROX_ERROR, LOW_CUT,
-    LOW_WEIGHT_MAX, SMALL_CUT, TWO_23_BITS,
+    small_weight_approx, small_weight_approx3, small_weight_bits, weight_f64, weight_of, Scale,
+    APPROX3_ERROR, APPROX_ERROR, CHEAP_CUT, LOW_CUT, LOW_WEIGHT_MAX, SMALL_CUT, TWO_23_BITS,
 };
 use crate::Candidate;
 
@@ -1056,14 +1056,14 @@ const SMALL_RUN: u32 = 255;
 trait SmallSum {
     /// Chunks whose largest scaled difference is below this go to
     /// [`SmallSum::skip`] instead of [`SmallSum::add`].
-    const FLOOR: f32;
+    fn floor(&self) -> f32;
 
     /// Adds the weights of one chunk of scaled differences, each at most
-    /// [`SMALL_CUT`], -inf or NaN.
-    fn add(&mut self, d: &[f32; CHUNK]);
+    /// [`SMALL_CUT`], -inf or NaN; `top` is the largest of them.
+    fn add(&mut self, d: &[f32; CHUNK], top: f32);
 
     /// Takes note of a chunk whose largest scaled difference, `top`, is
-    /// below [`SmallSum::FLOOR`].
+    /// below [`SmallSum::floor`].
     fn skip(&mut self, top: f32);
 }
 
@@ -1093,14 +1093,17 @@ impl ExactSmall {
 }
 
 impl SmallSum for ExactSmall {
-    const FLOOR: f32 = ZERO_WEIGHT_CUT;
+    #[inline(always)]
+    fn floor(&self) -> f32 {
+        ZERO_WEIGHT_CUT
+    }
 
     /// Such a chunk weighs nothing.
     #[inline(always)]
     fn skip(&mut self, _top: f32) {}
 
     #[inline(always)]
-    fn add(&mut self, d: &[f32; CHUNK]) {
+    fn add(&mut self, d: &[f32; CHUNK], _top: f32) {
         for (s, &di) in self.lanes.iter_mut().zip(d) {
             *s = s.wrapping_add(small_weight_bits(di));
         }
@@ -1121,20 +1124,28 @@ const APPROX_RUN: u32 = 8;
 /// weights. This is about twice their sum.
 const SUM_ERROR: f64 = 1.0 / 1_048_576.0;
 
-/// Bounds on the sum: [`small_weight_approx`] in f32 lanes, with the count
-/// of weights summed, so that the true sum of the weights can be bounded
-/// ([`ApproxSmall::bounds`]). Chunks below [`LOW_CUT`] are only counted:
-/// each weighs between 0 and `CHUNK * LOW_WEIGHT_MAX`.
+/// Approximate weights summed in f32 lanes, flushed into f64 every
+/// [`APPROX_RUN`] chunks.
 #[derive(Default)]
-struct ApproxSmall {
+struct ApproxLanes {
     lanes: [f32; CHUNK],
     runs: u32,
     sum: f64,
-    weights: u64,
-    low_chunks: u64,
 }
 
-impl ApproxSmall {
+impl ApproxLanes {
+    /// Adds `approx` of each of the chunk's scaled differences.
+    #[inline(always)]
+    fn add(&mut self, d: &[f32; CHUNK], approx: impl Fn(f32) -> f32) {
+        for (s, &di) in self.lanes.iter_mut().zip(d) {
+            *s += approx(di);
+        }
+        self.runs += 1;
+        if self.runs == APPROX_RUN {
+            self.flush();
+        }
+    }
+
     /// Moves the lanes into `sum`.
     fn flush(&mut self) {
         self.sum += self.lanes.iter().map(|&s| f64::from(s)).sum::<f64>();
@@ -1142,26 +1153,54 @@ impl ApproxSmall {
         self.runs = 0;
     }
 
-    /// The least and the greatest integer the exact sum of the weights can be.
-    fn bounds(mut self) -> (u64, u64) {
+    /// The sum of everything added, and the bound on its relative error
+    /// against the exact weights, for approximations within `error`.
+    fn total(mut self, error: f64) -> (f64, f64) {
         self.flush();
-        // Each weight is within APPROX_ERROR of its approximation plus a
-        // half for its rounding; the sum of the approximations is within
+        // Each weight is within `error` of its approximation plus a half
+        // for its rounding; the sum of the approximations is within
         // SUM_ERROR of `sum`. 2^-30 covers their products and squares
-        // (under 2^-38) and the rounding of this arithmetic (2^-50).
-        let spread = APPROX_ERROR + SUM_ERROR + 1.0 / 1_073_741_824.0;
+        // (under 2^-31) and the rounding of this arithmetic (2^-50).
+        (self.sum, error + SUM_ERROR + 1.0 / 1_073_741_824.0)
+    }
+}
+
+/// Bounds on the sum, so that the true sum of the weights can be bounded
+/// ([`ApproxSmall::bounds`]): chunks lying wholly below [`CHEAP_CUT`] are
+/// summed with [`small_weight_approx3`], the others with
+/// [`small_weight_approx`], and the count of weights summed is kept.
+/// Chunks below `floor` are only counted: each weighs between 0 and
+/// `CHUNK * LOW_WEIGHT_MAX`.
+#[derive(Default)]
+struct ApproxSmall {
+    /// [`LOW_CUT`], or [`ZERO_WEIGHT_CUT`] to count no chunk.
+    floor: f32,
+    cheap: ApproxLanes,
+    fine: ApproxLanes,
+    weights: u64,
+    low_chunks: u64,
+}
+
+impl ApproxSmall {
+    /// The least and the greatest integer the exact sum of the weights can be.
+    fn bounds(self) -> (u64, u64) {
+        let (cheap, cheap_spread) = self.cheap.total(APPROX3_ERROR);
+        let (fine, fine_spread) = self.fine.total(APPROX_ERROR);
         let halves = self.weights as f64 * 0.5 + 1.0;
-        let lo = libm::floor(self.sum * (1.0 - spread) - halves);
-        let hi = libm::ceil(self.sum * (1.0 + spread) + halves);
+        let lo = libm::floor(cheap * (1.0 - cheap_spread) + fine * (1.0 - fine_spread) - halves);
+        let hi = libm::ceil(cheap * (1.0 + cheap_spread) + fine * (1.0 + fine_spread) + halves);
         // In range: the sum is below 2^62 for any vocabulary of u32 ids,
-        // and so is the weight of the low chunks, under 2^7 per chunk.
+        // and so is the weight of the low chunks, under 2^9 per chunk.
         let low = self.low_chunks * (CHUNK as u64 * u64::from(LOW_WEIGHT_MAX));
         (if lo > 0.0 { lo as u64 } else { 0 }, hi as u64 + low)
     }
 }
 
 impl SmallSum for ApproxSmall {
-    const FLOOR: f32 = LOW_CUT;
+    #[inline(always)]
+    fn floor(&self) -> f32 {
+        self.floor
+    }
 
     /// Counted without a branch when it may weigh something.
     #[inline(always)]
@@ -1170,15 +1209,13 @@ impl SmallSum for ApproxSmall {
     }
 
     #[inline(always)]
-    fn add(&mut self, d: &[f32; CHUNK]) {
-        for (s, &di) in self.lanes.iter_mut().zip(d) {
-            *s += small_weight_approx(di);
+    fn add(&mut self, d: &[f32; CHUNK], top: f32) {
+        if top < CHEAP_CUT {
+            self.cheap.add(d, small_weight_approx3);
+        } else {
+            self.fine.add(d, small_weight_approx);
         }
         self.weights += CHUNK as u64;
-        self.runs += 1;
-        if self.runs == APPROX_RUN {
-            self.flush();
-        }
     }
 }
 
@@ -1201,6 +1238,7 @@ fn mass_pass<S: SmallSum>(
 ) -> (u64, usize) {
     let (m, inv_t) = (scale.m, scale.inv_t);
     let back = scratch.len();
+    let floor = small.floor();
     let mut total = 0u64;
     let mut marked = 0usize;
     for_each_run(logits, ov, |first, run| {
@@ -1230,8 +1268,8 @@ fn mass_pass<S: SmallSum>(
                             *a += weight_f64(di);
                         }
                     }
-                } else if top >= S::FLOOR {
-                    small.add(&d);
+                } else if top >= floor {
+                    small.add(&d, top);
                 } else {
                     small.skip(top);
                 }
@@ -1383,13 +1421,50 @@ pub(crate) fn weight_histogram(
     hist.iter().sum()
 }
 
+/// Chunks [`low_floor`] looks at.
+const FLOOR_SAMPLE: usize = 64;
+
+/// Where [`bounded_mass_and_head`] stops summing chunks and only counts
+/// them: [`LOW_CUT`] when a sample of chunks says that many lie wholly
+/// below [`ZERO_WEIGHT_CUT`] (one in eight or more), else
+/// [`ZERO_WEIGHT_CUT`].
+///
+/// Which chunks are summed follows no pattern, so the branch on it is
+/// mispredicted about as often as the less common side comes up. With
+/// many weightless chunks it already is; counting the chunks below
+/// [`LOW_CUT`] as well then saves their sums at little further cost
+/// (at temperature 0.8 on SmolLM2, a third of the chunks). With few, as at
+/// temperature 1, it would turn a branch nearly always taken into one
+/// taken three times in four, and cost more than it saves. Either way the
+/// bounds hold; only the speed depends on the sample.
+fn low_floor(logits: &[f32], scale: &Scale) -> f32 {
+    let chunks = logits.len() / CHUNK;
+    let step = (chunks / FLOOR_SAMPLE).max(1);
+    let mut looked = 0usize;
+    let mut weightless = 0usize;
+    for chunk in logits.chunks_exact(CHUNK).step_by(step).take(FLOOR_SAMPLE) {
+        let top = chunk
+            .iter()
+            .fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a });
+        looked += 1;
+        // An all-NaN chunk has a top of -inf: weightless, as it is.
+        weightless += usize::from(scale.d(top) < ZERO_WEIGHT_CUT);
+    }
+    if weightless * 8 >= looked && looked > 0 {
+        LOW_CUT
+    } else {
+        ZERO_WEIGHT_CUT
+    }
+}
+
 /// Like [`mass_and_head`], but with bounds `(lo, hi)` on the total weight
 /// instead of the total: the weights below 2^23 are summed with
-/// [`small_weight_approx`], which is cheaper, and the error of that sum is
-/// bounded; chunks below [`LOW_CUT`] are not summed at all, only counted.
-/// `hi - lo` is a few millionths of the total weight of the small weights,
-/// plus half a unit per weight summed and `CHUNK * LOW_WEIGHT_MAX` per
-/// chunk counted.
+/// [`small_weight_approx`], or [`small_weight_approx3`] in chunks lying
+/// wholly below [`CHEAP_CUT`], both cheaper than the exact kernel, and the
+/// error of those sums is bounded; chunks below [`low_floor`] are not
+/// summed at all, only counted. `hi - lo` is a few millionths of the small
+/// weights' total (a few ten-thousandths of the cheap ones'), plus half a
+/// unit per weight summed and `CHUNK * LOW_WEIGHT_MAX` per chunk counted.
 pub(crate) fn bounded_mass_and_head(
     logits: &[f32],
     ov: &Overrides,
@@ -1398,7 +1473,10 @@ pub(crate) fn bounded_mass_and_head(
     limit: usize,
     scratch: &mut [Candidate],
 ) -> (u64, u64, Option<usize>) {
-    let mut small = ApproxSmall::default();
+    let mut small = ApproxSmall {
+        floor: low_floor(logits, scale),
+        ..ApproxSmall::default()
+    };
     let (big, marked) = mass_pass(logits, ov, scale, cut, scratch, &mut small);
     let (lo, hi) = small.bounds();
     let head = head_after_pass(logits, ov, scale, cut, limit, scratch, marked);
@@ -1831,13 +1909,19 @@ mod tests {
 
     /// The scaled difference from `from` down to `to` at which the exact
     /// weight lies furthest above (`sign` 1) or below (`sign` -1) its
-    /// approximation.
+    /// approximation: the cheaper one below [`CHEAP_CUT`], as a chunk of
+    /// such differences alone gets.
     fn leaning(from: f32, to: f32, sign: f64) -> f32 {
         let mut best = (f64::NEG_INFINITY, from);
         for bits in from.to_bits()..=to.to_bits() {
             let d = f32::from_bits(bits);
             let w = f64::from(crate::softmax::weight_of(d));
-            let lean = sign * (w - f64::from(small_weight_approx(d)));
+            let approx = if d < CHEAP_CUT {
+                small_weight_approx3(d)
+            } else {
+                small_weight_approx(d)
+            };
+            let lean = sign * (w - f64::from(approx));
             if lean > best.0 {
                 best = (lean, d);
             }
@@ -1856,10 +1940,11 @@ mod tests {
         let v = 300_007;
         for sign in [1.0f64, -1.0] {
             let large = leaning(-4.87, -5.0, sign);
-            let mid = leaning(-15.9, -16.0, sign);
+            // Just below the cheap cut, where its error counts most.
+            let mid = leaning(CHEAP_CUT - 0.001, CHEAP_CUT - 0.1, sign);
             // Just above the low cut: below it nothing is approximated.
             let tiny = leaning(LOW_CUT + 0.1, LOW_CUT, sign);
-            for kinds in [[large; 3], [tiny; 3], [large, mid, tiny]] {
+            for kinds in [[large; 3], [mid; 3], [tiny; 3], [large, mid, tiny]] {
                 let mut logits: Vec<f32> = (0..v).map(|i| kinds[i / CHUNK % 3]).collect();
                 logits[v / 2] = 0.0;
                 let ov = Overrides::new();
@@ -1871,7 +1956,15 @@ mod tests {
                     bounded_mass_and_head(&logits, &ov, &scale, -1.0, 16, &mut scratch);
                 assert_eq!(head, Some(1), "{kinds:?}");
                 assert!(lo <= total && total <= hi, "{kinds:?}: {lo} {total} {hi}");
-                let slack = 2.1 * (APPROX_ERROR + SUM_ERROR) * total as f64;
+                // Loose by the relative error of each approximation and
+                // half a unit per weight, no more.
+                let cheap: u64 = logits
+                    .iter()
+                    .filter(|&&x| x < CHEAP_CUT)
+                    .map(|&x| scale.weight(x))
+                    .sum();
+                let slack = 2.1 * (APPROX_ERROR + SUM_ERROR) * (total - cheap) as f64
+                    + 2.1 * (APPROX3_ERROR + SUM_ERROR) * cheap as f64;
                 assert!(((hi - lo) as f64) <= slack + v as f64 + 4.0, "{kinds:?}");
                 // The errors did lean: the total is in the half they point to.
                 let (above, below) = (hi - total, total - lo);
@@ -1887,15 +1980,18 @@ mod tests {
     fn chunks_below_the_low_cut_are_bounded_from_both_sides() {
         // Every chunk below the low cut, at the most and at the least its
         // weights can be: the upper bound is reached in the first case, the
-        // lower in the second, whatever the rest weighs.
-        let v = 40_000 * CHUNK + 5;
+        // lower in the second, whatever the rest weighs. Every third chunk
+        // weighs nothing, so that the low chunks are counted, not summed.
+        let v = 40_001 * CHUNK + 5;
         let most = f32::from_bits(LOW_CUT.to_bits() + 1);
         let least = f32::from_bits(ZERO_WEIGHT_CUT.to_bits() - 1);
         assert_eq!(crate::softmax::weight_of(most), LOW_WEIGHT_MAX);
         assert_eq!(crate::softmax::weight_of(least), 0);
         for (fill, at_hi) in [(most, true), (least, false)] {
             for rest in [0.0f32, -2.0, -10.0] {
-                let mut logits = vec![fill; v];
+                let mut logits: Vec<f32> = (0..v)
+                    .map(|i| if i / CHUNK % 3 == 2 { -40.0 } else { fill })
+                    .collect();
                 logits[0] = 0.0;
                 // One chunk apart from the low ones, with a small weight.
                 for x in &mut logits[CHUNK * 7..CHUNK * 8] {
@@ -1904,6 +2000,7 @@ mod tests {
                 logits[v - 1] = rest;
                 let ov = Overrides::new();
                 let scale = Scale::new(0.0);
+                assert_eq!(low_floor(&logits, &scale), LOW_CUT);
                 let total: u64 = logits.iter().map(|&x| scale.weight(x)).sum();
                 let mut scratch = vec![Candidate::default(); v];
                 let (lo, hi, _) =
@@ -1912,7 +2009,12 @@ mod tests {
                     lo <= total && total <= hi,
                     "{fill} {rest}: {lo} {total} {hi}"
                 );
-                let low_chunks = (v / CHUNK - 2) as u64;
+                let low_chunks = logits
+                    .chunks(CHUNK)
+                    .filter(|c| c.iter().all(|&x| x == fill || x == -40.0))
+                    .filter(|c| c.contains(&fill))
+                    .count() as u64;
+                assert!(low_chunks > 20_000, "{low_chunks}");
                 let width = low_chunks * CHUNK as u64 * u64::from(LOW_WEIGHT_MAX);
                 // The other chunks err by their relative error at most.
                 let slack = (2.1 * (APPROX_ERROR + SUM_ERROR) * total as f64) as u64 + 64;
@@ -1921,6 +2023,37 @@ mod tests {
                 assert!(hi - lo >= width && hi - lo <= width + slack, "{lo} {hi}");
             }
         }
+    }
+
+    #[test]
+    fn the_low_floor_follows_the_share_of_weightless_chunks() {
+        let scale = Scale::new(0.0);
+        // The sample then takes every 65th chunk, which meets every
+        // residue of the patterns below.
+        let chunks = FLOOR_SAMPLE * 65;
+        // One weightless chunk in `every`, spread evenly.
+        let with = |every: usize, weightless: f32| -> Vec<f32> {
+            (0..chunks * CHUNK)
+                .map(|i| {
+                    if (i / CHUNK) % every == 0 {
+                        weightless
+                    } else {
+                        -5.0
+                    }
+                })
+                .collect()
+        };
+        assert_eq!(low_floor(&with(4, -30.0), &scale), LOW_CUT);
+        assert_eq!(low_floor(&with(8, -30.0), &scale), LOW_CUT);
+        assert_eq!(low_floor(&with(16, -30.0), &scale), ZERO_WEIGHT_CUT);
+        // NaN chunks weigh nothing either; -22 itself may still weigh.
+        assert_eq!(low_floor(&with(4, f32::NAN), &scale), LOW_CUT);
+        assert_eq!(
+            low_floor(&with(2, ZERO_WEIGHT_CUT), &scale),
+            ZERO_WEIGHT_CUT
+        );
+        assert_eq!(low_floor(&[0.0; 5], &scale), ZERO_WEIGHT_CUT);
+        assert_eq!(low_floor(&[], &scale), ZERO_WEIGHT_CUT);
     }
 
     #[test]

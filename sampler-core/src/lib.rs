@@ -91,14 +91,16 @@
 //!   nothing sums every weight exactly in one vectorised pass (one
 //!   exponential per token) and then draws among the tokens within 10 nats
 //!   of the top, where real language-model logits put nearly all the mass.
-//!   Top-p with top-k off makes the same pass with a cheaper polynomial
-//!   that only bounds the total weight (to within a few millionths of the
-//!   weights below 2^23 plus half a unit for each of them; chunks of
-//!   sixteen tokens all more than 18 nats under the top are only counted,
-//!   at up to 16 units of weight per token), and finds its
-//!   cut among those tokens; the cut is exact whenever it is the same
-//!   for every total within the bounds, and an exact pass settles the
-//!   other cases.
+//!   Top-p with top-k off makes the same pass with cheaper polynomials
+//!   that only bound the total weight: to within a few millionths of the
+//!   weights below 2^23, or 2.5 ten-thousandths for chunks of sixteen
+//!   tokens lying wholly more than 10 nats under the top, plus half a unit
+//!   for each weight; where a sample of chunks finds many that weigh
+//!   nothing, chunks wholly more than 18 nats under the top are only
+//!   counted, at up to 16 units of weight per token. It finds its cut
+//!   among those tokens; the cut is exact whenever it is the same for
+//!   every total within the bounds, and an exact pass settles the other
+//!   cases.
 //!
 //! # Limitations
 //!
