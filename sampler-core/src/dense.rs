@@ -424,13 +424,6 @@ impl Keys {
     #[inline(always)]
     fn append(&mut self, first: u32, chunk: &[f32; CHUNK], skip: u32) {
         let t = self.t;
-        let mut hit = false;
-        for &x in chunk {
-            hit |= x > t;
-        }
-        if !hit {
-            return;
-        }
         let mut mask = 0u32;
         for (i, &x) in chunk.iter().enumerate() {
             mask |= u32::from(x > t) << i;
@@ -529,8 +522,10 @@ impl Pool {
             *src = if mixed { Source::Mixed } else { Source::Block };
         }
         self.n += usize::from(enter);
-        self.fresh_min = if enter && max < self.fresh_min {
-            max
+        // Two selects rather than `enter && ...`, which compiles to a branch.
+        let fresh = if enter { max } else { f32::INFINITY };
+        self.fresh_min = if fresh < self.fresh_min {
+            fresh
         } else {
             self.fresh_min
         };
@@ -629,18 +624,18 @@ impl Pool {
             else {
                 break;
             };
-            if x > t {
-                if let (Some(mk), Some(sk), Some(srck)) = (
-                    self.max.get_mut(kept),
-                    self.start.get_mut(kept),
-                    self.source.get_mut(kept),
-                ) {
-                    *mk = x;
-                    *sk = s;
-                    *srck = src;
-                }
-                kept += 1;
+            // Written every time, kept only above the threshold: which
+            // entries stay follows no pattern.
+            if let (Some(mk), Some(sk), Some(srck)) = (
+                self.max.get_mut(kept),
+                self.start.get_mut(kept),
+                self.source.get_mut(kept),
+            ) {
+                *mk = x;
+                *sk = s;
+                *srck = src;
             }
+            kept += usize::from(x > t);
         }
         self.n = kept;
     }
