@@ -522,8 +522,9 @@ impl Pool {
             *src = if mixed { Source::Mixed } else { Source::Block };
         }
         self.n += usize::from(enter);
-        // Two selects rather than `enter && ...`, which compiles to a branch.
-        let fresh = if enter { max } else { f32::INFINITY };
+        // Masked bits, not `if enter`, which the compiler turns into a branch.
+        let keep = u32::from(enter).wrapping_neg();
+        let fresh = f32::from_bits((max.to_bits() & keep) | (f32::INFINITY.to_bits() & !keep));
         self.fresh_min = if fresh < self.fresh_min {
             fresh
         } else {
