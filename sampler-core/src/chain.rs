@@ -472,6 +472,7 @@ impl Cut {
 /// over all candidates, since the head is a rank prefix. Returns `None`
 /// (nothing decided) when the head is too long or too light, or the top
 /// logit is +inf.
+#[inline(never)]
 fn top_p_from_head(
     logits: &[f32],
     ov: &Overrides,
@@ -516,6 +517,10 @@ fn top_p_from_head(
 /// of that bin and the ones before it are collected (a rank prefix), all of
 /// the earlier bins' tokens survive, and the cut is selected among the few
 /// tokens of that bin alone. `None` only when the top logit is +inf.
+// Kept out of line, like `top_p_from_head`: inlined, their frames (the
+// bins, the selection's histogram) would add up in `run`'s instead of
+// taking turns, past the crate's stack bound.
+#[inline(never)]
 fn top_p_from_total(
     logits: &[f32],
     ov: &Overrides,
