@@ -53,19 +53,27 @@ struct Check {
 enum Group {
     Chain,
     TopP,
+    HotTopP,
     Greedy,
     Floor,
 }
 
 impl Group {
     /// Every group, in the order they run.
-    const ALL: [Group; 4] = [Group::Chain, Group::TopP, Group::Greedy, Group::Floor];
+    const ALL: [Group; 5] = [
+        Group::Chain,
+        Group::TopP,
+        Group::HotTopP,
+        Group::Greedy,
+        Group::Floor,
+    ];
 
     /// The case names the group prints for vocabulary `v`.
     fn cases(self, v: usize) -> Vec<String> {
         match self {
             Group::Chain => chain_cases(v).into(),
             Group::TopP => vec![format!("top_p_p0.95_v{v}")],
+            Group::HotTopP => vec![hot_top_p_case(v)],
             Group::Greedy => vec![format!("greedy_v{v}")],
             Group::Floor => floor_cases(v).into(),
         }
@@ -188,6 +196,7 @@ pub fn run(args: &KernelArgs) -> Result<String> {
                     &mut notes,
                 )?,
                 Group::TopP => top_p_group(v, &steps, &timing, &mut rows, &mut checks)?,
+                Group::HotTopP => hot_top_p_group(v, &steps, &timing, &mut rows)?,
                 Group::Greedy => {
                     greedy_group(v, &steps, &timing, &mut rows, &mut checks, &mut notes)?;
                 }
@@ -435,6 +444,46 @@ fn top_p_group(
         value: format!("{r:.1}x"),
         met: r >= TARGET_TOP_P,
     });
+    Ok(())
+}
+
+/// Temperature of the hot top-p case.
+const HOT_TEMPERATURE: f32 = 2.0;
+
+/// The hot top-p case's name for vocabulary `v`.
+fn hot_top_p_case(v: usize) -> String {
+    format!("top_p_p0.95_t{HOT_TEMPERATURE}_v{v}")
+}
+
+/// Top-p 0.95 at temperature 2 (top-k off): a nucleus of thousands of
+/// tokens, where finding the cut costs most. No target; it shows the other
+/// end of top-p's range.
+fn hot_top_p_group(
+    v: usize,
+    steps: &[Vec<f32>],
+    timing: &Timing,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let config = Config {
+        temperature: HOT_TEMPERATURE,
+        top_k: 0,
+        top_p: 0.95,
+        min_p: 0.0,
+        ..Config::default()
+    };
+    let mut buf = scratch(v);
+    let mut ours = sampler(config, &mut buf)?;
+    let mut llama = LlamaSampler::chain_simple([
+        LlamaSampler::temp(HOT_TEMPERATURE),
+        LlamaSampler::top_p(0.95, 1),
+        LlamaSampler::dist(SEED),
+    ]);
+    let mut cs = vec![
+        Contender::new("llama.cpp", |l: &[f32]| llama_step(&mut llama, l)),
+        Contender::new("ours", |l: &[f32]| ours_step(&mut ours, l, &[])),
+    ];
+    measure::run(steps, timing, &mut cs);
+    push_group(rows, &hot_top_p_case(v), &cs);
     Ok(())
 }
 

@@ -239,6 +239,7 @@ mod tests {
             "default_chain_penalties_w64_rp1.1_v1000",
             "floor_max_sumexp_poly",
             "greedy",
+            "top_p_p0.95_t2_v1000",
         ] {
             let k = kernels(&["--vocab", "1000", "--filter", name]).unwrap();
             assert_eq!(cases::check(&k), Ok(()), "{name}");
