@@ -1049,4 +1049,173 @@ pub(crate) mod tests {
             assert_eq!(got, want, "case {case}: v {v} t {t} p {p}");
         }
     }
+
+    /// Every order of the stages: each subset of top-k, top-p and min-p
+    /// with temperature, in every arrangement (49 in all).
+    fn every_order() -> Vec<crate::Order> {
+        fn arrange(v: &mut Vec<Stage>, from: usize, out: &mut Vec<crate::Order>) {
+            if from == v.len() {
+                out.push(crate::Order::new(v).unwrap());
+            }
+            for i in from..v.len() {
+                v.swap(from, i);
+                arrange(v, from + 1, out);
+                v.swap(from, i);
+            }
+        }
+        let mut out = Vec::new();
+        for subset in 0..8u32 {
+            let mut stages = vec![Stage::Temperature];
+            for (bit, stage) in [Stage::TopK, Stage::TopP, Stage::MinP]
+                .into_iter()
+                .enumerate()
+            {
+                if subset >> bit & 1 == 1 {
+                    stages.push(stage);
+                }
+            }
+            arrange(&mut stages, 0, &mut out);
+        }
+        out
+    }
+
+    /// What a run of the chain and its draw show, floats as bits: the
+    /// survivors' ids after each stage the run observed, the choice, the
+    /// report's alternatives, entropy and counts.
+    type Seen = (
+        Vec<(usize, Vec<u32>)>,
+        (u32, u32),
+        Vec<(u32, u32)>,
+        u32,
+        Option<crate::Survivors>,
+    );
+
+    /// Runs the chain on `path` and draws with `u`, as the sampler does;
+    /// on the fast path, also checks any total the outcome carries
+    /// against the weights of the held survivors and counts it in `reused`.
+    fn run_and_draw(
+        logits: &[f32],
+        ov: &Overrides,
+        config: &Config,
+        path: Path,
+        u: f64,
+        report: Option<usize>,
+        reused: &mut usize,
+    ) -> Seen {
+        let mut scratch = vec![Candidate { id: 3, logit: 1e30 }; logits.len() + 5];
+        let mut stages = Vec::new();
+        let mut observe = |view: StageView<'_>| {
+            let mut ids: Vec<u32> = view.survivors.iter().map(|c| c.id).collect();
+            ids.sort_unstable();
+            stages.push((view.index, ids));
+        };
+        let mut out = run(logits, ov, config, &mut scratch, path, report, &mut observe).unwrap();
+        if let Some(total) = out.mass {
+            let held = &scratch[..out.held];
+            assert_eq!(total, mass(held, &out.scale), "{config:?}");
+            *reused += 1;
+        }
+        let mut alternatives = vec![crate::Alternative::default(); report.unwrap_or(0)];
+        let mut written = crate::Report::new(&mut alternatives);
+        let s = &mut scratch[..out.held];
+        let choice = match finish(s, &mut out, u, report.map(|_| &mut written)) {
+            Some(choice) => choice,
+            None => {
+                // Past a partial head: hold every token of nonzero weight.
+                let scale = out.scale;
+                out.held = dense::at_least(logits, ov, &scale, ZERO_WEIGHT_CUT, &mut scratch);
+                (out.partial, out.mass, out.sorted) = (None, None, false);
+                finish(&mut scratch[..out.held], &mut out, u, None).unwrap()
+            }
+        };
+        let listed = written
+            .written()
+            .iter()
+            .map(|a| (a.id, a.logprob.to_bits()))
+            .collect();
+        let counts = report.map(|_| written.survivors);
+        let entropy = written.entropy.to_bits();
+        (
+            stages,
+            (choice.id, choice.logprob.to_bits()),
+            listed,
+            entropy,
+            counts,
+        )
+    }
+
+    #[test]
+    fn every_order_keeps_the_reference_survivors_after_each_stage() {
+        // Top-p over every candidate in each of its ways (decided by the
+        // head's bounds, a head too light or too long for the binned total,
+        // a far tail whose sampled chunks weigh nothing while the others
+        // weigh a little, ties on bin edges), in every order of the
+        // stages, with settings under which a later stage cuts again or
+        // not and rescales or not. The fast path must keep, stage by
+        // stage, the survivors the reference keeps, and draw and report
+        // the same; a total it carries to the draw must be the survivors'.
+        let mut unit = units(31);
+        let v = 20_011;
+        let chunks = v / dense::CHUNK;
+        let shapes: [&dyn Fn(usize, f32) -> f32; 5] = [
+            &|i, u| {
+                if i % 31 == 0 {
+                    -3.0 - 6.0 * u
+                } else {
+                    -10.0 - 12.0 * u
+                }
+            },
+            &|_, u| -10.5 - 2.0 * u,
+            &|_, u| -9.9 * u,
+            &|i, u| match (i / dense::CHUNK % (chunks / 64), i % 7) {
+                (0, _) => -30.0,
+                (_, 0) => -8.0 - 1.9 * u,
+                _ => -22.0 + 4.0 * u,
+            },
+            &|i, _| -((i % 90) as f32) / 8.0,
+        ];
+        let below_one = 1.0 - f64::EPSILON / 2.0;
+        let (mut reused, mut runs) = (0usize, 0usize);
+        for (o, order) in every_order().into_iter().enumerate() {
+            for (k, shape) in shapes.iter().enumerate() {
+                let case = o * shapes.len() + k;
+                let mut logits: Vec<f32> = (0..v).map(|i| shape(i, unit())).collect();
+                logits[case % v] = 0.0;
+                let tail = (v - v % dense::CHUNK) as u32;
+                let recent = [(case % v) as u32, 77, tail];
+                let bias = [(tail + 1, 1.5f32), (5, f32::NEG_INFINITY), (93, 0.25)];
+                let r = unit();
+                let config = Config {
+                    temperature: [1.0, 0.7, 1.0, 1.6, 0.0][case % 5],
+                    top_k: [0, 0, 40, v as u32][case / 5 % 4],
+                    top_p: [0.95, 0.5, 0.999, r][case / 3 % 4],
+                    min_p: [0.0, 0.05, 1e-9][case / 2 % 3],
+                    repeat_penalty: 1.3,
+                    presence_penalty: 0.25,
+                    order,
+                    ..Config::default()
+                };
+                let mut ov = Overrides::new();
+                ov.build(&logits, &recent, &bias, &config).unwrap();
+                let u = [0.0, below_one, 0.5, f64::from(unit())][case / 7 % 4];
+                let report = [None, Some(0), Some(6)][case % 3];
+                let fast = run_and_draw(&logits, &ov, &config, Path::Fast, u, report, &mut reused);
+                let slow = run_and_draw(&logits, &ov, &config, Path::Reference, u, report, &mut 0);
+                for (index, ids) in &fast.0 {
+                    let want = slow.0.iter().find(|(i, _)| i == index).map(|(_, ids)| ids);
+                    assert_eq!(Some(ids), want, "case {case}: stage {index} of {config:?}");
+                }
+                assert_eq!(
+                    (fast.1, fast.2, fast.3, fast.4),
+                    (slow.1, slow.2, slow.3, slow.4),
+                    "case {case}: {config:?} u {u} report {report:?}"
+                );
+                runs += 1;
+            }
+        }
+        assert!(
+            runs == 245 && reused > 10,
+            "{runs} runs, {reused} totals reused"
+        );
+    }
 }
