@@ -112,9 +112,8 @@
 //!   selects the cut among that bin's tokens: two more passes over the
 //!   vocabulary and one over the collected tokens. On 64 steps of a story
 //!   continuation by SmolLM2 (V = 49,152) the median call takes about
-//!   60 µs at temperature 1, 0.35 ms at 1.5 with `p = 0.99`, and 0.52 ms
-//!   at 2 with `p = 0.95`, where the nucleus holds about ten thousand
-//!   tokens and drawing among them is a tenth of the time.
+//!   60 µs at temperature 1, 0.3 ms at 1.5 with `p = 0.99`, and 0.5 ms at
+//!   2 with `p = 0.95`, where the nucleus holds about ten thousand tokens.
 //! - Weights are integers in units of `2^-30` of the top token's, rounded
 //!   to the nearest, so a token less likely than about `2^-31` times the
 //!   top token weighs 0 and is never drawn.
