@@ -420,25 +420,10 @@ fn top_p_group(
     rows: &mut Vec<Row>,
     checks: &mut Vec<Check>,
 ) -> Result<()> {
-    let config = Config {
-        temperature: 1.0,
-        top_k: 0,
-        top_p: 0.95,
-        min_p: 0.0,
-        ..Config::default()
-    };
-    let mut buf = scratch(v);
-    let mut ours = sampler(config, &mut buf)?;
-    let mut llama =
+    let llama =
         LlamaSampler::chain_simple([LlamaSampler::top_p(0.95, 1), LlamaSampler::dist(SEED)]);
-    let mut cs = vec![
-        Contender::new("llama.cpp", |l: &[f32]| llama_step(&mut llama, l)),
-        Contender::new("ours", |l: &[f32]| ours_step(&mut ours, l, &[])),
-    ];
-    measure::run(steps, timing, &mut cs);
     let case = format!("top_p_p0.95_v{v}");
-    push_group(rows, &case, &cs);
-    let r = ratio(&cs, 0, 1);
+    let r = time_top_p(&case, 1.0, llama, v, steps, timing, rows)?;
     checks.push(Check {
         what: format!("{case} >= {TARGET_TOP_P}x"),
         value: format!("{r:.1}x"),
@@ -464,8 +449,36 @@ fn hot_top_p_group(
     timing: &Timing,
     rows: &mut Vec<Row>,
 ) -> Result<()> {
+    let llama = LlamaSampler::chain_simple([
+        LlamaSampler::temp(HOT_TEMPERATURE),
+        LlamaSampler::top_p(0.95, 1),
+        LlamaSampler::dist(SEED),
+    ]);
+    time_top_p(
+        &hot_top_p_case(v),
+        HOT_TEMPERATURE,
+        llama,
+        v,
+        steps,
+        timing,
+        rows,
+    )?;
+    Ok(())
+}
+
+/// Times top-p 0.95 with top-k off at `temperature` against llama.cpp's
+/// `llama` chain, adds the rows of `case`, and returns llama.cpp / ours.
+fn time_top_p(
+    case: &str,
+    temperature: f32,
+    mut llama: LlamaSampler,
+    v: usize,
+    steps: &[Vec<f32>],
+    timing: &Timing,
+    rows: &mut Vec<Row>,
+) -> Result<f64> {
     let config = Config {
-        temperature: HOT_TEMPERATURE,
+        temperature,
         top_k: 0,
         top_p: 0.95,
         min_p: 0.0,
@@ -473,18 +486,13 @@ fn hot_top_p_group(
     };
     let mut buf = scratch(v);
     let mut ours = sampler(config, &mut buf)?;
-    let mut llama = LlamaSampler::chain_simple([
-        LlamaSampler::temp(HOT_TEMPERATURE),
-        LlamaSampler::top_p(0.95, 1),
-        LlamaSampler::dist(SEED),
-    ]);
     let mut cs = vec![
         Contender::new("llama.cpp", |l: &[f32]| llama_step(&mut llama, l)),
         Contender::new("ours", |l: &[f32]| ours_step(&mut ours, l, &[])),
     ];
     measure::run(steps, timing, &mut cs);
-    push_group(rows, &hot_top_p_case(v), &cs);
-    Ok(())
+    push_group(rows, case, &cs);
+    Ok(ratio(&cs, 0, 1))
 }
 
 /// Greedy: the top token.

@@ -1812,62 +1812,76 @@ mod tests {
         assert_eq!(below(-f32::MAX), f32::NEG_INFINITY);
     }
 
-    #[test]
-    fn mass_and_at_most_match_reference() {
+    /// Calls `f(v, logits, overrides, reference candidates, scale)` on
+    /// random cases of several sizes with a finite top logit, each at three
+    /// temperatures.
+    fn scaled_cases(seed: u64, mut f: impl FnMut(usize, &[f32], &Overrides, &[Candidate], Scale)) {
         for v in [1, 16, 31, 700, 5000, 70_000] {
-            let (logits, ov) = case(v, 3 + v as u64);
+            let (logits, ov) = case(v, seed + v as u64);
             let all = reference(&logits, &ov);
             let Some(top) = all.first() else { continue };
             if top.logit == f32::INFINITY {
                 continue;
             }
             for t in [0.3f32, 1.0, 4.0] {
-                let scale = Scale::new(top.logit).with_temperature(t);
-                let want: u64 = all.iter().map(|c| scale.weight(c.logit)).sum();
-                assert_eq!(total_weight(&logits, &ov, &scale), want, "v {v} t {t}");
-                for (cut, limit) in [(-2.0f32, v), (-6.0, v), (-6.0, 16)] {
-                    let mut scratch = vec![Candidate::default(); v];
-                    let (total, fused) =
-                        mass_and_head(&logits, &ov, &scale, cut, limit, &mut scratch);
-                    assert_eq!(total, want, "v {v} t {t}: fused total");
-                    let fused_sorted = fused.map(|n| sorted(scratch[..n].to_vec()));
-                    let (lo, hi, bounded) =
-                        bounded_mass_and_head(&logits, &ov, &scale, cut, limit, &mut scratch);
-                    assert!(lo <= want && want <= hi, "v {v} t {t}: {lo} {want} {hi}");
-                    // Loose by the relative error of the small weights and
-                    // half a unit per weight, no more.
-                    let slack = 2.1 * (APPROX_ERROR + SUM_ERROR) * want as f64;
-                    assert!(
-                        ((hi - lo) as f64) <= slack + v as f64 + 4.0,
-                        "v {v} t {t}: {lo} {hi}"
-                    );
-                    assert_eq!(
-                        bounded.map(|n| sorted(scratch[..n].to_vec())),
-                        fused_sorted,
-                        "v {v} t {t}"
-                    );
-                    let fused = fused_sorted;
-                    let got = at_most(&logits, &ov, &scale, cut, limit, &mut scratch);
-                    assert_eq!(
-                        fused,
-                        got.map(|n| sorted(scratch[..n].to_vec())),
-                        "v {v} t {t}"
-                    );
-                    let head: Vec<Candidate> = all
-                        .iter()
-                        .copied()
-                        .filter(|c| scale.d(c.logit) >= cut)
-                        .collect();
-                    match got {
-                        Some(n) => {
-                            scratch.truncate(n);
-                            assert_eq!(sorted(scratch), head, "v {v} t {t} cut {cut}");
-                        }
-                        None => assert!(head.len() > limit),
-                    }
-                }
+                f(
+                    v,
+                    &logits,
+                    &ov,
+                    &all,
+                    Scale::new(top.logit).with_temperature(t),
+                );
             }
         }
+    }
+
+    #[test]
+    fn mass_and_at_most_match_reference() {
+        scaled_cases(3, |v, logits, ov, all, scale| {
+            let t = 1.0 / scale.inv_t;
+            let want: u64 = all.iter().map(|c| scale.weight(c.logit)).sum();
+            assert_eq!(total_weight(logits, ov, &scale), want, "v {v} t {t}");
+            for (cut, limit) in [(-2.0f32, v), (-6.0, v), (-6.0, 16)] {
+                let mut scratch = vec![Candidate::default(); v];
+                let (total, fused) = mass_and_head(logits, ov, &scale, cut, limit, &mut scratch);
+                assert_eq!(total, want, "v {v} t {t}: fused total");
+                let fused_sorted = fused.map(|n| sorted(scratch[..n].to_vec()));
+                let (lo, hi, bounded) =
+                    bounded_mass_and_head(logits, ov, &scale, cut, limit, &mut scratch);
+                assert!(lo <= want && want <= hi, "v {v} t {t}: {lo} {want} {hi}");
+                // Loose by the relative error of the small weights and
+                // half a unit per weight, no more.
+                let slack = 2.1 * (APPROX_ERROR + SUM_ERROR) * want as f64;
+                assert!(
+                    ((hi - lo) as f64) <= slack + v as f64 + 4.0,
+                    "v {v} t {t}: {lo} {hi}"
+                );
+                assert_eq!(
+                    bounded.map(|n| sorted(scratch[..n].to_vec())),
+                    fused_sorted,
+                    "v {v} t {t}"
+                );
+                let fused = fused_sorted;
+                let got = at_most(logits, ov, &scale, cut, limit, &mut scratch);
+                assert_eq!(
+                    fused,
+                    got.map(|n| sorted(scratch[..n].to_vec())),
+                    "v {v} t {t}"
+                );
+                let head: Vec<Candidate> = all
+                    .iter()
+                    .copied()
+                    .filter(|c| scale.d(c.logit) >= cut)
+                    .collect();
+                match got {
+                    Some(n) => {
+                        scratch.truncate(n);
+                        assert_eq!(sorted(scratch), head, "v {v} t {t} cut {cut}");
+                    }
+                    None => assert!(head.len() > limit),
+                }
+            }
+        });
     }
 
     #[test]
@@ -2054,25 +2068,20 @@ mod tests {
 
     #[test]
     fn weight_histogram_bins_every_weight_exactly() {
-        for v in [1, 16, 31, 700, 5000, 70_000] {
-            let (logits, ov) = case(v, 11 + v as u64);
-            let all = reference(&logits, &ov);
-            let Some(top) = all.first() else { continue };
-            if top.logit == f32::INFINITY {
-                continue;
+        scaled_cases(11, |v, logits, ov, all, scale| {
+            let mut want = [0u64; BINS];
+            for c in all {
+                want[bin_of(scale.d(c.logit))] += scale.weight(c.logit);
             }
-            for t in [0.3f32, 1.0, 4.0] {
-                let scale = Scale::new(top.logit).with_temperature(t);
-                let mut want = [0u64; BINS];
-                for c in &all {
-                    want[bin_of(scale.d(c.logit))] += scale.weight(c.logit);
-                }
-                let mut hist = [0u64; BINS];
-                let total = weight_histogram(&logits, &ov, &scale, &mut hist);
-                assert_eq!(hist, want, "v {v} t {t}");
-                assert_eq!(total, total_weight(&logits, &ov, &scale), "v {v} t {t}");
-            }
-        }
+            let mut hist = [0u64; BINS];
+            let total = weight_histogram(logits, ov, &scale, &mut hist);
+            assert_eq!(hist, want, "v {v} scale {scale:?}");
+            assert_eq!(
+                total,
+                total_weight(logits, ov, &scale),
+                "v {v} scale {scale:?}"
+            );
+        });
     }
 
     #[test]

@@ -360,14 +360,20 @@ mod tests {
         });
     }
 
-    #[test]
-    fn approximate_weights_stay_within_their_bound_on_every_float_of_their_range() {
+    /// Checks `approx` against the exact weights on every float below
+    /// `cut` that [`every_small_float`] visits: within `error` of its value
+    /// plus half a unit, and the bound neither too tight nor loose by
+    /// orders of magnitude.
+    fn approximation_holds(cut: f32, approx: impl Fn(f32) -> f32, error: f64) {
         let mut worst = 0.0f64;
         every_small_float(|d| {
-            let (w, f) = (f64::from(weight_of(d)), f64::from(small_weight_approx(d)));
+            if d >= cut {
+                return;
+            }
+            let (w, f) = (f64::from(weight_of(d)), f64::from(approx(d)));
             assert!(f >= 0.0, "{d}");
             assert!(
-                (w - f).abs() <= APPROX_ERROR * f + 0.5,
+                (w - f).abs() <= error * f + 0.5,
                 "{d}: weight {w}, approximation {f}"
             );
             // Before rounding, the error is relative alone.
@@ -376,32 +382,19 @@ mod tests {
                 worst = worst.max((exact - f).abs() / exact);
             }
         });
-        // The bound has room to spare, and is not loose by orders of magnitude.
-        assert!(worst < APPROX_ERROR / 2.0, "{worst}");
-        assert!(worst > APPROX_ERROR / 20.0, "{worst}");
+        assert!(worst < error / 2.0, "{worst}");
+        assert!(worst > error / 20.0, "{worst}");
+    }
+
+    #[test]
+    fn approximate_weights_stay_within_their_bound_on_every_float_of_their_range() {
+        approximation_holds(f32::INFINITY, small_weight_approx, APPROX_ERROR);
     }
 
     #[test]
     fn cheap_weights_stay_within_their_bound_on_every_float_of_their_range() {
-        let mut worst = 0.0f64;
-        every_small_float(|d| {
-            // Only chunks lying wholly below the cheap cut use it.
-            if d >= CHEAP_CUT {
-                return;
-            }
-            let (w, f) = (f64::from(weight_of(d)), f64::from(small_weight_approx3(d)));
-            assert!(f >= 0.0, "{d}");
-            assert!(
-                (w - f).abs() <= APPROX3_ERROR * f + 0.5,
-                "{d}: weight {w}, approximation {f}"
-            );
-            let exact = f64::from(exp_det(d)) * f64::from(WEIGHT_ONE);
-            if exact > 0.0 {
-                worst = worst.max((exact - f).abs() / exact);
-            }
-        });
-        assert!(worst < APPROX3_ERROR / 2.0, "{worst}");
-        assert!(worst > APPROX3_ERROR / 20.0, "{worst}");
+        // Only chunks lying wholly below the cheap cut use it.
+        approximation_holds(CHEAP_CUT, small_weight_approx3, APPROX3_ERROR);
     }
 
     #[test]
