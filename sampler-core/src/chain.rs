@@ -551,7 +551,9 @@ fn top_p_from_total(
     // The cut is the token of `bin` where the cumulative weight, the
     // earlier bins' included, first exceeds need - 1.
     let last = held.get_mut(earlier..)?;
-    let (j, above) = weighted_select_above(last, need - 1 - before, scale)?;
+    // `need` is at least 1, and `before` falls short of it.
+    let within = (need - 1).checked_sub(before)?;
+    let (j, above) = weighted_select_above(last, within, scale)?;
     Cut::at(held, earlier + j, before + above, scale)
 }
 
