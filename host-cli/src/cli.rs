@@ -386,10 +386,22 @@ pub enum Format {
     Jsonl,
 }
 
+/// A number as a 32-bit float; an infinity only when the text names one.
+///
+/// Decimal text beyond the range of f32 (`1e39`) parses as an infinity,
+/// which would turn a typo into a token forced or banned; it is refused.
 fn parse_f32(s: &str) -> Result<f32, String> {
-    s.trim()
+    let t = s.trim();
+    let v = t
         .parse::<f32>()
-        .map_err(|_| format!("`{s}` is not a number"))
+        .map_err(|_| format!("`{s}` is not a number"))?;
+    let word = t.trim_start_matches(['+', '-']).to_ascii_lowercase();
+    if v.is_infinite() && word != "inf" && word != "infinity" {
+        return Err(format!(
+            "`{s}` is out of range: a 32-bit float holds at most about 3.4e38"
+        ));
+    }
+    Ok(v)
 }
 
 fn finite(s: &str) -> Result<f32, String> {
@@ -536,6 +548,23 @@ mod tests {
         assert!(non_empty("").is_err());
         assert!(non_empty(&"x".repeat(256)).is_ok());
         assert!(non_empty(&"x".repeat(257)).is_err());
+    }
+
+    #[test]
+    fn numbers_beyond_a_float_are_refused_but_named_infinities_are_not() {
+        assert_eq!(parse_logit("3.4e38"), Ok(3.4e38));
+        assert_eq!(parse_logit("-inf"), Ok(f32::NEG_INFINITY));
+        assert_eq!(parse_logit("+Infinity"), Ok(f32::INFINITY));
+        assert!(parse_logit("NaN").is_ok_and(f32::is_nan));
+        for bad in ["1e39", "-3.5e38", "1e400"] {
+            let e = parse_logit(bad).unwrap_err();
+            assert!(e.contains("out of range"), "{bad}: {e}");
+        }
+        assert_eq!(
+            finite("1e39"),
+            Err("`1e39` is out of range: a 32-bit float holds at most about 3.4e38".into())
+        );
+        assert_eq!(finite("inf"), Err("`inf` must be a finite number".into()));
     }
 
     #[test]

@@ -131,7 +131,7 @@ fn version_prints_the_package_version() {
 
 #[test]
 fn bad_flags_and_values_are_usage_errors() {
-    let cases: [(&[&str], &str); 18] = [
+    let cases: [(&[&str], &str); 20] = [
         (&["complete", "x", "--bogus"], "--bogus"),
         (&["chat", "x", "--bogus"], "--bogus"),
         (&["complete", "x", "--top-p", "1.5"], "between 0 and 1"),
@@ -155,6 +155,8 @@ fn bad_flags_and_values_are_usage_errors() {
         ),
         (&["complete", "x", "--ctx-size", "8"], "--ctx-size"),
         (&["shape", "x", "--logits", "1,2"], "cannot be used with"),
+        (&["shape", "--logits", "0,1e39"], "out of range"),
+        (&["chat", "x", "--min-p", "1e39"], "out of range"),
         (&["frobnicate"], "frobnicate"),
     ];
     for (args, needle) in cases {
