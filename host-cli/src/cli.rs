@@ -126,6 +126,7 @@ pub struct PlotArgs {
         long,
         value_delimiter = ',',
         default_value = "0",
+        value_parser = listed_count,
         allow_negative_numbers = true
     )]
     pub top_k: Vec<u32>,
@@ -386,6 +387,14 @@ pub enum Format {
     Jsonl,
 }
 
+/// A whole number in a comma-separated list, where spaces may follow the
+/// commas (as the lists of decimal numbers allow).
+fn listed_count(s: &str) -> Result<u32, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number from 0 to {}", u32::MAX))
+}
+
 /// A number as a 32-bit float; an infinity only when the text names one.
 ///
 /// Decimal text beyond the range of f32 (`1e39`) parses as an infinity,
@@ -548,6 +557,22 @@ mod tests {
         assert!(non_empty("").is_err());
         assert!(non_empty(&"x".repeat(256)).is_ok());
         assert!(non_empty(&"x".repeat(257)).is_err());
+    }
+
+    #[test]
+    fn lists_take_spaces_after_their_commas_for_every_kind_of_number() {
+        let cli = Cli::try_parse_from([
+            "talkback", "plot", "x", "--top-k", "10, 20", "--temp", "0.5, 1",
+        ])
+        .unwrap();
+        let Command::Plot(plot) = cli.command else {
+            panic!("not plot");
+        };
+        assert_eq!(plot.top_k, [10, 20]);
+        assert_eq!(plot.temp, [0.5, 1.0]);
+        for bad in ["-1", "1.5", "x", "4294967296"] {
+            assert!(listed_count(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
