@@ -17,7 +17,9 @@
 //!   what the push released, `-` for nothing; `STOP` the matched stop
 //!   index or `-`), then `finish HEX`.
 //! - `error WHERE DEBUG` when sampler-core refused something.
-//! - `info KIND NAME BYTES`: a stack high-water mark, not compared.
+//! - `info KIND NAME BYTES`: a stack high-water mark (`stack-sample`,
+//!   `stack-push`) or the size of the sampler value (`size-sampler`), not
+//!   compared.
 
 use core::fmt;
 
@@ -239,6 +241,11 @@ pub fn sample<H: Host>(
 
     if let Some(bytes) = deepest {
         host.line(format_args!("info stack-sample {} {bytes}", run.name));
+        host.line(format_args!(
+            "info size-sampler {} {}",
+            run.name,
+            core::mem::size_of_val(&sampler)
+        ));
     }
 }
 

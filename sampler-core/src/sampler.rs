@@ -119,6 +119,10 @@ pub struct Sampler<'s> {
     scratch: &'s mut [Candidate],
     /// The last penalty window's counts, which the next call usually reuses.
     counts: WindowCounts,
+    /// This call's changed logits. Kept here rather than built on the
+    /// stack each call: the list has room for every recent id and bias,
+    /// and a fresh one would be cleared in full every time.
+    overrides: Overrides,
 }
 
 impl fmt::Debug for Sampler<'_> {
@@ -160,6 +164,7 @@ impl<'s> Sampler<'s> {
             step: 0,
             scratch,
             counts: WindowCounts::new(),
+            overrides: Overrides::new(),
         })
     }
 
@@ -206,26 +211,26 @@ impl<'s> Sampler<'s> {
         path: Path,
     ) -> Result<Choice, Error> {
         chain::check_input(input, self.scratch.len())?;
-        let mut ov = Overrides::new();
-        ov.build_with(
+        self.overrides.build_with(
             input.logits,
             input.recent,
             input.bias,
             &self.config,
             Some(&mut self.counts),
         )?;
+        let ov = &self.overrides;
 
         if self.config.is_greedy() && report.is_none() && path == Path::Fast {
             // Every stage keeps the top token, so greedy without a report
             // needs only the top token.
-            let n = dense::top_k(input.logits, &ov, 1, self.scratch);
+            let n = dense::top_k(input.logits, ov, 1, self.scratch);
             let top = self
                 .scratch
                 .first()
                 .filter(|_| n == 1)
                 .ok_or(Error::NoFiniteLogit)?;
             let id = top.id;
-            self.draw(forced);
+            take_unit(&mut self.rng, &mut self.step, forced);
             return Ok(Choice { id, logprob: 0.0 });
         }
 
@@ -233,14 +238,14 @@ impl<'s> Sampler<'s> {
         let mut ignore = |_: StageView<'_>| {};
         let mut out = chain::run(
             input.logits,
-            &ov,
+            ov,
             &self.config,
             self.scratch,
             path,
             wanted,
             &mut ignore,
         )?;
-        let u = self.draw(forced);
+        let u = take_unit(&mut self.rng, &mut self.step, forced);
         let s = self.scratch.get_mut(..out.held).unwrap_or(&mut []);
         // Only a call without a report can hold a partial head, so the
         // report is never needed again below.
@@ -250,19 +255,12 @@ impl<'s> Sampler<'s> {
         // The draw fell past the held head of an untruncated distribution:
         // hold every token of nonzero weight and draw again with the same u.
         let scale = out.scale;
-        out.held = dense::at_least(input.logits, &ov, &scale, ZERO_WEIGHT_CUT, self.scratch);
+        out.held = dense::at_least(input.logits, ov, &scale, ZERO_WEIGHT_CUT, self.scratch);
         out.partial = None;
         out.mass = None;
         out.sorted = false;
         let s = self.scratch.get_mut(..out.held).unwrap_or(&mut []);
         chain::finish(s, &mut out, u, None).ok_or(Error::NoFiniteLogit)
-    }
-
-    /// Takes this step's uniform number: exactly one generator draw.
-    fn draw(&mut self, forced: Option<f64>) -> f64 {
-        let u = self.rng.next_unit();
-        self.step += 1;
-        forced.unwrap_or(u)
     }
 
     /// The settings this sampler was built with.
@@ -279,6 +277,13 @@ impl<'s> Sampler<'s> {
     pub fn capacity(&self) -> usize {
         chain::capacity(self.scratch.len())
     }
+}
+
+/// Takes a step's uniform number: exactly one generator draw.
+fn take_unit(rng: &mut Rng, step: &mut u64, forced: Option<f64>) -> f64 {
+    let u = rng.next_unit();
+    *step += 1;
+    forced.unwrap_or(u)
 }
 
 #[cfg(test)]
