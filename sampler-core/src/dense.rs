@@ -494,9 +494,8 @@ struct Pool {
     k: usize,
     /// Everything not above it is out.
     t: f32,
-    /// Counted entries since the threshold last rose by a batch, and their least maximum.
-    fresh: usize,
-    fresh_min: f32,
+    /// Where the entries since the threshold last rose by a batch start.
+    batch: usize,
     /// Set when the pool filled with entries it could not drop (many
     /// blocks tied at the threshold); the result is then found another way.
     overflow: bool,
@@ -522,28 +521,27 @@ impl Pool {
             *src = if mixed { Source::Mixed } else { Source::Block };
         }
         self.n += usize::from(enter);
-        // Masked bits, not `if enter`, which the compiler turns into a branch.
-        let keep = u32::from(enter).wrapping_neg();
-        let fresh = f32::from_bits((max.to_bits() & keep) | (f32::INFINITY.to_bits() & !keep));
-        self.fresh_min = if fresh < self.fresh_min {
-            fresh
-        } else {
-            self.fresh_min
-        };
-        self.fresh += usize::from(enter);
-        if self.fresh == self.k || self.n == POOL {
+        if self.n - self.batch == self.k || self.n == POOL {
             self.settle();
         }
     }
 
-    /// Raises the threshold by the last batch of `k` counted entries, and makes room.
+    /// Raises the threshold below the least of the last batch of `k` entries, and makes room.
+    ///
+    /// The batch holds `k` distinct tokens at their maxima, so the k-th
+    /// best effective logit is at least the least of them.
     #[cold]
     fn settle(&mut self) {
-        if self.fresh == self.k {
-            let bound = below(self.fresh_min);
+        if self.n - self.batch == self.k {
+            let least = self
+                .max
+                .get(self.batch..self.n)
+                .unwrap_or(&[])
+                .iter()
+                .fold(f32::INFINITY, |a, &x| if x < a { x } else { a });
+            let bound = below(least);
             self.t = if bound > self.t { bound } else { self.t };
-            self.fresh = 0;
-            self.fresh_min = f32::INFINITY;
+            self.batch = self.n;
         }
         if self.n == POOL {
             self.drop_below();
@@ -556,6 +554,7 @@ impl Pool {
                 // at `overflow` before using the pool.
                 self.n = POOL - 1;
             }
+            self.batch = self.n;
         }
     }
 
@@ -576,13 +575,7 @@ impl Pool {
             *src = Source::Changed;
         }
         self.n += 1;
-        self.fresh_min = if x < self.fresh_min {
-            x
-        } else {
-            self.fresh_min
-        };
-        self.fresh += 1;
-        if self.fresh == self.k || self.n == POOL {
+        if self.n - self.batch == self.k || self.n == POOL {
             self.settle();
         }
     }
@@ -716,8 +709,7 @@ fn top_k_keys(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate
         n: 0,
         k,
         t: f32::NEG_INFINITY,
-        fresh: 0,
-        fresh_min: f32::INFINITY,
+        batch: 0,
         overflow: false,
     };
     for o in changed {
