@@ -1664,16 +1664,19 @@ mod tests {
         all
     }
 
-    /// Checks `top_k` for each `k` against the reference, rank order
-    /// included, writing over a scratch buffer full of stale candidates.
+    /// Checks `top_k` for each `k` against the reference, rank order and
+    /// the sign of zero included, writing over a scratch buffer full of
+    /// stale candidates.
     fn top_k_agrees(logits: &[f32], ov: &Overrides, ks: &[usize]) {
+        let bits = |s: &[Candidate]| -> Vec<(u32, u32)> {
+            s.iter().map(|c| (c.id, c.logit.to_bits())).collect()
+        };
         let all = reference(logits, ov);
         for &k in ks {
             let mut scratch = vec![Candidate { id: 7, logit: 1e30 }; logits.len()];
             let n = top_k(logits, ov, k, &mut scratch);
-            scratch.truncate(n);
-            let want: Vec<Candidate> = all.iter().copied().take(k).collect();
-            assert_eq!(scratch, want, "k {k}");
+            let want = &all[..k.min(all.len())];
+            assert_eq!(bits(&scratch[..n]), bits(want), "k {k}");
         }
     }
 
@@ -1757,6 +1760,235 @@ mod tests {
             "the biased ids must not lead"
         );
         top_k_agrees(&logits, &ov, &[2, 40, 64]);
+    }
+
+    /// A number below `n` from the generator of [`lcg`].
+    fn below_n(state: &mut u64, n: usize) -> usize {
+        lcg(state);
+        ((*state >> 33) % n as u64) as usize
+    }
+
+    #[test]
+    fn block_max_matches_a_plain_fold() {
+        // Every chunk count up to a whole block, odd ones leaving a chunk
+        // past the last pair, with the maximum placed in each chunk in turn.
+        let specials = [f32::NAN, f32::NEG_INFINITY, f32::INFINITY, -0.0, 0.0];
+        let mut s = 17u64;
+        for chunks in 0..=SCAN_BLOCK / CHUNK {
+            let len = chunks * CHUNK;
+            for top_chunk in 0..chunks.max(1) {
+                for fill in 0..4 {
+                    let mut block: Vec<f32> = (0..len)
+                        .map(|_| match fill {
+                            0 => lcg(&mut s),
+                            1 => f32::NAN,
+                            2 => f32::NEG_INFINITY,
+                            _ => specials[below_n(&mut s, specials.len())],
+                        })
+                        .collect();
+                    if fill == 0 && len > 0 {
+                        block[top_chunk * CHUNK + below_n(&mut s, CHUNK)] = 9.0;
+                        // NaN beside the maximum must not hide it.
+                        block[top_chunk * CHUNK + below_n(&mut s, CHUNK)] = f32::NAN;
+                    }
+                    let want = block
+                        .iter()
+                        .fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a });
+                    let got = block_max(&block);
+                    // -0.0 and +0.0 tie, so either may come back.
+                    assert!(
+                        got == want && !got.is_nan(),
+                        "chunks {chunks} top {top_chunk} fill {fill}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// An empty pool keeping the best `k`, as [`top_k_keys`] starts one.
+    fn empty_pool(k: usize) -> Pool {
+        Pool {
+            max: [f32::NEG_INFINITY; POOL],
+            start: [0; POOL],
+            source: [Source::Block; POOL],
+            n: 0,
+            k,
+            t: f32::NEG_INFINITY,
+            batch: 0,
+            overflow: false,
+        }
+    }
+
+    #[test]
+    fn pool_threshold_stays_below_the_kth_best_entry() {
+        // Each value offered stands for a distinct token, as a block maximum
+        // or a changed logit does. After every offer the threshold must be
+        // below the k-th best value so far (-inf while there are fewer than
+        // k), and unless the pool overflowed, it must end up holding exactly
+        // the values above its threshold. Orders that rise, fall and tie
+        // drive the batch raise, the cut and the overflow at every count.
+        let mut s = 23u64;
+        let mut overflowed = 0;
+        let mut raised = 0;
+        for case in 0..400 {
+            let k = [2, 3, 5, 16, 63, KEYS_K_MAX][below_n(&mut s, 6)];
+            let lens = [
+                1,
+                k - 1,
+                k,
+                k + 1,
+                POOL - 1,
+                POOL,
+                POOL + 1,
+                3 * POOL + 7,
+                1000,
+            ];
+            let len = lens[below_n(&mut s, lens.len())];
+            let shape = below_n(&mut s, 7);
+            let specials = [f32::NAN, f32::NEG_INFINITY, f32::INFINITY, -0.0, 0.0];
+            let values: Vec<f32> = (0..len)
+                .map(|i| match shape {
+                    0 => below_n(&mut s, 3) as f32,
+                    1 => i as f32,
+                    2 => -(i as f32),
+                    3 => (i / 3) as f32,
+                    4 => 1.0,
+                    5 if below_n(&mut s, 4) == 0 => specials[below_n(&mut s, specials.len())],
+                    _ => lcg(&mut s),
+                })
+                .collect();
+            let changed = [0, 1, k - 1, k, k + 1, POOL, len][below_n(&mut s, 7)].min(len);
+
+            let source: Vec<Source> = (0..len)
+                .map(|i| match (i < changed, below_n(&mut s, 2)) {
+                    (true, _) => Source::Changed,
+                    (false, 0) => Source::Mixed,
+                    _ => Source::Block,
+                })
+                .collect();
+
+            let mut pool = empty_pool(k);
+            // The values so far that are candidates, highest first.
+            let mut live: Vec<f32> = Vec::new();
+            for (i, &x) in values.iter().enumerate() {
+                match source[i] {
+                    Source::Changed => pool.push_changed(x, i as u32),
+                    src => pool.offer(x, i as u32, src == Source::Mixed),
+                }
+                if x > f32::NEG_INFINITY {
+                    let at = live.partition_point(|&y| y >= x);
+                    live.insert(at, x);
+                }
+                match live.get(k - 1) {
+                    Some(&kth) => assert!(
+                        pool.t < kth,
+                        "case {case} k {k} shape {shape} at {i}: t {} kth {kth}",
+                        pool.t
+                    ),
+                    None => assert_eq!(pool.t, f32::NEG_INFINITY, "case {case} at {i}"),
+                }
+            }
+            raised += usize::from(pool.t > f32::NEG_INFINITY);
+            if pool.overflow {
+                overflowed += 1;
+                continue;
+            }
+            pool.cut();
+            if let Some(&kth) = live.get(k - 1) {
+                assert!(
+                    pool.t < kth,
+                    "case {case}: after the cut, t {} kth {kth}",
+                    pool.t
+                );
+            }
+            let mut held: Vec<u32> = pool.start[..pool.n].to_vec();
+            held.sort_unstable();
+            let above: Vec<u32> = (0..len as u32)
+                .filter(|&i| values[i as usize] > pool.t)
+                .collect();
+            assert_eq!(held, above, "case {case} k {k} shape {shape} len {len}");
+            for (i, &id) in pool.start[..pool.n].iter().enumerate() {
+                let id = id as usize;
+                assert!(
+                    pool.source[i] == source[id],
+                    "case {case}: {id} lost its source"
+                );
+                assert_eq!(
+                    pool.max[i].to_bits(),
+                    values[id].to_bits(),
+                    "case {case}: {id}"
+                );
+            }
+        }
+        // The cases reach both the overflow and a raised threshold.
+        assert!(
+            overflowed > 0 && raised > overflowed,
+            "{overflowed} {raised}"
+        );
+    }
+
+    #[test]
+    fn top_k_matches_reference_when_block_maxima_rise_tie_or_are_changed() {
+        // Block maxima that rise block after block make every block enter
+        // the pool and the threshold rise by batches; maxima that tie fill
+        // it past its room; a negative presence penalty lifts the window's
+        // ids over everything, so they take the first batches; zeros of
+        // both signs, NaN and infinities sit among them. Vocabularies stop
+        // short of, at and past a chunk and a block.
+        let mut s = 29u64;
+        let specials = [f32::NAN, f32::NEG_INFINITY, f32::INFINITY, -0.0, 0.0];
+        for case in 0..60 {
+            let sizes = [
+                1,
+                2,
+                15,
+                17,
+                255,
+                257,
+                4095,
+                4097,
+                130 * SCAN_BLOCK + 7,
+                70_001,
+            ];
+            let v = sizes[case % sizes.len()];
+            let shape = below_n(&mut s, 7);
+            let mut logits: Vec<f32> = (0..v)
+                .map(|i| match shape {
+                    0 => (i / SCAN_BLOCK) as f32 * 0.25 + lcg(&mut s) * 0.01,
+                    1 => i as f32 * 1e-3,
+                    2 => below_n(&mut s, 3) as f32,
+                    3 => specials[below_n(&mut s, specials.len())],
+                    4 if below_n(&mut s, 40) == 0 => lcg(&mut s),
+                    4 => f32::NEG_INFINITY,
+                    _ => lcg(&mut s),
+                })
+                .collect();
+            for _ in 0..below_n(&mut s, 3) * (1 + v / 40) {
+                logits[below_n(&mut s, v)] = specials[below_n(&mut s, specials.len())];
+            }
+            let step = [1, 7, SCAN_BLOCK, SCAN_BLOCK + 3][below_n(&mut s, 4)];
+            let recent: Vec<u32> = match below_n(&mut s, 3) {
+                0 => Vec::new(),
+                1 => (0..v as u32).step_by(step).take(MAX_RECENT).collect(),
+                _ => (0..below_n(&mut s, 40))
+                    .map(|_| below_n(&mut s, v) as u32)
+                    .collect(),
+            };
+            let bias: Vec<(u32, f32)> = (0..below_n(&mut s, 5))
+                .map(|_| {
+                    let b = [f32::NEG_INFINITY, f32::INFINITY, -0.0, 50.0, -50.0];
+                    (below_n(&mut s, v) as u32, b[below_n(&mut s, b.len())])
+                })
+                .collect();
+            let c = Config {
+                repeat_penalty: [1.0, 1.3][below_n(&mut s, 2)],
+                presence_penalty: [0.0, 0.5, -100.0][below_n(&mut s, 3)],
+                ..Config::default()
+            };
+            let mut ov = Overrides::new();
+            ov.build(&logits, &recent, &bias, &c).unwrap();
+            top_k_agrees(&logits, &ov, &[2, 3, 17, KEYS_K_MAX - 1, KEYS_K_MAX]);
+        }
     }
 
     #[test]
