@@ -967,6 +967,110 @@ mod tests {
         }
     }
 
+    /// Turns a good input into one that [`Sampler::sample`] must refuse,
+    /// or that leaves no candidate.
+    type Fault = fn(&mut Vec<f32>, &mut Vec<u32>, &mut Vec<(u32, f32)>);
+
+    const FAULTS: [Fault; 7] = [
+        |logits, _, bias| bias.push((logits.len() as u32, 1.0)),
+        |logits, recent, _| recent.insert(0, logits.len() as u32),
+        |_, _, bias| bias.push((0, f32::NAN)),
+        |_, recent, _| recent.resize(crate::MAX_RECENT + 1, 0),
+        |_, _, bias| bias.resize(crate::MAX_BIAS + 1, (0, 1.0)),
+        |logits, _, _| logits.fill(f32::NAN),
+        |logits, _, _| logits.clear(),
+    ];
+
+    #[test]
+    fn a_kept_sampler_matches_fresh_ones_across_windows_and_refused_calls() {
+        // One sampler keeps its list of changed logits and its window
+        // counts from call to call, while the window slides over the tokens
+        // it drew, the vocabulary shrinks and grows, and some calls are
+        // refused part way through building the list. Each call must give
+        // what a fresh sampler gives on the reference path with the same
+        // unit, a refused call must draw nothing, and shape() must refuse
+        // the same calls and show the same survivors.
+        let mut g = Gen(4242);
+        for run in 0..60 {
+            let cap = g.pick(&[17, 300, 4097]);
+            let config = Config {
+                repeat_penalty: g.pick(&[1.0, 1.3, 1.3]),
+                presence_penalty: g.pick(&[0.0, 0.5]),
+                frequency_penalty: g.pick(&[0.0, 0.25]),
+                ..config_for(&mut g, cap)
+            };
+            let seed = g.next();
+            let stale = Candidate { id: 1, logit: 1e30 };
+            let mut scratch = vec![stale; cap];
+            let mut sampler = Sampler::new(config, seed, &mut scratch).unwrap();
+            let mut rng = Rng::new(seed);
+            // A history long enough for every window width from the start,
+            // in ids that most vocabularies below hold.
+            let mut drawn: Vec<u32> = (0..g.pick(&[0, 70, 500]))
+                .map(|_| g.below(cap / 2) as u32)
+                .collect();
+            let width = g.pick(&[3, 64, 65, 400]);
+            let mut steps = 0;
+            for call in 0..25 {
+                let any = cap / 2 + g.below(cap / 2);
+                let v = g.pick(&[cap, cap, cap, cap - 1, any]);
+                let mut logits = logits_for(&mut g, v);
+                let mut recent = drawn[drawn.len().saturating_sub(width)..].to_vec();
+                let mut bias: Vec<(u32, f32)> = (0..g.below(4))
+                    .map(|_| (g.below(v) as u32, g.pick(&[-1.0, 2.0, f32::NEG_INFINITY])))
+                    .collect();
+                if g.below(3) == 0 {
+                    g.pick(&FAULTS)(&mut logits, &mut recent, &mut bias);
+                }
+                let input = Input {
+                    logits: &logits,
+                    recent: &recent,
+                    bias: &bias,
+                };
+                let alts = g.pick(&[0, 3, usize::MAX]);
+                let u = rng.clone().next_unit();
+                let want = outcome_in(input, config, u, alts, cap, Path::Reference);
+
+                let mut buf =
+                    vec![Alternative::default(); if alts == usize::MAX { 0 } else { alts }];
+                let mut report = Report::new(&mut buf);
+                let with = if alts == usize::MAX {
+                    None
+                } else {
+                    Some(&mut report)
+                };
+                let r = sampler.sample(input, with);
+                let got = (
+                    r,
+                    report.written().to_vec(),
+                    report.entropy,
+                    report.survivors,
+                );
+                let at = std::format!("run {run} call {call}: v {v} {config:?}");
+                assert_eq!(bits(&got), bits(&want), "{at}");
+                if let Ok(c) = r {
+                    rng.next_unit();
+                    drawn.push(c.id);
+                    steps += 1;
+                }
+                assert_eq!(sampler.rng, rng, "{at}");
+
+                let mut rows = vec![ShapeRow::default(); 8];
+                let mut table = ShapeReport::new(&mut rows);
+                let mut shape_scratch = vec![stale; cap];
+                let shaped = shape(input, &config, &mut shape_scratch, &mut table);
+                assert_eq!(shaped.err(), r.err(), "{at}");
+                if shaped.is_ok() && alts != usize::MAX {
+                    assert_eq!(table.survivors, got.3, "{at}");
+                    let ids: Vec<u32> = table.written().iter().map(|row| row.id).collect();
+                    let alt_ids: Vec<u32> = got.1.iter().map(|a| a.id).collect();
+                    assert_eq!(ids[..alt_ids.len()], alt_ids[..], "{at}");
+                }
+            }
+            assert_eq!(sampler.step(), steps, "run {run}");
+        }
+    }
+
     /// Logits for top-p over every candidate: a top token at `base` and the
     /// rest in one of several shapes of scaled difference, times `t`, with
     /// NaN, infinities, zeros of both signs, subnormals and extremes strewn
