@@ -57,7 +57,7 @@ fn paint(floor: usize) {
 ///
 /// Were `f` inlined into [`high_water`], its locals would sit in that
 /// function's frame, above the stack pointer the mark is taken from, and
-/// go uncounted (the sampler's list of changed logits is 15 KiB of them).
+/// go uncounted (a sampling step's own frame is about 2 KiB of them).
 #[inline(never)]
 fn call<R>(f: impl FnOnce() -> R) -> R {
     f()
