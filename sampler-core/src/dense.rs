@@ -727,9 +727,6 @@ fn top_k_keys(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate
         batch: 0,
         overflow: false,
     };
-    for o in changed {
-        pool.push_changed(o.value(), o.id());
-    }
     let full = logits.len() - logits.len() % CHUNK;
     let body = logits.get(..full).unwrap_or(&[]);
     let mut next = 0usize;
@@ -762,6 +759,11 @@ fn top_k_keys(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate
         } else {
             pool.offer(m, start as u32, mixed);
         }
+    }
+    // After the blocks, when the threshold has risen: most changed logits
+    // are penalised ones, and few of them are still above it.
+    for o in changed {
+        pool.push_changed(o.value(), o.id());
     }
     if pool.overflow {
         let n = top_k_scan(logits, ov, k, scratch);
