@@ -517,6 +517,20 @@ struct Pool {
 }
 
 impl Pool {
+    /// An empty pool for the best `k`, with no threshold yet.
+    fn new(k: usize) -> Self {
+        Pool {
+            max: [f32::NEG_INFINITY; POOL],
+            start: [0; POOL],
+            source: [Source::Block; POOL],
+            n: 0,
+            k,
+            t: f32::NEG_INFINITY,
+            batch: 0,
+            overflow: false,
+        }
+    }
+
     /// Adds a block if its maximum beats the threshold, without a branch on that test.
     ///
     /// Blocks enter in no predictable pattern, so the entry is written
@@ -717,16 +731,7 @@ fn chunks_above_flat(block: &[f32], t: f32) -> u32 {
 /// `scratch` in rank order. Returns the count.
 fn top_k_keys(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate]) -> usize {
     let changed = ov.as_slice();
-    let mut pool = Pool {
-        max: [f32::NEG_INFINITY; POOL],
-        start: [0; POOL],
-        source: [Source::Block; POOL],
-        n: 0,
-        k,
-        t: f32::NEG_INFINITY,
-        batch: 0,
-        overflow: false,
-    };
+    let mut pool = Pool::new(k);
     let full = logits.len() - logits.len() % CHUNK;
     let body = logits.get(..full).unwrap_or(&[]);
     let mut next = 0usize;
@@ -1807,20 +1812,6 @@ mod tests {
         }
     }
 
-    /// An empty pool keeping the best `k`, as [`top_k_keys`] starts one.
-    fn empty_pool(k: usize) -> Pool {
-        Pool {
-            max: [f32::NEG_INFINITY; POOL],
-            start: [0; POOL],
-            source: [Source::Block; POOL],
-            n: 0,
-            k,
-            t: f32::NEG_INFINITY,
-            batch: 0,
-            overflow: false,
-        }
-    }
-
     #[test]
     fn pool_threshold_stays_below_the_kth_best_entry() {
         // Each value offered stands for a distinct token, as a block maximum
@@ -1869,7 +1860,7 @@ mod tests {
                 })
                 .collect();
 
-            let mut pool = empty_pool(k);
+            let mut pool = Pool::new(k);
             // The values so far that are candidates, highest first.
             let mut live: Vec<f32> = Vec::new();
             for (i, &x) in values.iter().enumerate() {
