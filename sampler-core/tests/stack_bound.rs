@@ -38,18 +38,31 @@ const THREAD: usize = 256 * 1024;
 
 const V: usize = 50_000;
 
-fn logits() -> Vec<f32> {
-    (0..V).map(|i| ((i * 7919) % 1000) as f32 / 100.0).collect()
+/// The largest window and bias list over a vocabulary of [`V`].
+struct Worst {
+    logits: Vec<f32>,
+    recent: Vec<u32>,
+    bias: Vec<(u32, f32)>,
 }
 
-fn recent() -> Vec<u32> {
-    (0..MAX_RECENT as u32).map(|i| i * 37 % V as u32).collect()
-}
+impl Worst {
+    fn new() -> Self {
+        Worst {
+            logits: (0..V).map(|i| ((i * 7919) % 1000) as f32 / 100.0).collect(),
+            recent: (0..MAX_RECENT as u32).map(|i| i * 37 % V as u32).collect(),
+            bias: (0..MAX_BIAS as u32)
+                .map(|i| (i * 101 % V as u32, 0.5))
+                .collect(),
+        }
+    }
 
-fn bias() -> Vec<(u32, f32)> {
-    (0..MAX_BIAS as u32)
-        .map(|i| (i * 101 % V as u32, 0.5))
-        .collect()
+    fn input(&self) -> Input<'_> {
+        Input {
+            logits: &self.logits,
+            recent: &self.recent,
+            bias: &self.bias,
+        }
+    }
 }
 
 fn configs() -> [Config; 3] {
@@ -125,12 +138,8 @@ fn within(room: usize, f: impl FnOnce() + Send) {
 
 #[test]
 fn sampling_fits_the_documented_stack() {
-    let (logits, recent, bias) = (logits(), recent(), bias());
-    let input = Input {
-        logits: &logits,
-        recent: &recent,
-        bias: &bias,
-    };
+    let worst = Worst::new();
+    let input = worst.input();
     for config in configs() {
         let mut scratch = vec![Candidate::default(); V];
         let mut sampler = Box::new(Sampler::new(config, 1, &mut scratch).unwrap());
@@ -146,12 +155,8 @@ fn sampling_fits_the_documented_stack() {
 
 #[test]
 fn shaping_fits_the_documented_stack() {
-    let (logits, recent, bias) = (logits(), recent(), bias());
-    let input = Input {
-        logits: &logits,
-        recent: &recent,
-        bias: &bias,
-    };
+    let worst = Worst::new();
+    let input = worst.input();
     let mut scratch = vec![Candidate::default(); V];
     for config in configs() {
         let mut rows = [ShapeRow::default(); 8];
