@@ -14,7 +14,7 @@
 
 use crate::chain::ZERO_WEIGHT_CUT;
 use crate::penalty::{Override, Overrides};
-use crate::select::{keep_top, rank_cmp, rank_key};
+use crate::select::{keep_top, nth_desc, rank_cmp, rank_key, sort_desc};
 use crate::softmax::{
     small_weight_approx, small_weight_approx3, small_weight_bits, weight_f64, weight_of, Scale,
     APPROX3_ERROR, APPROX_ERROR, CHEAP_CUT, LOW_CUT, LOW_WEIGHT_MAX, SMALL_CUT, TWO_23_BITS,
@@ -410,7 +410,7 @@ impl Keys {
         if live.len() <= k {
             return;
         }
-        live.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
+        nth_desc(live, k - 1);
         self.n = k;
         if let Some(&kth) = live.get(k - 1) {
             // Not above the k-th: a later logit equal to it may still win
@@ -615,16 +615,19 @@ impl Pool {
     /// overlap, and changed ids are left out of the maxima of blocks), so
     /// at least `k` tokens reach the k-th highest of them.
     fn cut(&mut self) {
-        let mut keys = [0u32; POOL];
+        // The maxima's order in the high half, the slot in the low half,
+        // so that the keys are distinct and sort as the maxima do.
+        let mut keys = [0u64; POOL];
         let m = self.n.min(POOL);
-        for (slot, &x) in keys.iter_mut().zip(&self.max).take(m) {
-            *slot = ordered(x);
+        for ((slot, &x), i) in keys.iter_mut().zip(&self.max).take(m).zip(0u64..) {
+            *slot = u64::from(ordered(x)) << 32 | i;
         }
         let k = self.k;
         let counted = keys.get_mut(..m).unwrap_or(&mut []);
         if m >= k {
-            counted.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
-            if let Some(&kth) = counted.get(k - 1) {
+            nth_desc(counted, k - 1);
+            if let Some(&key) = counted.get(k - 1) {
+                let kth = (key >> 32) as u32;
                 let bits = if kth & 0x8000_0000 != 0 {
                     kth & 0x7fff_ffff
                 } else {
@@ -843,7 +846,7 @@ fn top_k_keys(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate
     held.cut();
     let n = held.n.min(k);
     let best = held.keys.get_mut(..n).unwrap_or(&mut []);
-    best.sort_unstable_by(|a, b| b.cmp(a));
+    sort_desc(best);
     for (slot, &key) in scratch.iter_mut().zip(best.iter()) {
         let mut c = unkey(key);
         if c.logit == 0.0 {

@@ -113,6 +113,89 @@ pub(crate) fn sort_by_rank(s: &mut [Candidate]) {
     s.sort_unstable_by(rank_cmp);
 }
 
+/// Ranges of [`nth_desc`] at or below this length are finished by insertion.
+const SHORT: usize = 16;
+
+/// Reorders `v` so that `v[n]` holds the key a descending sort would put
+/// there, with larger keys before it and smaller ones after, each side in
+/// no order; does nothing when `n` is out of range.
+///
+/// Meant for short buffers (a few hundred keys at most): quickselect with
+/// a median-of-three pivot, finished by insertion sort. Its worst case is
+/// quadratic in the buffer's length, which the callers bound. It is a
+/// fraction of the code of `select_nth_unstable`, and that counts more
+/// than its speed on warm caches: a call after a decode step finds the
+/// sampler's code evicted and fetches every line of it from memory.
+pub(crate) fn nth_desc(v: &mut [u64], n: usize) {
+    let mut lo = 0usize;
+    let mut hi = v.len();
+    if n >= hi {
+        return;
+    }
+    while hi - lo > SHORT {
+        let last = hi - 1;
+        let mid = lo + (hi - lo) / 2;
+        let (Some(&a), Some(&b), Some(&c)) = (v.get(lo), v.get(mid), v.get(last)) else {
+            return;
+        };
+        // The median of the three is the pivot, moved to the end.
+        let (pivot, p) = if (a >= b) == (b >= c) {
+            (mid, b)
+        } else if (b >= a) == (a >= c) {
+            (lo, a)
+        } else {
+            (last, c)
+        };
+        v.swap(pivot, last);
+        // Keys above the pivot gather at the front. Every key between
+        // `store` and `i` is not above it, so the swap is made whatever
+        // the test says and only `store` depends on it: no branch to
+        // mispredict.
+        let mut store = lo;
+        for i in lo..last {
+            let (Some(&x), Some(&y)) = (v.get(i), v.get(store)) else {
+                return;
+            };
+            if let Some(slot) = v.get_mut(i) {
+                *slot = y;
+            }
+            if let Some(slot) = v.get_mut(store) {
+                *slot = x;
+            }
+            store += usize::from(x > p);
+        }
+        v.swap(store, last);
+        match n.cmp(&store) {
+            Ordering::Less => hi = store,
+            Ordering::Greater => lo = store + 1,
+            Ordering::Equal => return,
+        }
+    }
+    sort_desc(v.get_mut(lo..hi).unwrap_or(&mut []));
+}
+
+/// Sorts `v` in descending order by insertion; for short slices, as [`nth_desc`] explains.
+pub(crate) fn sort_desc(v: &mut [u64]) {
+    for i in 1..v.len() {
+        let Some(&x) = v.get(i) else {
+            return;
+        };
+        let mut j = i;
+        while let Some(&y) = j.checked_sub(1).and_then(|before| v.get(before)) {
+            if y >= x {
+                break;
+            }
+            if let Some(slot) = v.get_mut(j) {
+                *slot = y;
+            }
+            j -= 1;
+        }
+        if let Some(slot) = v.get_mut(j) {
+            *slot = x;
+        }
+    }
+}
+
 /// Moves the elements that satisfy `keep` to the front; returns how many there are.
 pub(crate) fn partition(s: &mut [Candidate], keep: impl Fn(&Candidate) -> bool) -> usize {
     let mut kept = 0usize;
@@ -373,6 +456,63 @@ mod tests {
                 Ordering::Greater
             };
             assert_eq!(rank_cmp(&a, &b), want, "{pair:?}");
+        }
+    }
+
+    /// Keys of several shapes: random, sorted both ways, few distinct, all equal.
+    fn key_sets() -> Vec<Vec<u64>> {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut sets = Vec::new();
+        for len in (0..40).chain([63, 64, 65, 127, 128, 129, 200, 300]) {
+            let random: Vec<u64> = (0..len).map(|_| next()).collect();
+            let mut up = random.clone();
+            up.sort_unstable();
+            let down: Vec<u64> = up.iter().rev().copied().collect();
+            let few: Vec<u64> = (0..len).map(|_| next() % 3).collect();
+            let organ: Vec<u64> = (0..len)
+                .map(|i| (i as u64).min(len as u64 - i as u64))
+                .collect();
+            sets.extend([random, up, down, few, organ, std::vec![7; len]]);
+        }
+        sets
+    }
+
+    #[test]
+    fn nth_desc_puts_the_nth_largest_in_place_with_the_right_keys_on_each_side() {
+        for keys in key_sets() {
+            let mut want = keys.clone();
+            want.sort_unstable_by(|a, b| b.cmp(a));
+            for n in 0..keys.len() {
+                let mut v = keys.clone();
+                nth_desc(&mut v, n);
+                assert_eq!(v[n], want[n], "n {n} of {keys:?}");
+                assert!(v[..n].iter().all(|&x| x >= v[n]), "n {n} of {keys:?}");
+                assert!(v[n + 1..].iter().all(|&x| x <= v[n]), "n {n} of {keys:?}");
+                let mut same = v.clone();
+                same.sort_unstable_by(|a, b| b.cmp(a));
+                assert_eq!(same, want, "keys lost or duplicated");
+            }
+            // Out of range: left alone.
+            let mut v = keys.clone();
+            nth_desc(&mut v, keys.len());
+            assert_eq!(v, keys);
+        }
+    }
+
+    #[test]
+    fn sort_desc_matches_the_standard_sort() {
+        for keys in key_sets() {
+            let mut want = keys.clone();
+            want.sort_unstable_by(|a, b| b.cmp(a));
+            let mut v = keys;
+            sort_desc(&mut v);
+            assert_eq!(v, want);
         }
     }
 
