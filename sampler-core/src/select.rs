@@ -147,23 +147,7 @@ pub(crate) fn nth_desc(v: &mut [u64], n: usize) {
             (last, c)
         };
         v.swap(pivot, last);
-        // Keys above the pivot gather at the front. Every key between
-        // `store` and `i` is not above it, so the swap is made whatever
-        // the test says and only `store` depends on it: no branch to
-        // mispredict.
-        let mut store = lo;
-        for i in lo..last {
-            let (Some(&x), Some(&y)) = (v.get(i), v.get(store)) else {
-                return;
-            };
-            if let Some(slot) = v.get_mut(i) {
-                *slot = y;
-            }
-            if let Some(slot) = v.get_mut(store) {
-                *slot = x;
-            }
-            store += usize::from(x > p);
-        }
+        let store = lo + split_above(v.get_mut(lo..last).unwrap_or(&mut []), p);
         v.swap(store, last);
         match n.cmp(&store) {
             Ordering::Less => hi = store,
@@ -172,6 +156,29 @@ pub(crate) fn nth_desc(v: &mut [u64], n: usize) {
         }
     }
     sort_desc(v.get_mut(lo..hi).unwrap_or(&mut []));
+}
+
+/// Moves the keys of `w` above `p` to its front, in no order; returns how many there are.
+///
+/// Every key between the front part and the one looked at is not above
+/// `p`, so the swap is made whatever the test says and only the count
+/// depends on it: no branch to mispredict.
+#[inline(always)]
+fn split_above(w: &mut [u64], p: u64) -> usize {
+    let mut store = 0usize;
+    for i in 0..w.len() {
+        let (Some(&x), Some(&y)) = (w.get(i), w.get(store)) else {
+            break;
+        };
+        if let Some(slot) = w.get_mut(i) {
+            *slot = y;
+        }
+        if let Some(slot) = w.get_mut(store) {
+            *slot = x;
+        }
+        store += usize::from(x > p);
+    }
+    store
 }
 
 /// Sorts `v` in descending order by insertion; for short slices, as [`nth_desc`] explains.
