@@ -499,6 +499,14 @@ fn unchanged_max(block: &[f32], first: u32, mut changed: &[Override]) -> f32 {
     block_max(&acc)
 }
 
+/// A pool's count, threshold and batch start (see [`Pool::offer_with`]).
+#[derive(Clone, Copy)]
+struct Fill {
+    n: usize,
+    t: f32,
+    batch: usize,
+}
+
 /// Blocks (and changed logits) that may hold one of the best `k`, with a
 /// threshold no higher than the k-th best effective logit.
 struct Pool {
@@ -531,15 +539,42 @@ impl Pool {
         }
     }
 
+    /// The count, threshold and batch start, for a pass to carry.
+    fn fill(&self) -> Fill {
+        Fill {
+            n: self.n,
+            t: self.t,
+            batch: self.batch,
+        }
+    }
+
+    /// Takes back what a pass carried.
+    fn set_fill(&mut self, fill: Fill) {
+        self.n = fill.n;
+        self.t = fill.t;
+        self.batch = fill.batch;
+    }
+
     /// Adds a block if its maximum beats the threshold, without a branch on that test.
+    #[cfg(test)]
+    fn offer(&mut self, max: f32, start: u32, mixed: bool) {
+        let fill = self.offer_with(self.fill(), max, start, mixed);
+        self.set_fill(fill);
+    }
+
+    /// [`Pool::offer`] with the pool's count, threshold and batch start in
+    /// `fill`, which stands in for them (they are stale until set back).
     ///
     /// Blocks enter in no predictable pattern, so the entry is written
     /// every time and only the count moves on the test; the rare upkeep
     /// (a full pool, a batch of `k` counted entries) is a branch apart.
+    /// Carried apart from the pool, the three stay in registers through
+    /// the pass: kept in the pool, they went through memory every block,
+    /// since the upkeep call may change them.
     #[inline(always)]
-    fn offer(&mut self, max: f32, start: u32, mixed: bool) {
-        let enter = max > self.t;
-        let at = self.n.min(POOL - 1);
+    fn offer_with(&mut self, mut fill: Fill, max: f32, start: u32, mixed: bool) -> Fill {
+        let enter = max > fill.t;
+        let at = fill.n.min(POOL - 1);
         if let (Some(m), Some(s), Some(src)) = (
             self.max.get_mut(at),
             self.start.get_mut(at),
@@ -549,10 +584,13 @@ impl Pool {
             *s = start;
             *src = if mixed { Source::Mixed } else { Source::Block };
         }
-        self.n += usize::from(enter);
-        if self.n - self.batch == self.k || self.n == POOL {
+        fill.n += usize::from(enter);
+        if fill.n - fill.batch == self.k || fill.n == POOL {
+            self.set_fill(fill);
             self.settle();
+            fill = self.fill();
         }
+        fill
     }
 
     /// Raises the threshold below the least of the last batch of `k` entries, and makes room.
@@ -735,6 +773,7 @@ fn chunks_above_flat(block: &[f32], t: f32) -> u32 {
 fn top_k_keys(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate]) -> usize {
     let changed = ov.as_slice();
     let mut pool = Pool::new(k);
+    let mut fill = pool.fill();
     let full = logits.len() - logits.len() % CHUNK;
     let body = logits.get(..full).unwrap_or(&[]);
     let mut next = 0usize;
@@ -746,7 +785,7 @@ fn top_k_keys(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate
         let mixed = changed
             .get(next)
             .is_some_and(|o| (o.id() as usize) < start + block.len());
-        if mixed && m > pool.t {
+        if mixed && m > fill.t {
             // The raw maximum may be an overridden logit; what counts is
             // the maximum of the other ids, which is an effective logit.
             // When no overridden id holds the raw maximum, another id does
@@ -763,11 +802,12 @@ fn top_k_keys(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate
             } else {
                 m
             };
-            pool.offer(max, start as u32, true);
+            fill = pool.offer_with(fill, max, start as u32, true);
         } else {
-            pool.offer(m, start as u32, mixed);
+            fill = pool.offer_with(fill, m, start as u32, mixed);
         }
     }
+    pool.set_fill(fill);
     // After the blocks, when the threshold has risen: most changed logits
     // are penalised ones, and few of them are still above it.
     for o in changed {
