@@ -34,8 +34,6 @@ pub(crate) struct Outcome {
     pub held: usize,
     /// Whether the held candidates are in rank order.
     pub sorted: bool,
-    /// Weights of the held candidates under some scale, when sorted.
-    pub cache: WeightCache,
     /// `Some(total)` when only the head of the final distribution is held:
     /// the held tokens are a rank prefix of it and `total` is the exact
     /// weight of all of it. A draw past the head needs the rest collected.
@@ -156,6 +154,13 @@ impl Summary<'_> {
     }
 }
 
+/// Where [`run`] works: the scratch buffer for candidates, and the
+/// weights of the final ones.
+pub(crate) struct Buffers<'a> {
+    pub scratch: &'a mut [Candidate],
+    pub weights: &'a mut WeightCache,
+}
+
 /// Runs the stages of `config.order` on the candidates of `logits`.
 ///
 /// `report` is `Some(n)` when the caller wants a report with `n`
@@ -171,11 +176,15 @@ pub(crate) fn run(
     logits: &[f32],
     ov: &Overrides,
     config: &Config,
-    scratch: &mut [Candidate],
+    buffers: Buffers<'_>,
     path: Path,
     report: Option<usize>,
     observe: &mut dyn FnMut(StageView<'_>),
 ) -> Result<Outcome, Error> {
+    let Buffers {
+        scratch,
+        weights: cache,
+    } = buffers;
     let vocab = logits.len();
     let mut summary = Summary {
         logits,
@@ -188,7 +197,7 @@ pub(crate) fn run(
     let mut top = f32::NEG_INFINITY;
     let mut inv_t = 1.0f32;
     let mut sorted = false;
-    let mut cache = WeightCache::new();
+    cache.clear();
     if path == Path::Reference {
         let n = collect_all(logits, ov, scratch);
         top = held_top(scratch.get(..n).unwrap_or(&[]));
@@ -212,7 +221,7 @@ pub(crate) fn run(
                     ..Scale::new(top)
                 };
                 let (n, t) = if sorted {
-                    sorted_stage(stage, config, vocab, s, scale, &mut cache)
+                    sorted_stage(stage, config, vocab, s, scale, cache)
                 } else {
                     held_stage(stage, config, vocab, s, scale)
                 };
@@ -318,7 +327,6 @@ pub(crate) fn run(
         scale,
         survivors,
         sorted,
-        cache,
         partial,
         mass,
     })
@@ -359,6 +367,9 @@ fn held_stage(
 pub(crate) const SORTED_MAX: usize = 64;
 
 /// Integer weights of the first `len` candidates of a sorted held set.
+///
+/// A sampler keeps one from call to call, so that a call neither clears
+/// its 512 bytes on the stack nor copies them out with its outcome.
 pub(crate) struct WeightCache {
     scale: Option<Scale>,
     len: usize,
@@ -366,12 +377,18 @@ pub(crate) struct WeightCache {
 }
 
 impl WeightCache {
-    fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         WeightCache {
             scale: None,
             len: 0,
             w: [0; SORTED_MAX],
         }
+    }
+
+    /// Forgets the weights held: they belong to an earlier held set.
+    fn clear(&mut self) {
+        self.scale = None;
+        self.len = 0;
     }
 
     /// Weights of `s` (at most [`SORTED_MAX`] long) under `scale`, reusing earlier work.
@@ -655,6 +672,7 @@ fn logprob(d: f32, ln_total: f64) -> f32 {
 pub(crate) fn finish(
     s: &mut [Candidate],
     out: &mut Outcome,
+    cache: &mut WeightCache,
     u: f64,
     report: Option<&mut Report<'_>>,
 ) -> Option<Choice> {
@@ -664,7 +682,7 @@ pub(crate) fn finish(
         // same token the scan over every token would.
         Some(total) => (weighted_select(s, draw::target(u, total), &scale)?, total),
         None if out.sorted => {
-            let w = out.cache.get(s, scale);
+            let w = cache.get(s, scale);
             draw::pick_sorted(w, u)
         }
         None => match out.mass {
@@ -1111,7 +1129,20 @@ pub(crate) mod tests {
             ids.sort_unstable();
             stages.push((view.index, ids));
         };
-        let mut out = run(logits, ov, config, &mut scratch, path, report, &mut observe).unwrap();
+        let mut cache = WeightCache::new();
+        let mut out = run(
+            logits,
+            ov,
+            config,
+            Buffers {
+                scratch: &mut scratch,
+                weights: &mut cache,
+            },
+            path,
+            report,
+            &mut observe,
+        )
+        .unwrap();
         if let Some(total) = out.mass {
             let held = &scratch[..out.held];
             assert_eq!(total, mass(held, &out.scale), "{config:?}");
@@ -1120,14 +1151,14 @@ pub(crate) mod tests {
         let mut alternatives = vec![crate::Alternative::default(); report.unwrap_or(0)];
         let mut written = crate::Report::new(&mut alternatives);
         let s = &mut scratch[..out.held];
-        let choice = match finish(s, &mut out, u, report.map(|_| &mut written)) {
+        let choice = match finish(s, &mut out, &mut cache, u, report.map(|_| &mut written)) {
             Some(choice) => choice,
             None => {
                 // Past a partial head: hold every token of nonzero weight.
                 let scale = out.scale;
                 out.held = dense::at_least(logits, ov, &scale, ZERO_WEIGHT_CUT, &mut scratch);
                 (out.partial, out.mass, out.sorted) = (None, None, false);
-                finish(&mut scratch[..out.held], &mut out, u, None).unwrap()
+                finish(&mut scratch[..out.held], &mut out, &mut cache, u, None).unwrap()
             }
         };
         let listed = written

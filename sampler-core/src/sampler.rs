@@ -8,7 +8,7 @@
 
 use core::fmt;
 
-use crate::chain::{self, Path, StageView, ZERO_WEIGHT_CUT};
+use crate::chain::{self, Path, StageView, WeightCache, ZERO_WEIGHT_CUT};
 use crate::dense;
 use crate::penalty::{Overrides, WindowCounts};
 use crate::{Config, Error, Rng};
@@ -123,6 +123,8 @@ pub struct Sampler<'s> {
     /// stack each call: the list has room for every recent id and bias,
     /// and a fresh one would be cleared in full every time.
     overrides: Overrides,
+    /// Weights of the final survivors, computed once per call.
+    weights: WeightCache,
 }
 
 impl fmt::Debug for Sampler<'_> {
@@ -165,6 +167,7 @@ impl<'s> Sampler<'s> {
             scratch,
             counts: WindowCounts::new(),
             overrides: Overrides::new(),
+            weights: WeightCache::new(),
         })
     }
 
@@ -240,7 +243,10 @@ impl<'s> Sampler<'s> {
             input.logits,
             ov,
             &self.config,
-            self.scratch,
+            chain::Buffers {
+                scratch: self.scratch,
+                weights: &mut self.weights,
+            },
             path,
             wanted,
             &mut ignore,
@@ -249,7 +255,7 @@ impl<'s> Sampler<'s> {
         let s = self.scratch.get_mut(..out.held).unwrap_or(&mut []);
         // Only a call without a report can hold a partial head, so the
         // report is never needed again below.
-        if let Some(choice) = chain::finish(s, &mut out, u, report) {
+        if let Some(choice) = chain::finish(s, &mut out, &mut self.weights, u, report) {
             return Ok(choice);
         }
         // The draw fell past the held head of an untruncated distribution:
@@ -260,7 +266,7 @@ impl<'s> Sampler<'s> {
         out.mass = None;
         out.sorted = false;
         let s = self.scratch.get_mut(..out.held).unwrap_or(&mut []);
-        chain::finish(s, &mut out, u, None).ok_or(Error::NoFiniteLogit)
+        chain::finish(s, &mut out, &mut self.weights, u, None).ok_or(Error::NoFiniteLogit)
     }
 
     /// The settings this sampler was built with.

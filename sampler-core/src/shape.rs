@@ -8,7 +8,7 @@
 //! runs, so the table shows the distribution the draw would use; no
 //! generator is touched.
 
-use crate::chain::{self, Path, StageView};
+use crate::chain::{self, Path, StageView, WeightCache};
 use crate::config::MAX_STAGES;
 use crate::penalty::Overrides;
 use crate::select::{keep_top, mass, sort_by_rank};
@@ -136,7 +136,10 @@ pub fn shape(
         input.logits,
         &ov,
         config,
-        scratch,
+        chain::Buffers {
+            scratch,
+            weights: &mut WeightCache::new(),
+        },
         Path::Reference,
         Some(0),
         &mut observe,
