@@ -139,12 +139,10 @@ pub(crate) fn nth_desc(v: &mut [u64], n: usize) {
             return;
         };
         // The median of the three is the pivot, moved to the end.
-        let (pivot, p) = if (a >= b) == (b >= c) {
-            (mid, b)
-        } else if (b >= a) == (a >= c) {
-            (lo, a)
-        } else {
-            (last, c)
+        let (pivot, p) = match median3(&a, &b, &c) {
+            0 => (lo, a),
+            1 => (mid, b),
+            _ => (last, c),
         };
         v.swap(pivot, last);
         let store = lo + split_above(v.get_mut(lo..last).unwrap_or(&mut []), p);
@@ -156,6 +154,22 @@ pub(crate) fn nth_desc(v: &mut [u64], n: usize) {
         }
     }
     sort_desc(v.get_mut(lo..hi).unwrap_or(&mut []));
+}
+
+/// Which of `a`, `b` and `c` is their median: 0, 1 or 2; with ties, one that equals it.
+#[inline(always)]
+fn median3(a: &u64, b: &u64, c: &u64) -> usize {
+    if (a >= b) == (b >= c) {
+        1
+    } else if (b > a) == (a > c) {
+        // Here `b` is below both others or above both, so the median is
+        // the nearer of `a` and `c`. The tests are strict so that an `a`
+        // equal to `b` counts as the nearer: with `>=`, keys 1, 1, 2 would
+        // make the 2 the pivot.
+        0
+    } else {
+        2
+    }
 }
 
 /// Moves the keys of `w` above `p` to its front, in no order; returns how many there are.
@@ -509,6 +523,20 @@ mod tests {
             let mut v = keys.clone();
             nth_desc(&mut v, keys.len());
             assert_eq!(v, keys);
+        }
+    }
+
+    #[test]
+    fn median3_picks_the_median_of_every_triple_ties_included() {
+        for a in 0..3u64 {
+            for b in 0..3u64 {
+                for c in 0..3u64 {
+                    let mut sorted = [a, b, c];
+                    sorted.sort_unstable();
+                    let got = [a, b, c][median3(&a, &b, &c)];
+                    assert_eq!(got, sorted[1], "{a} {b} {c}");
+                }
+            }
         }
     }
 
