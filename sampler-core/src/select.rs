@@ -126,7 +126,7 @@ const SHORT: usize = 16;
 /// fraction of the code of `select_nth_unstable`, and that counts more
 /// than its speed on warm caches: a call after a decode step finds the
 /// sampler's code evicted and fetches every line of it from memory.
-pub(crate) fn nth_desc(v: &mut [u64], n: usize) {
+pub(crate) fn nth_desc<T: Copy + Ord>(v: &mut [T], n: usize) {
     let mut lo = 0usize;
     let mut hi = v.len();
     if n >= hi {
@@ -158,7 +158,7 @@ pub(crate) fn nth_desc(v: &mut [u64], n: usize) {
 
 /// Which of `a`, `b` and `c` is their median: 0, 1 or 2; with ties, one that equals it.
 #[inline(always)]
-fn median3(a: &u64, b: &u64, c: &u64) -> usize {
+fn median3<T: Ord>(a: &T, b: &T, c: &T) -> usize {
     if (a >= b) == (b >= c) {
         1
     } else if (b > a) == (a > c) {
@@ -178,7 +178,7 @@ fn median3(a: &u64, b: &u64, c: &u64) -> usize {
 /// `p`, so the swap is made whatever the test says and only the count
 /// depends on it: no branch to mispredict.
 #[inline(always)]
-fn split_above(w: &mut [u64], p: u64) -> usize {
+fn split_above<T: Copy + Ord>(w: &mut [T], p: T) -> usize {
     let mut store = 0usize;
     for i in 0..w.len() {
         let (Some(&x), Some(&y)) = (w.get(i), w.get(store)) else {
@@ -196,7 +196,7 @@ fn split_above(w: &mut [u64], p: u64) -> usize {
 }
 
 /// Sorts `v` in descending order by insertion; for short slices, as [`nth_desc`] explains.
-pub(crate) fn sort_desc(v: &mut [u64]) {
+pub(crate) fn sort_desc<T: Copy + Ord>(v: &mut [T]) {
     for i in 1..v.len() {
         let Some(&x) = v.get(i) else {
             return;
@@ -424,6 +424,7 @@ mod tests {
     use super::*;
 
     extern crate std;
+    use std::cell::RefCell;
     use std::vec::Vec;
 
     fn cands(logits: &[f32]) -> Vec<Candidate> {
@@ -523,6 +524,127 @@ mod tests {
             let mut v = keys.clone();
             nth_desc(&mut v, keys.len());
             assert_eq!(v, keys);
+        }
+    }
+
+    /// Key values decided only as keys are compared, to push a selection
+    /// towards its worst case (after McIlroy's adversary for quicksort).
+    ///
+    /// Every key starts undecided ("gas"), ranking above every decided key
+    /// (or below, with a negative `step`). When two undecided keys meet,
+    /// one is decided: the one compared most recently, likely the pivot,
+    /// which so lands at the far end of its range. The comparisons are
+    /// counted, and the count may not pass `budget`, so that a loop that
+    /// stopped shrinking its range fails instead of hanging.
+    struct Adversary {
+        value: Vec<i64>,
+        gas: i64,
+        next: i64,
+        step: i64,
+        recent: usize,
+        compares: usize,
+        budget: usize,
+    }
+
+    impl Adversary {
+        fn new(len: usize, step: i64, budget: usize) -> Self {
+            let gas = if step > 0 { i64::MAX } else { i64::MIN };
+            Adversary {
+                value: std::vec![gas; len],
+                gas,
+                next: 0,
+                step,
+                recent: 0,
+                compares: 0,
+                budget,
+            }
+        }
+
+        fn compare(&mut self, x: usize, y: usize) -> Ordering {
+            self.compares += 1;
+            assert!(
+                self.compares <= self.budget,
+                "over {} comparisons",
+                self.budget
+            );
+            let gas = self.gas;
+            if self.value[x] == gas && self.value[y] == gas {
+                let decided = if x == self.recent { x } else { y };
+                self.value[decided] = self.next;
+                self.next += self.step;
+            }
+            if self.value[x] == gas {
+                self.recent = x;
+            } else if self.value[y] == gas {
+                self.recent = y;
+            }
+            self.value[x].cmp(&self.value[y])
+        }
+    }
+
+    /// A key that [`Adversary`] orders: its index there.
+    #[derive(Clone, Copy)]
+    struct Probe<'a> {
+        id: usize,
+        by: &'a RefCell<Adversary>,
+    }
+
+    impl PartialEq for Probe<'_> {
+        fn eq(&self, other: &Self) -> bool {
+            self.cmp(other) == Ordering::Equal
+        }
+    }
+
+    impl Eq for Probe<'_> {}
+
+    impl PartialOrd for Probe<'_> {
+        fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+
+    impl Ord for Probe<'_> {
+        fn cmp(&self, other: &Self) -> Ordering {
+            self.by.borrow_mut().compare(self.id, other.id)
+        }
+    }
+
+    /// Runs [`nth_desc`] on `len` keys ordered by `by`, checks the result,
+    /// and returns the comparisons made.
+    fn nth_desc_against(by: Adversary, n: usize) -> usize {
+        let len = by.value.len();
+        let by = RefCell::new(by);
+        let mut v: Vec<Probe> = (0..len).map(|id| Probe { id, by: &by }).collect();
+        nth_desc(&mut v, n);
+        let by = by.borrow();
+        let value: Vec<i64> = v.iter().map(|p| by.value[p.id]).collect();
+        assert!(value[..n].iter().all(|&x| x >= value[n]), "n {n}");
+        assert!(value[n + 1..].iter().all(|&x| x <= value[n]), "n {n}");
+        let mut ids: Vec<usize> = v.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        assert!(ids.iter().copied().eq(0..len), "keys lost or duplicated");
+        by.compares
+    }
+
+    #[test]
+    fn nth_desc_makes_a_bounded_number_of_comparisons_on_its_worst_inputs() {
+        // As many keys as the callers' buffers hold. Each round costs a
+        // comparison per key of its range and at most four for the pivot.
+        // With distinct keys the median of three is never the least or the
+        // greatest of its range, so each round sets aside at least two keys;
+        // with equal keys it may set aside only its pivot. The last range,
+        // at most SHORT keys, is sorted by insertion.
+        let len = 128;
+        let insertion = SHORT * SHORT / 2;
+        let distinct = len * len / 4 + 2 * len + insertion;
+        let equal = len * len / 2 + 4 * len + insertion;
+        for n in 0..len {
+            for step in [1, -1] {
+                nth_desc_against(Adversary::new(len, step, distinct), n);
+            }
+            let mut same = Adversary::new(len, 1, equal);
+            same.value.fill(0);
+            nth_desc_against(same, n);
         }
     }
 
