@@ -1964,6 +1964,77 @@ mod tests {
     }
 
     #[test]
+    fn pool_cut_sets_the_threshold_just_below_the_kth_highest_maximum() {
+        // The cut orders keys that hold a maximum in their high half and a
+        // slot in the low half. Among tied maxima the slot decides, and
+        // the threshold must come from the high half alone; zeros of both
+        // signs tie as logits, and +inf may be the k-th. The entries are
+        // written straight into the pool, so no upkeep runs before the cut.
+        let mut s = 31u64;
+        let picks = [
+            f32::INFINITY,
+            f32::MAX,
+            3.0,
+            1.0,
+            f32::from_bits(1),
+            0.0,
+            -0.0,
+            -f32::from_bits(1),
+            -1.0,
+            f32::MIN,
+        ];
+        let mut shapes: Vec<Vec<f32>> = vec![
+            vec![1.0; POOL],
+            (0..POOL).map(|i| [0.0, -0.0][i % 2]).collect(),
+            (0..POOL)
+                .map(|i| if i == POOL - 1 { 0.0 } else { -0.0 })
+                .collect(),
+            (0..POOL)
+                .map(|i| if i < 70 { f32::INFINITY } else { 2.0 })
+                .collect(),
+            (0..POOL)
+                .map(|i| [3.0, 2.0, 2.0, 2.0, 1.0][i % 5])
+                .collect(),
+            (0..POOL).map(|i| (i / 40) as f32).collect(),
+            (0..POOL).map(|i| -((i / 40) as f32)).collect(),
+            vec![-0.0; KEYS_K_MAX - 1],
+        ];
+        for _ in 0..40 {
+            let len = 1 + below_n(&mut s, POOL);
+            shapes.push(
+                (0..len)
+                    .map(|_| picks[below_n(&mut s, picks.len())])
+                    .collect(),
+            );
+        }
+        for maxima in &shapes {
+            for k in [2, 3, 17, KEYS_K_MAX] {
+                let mut pool = Pool::new(k);
+                for (i, &x) in maxima.iter().enumerate() {
+                    pool.max[i] = x;
+                    pool.start[i] = i as u32;
+                }
+                pool.n = maxima.len();
+                pool.cut();
+
+                let mut sorted = maxima.clone();
+                sorted.sort_by(|a, b| b.partial_cmp(a).unwrap());
+                let want = sorted.get(k - 1).map_or(f32::NEG_INFINITY, |&x| below(x));
+                assert_eq!(
+                    pool.t.to_bits(),
+                    want.to_bits(),
+                    "k {k} of {maxima:?}: t {}",
+                    pool.t
+                );
+                let kept: Vec<u32> = (0..maxima.len() as u32)
+                    .filter(|&i| maxima[i as usize] > want)
+                    .collect();
+                assert_eq!(pool.start[..pool.n], kept[..], "k {k} of {maxima:?}");
+            }
+        }
+    }
+
+    #[test]
     fn top_k_matches_reference_when_block_maxima_rise_tie_or_are_changed() {
         // Block maxima that rise block after block make every block enter
         // the pool and the threshold rise by batches; maxima that tie fill
