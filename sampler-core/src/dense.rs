@@ -555,15 +555,18 @@ impl Pool {
         self.batch = fill.batch;
     }
 
-    /// Adds a block if its maximum beats the threshold, without a branch on that test.
+    /// [`Pool::offer_with`] on the pool's own count, threshold and batch start.
     #[cfg(test)]
     fn offer(&mut self, max: f32, start: u32, mixed: bool) {
         let fill = self.offer_with(self.fill(), max, start, mixed);
         self.set_fill(fill);
     }
 
-    /// [`Pool::offer`] with the pool's count, threshold and batch start in
-    /// `fill`, which stands in for them (they are stale until set back).
+    /// Adds a block if its maximum beats the threshold in `fill`, without a branch on that test.
+    ///
+    /// `fill` stands in for the pool's count, threshold and batch start,
+    /// which are stale until [`Pool::set_fill`] sets them back; the
+    /// updated `fill` is returned.
     ///
     /// Blocks enter in no predictable pattern, so the entry is written
     /// every time and only the count moves on the test; the rare upkeep
