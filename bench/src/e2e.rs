@@ -17,6 +17,9 @@ use crate::cases::machine;
 use crate::input::{workspace_root, PROMPT};
 use crate::measure::median;
 
+/// Most of a decode step's time the sampler may take, in percent.
+const TARGET_SHARE_PCT: f64 = 0.1;
+
 /// Arguments of `e2e`.
 #[derive(Debug, Args)]
 pub struct E2eArgs {
@@ -103,27 +106,50 @@ pub fn run(args: &E2eArgs) -> Result<String> {
         "{:<12} {:>14} {:>22} {:>26}",
         "sampler", "tokens/s", "sampling ms/token", "sampler share of a step"
     )?;
-    let mut medians = [0.0f64; 2];
+    let mut medians = [(0.0f64, 0.0f64); 2];
     for ((name, runs), m) in engines.iter().zip(&results).zip(medians.iter_mut()) {
         let tps: Vec<f64> = runs.iter().map(|r| r.tokens_per_s).collect();
         let ms: Vec<f64> = runs.iter().map(|r| r.sampling_ms_per_token).collect();
         let share: Vec<f64> = runs.iter().map(|r| r.share).collect();
-        *m = median(&tps);
+        *m = (median(&tps), median(&share));
         writeln!(
             out,
-            "{name:<12} {:>14.2} {:>22.4} {:>25.2}%",
+            "{name:<12} {:>14.2} {:>22.4} {:>25.3}%",
             median(&tps),
             median(&ms),
             median(&share) * 100.0
         )?;
     }
-    let [ours, theirs] = medians;
+    let [(ours, our_share), (theirs, their_share)] = medians;
     writeln!(out)?;
     writeln!(
         out,
         "tokens/s, talkback / llama.cpp: {:.3}x (medians)",
         ours / theirs
     )?;
+    writeln!(out)?;
+    writeln!(out, "targets")?;
+    let speed = ours / theirs;
+    let checks = [
+        (
+            "tokens/s with talkback >= with llama.cpp".to_string(),
+            format!("{speed:.3}x"),
+            speed >= 1.0,
+        ),
+        (
+            format!("sampler share of a step < {TARGET_SHARE_PCT}%"),
+            format!(
+                "{:.3}% (llama.cpp's chain {:.3}%)",
+                our_share * 100.0,
+                their_share * 100.0
+            ),
+            our_share * 100.0 < TARGET_SHARE_PCT,
+        ),
+    ];
+    for (what, value, met) in checks {
+        let mark = if met { "met   " } else { "MISSED" };
+        writeln!(out, "  {mark} {what:<46} {value}")?;
+    }
     Ok(out)
 }
 
