@@ -176,6 +176,10 @@ impl<S: Sink> Sink for TeeSink<S> {
     fn token(&mut self, step: &Step<'_>) -> io::Result<()> {
         self.inner.token(step)
     }
+
+    fn statistics(&self) -> bool {
+        self.inner.statistics()
+    }
 }
 
 /// Refuses a chat message of nothing but blanks, or an empty raw prompt,

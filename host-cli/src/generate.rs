@@ -215,6 +215,9 @@ pub struct Step<'a> {
     /// Entropy of the final distribution, in nats.
     pub entropy: f32,
     /// Survivors after each stage.
+    ///
+    /// This and the two fields above are empty and zero for a sink that
+    /// reads no statistics ([`Sink::statistics`]).
     pub survivors: Survivors,
 }
 
@@ -233,6 +236,12 @@ pub trait Sink {
     ///
     /// - the output cannot be written.
     fn token(&mut self, step: &Step<'_>) -> std::io::Result<()>;
+
+    /// Whether [`Sink::token`] reads a step's statistics (alternatives,
+    /// entropy, survivors). When it does not, the sampler is asked for no
+    /// report, which costs a little less per token and changes neither
+    /// the token nor its log-probability; the step then carries none.
+    fn statistics(&self) -> bool;
 }
 
 /// Timings of one run.
@@ -328,6 +337,7 @@ impl Generator {
 
         let generating = Instant::now();
         let cap = req.n_predict.map_or(usize::MAX, |n| n as usize);
+        let statistics = sink.statistics();
         let mut tokens = Vec::with_capacity(req.max_tokens(session.n_ctx()));
         let finish = loop {
             if tokens.len() >= cap {
@@ -359,7 +369,7 @@ impl Generator {
                     bias: &self.bias,
                 };
                 sampler
-                    .sample(input, Some(&mut report))
+                    .sample(input, statistics.then_some(&mut report))
                     .map_err(|e| anyhow!("sampling failed at step {}: {e}", tokens.len()))?
             };
             timings.sampling += t0.elapsed();

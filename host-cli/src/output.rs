@@ -95,6 +95,10 @@ impl<W: Write> Sink for TextSink<W> {
     fn token(&mut self, _step: &Step<'_>) -> io::Result<()> {
         Ok(())
     }
+
+    fn statistics(&self) -> bool {
+        false
+    }
 }
 
 /// Collects the text, for the single JSON object printed at the end.
@@ -122,6 +126,10 @@ impl Sink for CollectSink {
 
     fn token(&mut self, _step: &Step<'_>) -> io::Result<()> {
         Ok(())
+    }
+
+    fn statistics(&self) -> bool {
+        false
     }
 }
 
@@ -241,6 +249,10 @@ impl<W: Write> Sink for JsonlSink<'_, W> {
         }
         self.pending = true;
         Ok(())
+    }
+
+    fn statistics(&self) -> bool {
+        true
     }
 }
 

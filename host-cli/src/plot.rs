@@ -49,6 +49,10 @@ impl Sink for Sizes {
         self.0.push(step.survivors.final_count);
         Ok(())
     }
+
+    fn statistics(&self) -> bool {
+        true
+    }
 }
 
 /// Generates once per request and collects each run's distribution sizes.

@@ -62,6 +62,10 @@ impl<S: Sink> Sink for Probe<S> {
         self.marks.push(allocations());
         self.inner.token(step)
     }
+
+    fn statistics(&self) -> bool {
+        self.inner.statistics()
+    }
 }
 
 /// The parsed arguments of `talkback complete` with `extra` flags.
