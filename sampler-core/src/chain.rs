@@ -10,7 +10,7 @@
 use crate::config::Stage;
 use crate::penalty::Overrides;
 use crate::select::{
-    keep_top, mass, partition, sort_by_rank, weighted_select, weighted_select_above, Weigh,
+    keep_top, mass, partition, sort_by_rank, weighted_select, weighted_select_above,
 };
 use crate::softmax::{Scale, WEIGHT_ONE};
 use crate::{dense, draw, minp, temperature, topk, topp};
@@ -394,16 +394,11 @@ impl WeightCache {
     /// Weights of `s` (at most [`SORTED_MAX`] long) under `scale`, reusing earlier work.
     fn get(&mut self, s: &[Candidate], scale: Scale) -> &[u64] {
         if self.scale != Some(scale) || self.len < s.len() {
-            // Eight at a time, so the exponentials vectorise.
-            for (w8, c8) in self.w.chunks_mut(8).zip(s.chunks(8)) {
-                let mut x = [f32::NEG_INFINITY; 8];
-                for (xi, c) in x.iter_mut().zip(c8) {
-                    *xi = c.logit;
-                }
-                for (w, &v) in w8.iter_mut().zip(scale.weigh8(&x).iter()) {
-                    // Exact: a non-negative integer below 2^31.
-                    *w = v as u64;
-                }
+            // One at a time: for at most 64 weights the eight-lane batch
+            // was more than twice the code, and a call after a decode step
+            // fetches every line of its code again.
+            for (w, c) in self.w.iter_mut().zip(s) {
+                *w = scale.weight(c.logit);
             }
             self.scale = Some(scale);
             self.len = s.len().min(SORTED_MAX);
