@@ -97,7 +97,7 @@ pub fn run(args: &E2eArgs) -> Result<String> {
     writeln!(
         out,
         "runs:    {} per sampler, alternating; complete {PROMPT:?} -n {} --ignore-eos, \
-         seed 1, default settings, {threads} threads",
+         seed 1, default settings, --threads {threads}",
         args.runs, args.n_predict
     )?;
     writeln!(out)?;
