@@ -798,7 +798,9 @@ fn shape_command(args: &ShapeArgs, verbose: u8) -> Result<()> {
         };
         let table = {
             let mut session = model.session(&args.model)?;
-            session.set_prompt(&tokens)?;
+            if !session.set_prompt(&tokens)? {
+                return Err(Interrupted.into());
+            }
             crate::shape::table(session.logits(), &config)?
         };
         (table, Some(model))

@@ -329,7 +329,7 @@ impl Generator {
         let mut llama = (req.engine == Engine::LlamaCpp).then(|| llama_chain(req, model));
 
         let started = Instant::now();
-        session.set_prompt(prompt)?;
+        let prefilled = session.set_prompt(prompt)?;
         let mut timings = Timings {
             prompt: started.elapsed(),
             ..Timings::default()
@@ -343,7 +343,8 @@ impl Generator {
             if tokens.len() >= cap {
                 break Finish::Length;
             }
-            if INTERRUPTED.load(Ordering::Relaxed) {
+            // Without the whole prompt there are no logits to sample from.
+            if !prefilled || INTERRUPTED.load(Ordering::Relaxed) {
                 break Finish::Interrupted;
             }
 

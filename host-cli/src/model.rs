@@ -7,6 +7,7 @@
 use std::io::IsTerminal;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context as _, Result};
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -19,6 +20,7 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{LlamaModelLoadError, LogOptions};
 
 use crate::cli::ModelArgs;
+use crate::generate::INTERRUPTED;
 use crate::gguf;
 
 /// File name of the default model, as installed by `fixtures/fetch-model.sh`.
@@ -335,13 +337,14 @@ impl Session<'_> {
 
     /// Makes the context hold exactly `prompt`, decoding only the part that
     /// differs from what it already holds, and leaves the logits of the last
-    /// prompt token ready.
+    /// prompt token ready; returns `false`, with no logits ready, when
+    /// Ctrl-C stopped it between two batches.
     ///
     /// # Errors
     ///
     /// - the prompt is empty, or longer than the context ([`PromptTooLong`]);
     /// - llama.cpp fails to decode.
-    pub fn set_prompt(&mut self, prompt: &[LlamaToken]) -> Result<()> {
+    pub fn set_prompt(&mut self, prompt: &[LlamaToken]) -> Result<bool> {
         if prompt.is_empty() {
             bail!("the prompt is empty: nothing to continue from");
         }
@@ -378,9 +381,14 @@ impl Session<'_> {
             .unwrap_or_default()
             .chunks(self.n_batch)
         {
+            // A long prompt takes minutes on a slow machine; Ctrl-C must
+            // not wait for all of it. What was decoded stays cached.
+            if INTERRUPTED.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
             self.decode(chunk)?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Decodes one more token after those the context holds.

@@ -187,6 +187,68 @@ fn ctrl_c_during_generation_keeps_the_text_and_exits_130() {
     assert!(text.len() >= 20, "{text:?}");
 }
 
+/// Starts `args` after a prompt of about 7900 tokens, decoded one token
+/// per batch, and sends Ctrl-C once the model has loaded; returns the exit
+/// status and stdout, or fails if the exit takes more than `within`.
+fn interrupt_a_long_prompt(args: &[&str], within: std::time::Duration) -> (i32, Vec<u8>) {
+    let prompt = "The quick brown fox jumps over the lazy dog. ".repeat(790);
+    let mut argv = vec!["-v"];
+    argv.extend_from_slice(args);
+    argv.extend_from_slice(&[
+        &prompt,
+        "--ctx-size",
+        "8192",
+        "--batch-size",
+        "1",
+        "--threads",
+        "1",
+    ]);
+    let mut child = command(&argv)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start talkback");
+    let stdout = Tail::follow(child.stdout.take().expect("stdout"));
+    let stderr = Tail::follow(child.stderr.take().expect("stderr"));
+    stderr.wait_for(0, "the model to load", |b| {
+        String::from_utf8_lossy(b).contains("tokens in vocabulary")
+    });
+    interrupt(&child);
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll the child") {
+            break status;
+        }
+        if started.elapsed() > within {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("Ctrl-C was not answered within {within:?}: it waits for the whole prompt");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    no_crash(&String::from_utf8_lossy(&stderr.bytes()));
+    (status.code().unwrap_or(-1), stdout.bytes())
+}
+
+#[test]
+fn ctrl_c_during_a_long_prompt_is_answered_between_batches() {
+    // The whole prompt takes minutes on one thread, one token per batch
+    // (over a minute on the development machine), and Ctrl-C used to wait
+    // for all of it; between batches it waits for one token's decode. The
+    // bound is a hang deadline for that one token, not a speed claim.
+    let within = std::time::Duration::from_secs(15);
+    let (code, stdout) = interrupt_a_long_prompt(&["complete", "--format", "json"], within);
+    assert_eq!(code, 130);
+    let summary: serde_json::Value = serde_json::from_slice(&stdout).expect("the JSON summary");
+    assert_eq!(summary["finish_reason"], "interrupted", "{summary}");
+    assert_eq!(summary["generated_tokens"], 0, "{summary}");
+    assert_eq!(summary["text"], "", "{summary}");
+
+    // `shape` has no partial table to show: it prints nothing.
+    let (code, stdout) = interrupt_a_long_prompt(&["shape"], within);
+    assert_eq!(code, 130);
+    assert_eq!(String::from_utf8_lossy(&stdout), "");
+}
+
 #[test]
 fn a_trace_of_an_interrupted_run_replays_up_to_the_interrupt() {
     let scratch = reliability_support::Scratch::new("interrupted-trace");
