@@ -15,6 +15,7 @@ use crate::cli::{
 };
 use crate::generate::{Engine, Finish, Generator, Outcome, Request, Sink, Step, INTERRUPTED};
 use crate::model::{resolve_path, Model, Session};
+use crate::outfile::ReservedFile;
 use crate::output::{summary, CollectSink, JsonlSink, TextSink};
 use crate::settings::Settings;
 use crate::trace::{self, Prompt, Trace, TraceFile};
@@ -258,13 +259,24 @@ fn check_outputs(gen: &GenerationArgs, model: &ModelArgs, inputs: &[(&str, &Path
     crate::outfile::check_distinct(&written, &read).map_err(|e| Usage::new(e.to_string()).into())
 }
 
-/// A generator for `model`, dumping logits where `--dump-logits` asks.
-fn generator(model: &Model, gen: &GenerationArgs) -> Result<Generator> {
+/// Opens the `--dump-logits` file, if any, before the model loads, so that
+/// a path that cannot be written fails first.
+fn dump_file(gen: &GenerationArgs) -> Result<Option<ReservedFile>> {
+    gen.dump_logits
+        .as_deref()
+        .map(|path| ReservedFile::open(path, "logits dump"))
+        .transpose()
+}
+
+/// A generator for `model`, dumping logits into `dump` when given.
+fn generator(model: &Model, dump: Option<ReservedFile>) -> Result<Generator> {
     let mut generator = Generator::new(model);
-    if let Some(path) = &gen.dump_logits {
-        let file = std::fs::File::create(path)
-            .with_context(|| format!("cannot create logits dump {}", path.display()))?;
-        generator.dump_logits(Box::new(io::BufWriter::new(file)), path);
+    if let Some(dump) = dump {
+        let path = dump.path().to_path_buf();
+        let file = dump
+            .into_stream()
+            .with_context(|| format!("cannot write logits dump {}", path.display()))?;
+        generator.dump_logits(Box::new(io::BufWriter::new(file)), &path);
     }
     Ok(generator)
 }
@@ -406,6 +418,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     }
     check_outputs(gen, &args.model, &inputs)?;
     let trace_file = gen.trace.as_deref().map(TraceFile::open).transpose()?;
+    let dump = dump_file(gen)?;
     let model = load(&args.model, verbose)?;
     let template = chat_template(args, &model)?;
     if let Some(prompt) = &prompt {
@@ -419,7 +432,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
         return Ok(());
     }
     let mut session = model.session(&args.model)?;
-    let mut generator = generator(&model, gen)?;
+    let mut generator = generator(&model, dump)?;
     if verbose > 0 {
         crate::note!("talkback: {}", settings.describe());
     }
@@ -508,9 +521,10 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
     check_generation(gen, &settings)?;
     check_outputs(gen, &args.model, &[])?;
     let trace_file = gen.trace.as_deref().map(TraceFile::open).transpose()?;
+    let dump = dump_file(gen)?;
     let model = load(&args.model, verbose)?;
     let mut session = model.session(&args.model)?;
-    let mut generator = generator(&model, gen)?;
+    let mut generator = generator(&model, dump)?;
     if verbose > 0 {
         crate::note!("talkback: {}", settings.describe());
     }

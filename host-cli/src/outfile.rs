@@ -1,10 +1,11 @@
 //! A file opened before the work that fills it.
 //!
-//! A chart or a trace is written only when a run ends, minutes later; a path
-//! that cannot be written must fail before the model even loads. The file is
-//! opened at once without touching its contents, replaced whole when it is
-//! finally written, and removed again if this opening created it and the
-//! run ended without writing it.
+//! A chart or a trace is written only when a run ends, minutes later, and a
+//! logits dump only once the model has loaded; a path that cannot be written
+//! must fail before the model even loads. The file is opened at once without
+//! touching its contents, replaced whole when it is finally written (or
+//! emptied when a dump starts streaming into it), and removed again if this
+//! opening created it and the run ended before either.
 //!
 //! Before any of that, [`check_distinct`] makes sure that no output names a
 //! file the run reads or another output writes: the model is mapped into
@@ -61,15 +62,32 @@ impl ReservedFile {
     ///
     /// - the write fails (a full disk, a pipe whose reader left).
     pub fn replace(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.empty()?;
+        self.file.write_all(bytes)?;
+        self.file.flush()?;
+        self.written = true;
+        Ok(())
+    }
+
+    /// Empties the file and hands it over to be written as a stream; from
+    /// then on it is kept, whatever happens.
+    ///
+    /// # Errors
+    ///
+    /// - the file cannot be emptied or its handle duplicated.
+    pub fn into_stream(mut self) -> io::Result<File> {
+        self.empty()?;
+        self.written = true;
+        self.file.try_clone()
+    }
+
+    fn empty(&mut self) -> io::Result<()> {
         // A pipe or a device such as /dev/null has no length to cut and no
         // position to return to.
         if self.file.metadata()?.is_file() {
             self.file.set_len(0)?;
             self.file.seek(SeekFrom::Start(0))?;
         }
-        self.file.write_all(bytes)?;
-        self.file.flush()?;
-        self.written = true;
         Ok(())
     }
 }
@@ -191,6 +209,28 @@ mod tests {
         f.replace(b"2nd").unwrap();
         drop(f);
         assert_eq!(std::fs::read(&path).unwrap(), b"2nd");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_stream_starts_empty_and_is_kept() {
+        let path = temp("stream");
+        std::fs::write(&path, vec![b'x'; 100]).unwrap();
+        let mut file = ReservedFile::open(&path, "logits dump")
+            .unwrap()
+            .into_stream()
+            .unwrap();
+        file.write_all(b"ab").unwrap();
+        drop(file);
+        assert_eq!(std::fs::read(&path).unwrap(), b"ab");
+
+        let _ = std::fs::remove_file(&path);
+        drop(
+            ReservedFile::open(&path, "logits dump")
+                .unwrap()
+                .into_stream(),
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"", "a stream begun is kept");
         std::fs::remove_file(&path).unwrap();
     }
 

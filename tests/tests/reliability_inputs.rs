@@ -572,6 +572,64 @@ fn an_output_that_names_the_model_or_an_input_is_refused() {
 }
 
 #[test]
+fn a_logits_dump_that_cannot_be_written_fails_before_the_model_loads() {
+    // The model does not exist either: a dump opened only after the model
+    // loads reported the model, and a bad dump path cost a whole load.
+    let scratch = Scratch::new("dump-first");
+    let missing = scratch.join("absent.gguf");
+    let dump = scratch.join("no-such-folder").join("logits.f32");
+    let (missing, dump) = (arg(&missing), arg(&dump));
+    for command in ["complete", "chat"] {
+        let run = talkback(&[
+            command,
+            "hi",
+            "-n",
+            "2",
+            "-m",
+            missing,
+            "--dump-logits",
+            dump,
+        ]);
+        let line = runtime_error(&run, "");
+        assert_eq!(
+            line,
+            format!(
+                "talkback: cannot write logits dump {dump}: No such file or directory (os error 2)"
+            ),
+            "{command}"
+        );
+    }
+
+    // A run that fails before any logits leaves no empty file behind; one
+    // that ends writes its records over an older, longer file.
+    let fresh = scratch.join("fresh.f32");
+    let run = talkback(&[
+        "complete",
+        "hi",
+        "-m",
+        missing,
+        "--dump-logits",
+        arg(&fresh),
+    ]);
+    runtime_error(&run, "does not exist");
+    assert!(!fresh.exists(), "a refused run left a file");
+    let old = scratch.write("old.f32", &[7; 1 << 20]);
+    let run = talkback(&[
+        "complete",
+        "hi",
+        "-n",
+        "2",
+        "-t",
+        "1",
+        "--dump-logits",
+        arg(&old),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let len = std::fs::metadata(&old).expect("the dump").len();
+    assert_eq!(len, 2 * 49_152 * 4, "two records of the default vocabulary");
+}
+
+#[test]
 fn model_without_a_chat_template_says_what_each_command_can_do() {
     // The key renamed by its last letter: the file stays valid, with no
     // template. `shape` and `plot` were told to use --chat-template, which
