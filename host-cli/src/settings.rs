@@ -5,7 +5,7 @@ use std::ops::RangeInclusive;
 
 use anyhow::{anyhow, bail, Result};
 use sampler_core::{Config, Order, Stage};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::cli::{GenerationArgs, ModelArgs, SamplingArgs};
 use crate::generate::Engine;
@@ -20,20 +20,26 @@ pub const BATCH_SIZES: RangeInclusive<u32> = 1..=65_536;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
     /// Temperature; 0 is greedy.
+    #[serde(deserialize_with = "f32_in_range")]
     pub temperature: f32,
     /// Top-k; 0 is off.
     pub top_k: u32,
     /// Top-p; 1 is off.
+    #[serde(deserialize_with = "f32_in_range")]
     pub top_p: f32,
     /// Min-p; 0 is off.
+    #[serde(deserialize_with = "f32_in_range")]
     pub min_p: f32,
     /// Repetition penalty; 1 is off.
+    #[serde(deserialize_with = "f32_in_range")]
     pub repeat_penalty: f32,
     /// Penalty window length.
     pub repeat_last_n: u32,
     /// Presence penalty.
+    #[serde(deserialize_with = "f32_in_range")]
     pub presence_penalty: f32,
     /// Frequency penalty.
+    #[serde(deserialize_with = "f32_in_range")]
     pub frequency_penalty: f32,
     /// Stage order, by stage name.
     pub sampler_order: Vec<String>,
@@ -52,6 +58,26 @@ pub struct Settings {
     /// Which sampler picked the tokens.
     #[serde(default)]
     pub sampler: Engine,
+}
+
+/// Reads a number into an f32, refusing one beyond the f32 range.
+///
+/// A JSON number is read as an f64, and casting one beyond about 3.4e38
+/// gives an infinity, which would then be reported as "not finite" although
+/// the file holds a finite number.
+///
+/// # Errors
+///
+/// - the value is not a number, or is finite beyond the f32 range.
+pub fn f32_in_range<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+    let wide = f64::deserialize(d)?;
+    let narrow = wide as f32;
+    if narrow.is_infinite() && wide.is_finite() {
+        return Err(serde::de::Error::custom(format!(
+            "{wide:e} is out of range: a 32-bit float holds at most about 3.4e38"
+        )));
+    }
+    Ok(narrow)
 }
 
 /// The name of a stage as the CLI spells it.

@@ -48,6 +48,7 @@ pub struct TraceStep {
     /// Token id.
     pub id: u32,
     /// Log-probability under the final distribution.
+    #[serde(deserialize_with = "crate::settings::f32_in_range")]
     pub logprob: f32,
 }
 
@@ -460,6 +461,39 @@ mod tests {
         let loaded = Trace::load(&path).map(|t| t.steps.len());
         let _ = std::fs::remove_file(&path);
         assert_eq!(loaded.ok(), Some(1));
+    }
+
+    #[test]
+    fn load_names_a_number_beyond_a_float_as_out_of_range() {
+        let path =
+            std::env::temp_dir().join(format!("talkback-trace-range-{}.json", std::process::id()));
+        let load = |t: &serde_json::Value| {
+            std::fs::write(&path, t.to_string()).expect("write");
+            Trace::load(&path).map_err(|e| format!("{e:#}"))
+        };
+        let base = serde_json::to_value(trace(&[(5, -0.5)], "length")).expect("encode");
+        let mut edits = Vec::new();
+        for field in ["temperature", "top_p", "repeat_penalty", "presence_penalty"] {
+            let mut t = base.clone();
+            t["settings"][field] = serde_json::json!(1e39);
+            edits.push(t);
+        }
+        let mut t = base.clone();
+        t["steps"][0]["logprob"] = serde_json::json!(-1e39);
+        edits.push(t);
+        for t in &edits {
+            let err = load(t).err().unwrap_or_default();
+            assert!(
+                err.contains("1e39 is out of range: a 32-bit float holds at most about 3.4e38"),
+                "{err}"
+            );
+        }
+        // The largest float is a temperature, if a strange one.
+        let mut t = base;
+        t["settings"]["temperature"] = serde_json::json!(3.4e38);
+        let loaded = load(&t).map(|t| t.settings.temperature);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(loaded, Ok(3.4e38));
     }
 
     #[test]
