@@ -3,6 +3,7 @@
 //! Values are checked here, at parse time, so a bad setting is a usage error
 //! (exit 2) before any model is loaded.
 
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
 use clap::parser::ValueSource;
@@ -10,6 +11,7 @@ use clap::{ArgMatches, Args, Parser, Subcommand, ValueEnum};
 use sampler_core::{Order, Stage};
 
 use crate::generate::Engine;
+use crate::settings::{BATCH_SIZES, CTX_SIZES};
 
 /// Text shown after `--help`: exit codes and the model default.
 const AFTER_HELP: &str = "\
@@ -73,7 +75,7 @@ pub struct ShapeArgs {
     pub chat: bool,
 
     /// How many tokens to list, most likely first.
-    #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 10, value_parser = rows, allow_negative_numbers = true)]
     pub rows: usize,
 
     /// Output format: a table for people or JSON data.
@@ -142,12 +144,12 @@ pub struct PlotArgs {
     pub min_p: Vec<f32>,
 
     /// Tokens to generate per setting (>= 1).
-    #[arg(short = 'n', long = "n-predict", default_value_t = 64,
-          value_parser = clap::value_parser!(u32).range(1..), allow_negative_numbers = true)]
+    #[arg(short = 'n', long = "n-predict", default_value_t = 64, value_parser = token_cap,
+          allow_negative_numbers = true)]
     pub n_predict: u32,
 
     /// Seed shared by every setting.
-    #[arg(short, long, default_value_t = 0, allow_negative_numbers = true)]
+    #[arg(short, long, default_value_t = 0, value_parser = seed, allow_negative_numbers = true)]
     pub seed: u64,
 
     /// SVG file to write, relative to the current folder; `-` writes the
@@ -172,8 +174,7 @@ pub struct ReplayArgs {
     pub model: Option<PathBuf>,
 
     /// CPU threads for decoding [default: all cores].
-    #[arg(short = 't', long, value_parser = clap::value_parser!(u32).range(1..=1024),
-          allow_negative_numbers = true)]
+    #[arg(short = 't', long, value_parser = threads, allow_negative_numbers = true)]
     pub threads: Option<u32>,
 }
 
@@ -250,19 +251,17 @@ pub struct ModelArgs {
 
     /// Context size in tokens, prompt included (16..=1048576, and no more than
     /// the model was trained on).
-    #[arg(short = 'c', long, default_value_t = 4096,
-          value_parser = clap::value_parser!(u32).range(16..=1_048_576),
+    #[arg(short = 'c', long, default_value_t = 4096, value_parser = ctx_size,
           allow_negative_numbers = true)]
     pub ctx_size: u32,
 
     /// Prompt tokens decoded per batch (1..=65536).
-    #[arg(short = 'b', long, default_value_t = 512,
-          value_parser = clap::value_parser!(u32).range(1..=65_536), allow_negative_numbers = true)]
+    #[arg(short = 'b', long, default_value_t = 512, value_parser = batch_size,
+          allow_negative_numbers = true)]
     pub batch_size: u32,
 
     /// CPU threads for decoding [default: all cores].
-    #[arg(short = 't', long, value_parser = clap::value_parser!(u32).range(1..=1024),
-          allow_negative_numbers = true)]
+    #[arg(short = 't', long, value_parser = threads, allow_negative_numbers = true)]
     pub threads: Option<u32>,
 
     /// Layers to offload to the GPU; above 0 needs a build with `--features cuda`.
@@ -278,7 +277,8 @@ pub struct ModelArgs {
 
 // Numeric flags accept a leading minus (`--temp -1`), so that an
 // out-of-range value is reported as such instead of as an unknown flag, and
-// negative penalties need no `=`.
+// negative penalties need no `=`. Every whole-number flag reads its value
+// through `whole`, so a spelling such as `-0` or `+5` means the same to all.
 
 /// The truncation stages and their order: all that shapes one distribution.
 #[derive(Debug, Args, Clone)]
@@ -288,7 +288,7 @@ pub struct StageArgs {
     pub temp: f32,
 
     /// Keep only the K most likely tokens; 0 turns it off.
-    #[arg(long, default_value_t = 40, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 40, value_parser = count, allow_negative_numbers = true)]
     pub top_k: u32,
 
     /// Keep the smallest set of tokens whose probability reaches P (0..=1); 1 is off.
@@ -320,8 +320,8 @@ pub struct SamplingArgs {
     pub repeat_penalty: f32,
 
     /// How many recent generated tokens the penalties look at (0..=1024).
-    #[arg(long, default_value_t = 64,
-          value_parser = clap::value_parser!(u32).range(0..=1024), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 64, value_parser = penalty_window,
+          allow_negative_numbers = true)]
     pub repeat_last_n: u32,
 
     /// Subtracted once from the logit of every token in the window; 0 is off.
@@ -333,7 +333,7 @@ pub struct SamplingArgs {
     pub frequency_penalty: f32,
 
     /// Seed for the random draw [default: random, shown with -v].
-    #[arg(short, long, allow_negative_numbers = true)]
+    #[arg(short, long, value_parser = seed, allow_negative_numbers = true)]
     pub seed: Option<u64>,
 
     /// Which sampler picks tokens; `llama.cpp` is for speed comparisons and
@@ -346,8 +346,8 @@ pub struct SamplingArgs {
 #[derive(Debug, Args, Clone)]
 pub struct GenerationArgs {
     /// Stop after N generated tokens (>= 1) [default: until end of turn or full context].
-    #[arg(short = 'n', long = "n-predict", value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..), allow_negative_numbers = true)]
+    #[arg(short = 'n', long = "n-predict", value_name = "N", value_parser = token_cap,
+          allow_negative_numbers = true)]
     pub n_predict: Option<u32>,
 
     // Stop strings may start with a hyphen (`--stop "---"`, a Markdown rule).
@@ -387,12 +387,65 @@ pub enum Format {
     Jsonl,
 }
 
+/// A decimal whole number in `range`, with an optional sign: `-0` is 0, and
+/// a number outside the range, negative or beyond 64 bits included, is
+/// reported with the range.
+fn whole<T: TryFrom<u64>>(s: &str, range: RangeInclusive<u64>) -> Result<T, String> {
+    let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("`{s}` is not a whole number"));
+    }
+    let outside = || format!("{s} is not in {}..={}", range.start(), range.end());
+    // All digits, so the only failure left is a number beyond u64.
+    let n: u64 = digits.parse().map_err(|_| outside())?;
+    if (s.starts_with('-') && n != 0) || !range.contains(&n) {
+        return Err(outside());
+    }
+    T::try_from(n).map_err(|_| outside())
+}
+
+/// A count that may be 0 (off), such as `--top-k`.
+fn count(s: &str) -> Result<u32, String> {
+    whole(s, 0..=u64::from(u32::MAX))
+}
+
+/// A token cap, `-n`: at least one token.
+fn token_cap(s: &str) -> Result<u32, String> {
+    whole(s, 1..=u64::from(u32::MAX))
+}
+
+fn seed(s: &str) -> Result<u64, String> {
+    whole(s, 0..=u64::MAX)
+}
+
+fn threads(s: &str) -> Result<u32, String> {
+    whole(s, 1..=1024)
+}
+
+fn ctx_size(s: &str) -> Result<u32, String> {
+    whole(s, widen(CTX_SIZES))
+}
+
+fn batch_size(s: &str) -> Result<u32, String> {
+    whole(s, widen(BATCH_SIZES))
+}
+
+fn penalty_window(s: &str) -> Result<u32, String> {
+    whole(s, 0..=sampler_core::MAX_RECENT as u64)
+}
+
+fn rows(s: &str) -> Result<usize, String> {
+    whole(s, 0..=usize::MAX as u64)
+}
+
+fn widen(range: RangeInclusive<u32>) -> RangeInclusive<u64> {
+    u64::from(*range.start())..=u64::from(*range.end())
+}
+
 /// A whole number in a comma-separated list, where spaces may follow the
 /// commas (as the lists of decimal numbers allow).
 fn listed_count(s: &str) -> Result<u32, String> {
-    s.trim()
-        .parse()
-        .map_err(|_| format!("`{s}` is not a whole number from 0 to {}", u32::MAX))
+    count(s.trim())
 }
 
 /// A number as a 32-bit float; an infinity only when the text names one.
@@ -525,9 +578,7 @@ pub fn parse_order(s: &str) -> Result<Order, String> {
 
 /// Parses `--gpu-layers`, refusing offload in a build without a GPU backend.
 fn gpu_layers(s: &str) -> Result<u32, String> {
-    let n: u32 = s
-        .parse()
-        .map_err(|_| format!("`{s}` is not a whole number from 0 to {}", u32::MAX))?;
+    let n = count(s)?;
     if n > 0 && !cfg!(feature = "cuda") {
         return Err("this build has no GPU backend; build with \
              `cargo build --release -p talkback --features cuda`"
@@ -607,6 +658,50 @@ mod tests {
                 .err()
                 .map(|e| e.kind());
             assert_eq!(err, Some(ErrorKind::ValueValidation), "{flag}");
+        }
+    }
+
+    #[test]
+    fn every_whole_number_flag_reads_a_spelling_alike() {
+        let flags: [(&[&str], &str, u64); 13] = [
+            (&["complete", "x"], "--top-k", 0),
+            (&["complete", "x"], "--repeat-last-n", 0),
+            (&["complete", "x"], "--gpu-layers", 0),
+            (&["complete", "x"], "--seed", 0),
+            (&["complete", "x"], "-n", 1),
+            (&["complete", "x"], "--ctx-size", 16),
+            (&["complete", "x"], "--batch-size", 1),
+            (&["complete", "x"], "--threads", 1),
+            (&["plot", "x"], "--top-k", 0),
+            (&["plot", "x"], "-n", 1),
+            (&["plot", "x"], "--seed", 0),
+            (&["shape", "--logits", "1"], "--rows", 0),
+            (&["replay", "t.json"], "--threads", 1),
+        ];
+        for (args, flag, lowest) in flags {
+            let parse = |value: &str| {
+                let mut argv = vec!["talkback"];
+                argv.extend_from_slice(args);
+                argv.extend_from_slice(&[flag, value]);
+                Cli::try_parse_from(argv)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
+            let range = |value: &str| format!("{value} is not in {lowest}..=");
+            for zero in ["-0", "+0"] {
+                if lowest == 0 {
+                    assert_eq!(parse(zero), Ok(()), "{args:?} {flag} {zero}");
+                } else {
+                    let e = parse(zero).unwrap_err();
+                    assert!(e.contains(&range(zero)), "{flag}: {e}");
+                }
+            }
+            for outside in ["-5", "99999999999999999999"] {
+                let e = parse(outside).unwrap_err();
+                assert!(e.contains(&range(outside)), "{flag}: {e}");
+            }
+            let e = parse("5x").unwrap_err();
+            assert!(e.contains("`5x` is not a whole number"), "{flag}: {e}");
         }
     }
 

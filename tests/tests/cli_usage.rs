@@ -334,8 +334,11 @@ fn gpu_layers_need_a_gpu_build() {
         &["complete", "hi", "--gpu-layers", "1"],
         "this build has no GPU backend",
     );
+    // As every whole-number flag: a minus is read, and -0 is 0.
     usage_error(
         &["chat", "hi", "--gpu-layers", "-1"],
-        "is not a whole number",
+        "-1 is not in 0..=4294967295",
     );
+    let run = talkback(&["chat", "hi", "--gpu-layers", "-0", "--render-only"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
 }
