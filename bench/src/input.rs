@@ -119,6 +119,35 @@ fn from_dump(path: &Path, vocab: usize, steps: usize) -> Result<Logits> {
     })
 }
 
+/// The file a logits generator writes and this process reads back, in the
+/// system's temporary folder (not the checkout, whose `target/` may not be
+/// where cargo builds); removed when dropped.
+struct Transfer(PathBuf);
+
+impl Transfer {
+    /// Makes a new, empty file for `steps` steps of logits.
+    fn new(steps: usize) -> Result<Self> {
+        let path = std::env::temp_dir().join(format!(
+            "talkback-bench-logits-{}-{steps}.f32",
+            std::process::id()
+        ));
+        // Made here, and only if new, so that the child writes to a file
+        // of this process and not to whatever a stale link points at.
+        std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Generates the logits in a child process, then reads them back.
 ///
 /// llama.cpp's OpenMP worker threads keep spinning for a while after each
@@ -128,9 +157,7 @@ fn generate(path: &Path, steps: usize) -> Result<Logits> {
     // of assertion text and a debugger's backtrace; this names the fault
     // in one line instead.
     talkback::gguf::check_file(path)?;
-    let dir = workspace_root().join("target").join("bench");
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let out = dir.join(format!("logits-{steps}.f32"));
+    let out = Transfer::new(steps)?;
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     note!(
         "talkback-bench: generating {steps} steps of logits with {}",
@@ -142,7 +169,7 @@ fn generate(path: &Path, steps: usize) -> Result<Logits> {
         .arg(path)
         .args(["--steps", &steps.to_string()])
         .arg("--out")
-        .arg(&out)
+        .arg(&out.0)
         .output()
         .context("cannot start the logits generator")?;
     if !child.status.success() {
@@ -164,7 +191,7 @@ fn generate(path: &Path, steps: usize) -> Result<Logits> {
             }
         }
     }
-    let mut logits = from_dump(&out, vocab, steps)?;
+    let mut logits = from_dump(&out.0, vocab, steps)?;
     logits.window = cycle(&tokens);
     logits.source = format!(
         "{}, {steps} steps continuing {PROMPT:?} (temp 0.8, top-k 40, top-p 0.95, \

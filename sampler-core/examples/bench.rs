@@ -140,8 +140,8 @@ fn main() {
         ..Config::default()
     };
     // Optional: a `--dump-logits` file of 49,152-token records (for
-    // instance talkback-bench's `target/bench/logits-64.f32`), with each
-    // step's top token as the penalty window, as that bench does.
+    // instance from `talkback complete ... -n 64 --dump-logits FILE`), with
+    // each step's top token as the penalty window, as talkback-bench does.
     if let Ok(path) = std::env::var("BENCH_DUMP") {
         let bytes = std::fs::read(&path).expect("read BENCH_DUMP");
         let steps: Vec<Vec<f32>> = bytes
