@@ -30,7 +30,7 @@ const CHAT_WITHOUT_TEMPLATE: &str = "use `complete`, or give one with --chat-tem
 /// template file.
 const WITHOUT_CHAT_FLAG: &str = "leave out --chat to give the prompt as raw text";
 
-/// Ctrl-C ended the run; the process exits with 130.
+/// Ctrl-C or SIGTERM ended the run; the process exits with 130 or 143.
 #[derive(Debug)]
 pub struct Interrupted;
 
@@ -64,7 +64,7 @@ impl std::error::Error for Usage {}
 ///
 /// # Errors
 ///
-/// - anything that stops the command from completing; [`Interrupted`] for Ctrl-C;
+/// - anything that stops the command from completing; [`Interrupted`] for Ctrl-C or SIGTERM;
 ///   [`Usage`] for flags that cannot be used together.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -88,7 +88,7 @@ fn read_stdin() -> Result<String> {
     })
 }
 
-/// Loads the model, then stops with exit 130 if Ctrl-C came meanwhile.
+/// Loads the model, then stops if Ctrl-C or SIGTERM came meanwhile.
 pub fn load(args: &ModelArgs, verbose: u8) -> Result<Model> {
     let model = Model::load(args, verbose)?;
     if INTERRUPTED.load(Ordering::Relaxed) {

@@ -21,6 +21,7 @@ Exit codes:
   2    usage error (unknown flag, value out of range, flags that do not go together,
        an empty message or prompt)
   130  interrupted (Ctrl-C)
+  143  terminated (SIGTERM); as for Ctrl-C, what was generated is printed first
 
 The default model is the SmolLM2-135M-Instruct GGUF installed by
 fixtures/fetch-model.sh; TALKBACK_MODEL or --model chooses another.";

@@ -27,4 +27,5 @@ pub mod plot;
 pub mod repl;
 pub mod settings;
 pub mod shape;
+pub mod signals;
 pub mod trace;

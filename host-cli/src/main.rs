@@ -2,10 +2,9 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 
 use clap::{CommandFactory, FromArgMatches};
-use talkback::{app, cli, generate, output};
+use talkback::{app, cli, output, signals};
 
 fn main() -> ExitCode {
     let parsed = cli::Cli::command()
@@ -23,14 +22,14 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     init_logging(cli.verbose);
-    if let Err(e) = ctrlc::set_handler(|| generate::INTERRUPTED.store(true, Ordering::Relaxed)) {
-        talkback::note!("talkback: cannot install the Ctrl-C handler: {e}");
+    for failed in signals::install() {
+        talkback::note!("talkback: {failed}");
     }
 
     match app::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if output::is_stdout_closed(&e) => ExitCode::SUCCESS,
-        Err(e) if e.is::<app::Interrupted>() => ExitCode::from(130),
+        Err(e) if e.is::<app::Interrupted>() => ExitCode::from(signals::stopped_status()),
         Err(e) if e.is::<app::Usage>() => {
             talkback::note!("talkback: {e:#}");
             ExitCode::from(2)

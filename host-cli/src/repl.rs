@@ -82,7 +82,7 @@ pub fn run(template: &Template<'_>, turn: &mut dyn Turn, start: Vec<Message>) ->
     let mut history: Vec<String> = Vec::new();
     crate::note!("talkback: chat started; /help lists the commands, /exit leaves");
     loop {
-        let line = match read_line(&history) {
+        let line = match crate::signals::at_prompt(|| read_line(&history)) {
             Ok(line) => line,
             Err(ReadlineError::Interrupted) => continue,
             Err(ReadlineError::Eof) => return Ok(()),
@@ -130,6 +130,10 @@ pub fn run(template: &Template<'_>, turn: &mut dyn Turn, start: Vec<Message>) ->
             }
         };
         if finish == Finish::Interrupted {
+            if crate::signals::terminated() {
+                // Asked to end, not only to stop this reply.
+                return Err(crate::app::Interrupted.into());
+            }
             INTERRUPTED.store(false, Ordering::Relaxed);
             crate::note!("talkback: reply interrupted");
         }

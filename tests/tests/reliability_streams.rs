@@ -1,5 +1,6 @@
-//! Streams and signals: a reader that stops early, Ctrl-C during
-//! generation, and the interactive chat's end of input and Ctrl-C.
+//! Streams and signals: a reader that stops early, Ctrl-C and SIGTERM
+//! during generation, and the interactive chat's end of input, Ctrl-C and
+//! SIGTERM.
 //!
 //! The chat needs a terminal, so it runs under `script` (util-linux),
 //! which gives it a pseudo-terminal; keys are written to `script`'s stdin
@@ -20,7 +21,9 @@ mod reliability_support;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 
-use reliability_support::{binary, command, interrupt, model, no_crash, talkback, wait, Tail};
+use reliability_support::{
+    binary, command, interrupt, model, no_crash, talkback, terminate, wait, Tail,
+};
 
 #[test]
 fn closing_stdout_after_ten_bytes_exits_zero_quietly() {
@@ -185,6 +188,70 @@ fn ctrl_c_during_generation_keeps_the_text_and_exits_130() {
     assert_eq!(stderr, "", "Ctrl-C is not an error to report");
     let text = String::from_utf8(stdout.bytes()).expect("the text is valid UTF-8");
     assert!(text.len() >= 20, "{text:?}");
+}
+
+#[test]
+fn sigterm_during_generation_keeps_the_summary_and_trace_and_exits_143() {
+    // SIGTERM used to kill the run at once: no summary on stdout and an
+    // empty trace file left behind.
+    let scratch = reliability_support::Scratch::new("terminated-trace");
+    let trace = scratch.join("run.json");
+    let trace = trace.to_str().expect("a UTF-8 path");
+    let mut child = command(&[
+        "complete",
+        "Once upon a time",
+        "-n",
+        "3000",
+        "--ignore-eos",
+        "--seed",
+        "3",
+        "--threads",
+        "1",
+        "--format",
+        "jsonl",
+        "--trace",
+        trace,
+    ])
+    .stdin(Stdio::null())
+    .spawn()
+    .expect("start talkback");
+    let stdout = Tail::follow(child.stdout.take().expect("stdout"));
+    let stderr = Tail::follow(child.stderr.take().expect("stderr"));
+    stdout.wait_for(0, "three token events", |b| {
+        b.iter().filter(|&&c| c == b'\n').count() >= 3
+    });
+    terminate(child.id());
+    let status = wait(&mut child);
+
+    assert_eq!(status.code(), Some(143), "{status}");
+    let stderr = String::from_utf8_lossy(&stderr.bytes()).into_owned();
+    no_crash(&stderr);
+    assert_eq!(
+        stderr, "",
+        "a termination request is not an error to report"
+    );
+    let out = String::from_utf8(stdout.bytes()).expect("the events are UTF-8");
+    let last = out.lines().last().expect("a last line");
+    let summary: serde_json::Value = serde_json::from_str(last).expect("a JSON summary");
+    assert_eq!(summary["event"], "summary", "{last}");
+    assert_eq!(summary["finish_reason"], "interrupted", "{last}");
+    let tokens = summary["generated_tokens"].as_u64().expect("a token count");
+    assert_eq!(
+        tokens as usize,
+        out.lines().count() - 1,
+        "one event per token"
+    );
+    assert!((3..3000).contains(&tokens), "{tokens} tokens");
+
+    let run = talkback(&["replay", trace, "--threads", "1"]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout),
+        format!(
+            "replay ok: 4 prompt tokens and {tokens} generated tokens match \
+             (finish: interrupted)\n"
+        )
+    );
 }
 
 /// Starts `args` after a prompt of about 7900 tokens, decoded one token
@@ -516,6 +583,66 @@ fn ctrl_c_during_a_reply_returns_to_the_prompt() {
     term.wait_for(at, "> ");
     term.keys(b"/exit\r");
     term.exits_cleanly();
+}
+
+/// The process `script` runs the chat in: its only child, once `exec` has run.
+fn chat_pid(term: &Terminal) -> u32 {
+    let pid = term.child.id();
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    let children = std::fs::read_to_string(&path).expect("read the children of `script`");
+    let mut ids = children.split_whitespace();
+    let chat = ids
+        .next()
+        .expect("`script` runs the chat")
+        .parse()
+        .expect("a pid");
+    assert_eq!(ids.next(), None, "one child: {children}");
+    chat
+}
+
+/// Waits for the chat to end; asserts it exited 143 with no crash on screen.
+fn exits_terminated(term: &mut Terminal) {
+    let status = wait(&mut term.child);
+    assert_eq!(
+        status.code(),
+        Some(143),
+        "{status}; screen:\n{}",
+        term.screen()
+    );
+    no_crash(&term.screen());
+}
+
+#[test]
+fn sigterm_during_a_reply_ends_the_chat() {
+    let mut term = Terminal::start(&["-n", "3000", "--ignore-eos", "--seed", "1"]);
+    let at = term.wait_for(0, "chat started");
+    let at = term.wait_for(at, "> ");
+    term.keys(b"Tell me a long story about a lighthouse.\r");
+    let at = term.wait_for(at, "lighthouse.");
+    term.screen
+        .wait_for(at, "the reply to start", |b| b.len() > 40);
+    terminate(chat_pid(&term));
+    // `script` reports 143 for a chat killed by the signal too; what is
+    // checked is that the handler ends the chat instead of treating the
+    // request as Ctrl-C and returning to the prompt.
+    exits_terminated(&mut term);
+    assert!(
+        !term.screen().contains("reply interrupted"),
+        "{}",
+        term.screen()
+    );
+}
+
+#[test]
+fn sigterm_at_the_prompt_ends_the_chat_at_once() {
+    // Nothing is in flight at the prompt. A handler that only set the stop
+    // flag would leave the chat waiting for a key, since the flag is looked
+    // at only once a line is in.
+    let mut term = Terminal::start(&["-n", "8", "--seed", "1"]);
+    let at = term.wait_for(0, "chat started");
+    term.wait_for(at, "> ");
+    terminate(chat_pid(&term));
+    exits_terminated(&mut term);
 }
 
 /// The text a stretch of the screen shows: terminal control sequences

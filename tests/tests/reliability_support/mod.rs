@@ -172,11 +172,20 @@ pub fn wait(child: &mut Child) -> std::process::ExitStatus {
 
 /// Sends SIGINT to `child` with the `kill` command.
 pub fn interrupt(child: &Child) {
+    signal(child.id(), "INT");
+}
+
+/// Sends SIGTERM to `pid`, as `kill` and `timeout` do.
+pub fn terminate(pid: u32) {
+    signal(pid, "TERM");
+}
+
+fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([&format!("-{name}"), &pid.to_string()])
         .status()
         .expect("run kill");
-    assert!(status.success(), "kill -INT failed");
+    assert!(status.success(), "kill -{name} failed");
 }
 
 /// Bytes read so far from a pipe that a thread keeps reading.

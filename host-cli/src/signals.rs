@@ -1,0 +1,80 @@
+//! Ctrl-C and termination requests.
+//!
+//! Both set [`INTERRUPTED`], which the generation loop and the prompt
+//! decode look at between tokens and batches, so that a run asked to stop
+//! still prints what it generated, its JSON summary and its trace. Ctrl-C
+//! (SIGINT) exits with 130. SIGTERM, as sent by `kill`, `timeout` or a
+//! service manager, also ends the interactive chat, and exits with 143; at
+//! the chat's prompt nothing is in flight, so it exits at once.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::generate::INTERRUPTED;
+
+/// Set when SIGTERM arrived; never cleared.
+static TERMINATED: AtomicBool = AtomicBool::new(false);
+
+/// Set while the interactive chat waits for a line.
+static AT_PROMPT: AtomicBool = AtomicBool::new(false);
+
+/// Exit status of a run stopped by Ctrl-C.
+const INTERRUPT_STATUS: u8 = 130;
+
+/// Exit status of a run stopped by SIGTERM (128 + 15, as a shell reports it).
+const TERMINATE_STATUS: u8 = 143;
+
+/// Installs the handlers; returns a line for each that could not be installed.
+pub fn install() -> Vec<String> {
+    let mut failed = Vec::new();
+    if let Err(e) = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::Relaxed)) {
+        failed.push(format!("cannot install the Ctrl-C handler: {e}"));
+    }
+    #[cfg(unix)]
+    if let Err(e) = watch_terminate() {
+        failed.push(format!("cannot install the SIGTERM handler: {e}"));
+    }
+    failed
+}
+
+/// Turns each SIGTERM into a stop request, on a thread of its own.
+#[cfg(unix)]
+fn watch_terminate() -> std::io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM])?;
+    std::thread::Builder::new()
+        .name("sigterm".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                TERMINATED.store(true, Ordering::Relaxed);
+                INTERRUPTED.store(true, Ordering::Relaxed);
+                if AT_PROMPT.load(Ordering::Relaxed) {
+                    std::process::exit(i32::from(TERMINATE_STATUS));
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Whether SIGTERM asked the process to end.
+pub fn terminated() -> bool {
+    TERMINATED.load(Ordering::Relaxed)
+}
+
+/// Runs `read` as the chat's wait for a line, during which SIGTERM exits at once.
+pub fn at_prompt<T>(read: impl FnOnce() -> T) -> T {
+    AT_PROMPT.store(true, Ordering::Relaxed);
+    if terminated() {
+        std::process::exit(i32::from(TERMINATE_STATUS));
+    }
+    let line = read();
+    AT_PROMPT.store(false, Ordering::Relaxed);
+    line
+}
+
+/// The exit status of a run that stopped on request.
+pub fn stopped_status() -> u8 {
+    if terminated() {
+        TERMINATE_STATUS
+    } else {
+        INTERRUPT_STATUS
+    }
+}
