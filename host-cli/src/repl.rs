@@ -86,6 +86,16 @@ pub fn run(template: &Template<'_>, turn: &mut dyn Turn, start: Vec<Message>) ->
             Ok(line) => line,
             Err(ReadlineError::Interrupted) => continue,
             Err(ReadlineError::Eof) => return Ok(()),
+            Err(ReadlineError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                // A byte that is not UTF-8 (a terminal in another encoding)
+                // stops the read mid-line; what follows it must not become a
+                // message of its own.
+                discard_typed_input();
+                crate::note!(
+                    "talkback: the line was not valid UTF-8 and was dropped; type it again"
+                );
+                continue;
+            }
             Err(e) => return Err(e).context("cannot read from the terminal"),
         };
         let text = match Input::of(&line) {
@@ -138,6 +148,16 @@ pub fn run(template: &Template<'_>, turn: &mut dyn Turn, start: Vec<Message>) ->
             crate::note!("talkback: reply interrupted");
         }
         messages.push(Message::new("assistant", &reply));
+    }
+}
+
+/// Drops what was typed at the terminal and not read yet.
+fn discard_typed_input() {
+    #[cfg(unix)]
+    {
+        use nix::sys::termios::{tcflush, FlushArg};
+        // Not a terminal after all: there is no typed input to drop.
+        let _ = tcflush(std::io::stdin(), FlushArg::TCIFLUSH);
     }
 }
 

@@ -585,6 +585,28 @@ fn ctrl_c_during_a_reply_returns_to_the_prompt() {
     term.exits_cleanly();
 }
 
+#[test]
+fn a_line_that_is_not_utf8_is_dropped_and_the_chat_goes_on() {
+    // One byte of another encoding used to end the chat with exit 1, and
+    // the rest of the line stayed typed, to be sent as a message of its own.
+    let mut term = Terminal::start(&["-n", "8", "--seed", "1"]);
+    let at = term.wait_for(0, "chat started");
+    let at = term.wait_for(at, "> ");
+    term.keys(b"caf\xe9 au lait\r");
+    let at = term.wait_for(at, "was dropped; type it again");
+    term.wait_for(at, "> ");
+    term.keys(b"/exit\r");
+    term.exits_cleanly();
+    let screen = visible(&term.screen());
+    let after = screen
+        .split("type it again")
+        .nth(1)
+        .expect("the note is on screen");
+    // The next thing the chat did was to ask again, and leave on /exit: no
+    // reply to " au lait".
+    assert_eq!(after.trim(), "> /exit", "{screen}");
+}
+
 /// The process `script` runs the chat in: its only child, once `exec` has run.
 fn chat_pid(term: &Terminal) -> u32 {
     let pid = term.child.id();
