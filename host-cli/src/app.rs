@@ -14,7 +14,7 @@ use crate::cli::{
     ShapeArgs, ShapeFormat,
 };
 use crate::generate::{Engine, Finish, Generator, Outcome, Request, Sink, Step, INTERRUPTED};
-use crate::model::{resolve_path, Model, Session};
+use crate::model::{resolve_path, ContextTooLong, Model, PromptTooLong, Session};
 use crate::outfile::ReservedFile;
 use crate::output::{summary, CollectSink, JsonlSink, TextSink};
 use crate::settings::Settings;
@@ -610,7 +610,23 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         bail!("replay diverged: {d}");
     }
 
-    let mut session = model.session(&model_args)?;
+    // A trace's settings come from a run that had them accepted, so a
+    // context that does not fit means the trace was edited; replay has no
+    // flag that could change it.
+    let mut session =
+        model
+            .session(&model_args)
+            .map_err(|e| match e.downcast_ref::<ContextTooLong>() {
+                Some(c) => anyhow!(
+                    "trace {} asks for a context of {} tokens, more than the {} that model {} \
+                 was trained on",
+                    args.trace.display(),
+                    c.asked,
+                    c.trained,
+                    c.path.display()
+                ),
+                None => e,
+            })?;
     let mut generator = Generator::new(&model);
     let mut req = request(&settings, 0)?;
     // Ctrl-C ended the recorded run between two steps, so its replay
@@ -620,7 +636,17 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         req.n_predict = Some(u32::try_from(trace.steps.len()).unwrap_or(u32::MAX));
     }
     let mut sink = CollectSink::default();
-    let outcome = generator.run(&model, &mut session, &tokens, &req, &mut sink)?;
+    let outcome = generator
+        .run(&model, &mut session, &tokens, &req, &mut sink)
+        .map_err(|e| match e.downcast_ref::<PromptTooLong>() {
+            Some(p) => anyhow!(
+                "trace {}: its prompt is {} tokens but its context holds only {}",
+                args.trace.display(),
+                p.tokens,
+                p.n_ctx
+            ),
+            None => e,
+        })?;
     let finish = match outcome.finish {
         Finish::Interrupted => return Err(Interrupted.into()),
         Finish::Length if interrupted => Finish::Interrupted,

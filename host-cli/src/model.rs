@@ -259,12 +259,12 @@ impl Model {
         {
             // Beyond it the model's output degrades, and the cache can outgrow
             // memory (a million tokens takes tens of gigabytes).
-            bail!(
-                "a context of {} tokens is more than the {trained} that model {} was \
-                 trained on; pass --ctx-size {trained} or less",
-                args.ctx_size,
-                self.path.display()
-            );
+            return Err(ContextTooLong {
+                asked: args.ctx_size,
+                trained,
+                path: self.path.clone(),
+            }
+            .into());
         }
         let n_batch = args.batch_size.min(args.ctx_size);
         let params = LlamaContextParams::default()
@@ -291,6 +291,33 @@ impl Model {
         })
     }
 }
+
+/// A context longer than the one the model was trained on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextTooLong {
+    /// The context asked for, in tokens.
+    pub asked: u32,
+    /// The model's training context, in tokens.
+    pub trained: u64,
+    /// The model file.
+    pub path: PathBuf,
+}
+
+impl std::fmt::Display for ContextTooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a context of {} tokens is more than the {} that model {} was trained on; \
+             pass --ctx-size {} or less",
+            self.asked,
+            self.trained,
+            self.path.display(),
+            self.trained
+        )
+    }
+}
+
+impl std::error::Error for ContextTooLong {}
 
 /// A prompt longer than the context; the interactive chat recovers from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -229,6 +229,58 @@ fn a_trace_of_another_model_is_refused() {
 }
 
 #[test]
+fn a_trace_whose_context_does_not_fit_names_the_trace_not_a_flag() {
+    // Only an edited trace gets here: the run that recorded it had its
+    // context accepted. Replay has no --ctx-size, so the error must not
+    // ask for one.
+    let long = [STORY; 3].join(", ");
+    let (trace, _) = record(&[
+        "complete",
+        &long,
+        "-n",
+        "2",
+        "--seed",
+        "5",
+        "--ctx-size",
+        "64",
+    ]);
+    let t = trace.read_json();
+    let prompt = t["prompt_tokens"].as_array().map_or(0, Vec::len);
+    assert!(prompt > 16, "{prompt} prompt tokens");
+
+    let mut beyond = t.clone();
+    beyond["settings"]["ctx_size"] = 20_000.into();
+    trace.write_json(&beyond);
+    let run = tb(&["replay", trace.arg()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.text());
+    assert!(
+        run.stderr.starts_with(&format!(
+            "talkback: trace {} asks for a context of 20000 tokens, more than the 8192 \
+             that model ",
+            trace.arg()
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("--ctx-size"), "{}", run.stderr);
+
+    let mut short = t;
+    short["settings"]["ctx_size"] = 16.into();
+    trace.write_json(&short);
+    let run = tb(&["replay", trace.arg()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(
+        run.stderr,
+        format!(
+            "talkback: trace {}: its prompt is {prompt} tokens but its context holds \
+             only 16\n",
+            trace.arg()
+        )
+    );
+}
+
+#[test]
 fn a_trace_whose_role_is_not_a_name_is_refused() {
     let (trace, _) = record(&["chat", "Hi", "-n", "2", "--seed", "3"]);
     let mut t = trace.read_json();
