@@ -5,33 +5,9 @@
 // A test stops with a message on any surprise.
 #![allow(clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The checkout the bench was built from.
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The model that generates the logits, as the other end-to-end tests find it.
-fn model() -> PathBuf {
-    let path = std::env::var_os("TALKBACK_MODEL")
-        .filter(|p| !p.is_empty())
-        .map_or_else(
-            || {
-                root()
-                    .join("models")
-                    .join("SmolLM2-135M-Instruct.Q4_1.gguf")
-            },
-            PathBuf::from,
-        );
-    assert!(
-        path.is_file(),
-        "{} is missing: fetch it with fixtures/fetch-model.sh",
-        path.display()
-    );
-    path
-}
+use talkback_tests::{model, root};
 
 #[test]
 fn generated_logits_pass_through_the_temporary_folder_and_are_removed() {

@@ -47,11 +47,33 @@ fn watch_terminate() -> std::io::Result<()> {
                 TERMINATED.store(true, Ordering::Relaxed);
                 INTERRUPTED.store(true, Ordering::Relaxed);
                 if AT_PROMPT.load(Ordering::Relaxed) {
-                    std::process::exit(i32::from(TERMINATE_STATUS));
+                    leave_prompt();
                 }
             }
         })?;
     Ok(())
+}
+
+/// The terminal's settings before the line editor changed them.
+#[cfg(unix)]
+static TERMINAL: std::sync::Mutex<Option<nix::sys::termios::Termios>> = std::sync::Mutex::new(None);
+
+/// Ends the process from the chat's prompt, with the terminal as it was.
+///
+/// The main thread is inside the line editor, which has the terminal in
+/// raw mode and would restore it only on its way out; the process leaves
+/// with `_exit`, running no exit handlers, since the main thread is still
+/// in the middle of its read.
+#[cfg(unix)]
+fn leave_prompt() -> ! {
+    if let Some(saved) = TERMINAL.lock().ok().and_then(|t| t.clone()) {
+        let _ = nix::sys::termios::tcsetattr(
+            std::io::stdin(),
+            nix::sys::termios::SetArg::TCSANOW,
+            &saved,
+        );
+    }
+    signal_hook::low_level::exit(i32::from(TERMINATE_STATUS))
 }
 
 /// Whether SIGTERM asked the process to end.
@@ -61,6 +83,10 @@ pub fn terminated() -> bool {
 
 /// Runs `read` as the chat's wait for a line, during which SIGTERM exits at once.
 pub fn at_prompt<T>(read: impl FnOnce() -> T) -> T {
+    #[cfg(unix)]
+    if let Ok(mut saved) = TERMINAL.lock() {
+        *saved = nix::sys::termios::tcgetattr(std::io::stdin()).ok();
+    }
     AT_PROMPT.store(true, Ordering::Relaxed);
     if terminated() {
         std::process::exit(i32::from(TERMINATE_STATUS));

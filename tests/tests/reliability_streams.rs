@@ -190,14 +190,9 @@ fn ctrl_c_during_generation_keeps_the_text_and_exits_130() {
     assert!(text.len() >= 20, "{text:?}");
 }
 
-#[test]
-fn sigterm_during_generation_keeps_the_summary_and_trace_and_exits_143() {
-    // SIGTERM used to kill the run at once: no summary on stdout and an
-    // empty trace file left behind.
-    let scratch = reliability_support::Scratch::new("terminated-trace");
-    let trace = scratch.join("run.json");
-    let trace = trace.to_str().expect("a UTF-8 path");
-    let mut child = command(&[
+/// Starts a story of up to 3000 tokens on one thread, with `extra` flags.
+fn long_story(extra: &[&str]) -> std::process::Child {
+    let mut args = vec![
         "complete",
         "Once upon a time",
         "-n",
@@ -207,14 +202,22 @@ fn sigterm_during_generation_keeps_the_summary_and_trace_and_exits_143() {
         "3",
         "--threads",
         "1",
-        "--format",
-        "jsonl",
-        "--trace",
-        trace,
-    ])
-    .stdin(Stdio::null())
-    .spawn()
-    .expect("start talkback");
+    ];
+    args.extend_from_slice(extra);
+    command(&args)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start talkback")
+}
+
+#[test]
+fn sigterm_during_generation_keeps_the_summary_and_trace_and_exits_143() {
+    // SIGTERM used to kill the run at once: no summary on stdout and an
+    // empty trace file left behind.
+    let scratch = reliability_support::Scratch::new("terminated-trace");
+    let trace = scratch.join("run.json");
+    let trace = trace.to_str().expect("a UTF-8 path");
+    let mut child = long_story(&["--format", "jsonl", "--trace", trace]);
     let stdout = Tail::follow(child.stdout.take().expect("stdout"));
     let stderr = Tail::follow(child.stderr.take().expect("stderr"));
     stdout.wait_for(0, "three token events", |b| {
@@ -321,22 +324,7 @@ fn a_trace_of_an_interrupted_run_replays_up_to_the_interrupt() {
     let scratch = reliability_support::Scratch::new("interrupted-trace");
     let trace = scratch.join("run.json");
     let trace = trace.to_str().expect("a UTF-8 path");
-    let mut child = command(&[
-        "complete",
-        "Once upon a time",
-        "-n",
-        "3000",
-        "--ignore-eos",
-        "--seed",
-        "3",
-        "--threads",
-        "1",
-        "--trace",
-        trace,
-    ])
-    .stdin(Stdio::null())
-    .spawn()
-    .expect("start talkback");
+    let mut child = long_story(&["--trace", trace]);
     let stdout = Tail::follow(child.stdout.take().expect("stdout"));
     stdout.wait_for(0, "20 bytes of text", |b| b.len() >= 20);
     interrupt(&child);
@@ -568,8 +556,9 @@ fn end_of_input_leaves_the_chat_cleanly() {
     term.exits_cleanly();
 }
 
-#[test]
-fn ctrl_c_during_a_reply_returns_to_the_prompt() {
+/// A chat asked for a long story, once some of the reply is on screen;
+/// returns it and where the reply starts on screen.
+fn long_reply() -> (Terminal, usize) {
     let mut term = Terminal::start(&["-n", "3000", "--ignore-eos", "--seed", "1"]);
     let at = term.wait_for(0, "chat started");
     let at = term.wait_for(at, "> ");
@@ -578,6 +567,12 @@ fn ctrl_c_during_a_reply_returns_to_the_prompt() {
     // Some of the reply is on screen: the model is generating.
     term.screen
         .wait_for(at, "the reply to start", |b| b.len() > 40);
+    (term, at)
+}
+
+#[test]
+fn ctrl_c_during_a_reply_returns_to_the_prompt() {
+    let (mut term, at) = long_reply();
     term.keys(b"\x03");
     let at = term.wait_for(at, "talkback: reply interrupted");
     term.wait_for(at, "> ");
@@ -636,13 +631,7 @@ fn exits_terminated(term: &mut Terminal) {
 
 #[test]
 fn sigterm_during_a_reply_ends_the_chat() {
-    let mut term = Terminal::start(&["-n", "3000", "--ignore-eos", "--seed", "1"]);
-    let at = term.wait_for(0, "chat started");
-    let at = term.wait_for(at, "> ");
-    term.keys(b"Tell me a long story about a lighthouse.\r");
-    let at = term.wait_for(at, "lighthouse.");
-    term.screen
-        .wait_for(at, "the reply to start", |b| b.len() > 40);
+    let (mut term, _) = long_reply();
     terminate(chat_pid(&term));
     // `script` reports 143 for a chat killed by the signal too; what is
     // checked is that the handler ends the chat instead of treating the
