@@ -293,11 +293,9 @@ fn report_finish(outcome: &Outcome, format: Format, verbose: u8) -> Result<()> {
         let secs = t.generation.as_secs_f64();
         let n = outcome.tokens.len();
         crate::note!(
-            "talkback: finished: {} ({} prompt tokens, {} generated, {:.1} tokens/s, \
-             sampling {:.3} ms)",
+            "talkback: finished: {} ({}, {n} generated, {:.1} tokens/s, sampling {:.3} ms)",
             outcome.finish.as_str().replace('_', " "),
-            outcome.prompt_tokens,
-            n,
+            counted(outcome.prompt_tokens, "prompt"),
             if secs > 0.0 { n as f64 / secs } else { 0.0 },
             t.sampling.as_secs_f64() * 1e3,
         );
@@ -547,6 +545,12 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
     report_finish(&outcome, gen.format, verbose)
 }
 
+/// `n` tokens of a kind, as "1 prompt token" or "4 prompt tokens".
+fn counted(n: usize, kind: &str) -> String {
+    let s = if n == 1 { "" } else { "s" };
+    format!("{n} {kind} token{s}")
+}
+
 fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
     let trace = Trace::load(&args.trace)?;
     if let Prompt::Chat { messages, .. } = &trace.prompt {
@@ -658,9 +662,9 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
     let mut out = crate::output::stdout();
     writeln!(
         out,
-        "replay ok: {} prompt tokens and {} generated tokens match (finish: {})",
-        prompt_ids.len(),
-        outcome.tokens.len(),
+        "replay ok: {} and {} match (finish: {})",
+        counted(prompt_ids.len(), "prompt"),
+        counted(outcome.tokens.len(), "generated"),
         finish.as_str()
     )?;
     out.flush()?;

@@ -30,7 +30,8 @@ fixtures/fetch-model.sh; TALKBACK_MODEL or --model chooses another.";
 #[derive(Debug, Parser)]
 #[command(name = "talkback", version, after_help = AFTER_HELP)]
 pub struct Cli {
-    /// Raise verbosity: settings and seed, then llama.cpp's own logs (-vv).
+    /// Raise verbosity: the model, settings and seed where a command has them, and
+    /// the finish; then llama.cpp's own logs (-vv).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
@@ -284,7 +285,7 @@ pub struct ModelArgs {
 /// The truncation stages and their order: all that shapes one distribution.
 #[derive(Debug, Args, Clone)]
 pub struct StageArgs {
-    /// Temperature (>= 0, finite); 0 picks the most likely token (greedy).
+    /// Temperature (>= 0, finite); 0 keeps only the most likely token (greedy).
     #[arg(long, default_value_t = 0.8, value_parser = non_negative, allow_negative_numbers = true)]
     pub temp: f32,
 

@@ -61,17 +61,25 @@ static TERMINAL: std::sync::Mutex<Option<nix::sys::termios::Termios>> = std::syn
 /// Ends the process from the chat's prompt, with the terminal as it was.
 ///
 /// The main thread is inside the line editor, which has the terminal in
-/// raw mode and would restore it only on its way out; the process leaves
-/// with `_exit`, running no exit handlers, since the main thread is still
-/// in the middle of its read.
+/// raw mode with bracketed paste on and would undo both only on its way
+/// out; the process leaves with `_exit`, running no exit handlers, since
+/// the main thread is still in the middle of its read.
 #[cfg(unix)]
 fn leave_prompt() -> ! {
+    use std::io::{IsTerminal, Write};
     if let Some(saved) = TERMINAL.lock().ok().and_then(|t| t.clone()) {
         let _ = nix::sys::termios::tcsetattr(
             std::io::stdin(),
             nix::sys::termios::SetArg::TCSANOW,
             &saved,
         );
+        let mut out = std::io::stdout();
+        if out.is_terminal() {
+            // The editor's own way out: bracketed paste off, and the line
+            // after the prompt ended, so the shell's prompt starts afresh.
+            let _ = out.write_all(b"\x1b[?2004l\r\n");
+            let _ = out.flush();
+        }
     }
     signal_hook::low_level::exit(i32::from(TERMINATE_STATUS))
 }

@@ -100,6 +100,19 @@ fn a_complete_trace_replays() {
 }
 
 #[test]
+fn a_one_token_run_replays_in_the_singular() {
+    let (trace, _) = record(&["complete", STORY, "-n", "1", "--seed", "5"]);
+    let run = tb(&["replay", trace.arg()]);
+    ok(&run);
+    assert!(
+        run.text()
+            .ends_with(" and 1 generated token match (finish: length)\n"),
+        "{}",
+        run.text()
+    );
+}
+
+#[test]
 fn a_chat_trace_with_stops_and_penalties_replays() {
     let (trace, json) = record(&[
         "chat",

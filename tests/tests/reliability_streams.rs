@@ -651,9 +651,15 @@ fn sigterm_at_the_prompt_ends_the_chat_at_once() {
     // at only once a line is in.
     let mut term = Terminal::start(&["-n", "8", "--seed", "1"]);
     let at = term.wait_for(0, "chat started");
-    term.wait_for(at, "> ");
+    let at = term.wait_for(at, "> ");
     terminate(chat_pid(&term));
     exits_terminated(&mut term);
+    // The terminal is left as the line editor found it: its settings (not
+    // visible here), bracketed paste turned off, and the line ended.
+    let screen = term.screen();
+    let after = screen.get(at..).unwrap_or_default();
+    assert!(after.contains("\x1b[?2004l"), "{after:?}");
+    assert!(after.ends_with('\n'), "{after:?}");
 }
 
 /// The text a stretch of the screen shows: terminal control sequences
