@@ -86,9 +86,9 @@ pub struct KernelArgs {
     logits_vocab: usize,
 
     /// GGUF model that generates the logits [default: $TALKBACK_MODEL, else
-    /// the fetched SmolLM2 model]; a model named here or in $TALKBACK_MODEL
-    /// must exist, and only without the fetched one are the committed
-    /// fixtures used.
+    /// the fetched SmolLM2 model]. A model named here or in $TALKBACK_MODEL
+    /// must exist; the committed fixtures stand in only when no model is
+    /// named and the default one has not been fetched.
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
 
