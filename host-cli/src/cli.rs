@@ -554,6 +554,48 @@ pub fn check_stage_flags(matches: &ArgMatches) -> Result<(), String> {
     Ok(())
 }
 
+/// A clearer error for a generation flag given to `shape`, which clap
+/// reports as unknown with a tip about `--` that does not apply.
+///
+/// `args` is the command line after the program name; `None` when `error`
+/// is about something else.
+pub fn explain_unknown(error: &clap::Error, args: &[String]) -> Option<clap::Error> {
+    if error.kind() != clap::error::ErrorKind::UnknownArgument {
+        return None;
+    }
+    let given = match error.get(clap::error::ContextKind::InvalidArg) {
+        Some(clap::error::ContextValue::String(flag)) => flag.clone(),
+        _ => return None,
+    };
+    // The first word that is not a flag names the subcommand.
+    let sub = args.iter().find(|a| !a.starts_with('-'))?;
+    if sub != "shape" {
+        return None;
+    }
+    let name = given.split('=').next().unwrap_or(&given);
+    let why = match name {
+        "--seed" | "-s" | "--sampler" => "it draws no token",
+        "--repeat-penalty" | "--repeat-last-n" | "--presence-penalty" | "--frequency-penalty" => {
+            "penalties look at generated tokens, and it generates none"
+        }
+        "-n" | "--n-predict" | "--stop" | "--ignore-eos" | "--trace" | "--dump-logits" => {
+            "it generates no text"
+        }
+        _ => return None,
+    };
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    // Built, so that the usage line names the program before the subcommand.
+    cmd.build();
+    let shape = cmd.find_subcommand_mut("shape")?;
+    Some(shape.error(
+        clap::error::ErrorKind::UnknownArgument,
+        format!(
+            "shape takes no {name}: {why}; it shows the next-token distribution \
+             after each stage"
+        ),
+    ))
+}
+
 /// Parses a preset name or a comma-separated list of stages.
 pub fn parse_order(s: &str) -> Result<Order, String> {
     if let Some(order) = Order::from_name(s) {
@@ -661,6 +703,41 @@ mod tests {
                 .map(|e| e.kind());
             assert_eq!(err, Some(ErrorKind::ValueValidation), "{flag}");
         }
+    }
+
+    #[test]
+    fn generation_flags_given_to_shape_are_explained() {
+        let explain = |argv: &[&str]| {
+            let args: Vec<String> = argv.iter().skip(1).map(|a| (*a).to_owned()).collect();
+            let e = Cli::try_parse_from(argv).expect_err("refused");
+            explain_unknown(&e, &args).map(|e| e.to_string())
+        };
+        for (flag, why) in [
+            ("--seed", "it draws no token"),
+            ("--sampler", "it draws no token"),
+            ("--repeat-last-n", "it generates none"),
+            ("--frequency-penalty", "it generates none"),
+            ("-n", "it generates no text"),
+            ("--stop", "it generates no text"),
+        ] {
+            let text = explain(&["talkback", "-v", "shape", "x", flag, "1"])
+                .unwrap_or_else(|| panic!("{flag} not explained"));
+            assert!(
+                text.starts_with(&format!("error: shape takes no {flag}: ")),
+                "{text}"
+            );
+            assert!(text.contains(why), "{text}");
+            assert!(text.contains("Usage: talkback shape"), "{text}");
+            assert!(!text.contains("tip:"), "{text}");
+        }
+        let text = explain(&["talkback", "shape", "x", "--seed=3"]).expect("explained");
+        assert!(text.starts_with("error: shape takes no --seed: "), "{text}");
+        // Another flag, or another subcommand, keeps clap's own report.
+        assert_eq!(explain(&["talkback", "shape", "x", "--bogus"]), None);
+        assert_eq!(
+            explain(&["talkback", "replay", "t.json", "--seed", "1"]),
+            None
+        );
     }
 
     #[test]

@@ -13,6 +13,8 @@ fn main() -> ExitCode {
     let (cli, matches) = match parsed {
         Ok(parsed) => parsed,
         Err(e) => {
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            let e = cli::explain_unknown(&e, &args).unwrap_or(e);
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
