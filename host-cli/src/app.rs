@@ -76,13 +76,13 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Reads all of stdin as UTF-8 text.
-fn read_stdin() -> Result<String> {
+/// Reads all of stdin as UTF-8 text: the `what` (message or prompt) it holds.
+fn read_stdin(what: &str) -> Result<String> {
     let bytes = crate::infile::read_bounded(io::stdin(), crate::infile::MAX_TEXT)
-        .context("cannot read the prompt from stdin")?;
+        .with_context(|| format!("cannot read the {what} from stdin"))?;
     String::from_utf8(bytes).map_err(|e| {
         anyhow!(
-            "the prompt on stdin is not valid UTF-8 (invalid byte at offset {})",
+            "the {what} on stdin is not valid UTF-8 (invalid byte at offset {})",
             e.utf8_error().valid_up_to()
         )
     })
@@ -374,7 +374,9 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
         None => {
             // A piped message ends with the newline that `echo` or an editor
             // adds; it is not part of what the user asked.
-            let piped = read_stdin()?.trim_end_matches(['\n', '\r']).to_owned();
+            let piped = read_stdin("message")?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned();
             // After a messages file, an empty stdin (such as /dev/null) adds
             // no turn: the file may end with the user's turn itself.
             (args.messages.is_none() || !piped.is_empty()).then_some(piped)
@@ -512,7 +514,7 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
         None if io::stdin().is_terminal() => {
             return Err(Usage::new("give the text to continue as an argument or on stdin").into())
         }
-        None => read_stdin()?,
+        None => read_stdin("prompt")?,
     };
     check_prompt(&prompt, false)?;
     let settings = Settings::new(&args.sampling, gen, &args.model);

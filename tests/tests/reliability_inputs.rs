@@ -316,9 +316,12 @@ fn empty_stop_string() {
 
 #[test]
 fn prompt_on_stdin_is_not_utf8() {
-    for cmd in ["complete", "chat"] {
+    for (cmd, what) in [("complete", "prompt"), ("chat", "message")] {
         let run = talkback_stdin(&[cmd, "-n", "2"], b"caf\xe9 au lait");
-        runtime_error(&run, "not valid UTF-8 (invalid byte at offset 3)");
+        runtime_error(
+            &run,
+            &format!("the {what} on stdin is not valid UTF-8 (invalid byte at offset 3)"),
+        );
     }
 }
 
