@@ -695,7 +695,7 @@ fn an_endless_input_is_refused_at_its_size_limit() {
     ] {
         assert_eq!(runtime_error(&talkback(&args), line), line);
     }
-    for sub in ["complete", "chat"] {
+    for (sub, what) in [("complete", "prompt"), ("chat", "message")] {
         let mut cmd = reliability_support::command(&[sub]);
         cmd.stdin(std::fs::File::open(zero).expect("open /dev/zero"));
         let output = cmd.output().expect("run talkback");
@@ -703,7 +703,7 @@ fn an_endless_input_is_refused_at_its_size_limit() {
         assert_eq!(output.status.code(), Some(1), "{sub}: {stderr}");
         assert_eq!(
             stderr,
-            "talkback: cannot read the prompt from stdin: it holds more than 64 MiB\n"
+            format!("talkback: cannot read the {what} from stdin: it holds more than 64 MiB\n")
         );
     }
 }
