@@ -45,7 +45,8 @@ pub fn stop_set(stops: &[String]) -> Result<StopSet<MAX_STOPS, MAX_STOP_LEN>> {
     Ok(set)
 }
 
-/// Set on Ctrl-C or SIGTERM (see [`crate::signals`]); the loop ends the current reply when it sees it.
+/// Set on Ctrl-C or SIGTERM (see [`crate::signals`]); the loop ends the
+/// current reply when it sees it.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Why generation ended.
