@@ -190,6 +190,19 @@ fn ctrl_c_during_generation_keeps_the_text_and_exits_130() {
     assert!(text.len() >= 20, "{text:?}");
 }
 
+/// Replays the trace of a run stopped after `steps` tokens; expects a match.
+fn replays_up_to_the_stop(trace: &str, steps: u64) {
+    let run = talkback(&["replay", trace, "--threads", "1"]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout),
+        format!(
+            "replay ok: 4 prompt tokens and {steps} generated tokens match \
+             (finish: interrupted)\n"
+        )
+    );
+}
+
 /// Starts a story of up to 3000 tokens on one thread, with `extra` flags.
 fn long_story(extra: &[&str]) -> std::process::Child {
     let mut args = vec![
@@ -246,15 +259,7 @@ fn sigterm_during_generation_keeps_the_summary_and_trace_and_exits_143() {
     );
     assert!((3..3000).contains(&tokens), "{tokens} tokens");
 
-    let run = talkback(&["replay", trace, "--threads", "1"]);
-    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
-    assert_eq!(
-        String::from_utf8_lossy(&run.stdout),
-        format!(
-            "replay ok: 4 prompt tokens and {tokens} generated tokens match \
-             (finish: interrupted)\n"
-        )
-    );
+    replays_up_to_the_stop(trace, tokens);
 }
 
 /// Starts `args` after a prompt of about 7900 tokens, decoded one token
@@ -337,15 +342,7 @@ fn a_trace_of_an_interrupted_run_replays_up_to_the_interrupt() {
     let steps = recorded["steps"].as_array().map_or(0, Vec::len);
     assert!(steps > 0 && steps < 3000, "{steps} steps");
 
-    let run = talkback(&["replay", trace, "--threads", "1"]);
-    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
-    assert_eq!(
-        String::from_utf8_lossy(&run.stdout),
-        format!(
-            "replay ok: 4 prompt tokens and {steps} generated tokens match \
-             (finish: interrupted)\n"
-        )
-    );
+    replays_up_to_the_stop(trace, steps as u64);
 }
 
 /// The greedy continuation of `PROMPT`: its text and token count.
