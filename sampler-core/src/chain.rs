@@ -167,7 +167,10 @@ pub(crate) struct Buffers<'a> {
 /// alternatives; the fast path then holds at least that many top tokens and
 /// every token the report's entropy needs. Without a report, survivor
 /// counts are not computed and a chain that truncates nothing may hold only
-/// the head of the distribution (see [`Outcome::partial`]).
+/// the head of the distribution (see [`Outcome::partial`]). `observe`,
+/// when given, is shown the survivors after each stage that holds them;
+/// without it (and without a report) the fast path may do top-k and the
+/// stages after it in one step (see [`min_p_after_top_k`]).
 ///
 /// # Errors
 ///
@@ -179,7 +182,7 @@ pub(crate) fn run(
     buffers: Buffers<'_>,
     path: Path,
     report: Option<usize>,
-    observe: &mut dyn FnMut(StageView<'_>),
+    mut observe: Option<&mut dyn FnMut(StageView<'_>)>,
 ) -> Result<Outcome, Error> {
     let Buffers {
         scratch,
@@ -208,45 +211,76 @@ pub(crate) fn run(
 
     // Per counted stage: Some(Held(n)) or Some(All) once it ran; None if absent.
     let mut counts = [None::<Live>; 3];
-    for (index, &stage) in config.order.stages().iter().enumerate() {
-        match live {
-            Live::Held(len) => {
-                let s = scratch.get_mut(..len).unwrap_or(&mut []);
-                if !sorted && len <= SORTED_MAX {
-                    sort_by_rank(s);
-                    sorted = true;
-                }
-                let scale = Scale {
-                    inv_t,
-                    ..Scale::new(top)
-                };
-                let (n, t) = if sorted {
-                    sorted_stage(stage, config, vocab, s, scale, cache)
-                } else {
-                    held_stage(stage, config, vocab, s, scale)
-                };
-                live = Live::Held(n);
-                inv_t = t;
+    let stages = config.order.stages();
+    // Stages already done by a fused top-k and min-p (see `min_p_after_top_k`).
+    let mut done = 0usize;
+    for (index, &stage) in stages.iter().enumerate() {
+        let fused = match (stage, live, path, report, &observe) {
+            (Stage::TopK, Live::All, Path::Fast, None, None) => {
+                let rest = stages.get(index + 1..).unwrap_or(&[]);
+                topk::limit(config.top_k, vocab).zip(min_p_after_top_k(config, rest))
             }
-            Live::All => {
-                let (next, t) = all_stage(stage, config, ov, logits, scratch, inv_t, &mut summary)?;
-                if let Live::Held(n) = next {
-                    if n == 0 {
-                        return Err(Error::NoFiniteLogit);
+            _ => None,
+        };
+        if done > 0 {
+            done -= 1;
+        } else if let Some((k, (later, top_p))) = fused {
+            let cut = minp::cut(config.min_p);
+            let spares = |head: dense::Head<'_>| top_p_spares(head, top_p, cache);
+            let (n, is_cut) = match dense::top_k_min_p(logits, ov, k, inv_t, cut, scratch, spares) {
+                dense::TopKHead::Cut(n) => (n, true),
+                dense::TopKHead::TopK(n) => (n, false),
+            };
+            if n == 0 {
+                return Err(Error::NoFiniteLogit);
+            }
+            top = held_top(scratch.get(..n).unwrap_or(&[]));
+            sorted = n <= SORTED_MAX && dense::top_k_sorts(n);
+            live = Live::Held(n);
+            if is_cut {
+                done = later;
+            }
+        } else {
+            match live {
+                Live::Held(len) => {
+                    let s = scratch.get_mut(..len).unwrap_or(&mut []);
+                    if !sorted && len <= SORTED_MAX {
+                        sort_by_rank(s);
+                        sorted = true;
                     }
-                    top = held_top(scratch.get(..n).unwrap_or(&[]));
-                    // Top-k of a few, and greedy, come out in rank order.
-                    let by_top_k = matches!(stage, Stage::TopK | Stage::Temperature);
-                    sorted = by_top_k && n <= SORTED_MAX && dense::top_k_sorts(n);
+                    let scale = Scale {
+                        inv_t,
+                        ..Scale::new(top)
+                    };
+                    let (n, t) = if sorted {
+                        sorted_stage(stage, config, vocab, s, scale, cache)
+                    } else {
+                        held_stage(stage, config, vocab, s, scale)
+                    };
+                    live = Live::Held(n);
+                    inv_t = t;
                 }
-                live = next;
-                inv_t = t;
+                Live::All => {
+                    let (next, t) =
+                        all_stage(stage, config, ov, logits, scratch, inv_t, &mut summary)?;
+                    if let Live::Held(n) = next {
+                        if n == 0 {
+                            return Err(Error::NoFiniteLogit);
+                        }
+                        top = held_top(scratch.get(..n).unwrap_or(&[]));
+                        // Top-k of a few, and greedy, come out in rank order.
+                        let by_top_k = matches!(stage, Stage::TopK | Stage::Temperature);
+                        sorted = by_top_k && n <= SORTED_MAX && dense::top_k_sorts(n);
+                    }
+                    live = next;
+                    inv_t = t;
+                }
             }
         }
         if let Some(slot) = count_slot(stage).and_then(|i| counts.get_mut(i)) {
             *slot = Some(live);
         }
-        if let Live::Held(n) = live {
+        if let (Live::Held(n), Some(observe)) = (live, observe.as_mut()) {
             let survivors = scratch.get(..n).unwrap_or(&[]);
             let scale = Scale {
                 inv_t,
@@ -330,6 +364,51 @@ pub(crate) fn run(
         partial,
         mass,
     })
+}
+
+/// How many of the stages after a top-k a fused top-k and min-p does,
+/// and the top-p between them, if any: `Some` when they are min-p, or
+/// top-p then min-p, with min-p on.
+///
+/// Min-p keeps the tokens whose scaled difference reaches its cut, so it
+/// keeps from the best `k` exactly the candidates above the cut when
+/// those are fewer than `k`; and top-p between them, which keeps a rank
+/// prefix, then changes nothing unless it cuts inside them
+/// ([`top_p_spares`] decides). [`dense::top_k_min_p`] finds those
+/// candidates reading only the blocks that can hold one, instead of
+/// every block that can hold one of the best `k`.
+fn min_p_after_top_k(config: &Config, rest: &[Stage]) -> Option<(usize, Option<f32>)> {
+    if config.min_p <= 0.0 {
+        return None;
+    }
+    match rest {
+        [Stage::MinP, ..] => Some((1, None)),
+        [Stage::TopP, Stage::MinP, ..] => Some((2, Some(config.top_p).filter(|&p| p < 1.0))),
+        _ => None,
+    }
+}
+
+/// Whether top-p over the best `k` keeps every token of `head.few`, the
+/// candidates above min-p's cut, so that top-p then min-p keep just them.
+///
+/// Top-p keeps the shortest rank prefix whose weight reaches its target,
+/// which grows with the total weight of the best `k`; that total is at
+/// least the weight of `few` plus `head.rest`. If the tokens before the
+/// last of `few` fall short of the target of that lower bound, they fall
+/// short of the exact one too, and the prefix top-p keeps ends at the
+/// last of `few` or after it.
+fn top_p_spares(head: dense::Head<'_>, top_p: Option<f32>, cache: &mut WeightCache) -> bool {
+    let Some(p) = top_p else {
+        return true;
+    };
+    let n = head.few.len();
+    if n <= 1 {
+        return true;
+    }
+    let w = cache.get(head.few, head.scale);
+    let above: u64 = w.iter().take(n - 1).sum();
+    let held = above + w.get(n - 1).copied().unwrap_or(0);
+    above < topp::target(p, held + head.rest)
 }
 
 /// The top logit of a non-empty rank prefix.
@@ -1135,7 +1214,7 @@ pub(crate) mod tests {
             },
             path,
             report,
-            &mut observe,
+            Some(&mut observe),
         )
         .unwrap();
         if let Some(total) = out.mass {
@@ -1170,6 +1249,136 @@ pub(crate) mod tests {
             entropy,
             counts,
         )
+    }
+
+    /// The final survivors (ids in order), their scale and the token a
+    /// draw with `u` picks, from a run with neither report nor observer.
+    fn final_only(
+        logits: &[f32],
+        ov: &Overrides,
+        config: &Config,
+        path: Path,
+        u: f64,
+    ) -> (Vec<u32>, (u32, u32), (u32, u32)) {
+        let mut scratch = vec![Candidate { id: 3, logit: 1e30 }; logits.len() + 5];
+        let mut cache = WeightCache::new();
+        let buffers = Buffers {
+            scratch: &mut scratch,
+            weights: &mut cache,
+        };
+        let mut out = run(logits, ov, config, buffers, path, None, None).unwrap();
+        let held = &mut scratch[..out.held];
+        sort_by_rank(held);
+        let ids = held.iter().map(|c| c.id).collect();
+        let scale = (out.scale.m.to_bits(), out.scale.inv_t.to_bits());
+        let choice = finish(held, &mut out, &mut cache, u, None).unwrap();
+        (ids, scale, (choice.id, choice.logprob.to_bits()))
+    }
+
+    #[test]
+    fn fused_top_k_and_min_p_keep_what_the_stages_keep_one_by_one() {
+        // Top-k followed by min-p (top-p between them or not), done in one
+        // step on the fast path, against the stages run one by one on
+        // every candidate. The logits are drawn so that each way the fused
+        // step can end comes up: settled by the tokens above min-p's cut
+        // alone, settled with the bound on the rest of the best k, refused
+        // because top-p cuts inside them, and given up because k or more
+        // tokens reach the cut; with ties, overridden ids (the top one
+        // among them), ids past the last whole chunk, and +inf.
+        use crate::config::Order;
+        let mut unit = units(77);
+        let orders = [
+            Order::LLAMA_CPP,
+            Order::TALKBACK,
+            Order::new(&[Stage::TopK, Stage::MinP, Stage::Temperature]).unwrap(),
+            Order::new(&[Stage::TopK, Stage::MinP, Stage::TopP, Stage::Temperature]).unwrap(),
+            Order::new(&[Stage::Temperature, Stage::TopK, Stage::TopP, Stage::MinP]).unwrap(),
+        ];
+        let before = dense::tests::FUSED.with(|c| c.get());
+        for case in 0..2000 {
+            let v = [300, 1000, 4096, 4111, 9000][case % 5];
+            // The last cases are all of the shape that leaves top-p in doubt.
+            let doubt = case >= 1500;
+            let shape = if doubt { 6 } else { case / 5 % 7 };
+            let spread = [1.0, 3.0, 8.0, 0.5][case / 30 % 4];
+            let mut logits: Vec<f32> = (0..v)
+                .map(|i| match shape {
+                    // A few high logits over a wide bulk, as language models give.
+                    0 => {
+                        if i % 97 == 3 {
+                            spread * unit()
+                        } else {
+                            -6.0 - 4.0 * unit()
+                        }
+                    }
+                    // Steps of a quarter, so that ties are common.
+                    1 => -(((unit() * 24.0) as i32) as f32) / 4.0 * spread,
+                    // Flat: many tokens reach any cut.
+                    2 => -0.1 * unit(),
+                    // A clear top and a slope below it.
+                    3 => -((i * 7919 % v) as f32) * 0.01 * spread,
+                    4 => -spread * 10.0 * unit(),
+                    5 => -spread * unit() * unit() * 6.0,
+                    // One dominant token, a few just above min-p's cut at
+                    // 0.05, more not far below it, and a bulk far down:
+                    // the tokens above the cut leave top-p in doubt until
+                    // the rest of the best k is counted.
+                    _ => match (i % 401, i % 97) {
+                        (0, _) if i == 401 => 0.0,
+                        (5, _) => -2.2 - 0.8 * unit() * spread,
+                        (_, 7) => -3.5 - 3.0 * unit(),
+                        _ => -12.0 - 5.0 * unit(),
+                    },
+                })
+                .collect();
+            if case % 11 == 0 {
+                logits[v - 1] = 2.0 + spread;
+            }
+            if case % 37 == 0 {
+                logits[case % v] = f32::INFINITY;
+            }
+            if case % 13 == 0 {
+                logits[(case * 31) % v] = f32::NAN;
+            }
+            let tail = (v - v % dense::CHUNK) as u32;
+            let top = (0..v)
+                .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+                .unwrap() as u32;
+            let recent = [top, 3, (v - 1) as u32, (case % v) as u32];
+            let bias = [(tail.min(v as u32 - 1), 0.75f32), (100, f32::NEG_INFINITY)];
+            let mut config = Config {
+                temperature: [0.8, 1.0, 0.5, 1.7][case % 4],
+                top_k: [40, 2, 3, 17, 64][case / 7 % 5],
+                top_p: [0.95, 0.5, 1.0, 0.95, 0.99, 0.2][case / 3 % 6],
+                min_p: [0.05, 0.001, 0.3, 0.05, 1.0, 1e-9][case / 2 % 6],
+                repeat_penalty: [1.0, 1.3][case / 4 % 2],
+                order: orders[case % orders.len()],
+                ..Config::default()
+            };
+            if doubt {
+                config.top_k = [40, 64][case % 2];
+                config.top_p = [0.95, 0.9][case / 3 % 2];
+                config.min_p = 0.05;
+                config.order = orders[[0, 4][case / 2 % 2]];
+            }
+            let mut ov = Overrides::new();
+            let recent = if case % 3 == 0 { &recent[..] } else { &[] };
+            let bias = if case % 5 == 1 { &bias[..] } else { &[] };
+            ov.build(&logits, recent, bias, &config).unwrap();
+            let u = f64::from(unit());
+            let fast = final_only(&logits, &ov, &config, Path::Fast, u);
+            let slow = final_only(&logits, &ov, &config, Path::Reference, u);
+            assert_eq!(
+                fast, slow,
+                "case {case}: v {v} shape {shape} {config:?} u {u}"
+            );
+        }
+        let after = dense::tests::FUSED.with(|c| c.get());
+        let ways: Vec<usize> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+        assert!(
+            ways.iter().all(|&n| n >= 20),
+            "ways the fused step ended: {ways:?}"
+        );
     }
 
     #[test]

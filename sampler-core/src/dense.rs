@@ -368,16 +368,21 @@ const KEYS_K_MAX: usize = 64;
 /// The candidate a rank key was made from, but with -0.0 read back as +0.0.
 #[inline(always)]
 fn unkey(key: u64) -> Candidate {
-    let ordered = (key >> 32) as u32;
-    let bits = if ordered & 0x8000_0000 != 0 {
-        ordered & 0x7fff_ffff
-    } else {
-        !ordered
-    };
     Candidate {
         id: !(key as u32),
-        logit: f32::from_bits(bits),
+        logit: unordered((key >> 32) as u32),
     }
+}
+
+/// The float whose [`ordered`] integer is `key`.
+#[inline(always)]
+fn unordered(key: u32) -> f32 {
+    let bits = if key & 0x8000_0000 != 0 {
+        key & 0x7fff_ffff
+    } else {
+        !key
+    };
+    f32::from_bits(bits)
 }
 
 /// A float's bits mapped to an unsigned integer of the same order; -0.0 below +0.0.
@@ -401,6 +406,16 @@ struct Keys {
 }
 
 impl Keys {
+    /// An empty buffer for the best `k` of the logits above `t`.
+    fn new(k: usize, t: f32) -> Self {
+        Keys {
+            keys: [0; KEYS],
+            n: 0,
+            k,
+            t,
+        }
+    }
+
     /// Keeps the best `k` keys, unordered, and raises the threshold below the k-th.
     fn cut(&mut self) {
         let k = self.k;
@@ -431,17 +446,18 @@ impl Keys {
         }
     }
 
-    /// Adds the logits of `chunk` above the threshold, `first` being the id of its first.
+    /// Adds the logits of `chunk` above the threshold that `keep` accepts,
+    /// `first` being the id of its first.
     ///
     /// `skip` has a bit set for each lane whose raw logit must not count.
     /// A chunk holds few logits above the threshold, so only those are
     /// visited, through a bit mask built without branches.
     #[inline(always)]
-    fn append(&mut self, first: u32, chunk: &[f32; CHUNK], skip: u32) {
+    fn append(&mut self, first: u32, chunk: &[f32; CHUNK], skip: u32, keep: impl Fn(f32) -> bool) {
         let t = self.t;
         let mut mask = 0u32;
         for (i, &x) in chunk.iter().enumerate() {
-            mask |= u32::from(x > t) << i;
+            mask |= u32::from(x > t && keep(x)) << i;
         }
         mask &= !skip;
         while mask != 0 {
@@ -668,13 +684,7 @@ impl Pool {
         if m >= k {
             nth_desc(counted, k - 1);
             if let Some(&key) = counted.get(k - 1) {
-                let kth = (key >> 32) as u32;
-                let bits = if kth & 0x8000_0000 != 0 {
-                    kth & 0x7fff_ffff
-                } else {
-                    !kth
-                };
-                let bound = below(f32::from_bits(bits));
+                let bound = below(unordered((key >> 32) as u32));
                 self.t = if bound > self.t { bound } else { self.t };
             }
         }
@@ -762,18 +772,44 @@ fn chunks_above_flat(block: &[f32], t: f32) -> u32 {
 
 /// [`top_k`] for `2 <= k <= KEYS_K_MAX`, in rank order.
 ///
-/// Two phases. First, one pass takes the maximum of each block of
-/// [`SCAN_BLOCK`] logits and keeps, in a small pool, the blocks whose
-/// maximum beats a threshold; the threshold rises to the k-th highest
-/// maximum kept, since k blocks reaching it hold k tokens reaching it.
-/// A block holding an overridden id enters with the maximum of its other
-/// ids, computed only when its raw maximum beats the threshold; the
-/// overrides enter with their changed logits. Second, only the blocks left
-/// in the pool are read again,
-/// and their logits above the threshold become packed rank keys, which
-/// compare as plain integers; the best `k` of them are written to
-/// `scratch` in rank order. Returns the count.
+/// Two phases. First, [`block_pool`] takes the maximum of each block of
+/// [`SCAN_BLOCK`] logits in one pass and keeps the blocks that may hold
+/// one of the best `k`. Second, only the blocks left in the pool are read
+/// again, and their logits above the pool's threshold become packed rank
+/// keys, which compare as plain integers; the best `k` of them are
+/// written to `scratch` in rank order. Returns the count.
 fn top_k_keys(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate]) -> usize {
+    let pool = block_pool(logits, ov, k);
+    if pool.overflow {
+        return top_k_overflow(logits, ov, k, scratch);
+    }
+    let mut held = Keys::new(k, pool.t);
+    pool_keys(logits, ov, &pool, |_| true, |_| true, &mut held);
+    write_keys(logits, ov, &mut held, k, scratch)
+}
+
+/// The pool's fallback: [`top_k_scan`], sorted.
+#[cold]
+fn top_k_overflow(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate]) -> usize {
+    let n = top_k_scan(logits, ov, k, scratch);
+    crate::select::sort_by_rank(scratch.get_mut(..n).unwrap_or(&mut []));
+    n
+}
+
+/// The first phase of [`top_k_keys`]: the pool of blocks that may hold one of the best `k`.
+///
+/// One pass takes the maximum of each block of [`SCAN_BLOCK`] logits and
+/// keeps, in the pool, the blocks whose maximum beats a threshold; the
+/// threshold rises to the k-th highest maximum kept, since k blocks
+/// reaching it hold k tokens reaching it. A block holding an overridden id
+/// enters with the maximum of its other ids, computed only when its raw
+/// maximum beats the threshold; the overrides enter with their changed
+/// logits. On return the pool is cut back to the k-th highest maximum
+/// (unless it overflowed), so every candidate not in one of its entries,
+/// nor among the last ids (fewer than a chunk, in no block), lies at or
+/// below its threshold, and each entry's maximum is the effective logit of
+/// a distinct token above it.
+fn block_pool(logits: &[f32], ov: &Overrides, k: usize) -> Pool {
     let changed = ov.as_slice();
     let mut pool = Pool::new(k);
     let mut fill = pool.fill();
@@ -816,26 +852,43 @@ fn top_k_keys(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate
     for o in changed {
         pool.push_changed(o.value(), o.id());
     }
-    if pool.overflow {
-        let n = top_k_scan(logits, ov, k, scratch);
-        crate::select::sort_by_rank(scratch.get_mut(..n).unwrap_or(&mut []));
-        return n;
+    if !pool.overflow {
+        pool.cut();
     }
-    pool.cut();
+    pool
+}
 
-    let mut held = Keys {
-        keys: [0; KEYS],
-        n: 0,
-        k,
-        t: pool.t,
-    };
+/// The second phase of [`top_k_keys`]: adds to `held` the rank keys of
+/// the logits above its threshold that `keep` accepts, from the pool's
+/// entries whose maximum `entry` accepts and from the last ids.
+///
+/// `entry` must accept the maximum of every entry that holds a logit
+/// `keep` accepts. The keys are not cut back: with more than `k` of them,
+/// the buffer holds the best `k` and possibly more.
+#[inline(always)]
+fn pool_keys(
+    logits: &[f32],
+    ov: &Overrides,
+    pool: &Pool,
+    entry: impl Fn(f32) -> bool,
+    keep: impl Fn(f32) -> bool + Copy,
+    held: &mut Keys,
+) {
+    let changed = ov.as_slice();
+    let full = logits.len() - logits.len() % CHUNK;
+    let body = logits.get(..full).unwrap_or(&[]);
     for i in 0..pool.n {
-        let (Some(&start), Some(&source)) = (pool.start.get(i), pool.source.get(i)) else {
+        let (Some(&start), Some(&source), Some(&max)) =
+            (pool.start.get(i), pool.source.get(i), pool.max.get(i))
+        else {
             break;
         };
+        if !entry(max) {
+            continue;
+        }
         if source == Source::Changed {
-            if let Some(&x) = pool.max.get(i) {
-                held.push(start, x);
+            if keep(max) {
+                held.push(start, max);
             }
             continue;
         }
@@ -868,12 +921,21 @@ fn top_k_keys(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate
             }
             let chunk = block.get(i * CHUNK..i * CHUNK + CHUNK).unwrap_or(&[]);
             if let Ok(chunk) = <&[f32; CHUNK]>::try_from(chunk) {
-                held.append(first, chunk, skip);
+                held.append(first, chunk, skip, keep);
             }
         }
     }
     // The last ids, fewer than a chunk, take part in no block.
-    let tail = logits.get(full..).unwrap_or(&[]);
+    let (padded, skip) = tail(logits, ov);
+    held.append(full as u32, &padded, skip, keep);
+}
+
+/// The last ids (fewer than a chunk, in no block), padded with NaN, and a
+/// bit set for each of them that is overridden.
+fn tail(logits: &[f32], ov: &Overrides) -> ([f32; CHUNK], u32) {
+    let changed = ov.as_slice();
+    let full = logits.len() - logits.len() % CHUNK;
+    let rest = logits.get(full..).unwrap_or(&[]);
     let from = changed.partition_point(|o| (o.id() as usize) < full);
     let mut skip = 0u32;
     for o in changed.get(from..).unwrap_or(&[]) {
@@ -882,10 +944,20 @@ fn top_k_keys(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate
             .unwrap_or(0);
     }
     let mut padded = [f32::NAN; CHUNK];
-    for (slot, &x) in padded.iter_mut().zip(tail) {
+    for (slot, &x) in padded.iter_mut().zip(rest) {
         *slot = x;
     }
-    held.append(full as u32, &padded, skip);
+    (padded, skip)
+}
+
+/// Writes the best `k` of `held` to `scratch` in rank order; returns the count.
+fn write_keys(
+    logits: &[f32],
+    ov: &Overrides,
+    held: &mut Keys,
+    k: usize,
+    scratch: &mut [Candidate],
+) -> usize {
     held.cut();
     let n = held.n.min(k);
     let best = held.keys.get_mut(..n).unwrap_or(&mut []);
@@ -899,6 +971,145 @@ fn top_k_keys(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate
         *slot = c;
     }
     n.min(scratch.len())
+}
+
+/// What [`top_k_min_p`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TopKHead {
+    /// The `n` candidates whose scaled difference reaches the cut, fewer
+    /// than `k` and all of them among the best `k`, in rank order, and
+    /// accepted by the caller.
+    Cut(usize),
+    /// The best `k` in rank order, as [`top_k`] writes them (`n` of them).
+    TopK(usize),
+}
+
+/// What [`top_k_min_p`] shows its caller before settling on a cut.
+pub(crate) struct Head<'a> {
+    /// The candidates whose scaled difference reaches the cut, in rank order.
+    pub few: &'a [Candidate],
+    /// The scale of the best `k`: their top logit and `inv_t`.
+    pub scale: Scale,
+    /// A lower bound on the total weight of the best `k` outside `few`.
+    pub rest: u64,
+}
+
+/// Top-k followed by a cut on the scaled difference (min-p), reading
+/// again only the blocks that can hold a token above the cut.
+///
+/// After [`block_pool`]'s pass the top logit `m` is known. The candidates
+/// above the pool's threshold with `(x - m) * inv_t >= cut` are collected
+/// from the entries whose maximum reaches the cut. When they are `k` or
+/// more, the best `k` all reach the cut and are the best `k` of them.
+/// Otherwise they are every candidate reaching the cut (were there
+/// another, the `k` entries highest in the pool, all above it, would reach
+/// the cut too), and all of them are among the best `k`. They are then
+/// shown to `accept`, in rank order, first alone, then, if it refuses,
+/// with a lower bound on the weight the rest of the best `k` adds to them:
+/// the weights of the highest entries below the cut, each a distinct
+/// token, as many as the best `k` has places left, less a margin for the
+/// exponential's error, which could otherwise make a lower logit weigh a
+/// unit more. When `accept` agrees, the result is [`TopKHead::Cut`];
+/// otherwise the best `k` as [`top_k`] gives them, found by adding what
+/// lies below the cut to the keys already held.
+pub(crate) fn top_k_min_p(
+    logits: &[f32],
+    ov: &Overrides,
+    k: usize,
+    inv_t: f32,
+    cut: f32,
+    scratch: &mut [Candidate],
+    mut accept: impl FnMut(Head<'_>) -> bool,
+) -> TopKHead {
+    if !(2..=KEYS_K_MAX).contains(&k) {
+        return TopKHead::TopK(top_k(logits, ov, k, scratch));
+    }
+    let pool = block_pool(logits, ov, k);
+    if pool.overflow {
+        return TopKHead::TopK(top_k_overflow(logits, ov, k, scratch));
+    }
+    let (padded, skip) = tail(logits, ov);
+    let entries = pool.max.get(..pool.n).unwrap_or(&[]);
+    let mut m = f32::NEG_INFINITY;
+    for (i, &x) in entries.iter().chain(&padded).enumerate() {
+        let counts = i < entries.len() || skip & (1 << (i - entries.len())) == 0;
+        if counts && x > m {
+            m = x;
+        }
+    }
+    let mut held = Keys::new(k, pool.t);
+    if !m.is_finite() {
+        pool_keys(logits, ov, &pool, |_| true, |_| true, &mut held);
+        return TopKHead::TopK(write_keys(logits, ov, &mut held, k, scratch));
+    }
+    let scale = Scale {
+        inv_t,
+        ..Scale::new(m)
+    };
+    let reach = move |x: f32| scale.d(x) >= cut;
+    pool_keys(logits, ov, &pool, reach, reach, &mut held);
+    if held.n >= k {
+        // The best k all reach the cut, so they are the best k of these.
+        #[cfg(test)]
+        tests::count_fused(3);
+        return TopKHead::TopK(write_keys(logits, ov, &mut held, k, scratch));
+    }
+    let n = write_keys(logits, ov, &mut held, k, scratch);
+    let few = scratch.get(..n).unwrap_or(&[]);
+    // Most often the few settle it alone; the bound costs an exponential
+    // per entry.
+    if accept(Head {
+        few,
+        scale,
+        rest: 0,
+    }) {
+        #[cfg(test)]
+        tests::count_fused(0);
+        return TopKHead::Cut(n);
+    }
+    let rest = rest_weight(&pool, k - n, &scale, cut);
+    if rest > 0 && accept(Head { few, scale, rest }) {
+        #[cfg(test)]
+        tests::count_fused(1);
+        return TopKHead::Cut(n);
+    }
+    #[cfg(test)]
+    tests::count_fused(2);
+    // The keys of the few stay; the rest of the best k lie below the cut.
+    pool_keys(logits, ov, &pool, |_| true, |x| !reach(x), &mut held);
+    TopKHead::TopK(write_keys(logits, ov, &mut held, k, scratch))
+}
+
+/// A lower bound on the weight of `places` tokens ranked just below the cut:
+/// the weights of the `places` highest pool entries below it, each less
+/// `2^-16` of itself and one unit.
+///
+/// The exponential is within about `3e-7` of `e^d` (relative), so a token
+/// ranked at or above an entry weighs at least the entry's weight less
+/// twice that and a unit of rounding; the margin is far more.
+fn rest_weight(pool: &Pool, places: usize, scale: &Scale, cut: f32) -> u64 {
+    let mut keys = [0u32; POOL];
+    let mut n = 0usize;
+    for &x in pool.max.get(..pool.n).unwrap_or(&[]) {
+        if scale.d(x) < cut {
+            if let Some(slot) = keys.get_mut(n) {
+                *slot = ordered(x);
+                n += 1;
+            }
+        }
+    }
+    let below = keys.get_mut(..n).unwrap_or(&mut []);
+    if below.len() > places {
+        nth_desc(below, places.saturating_sub(1));
+    }
+    below
+        .iter()
+        .take(places)
+        .map(|&key| {
+            let w = scale.weight(unordered(key));
+            w.saturating_sub((w >> 16) + 1)
+        })
+        .sum()
 }
 
 /// The effective logit of `id`, which must be in the vocabulary.
@@ -1668,7 +1879,7 @@ pub(crate) fn at_most(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::chain::collect_all;
     use crate::penalty::MAX_RECENT;
@@ -1676,8 +1887,26 @@ mod tests {
     use crate::Config;
 
     extern crate std;
+    use core::cell::Cell;
     use std::vec;
     use std::vec::Vec;
+
+    std::thread_local! {
+        /// How [`top_k_min_p`] ended on this thread: settled by the few
+        /// alone, settled with the bound on the rest, refused by the
+        /// caller, too many above the cut.
+        pub(crate) static FUSED: Cell<[usize; 4]> = const { Cell::new([0; 4]) };
+    }
+
+    pub(crate) fn count_fused(way: usize) {
+        FUSED.with(|c| {
+            let mut ways = c.get();
+            if let Some(n) = ways.get_mut(way) {
+                *n += 1;
+            }
+            c.set(ways);
+        });
+    }
 
     fn lcg(state: &mut u64) -> f32 {
         *state = state

@@ -8,7 +8,7 @@
 
 use core::fmt;
 
-use crate::chain::{self, Path, StageView, WeightCache, ZERO_WEIGHT_CUT};
+use crate::chain::{self, Path, WeightCache, ZERO_WEIGHT_CUT};
 use crate::dense;
 use crate::penalty::{Overrides, WindowCounts};
 use crate::{Config, Error, Rng};
@@ -238,7 +238,6 @@ impl<'s> Sampler<'s> {
         }
 
         let wanted = report.as_ref().map(|r| r.alternatives.len());
-        let mut ignore = |_: StageView<'_>| {};
         let mut out = chain::run(
             input.logits,
             ov,
@@ -249,7 +248,7 @@ impl<'s> Sampler<'s> {
             },
             path,
             wanted,
-            &mut ignore,
+            None,
         )?;
         let u = take_unit(&mut self.rng, &mut self.step, forced);
         let s = self.scratch.get_mut(..out.held).unwrap_or(&mut []);

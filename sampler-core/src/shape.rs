@@ -142,7 +142,7 @@ pub fn shape(
         },
         Path::Reference,
         Some(0),
-        &mut observe,
+        Some(&mut observe),
     )?;
     out.n_rows = rows;
     out.order = config.order;
