@@ -779,10 +779,11 @@ fn chunks_above_flat(block: &[f32], t: f32) -> u32 {
 /// keys, which compare as plain integers; the best `k` of them are
 /// written to `scratch` in rank order. Returns the count.
 fn top_k_keys(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate]) -> usize {
-    let pool = block_pool(logits, ov, k);
+    let mut pool = block_pool(logits, ov, k);
     if pool.overflow {
         return top_k_overflow(logits, ov, k, scratch);
     }
+    pool.cut();
     let mut held = Keys::new(k, pool.t);
     pool_keys(logits, ov, &pool, |_| true, |_| true, &mut held);
     write_keys(logits, ov, &mut held, k, scratch)
@@ -809,6 +810,7 @@ fn top_k_overflow(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candi
 /// nor among the last ids (fewer than a chunk, in no block), lies at or
 /// below its threshold, and each entry's maximum is the effective logit of
 /// a distinct token above it.
+#[inline(always)]
 fn block_pool(logits: &[f32], ov: &Overrides, k: usize) -> Pool {
     let changed = ov.as_slice();
     let mut pool = Pool::new(k);
@@ -851,9 +853,6 @@ fn block_pool(logits: &[f32], ov: &Overrides, k: usize) -> Pool {
     // are penalised ones, and few of them are still above it.
     for o in changed {
         pool.push_changed(o.value(), o.id());
-    }
-    if !pool.overflow {
-        pool.cut();
     }
     pool
 }
@@ -1024,7 +1023,7 @@ pub(crate) fn top_k_min_p(
     if !(2..=KEYS_K_MAX).contains(&k) {
         return TopKHead::TopK(top_k(logits, ov, k, scratch));
     }
-    let pool = block_pool(logits, ov, k);
+    let mut pool = block_pool(logits, ov, k);
     if pool.overflow {
         return TopKHead::TopK(top_k_overflow(logits, ov, k, scratch));
     }
@@ -1039,6 +1038,8 @@ pub(crate) fn top_k_min_p(
     }
     let mut held = Keys::new(k, pool.t);
     if !m.is_finite() {
+        pool.cut();
+        held.t = pool.t;
         pool_keys(logits, ov, &pool, |_| true, |_| true, &mut held);
         return TopKHead::TopK(write_keys(logits, ov, &mut held, k, scratch));
     }
@@ -1047,6 +1048,17 @@ pub(crate) fn top_k_min_p(
         ..Scale::new(m)
     };
     let reach = move |x: f32| scale.d(x) >= cut;
+    let reaching = entries.iter().filter(|&&x| reach(x)).count();
+    if reaching >= k {
+        // Each of these entries holds a token reaching the cut.
+        #[cfg(test)]
+        tests::count_fused(3);
+        pool.cut();
+        held.t = pool.t;
+        pool_keys(logits, ov, &pool, reach, reach, &mut held);
+        return TopKHead::TopK(write_keys(logits, ov, &mut held, k, scratch));
+    }
+    held.t = held.t.max(raw_floor(m, inv_t, cut));
     pool_keys(logits, ov, &pool, reach, reach, &mut held);
     if held.n >= k {
         // The best k all reach the cut, so they are the best k of these.
@@ -1075,9 +1087,24 @@ pub(crate) fn top_k_min_p(
     }
     #[cfg(test)]
     tests::count_fused(2);
-    // The keys of the few stay; the rest of the best k lie below the cut.
+    // The keys of the few stay, all above the threshold of the cut-back
+    // pool; the rest of the best k lie below min-p's cut.
+    pool.cut();
+    held.t = pool.t;
     pool_keys(logits, ov, &pool, |_| true, |x| !reach(x), &mut held);
     TopKHead::TopK(write_keys(logits, ov, &mut held, k, scratch))
+}
+
+/// A logit below every `x` with `(x - m) * inv_t >= cut`, for a finite `m`
+/// and a cut between about -104 and 0 (min-p's, for any `min_p` in (0, 1]).
+///
+/// A hundredth of a nat lower than the cut in exact arithmetic, which is
+/// far more than the two roundings of the scaled difference can move it
+/// (a relative 2^-23 of at most 104), then rounded down to a float and
+/// stepped down once more, so that the test stays strict.
+fn raw_floor(m: f32, inv_t: f32, cut: f32) -> f32 {
+    let r = f64::from(m) + (f64::from(cut) - 0.01) / f64::from(inv_t);
+    below(r as f32)
 }
 
 /// A lower bound on the weight of `places` tokens ranked just below the cut:
@@ -1906,6 +1933,52 @@ pub(crate) mod tests {
             }
             c.set(ways);
         });
+    }
+
+    #[test]
+    fn raw_floor_is_below_every_logit_that_reaches_the_cut() {
+        // The least logit whose scaled difference reaches the cut, found by
+        // bisection over the floats in order, must lie above the floor.
+        let ms = [
+            0.0f32, -0.0, 1.0, -7.5, 31.25, 1e-30, 1e6, -1e6, 3e38, -3e38,
+        ];
+        let inv_ts = [1.0f32, 1.25, 0.01, 100.0, 1e-30, 1e30, 1.0 / 1.7];
+        let min_ps = [0.05f32, 1.0, 0.5, 1e-9, f32::MIN_POSITIVE, 1e-45];
+        let mut checked = 0;
+        for &m in &ms {
+            for &inv_t in &inv_ts {
+                for &min_p in &min_ps {
+                    let cut = crate::minp::cut(min_p);
+                    let scale = Scale {
+                        inv_t,
+                        ..Scale::new(m)
+                    };
+                    let reach = |x: f32| scale.d(x) >= cut;
+                    // Bisect on the order-preserving integers of the floats.
+                    let (mut lo, mut hi) = (ordered(f32::MIN), ordered(m));
+                    if reach(f32::MIN) {
+                        hi = lo;
+                    }
+                    while hi - lo > 1 {
+                        let mid = lo + (hi - lo) / 2;
+                        if reach(unordered(mid)) {
+                            hi = mid;
+                        } else {
+                            lo = mid;
+                        }
+                    }
+                    let least = unordered(hi);
+                    assert!(reach(least), "m {m} inv_t {inv_t} min_p {min_p}");
+                    let floor = raw_floor(m, inv_t, cut);
+                    assert!(
+                        least > floor,
+                        "m {m} inv_t {inv_t} min_p {min_p}: {least} reaches, floor {floor}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, ms.len() * inv_ts.len() * min_ps.len());
     }
 
     fn lcg(state: &mut u64) -> f32 {
