@@ -646,21 +646,21 @@ impl Pool {
 
     /// Adds the changed logit of an overridden id.
     fn push_changed(&mut self, x: f32, id: u32) {
-        // NaN fails the comparison, so it never becomes a candidate.
+        // NaN fails the comparison, so it never becomes a candidate. As in
+        // `offer_with`, the entry is written every time and only the count
+        // moves on the test: which changed logits enter follows no pattern.
         let enter = x > self.t;
-        if !enter {
-            return;
-        }
+        let at = self.n.min(POOL - 1);
         if let (Some(m), Some(s), Some(src)) = (
-            self.max.get_mut(self.n),
-            self.start.get_mut(self.n),
-            self.source.get_mut(self.n),
+            self.max.get_mut(at),
+            self.start.get_mut(at),
+            self.source.get_mut(at),
         ) {
             *m = x;
             *s = id;
             *src = Source::Changed;
         }
-        self.n += 1;
+        self.n += usize::from(enter);
         if self.n - self.batch == self.k || self.n == POOL {
             self.settle();
         }
@@ -989,8 +989,14 @@ pub(crate) struct Head<'a> {
     pub few: &'a [Candidate],
     /// The scale of the best `k`: their top logit and `inv_t`.
     pub scale: Scale,
-    /// A lower bound on the total weight of the best `k` outside `few`.
+    /// A lower bound on the total weight of the best `k` outside `few`,
+    /// or, when `bound` is false, the most any such bound can be: an
+    /// answer to that is only a hint, and a refusal ends the asking.
     pub rest: u64,
+    /// Whether `rest` is a lower bound. The answer is the same either way;
+    /// the tests read it to check each bound against the exact weight.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub bound: bool,
 }
 
 /// Top-k followed by a cut on the scaled difference (min-p), reading
@@ -1030,11 +1036,12 @@ pub(crate) fn top_k_min_p(
     let (padded, skip) = tail(logits, ov);
     let entries = pool.max.get(..pool.n).unwrap_or(&[]);
     let mut m = f32::NEG_INFINITY;
-    for (i, &x) in entries.iter().chain(&padded).enumerate() {
-        let counts = i < entries.len() || skip & (1 << (i - entries.len())) == 0;
-        if counts && x > m {
-            m = x;
-        }
+    for &x in entries {
+        m = if x > m { x } else { m };
+    }
+    for (i, &x) in padded.iter().enumerate() {
+        let x = if skip & (1 << i) == 0 { x } else { f32::NAN };
+        m = if x > m { x } else { m };
     }
     let mut held = Keys::new(k, pool.t);
     if !m.is_finite() {
@@ -1048,14 +1055,24 @@ pub(crate) fn top_k_min_p(
         ..Scale::new(m)
     };
     let reach = move |x: f32| scale.d(x) >= cut;
-    let reaching = entries.iter().filter(|&&x| reach(x)).count();
-    if reaching >= k {
-        // Each of these entries holds a token reaching the cut.
+    // How many entries reach the cut, and the highest of the others.
+    let (mut reaching, mut high) = (0usize, f32::NEG_INFINITY);
+    for &x in entries {
+        let r = reach(x);
+        reaching += usize::from(r);
+        // Reaching entries become NaN or -inf, which never win.
+        let x = f32::from_bits(x.to_bits() | (u32::from(r).wrapping_neg() & 0xff80_0000));
+        high = if x > high { x } else { high };
+    }
+    if reaching * 2 >= k {
+        // Each of these entries holds a token reaching the cut: with k or
+        // more of them the best k all reach it, and with half as many the
+        // few would rarely settle top-p, so the best k are found at once.
         #[cfg(test)]
         tests::count_fused(3);
         pool.cut();
         held.t = pool.t;
-        pool_keys(logits, ov, &pool, reach, reach, &mut held);
+        pool_keys(logits, ov, &pool, |_| true, |_| true, &mut held);
         return TopKHead::TopK(write_keys(logits, ov, &mut held, k, scratch));
     }
     held.t = held.t.max(raw_floor(m, inv_t, cut));
@@ -1074,25 +1091,88 @@ pub(crate) fn top_k_min_p(
         few,
         scale,
         rest: 0,
+        bound: true,
     }) {
         #[cfg(test)]
         tests::count_fused(0);
         return TopKHead::Cut(n);
     }
-    let rest = rest_weight(&pool, k - n, &scale, cut);
-    if rest > 0 && accept(Head { few, scale, rest }) {
-        #[cfg(test)]
-        tests::count_fused(1);
-        return TopKHead::Cut(n);
+    // Any `k - n` entries below the cut bound the rest of the best k from
+    // below. Those met first in the pool usually suffice, so their
+    // weights are added in pool order, asking again after 1, 2, 4, ...;
+    // only if they fall short are the highest `k - n` selected.
+    let places = k - n;
+    // No bound can exceed `places` times the highest entry's weight: if
+    // that is not enough, none is.
+    let most = (places as u64).saturating_mul(scale.weight(high));
+    if !accept(Head {
+        few,
+        scale,
+        rest: most,
+        bound: false,
+    }) {
+        return refused(logits, ov, &mut pool, &mut held, reach, k, scratch);
     }
+    let (mut rest, mut taken, mut ask) = (0u64, 0usize, 1usize);
+    let mut below = 0usize;
+    for &x in entries {
+        if reach(x) {
+            continue;
+        }
+        below += 1;
+        if taken == places {
+            continue;
+        }
+        rest += lower_weight(&scale, x);
+        taken += 1;
+        if taken == ask || taken == places {
+            if accept(Head {
+                few,
+                scale,
+                rest,
+                bound: true,
+            }) {
+                #[cfg(test)]
+                tests::count_fused(1);
+                return TopKHead::Cut(n);
+            }
+            ask *= 2;
+        }
+    }
+    if below > places {
+        let rest = rest_weight(&pool, places, &scale, cut);
+        if accept(Head {
+            few,
+            scale,
+            rest,
+            bound: true,
+        }) {
+            #[cfg(test)]
+            tests::count_fused(4);
+            return TopKHead::Cut(n);
+        }
+    }
+    refused(logits, ov, &mut pool, &mut held, reach, k, scratch)
+}
+
+/// The end of [`top_k_min_p`] when its caller refused the few: the best
+/// `k`, found by adding to the keys of the few (all of them above the
+/// threshold of the cut-back pool) what lies below the cut.
+fn refused(
+    logits: &[f32],
+    ov: &Overrides,
+    pool: &mut Pool,
+    held: &mut Keys,
+    reach: impl Fn(f32) -> bool,
+    k: usize,
+    scratch: &mut [Candidate],
+) -> TopKHead {
     #[cfg(test)]
     tests::count_fused(2);
-    // The keys of the few stay, all above the threshold of the cut-back
-    // pool; the rest of the best k lie below min-p's cut.
     pool.cut();
     held.t = pool.t;
-    pool_keys(logits, ov, &pool, |_| true, |x| !reach(x), &mut held);
-    TopKHead::TopK(write_keys(logits, ov, &mut held, k, scratch))
+    pool_keys(logits, ov, pool, |_| true, |x| !reach(x), held);
+    TopKHead::TopK(write_keys(logits, ov, held, k, scratch))
 }
 
 /// A logit below every `x` with `(x - m) * inv_t >= cut`, for a finite `m`
@@ -1132,11 +1212,16 @@ fn rest_weight(pool: &Pool, places: usize, scale: &Scale, cut: f32) -> u64 {
     below
         .iter()
         .take(places)
-        .map(|&key| {
-            let w = scale.weight(unordered(key));
-            w.saturating_sub((w >> 16) + 1)
-        })
+        .map(|&key| lower_weight(scale, unordered(key)))
         .sum()
+}
+
+/// The weight of `x` less `2^-16` of itself and one unit: at most the
+/// weight of any logit at or above `x` (see [`rest_weight`]).
+#[inline(always)]
+fn lower_weight(scale: &Scale, x: f32) -> u64 {
+    let w = scale.weight(x);
+    w.saturating_sub((w >> 16) + 1)
 }
 
 /// The effective logit of `id`, which must be in the vocabulary.
@@ -1920,9 +2005,10 @@ pub(crate) mod tests {
 
     std::thread_local! {
         /// How [`top_k_min_p`] ended on this thread: settled by the few
-        /// alone, settled with the bound on the rest, refused by the
-        /// caller, too many above the cut.
-        pub(crate) static FUSED: Cell<[usize; 4]> = const { Cell::new([0; 4]) };
+        /// alone, settled with a bound from the first entries below the
+        /// cut, refused by the caller, too many entries above the cut,
+        /// settled with the bound from the highest entries below the cut.
+        pub(crate) static FUSED: Cell<[usize; 5]> = const { Cell::new([0; 5]) };
     }
 
     pub(crate) fn count_fused(way: usize) {
@@ -2017,6 +2103,81 @@ pub(crate) mod tests {
         all.truncate(n);
         sort_by_rank(&mut all);
         all
+    }
+
+    #[test]
+    fn top_k_min_p_bounds_the_rest_of_the_best_k_from_below() {
+        // Every lower bound `top_k_min_p` offers for the weight of the best
+        // k outside the few must be at most that weight, and the few must
+        // be exactly the best k above the cut. Asking for a random amount
+        // of rest weight sends calls down each way, the selection of the
+        // highest entries included: the logits put a lone top token over
+        // many blocks whose maxima rise with the id, so the entries met
+        // first in the pool are the low ones.
+        let mut s = 17u64;
+        let before = FUSED.with(|c| c.get());
+        for case in 0..1200 {
+            let v = [12_000, 20_011, 4096, 700][case % 4];
+            let (mut logits, mut ov) = case_logits(v, case, &mut s);
+            if case % 3 == 0 {
+                ov = Overrides::new();
+            }
+            let k = [40, 2, 64, 17][case / 4 % 4];
+            let inv_t = [1.0f32, 1.25, 0.5][case % 3];
+            let cut = crate::minp::cut([0.05f32, 0.3, 1e-3][case / 3 % 3]);
+            let want = reference(&logits, &ov);
+            let best = &want[..k.min(want.len())];
+            let asked = match case % 5 {
+                0 => 0,
+                _ => u64::from(lcg(&mut s).to_bits() >> 4),
+            };
+            let mut scratch = vec![Candidate { id: 7, logit: 1e30 }; v];
+            let got = top_k_min_p(&logits, &ov, k, inv_t, cut, &mut scratch, |head| {
+                let n = head.few.len();
+                assert_eq!(head.few, &best[..n], "case {case}: the few");
+                assert!(best[n..].iter().all(|c| head.scale.d(c.logit) < cut));
+                let rest: u64 = best[n..].iter().map(|c| head.scale.weight(c.logit)).sum();
+                if head.bound {
+                    assert!(head.rest <= rest, "case {case}: {} > {rest}", head.rest);
+                }
+                head.rest >= asked % (rest + rest / 4 + 1)
+            });
+            match got {
+                TopKHead::Cut(n) => assert_eq!(&scratch[..n], &best[..n], "case {case}"),
+                TopKHead::TopK(n) => assert_eq!(&scratch[..n], best, "case {case}"),
+            }
+            logits.clear();
+        }
+        let after = FUSED.with(|c| c.get());
+        let ways: Vec<usize> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+        assert!(ways.iter().all(|&n| n >= 5), "ways: {ways:?}");
+    }
+
+    /// Logits for [`top_k_min_p_bounds_the_rest_of_the_best_k_from_below`]:
+    /// a top token, a few near it, and block maxima below the cut that rise
+    /// with the id (or not), with overrides on some of the high ones.
+    fn case_logits(v: usize, case: usize, s: &mut u64) -> (Vec<f32>, Overrides) {
+        let rising = case % 2 == 0;
+        let logits: Vec<f32> = (0..v)
+            .map(|i| {
+                let u = lcg(s);
+                match (i, i % 61, i % 257) {
+                    (3, _, _) => 0.0,
+                    (_, _, 100) if i < 2000 => -1.0 - 2.5 * u,
+                    (_, 7, _) if rising => -9.0 + 5.5 * (i as f32 / v as f32) - 0.3 * u,
+                    (_, 7, _) => -3.2 - 7.0 * u * u,
+                    _ => -14.0 - 4.0 * u,
+                }
+            })
+            .collect();
+        let recent = [3u32, 100, 7, (v / 2) as u32];
+        let mut ov = Overrides::new();
+        let c = Config {
+            repeat_penalty: 1.3,
+            ..Config::default()
+        };
+        ov.build(&logits, &recent, &[], &c).unwrap();
+        (logits, ov)
     }
 
     /// Checks `top_k` for each `k` against the reference, rank order and

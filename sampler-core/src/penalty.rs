@@ -63,7 +63,10 @@ pub(crate) fn penalize(x: f32, count: u32, config: &Config) -> f32 {
     let rp = config.repeat_penalty;
     // llama.cpp's rule: a positive logit is divided, zero or negative multiplied,
     // so the penalty always lowers the token.
-    let x = if x > 0.0 { x / rp } else { x * rp };
+    // Both computed, then one picked: which one applies follows no
+    // pattern across the window's tokens, so a branch would be mispredicted.
+    let (divided, multiplied) = (x / rp, x * rp);
+    let x = crate::select::pick(x > 0.0, divided, multiplied);
     let count = count as f32;
     x - (count * config.frequency_penalty + config.presence_penalty)
 }

@@ -101,6 +101,19 @@ pub(crate) fn rank_key(c: &Candidate) -> u64 {
     (u64::from(ordered) << 32) | u64::from(!c.id)
 }
 
+/// `a` if `c`, else `b`, computed with bit masks instead of a branch.
+///
+/// For choices that follow no pattern from one call to the next, where a
+/// branch would be mispredicted about half the time. The compiler turns a
+/// plain `if` between floats, and even these masks, back into a branch
+/// when one side is costly; the mask passes through `black_box` so that it
+/// cannot.
+#[inline(always)]
+pub(crate) fn pick(c: bool, a: f32, b: f32) -> f32 {
+    let mask = core::hint::black_box(u32::from(c).wrapping_neg());
+    f32::from_bits((a.to_bits() & mask) | (b.to_bits() & !mask))
+}
+
 /// Permutes `s` so that its `k` highest-ranked elements come first, in any order.
 pub(crate) fn keep_top(s: &mut [Candidate], k: usize) {
     if k > 0 && k < s.len() {
