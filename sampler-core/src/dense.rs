@@ -805,11 +805,13 @@ fn top_k_overflow(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candi
 /// reaching it hold k tokens reaching it. A block holding an overridden id
 /// enters with the maximum of its other ids, computed only when its raw
 /// maximum beats the threshold; the overrides enter with their changed
-/// logits. On return the pool is cut back to the k-th highest maximum
-/// (unless it overflowed), so every candidate not in one of its entries,
-/// nor among the last ids (fewer than a chunk, in no block), lies at or
-/// below its threshold, and each entry's maximum is the effective logit of
-/// a distinct token above it.
+/// logits. On return (unless the pool overflowed) every candidate not in
+/// one of its entries, nor among the last ids (fewer than a chunk, in no
+/// block), lies at or below its threshold; each entry's maximum is the
+/// effective logit of a distinct token above it; and unless the threshold
+/// is still -inf, at least `k` tokens lie above it. [`Pool::cut`] then
+/// raises the threshold to just below the k-th highest maximum, for a
+/// second look that reads as few blocks as the best `k` need.
 #[inline(always)]
 fn block_pool(logits: &[f32], ov: &Overrides, k: usize) -> Pool {
     let changed = ov.as_slice();
