@@ -1392,6 +1392,265 @@ pub(crate) mod tests {
         );
     }
 
+    /// The float `n` places from `x` in the order of the floats (down when
+    /// `n` is negative, no further than the infinities), with -0.0 and
+    /// +0.0 as two places.
+    fn float_step(x: f32, n: i64) -> f32 {
+        let key = |x: f32| {
+            let bits = x.to_bits();
+            i64::from(if bits >> 31 == 1 {
+                !bits
+            } else {
+                bits | 1 << 31
+            })
+        };
+        let (lo, hi) = (key(f32::NEG_INFINITY), key(f32::INFINITY));
+        let key = (key(x) + n).clamp(lo, hi) as u32;
+        f32::from_bits(if key >> 31 == 1 {
+            key & !(1 << 31)
+        } else {
+            !key
+        })
+    }
+
+    /// The least float whose scaled difference to the top logit reaches `cut`.
+    fn least_reaching(scale: Scale, cut: f32) -> f32 {
+        // Bisect on the number of places above f32::MIN: reaching rises
+        // with the logit.
+        let (mut lo, mut hi) = (0i64, 0i64);
+        while scale.d(float_step(f32::MIN, hi)) < cut {
+            hi = hi * 2 + 1;
+        }
+        if hi == 0 {
+            return f32::MIN;
+        }
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if scale.d(float_step(f32::MIN, mid)) >= cut {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        float_step(f32::MIN, hi)
+    }
+
+    /// The least `p` whose top-p target over `total` exceeds `mass`.
+    fn least_p_above(mass: u64, total: u64) -> f32 {
+        let (mut lo, mut hi) = (0.0f32, 1.0f32);
+        while float_step(lo, 1) < hi {
+            let mid = (lo + hi) / 2.0;
+            let mid = if mid > lo && mid < hi {
+                mid
+            } else {
+                float_step(lo, 1)
+            };
+            if topp::target(mid, total) > mass {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        hi
+    }
+
+    #[test]
+    fn fused_top_k_and_min_p_agree_one_float_either_side_of_the_cut() {
+        // Where the fused step is thinnest: tokens on the least float that
+        // reaches min-p's cut and one or two floats either side of it, as
+        // block maxima, inside blocks and among the last ids; top logits
+        // of both zeros, huge and subnormal; temperatures from 1e-3 to
+        // 1e6 before top-k; min-p at 1, just under 1 and at the least
+        // subnormal; top-p at 0, 1e-7 and just under 1, and on either
+        // side of the least p that keeps every token of the few, so that
+        // the bounds on the rest of the best k decide. Overrides keep
+        // each value but make the top's block and a tail id overridden,
+        // or raise a tail id above the top and ban it, and ban a block
+        // maximum.
+        use crate::config::Order;
+        let orders = [
+            Order::LLAMA_CPP,
+            Order::TALKBACK,
+            Order::new(&[Stage::TopK, Stage::MinP, Stage::Temperature]).unwrap(),
+            Order::new(&[Stage::Temperature, Stage::TopK, Stage::MinP, Stage::TopP]).unwrap(),
+        ];
+        let mut unit = units(5);
+        let before = dense::tests::FUSED.with(|c| c.get());
+        let mut case = 0usize;
+        for m in [0.0f32, -0.0, 17.25, 1e30, -1e30, 1e-40] {
+            for t in [1.0f32, 1e-3, 0.7, 1e3, 1e6] {
+                for min_p in [1.0f32, 0.999_999, 0.05, 1e-45] {
+                    for v in [17usize, 257, 4097, 20_011] {
+                        // Shifted every 4 and 16 cases, so that each
+                        // vocabulary meets each order.
+                        let order = orders[(case + case / 4 + case / 16) % orders.len()];
+                        let before_top_k = order.stages()[0] == Stage::Temperature;
+                        let inv_t = if before_top_k { 1.0 / t } else { 1.0 };
+                        let scale = Scale {
+                            inv_t,
+                            ..Scale::new(m)
+                        };
+                        let cut = minp::cut(min_p);
+                        let l = least_reaching(scale, cut);
+                        let edges = [l, float_step(l, -1), float_step(l, 1), float_step(l, -2)];
+                        // The top among the last ids in a third of the
+                        // cases; in another third, the last id is raised
+                        // above the top and then banned.
+                        let top = if case % 3 == 2 { v - 1 } else { v / 2 };
+                        let last_bias = if case % 3 == 1 {
+                            f32::NEG_INFINITY
+                        } else {
+                            0.0
+                        };
+                        // Few tokens reach the cut: the edges above it
+                        // go to the first blocks and the last ids only.
+                        // Below them, the block maxima rise with the id in
+                        // half the cases, so that the entries met first in
+                        // the pool are the lowest.
+                        let rising = case / 3 % 2 == 1;
+                        let edge = |i: usize, at: usize| match at {
+                            0 | 1 => edges[i % 4],
+                            _ if rising => {
+                                let below = (v / 256 + 1).saturating_sub(at).max(1);
+                                float_step(l, -1 - below as i64 * 600_000)
+                            }
+                            _ => edges[1 + i % 2 * 2],
+                        };
+                        let mut logits: Vec<f32> = (0..v)
+                            .map(|i| match (i % 256, i % 61, i % 29) {
+                                _ if i == top => m,
+                                _ if i >= v - v % dense::CHUNK => edges[i % 4],
+                                (b, _, _) if b == i / 256 * 37 % 256 => edge(i / 256, i / 256),
+                                (_, 3, _) => edge(i / 61, 2),
+                                (_, _, 11) => f32::NAN,
+                                (_, _, 17) => f32::NEG_INFINITY,
+                                // Just below the edges, or level with the
+                                // lowest block maximum when they rise.
+                                _ if rising => edge(0, 2),
+                                _ => float_step(l, -1 - (unit() * 1.4e6) as i64),
+                            })
+                            .collect();
+                        if last_bias < 0.0 {
+                            logits[v - 1] = float_step(m, 3);
+                        }
+                        logits[top] = m;
+                        let banned = (v / 256).saturating_sub(1) * 256;
+                        let bias = [
+                            (top as u32, 0.0f32),
+                            ((v - 1) as u32, last_bias),
+                            (banned as u32, f32::NEG_INFINITY),
+                        ];
+                        let mut ov = Overrides::new();
+                        let config = Config {
+                            temperature: t,
+                            order,
+                            ..Config::default()
+                        };
+                        ov.build(&logits, &[], &bias, &config).unwrap();
+
+                        // The best k of the reference, for a top-p at the edge.
+                        let mut all = vec![Candidate::default(); v];
+                        let n = collect_all(&logits, &ov, &mut all);
+                        all.truncate(n);
+                        sort_by_rank(&mut all);
+                        for (j, k) in [2u32, 3, 5, 17, 64].into_iter().enumerate() {
+                            let best = &all[..all.len().min(k as usize)];
+                            let w: Vec<u64> = best.iter().map(|c| scale.weight(c.logit)).collect();
+                            let few = best.iter().take_while(|c| scale.d(c.logit) >= cut).count();
+                            let above: u64 = w[..few.max(1) - 1].iter().sum();
+                            let held: u64 = w[..few.max(1)].iter().sum();
+                            let total: u64 = w.iter().sum();
+                            let edge = least_p_above(above, total);
+                            // Inside the window where the few alone fall short
+                            // and the whole best k does not.
+                            let inside = least_p_above(above + (total - held) / 2, total);
+                            let top_ps = [
+                                edge,
+                                float_step(edge, -1),
+                                inside,
+                                0.0,
+                                1e-7,
+                                0.999_999_9,
+                                inside,
+                            ];
+                            let config = Config {
+                                temperature: t,
+                                top_k: k,
+                                top_p: top_ps[(case + j) % top_ps.len()],
+                                min_p,
+                                order,
+                                ..Config::default()
+                            };
+                            let u = f64::from(unit());
+                            let fast = final_only(&logits, &ov, &config, Path::Fast, u);
+                            let slow = final_only(&logits, &ov, &config, Path::Reference, u);
+                            assert_eq!(fast, slow, "case {case}: m {m} v {v} k {k} {config:?}");
+                        }
+                        case += 1;
+                    }
+                }
+            }
+        }
+        let after = dense::tests::FUSED.with(|c| c.get());
+        let ways: Vec<usize> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+        assert!(
+            ways.iter().take(4).all(|&n| n >= 20),
+            "ways the fused step ended: {ways:?}"
+        );
+    }
+
+    #[test]
+    fn fused_top_p_target_on_the_mass_above_the_last_of_the_few() {
+        // Two tokens reach min-p's cut and the rest of the best k weighs
+        // nothing, so every bound on the total is exact. Top-p's target is
+        // then made exactly the top token's weight, the mass above the
+        // last of the two, or one unit more: top-p then min-p keep the top
+        // token alone in the first case and both in the second, and the
+        // fused step must neither keep the second token on a tie nor drop
+        // it past one.
+        use crate::config::Order;
+        let orders = [
+            Order::LLAMA_CPP,
+            Order::TALKBACK,
+            Order::new(&[Stage::Temperature, Stage::TopK, Stage::TopP, Stage::MinP]).unwrap(),
+        ];
+        let v = 300;
+        let mut hits = [0usize; 2];
+        for step in 0..1500 {
+            let x = -0.1 - step as f32 * 0.0018;
+            let mut logits = vec![-40.0f32; v];
+            logits[5] = 0.0;
+            logits[200 + step % 100] = x;
+            logits[17] = f32::NAN;
+            let scale = Scale::new(0.0);
+            let total = (1u64 << 30) + scale.weight(x);
+            for (kept, want) in [(1usize, 1u64 << 30), (2, (1 << 30) + 1)] {
+                let p = least_p_above(want - 1, total);
+                if topp::target(p, total) != want {
+                    continue;
+                }
+                hits[kept - 1] += 1;
+                let config = Config {
+                    temperature: 1.0,
+                    top_k: [5, 40, 64][step % 3],
+                    top_p: p,
+                    min_p: 0.05,
+                    order: orders[step % orders.len()],
+                    ..Config::default()
+                };
+                let ov = Overrides::new();
+                let fast = final_only(&logits, &ov, &config, Path::Fast, 0.5);
+                let slow = final_only(&logits, &ov, &config, Path::Reference, 0.5);
+                assert_eq!(slow.0.len(), kept, "x {x} p {p}");
+                assert_eq!(fast, slow, "x {x} p {p} {config:?}");
+            }
+        }
+        assert!(
+            hits.iter().all(|&n| n >= 10),
+            "targets hit exactly: {hits:?}"
+        );
+    }
+
     #[test]
     fn every_order_keeps_the_reference_survivors_after_each_stage() {
         // Top-p over every candidate in each of its ways (decided by the
