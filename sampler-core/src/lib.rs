@@ -83,7 +83,11 @@
 //!   when top-k is on: greedy is one vectorised pass of block maxima, and a
 //!   top-k of up to 64 the same pass keeping the blocks that can hold one
 //!   of the k, which alone are read again (larger k: a threshold scan);
-//!   min-p is a maximum scan and one collecting scan. Penalties and bias
+//!   min-p is a maximum scan and one collecting scan. Top-k followed by
+//!   min-p (with or without top-p between them), when no report is asked
+//!   for, reads again only the blocks that can hold a token above min-p's
+//!   cut, and settles top-p from a lower bound on the best k's weight
+//!   when it can. Penalties and bias
 //!   change only the ids they name; the scans leave those ids' raw logits
 //!   out and let their changed logits join. A sampler keeps the counts of
 //!   its last penalty window (up to 64 ids) and updates them when the next
