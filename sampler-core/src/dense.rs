@@ -1087,14 +1087,17 @@ pub(crate) fn top_k_min_p(
     }
     let n = write_keys(logits, ov, &mut held, k, scratch);
     let few = scratch.get(..n).unwrap_or(&[]);
+    let mut settles = |rest: u64, bound: bool| {
+        accept(Head {
+            few,
+            scale,
+            rest,
+            bound,
+        })
+    };
     // Most often the few settle it alone; the bound costs an exponential
     // per entry.
-    if accept(Head {
-        few,
-        scale,
-        rest: 0,
-        bound: true,
-    }) {
+    if settles(0, true) {
         #[cfg(test)]
         tests::count_fused(0);
         return TopKHead::Cut(n);
@@ -1107,15 +1110,10 @@ pub(crate) fn top_k_min_p(
     // No bound can exceed `places` times the highest entry's weight: if
     // that is not enough, none is.
     let most = (places as u64).saturating_mul(scale.weight(high));
-    if !accept(Head {
-        few,
-        scale,
-        rest: most,
-        bound: false,
-    }) {
+    if !settles(most, false) {
         return refused(logits, ov, &mut pool, &mut held, reach, k, scratch);
     }
-    let (mut rest, mut taken, mut ask) = (0u64, 0usize, 1usize);
+    let (mut rest, mut taken, mut next_ask) = (0u64, 0usize, 1usize);
     let mut below = 0usize;
     for &x in entries {
         if reach(x) {
@@ -1127,32 +1125,19 @@ pub(crate) fn top_k_min_p(
         }
         rest += lower_weight(&scale, x);
         taken += 1;
-        if taken == ask || taken == places {
-            if accept(Head {
-                few,
-                scale,
-                rest,
-                bound: true,
-            }) {
+        if taken == next_ask || taken == places {
+            if settles(rest, true) {
                 #[cfg(test)]
                 tests::count_fused(1);
                 return TopKHead::Cut(n);
             }
-            ask *= 2;
+            next_ask *= 2;
         }
     }
-    if below > places {
-        let rest = rest_weight(&pool, places, &scale, cut);
-        if accept(Head {
-            few,
-            scale,
-            rest,
-            bound: true,
-        }) {
-            #[cfg(test)]
-            tests::count_fused(4);
-            return TopKHead::Cut(n);
-        }
+    if below > places && settles(rest_weight(&pool, places, &scale, cut), true) {
+        #[cfg(test)]
+        tests::count_fused(4);
+        return TopKHead::Cut(n);
     }
     refused(logits, ov, &mut pool, &mut held, reach, k, scratch)
 }
