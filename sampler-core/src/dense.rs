@@ -521,6 +521,9 @@ struct Fill {
     n: usize,
     t: f32,
     batch: usize,
+    /// The count at which the rare upkeep is due: a batch of `k` counted
+    /// entries, or a full pool, whichever comes first.
+    due: usize,
 }
 
 /// Blocks (and changed logits) that may hold one of the best `k`, with a
@@ -561,6 +564,7 @@ impl Pool {
             n: self.n,
             t: self.t,
             batch: self.batch,
+            due: (self.batch + self.k).min(POOL),
         }
     }
 
@@ -604,7 +608,7 @@ impl Pool {
             *src = if mixed { Source::Mixed } else { Source::Block };
         }
         fill.n += usize::from(enter);
-        if fill.n - fill.batch == self.k || fill.n == POOL {
+        if fill.n == fill.due {
             self.set_fill(fill);
             self.settle();
             fill = self.fill();
