@@ -787,10 +787,26 @@ fn top_k_keys(logits: &[f32], ov: &Overrides, k: usize, scratch: &mut [Candidate
     if pool.overflow {
         return top_k_overflow(logits, ov, k, scratch);
     }
+    let mut held = Keys::new(k, f32::NEG_INFINITY);
+    best_of_pool(logits, ov, &mut pool, &mut held, scratch)
+}
+
+/// The second phase of [`top_k_keys`] in full: cuts the pool back, reads
+/// its entries into `held` (emptied first) and writes the best `k` to
+/// `scratch` in rank order; returns the count.
+#[inline(always)]
+fn best_of_pool(
+    logits: &[f32],
+    ov: &Overrides,
+    pool: &mut Pool,
+    held: &mut Keys,
+    scratch: &mut [Candidate],
+) -> usize {
     pool.cut();
-    let mut held = Keys::new(k, pool.t);
-    pool_keys(logits, ov, &pool, |_| true, |_| true, &mut held);
-    write_keys(logits, ov, &mut held, k, scratch)
+    held.n = 0;
+    held.t = pool.t;
+    pool_keys(logits, ov, pool, |_| true, |_| true, held);
+    write_keys(logits, ov, held, pool.k, scratch)
 }
 
 /// The pool's fallback: [`top_k_scan`], sorted.
@@ -1051,10 +1067,7 @@ pub(crate) fn top_k_min_p(
     }
     let mut held = Keys::new(k, pool.t);
     if !m.is_finite() {
-        pool.cut();
-        held.t = pool.t;
-        pool_keys(logits, ov, &pool, |_| true, |_| true, &mut held);
-        return TopKHead::TopK(write_keys(logits, ov, &mut held, k, scratch));
+        return TopKHead::TopK(best_of_pool(logits, ov, &mut pool, &mut held, scratch));
     }
     let scale = Scale {
         inv_t,
@@ -1076,10 +1089,7 @@ pub(crate) fn top_k_min_p(
         // few would rarely settle top-p, so the best k are found at once.
         #[cfg(test)]
         tests::count_fused(3);
-        pool.cut();
-        held.t = pool.t;
-        pool_keys(logits, ov, &pool, |_| true, |_| true, &mut held);
-        return TopKHead::TopK(write_keys(logits, ov, &mut held, k, scratch));
+        return TopKHead::TopK(best_of_pool(logits, ov, &mut pool, &mut held, scratch));
     }
     held.t = held.t.max(raw_floor(m, inv_t, cut));
     pool_keys(logits, ov, &pool, reach, reach, &mut held);
