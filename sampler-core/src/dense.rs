@@ -1024,21 +1024,25 @@ pub(crate) struct Head<'a> {
 /// Top-k followed by a cut on the scaled difference (min-p), reading
 /// again only the blocks that can hold a token above the cut.
 ///
-/// After [`block_pool`]'s pass the top logit `m` is known. The candidates
-/// above the pool's threshold with `(x - m) * inv_t >= cut` are collected
-/// from the entries whose maximum reaches the cut. When they are `k` or
-/// more, the best `k` all reach the cut and are the best `k` of them.
-/// Otherwise they are every candidate reaching the cut (were there
-/// another, the `k` entries highest in the pool, all above it, would reach
-/// the cut too), and all of them are among the best `k`. They are then
-/// shown to `accept`, in rank order, first alone, then, if it refuses,
-/// with a lower bound on the weight the rest of the best `k` adds to them:
-/// the weights of the highest entries below the cut, each a distinct
-/// token, as many as the best `k` has places left, less a margin for the
-/// exponential's error, which could otherwise make a lower logit weigh a
-/// unit more. When `accept` agrees, the result is [`TopKHead::Cut`];
-/// otherwise the best `k` as [`top_k`] gives them, found by adding what
-/// lies below the cut to the keys already held.
+/// After [`block_pool`]'s pass the top logit `m` is known. With half of
+/// `k` or more entries reaching the cut `(x - m) * inv_t >= cut`, the
+/// result is the best `k` at once. Otherwise the candidates above the
+/// pool's threshold that reach the cut are collected from the entries
+/// whose maximum reaches it. When they are `k` or more, the best `k` all
+/// reach the cut and are the best `k` of them. Otherwise they are every
+/// candidate reaching the cut (another would lie at or below the
+/// threshold, under at least `k` tokens that would then reach the cut
+/// too), and all of them are among the best `k`. They are shown to
+/// `accept`, in rank order, first alone; then with the most any bound
+/// could add (if it refuses that, no bound would do); then with lower
+/// bounds on the weight the rest of the best `k` adds to them: the
+/// weights of the entries below the cut first met in the pool, then of the
+/// highest ones, each a distinct token, as many as the best `k` has
+/// places left, less a margin for the exponential's error, which could
+/// otherwise make a lower logit weigh a unit more. When `accept` agrees
+/// to a bound, the result is [`TopKHead::Cut`]; otherwise the best `k` as
+/// [`top_k`] gives them, found by adding what lies below the cut to the
+/// keys already held.
 pub(crate) fn top_k_min_p(
     logits: &[f32],
     ov: &Overrides,
