@@ -74,9 +74,10 @@ pub struct Pushed {
 /// - `S`: most stop strings, `L`: most bytes in one stop string, both in the
 ///   type of [`StopSet`].
 /// - `H`: held-bytes capacity of [`TextStream`]. The stream never holds more
-///   than `L + 2` bytes: `L - 1` that may begin a stop string and 3 of an
-///   unfinished character. `H >= L + 3` is checked when the program is
-///   compiled; `H` sizes the held-text buffer and enters the output bounds.
+///   than `max(L, 1) + 2` bytes: `L - 1` that may begin a stop string (none
+///   when `L` is 0) and 3 of an unfinished character. `H >= L + 3` is
+///   checked when the program is compiled; `H` sizes the held-text buffer
+///   and enters the output bounds.
 /// - Output: the caller's buffer. [`TextStream::output_bound`] and
 ///   [`TextStream::finish_bound`] give lengths that always suffice; a smaller
 ///   buffer fails with [`StreamError::OutputTooSmall`] only when what the
@@ -282,7 +283,7 @@ impl<const S: usize, const L: usize, const H: usize> TextStream<S, L, H> {
         self.state.matcher.stopped
     }
 
-    /// How many bytes are held back right now; never more than `L + 2`.
+    /// How many bytes are held back right now; never more than `max(L, 1) + 2`.
     pub fn held(&self) -> usize {
         self.state.matcher.held_len + self.state.utf8.pending()
     }
@@ -827,6 +828,19 @@ mod tests {
         let n = s.finish(&mut out).unwrap();
         assert_eq!(&out[..n], "\u{FFFD}".as_bytes());
         assert_eq!(s.stopped(), None);
+    }
+
+    #[test]
+    fn without_room_for_a_stop_an_unfinished_character_is_still_held() {
+        // L = 0 holds no stop bytes, but the three bytes of an unfinished
+        // four-byte character wait all the same, one more than L + 2.
+        let mut s = TextStream::<0, 0, 3>::new(StopSet::new());
+        let mut out = [0u8; 8];
+        assert_eq!(s.push(b"\xF0\x9F\xA6", &mut out).unwrap().written, 0);
+        assert_eq!(s.held(), 3);
+        let pushed = s.push(b"\x80", &mut out).unwrap();
+        assert_eq!(&out[..pushed.written], "\u{1F980}".as_bytes());
+        assert_eq!(s.held(), 0);
     }
 
     #[test]
