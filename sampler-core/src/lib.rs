@@ -121,8 +121,11 @@
 //! - Weights are integers in units of `2^-30` of the top token's, rounded
 //!   to the nearest, so a token less likely than about `2^-31` times the
 //!   top token weighs 0 and is never drawn.
-//! - Logit bias values must not be NaN; +inf and -inf are accepted (an
-//!   infinite bias forces or bans a token).
+//! - Logit bias values must not be NaN; +inf and -inf are accepted. An
+//!   infinite bias forces or bans a token whose logit is finite, but added
+//!   to a logit of the other infinity, or to a NaN logit, it gives NaN,
+//!   which is never drawn: a +inf bias cannot bring back a token whose
+//!   logit is -inf.
 //!
 //! # Capacities
 //!

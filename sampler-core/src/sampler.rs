@@ -433,6 +433,33 @@ mod tests {
     }
 
     #[test]
+    fn infinite_bias_forces_only_a_finite_logit() {
+        // +inf forces token 1 over a larger logit; on the -inf logit of
+        // token 0 it makes NaN, which is never drawn.
+        let logits = [f32::NEG_INFINITY, 0.0, 5.0];
+        let bias = [(0, f32::INFINITY), (1, f32::INFINITY)];
+        let input = Input {
+            logits: &logits,
+            recent: &[],
+            bias: &bias,
+        };
+        for u in [0.0, 0.5, BELOW_ONE] {
+            let (r, alts, _, sv) = outcome(input, plain(1.0), u, 5, Path::Fast);
+            assert_eq!(r.map(|c| c.id), Ok(1), "u {u}");
+            assert_eq!(sv.final_count, 2);
+            assert_eq!(alts.iter().map(|a| a.id).collect::<Vec<_>>(), [1, 2]);
+        }
+        let only = [(0, f32::INFINITY)];
+        let input = Input {
+            logits: &logits[..1],
+            recent: &[],
+            bias: &only,
+        };
+        let (r, ..) = outcome(input, plain(1.0), 0.5, 5, Path::Fast);
+        assert_eq!(r, Err(Error::NoFiniteLogit));
+    }
+
+    #[test]
     fn lone_top_token_reports_positive_zero() {
         // The top logit is -0.0 and ties with +0.0; either way the logprob
         // of a one-token distribution is +0.0, with or without a report.
