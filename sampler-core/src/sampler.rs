@@ -82,6 +82,9 @@ pub struct Survivors {
 }
 
 /// Per-step diagnostics, filled by [`Sampler::sample`] when given.
+///
+/// Only a call that returns a token fills it: after a call that fails, it
+/// may still hold an earlier step's figures, so read it only on success.
 #[derive(Debug)]
 pub struct Report<'b> {
     /// Caller's buffer for the most probable tokens; its length is the capacity.
