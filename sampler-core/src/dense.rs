@@ -377,23 +377,20 @@ fn unkey(key: u64) -> Candidate {
 /// The float whose [`ordered`] integer is `key`.
 #[inline(always)]
 fn unordered(key: u32) -> f32 {
-    let bits = if key & 0x8000_0000 != 0 {
-        key & 0x7fff_ffff
-    } else {
-        !key
-    };
-    f32::from_bits(bits)
+    // The top bit set stands for a float that is not negative: only the
+    // sign is flipped back; otherwise every bit is.
+    let negative = !(((key as i32) >> 31) as u32);
+    f32::from_bits(key ^ (negative | 0x8000_0000))
 }
 
 /// A float's bits mapped to an unsigned integer of the same order; -0.0 below +0.0.
 #[inline(always)]
 fn ordered(x: f32) -> u32 {
     let bits = x.to_bits();
-    if bits & 0x8000_0000 != 0 {
-        !bits
-    } else {
-        bits | 0x8000_0000
-    }
+    // Every bit flipped for a negative float, only the sign for the others;
+    // the sign spread over the word picks which, without a branch.
+    let negative = ((bits as i32) >> 31) as u32;
+    bits ^ (negative | 0x8000_0000)
 }
 
 /// Rank keys of the best candidates seen, with a threshold that rises as they are cut back.
@@ -474,7 +471,7 @@ impl Keys {
 const POOL: usize = 128;
 
 /// What a pool entry stands for.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Source {
     /// A block with no override: its maximum is an effective logit.
     Block,
@@ -482,6 +479,58 @@ enum Source {
     Mixed,
     /// One overridden id and its effective logit.
     Changed,
+}
+
+/// Tag bit of a pool entry that stands for an override; the rest of the
+/// tag is the override's place in the list.
+const TAG_CHANGED: u32 = 1 << 31;
+
+/// Tag bit of a pool entry for a block that holds overrides; the tag's low
+/// bits are the block's index, below 2^24 since ids are `u32`.
+const TAG_MIXED: u32 = 1 << 30;
+
+/// Tag bits that hold a block's index or an override's place.
+const TAG_INDEX: u32 = TAG_MIXED - 1;
+
+/// A pool entry: the [`ordered`] bits of its maximum in the high half, its
+/// tag in the low half.
+///
+/// One integer per entry, so that the pass stores one word per block, and
+/// cutting the pool back moves one word per entry and selects on the
+/// entries themselves. Entries are distinct (each block and each override
+/// has its own tag), and they order as their maxima do.
+#[inline(always)]
+fn entry(max: f32, tag: u32) -> u64 {
+    u64::from(ordered(max)) << 32 | u64::from(tag)
+}
+
+/// The maximum an entry holds.
+#[inline(always)]
+fn entry_max(e: u64) -> f32 {
+    unordered((e >> 32) as u32)
+}
+
+/// What an entry stands for, and its block's first id or its override's place.
+#[inline(always)]
+fn entry_source(e: u64) -> (Source, u32) {
+    let tag = e as u32;
+    if tag & TAG_CHANGED != 0 {
+        (Source::Changed, tag & TAG_INDEX)
+    } else if tag & TAG_MIXED != 0 {
+        (Source::Mixed, (tag & TAG_INDEX) * SCAN_BLOCK as u32)
+    } else {
+        (Source::Block, (tag & TAG_INDEX) * SCAN_BLOCK as u32)
+    }
+}
+
+/// The least entry above every entry whose maximum is `t` or less, for a
+/// threshold that is not a zero: an entry's maximum is above `t` exactly
+/// when the entry is above this. (For +0.0 and -0.0, which compare equal as
+/// floats but not as [`ordered`] bits, that would not hold; thresholds come
+/// from [`below`], which never returns a zero, or are -inf.)
+#[inline(always)]
+fn entry_floor(t: f32) -> u64 {
+    u64::from(ordered(t)) << 32 | u64::from(u32::MAX)
 }
 
 /// The maximum of `block` (ids from `first`) over the ids not in `changed`.
@@ -529,9 +578,9 @@ struct Fill {
 /// Blocks (and changed logits) that may hold one of the best `k`, with a
 /// threshold no higher than the k-th best effective logit.
 struct Pool {
-    max: [f32; POOL],
-    start: [u32; POOL],
-    source: [Source; POOL],
+    /// The counted entries first (see [`entry`]): in the order they came,
+    /// until a cut selects among them in place.
+    entries: [u64; POOL],
     n: usize,
     k: usize,
     /// Everything not above it is out.
@@ -547,15 +596,26 @@ impl Pool {
     /// An empty pool for the best `k`, with no threshold yet.
     fn new(k: usize) -> Self {
         Pool {
-            max: [f32::NEG_INFINITY; POOL],
-            start: [0; POOL],
-            source: [Source::Block; POOL],
+            entries: [0; POOL],
             n: 0,
             k,
             t: f32::NEG_INFINITY,
             batch: 0,
             overflow: false,
         }
+    }
+
+    /// The counted entries.
+    fn live(&self) -> &[u64] {
+        self.entries.get(..self.n).unwrap_or(&[])
+    }
+
+    /// The maxima of the counted entries, in pool order, written to `out`.
+    fn maxima<'o>(&self, out: &'o mut [f32; POOL]) -> &'o [f32] {
+        for (m, &e) in out.iter_mut().zip(self.live()) {
+            *m = entry_max(e);
+        }
+        out.get(..self.n).unwrap_or(&[])
     }
 
     /// The count, threshold and batch start, for a pass to carry.
@@ -584,6 +644,7 @@ impl Pool {
 
     /// Adds a block if its maximum beats the threshold in `fill`, without a branch on that test.
     ///
+    /// `start`, the block's first id, is a multiple of [`SCAN_BLOCK`].
     /// `fill` stands in for the pool's count, threshold and batch start,
     /// which are stale until [`Pool::set_fill`] sets them back; the
     /// updated `fill` is returned.
@@ -597,15 +658,9 @@ impl Pool {
     #[inline(always)]
     fn offer_with(&mut self, mut fill: Fill, max: f32, start: u32, mixed: bool) -> Fill {
         let enter = max > fill.t;
-        let at = fill.n.min(POOL - 1);
-        if let (Some(m), Some(s), Some(src)) = (
-            self.max.get_mut(at),
-            self.start.get_mut(at),
-            self.source.get_mut(at),
-        ) {
-            *m = max;
-            *s = start;
-            *src = if mixed { Source::Mixed } else { Source::Block };
+        let tag = (start / SCAN_BLOCK as u32) | (u32::from(mixed) * TAG_MIXED);
+        if let Some(slot) = self.entries.get_mut(fill.n.min(POOL - 1)) {
+            *slot = entry(max, tag);
         }
         fill.n += usize::from(enter);
         if fill.n == fill.due {
@@ -624,20 +679,19 @@ impl Pool {
     fn settle(&mut self) {
         if self.n - self.batch == self.k {
             let least = self
-                .max
+                .entries
                 .get(self.batch..self.n)
                 .unwrap_or(&[])
                 .iter()
-                .fold(f32::INFINITY, |a, &x| if x < a { x } else { a });
-            let bound = below(least);
+                .fold(u64::MAX, |a, &e| a.min(e));
+            let bound = below(entry_max(least));
             self.t = if bound > self.t { bound } else { self.t };
             self.batch = self.n;
         }
         if self.n == POOL {
-            self.drop_below();
-            if self.n > POOL / 2 {
-                self.cut();
-            }
+            // Entries came in above the threshold of their time, and few
+            // fall under a later one: the pool is cut back at once.
+            self.cut();
             if self.n == POOL {
                 self.overflow = true;
                 // Later entries overwrite the last slot; the caller looks
@@ -648,21 +702,14 @@ impl Pool {
         }
     }
 
-    /// Adds the changed logit of an overridden id.
-    fn push_changed(&mut self, x: f32, id: u32) {
+    /// Adds the changed logit of the override at `place` in the list.
+    fn push_changed(&mut self, x: f32, place: u32) {
         // NaN fails the comparison, so it never becomes a candidate. As in
         // `offer_with`, the entry is written every time and only the count
         // moves on the test: which changed logits enter follows no pattern.
         let enter = x > self.t;
-        let at = self.n.min(POOL - 1);
-        if let (Some(m), Some(s), Some(src)) = (
-            self.max.get_mut(at),
-            self.start.get_mut(at),
-            self.source.get_mut(at),
-        ) {
-            *m = x;
-            *s = id;
-            *src = Source::Changed;
+        if let Some(slot) = self.entries.get_mut(self.n.min(POOL - 1)) {
+            *slot = entry(x, TAG_CHANGED | place);
         }
         self.n += usize::from(enter);
         if self.n - self.batch == self.k || self.n == POOL {
@@ -676,19 +723,12 @@ impl Pool {
     /// overlap, and changed ids are left out of the maxima of blocks), so
     /// at least `k` tokens reach the k-th highest of them.
     fn cut(&mut self) {
-        // The maxima's order in the high half, the slot in the low half,
-        // so that the keys are distinct and sort as the maxima do.
-        let mut keys = [0u64; POOL];
-        let m = self.n.min(POOL);
-        for ((slot, &x), i) in keys.iter_mut().zip(&self.max).take(m).zip(0u64..) {
-            *slot = u64::from(ordered(x)) << 32 | i;
-        }
         let k = self.k;
-        let counted = keys.get_mut(..m).unwrap_or(&mut []);
-        if m >= k {
+        let counted = self.entries.get_mut(..self.n).unwrap_or(&mut []);
+        if counted.len() >= k {
             nth_desc(counted, k - 1);
-            if let Some(&key) = counted.get(k - 1) {
-                let bound = below(unordered((key >> 32) as u32));
+            if let Some(&kth) = counted.get(k - 1) {
+                let bound = below(entry_max(kth));
                 self.t = if bound > self.t { bound } else { self.t };
             }
         }
@@ -697,26 +737,18 @@ impl Pool {
 
     /// Drops the entries whose maximum is not above the threshold.
     fn drop_below(&mut self) {
-        let t = self.t;
+        let floor = entry_floor(self.t);
         let mut kept = 0usize;
         for i in 0..self.n {
-            let (Some(&x), Some(&s), Some(&src)) =
-                (self.max.get(i), self.start.get(i), self.source.get(i))
-            else {
+            let Some(&e) = self.entries.get(i) else {
                 break;
             };
             // Written every time, kept only above the threshold: which
             // entries stay follows no pattern.
-            if let (Some(mk), Some(sk), Some(srck)) = (
-                self.max.get_mut(kept),
-                self.start.get_mut(kept),
-                self.source.get_mut(kept),
-            ) {
-                *mk = x;
-                *sk = s;
-                *srck = src;
+            if let Some(slot) = self.entries.get_mut(kept) {
+                *slot = e;
             }
-            kept += usize::from(x > t);
+            kept += usize::from(e > floor);
         }
         self.n = kept;
     }
@@ -873,17 +905,17 @@ fn block_pool(logits: &[f32], ov: &Overrides, k: usize) -> Pool {
     pool.set_fill(fill);
     // After the blocks, when the threshold has risen: most changed logits
     // are penalised ones, and few of them are still above it.
-    for o in changed {
-        pool.push_changed(o.value(), o.id());
+    for (o, place) in changed.iter().zip(0u32..) {
+        pool.push_changed(o.value(), place);
     }
     pool
 }
 
 /// The second phase of [`top_k_keys`]: adds to `held` the rank keys of
 /// the logits above its threshold that `keep` accepts, from the pool's
-/// entries whose maximum `entry` accepts and from the last ids.
+/// entries whose maximum `accept` accepts and from the last ids.
 ///
-/// `entry` must accept the maximum of every entry that holds a logit
+/// `accept` must accept the maximum of every entry that holds a logit
 /// `keep` accepts. The keys are not cut back: with more than `k` of them,
 /// the buffer holds the best `k` and possibly more.
 #[inline(always)]
@@ -891,25 +923,22 @@ fn pool_keys(
     logits: &[f32],
     ov: &Overrides,
     pool: &Pool,
-    entry: impl Fn(f32) -> bool,
+    accept: impl Fn(f32) -> bool,
     keep: impl Fn(f32) -> bool + Copy,
     held: &mut Keys,
 ) {
     let changed = ov.as_slice();
     let full = logits.len() - logits.len() % CHUNK;
     let body = logits.get(..full).unwrap_or(&[]);
-    for i in 0..pool.n {
-        let (Some(&start), Some(&source), Some(&max)) =
-            (pool.start.get(i), pool.source.get(i), pool.max.get(i))
-        else {
-            break;
-        };
-        if !entry(max) {
+    for &e in pool.live() {
+        let max = entry_max(e);
+        if !accept(max) {
             continue;
         }
+        let (source, start) = entry_source(e);
         if source == Source::Changed {
-            if keep(max) {
-                held.push(start, max);
+            if let (Some(o), true) = (changed.get(start as usize), keep(max)) {
+                held.push(o.id(), max);
             }
             continue;
         }
@@ -1060,7 +1089,8 @@ pub(crate) fn top_k_min_p(
         return TopKHead::TopK(top_k_overflow(logits, ov, k, scratch));
     }
     let (padded, skip) = tail(logits, ov);
-    let entries = pool.max.get(..pool.n).unwrap_or(&[]);
+    let mut decoded = [0.0f32; POOL];
+    let entries = pool.maxima(&mut decoded);
     let mut m = f32::NEG_INFINITY;
     for &x in entries {
         m = if x > m { x } else { m };
@@ -1152,7 +1182,7 @@ pub(crate) fn top_k_min_p(
             next_ask *= 2;
         }
     }
-    if below > places && settles(rest_weight(&pool, places, &scale, cut), true) {
+    if below > places && settles(rest_weight(entries, places, &scale, cut), true) {
         #[cfg(test)]
         tests::count_fused(4);
         return TopKHead::Cut(n);
@@ -1193,16 +1223,16 @@ fn raw_floor(m: f32, inv_t: f32, cut: f32) -> f32 {
 }
 
 /// A lower bound on the weight of `places` tokens ranked just below the cut:
-/// the weights of the `places` highest pool entries below it, each less
-/// `2^-16` of itself and one unit.
+/// the weights of the `places` highest of the pool's maxima (`entries`)
+/// below it, each less `2^-16` of itself and one unit.
 ///
 /// The exponential is within about `3e-7` of `e^d` (relative), so a token
 /// ranked at or above an entry weighs at least the entry's weight less
 /// twice that and a unit of rounding; the margin is far more.
-fn rest_weight(pool: &Pool, places: usize, scale: &Scale, cut: f32) -> u64 {
+fn rest_weight(entries: &[f32], places: usize, scale: &Scale, cut: f32) -> u64 {
     let mut keys = [0u32; POOL];
     let mut n = 0usize;
-    for &x in pool.max.get(..pool.n).unwrap_or(&[]) {
+    for &x in entries {
         if scale.d(x) < cut {
             if let Some(slot) = keys.get_mut(n) {
                 *slot = ordered(x);
@@ -2378,9 +2408,10 @@ pub(crate) mod tests {
             // The values so far that are candidates, highest first.
             let mut live: Vec<f32> = Vec::new();
             for (i, &x) in values.iter().enumerate() {
+                // Value i stands for the i-th block, or the i-th override.
                 match source[i] {
                     Source::Changed => pool.push_changed(x, i as u32),
-                    src => pool.offer(x, i as u32, src == Source::Mixed),
+                    src => pool.offer(x, (i * SCAN_BLOCK) as u32, src == Source::Mixed),
                 }
                 if x > f32::NEG_INFINITY {
                     let at = live.partition_point(|&y| y >= x);
@@ -2408,22 +2439,21 @@ pub(crate) mod tests {
                     pool.t
                 );
             }
-            let mut held: Vec<u32> = pool.start[..pool.n].to_vec();
+            let index = |e: u64| match entry_source(e) {
+                (Source::Changed, place) => (place as usize, Source::Changed),
+                (src, start) => (start as usize / SCAN_BLOCK, src),
+            };
+            let mut held: Vec<usize> = pool.live().iter().map(|&e| index(e).0).collect();
             held.sort_unstable();
-            let above: Vec<u32> = (0..len as u32)
-                .filter(|&i| values[i as usize] > pool.t)
-                .collect();
+            let above: Vec<usize> = (0..len).filter(|&i| values[i] > pool.t).collect();
             assert_eq!(held, above, "case {case} k {k} shape {shape} len {len}");
-            for (i, &id) in pool.start[..pool.n].iter().enumerate() {
-                let id = id as usize;
-                assert!(
-                    pool.source[i] == source[id],
-                    "case {case}: {id} lost its source"
-                );
+            for &e in pool.live() {
+                let (i, src) = index(e);
+                assert_eq!(src, source[i], "case {case}: {i} lost its source");
                 assert_eq!(
-                    pool.max[i].to_bits(),
-                    values[id].to_bits(),
-                    "case {case}: {id}"
+                    entry_max(e).to_bits(),
+                    values[i].to_bits(),
+                    "case {case}: {i}"
                 );
             }
         }
@@ -2482,8 +2512,7 @@ pub(crate) mod tests {
             for k in [2, 3, 17, KEYS_K_MAX] {
                 let mut pool = Pool::new(k);
                 for (i, &x) in maxima.iter().enumerate() {
-                    pool.max[i] = x;
-                    pool.start[i] = i as u32;
+                    pool.entries[i] = entry(x, i as u32);
                 }
                 pool.n = maxima.len();
                 pool.cut();
@@ -2500,7 +2529,10 @@ pub(crate) mod tests {
                 let kept: Vec<u32> = (0..maxima.len() as u32)
                     .filter(|&i| maxima[i as usize] > want)
                     .collect();
-                assert_eq!(pool.start[..pool.n], kept[..], "k {k} of {maxima:?}");
+                // The cut selects in place, so the entries come back in no order.
+                let mut held: Vec<u32> = pool.live().iter().map(|&e| e as u32).collect();
+                held.sort_unstable();
+                assert_eq!(held, kept, "k {k} of {maxima:?}");
             }
         }
     }
