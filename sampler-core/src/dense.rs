@@ -523,11 +523,12 @@ fn entry_source(e: u64) -> (Source, u32) {
     }
 }
 
-/// The least entry above every entry whose maximum is `t` or less, for a
-/// threshold that is not a zero: an entry's maximum is above `t` exactly
-/// when the entry is above this. (For +0.0 and -0.0, which compare equal as
-/// floats but not as [`ordered`] bits, that would not hold; thresholds come
-/// from [`below`], which never returns a zero, or are -inf.)
+/// The least entry above every entry whose maximum is `t` or less.
+///
+/// An entry's maximum is above `t` exactly when the entry is above this,
+/// for every threshold but -0.0: that one compares equal to +0.0 as a
+/// float, yet +0.0 has the higher [`ordered`] bits. Thresholds are -inf or
+/// come from [`below`], which never returns -0.0 (it may return +0.0).
 #[inline(always)]
 fn entry_floor(t: f32) -> u64 {
     u64::from(ordered(t)) << 32 | u64::from(u32::MAX)
@@ -2054,6 +2055,44 @@ pub(crate) mod tests {
             }
             c.set(ways);
         });
+    }
+
+    #[test]
+    fn entry_floor_agrees_with_the_float_test_on_every_threshold_the_pool_sets() {
+        // Thresholds are -inf or `below` of a maximum; +0.0 is one of
+        // them (below the least positive subnormal), -0.0 never is.
+        let maxima = [
+            f32::NEG_INFINITY,
+            f32::MIN,
+            -1.0,
+            -f32::from_bits(1),
+            -0.0,
+            0.0,
+            f32::from_bits(1),
+            f32::from_bits(2),
+            f32::MIN_POSITIVE,
+            1.0,
+            f32::MAX,
+            f32::INFINITY,
+        ];
+        let mut thresholds = vec![f32::NEG_INFINITY];
+        thresholds.extend(maxima.iter().map(|&x| below(x)));
+        assert!(
+            thresholds.iter().any(|t| t.to_bits() == 0),
+            "+0.0 is reached"
+        );
+        for &t in &thresholds {
+            assert_ne!(t.to_bits(), (-0.0f32).to_bits(), "below gave -0.0");
+            for (tag, &x) in (0u32..).zip(&maxima) {
+                for tag in [tag, TAG_MIXED | tag, TAG_CHANGED | tag] {
+                    assert_eq!(
+                        entry(x, tag) > entry_floor(t),
+                        x > t,
+                        "maximum {x:e} threshold {t:e} tag {tag:#x}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
