@@ -82,16 +82,9 @@ fn patch<'o>(chunk: &mut [f32; CHUNK], base: u32, mut pending: &'o [Override]) -
 pub(crate) fn top(logits: &[f32], ov: &Overrides) -> f32 {
     let mut m = f32::NEG_INFINITY;
     for_each_run(logits, ov, |_, run| {
-        let mut top = [f32::NEG_INFINITY; 8];
-        for eight in run.chunks_exact(8) {
-            for (t, &x) in top.iter_mut().zip(eight) {
-                // NaN fails the comparison, so it never wins.
-                *t = if x > *t { x } else { *t };
-            }
-        }
-        for &t in &top {
-            m = if t > m { t } else { m };
-        }
+        // NaN never wins.
+        let t = block_max(run);
+        m = if t > m { t } else { m };
     });
     m
 }
