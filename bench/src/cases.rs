@@ -168,6 +168,12 @@ pub fn run(args: &KernelArgs) -> Result<String> {
             "cold:    before each timed call, 64 MiB streamed through the caches, \
              then the step's logits read once"
         )?;
+    } else {
+        writeln!(
+            out,
+            "warm:    before each timed call, the step's logits read once, \
+             as the decode step leaves them"
+        )?;
     }
     writeln!(
         out,

@@ -2,8 +2,12 @@
 //!
 //! Within one step the contenders take turns in an order shuffled afresh for
 //! every step (by a fixed-seed generator), so that no contender always runs
-//! first on cold data or always right after one that flushes the caches,
-//! and a burst of machine noise lands on all of them alike.
+//! first or always right after one that flushes the caches, and a burst of
+//! machine noise lands on all of them alike. Every timed call starts with
+//! the step's logits just read, as a decode step leaves them: it writes
+//! them last. Without that, where a call found the logits would depend on
+//! the contender before it (llama.cpp's candidate array, 12 bytes a token,
+//! can push them out of a core's L2 cache) and on whether it came first.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -89,8 +93,14 @@ impl Chill {
             acc = acc.wrapping_add(line.first().copied().unwrap_or(0));
         }
         black_box(acc);
-        black_box(logits.iter().fold(0.0f32, |a, &x| a + x));
+        touch(logits);
     }
+}
+
+/// Reads every logit, bringing them into the caches as the decode step
+/// that wrote them would have left them.
+fn touch(logits: &[f32]) {
+    black_box(logits.iter().fold(0u32, |a, &x| a ^ x.to_bits()));
 }
 
 /// Runs one untimed round, then `timing.rounds` timed rounds over every step.
@@ -108,8 +118,9 @@ pub fn run(steps: &[Vec<f32>], timing: &Timing, contenders: &mut [Contender<'_>]
                 let Some(c) = contenders.get_mut(i) else {
                     continue;
                 };
-                if let (true, Some(chill)) = (timed, chill.as_ref()) {
-                    chill.apply(logits);
+                match (timed, chill.as_ref()) {
+                    (true, Some(chill)) => chill.apply(logits),
+                    _ => touch(logits),
                 }
                 let t0 = Instant::now();
                 let pick = (c.call)(black_box(logits));
