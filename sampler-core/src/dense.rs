@@ -132,6 +132,29 @@ fn block_max(block: &[f32]) -> f32 {
     top
 }
 
+/// The maximum of one chunk; -inf if every value is NaN.
+///
+/// [`block_max`] on a single chunk, in fewer instructions: four lanes, each
+/// first compared with -inf so that NaN never wins, then a fold of the
+/// four. The passes that take a maximum per chunk of scaled differences
+/// spent a fifth of their instructions in the general shape.
+#[inline(always)]
+fn chunk_max(chunk: &[f32; CHUNK]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 4];
+    for quarter in chunk.chunks_exact(4) {
+        for (a, &x) in acc.iter_mut().zip(quarter) {
+            *a = if x > *a { x } else { *a };
+        }
+    }
+    let [a, b, c, d] = acc;
+    let (lo, hi) = (if c > a { c } else { a }, if d > b { d } else { b });
+    if hi > lo {
+        hi
+    } else {
+        lo
+    }
+}
+
 /// The top-ranked candidate: the highest effective logit, the lowest id among equals.
 ///
 /// One pass of block maxima. A block replaces the best only when its
@@ -1661,7 +1684,7 @@ fn mass_pass<S: SmallSum>(
                     *di = (x - m) * inv_t;
                 }
                 // NaN never wins, so it neither marks nor weighs a chunk.
-                let top = block_max(&d);
+                let top = chunk_max(&d);
                 // Written every time, kept only for a head chunk: no branch.
                 if let Some(slot) = back
                     .checked_sub(marked + 1)
@@ -1801,7 +1824,7 @@ pub(crate) fn weight_histogram(
                 *di = (x - m) * inv_t;
             }
             // NaN never wins; a chunk under the zero cut weighs nothing.
-            let top = block_max(&d);
+            let top = chunk_max(&d);
             if top < ZERO_WEIGHT_CUT {
                 continue;
             }
@@ -2386,6 +2409,38 @@ pub(crate) mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn chunk_max_matches_a_plain_fold() {
+        // The maximum in every lane in turn, with NaN in another lane, and
+        // chunks of NaN, -inf, +inf and zeros of either sign mixed.
+        let specials = [f32::NAN, f32::NEG_INFINITY, f32::INFINITY, -0.0, 0.0, 1.5];
+        let mut s = 29u64;
+        for round in 0..4000 {
+            let mut chunk = [0.0f32; CHUNK];
+            for x in &mut chunk {
+                *x = if round % 2 == 0 {
+                    lcg(&mut s)
+                } else {
+                    specials[below_n(&mut s, specials.len())]
+                };
+            }
+            if round % 4 == 0 {
+                chunk[round / 4 % CHUNK] = 9.0;
+                chunk[below_n(&mut s, CHUNK)] = f32::NAN;
+            }
+            let want = chunk
+                .iter()
+                .fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a });
+            let got = chunk_max(&chunk);
+            // -0.0 and +0.0 tie, so either may come back.
+            assert!(
+                got == want && !got.is_nan(),
+                "round {round}: {got} vs {want} for {chunk:?}"
+            );
+        }
+        assert_eq!(chunk_max(&[f32::NAN; CHUNK]), f32::NEG_INFINITY);
     }
 
     #[test]
