@@ -1484,7 +1484,7 @@ const BLOCK: usize = 1 << 20;
 const SMALL_RUN: u32 = 255;
 
 /// How [`mass_pass`] sums the chunks whose weights are all below 2^23.
-trait SmallSum {
+trait SmallSum: Default {
     /// Chunks whose largest scaled difference is below this go to
     /// [`SmallSum::skip`] instead of [`SmallSum::add`].
     fn floor(&self) -> f32;
@@ -1545,54 +1545,52 @@ impl SmallSum for ExactSmall {
     }
 }
 
-/// Small-weight chunks summed in f32 lanes before they are flushed into f64.
-const APPROX_RUN: u32 = 8;
-
-/// Bound on the relative error of [`ApproxSmall`]'s summation. A lane adds
-/// at most [`APPROX_RUN`] non-negative f32 values before it is flushed,
-/// erring by at most `7 * 2^-24` (4.2e-7) of their sum; the f64 additions
-/// of the flushed lanes err by less than 2^-24 in all, even over 2^32
-/// weights. This is about twice their sum.
+/// Bound on the relative error of [`ApproxSmall`]'s summation. Each chunk
+/// adds its sixteen non-negative f32 values four to a lane in a tree of
+/// two additions, erring by at most `2 * 2^-24` of their sum, and the four
+/// lane sums go into f64 lanes, whose additions err by less than 2^-24 in
+/// all, even over 2^32 weights. This is more than twice their sum.
 const SUM_ERROR: f64 = 1.0 / 1_048_576.0;
 
-/// Approximate weights summed in f32 lanes, flushed into f64 every
-/// [`APPROX_RUN`] chunks.
+/// Approximate weights, summed a chunk at a time in f32 and then in four
+/// f64 lanes.
+///
+/// Kept this short so that the lanes can stay in registers through a
+/// pass; sixteen f32 lanes, flushed into f64 every few chunks, went
+/// through memory at every chunk.
 #[derive(Default)]
 struct ApproxLanes {
-    lanes: [f32; CHUNK],
-    runs: u32,
-    sum: f64,
+    sum: [f64; 4],
 }
 
 impl ApproxLanes {
     /// Adds `approx` of each of the chunk's scaled differences.
     #[inline(always)]
     fn add(&mut self, d: &[f32; CHUNK], approx: impl Fn(f32) -> f32) {
-        for (s, &di) in self.lanes.iter_mut().zip(d) {
-            *s += approx(di);
+        let mut w = [0.0f32; CHUNK];
+        for (wi, &di) in w.iter_mut().zip(d) {
+            *wi = approx(di);
         }
-        self.runs += 1;
-        if self.runs == APPROX_RUN {
-            self.flush();
+        let (lo, hi) = w.split_at(CHUNK / 2);
+        let mut half = [0.0f32; CHUNK / 2];
+        for ((h, &x), &y) in half.iter_mut().zip(lo).zip(hi) {
+            *h = x + y;
         }
-    }
-
-    /// Moves the lanes into `sum`.
-    fn flush(&mut self) {
-        self.sum += self.lanes.iter().map(|&s| f64::from(s)).sum::<f64>();
-        self.lanes = [0.0; CHUNK];
-        self.runs = 0;
+        let (lo, hi) = half.split_at(CHUNK / 4);
+        for ((s, &x), &y) in self.sum.iter_mut().zip(lo).zip(hi) {
+            *s += f64::from(x + y);
+        }
     }
 
     /// The sum of everything added, and the bound on its relative error
     /// against the exact weights, for approximations within `error`.
-    fn total(mut self, error: f64) -> (f64, f64) {
-        self.flush();
+    fn total(self, error: f64) -> (f64, f64) {
         // Each weight is within `error` of its approximation plus a half
         // for its rounding; the sum of the approximations is within
         // SUM_ERROR of `sum`. 2^-30 covers their products and squares
         // (under 2^-31) and the rounding of this arithmetic (2^-50).
-        (self.sum, error + SUM_ERROR + 1.0 / 1_073_741_824.0)
+        let [a, b, c, d] = self.sum;
+        ((a + b) + (c + d), error + SUM_ERROR + 1.0 / 1_073_741_824.0)
     }
 }
 
@@ -1673,6 +1671,12 @@ fn mass_pass<S: SmallSum>(
     let mut total = 0u64;
     let mut marked = 0usize;
     for_each_run(logits, ov, |first, run| {
+        // The sums and the count in locals for the run: reached through
+        // the closure's captures, they went through memory at every chunk,
+        // since the stores to `scratch` might alias them for all the
+        // compiler can tell.
+        let mut sums = core::mem::take(small);
+        let mut count = marked;
         for (block, at) in run
             .chunks(CHUNK * BLOCK)
             .zip((first..).step_by(CHUNK * BLOCK))
@@ -1686,13 +1690,10 @@ fn mass_pass<S: SmallSum>(
                 // NaN never wins, so it neither marks nor weighs a chunk.
                 let top = chunk_max(&d);
                 // Written every time, kept only for a head chunk: no branch.
-                if let Some(slot) = back
-                    .checked_sub(marked + 1)
-                    .and_then(|i| scratch.get_mut(i))
-                {
+                if let Some(slot) = back.checked_sub(count + 1).and_then(|i| scratch.get_mut(i)) {
                     slot.id = start;
                 }
-                marked += usize::from(top >= cut);
+                count += usize::from(top >= cut);
                 if top > SMALL_CUT {
                     for quarter in d.chunks_exact(4) {
                         for (a, &di) in acc.iter_mut().zip(quarter) {
@@ -1700,14 +1701,16 @@ fn mass_pass<S: SmallSum>(
                         }
                     }
                 } else if top >= floor {
-                    small.add(&d, top);
+                    sums.add(&d, top);
                 } else {
-                    small.skip(top);
+                    sums.skip(top);
                 }
             }
             // Each lane is an exact non-negative integer below 2^53.
             total += acc.iter().map(|&a| a as u64).sum::<u64>();
         }
+        *small = sums;
+        marked = count;
     });
     (total, marked)
 }
