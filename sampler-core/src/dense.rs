@@ -2400,18 +2400,24 @@ pub(crate) mod tests {
                         // NaN beside the maximum must not hide it.
                         block[top_chunk * CHUNK + below_n(&mut s, CHUNK)] = f32::NAN;
                     }
-                    let want = block
-                        .iter()
-                        .fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a });
-                    let got = block_max(&block);
-                    // -0.0 and +0.0 tie, so either may come back.
-                    assert!(
-                        got == want && !got.is_nan(),
-                        "chunks {chunks} top {top_chunk} fill {fill}: {got} vs {want}"
-                    );
+                    let what = std::format!("chunks {chunks} top {top_chunk} fill {fill}");
+                    assert_plain_max(&block, block_max(&block), &what);
                 }
             }
         }
+    }
+
+    /// Asserts that `got` is the maximum of `values` as a plain fold from
+    /// -inf finds it, where NaN never wins.
+    fn assert_plain_max(values: &[f32], got: f32, what: &str) {
+        let want = values
+            .iter()
+            .fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a });
+        // -0.0 and +0.0 tie, so either may come back.
+        assert!(
+            got == want && !got.is_nan(),
+            "{what}: {got} vs {want} for {values:?}"
+        );
     }
 
     #[test]
@@ -2433,15 +2439,7 @@ pub(crate) mod tests {
                 chunk[round / 4 % CHUNK] = 9.0;
                 chunk[below_n(&mut s, CHUNK)] = f32::NAN;
             }
-            let want = chunk
-                .iter()
-                .fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a });
-            let got = chunk_max(&chunk);
-            // -0.0 and +0.0 tie, so either may come back.
-            assert!(
-                got == want && !got.is_nan(),
-                "round {round}: {got} vs {want} for {chunk:?}"
-            );
+            assert_plain_max(&chunk, chunk_max(&chunk), &std::format!("round {round}"));
         }
         assert_eq!(chunk_max(&[f32::NAN; CHUNK]), f32::NEG_INFINITY);
     }
