@@ -107,10 +107,12 @@ pub(crate) fn small_weight_bits(d: f32) -> u32 {
     (p * scale + TWO_23).to_bits()
 }
 
-/// A degree-3 polynomial within 7.6e-5 of `e^r`, relatively, for
-/// `|r| <= ln 2 / 2`: coefficients of `r^0` to `r^3`, fitted for the least
-/// largest relative error.
-const APPROX3: [f32; 4] = [0.999_928_24, 1.000_164_1, 0.504_957_84, 0.165_664_9];
+/// A degree-3 polynomial within 7.6e-5 of `2^f`, relatively, for
+/// `|f| <= 1/2`: coefficients of `f^0` to `f^3`, those of the polynomial
+/// for `e^r` on `|r| <= ln 2 / 2` fitted for the least largest relative
+/// error (0.999_928_24, 1.000_164_1, 0.504_957_84, 0.165_664_9), times
+/// `(ln 2)^i`.
+const APPROX3: [f32; 4] = [0.999_928_24, 0.693_260_9, 0.242_608_52, 0.055_170_495];
 
 /// Below this scaled difference [`small_weight_approx3`] may stand in for
 /// [`small_weight_approx`] in a bound: the weights there are under
@@ -125,8 +127,10 @@ pub(crate) const CHEAP_CUT: f32 = -10.0;
 pub(crate) const APPROX3_ERROR: f64 = 1.0 / 4096.0;
 
 /// `e^d * 2^30` to within [`APPROX3_ERROR`] relative, for `d < CHEAP_CUT`,
-/// -inf or NaN: [`small_weight_approx`] with a shorter polynomial and the
-/// range reduced in one step, which errs by under 10^-5 here.
+/// -inf or NaN: [`small_weight_approx`] with a shorter polynomial, in
+/// powers of two: `e^d = 2^y` with `y = d * log2(e)`, whose rounding errs
+/// by under 6e-6 here, split into an integer `n` and `f = y - n`, which is
+/// exact. One multiplication fewer than reducing `d` by `n * ln 2`.
 ///
 /// For bounds on a sum of weights, never for a weight itself.
 #[inline(always)]
@@ -134,12 +138,13 @@ pub(crate) fn small_weight_approx3(d: f32) -> f32 {
     let [c0, c1, c2, c3] = APPROX3;
     // NaN fails the comparison and lands on the floor, as in exp_det.
     let d = if d > EXP_FLOOR { d } else { EXP_FLOOR };
-    let k = d * LOG2E + ROUND_MAGIC;
+    let y = d * LOG2E;
+    let k = y + ROUND_MAGIC;
     let n = k - ROUND_MAGIC;
-    let r = d - n * core::f32::consts::LN_2;
-    let p = c3 * r + c2;
-    let p = p * r + c1;
-    let p = p * r + c0;
+    let f = y - n;
+    let p = c3 * f + c2;
+    let p = p * f + c1;
+    let p = p * f + c0;
     // n is in [-126, -14], so 2^(n + 30) is a normal float.
     p * f32::from_bits(((k.to_bits() as i32).wrapping_add(WEIGHT_EXP) << 23) as u32)
 }
