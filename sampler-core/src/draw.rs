@@ -3,7 +3,7 @@
 //! Input: the final survivors, their scale and a uniform `u` in `[0, 1)`.
 //! Output: the chosen survivor.
 //! Invariants: with integer weights `w` and total `W`, the target is
-//! `t = min(floor(u * W), W - 1)` (the product in f64), and the token chosen
+//! `t = min(floor(u * W), W - 1)` with the product exact, and the token chosen
 //! is the first, scanning in rank order (descending probability, ties by
 //! lower id), whose cumulative weight exceeds `t`. `u = 0` picks the top
 //! token; `u` just below 1 picks the last token of nonzero weight. The result
@@ -13,10 +13,32 @@ use crate::select::{mass, weighted_select, Weigh};
 use crate::Candidate;
 
 /// The cumulative-weight target for uniform `u` and total weight `total > 0`.
+///
+/// `floor(u * total)` in exact integer arithmetic: `u` is `m * 2^-s` with
+/// an integer `m` below 2^53, so the product is `m * total` (below 2^117)
+/// shifted right by `s`. A product in f64 would round to nearest first and
+/// could land on the next integer: for `u = k * 2^-53` with
+/// `3k = 2^54 - 1`, `u * 3` is `2 - 2^-53`, which rounds to 2.
 pub(crate) fn target(u: f64, total: u64) -> u64 {
-    // `as` truncates toward zero, which is floor for the non-negative product;
-    // the product can round up to `total` when `total` exceeds 2^53.
-    let t = (u * total as f64) as u64;
+    let t = if u >= 1.0 {
+        total
+    } else if u > 0.0 {
+        let bits = u.to_bits();
+        let exponent = (bits >> 52) & 0x7ff;
+        let fraction = bits & ((1u64 << 52) - 1);
+        // u = mantissa * 2^-shift; subnormals have no implicit bit.
+        let (mantissa, shift) = if exponent == 0 {
+            (fraction, 1074)
+        } else {
+            (fraction | (1u64 << 52), 1075 - exponent)
+        };
+        let product = u128::from(mantissa) * u128::from(total);
+        let shifted = product.checked_shr(shift as u32).unwrap_or(0);
+        u64::try_from(shifted).unwrap_or(u64::MAX)
+    } else {
+        // Zero, negative or NaN: the top token, as for u = 0.
+        0
+    };
     t.min(total.saturating_sub(1))
 }
 
@@ -64,6 +86,26 @@ mod tests {
         // u = 1 never comes from the generator; it checks the clamp.
         assert_eq!(target(1.0, 10), 9);
         assert_eq!(target(0.3, 0), 0);
+        assert_eq!(target(f64::NAN, 10), 0);
+        assert_eq!(target(f64::MIN_POSITIVE / 4.0, u64::MAX), 0);
+    }
+
+    #[test]
+    fn target_is_the_exact_floor() {
+        // u * 3 = 2 - 2^-53 exactly, which an f64 product rounds up to 2.
+        let u = 6_004_799_503_160_661.0 / 9_007_199_254_740_992.0;
+        assert_eq!(target(u, 3), 1);
+        // A total above 2^53: 16_943_133 tokens of weight 2^30.
+        let total = 16_943_133u64 << 30;
+        assert_eq!(
+            target(0.927_768_199_659_413_6, total),
+            16_878_469_854_003_199
+        );
+        // Exact halves and the largest u below 1.
+        assert_eq!(target(0.5, u64::MAX), u64::MAX / 2);
+        let below_one = 1.0 - f64::EPSILON / 2.0;
+        assert_eq!(target(below_one, 1 << 53), (1 << 53) - 1);
+        assert_eq!(target(below_one, u64::MAX), u64::MAX - (u64::MAX >> 53) - 1);
     }
 
     #[test]

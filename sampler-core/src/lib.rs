@@ -61,7 +61,7 @@
 //!   of tolerance ([`MIN_P_TOLERANCE`], in log space). 0 is off.
 //! - **Draw**: the generator gives `u = (next_u64 >> 11) * 2^-53` in
 //!   `[0, 1)` ([`Rng::next_unit`]); with total weight `W` the target is
-//!   `min(floor(u * W), W - 1)`, and the token drawn is the first, scanning
+//!   `min(floor(u * W), W - 1)`, in exact arithmetic, and the token drawn is the first, scanning
 //!   the survivors in rank order, whose cumulative weight exceeds it. `u = 0`
 //!   picks the top token. Every successful call makes exactly one draw,
 //!   greedy included, so seeded runs stay aligned step for step.
