@@ -13,7 +13,13 @@ fn main() -> ExitCode {
     let (cli, matches) = match parsed {
         Ok(parsed) => parsed,
         Err(e) => {
-            let args: Vec<String> = std::env::args().skip(1).collect();
+            // `args()` panics on an argument that is not UTF-8; clap has
+            // already said what is wrong with it, the lossy form only finds
+            // the subcommand.
+            let args: Vec<String> = std::env::args_os()
+                .skip(1)
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
             let e = cli::explain_unknown(&e, &args).unwrap_or(e);
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });

@@ -342,3 +342,37 @@ fn gpu_layers_need_a_gpu_build() {
     let run = talkback(&["chat", "hi", "--gpu-layers", "-0", "--render-only"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
 }
+
+#[cfg(unix)]
+#[test]
+fn arguments_that_are_not_utf8_are_usage_errors() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt as _;
+    let bad = OsStr::from_bytes(b"x\xffy");
+    let cases: [&[&OsStr]; 5] = [
+        &[OsStr::new("complete"), bad],
+        &[OsStr::new("chat"), OsStr::new("hi"), OsStr::new("--system"), bad],
+        &[OsStr::new("shape"), OsStr::new("--logits"), bad],
+        &[bad],
+        // A path may be any bytes; the other flag's error is the one shown.
+        &[
+            OsStr::new("complete"),
+            OsStr::new("hi"),
+            OsStr::new("--temp"),
+            OsStr::new("-5"),
+            OsStr::new("--trace"),
+            bad,
+        ],
+    ];
+    for args in cases {
+        let out = std::process::Command::new(talkback_tests::binary())
+            .args(args)
+            .output()
+            .expect("talkback runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
