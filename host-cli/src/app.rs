@@ -88,9 +88,11 @@ fn read_stdin(what: &str) -> Result<String> {
     })
 }
 
-/// Loads the model, then stops if Ctrl-C or SIGTERM came meanwhile.
+/// Loads the model, then stops if Ctrl-C or SIGTERM came meanwhile; from
+/// then on they stop the run instead of ending the process at once.
 pub fn load(args: &ModelArgs, verbose: u8) -> Result<Model> {
     let model = Model::load(args, verbose)?;
+    crate::signals::defer();
     if INTERRUPTED.load(Ordering::Relaxed) {
         return Err(Interrupted.into());
     }

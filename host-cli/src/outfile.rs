@@ -15,8 +15,29 @@
 use std::fs::File;
 use std::io::{self, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{Context as _, Result};
+
+/// Files that [`ReservedFile::open`] created and nothing has written yet.
+static UNWRITTEN: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Takes `path` off [`UNWRITTEN`].
+fn forget(path: &Path) {
+    if let Ok(mut paths) = UNWRITTEN.lock() {
+        paths.retain(|p| p != path);
+    }
+}
+
+/// Removes the files that opening created and nothing wrote, for a process
+/// about to end at once (see [`crate::signals`]).
+pub fn remove_unwritten() {
+    if let Ok(paths) = UNWRITTEN.lock() {
+        for path in paths.iter() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
 
 /// An output file, opened early and written once at the end.
 pub struct ReservedFile {
@@ -43,6 +64,11 @@ impl ReservedFile {
             .truncate(false)
             .open(path)
             .with_context(|| format!("cannot write {what} {}", path.display()))?;
+        if created {
+            if let Ok(mut paths) = UNWRITTEN.lock() {
+                paths.push(path.to_path_buf());
+            }
+        }
         Ok(Self {
             file,
             path: path.to_path_buf(),
@@ -66,6 +92,7 @@ impl ReservedFile {
         self.file.write_all(bytes)?;
         self.file.flush()?;
         self.written = true;
+        forget(&self.path);
         Ok(())
     }
 
@@ -78,6 +105,7 @@ impl ReservedFile {
     pub fn into_stream(mut self) -> io::Result<File> {
         self.empty()?;
         self.written = true;
+        forget(&self.path);
         self.file.try_clone()
     }
 
@@ -97,6 +125,7 @@ impl Drop for ReservedFile {
         // A run that ends without its output leaves no empty file behind.
         if self.created && !self.written {
             let _ = std::fs::remove_file(&self.path);
+            forget(&self.path);
         }
     }
 }

@@ -1,6 +1,10 @@
 //! Ctrl-C and termination requests.
 //!
-//! Both set [`INTERRUPTED`], which the generation loop and the prompt
+//! Until the model has loaded, either ends the process at once: nothing
+//! has been generated, and the process may be waiting where it never looks
+//! at a flag (opening a named pipe no one reads, reading a stdin that stays
+//! open). Output files that opening created are removed first. From then
+//! on both set [`INTERRUPTED`], which the generation loop and the prompt
 //! decode look at between tokens and batches, so that a run asked to stop
 //! still prints what it generated, its JSON summary and its trace. Ctrl-C
 //! (SIGINT) exits with 130. SIGTERM, as sent by `kill`, `timeout` or a
@@ -17,6 +21,9 @@ static TERMINATED: AtomicBool = AtomicBool::new(false);
 /// Set while the interactive chat waits for a line.
 static AT_PROMPT: AtomicBool = AtomicBool::new(false);
 
+/// Cleared once the model has loaded (see [`defer`]).
+static AT_ONCE: AtomicBool = AtomicBool::new(true);
+
 /// Exit status of a run stopped by Ctrl-C.
 const INTERRUPT_STATUS: u8 = 130;
 
@@ -26,7 +33,7 @@ const TERMINATE_STATUS: u8 = 143;
 /// Installs the handlers; returns a line for each that could not be installed.
 pub fn install() -> Vec<String> {
     let mut failed = Vec::new();
-    if let Err(e) = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::Relaxed)) {
+    if let Err(e) = ctrlc::set_handler(|| stop(INTERRUPT_STATUS)) {
         failed.push(format!("cannot install the Ctrl-C handler: {e}"));
     }
     #[cfg(unix)]
@@ -45,13 +52,44 @@ fn watch_terminate() -> std::io::Result<()> {
         .spawn(move || {
             for _ in signals.forever() {
                 TERMINATED.store(true, Ordering::Relaxed);
-                INTERRUPTED.store(true, Ordering::Relaxed);
-                if AT_PROMPT.load(Ordering::Relaxed) {
-                    leave_prompt();
-                }
+                stop(TERMINATE_STATUS);
             }
         })?;
     Ok(())
+}
+
+/// Takes a stop request, on the thread that watches for it: ends the
+/// process with `status` before the model has loaded or at the chat's
+/// prompt, and otherwise sets [`INTERRUPTED`] for the run to see.
+fn stop(status: u8) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+    #[cfg(unix)]
+    if AT_PROMPT.load(Ordering::Relaxed) {
+        leave_prompt(status);
+    }
+    if AT_ONCE.load(Ordering::Relaxed) {
+        crate::outfile::remove_unwritten();
+        exit_now(status);
+    }
+}
+
+/// Ends the process without running exit handlers: the main thread may be
+/// in the middle of a system call or of llama.cpp's loader.
+fn exit_now(status: u8) -> ! {
+    #[cfg(unix)]
+    {
+        signal_hook::low_level::exit(i32::from(status))
+    }
+    #[cfg(not(unix))]
+    {
+        std::process::exit(i32::from(status))
+    }
+}
+
+/// From now on a stop request only sets [`INTERRUPTED`]: the model has
+/// loaded, and the prompt decode and the generation look at it.
+pub fn defer() {
+    AT_ONCE.store(false, Ordering::Relaxed);
 }
 
 /// The terminal's settings before the line editor changed them.
@@ -65,7 +103,7 @@ static TERMINAL: std::sync::Mutex<Option<nix::sys::termios::Termios>> = std::syn
 /// out; the process leaves with `_exit`, running no exit handlers, since
 /// the main thread is still in the middle of its read.
 #[cfg(unix)]
-fn leave_prompt() -> ! {
+fn leave_prompt(status: u8) -> ! {
     use std::io::{IsTerminal, Write};
     if let Some(saved) = TERMINAL.lock().ok().and_then(|t| t.clone()) {
         let _ = nix::sys::termios::tcsetattr(
@@ -81,7 +119,7 @@ fn leave_prompt() -> ! {
             let _ = out.flush();
         }
     }
-    signal_hook::low_level::exit(i32::from(TERMINATE_STATUS))
+    signal_hook::low_level::exit(i32::from(status))
 }
 
 /// Whether SIGTERM asked the process to end.

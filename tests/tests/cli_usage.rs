@@ -351,7 +351,12 @@ fn arguments_that_are_not_utf8_are_usage_errors() {
     let bad = OsStr::from_bytes(b"x\xffy");
     let cases: [&[&OsStr]; 5] = [
         &[OsStr::new("complete"), bad],
-        &[OsStr::new("chat"), OsStr::new("hi"), OsStr::new("--system"), bad],
+        &[
+            OsStr::new("chat"),
+            OsStr::new("hi"),
+            OsStr::new("--system"),
+            bad,
+        ],
         &[OsStr::new("shape"), OsStr::new("--logits"), bad],
         &[bad],
         // A path may be any bytes; the other flag's error is the one shown.

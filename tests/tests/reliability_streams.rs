@@ -22,7 +22,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 
 use reliability_support::{
-    binary, command, interrupt, model, no_crash, talkback, terminate, wait, Tail,
+    binary, command, interrupt, model, no_crash, talkback, terminate, wait, Scratch, Tail,
 };
 
 #[test]
@@ -125,6 +125,71 @@ fn a_stderr_that_cannot_be_written_does_not_fail_the_run() {
         stdout.wait_for(0, "the whole text", |b| b.len() >= want.stdout.len());
         assert_eq!(stdout.bytes(), want.stdout, "closed pipe {closed}");
     }
+}
+
+/// Polls until `path` exists; fails the test after a while.
+fn wait_for_file(path: &std::path::Path) {
+    let started = std::time::Instant::now();
+    while !path.exists() {
+        assert!(
+            started.elapsed() < reliability_support::DEADLINE,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_stop_request_while_waiting_on_a_pipe_ends_the_run_at_once() {
+    // Opening a named pipe for writing waits for a reader, and a stdin
+    // that stays open keeps the read of the prompt waiting: neither looks
+    // at a flag, so before the model loads a stop request ends the run.
+    let dir = Scratch::new("pipe-wait");
+    let fifo = dir.join("dump.bin");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo failed");
+    let trace = dir.join("trace.json");
+    let path = |p: &std::path::Path| p.to_str().expect("UTF-8 temp path").to_owned();
+    let args = [
+        "complete".to_owned(),
+        "hi".to_owned(),
+        "-n".to_owned(),
+        "2".to_owned(),
+        "--trace".to_owned(),
+        path(&trace),
+        "--dump-logits".to_owned(),
+        path(&fifo),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = command(&args)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start talkback");
+    // The trace is opened (and created) before the dump.
+    wait_for_file(&trace);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    terminate(child.id());
+    let status = wait(&mut child);
+    assert_eq!(status.code(), Some(143), "{status}");
+    assert!(
+        !trace.exists(),
+        "the trace file this run created was left behind"
+    );
+
+    let mut child = command(&["complete", "-n", "2"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("start talkback");
+    let stdin = child.stdin.take();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    interrupt(&child);
+    let status = wait(&mut child);
+    drop(stdin);
+    assert_eq!(status.code(), Some(130), "{status}");
 }
 
 #[test]
