@@ -270,17 +270,15 @@ fn dump_file(gen: &GenerationArgs) -> Result<Option<ReservedFile>> {
         .transpose()
 }
 
-/// A generator for `model`, dumping logits into `dump` when given.
-fn generator(model: &Model, dump: Option<ReservedFile>) -> Result<Generator> {
+/// A generator for `model`, dumping logits into `dump` when given; the
+/// file is emptied at the first step's logits, not before.
+fn generator(model: &Model, dump: Option<ReservedFile>) -> Generator {
     let mut generator = Generator::new(model);
     if let Some(dump) = dump {
         let path = dump.path().to_path_buf();
-        let file = dump
-            .into_stream()
-            .with_context(|| format!("cannot write logits dump {}", path.display()))?;
-        generator.dump_logits(Box::new(io::BufWriter::new(file)), &path);
+        generator.dump_logits(Box::new(crate::outfile::LazyStream::new(dump)), &path);
     }
-    Ok(generator)
+    generator
 }
 
 /// Ends the output line, reports the finish on stderr, maps Ctrl-C to 130.
@@ -434,7 +432,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
         return Ok(());
     }
     let mut session = model.session(&args.model)?;
-    let mut generator = generator(&model, dump)?;
+    let mut generator = generator(&model, dump);
     if verbose > 0 {
         crate::note!("talkback: {}", settings.describe());
     }
@@ -526,7 +524,7 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
     let dump = dump_file(gen)?;
     let model = load(&args.model, verbose)?;
     let mut session = model.session(&args.model)?;
-    let mut generator = generator(&model, dump)?;
+    let mut generator = generator(&model, dump);
     if verbose > 0 {
         crate::note!("talkback: {}", settings.describe());
     }

@@ -4,7 +4,7 @@
 //! logits dump only once the model has loaded; a path that cannot be written
 //! must fail before the model even loads. The file is opened at once without
 //! touching its contents, replaced whole when it is finally written (or
-//! emptied when a dump starts streaming into it), and removed again if this
+//! emptied when a dump writes its first record), and removed again if this
 //! opening created it and the run ended before either.
 //!
 //! Before any of that, [`check_distinct`] makes sure that no output names a
@@ -117,6 +117,46 @@ impl ReservedFile {
             self.file.seek(SeekFrom::Start(0))?;
         }
         Ok(())
+    }
+}
+
+/// A reserved file that becomes a buffered stream at its first write, so
+/// that a run that fails before it (a prompt longer than the context)
+/// leaves the file as it found it.
+pub struct LazyStream {
+    reserved: Option<ReservedFile>,
+    stream: Option<io::BufWriter<File>>,
+}
+
+impl LazyStream {
+    /// Wraps `reserved`, untouched until the first write.
+    pub fn new(reserved: ReservedFile) -> Self {
+        Self {
+            reserved: Some(reserved),
+            stream: None,
+        }
+    }
+
+    fn stream(&mut self) -> io::Result<&mut io::BufWriter<File>> {
+        if let Some(reserved) = self.reserved.take() {
+            self.stream = Some(io::BufWriter::new(reserved.into_stream()?));
+        }
+        self.stream
+            .as_mut()
+            .ok_or_else(|| io::Error::other("the file could not be opened for streaming"))
+    }
+}
+
+impl io::Write for LazyStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream()?.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.stream.as_mut() {
+            Some(stream) => stream.flush(),
+            None => Ok(()),
+        }
     }
 }
 

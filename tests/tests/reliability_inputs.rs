@@ -616,6 +616,23 @@ fn a_logits_dump_that_cannot_be_written_fails_before_the_model_loads() {
     ]);
     runtime_error(&run, "does not exist");
     assert!(!fresh.exists(), "a refused run left a file");
+    // A run that fails after the model has loaded but before the first
+    // step's logits leaves an older file as it was.
+    let kept = scratch.write("kept.bin", b"precious\n");
+    let prompt = "a ".repeat(40);
+    let run = talkback(&[
+        "complete",
+        &prompt,
+        "-c",
+        "16",
+        "-n",
+        "2",
+        "--dump-logits",
+        arg(&kept),
+    ]);
+    runtime_error(&run, "but the context holds only 16");
+    let left = std::fs::read(&kept).expect("the older file");
+    assert_eq!(left, b"precious\n", "a run with no logits emptied the file");
     let old = scratch.write("old.f32", &[7; 1 << 20]);
     let run = talkback(&[
         "complete",
