@@ -648,7 +648,7 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
             Some(p) => anyhow!(
                 "trace {}: its prompt is {} tokens but its context holds only {}",
                 args.trace.display(),
-                p.tokens,
+                p.count(),
                 p.n_ctx
             ),
             None => e,

@@ -8,6 +8,7 @@ use std::io::IsTerminal;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
 
 use anyhow::{bail, Context as _, Result};
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -58,6 +59,11 @@ pub struct Model {
     eog: Vec<u32>,
     add_bos: bool,
     longest_piece: usize,
+    /// The context size asked for, in tokens: no text longer can be used.
+    ctx_size: usize,
+    /// The most bytes of text one token stands for, special tokens
+    /// included; found when a text first needs it.
+    longest_text: OnceLock<usize>,
 }
 
 impl Model {
@@ -147,6 +153,8 @@ impl Model {
             eog,
             add_bos,
             longest_piece,
+            ctx_size: args.ctx_size as usize,
+            longest_text: OnceLock::new(),
         })
     }
 
@@ -227,10 +235,69 @@ impl Model {
                 i32::MAX
             );
         }
+        self.check_fits(text, parse_special)?;
         Ok(self
             .model
             .vocab()
             .tokenize(text.as_bytes(), add_bos, parse_special))
+    }
+
+    /// Refuses, before tokenizing it, a text that takes more tokens than the
+    /// context holds whatever its tokenization.
+    ///
+    /// Tokenizing a huge text costs far more memory than the text (gigabytes
+    /// for a few megabytes of one repeated letter), only to be refused by
+    /// its token count. With the byte-level (`gpt2`) and SentencePiece
+    /// (`llama`) tokenizers every byte of the text is part of some token's
+    /// text, so a text of `b` bytes takes at least `b / L` tokens, `L` being
+    /// the longest text of one token. With `parse_special`, a special
+    /// token may swallow the whitespace next to it, so only bytes of other
+    /// characters count. Other tokenizers normalise the text (case, accents,
+    /// compatibility forms) and can shrink it, so they get no bound.
+    fn check_fits(&self, text: &str, parse_special: bool) -> Result<()> {
+        if text.len() <= self.ctx_size {
+            return Ok(());
+        }
+        let kind = self.model.meta_val_str("tokenizer.ggml.model");
+        if !matches!(kind.as_deref(), Ok("gpt2" | "llama")) {
+            return Ok(());
+        }
+        let counted = if parse_special {
+            text.chars()
+                .filter(|c| !c.is_whitespace())
+                .map(char::len_utf8)
+                .sum()
+        } else {
+            text.len()
+        };
+        let longest = self.longest_text().max(1);
+        let at_least = counted.div_ceil(longest);
+        if at_least > self.ctx_size {
+            return Err(PromptTooLong {
+                tokens: at_least,
+                n_ctx: self.ctx_size,
+                at_least: true,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The most bytes of text one token stands for, special tokens included.
+    fn longest_text(&self) -> usize {
+        *self.longest_text.get_or_init(|| {
+            let vocab = self.model.vocab();
+            let mut piece = Vec::new();
+            vocab
+                .tokens()
+                .map(|t| {
+                    piece.clear();
+                    vocab.token_to_piece_into(t, &mut piece, true, None);
+                    piece.len()
+                })
+                .max()
+                .unwrap_or(0)
+        })
     }
 
     /// Appends the bytes of one token's text to `out` (control tokens give nothing).
@@ -322,10 +389,23 @@ impl std::error::Error for ContextTooLong {}
 /// A prompt longer than the context; the interactive chat recovers from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PromptTooLong {
-    /// Length of the prompt, in tokens.
+    /// Length of the prompt, in tokens, or a lower bound on it.
     pub tokens: usize,
     /// Size of the context, in tokens.
     pub n_ctx: usize,
+    /// Whether `tokens` is a lower bound, found without tokenizing.
+    pub at_least: bool,
+}
+
+impl PromptTooLong {
+    /// "N" or "at least N".
+    pub fn count(&self) -> String {
+        if self.at_least {
+            format!("at least {}", self.tokens)
+        } else {
+            self.tokens.to_string()
+        }
+    }
 }
 
 impl std::fmt::Display for PromptTooLong {
@@ -334,7 +414,8 @@ impl std::fmt::Display for PromptTooLong {
             f,
             "the prompt is {} tokens but the context holds only {}; \
              raise --ctx-size or shorten the prompt",
-            self.tokens, self.n_ctx
+            self.count(),
+            self.n_ctx
         )
     }
 }
@@ -379,6 +460,7 @@ impl Session<'_> {
             return Err(PromptTooLong {
                 tokens: prompt.len(),
                 n_ctx: self.n_ctx,
+                at_least: false,
             }
             .into());
         }

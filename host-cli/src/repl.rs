@@ -133,7 +133,7 @@ pub fn run(template: &Template<'_>, turn: &mut dyn Turn, start: Vec<Message>) ->
                 crate::note!(
                     "talkback: the conversation is {} tokens with this message, more than \
                      the context of {}; it was not sent (/reset to start over)",
-                    full.tokens,
+                    full.count(),
                     full.n_ctx
                 );
                 continue;

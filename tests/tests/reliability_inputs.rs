@@ -219,6 +219,50 @@ fn prompt_longer_than_the_context() {
 }
 
 #[test]
+fn a_huge_prompt_is_refused_before_it_is_tokenized() {
+    // Sixteen megabytes of one letter took 11 s and 1.6 GB to tokenize
+    // before the count refused them; no token of the vocabulary stands for
+    // more than a few dozen bytes, so the size alone refuses them.
+    let prompt = vec![b'x'; 16 << 20];
+    let run = talkback_stdin(&["complete", "-c", "64", "-n", "2"], &prompt);
+    let line = runtime_error(&run, "the prompt is at least ");
+    assert!(
+        line.contains("tokens but the context holds only 64"),
+        "{line}"
+    );
+    // A template that renders a hundred million bytes, the same way.
+    let scratch = Scratch::new("huge-template");
+    let template = scratch.write("big.j2", b"{{ 'x' * 100000000 }}");
+    let run = talkback(&[
+        "chat",
+        "hi",
+        "--chat-template",
+        arg(&template),
+        "-c",
+        "64",
+        "-n",
+        "2",
+    ]);
+    runtime_error(&run, "the prompt is at least ");
+    // Whitespace next to a special token may vanish into it, so with
+    // special tokens parsed only the other characters count: this prompt
+    // is far more bytes than the bound allows, and is tokenized and
+    // counted instead.
+    let spaced = format!("{}<|im_end|>", " ".repeat(100_000));
+    let run = talkback(&[
+        "complete",
+        &spaced,
+        "--parse-special",
+        "-c",
+        "64",
+        "-n",
+        "1",
+    ]);
+    let line = runtime_error(&run, "but the context holds only 64");
+    assert!(!line.contains("at least"), "{line}");
+}
+
+#[test]
 fn empty_prompt() {
     for run in [
         talkback(&["complete", "", "-n", "2"]),
