@@ -635,6 +635,11 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
             })?;
     let mut generator = Generator::new(&model);
     let mut req = request(&settings, 0)?;
+    // A replay that goes on past the recorded steps has diverged already;
+    // one step more shows how, without generating to the end of the
+    // context first.
+    let past = u32::try_from(trace.steps.len() + 1).unwrap_or(u32::MAX);
+    req.n_predict = Some(req.n_predict.map_or(past, |n| n.min(past)));
     // Ctrl-C ended the recorded run between two steps, so its replay
     // regenerates the steps it recorded and stops there as it did.
     let interrupted = trace.finish_reason == Finish::Interrupted.as_str();

@@ -173,6 +173,17 @@ impl Trace {
                 path.display()
             );
         }
+        if let Some(cap) = trace
+            .settings
+            .n_predict
+            .filter(|&n| trace.steps.len() > n as usize)
+        {
+            bail!(
+                "trace {} records {} steps, more than its n_predict of {cap} lets a run make",
+                path.display(),
+                trace.steps.len()
+            );
+        }
         if Finish::from_name(&trace.finish_reason).is_none() {
             bail!(
                 "trace {} has an unknown finish reason {:?}",

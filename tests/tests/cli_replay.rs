@@ -383,3 +383,31 @@ fn a_trace_that_cannot_be_written_fails_before_generating() {
     ok(&tb(&["complete", STORY, "-n", "4", "--trace", old.arg()]));
     replays(&old, 4);
 }
+
+#[test]
+fn a_trace_with_more_steps_than_its_cap_is_refused() {
+    let (trace, mut t) = recorded();
+    t["settings"]["n_predict"] = 2.into();
+    t["finish_reason"] = "interrupted".into();
+    trace.write_json(&t);
+    let run = tb(&["replay", trace.arg()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("records 12 steps, more than its n_predict of 2 lets a run make"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_replay_stops_one_step_past_the_recorded_ones() {
+    // With no cap the run this trace claims would have gone on to the end
+    // of its context; the replay stops at the thirteenth token instead.
+    let (trace, mut t) = recorded();
+    t["settings"]["n_predict"] = Value::Null;
+    trace.write_json(&t);
+    diverges(&trace, "expected 12");
+    let run = tb(&["replay", trace.arg()]);
+    assert!(run.stderr.contains("got 13"), "{}", run.stderr);
+}
