@@ -122,7 +122,7 @@ pub struct PlotArgs {
 
     /// Temperatures to compare, comma-separated (each >= 0).
     #[arg(long, value_delimiter = ',', default_value = "0.8", value_parser = non_negative,
-          allow_negative_numbers = true)]
+          allow_hyphen_values = true)]
     pub temp: Vec<f32>,
 
     /// Top-k values to compare, comma-separated; 0 is off.
@@ -137,12 +137,12 @@ pub struct PlotArgs {
 
     /// Top-p values to compare, comma-separated (each 0..=1).
     #[arg(long, value_delimiter = ',', default_value = "0.1,0.5,0.9",
-          value_parser = unit_interval, allow_negative_numbers = true)]
+          value_parser = unit_interval, allow_hyphen_values = true)]
     pub top_p: Vec<f32>,
 
     /// Min-p values to compare, comma-separated (each 0..=1).
     #[arg(long, value_delimiter = ',', default_value = "0", value_parser = unit_interval,
-          allow_negative_numbers = true)]
+          allow_hyphen_values = true)]
     pub min_p: Vec<f32>,
 
     /// Tokens to generate per setting (>= 1).
@@ -279,14 +279,16 @@ pub struct ModelArgs {
 
 // Numeric flags accept a leading minus (`--temp -1`), so that an
 // out-of-range value is reported as such instead of as an unknown flag, and
-// negative penalties need no `=`. Every whole-number flag reads its value
+// negative penalties need no `=`. Float flags take any value that starts
+// with a minus, `-inf` and `-nan` included, so that those are reported by
+// the value's own check too. Every whole-number flag reads its value
 // through `whole`, so a spelling such as `-0` or `+5` means the same to all.
 
 /// The truncation stages and their order: all that shapes one distribution.
 #[derive(Debug, Args, Clone)]
 pub struct StageArgs {
     /// Temperature (>= 0, finite); 0 keeps only the most likely token (greedy).
-    #[arg(long, default_value_t = 0.8, value_parser = non_negative, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.8, value_parser = non_negative, allow_hyphen_values = true)]
     pub temp: f32,
 
     /// Keep only the K most likely tokens; 0 turns it off.
@@ -295,12 +297,12 @@ pub struct StageArgs {
 
     /// Keep the smallest set of tokens whose probability reaches P (0..=1); 1 is off.
     #[arg(long, default_value_t = 0.95, value_parser = unit_interval,
-          allow_negative_numbers = true)]
+          allow_hyphen_values = true)]
     pub top_p: f32,
 
     /// Drop tokens less likely than P times the most likely one (0..=1); 0 is off.
     #[arg(long, default_value_t = 0.05, value_parser = unit_interval,
-          allow_negative_numbers = true)]
+          allow_hyphen_values = true)]
     pub min_p: f32,
 
     /// Stage order: `talkback` (temperature first), `llama.cpp` (temperature
@@ -318,7 +320,7 @@ pub struct SamplingArgs {
     pub stages: StageArgs,
 
     /// Repetition penalty over the last tokens (> 0); 1 is off.
-    #[arg(long, default_value_t = 1.0, value_parser = positive, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1.0, value_parser = positive, allow_hyphen_values = true)]
     pub repeat_penalty: f32,
 
     /// How many recent generated tokens the penalties look at (0..=1024).
@@ -327,11 +329,11 @@ pub struct SamplingArgs {
     pub repeat_last_n: u32,
 
     /// Subtracted once from the logit of every token in the window; 0 is off.
-    #[arg(long, default_value_t = 0.0, value_parser = finite, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.0, value_parser = finite, allow_hyphen_values = true)]
     pub presence_penalty: f32,
 
     /// Subtracted from a token's logit per occurrence in the window; 0 is off.
-    #[arg(long, default_value_t = 0.0, value_parser = finite, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.0, value_parser = finite, allow_hyphen_values = true)]
     pub frequency_penalty: f32,
 
     /// Seed for the random draw [default: random, shown with -v].

@@ -381,3 +381,24 @@ fn arguments_that_are_not_utf8_are_usage_errors() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn negative_named_floats_are_values_not_flags() {
+    for (flag, value) in [
+        ("--temp", "-inf"),
+        ("--presence-penalty", "-inf"),
+        ("--temp", "-Infinity"),
+        ("--frequency-penalty", "-NaN"),
+        ("--top-p", "-nan"),
+        ("--repeat-penalty", "-inf"),
+    ] {
+        usage_error(
+            &["complete", "hi", flag, value],
+            &format!("invalid value '{value}' for '{flag} "),
+        );
+    }
+    usage_error(
+        &["plot", "hi", "--min-p", "0.1,-inf"],
+        "`-inf` must be a finite number",
+    );
+}
