@@ -68,8 +68,10 @@ pub struct ShapeArgs {
     #[arg(required_unless_present = "logits", conflicts_with = "logits")]
     pub prompt: Option<String>,
 
-    /// Logits given directly, comma-separated; no model is loaded.
-    #[arg(long, value_delimiter = ',', allow_hyphen_values = true, value_parser = parse_logit)]
+    /// Logits given directly, comma-separated; no model is loaded, so the
+    /// model and context flags are refused with it.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true, value_parser = parse_logit,
+          conflicts_with_all = ["model", "ctx_size", "batch_size", "threads", "gpu_layers"])]
     pub logits: Option<Vec<f32>>,
 
     /// Apply the model's chat template to the prompt (as `chat` does).

@@ -178,7 +178,8 @@ pub fn talkback_stdin(args: &[&str], stdin: Option<&[u8]>) -> Run {
     child.wait_with_output().expect("wait for talkback").into()
 }
 
-/// Runs `talkback` on one CPU thread.
+/// Runs `talkback` on one CPU thread (`shape --logits`, which loads no
+/// model and refuses `--threads`, as given).
 ///
 /// Two tests run at once on a two-core machine, and llama.cpp's default of
 /// one thread per core then makes every decode wait on the other process:
@@ -190,7 +191,12 @@ pub fn tb(args: &[&str]) -> Run {
 /// [`tb`] with bytes on stdin.
 pub fn tb_stdin(args: &[&str], stdin: Option<&[u8]>) -> Run {
     let mut all = args.to_vec();
-    all.extend(["--threads", "1"]);
+    let no_model = args
+        .iter()
+        .any(|a| *a == "--logits" || a.starts_with("--logits="));
+    if !no_model {
+        all.extend(["--threads", "1"]);
+    }
     talkback_stdin(&all, stdin)
 }
 

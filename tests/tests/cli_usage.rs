@@ -402,3 +402,20 @@ fn negative_named_floats_are_values_not_flags() {
         "`-inf` must be a finite number",
     );
 }
+
+#[test]
+fn shape_with_given_logits_refuses_the_model_flags() {
+    for (flag, value, named) in [
+        ("-m", "/nonexistent.gguf", "--model <PATH>"),
+        ("-c", "64", "--ctx-size"),
+        ("-t", "2", "--threads"),
+        ("-b", "8", "--batch-size"),
+    ] {
+        usage_error(
+            &["shape", "--logits", "1,2", flag, value],
+            &format!("the argument '--logits <LOGITS>' cannot be used with '{named}"),
+        );
+    }
+    let run = talkback(&["shape", "--logits", "1,2"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
