@@ -21,8 +21,19 @@ fn main() -> ExitCode {
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect();
             let e = cli::explain_unknown(&e, &args).unwrap_or(e);
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            let printed = e.print();
+            if e.use_stderr() {
+                return ExitCode::from(2);
+            }
+            // Help and version go to stdout: a reader that left early is
+            // fine, a stdout that cannot take them is a failure.
+            return match printed {
+                Err(why) if why.kind() != std::io::ErrorKind::BrokenPipe => {
+                    talkback::note!("talkback: cannot write to stdout: {why}");
+                    ExitCode::FAILURE
+                }
+                _ => ExitCode::SUCCESS,
+            };
         }
     };
     if let Err(e) = cli::check_stage_flags(&matches) {

@@ -57,7 +57,8 @@ fn mark(e: io::Error) -> io::Error {
     if e.kind() == io::ErrorKind::BrokenPipe {
         io::Error::new(io::ErrorKind::BrokenPipe, StdoutClosed)
     } else {
-        e
+        // A full disk or a device that refuses writes: say which stream.
+        io::Error::new(e.kind(), format!("cannot write to stdout: {e}"))
     }
 }
 

@@ -57,6 +57,33 @@ fn closing_stdout_after_ten_bytes_exits_zero_quietly() {
     }
 }
 
+#[cfg(target_os = "linux")]
+#[test]
+fn a_stdout_that_refuses_writes_is_a_failure_naming_stdout() {
+    for args in [
+        &["--help"][..],
+        &["--version"],
+        &["complete", "hi", "-n", "2", "--threads", "1"],
+    ] {
+        let full = std::fs::File::options()
+            .write(true)
+            .open("/dev/full")
+            .expect("open /dev/full");
+        let out = command(args)
+            .stdin(Stdio::null())
+            .stdout(full)
+            .output()
+            .expect("run talkback");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim_end(),
+            "talkback: cannot write to stdout: No space left on device (os error 28)",
+            "{args:?}"
+        );
+    }
+}
+
 #[test]
 fn a_broken_pipe_outside_stdout_is_a_failure_naming_the_file() {
     // The dump's reader leaves after one byte; the first record alone
