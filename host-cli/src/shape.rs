@@ -62,6 +62,17 @@ pub fn describe(config: &Config) -> String {
     )
 }
 
+/// A logit in at most nine characters, as the table's column is wide: as
+/// many of four decimals as fit, then three significant digits and an
+/// exponent.
+fn logit_cell(x: f32) -> String {
+    (0..=4)
+        .rev()
+        .map(|decimals| format!("{x:.decimals$}"))
+        .find(|plain| plain.len() <= 9)
+        .unwrap_or_else(|| format!("{x:.2e}"))
+}
+
 /// Runs the core's chain over `logits` and collects every row.
 ///
 /// # Errors
@@ -132,7 +143,7 @@ pub fn print_text(
     writeln!(out)?;
     for (id, logit, probs) in table.rows.iter().take(limit) {
         let text = piece(*id).map_or_else(String::new, |p| format!("{p:?}"));
-        write!(out, "{id:>7} {text:<14} {logit:>9.4}")?;
+        write!(out, "{id:>7} {text:<14} {:>9}", logit_cell(*logit))?;
         for p in probs {
             match p {
                 Some(p) => write!(out, " {:>8.3}", p * 100.0)?,
@@ -184,6 +195,20 @@ mod tests {
             top_p: 1.0,
             min_p: 0.0,
             ..Config::default()
+        }
+    }
+
+    #[test]
+    fn logits_fit_their_column() {
+        assert_eq!(logit_cell(3.4), "3.4000");
+        assert_eq!(logit_cell(-1234.5), "-1234.500");
+        assert_eq!(logit_cell(-123_456.5), "-123456.5");
+        assert_eq!(logit_cell(3.4e38), "3.40e38");
+        assert_eq!(logit_cell(-3.4e38), "-3.40e38");
+        assert_eq!(logit_cell(f32::NEG_INFINITY), "-inf");
+        assert_eq!(logit_cell(1e-7), "0.0000");
+        for x in [0.0f32, -99_999.9, 1e5, -1e30, f32::MAX, f32::MIN, f32::NAN] {
+            assert!(logit_cell(x).len() <= 9, "{x}: {}", logit_cell(x));
         }
     }
 
