@@ -15,6 +15,10 @@
 //! - a negative or NaN `{arch}.attention.layer_norm_rms_epsilon` (or
 //!   `layer_norm_epsilon`), which aborts on the first decode;
 //! - `tokenizer.ggml.model` set to `none`: the first tokenization aborts;
+//! - `tokenizer.ggml.model` set to `rwkv` on a model that is not an RWKV
+//!   one: its byte-level vocabulary sends llama.cpp's RWKV tokenizer into
+//!   a loop that fills memory on the first text that is not ASCII, and the
+//!   process aborts on the exception;
 //! - two tokens in `tokenizer.ggml.tokens` with the same text;
 //! - a one-dimensional tensor (a norm or bias) of any type but F32: the CPU
 //!   backend multiplies by it only in F32 and aborts on anything else.
@@ -435,6 +439,16 @@ fn check_values(kept: &[(Vec<u8>, Meta)]) -> Result<()> {
         return Ok(());
     };
     let arch = c_str(arch);
+    if let Some(Meta::Str(model)) = get(b"tokenizer.ggml.model") {
+        let rwkv = |name: &[u8]| name.windows(4).any(|w| w == b"rwkv");
+        if c_str(model) == b"rwkv" && !rwkv(arch) {
+            bail!(
+                "`tokenizer.ggml.model` is `rwkv`, which only RWKV models use, but the \
+                 architecture is `{}`",
+                String::from_utf8_lossy(arch)
+            );
+        }
+    }
     let key = |suffix: &str| [arch, suffix.as_bytes()].concat();
     if let Some(Meta::U32(n)) = get(&key(".block_count")) {
         if !(1..=MAX_LAYERS).contains(n) {
@@ -701,6 +715,31 @@ mod tests {
             assert!(err.contains("has no tokenizer"), "{name:?}: {err}");
         }
         run(build(&[("tokenizer.ggml.model", V::Str("gpt2"))], 1, F32)).expect("gpt2");
+    }
+
+    #[test]
+    fn the_rwkv_tokenizer_is_refused_outside_rwkv_models() {
+        let err = error(build(
+            &[
+                ("general.architecture", V::Str("llama")),
+                ("tokenizer.ggml.model", V::Str("rwkv")),
+            ],
+            1,
+            F32,
+        ));
+        assert!(
+            err.contains("`rwkv`, which only RWKV models use, but the architecture is `llama`"),
+            "{err}"
+        );
+        let rwkv = build(
+            &[
+                ("general.architecture", V::Str("rwkv6")),
+                ("tokenizer.ggml.model", V::Str("rwkv")),
+            ],
+            1,
+            F32,
+        );
+        run(rwkv).expect("an RWKV model with its own tokenizer");
     }
 
     #[test]

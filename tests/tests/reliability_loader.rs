@@ -17,6 +17,10 @@
 //!   tokens with the same text; and a one-dimensional tensor (a norm
 //!   weight) stored as anything but F32, which the CPU backend cannot
 //!   multiply by. The walk now refuses all five first.
+//! - `tokenizer.ggml.model` = `rwkv` on this llama model loads, and the
+//!   first text that is not ASCII sends llama.cpp's RWKV tokenizer into a
+//!   loop that fills memory until the process aborts; the walk refuses
+//!   the RWKV tokenizer outside RWKV architectures.
 //! - Many values llama.cpp accepts without complaint and runs with: a
 //!   changed context length, vocabulary size, BOS/EOS ids out of range,
 //!   token texts that are not UTF-8, broken merges. Those runs exit 0.
@@ -92,6 +96,10 @@ fn corruptions_llama_cpp_aborts_on_are_refused_first() {
             "`llama.attention.layer_norm_rms_epsilon` is -1",
         ),
         (vec![(tokenizer, b"none".to_vec())], "has no tokenizer"),
+        (
+            vec![(tokenizer, b"rwkv".to_vec())],
+            "`rwkv`, which only RWKV models use, but the architecture is `llama`",
+        ),
         (vec![(second.0, text)], "twice"),
         (
             vec![(norm, u32_bytes(1))],
