@@ -333,14 +333,28 @@ fn save_trace(
     .save(out)
 }
 
-fn chat_template<'m>(args: &ChatArgs, model: &'m Model) -> Result<Template<'m>> {
-    let Some(path) = &args.chat_template else {
+/// Reads the `--chat-template` file, if any, before the model loads: the
+/// read may wait (a named pipe), and until then a signal ends the run.
+fn chat_template_source(args: &ChatArgs) -> Result<Option<String>> {
+    args.chat_template
+        .as_deref()
+        .map(|path| {
+            crate::infile::read_text(path, crate::infile::MAX_TEXT)
+                .with_context(|| format!("cannot read chat template {}", path.display()))
+        })
+        .transpose()
+}
+
+fn chat_template<'m>(
+    args: &ChatArgs,
+    source: Option<&str>,
+    model: &'m Model,
+) -> Result<Template<'m>> {
+    let (Some(path), Some(source)) = (&args.chat_template, source) else {
         return Template::from_model(model, CHAT_WITHOUT_TEMPLATE);
     };
-    let source = crate::infile::read_text(path, crate::infile::MAX_TEXT)
-        .with_context(|| format!("cannot read chat template {}", path.display()))?;
     Template::new(
-        &source,
+        source,
         model.bos_text().unwrap_or_default(),
         model.eos_text().unwrap_or_default(),
     )
@@ -419,8 +433,9 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     check_outputs(gen, &args.model, &inputs)?;
     let trace_file = gen.trace.as_deref().map(TraceFile::open).transpose()?;
     let dump = dump_file(gen)?;
+    let source = chat_template_source(args)?;
     let model = load(&args.model, verbose)?;
-    let template = chat_template(args, &model)?;
+    let template = chat_template(args, source.as_deref(), &model)?;
     if let Some(prompt) = &prompt {
         messages.push(Message::new("user", prompt));
     }

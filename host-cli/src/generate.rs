@@ -341,12 +341,14 @@ impl Generator {
         let statistics = sink.statistics();
         let mut tokens = Vec::with_capacity(req.max_tokens(session.n_ctx()));
         let finish = loop {
-            if tokens.len() >= cap {
-                break Finish::Length;
-            }
-            // Without the whole prompt there are no logits to sample from.
+            // Without the whole prompt there are no logits to sample from;
+            // looked at before the cap, which may be 0 (a replay of a run
+            // interrupted before its first token).
             if !prefilled || INTERRUPTED.load(Ordering::Relaxed) {
                 break Finish::Interrupted;
+            }
+            if tokens.len() >= cap {
+                break Finish::Length;
             }
 
             if let Some((dump, path)) = self.dump.as_mut() {

@@ -6,7 +6,9 @@
 //! open). Output files that opening created are removed first. From then
 //! on both set [`INTERRUPTED`], which the generation loop and the prompt
 //! decode look at between tokens and batches, so that a run asked to stop
-//! still prints what it generated, its JSON summary and its trace. Ctrl-C
+//! still prints what it generated, its JSON summary and its trace; a
+//! second request while the first is pending ends the process at once, as
+//! the run may be stuck writing to a reader that stopped reading. Ctrl-C
 //! (SIGINT) exits with 130. SIGTERM, as sent by `kill`, `timeout` or a
 //! service manager, also ends the interactive chat, and exits with 143; at
 //! the chat's prompt nothing is in flight, so it exits at once.
@@ -59,15 +61,17 @@ fn watch_terminate() -> std::io::Result<()> {
 }
 
 /// Takes a stop request, on the thread that watches for it: ends the
-/// process with `status` before the model has loaded or at the chat's
-/// prompt, and otherwise sets [`INTERRUPTED`] for the run to see.
+/// process with `status` before the model has loaded, at the chat's
+/// prompt, or when a request is already pending (the run may be stuck in
+/// a write that a reader never takes), and otherwise sets [`INTERRUPTED`]
+/// for the run to see.
 fn stop(status: u8) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
+    let pending = INTERRUPTED.swap(true, Ordering::Relaxed);
     #[cfg(unix)]
     if AT_PROMPT.load(Ordering::Relaxed) {
         leave_prompt(status);
     }
-    if AT_ONCE.load(Ordering::Relaxed) {
+    if AT_ONCE.load(Ordering::Relaxed) || pending {
         crate::outfile::remove_unwritten();
         exit_now(status);
     }

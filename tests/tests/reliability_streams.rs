@@ -217,6 +217,132 @@ fn a_stop_request_while_waiting_on_a_pipe_ends_the_run_at_once() {
     let status = wait(&mut child);
     drop(stdin);
     assert_eq!(status.code(), Some(130), "{status}");
+
+    // The chat template is read before the model loads too.
+    let template = dir.join("template.j2");
+    let made = Command::new("mkfifo")
+        .arg(&template)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo failed");
+    let args = [
+        "chat".to_owned(),
+        "hi".to_owned(),
+        "--chat-template".to_owned(),
+        path(&template),
+        "--trace".to_owned(),
+        path(&trace),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = command(&args)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start talkback");
+    wait_for_file(&trace);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    interrupt(&child);
+    let status = wait(&mut child);
+    assert_eq!(status.code(), Some(130), "{status}");
+    assert!(
+        !trace.exists(),
+        "the trace file this run created was left behind"
+    );
+}
+
+#[test]
+fn a_second_stop_request_ends_a_run_stuck_in_a_write() {
+    // A reader that opens the pipe and never reads: the first step's
+    // logits (196,608 bytes) fill it, and the run waits in the write,
+    // where it cannot look at the first request.
+    let dir = Scratch::new("stuck-write");
+    let fifo = dir.join("dump.bin");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo failed");
+    let fifo = fifo.to_str().expect("UTF-8 temp path");
+    let mut reader = Command::new("sh")
+        .args(["-c", &format!("exec sleep 120 < '{fifo}'")])
+        .spawn()
+        .expect("start the reader");
+    let mut child = command(&[
+        "-v",
+        "complete",
+        "Once upon a time",
+        "-n",
+        "8",
+        "--threads",
+        "1",
+        "--dump-logits",
+        fifo,
+    ])
+    .stdin(Stdio::null())
+    .spawn()
+    .expect("start talkback");
+    let stderr = Tail::follow(child.stderr.take().expect("stderr"));
+    stderr.wait_for(0, "the model to load", |b| {
+        String::from_utf8_lossy(b).contains("tokens in vocabulary")
+    });
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    interrupt(&child);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    terminate(child.id());
+    let status = wait(&mut child);
+    let _ = reader.kill();
+    let _ = reader.wait();
+    assert_eq!(status.code(), Some(143), "{status}");
+}
+
+#[test]
+fn a_replay_stopped_during_the_prompt_of_a_run_with_no_steps_is_no_match() {
+    // A run interrupted before its first token records no step; its replay
+    // asks for none, and a stop during the replay's prompt used to end in
+    // "replay ok".
+    let scratch = Scratch::new("empty-replay");
+    let trace = scratch.join("run.json");
+    let prompt = "The quick brown fox jumps over the lazy dog. ".repeat(100);
+    let record = talkback(&[
+        "complete",
+        &prompt,
+        "-n",
+        "1",
+        "--threads",
+        "1",
+        "--seed",
+        "3",
+        "--trace",
+        trace.to_str().expect("UTF-8 temp path"),
+    ]);
+    assert_eq!(record.code, 0, "{}", record.stderr);
+    let text = std::fs::read_to_string(&trace).expect("the trace");
+    let mut t: serde_json::Value = serde_json::from_str(&text).expect("trace JSON");
+    t["steps"] = serde_json::Value::Array(Vec::new());
+    t["finish_reason"] = "interrupted".into();
+    // One token a batch: the prompt takes seconds, with a look at the
+    // request between two batches.
+    t["settings"]["batch_size"] = 1.into();
+    std::fs::write(&trace, t.to_string()).expect("write the trace");
+    let mut child = command(&[
+        "-v",
+        "replay",
+        trace.to_str().expect("UTF-8 temp path"),
+        "--threads",
+        "1",
+    ])
+    .stdin(Stdio::null())
+    .spawn()
+    .expect("start talkback");
+    let stdout = Tail::follow(child.stdout.take().expect("stdout"));
+    let stderr = Tail::follow(child.stderr.take().expect("stderr"));
+    stderr.wait_for(0, "the model to load", |b| {
+        String::from_utf8_lossy(b).contains("tokens in vocabulary")
+    });
+    terminate(child.id());
+    let status = wait(&mut child);
+    let out = String::from_utf8_lossy(&stdout.bytes()).into_owned();
+    assert_eq!(status.code(), Some(143), "{status}; stdout {out}");
+    assert!(!out.contains("replay ok"), "{out}");
 }
 
 #[test]
