@@ -43,6 +43,9 @@ pub fn remove_unwritten() {
 pub struct ReservedFile {
     file: File,
     path: PathBuf,
+    /// The file opening created, when it did: `path`, or the end of the
+    /// link `path` names.
+    made: PathBuf,
     /// Whether opening it created it.
     created: bool,
     written: bool,
@@ -64,14 +67,22 @@ impl ReservedFile {
             .truncate(false)
             .open(path)
             .with_context(|| format!("cannot write {what} {}", path.display()))?;
+        // Through a link to nowhere, opening created the file at its end;
+        // that file, not the link, is what a run cut short removes.
+        let made = if created {
+            link_end(path)
+        } else {
+            path.to_path_buf()
+        };
         if created {
             if let Ok(mut paths) = UNWRITTEN.lock() {
-                paths.push(path.to_path_buf());
+                paths.push(made.clone());
             }
         }
         Ok(Self {
             file,
             path: path.to_path_buf(),
+            made,
             created,
             written: false,
         })
@@ -92,7 +103,7 @@ impl ReservedFile {
         self.file.write_all(bytes)?;
         self.file.flush()?;
         self.written = true;
-        forget(&self.path);
+        forget(&self.made);
         Ok(())
     }
 
@@ -105,7 +116,7 @@ impl ReservedFile {
     pub fn into_stream(mut self) -> io::Result<File> {
         self.empty()?;
         self.written = true;
-        forget(&self.path);
+        forget(&self.made);
         self.file.try_clone()
     }
 
@@ -164,8 +175,8 @@ impl Drop for ReservedFile {
     fn drop(&mut self) {
         // A run that ends without its output leaves no empty file behind.
         if self.created && !self.written {
-            let _ = std::fs::remove_file(&self.path);
-            forget(&self.path);
+            let _ = std::fs::remove_file(&self.made);
+            forget(&self.made);
         }
     }
 }
@@ -206,6 +217,8 @@ fn identity(path: &Path) -> Option<Identity> {
         Ok(meta) if meta.is_file() => file_id(path, &meta).map(Identity::File),
         Ok(_) => None,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // A link to nowhere: writing creates the file it points to.
+            let path = link_end(path);
             let name = path.file_name()?;
             let folder = match path.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p,
@@ -215,6 +228,24 @@ fn identity(path: &Path) -> Option<Identity> {
         }
         Err(_) => None,
     }
+}
+
+/// Where a chain of symbolic links starting at `path` ends: the first path
+/// that is not a link (`path` itself when it is none). Gives up after 40
+/// links, as the system does.
+fn link_end(path: &Path) -> PathBuf {
+    let mut at = path.to_path_buf();
+    for _ in 0..40 {
+        let is_link = std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink());
+        let Some(target) = is_link.then(|| std::fs::read_link(&at).ok()).flatten() else {
+            break;
+        };
+        at = match at.parent() {
+            Some(folder) => folder.join(target),
+            None => target,
+        };
+    }
+    at
 }
 
 /// Refuses an output that names the same file as an input or an earlier

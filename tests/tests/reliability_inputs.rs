@@ -616,6 +616,49 @@ fn an_output_that_names_the_model_or_an_input_is_refused() {
     ];
     let run = talkback(&args);
     assert_eq!(run.code, 0, "{}", run.stderr);
+
+    // A link to a file not made yet names that file: a second output at
+    // its end is the same file, and a run that fails removes the file it
+    // made there, not the link.
+    let target = scratch.join("target.json");
+    let dangling = scratch.join("dangling.json");
+    std::os::unix::fs::symlink("target.json", &dangling).expect("link to nowhere");
+    let (target_arg, dangling_arg) = (arg(&target), arg(&dangling));
+    let args = [
+        "complete",
+        "hi",
+        "-n",
+        "2",
+        "--trace",
+        dangling_arg,
+        "--dump-logits",
+        target_arg,
+    ];
+    late_usage_error(
+        &talkback(&args),
+        &same(
+            "--dump-logits",
+            target_arg,
+            &format!("--trace {dangling_arg}"),
+        ),
+    );
+    let long = "a ".repeat(40);
+    let run = talkback(&[
+        "complete",
+        &long,
+        "-c",
+        "16",
+        "-n",
+        "2",
+        "--trace",
+        dangling_arg,
+    ]);
+    runtime_error(&run, "but the context holds only 16");
+    assert!(!target.exists(), "the file made at the link's end was left");
+    assert!(
+        std::fs::symlink_metadata(&dangling).is_ok(),
+        "the link itself was removed"
+    );
 }
 
 #[test]
