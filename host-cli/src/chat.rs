@@ -333,6 +333,9 @@ fn message_value(m: &Message) -> Value {
 /// message content as plain text, and a BOS only where the template did not
 /// already write one.
 pub fn tokenize(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
+    // Each part is checked as it is tokenized; the whole first, so that
+    // many parts that each fit are not tokenized only to be refused.
+    model.check_fits(&rendered.text, true)?;
     let mut tokens = Vec::new();
     let bos_written = model
         .bos_text()

@@ -61,9 +61,9 @@ pub struct Model {
     longest_piece: usize,
     /// The context size asked for, in tokens: no text longer can be used.
     ctx_size: usize,
-    /// The most bytes of text one token stands for, special tokens
-    /// included; found when a text first needs it.
-    longest_text: OnceLock<usize>,
+    /// What [`Model::check_fits`] needs of the vocabulary; found when a
+    /// text first needs it.
+    text_bound: OnceLock<TextBound>,
 }
 
 impl Model {
@@ -154,7 +154,7 @@ impl Model {
             add_bos,
             longest_piece,
             ctx_size: args.ctx_size as usize,
-            longest_text: OnceLock::new(),
+            text_bound: OnceLock::new(),
         })
     }
 
@@ -250,11 +250,16 @@ impl Model {
     /// its token count. With the byte-level (`gpt2`) and SentencePiece
     /// (`llama`) tokenizers every byte of the text is part of some token's
     /// text, so a text of `b` bytes takes at least `b / L` tokens, `L` being
-    /// the longest text of one token. With `parse_special`, a special
-    /// token may swallow the whitespace next to it, so only bytes of other
-    /// characters count. Other tokenizers normalise the text (case, accents,
+    /// the longest text of one token. With `parse_special`, in a vocabulary
+    /// where some special token swallows the whitespace next to it (an
+    /// `lstrip` or `rstrip` attribute), only bytes of other characters
+    /// count. Other tokenizers normalise the text (case, accents,
     /// compatibility forms) and can shrink it, so they get no bound.
-    fn check_fits(&self, text: &str, parse_special: bool) -> Result<()> {
+    ///
+    /// # Errors
+    ///
+    /// - [`PromptTooLong`], with a lower bound on the count.
+    pub fn check_fits(&self, text: &str, parse_special: bool) -> Result<()> {
         if text.len() <= self.ctx_size {
             return Ok(());
         }
@@ -262,15 +267,9 @@ impl Model {
         if !matches!(kind.as_deref(), Ok("gpt2" | "llama")) {
             return Ok(());
         }
-        let counted = if parse_special {
-            text.chars()
-                .filter(|c| !c.is_whitespace())
-                .map(char::len_utf8)
-                .sum()
-        } else {
-            text.len()
-        };
-        let longest = self.longest_text().max(1);
+        let bound = self.text_bound();
+        let counted = counted_bytes(text, parse_special && bound.strips);
+        let longest = bound.longest.max(1);
         let at_least = counted.div_ceil(longest);
         if at_least > self.ctx_size {
             return Err(PromptTooLong {
@@ -283,20 +282,25 @@ impl Model {
         Ok(())
     }
 
-    /// The most bytes of text one token stands for, special tokens included.
-    fn longest_text(&self) -> usize {
-        *self.longest_text.get_or_init(|| {
+    /// The vocabulary's [`TextBound`], found on first use.
+    fn text_bound(&self) -> TextBound {
+        *self.text_bound.get_or_init(|| {
+            use llama_cpp_2::token_type::LlamaTokenAttr;
             let vocab = self.model.vocab();
             let mut piece = Vec::new();
-            vocab
-                .tokens()
-                .map(|t| {
-                    piece.clear();
-                    vocab.token_to_piece_into(t, &mut piece, true, None);
-                    piece.len()
-                })
-                .max()
-                .unwrap_or(0)
+            let mut bound = TextBound {
+                longest: 0,
+                strips: false,
+            };
+            for t in vocab.tokens() {
+                piece.clear();
+                vocab.token_to_piece_into(t, &mut piece, true, None);
+                bound.longest = bound.longest.max(piece.len());
+                let attr = vocab.attr(t);
+                bound.strips |=
+                    attr.contains(LlamaTokenAttr::LStrip) || attr.contains(LlamaTokenAttr::RStrip);
+            }
+            bound
         })
     }
 
@@ -385,6 +389,28 @@ impl std::fmt::Display for ContextTooLong {
 }
 
 impl std::error::Error for ContextTooLong {}
+
+/// The bytes of `text` that some token's text must cover: all of them, or
+/// with `strips` only those of characters other than whitespace.
+fn counted_bytes(text: &str, strips: bool) -> usize {
+    if strips {
+        text.chars()
+            .filter(|c| !c.is_whitespace())
+            .map(char::len_utf8)
+            .sum()
+    } else {
+        text.len()
+    }
+}
+
+/// What bounds a text's token count from below (see [`Model::check_fits`]).
+#[derive(Debug, Clone, Copy)]
+struct TextBound {
+    /// The most bytes of text one token stands for, special tokens included.
+    longest: usize,
+    /// Whether a special token swallows the whitespace beside it.
+    strips: bool,
+}
 
 /// A prompt longer than the context; the interactive chat recovers from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -559,5 +585,15 @@ mod tests {
         assert_eq!(resolve(None, None), default);
         // `TALKBACK_MODEL=` in a shell means no choice, not a file named "".
         assert_eq!(resolve(None, Some("".into())), default);
+    }
+
+    #[test]
+    fn whitespace_counts_unless_a_special_token_may_swallow_it() {
+        let text = "  a\u{3000}é\t\n<|x|>  ";
+        assert_eq!(counted_bytes(text, false), text.len());
+        // "a", "é" (2 bytes) and "<|x|>" (5): the ideographic space
+        // (3 bytes) is whitespace too.
+        assert_eq!(counted_bytes(text, true), 8);
+        assert_eq!(counted_bytes("", true), 0);
     }
 }
