@@ -576,7 +576,7 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
     let path = resolve_path(args.model.as_deref());
     crate::gguf::check_file(&path)?;
     let sha = trace::sha256_file(&path)?;
-    if sha != trace.model_sha256 {
+    if !sha.eq_ignore_ascii_case(&trace.model_sha256) {
         bail!(
             "trace {} was recorded with model {} (SHA-256 {}), but {} has SHA-256 {sha}",
             args.trace.display(),

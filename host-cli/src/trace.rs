@@ -173,6 +173,13 @@ impl Trace {
                 path.display()
             );
         }
+        let sha = &trace.model_sha256;
+        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!(
+                "trace {}: `model_sha256` is not a SHA-256 (64 hexadecimal digits): {sha:?}",
+                path.display()
+            );
+        }
         if let Some(cap) = trace
             .settings
             .n_predict
@@ -358,7 +365,7 @@ mod tests {
         Trace {
             version: VERSION,
             talkback_version: "0".into(),
-            model_sha256: "00".into(),
+            model_sha256: "0".repeat(64),
             model_file: "m.gguf".into(),
             prompt: Prompt::Complete {
                 text: "hi".into(),

@@ -411,3 +411,25 @@ fn a_replay_stops_one_step_past_the_recorded_ones() {
     let run = tb(&["replay", trace.arg()]);
     assert!(run.stderr.contains("got 13"), "{}", run.stderr);
 }
+
+#[test]
+fn the_model_hash_is_read_in_either_case_and_must_be_one() {
+    let (trace, mut t) = recorded();
+    let sha = t["model_sha256"]
+        .as_str()
+        .expect("sha")
+        .to_ascii_uppercase();
+    t["model_sha256"] = sha.into();
+    trace.write_json(&t);
+    replays(&trace, 12);
+    t["model_sha256"] = "b179c9".into();
+    trace.write_json(&t);
+    let run = tb(&["replay", trace.arg()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("`model_sha256` is not a SHA-256 (64 hexadecimal digits): \"b179c9\""),
+        "{}",
+        run.stderr
+    );
+}
