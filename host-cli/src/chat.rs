@@ -45,11 +45,10 @@ impl Message {
 /// memory ran out) while leaving room for hundreds of megabytes of messages.
 pub const FUEL: u64 = 10_000_000;
 
-// Private-use characters that mark where a message's content starts and ends
-// in the rendered text. Templates pass content through, so the marks show
-// where user text lies without guessing.
-const OPEN: char = '\u{F8F0}';
-const CLOSE: char = '\u{F8F1}';
+/// The private-use characters that content marks are chosen from (see
+/// [`marks`]). Templates pass content through, so the marks show where user
+/// text lies without guessing.
+const MARKS: std::ops::RangeInclusive<u32> = 0xE000..=0xF8FF;
 
 /// Detail of the error `raise_exception` gives: a template that raises means
 /// it, so such an error never sends rendering to the fallback.
@@ -78,6 +77,20 @@ struct Builtin<'m> {
     warned: Cell<bool>,
 }
 
+/// A conversation the template cannot render into a prompt that keeps
+/// message text apart from control tokens; the interactive chat drops the
+/// message and goes on.
+#[derive(Debug)]
+pub struct Unsendable(pub String);
+
+impl std::fmt::Display for Unsendable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unsendable {}
+
 /// A rendered prompt: its text and which byte ranges are message content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendered {
@@ -85,6 +98,28 @@ pub struct Rendered {
     pub text: String,
     /// Byte ranges of `text` that hold message content.
     pub content: Vec<std::ops::Range<usize>>,
+    /// The messages' contents when the template cut a message where a mark
+    /// lay (`split('</think>')[-1]` keeps the end of a reply and drops its
+    /// opening mark), so that some message text may lie outside `content`;
+    /// empty otherwise. [`tokenize`] refuses such a prompt if any of them
+    /// holds text that reads as a control token.
+    pub unplaced: Vec<String>,
+}
+
+/// Two private-use characters, one after the other, that appear in no
+/// message and not in the template: the content marks for one render.
+fn marks(messages: &[Message], source: &str) -> Option<(char, char)> {
+    let mut used = std::collections::BTreeSet::new();
+    let texts = messages.iter().map(|m| m.content.as_str()).chain([source]);
+    for c in texts.flat_map(str::chars) {
+        if MARKS.contains(&u32::from(c)) {
+            used.insert(u32::from(c));
+        }
+    }
+    MARKS
+        .step_by(2)
+        .find(|&c| !used.contains(&c) && !used.contains(&(c + 1)))
+        .and_then(|c| Some((char::from_u32(c)?, char::from_u32(c + 1)?)))
 }
 
 impl<'m> Template<'m> {
@@ -197,21 +232,26 @@ impl<'m> Template<'m> {
             .map(|m| Message::new(&m.role, m.content.trim()))
             .collect();
         self.render_marked(&trimmed)?.ok_or_else(|| {
-            anyhow!(
+            Unsendable(
                 "the chat template rewrites message text, so user text \
                  cannot be kept apart from control tokens"
+                    .to_owned(),
             )
+            .into()
         })
     }
 
     /// Renders with content marks; `None` when the marks change the result.
     fn render_marked(&self, messages: &[Message]) -> Result<Option<Rendered>> {
         let plain = self.render_raw(messages)?;
+        let Some((open, close)) = marks(messages, &self.source) else {
+            return Ok(None);
+        };
         let marked: Vec<Message> = messages
             .iter()
             .map(|m| Message {
                 role: m.role.clone(),
-                content: format!("{OPEN}{}{CLOSE}", m.content),
+                content: format!("{open}{}{close}", m.content),
             })
             .collect();
         let with_marks = self.render_raw(&marked)?;
@@ -219,18 +259,32 @@ impl<'m> Template<'m> {
         let mut text = String::with_capacity(plain.len());
         let mut content = Vec::new();
         let mut start = None;
+        // A mark out of its pair: the template cut a message where it lay.
+        let mut cut = false;
         for ch in with_marks.chars() {
-            match ch {
-                OPEN => start = Some(text.len()),
-                CLOSE => {
-                    if let Some(s) = start.take() {
-                        content.push(s..text.len());
-                    }
+            if ch == open {
+                cut |= start.is_some();
+                start = Some(text.len());
+            } else if ch == close {
+                match start.take() {
+                    Some(s) => content.push(s..text.len()),
+                    None => cut = true,
                 }
-                _ => text.push(ch),
+            } else {
+                text.push(ch);
             }
         }
-        Ok((text == plain).then_some(Rendered { text, content }))
+        cut |= start.is_some();
+        let unplaced = if cut {
+            messages.iter().map(|m| m.content.clone()).collect()
+        } else {
+            Vec::new()
+        };
+        Ok((text == plain).then_some(Rendered {
+            text,
+            content,
+            unplaced,
+        }))
     }
 
     fn render_raw(&self, messages: &[Message]) -> Result<String> {
@@ -336,6 +390,20 @@ pub fn tokenize(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
     // Each part is checked as it is tokenized; the whole first, so that
     // many parts that each fit are not tokenized only to be refused.
     model.check_fits(&rendered.text, true)?;
+    // Text of a message the template cut lies partly among the template's
+    // own text, which is read with control tokens: that is harmless only
+    // if no message holds text that reads as one.
+    for (i, text) in rendered.unplaced.iter().enumerate() {
+        if model.tokenize(text, false, true)? != model.tokenize(text, false, false)? {
+            return Err(Unsendable(format!(
+                "the chat template cuts message {} where its bounds are marked, and the \
+                 message holds text that reads as a control token; it is not sent, so \
+                 that the text cannot act as one",
+                i + 1
+            ))
+            .into());
+        }
+    }
     let mut tokens = Vec::new();
     let bos_written = model
         .bos_text()
@@ -388,6 +456,49 @@ mod tests {
         );
         assert_eq!(r.content.len(), 1);
         assert_eq!(&r.text[r.content[0].clone()], "Hi");
+    }
+
+    #[test]
+    fn marks_avoid_every_private_use_character_in_the_input() {
+        let taken = Message::new("user", "a\u{E000}b\u{E003}");
+        assert_eq!(marks(&[taken], "x"), Some(('\u{E004}', '\u{E005}')));
+        assert_eq!(marks(&[], "\u{E001}"), Some(('\u{E002}', '\u{E003}')));
+        // Text that holds the marks of an earlier version is plain text.
+        let msg = "hello \u{F8F0} world \u{F8F1}";
+        let r = chatml()
+            .render(&[Message::new("user", msg)])
+            .expect("render");
+        assert_eq!(&r.text[r.content[0].clone()], msg);
+        assert!(r.unplaced.is_empty());
+    }
+
+    #[test]
+    fn a_template_that_cuts_a_message_where_a_mark_lies_is_flagged() {
+        // As thinking models' templates drop the reasoning of a reply.
+        let source = "{% for m in messages %}<|im_start|>{{ m.role }}\n\
+            {{ m.content.split('</think>')[-1] }}<|im_end|>\n{% endfor %}";
+        let t = Template::new(source, String::new(), String::new()).expect("parse");
+        let cut = t
+            .render(&[Message::new("assistant", "why</think>answer")])
+            .expect("render");
+        assert_eq!(cut.text, "<|im_start|>assistant\nanswer<|im_end|>\n");
+        assert!(cut.content.is_empty());
+        assert_eq!(cut.unplaced, ["why</think>answer"]);
+        let whole = t.render(&[Message::new("user", "plain")]).expect("render");
+        assert_eq!(&whole.text[whole.content[0].clone()], "plain");
+        assert!(whole.unplaced.is_empty());
+        // Reversed text turns the marks around.
+        let reversed = Template::new(
+            "{% for m in messages %}{{ m.content[::-1] }}{% endfor %}",
+            String::new(),
+            String::new(),
+        )
+        .expect("parse");
+        let r = reversed
+            .render(&[Message::new("user", "ab")])
+            .expect("render");
+        assert_eq!(r.text, "ba");
+        assert_eq!(r.unplaced, ["ab"]);
     }
 
     #[test]

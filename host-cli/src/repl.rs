@@ -119,9 +119,24 @@ pub fn run(template: &Template<'_>, turn: &mut dyn Turn, start: Vec<Message>) ->
         history.push(text.to_owned());
 
         messages.push(Message::new("user", text));
-        let rendered = template.render(&messages)?;
+        let rendered = match template.render(&messages) {
+            Ok(rendered) => rendered,
+            Err(e) => {
+                // The template refused this conversation (it raised, or it
+                // rewrites the text): the message is not sent, and the
+                // conversation before it stands.
+                messages.pop();
+                crate::note!("talkback: {e:#}; the message was not sent");
+                continue;
+            }
+        };
         let (reply, finish) = match turn.reply(&rendered) {
             Ok(done) => done,
+            Err(e) if e.chain().any(|c| c.is::<crate::chat::Unsendable>()) => {
+                messages.pop();
+                crate::note!("talkback: {e:#}");
+                continue;
+            }
             Err(e) => {
                 // A conversation that has outgrown the context ends no
                 // session: the message is not sent, and the user can
