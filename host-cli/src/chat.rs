@@ -38,6 +38,11 @@ impl Message {
     }
 }
 
+/// Largest chat template, in bytes. Real ones are a few kilobytes; the
+/// bound keeps the depth of a template's expressions within the stack the
+/// command runs on.
+pub const MAX_TEMPLATE: usize = 64 << 10;
+
 /// Work one render may do, in minijinja's fuel: about one unit per
 /// instruction and per 64 bytes of data made. Real chat templates use a few
 /// dozen units per message; the budget stops a template that loops or
@@ -137,6 +142,21 @@ impl<'m> Template<'m> {
     /// The template, and whether it parsed.
     fn compile(source: &str, bos: String, eos: String) -> (Self, Result<()>) {
         let mut env = Environment::new();
+        if source.len() > MAX_TEMPLATE {
+            let template = Self {
+                env,
+                parsed: false,
+                bos,
+                eos,
+                source: source.to_owned(),
+                fallback: None,
+            };
+            let e = anyhow!(
+                "the chat template is {} bytes; talkback takes templates of at most {MAX_TEMPLATE}",
+                source.len()
+            );
+            return (template, Err(e));
+        }
         env.set_fuel(Some(FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<(), JinjaError> {

@@ -436,3 +436,41 @@ fn a_template_that_cuts_message_text_cannot_turn_it_into_control_tokens() {
         run.text()
     );
 }
+
+#[test]
+fn deep_template_expressions_render_and_huge_templates_are_refused() {
+    // Twenty thousand minus signs overflowed the main thread's stack.
+    let minus = TempFile::with("minus.jinja", &format!("{{{{ {}1 }}}}", "-".repeat(60_000)));
+    let run = tb(&[
+        "chat",
+        "hi",
+        "--chat-template",
+        minus.arg(),
+        "--render-only",
+    ]);
+    ok(&run);
+    assert_eq!(run.text(), "1");
+    let filters = TempFile::with(
+        "filters.jinja",
+        &format!("{{{{ 1{} }}}}", "|abs".repeat(16_000)),
+    );
+    let run = tb(&[
+        "chat",
+        "hi",
+        "--chat-template",
+        filters.arg(),
+        "--render-only",
+    ]);
+    ok(&run);
+    assert_eq!(run.text(), "1");
+    let huge = TempFile::with("huge.jinja", &"x".repeat(70_000));
+    let run = tb(&["chat", "hi", "--chat-template", huge.arg(), "--render-only"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "the chat template is 70000 bytes; talkback takes templates of at most 65536"
+        ),
+        "{}",
+        run.stderr
+    );
+}
