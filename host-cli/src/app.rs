@@ -365,6 +365,9 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     let gen = &args.generation;
     let mut messages = Vec::new();
     if let Some(system) = &args.system {
+        if system.trim().is_empty() {
+            return Err(Usage::new("--system is empty: give the system turn's text").into());
+        }
         messages.push(Message::new("system", system));
     }
     if let Some(path) = &args.messages {
@@ -399,7 +402,8 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     if let Some(prompt) = &prompt {
         check_prompt(prompt, true)?;
     }
-    if args.messages.is_some() && prompt.is_none() && messages.iter().all(|m| m.role == "system") {
+    let answerable = |m: &Message| m.role == "user" || m.role == "assistant";
+    if args.messages.is_some() && prompt.is_none() && !messages.iter().any(answerable) {
         return Err(Usage::new(
             "nothing to answer: the --messages file holds no user or assistant turn \
              and no message was given",

@@ -236,34 +236,60 @@ impl<'m> Template<'m> {
 
     /// Renders `messages`, ending with the assistant's generation prompt.
     ///
-    /// Templates that trim message text are rendered with the text trimmed
-    /// beforehand, which gives the same prompt and keeps the content spans.
+    /// A template that trims the text of some roles' messages (a mark keeps
+    /// the spaces next to it from being trimmed) is rendered with those
+    /// messages trimmed beforehand: the roles are found by trying each set
+    /// of them, fewest first, until the prompt is the template's own.
     ///
     /// # Errors
     ///
     /// - the template fails to render (for example it raises an exception);
     /// - the template rewrites message content in a way that hides where it is.
     pub fn render(&self, messages: &[Message]) -> Result<Rendered> {
-        if let Some(rendered) = self.render_marked(messages)? {
-            return Ok(rendered);
+        let plain = self.render_raw(messages)?;
+        let mut roles: Vec<&str> = Vec::new();
+        for m in messages {
+            if !roles.contains(&m.role.as_str()) {
+                roles.push(&m.role);
+            }
         }
-        let trimmed: Vec<Message> = messages
-            .iter()
-            .map(|m| Message::new(&m.role, m.content.trim()))
-            .collect();
-        self.render_marked(&trimmed)?.ok_or_else(|| {
-            Unsendable(
-                "the chat template rewrites message text, so user text \
-                 cannot be kept apart from control tokens"
-                    .to_owned(),
-            )
-            .into()
-        })
+        // Every set of roles while there are few; otherwise none or all.
+        let sets: Vec<u32> = if roles.len() <= 4 {
+            let mut sets: Vec<u32> = (0..1u32 << roles.len()).collect();
+            sets.sort_by_key(|set| set.count_ones());
+            sets
+        } else {
+            vec![0, u32::MAX]
+        };
+        for set in sets {
+            let trimmed = |role: &str| {
+                roles
+                    .iter()
+                    .position(|&r| r == role)
+                    .is_some_and(|i| set >> i & 1 == 1)
+            };
+            let candidate: Vec<Message> = messages
+                .iter()
+                .map(|m| match trimmed(&m.role) {
+                    true => Message::new(&m.role, m.content.trim()),
+                    false => m.clone(),
+                })
+                .collect();
+            if let Some(rendered) = self.render_marked(&candidate, &plain)? {
+                return Ok(rendered);
+            }
+        }
+        Err(Unsendable(
+            "the chat template rewrites message text, so user text \
+             cannot be kept apart from control tokens"
+                .to_owned(),
+        )
+        .into())
     }
 
-    /// Renders with content marks; `None` when the marks change the result.
-    fn render_marked(&self, messages: &[Message]) -> Result<Option<Rendered>> {
-        let plain = self.render_raw(messages)?;
+    /// Renders with content marks; `None` unless the result, marks taken
+    /// out, is `plain`.
+    fn render_marked(&self, messages: &[Message], plain: &str) -> Result<Option<Rendered>> {
         let Some((open, close)) = marks(messages, &self.source) else {
             return Ok(None);
         };
@@ -300,7 +326,7 @@ impl<'m> Template<'m> {
         } else {
             Vec::new()
         };
-        Ok((text == plain).then_some(Rendered {
+        Ok((text == *plain).then_some(Rendered {
             text,
             content,
             unplaced,
@@ -321,8 +347,11 @@ impl<'m> Template<'m> {
             // A template that raised or ran out of fuel was rendered as
             // written; another template would hide that, not mend it.
             (Err(e), _) if e.kind() == ErrorKind::OutOfFuel => Err(anyhow!(
-                "the chat template failed to render: it ran out of its budget of \
-                 {FUEL} steps; does it loop without end?"
+                "the chat template failed to render {} message{}: it ran out of its \
+                 budget of {FUEL} steps; does it loop without end, or is the \
+                 conversation far longer than any context?",
+                messages.len(),
+                if messages.len() == 1 { "" } else { "s" }
             )),
             (Err(e), Some(fallback)) if !raised(&e) => {
                 fallback.warn(&anyhow!("the chat template failed to render: {e}"));
@@ -570,6 +599,24 @@ mod tests {
             .expect("render");
         assert_eq!(r.text, "[x y]");
         assert_eq!(&r.text[r.content[0].clone()], "x y");
+        // A template that trims one role's text leaves the others' alone.
+        let t = Template::new(
+            "{% for m in messages %}[{{ m.role }}:{% if m.role == 'assistant' %}\
+             {{ m.content | trim }}{% else %}{{ m.content }}{% endif %}]{% endfor %}",
+            String::new(),
+            String::new(),
+        )
+        .expect("parse");
+        let r = t
+            .render(&[
+                Message::new("user", "  hi  "),
+                Message::new("assistant", " a "),
+                Message::new("user", "  next  "),
+            ])
+            .expect("render");
+        assert_eq!(r.text, "[user:  hi  ][assistant:a][user:  next  ]");
+        let spans: Vec<&str> = r.content.iter().map(|c| &r.text[c.clone()]).collect();
+        assert_eq!(spans, ["  hi  ", "a", "  next  "]);
     }
 
     #[test]

@@ -182,7 +182,9 @@ fn empty_turns_and_a_file_with_nothing_to_answer_are_refused() {
         run.stderr
     );
 
-    for turns in ["[]", r#"[{"role": "system", "content": "Be brief."}]"#] {
+    let system = r#"[{"role": "system", "content": "Be brief."}]"#;
+    let tool = r#"[{"role": "tool", "content": "42"}]"#;
+    for turns in ["[]", system, tool] {
         let file = TempFile::with("nothing.json", turns);
         let run = tb(&["chat", "--messages", file.arg(), "-n", "3"]);
         assert_eq!(run.code, 2, "{turns}: {}", run.stderr);
@@ -191,6 +193,12 @@ fn empty_turns_and_a_file_with_nothing_to_answer_are_refused() {
         // A message given as well is something to answer.
         let got = render(&["--messages", file.arg(), "Hello"]);
         assert!(got.ends_with("<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"));
+    }
+    // An empty --system is refused as an empty system turn in a file is.
+    for system in ["", "  \n"] {
+        let run = tb(&["chat", "Hi", "--system", system, "--render-only"]);
+        assert_eq!(run.code, 2, "{system:?}: {}", run.stderr);
+        assert!(run.stderr.contains("--system is empty"), "{}", run.stderr);
     }
 }
 

@@ -401,7 +401,7 @@ fn chat_template_that_never_ends() {
     let run = talkback(&["chat", "hi", "--render-only", "--chat-template", arg(&path)]);
     runtime_error(
         &run,
-        "the chat template failed to render: it ran out of its budget",
+        "the chat template failed to render 1 message: it ran out of its budget",
     );
 }
 
