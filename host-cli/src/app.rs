@@ -738,6 +738,14 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
         args.min_p.len() > 1,
     ];
     let show_all = !varies.iter().any(|&v| v);
+    // The settings no line differs in, named once in the title.
+    let fixed_values = [
+        (!varies[0]).then(|| format!("temp {}", args.temp.first().copied().unwrap_or(0.8))),
+        (!varies[1]).then(|| format!("top-k {}", args.top_k.first().copied().unwrap_or(0))),
+        (!varies[2]).then(|| format!("top-p {}", args.top_p.first().copied().unwrap_or(1.0))),
+        (!varies[3]).then(|| format!("min-p {}", args.min_p.first().copied().unwrap_or(0.0))),
+    ];
+    let fixed: Vec<String> = fixed_values.into_iter().flatten().collect();
     let mut configs = Vec::new();
     for &temp in &args.temp {
         for &top_k in &args.top_k {
@@ -806,7 +814,15 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
         })
         .collect();
     let series = crate::plot::collect(&model, &mut session, &tokens, &runs)?;
-    let title = format!("Tokens to draw from per step (seed {})", args.seed);
+    let title = if show_all {
+        format!("Tokens to draw from per step (seed {})", args.seed)
+    } else {
+        format!(
+            "Tokens to draw from per step (seed {}; {})",
+            args.seed,
+            fixed.join(", ")
+        )
+    };
     // stdout carries the chart itself; a note would only be noise there.
     let to_stdout = out.is_stdout();
     crate::plot::draw(out, &title, &series)?;

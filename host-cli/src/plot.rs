@@ -169,6 +169,9 @@ where
 
 type DrawResult = std::result::Result<(), DrawingAreaErrorKind<io::Error>>;
 
+/// Height of one legend entry, in pixels, with room to spare.
+const LEGEND_LINE: u32 = 20;
+
 fn render(svg: &mut String, title: &str, series: &[Series]) -> DrawResult {
     let steps = series
         .iter()
@@ -183,7 +186,9 @@ fn render(svg: &mut String, title: &str, series: &[Series]) -> DrawResult {
         .unwrap_or(1)
         .max(1);
 
-    let root = SVGBackend::with_string(svg, (960, 540)).into_drawing_area();
+    // Tall enough for the legend, a line per series inside the plot area.
+    let height = 540.max(160 + LEGEND_LINE * u32::try_from(series.len()).unwrap_or(u32::MAX / 64));
+    let root = SVGBackend::with_string(svg, (960, height)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
@@ -198,13 +203,13 @@ fn render(svg: &mut String, title: &str, series: &[Series]) -> DrawResult {
         .draw()?;
     for (i, s) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
+        let points = || s.sizes.iter().enumerate().map(|(x, &y)| (x, y));
         chart
-            .draw_series(LineSeries::new(
-                s.sizes.iter().enumerate().map(|(x, &y)| (x, y)),
-                color.stroke_width(2),
-            ))?
+            .draw_series(LineSeries::new(points(), color.stroke_width(2)))?
             .label(s.label.clone())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
+        // A dot at every step: a line of one step draws nothing alone.
+        chart.draw_series(points().map(|p| Circle::new(p, 3, color.filled())))?;
     }
     chart
         .configure_series_labels()
@@ -253,6 +258,38 @@ mod tests {
         assert!(render(&mut svg, "title", &series).is_ok());
         for text in ["title", Y_LABEL, "min-p 0.1", "min-p 0.2"] {
             assert!(svg.contains(text), "{text} missing");
+        }
+        // A dot per step: five in all.
+        assert_eq!(svg.matches("<circle").count(), 5);
+    }
+
+    #[test]
+    fn one_step_shows_and_every_legend_entry_fits() {
+        let series: Vec<Series> = (0..99)
+            .map(|i| Series {
+                label: format!("top-p 0.{i:02}"),
+                sizes: vec![i + 1],
+            })
+            .collect();
+        let mut svg = String::new();
+        assert!(render(&mut svg, "title", &series).is_ok());
+        assert_eq!(svg.matches("<circle").count(), 99);
+        let attr = |tag: &str, name: &str| -> Option<f64> {
+            let at = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+            tag.get(at..)?.split('"').next()?.parse().ok()
+        };
+        let height = svg
+            .split("<svg")
+            .nth(1)
+            .and_then(|tag| attr(tag, "height"))
+            .expect("the chart's height");
+        for (i, s) in series.iter().enumerate() {
+            let tag = svg
+                .split("<text")
+                .find(|t| t.contains(&format!(">\n{}\n<", s.label)))
+                .unwrap_or_else(|| panic!("legend entry {i} missing"));
+            let y = attr(tag, "y").expect("y");
+            assert!(y > 0.0 && y + 12.0 < height, "entry {i} at {y} of {height}");
         }
     }
 }

@@ -597,7 +597,7 @@ fn plot_draws_one_labelled_line_per_top_p() {
         chart
             .texts
             .iter()
-            .any(|t| t == "Tokens to draw from per step (seed 0)"),
+            .any(|t| t == "Tokens to draw from per step (seed 0; temp 0.8, top-k 0, min-p 0)"),
         "{:?}",
         chart.texts
     );
