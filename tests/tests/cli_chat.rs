@@ -164,10 +164,11 @@ fn a_role_that_is_not_a_name_is_refused_before_it_reaches_the_prompt() {
         "roles.jinja",
         "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}",
     );
-    let turns = r#"[{"role": "tool", "content": "42"}, {"role": "tool_call-2", "content": "x"}]"#;
+    let turns = r#"[{"role": "user", "content": "q"}, {"role": "tool", "content": "42"},
+        {"role": "tool_call-2", "content": "x"}]"#;
     let file = TempFile::with("names.json", turns);
     let got = render(&["--messages", file.arg(), "--chat-template", template.arg()]);
-    assert_eq!(got, "[tool] 42\n[tool_call-2] x\n");
+    assert_eq!(got, "[user] q\n[tool] 42\n[tool_call-2] x\n");
 }
 
 #[test]
