@@ -333,32 +333,34 @@ fn save_trace(
     .save(out)
 }
 
-/// Reads the `--chat-template` file, if any, before the model loads: the
-/// read may wait (a named pipe), and until then a signal ends the run.
-fn chat_template_source(args: &ChatArgs) -> Result<Option<String>> {
+/// Reads and compiles the `--chat-template` file, if any, before the model
+/// loads: the read may wait (a named pipe) and compiling a deeply nested
+/// template takes seconds, and until the model loads a signal ends the run.
+fn chat_template_file(args: &ChatArgs) -> Result<Option<Template<'static>>> {
     args.chat_template
         .as_deref()
         .map(|path| {
-            crate::infile::read_text(path, crate::infile::MAX_TEXT)
-                .with_context(|| format!("cannot read chat template {}", path.display()))
+            let source = crate::infile::read_text(path, crate::infile::MAX_TEXT)
+                .with_context(|| format!("cannot read chat template {}", path.display()))?;
+            Template::new(&source, String::new(), String::new())
+                .with_context(|| format!("chat template {}", path.display()))
         })
         .transpose()
 }
 
-fn chat_template<'m>(
-    args: &ChatArgs,
-    source: Option<&str>,
-    model: &'m Model,
-) -> Result<Template<'m>> {
-    let (Some(path), Some(source)) = (&args.chat_template, source) else {
-        return Template::from_model(model, CHAT_WITHOUT_TEMPLATE);
-    };
-    Template::new(
-        source,
-        model.bos_text().unwrap_or_default(),
-        model.eos_text().unwrap_or_default(),
-    )
-    .with_context(|| format!("chat template {}", path.display()))
+/// The `--chat-template` file's template given the model's BOS and EOS
+/// texts, or the model's own.
+fn chat_template<'m>(file: Option<Template<'static>>, model: &'m Model) -> Result<Template<'m>> {
+    match file {
+        Some(mut template) => {
+            template.set_tokens(
+                model.bos_text().unwrap_or_default(),
+                model.eos_text().unwrap_or_default(),
+            );
+            Ok(template)
+        }
+        None => Template::from_model(model, CHAT_WITHOUT_TEMPLATE),
+    }
 }
 
 fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
@@ -437,9 +439,9 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     check_outputs(gen, &args.model, &inputs)?;
     let trace_file = gen.trace.as_deref().map(TraceFile::open).transpose()?;
     let dump = dump_file(gen)?;
-    let source = chat_template_source(args)?;
+    let file = chat_template_file(args)?;
     let model = load(&args.model, verbose)?;
-    let template = chat_template(args, source.as_deref(), &model)?;
+    let template = chat_template(file, &model)?;
     if let Some(prompt) = &prompt {
         messages.push(Message::new("user", prompt));
     }
@@ -814,7 +816,7 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
         })
         .collect();
     let series = crate::plot::collect(&model, &mut session, &tokens, &runs)?;
-    let title = if show_all {
+    let title = if show_all || fixed.is_empty() {
         format!("Tokens to draw from per step (seed {})", args.seed)
     } else {
         format!(

@@ -103,16 +103,22 @@ pub struct Rendered {
     pub text: String,
     /// Byte ranges of `text` that hold message content.
     pub content: Vec<std::ops::Range<usize>>,
-    /// The messages' contents when the template cut a message where a mark
-    /// lay (`split('</think>')[-1]` keeps the end of a reply and drops its
-    /// opening mark), so that some message text may lie outside `content`;
-    /// empty otherwise. [`tokenize`] refuses such a prompt if any of them
-    /// holds text that reads as a control token.
-    pub unplaced: Vec<String>,
+    /// When some message is not found whole and in place between its marks
+    /// (the template cut it where a mark lay, as `split('</think>')[-1]`
+    /// does, took a piece of it, or rewrote it), the same conversation
+    /// rendered with every message's text replaced by [`NEUTRAL`]: message
+    /// text may then lie among the template's own, and [`tokenize`] sends
+    /// the prompt only if the template's text holds the same control tokens
+    /// in both. `None` when every message is in place.
+    pub neutral: Option<Box<Rendered>>,
 }
 
-/// Two private-use characters, one after the other, that appear in no
-/// message and not in the template: the content marks for one render.
+/// The text every message holds in the render that [`Rendered::neutral`]
+/// keeps: a letter, which no template turns into a control token.
+const NEUTRAL: &str = "x";
+
+/// Two private-use characters that appear in no message and not in the
+/// template: the content marks for one render.
 fn marks(messages: &[Message], source: &str) -> Option<(char, char)> {
     let mut used = std::collections::BTreeSet::new();
     let texts = messages.iter().map(|m| m.content.as_str()).chain([source]);
@@ -121,10 +127,10 @@ fn marks(messages: &[Message], source: &str) -> Option<(char, char)> {
             used.insert(u32::from(c));
         }
     }
-    MARKS
-        .step_by(2)
-        .find(|&c| !used.contains(&c) && !used.contains(&(c + 1)))
-        .and_then(|c| Some((char::from_u32(c)?, char::from_u32(c + 1)?)))
+    let mut free = MARKS
+        .filter(|c| !used.contains(c))
+        .filter_map(char::from_u32);
+    Some((free.next()?, free.next()?))
 }
 
 impl<'m> Template<'m> {
@@ -137,6 +143,13 @@ impl<'m> Template<'m> {
         let (template, parsed) = Self::compile(source, bos, eos);
         parsed?;
         Ok(template)
+    }
+
+    /// Sets the BOS and EOS texts the template sees as `bos_token` and
+    /// `eos_token`.
+    pub fn set_tokens(&mut self, bos: String, eos: String) {
+        self.bos = bos;
+        self.eos = eos;
     }
 
     /// The template, and whether it parsed.
@@ -253,13 +266,15 @@ impl<'m> Template<'m> {
                 roles.push(&m.role);
             }
         }
-        // Every set of roles while there are few; otherwise none or all.
+        // Every set of roles while there are few; otherwise none, each
+        // role alone, and all.
         let sets: Vec<u32> = if roles.len() <= 4 {
             let mut sets: Vec<u32> = (0..1u32 << roles.len()).collect();
             sets.sort_by_key(|set| set.count_ones());
             sets
         } else {
-            vec![0, u32::MAX]
+            let single = (0..roles.len().min(31)).map(|i| 1u32 << i);
+            [0].into_iter().chain(single).chain([u32::MAX]).collect()
         };
         for set in sets {
             let trimmed = |role: &str| {
@@ -291,7 +306,13 @@ impl<'m> Template<'m> {
     /// out, is `plain`.
     fn render_marked(&self, messages: &[Message], plain: &str) -> Result<Option<Rendered>> {
         let Some((open, close)) = marks(messages, &self.source) else {
-            return Ok(None);
+            return Err(Unsendable(
+                "the messages and the template hold nearly every private-use character \
+                 (U+E000 to U+F8FF), and two free ones are needed to mark where message \
+                 text lies"
+                    .to_owned(),
+            )
+            .into());
         };
         let marked: Vec<Message> = messages
             .iter()
@@ -321,15 +342,41 @@ impl<'m> Template<'m> {
             }
         }
         cut |= start.is_some();
-        let unplaced = if cut {
-            messages.iter().map(|m| m.content.clone()).collect()
+        if text != *plain {
+            return Ok(None);
+        }
+        // Every message whole between its marks, in order: nothing of
+        // theirs can lie among the template's text.
+        let in_place = !cut
+            && content.len() == messages.len()
+            && content
+                .iter()
+                .zip(messages)
+                .all(|(span, m)| text.get(span.clone()) == Some(m.content.as_str()));
+        let neutral = if in_place || messages.iter().all(|m| m.content == NEUTRAL) {
+            None
         } else {
-            Vec::new()
+            let stand_ins: Vec<Message> = messages
+                .iter()
+                .map(|m| Message::new(&m.role, NEUTRAL))
+                .collect();
+            let plain = self.render_raw(&stand_ins).map_err(|e| {
+                Unsendable(format!(
+                    "the chat template moves message text out of place, and the check \
+                     that it writes no control token from it failed: {e:#}"
+                ))
+            })?;
+            let marked = self.render_marked(&stand_ins, &plain)?;
+            Some(Box::new(marked.unwrap_or(Rendered {
+                text: plain,
+                content: Vec::new(),
+                neutral: None,
+            })))
         };
-        Ok((text == *plain).then_some(Rendered {
+        Ok(Some(Rendered {
             text,
             content,
-            unplaced,
+            neutral,
         }))
     }
 
@@ -439,17 +486,17 @@ pub fn tokenize(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
     // Each part is checked as it is tokenized; the whole first, so that
     // many parts that each fit are not tokenized only to be refused.
     model.check_fits(&rendered.text, true)?;
-    // Text of a message the template cut lies partly among the template's
-    // own text, which is read with control tokens: that is harmless only
-    // if no message holds text that reads as one.
-    for (i, text) in rendered.unplaced.iter().enumerate() {
-        if model.tokenize(text, false, true)? != model.tokenize(text, false, false)? {
-            return Err(Unsendable(format!(
-                "the chat template cuts message {} where its bounds are marked, and the \
-                 message holds text that reads as a control token; it is not sent, so \
-                 that the text cannot act as one",
-                i + 1
-            ))
+    // Message text out of place lies among the template's own text, which
+    // is read with control tokens: harmless only if that text holds the
+    // same control tokens as with every message a plain letter.
+    if let Some(neutral) = &rendered.neutral {
+        if control_tokens(model, rendered)? != control_tokens(model, neutral)? {
+            return Err(Unsendable(
+                "the chat template moves message text out of the places marked for it \
+                 (it cuts or rewrites a message), and the prompt would then hold control \
+                 tokens that the template does not write itself; it is not sent"
+                    .to_owned(),
+            )
             .into());
         }
     }
@@ -477,6 +524,24 @@ pub fn tokenize(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
     let tail = rendered.text.get(at..).unwrap_or_default();
     tokens.extend(model.tokenize(tail, false, true)?);
     Ok(tokens)
+}
+
+/// The control tokens, in order, that the template's text of `rendered`
+/// (all but the message spans) reads as.
+fn control_tokens(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
+    let mut found = Vec::new();
+    let mut at = 0;
+    let mut parts = Vec::new();
+    for range in &rendered.content {
+        parts.push(rendered.text.get(at..range.start).unwrap_or_default());
+        at = range.end;
+    }
+    parts.push(rendered.text.get(at..).unwrap_or_default());
+    for part in parts {
+        let tokens = model.tokenize(part, false, true)?;
+        found.extend(tokens.into_iter().filter(|&t| model.is_special(t)));
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -510,15 +575,30 @@ mod tests {
     #[test]
     fn marks_avoid_every_private_use_character_in_the_input() {
         let taken = Message::new("user", "a\u{E000}b\u{E003}");
-        assert_eq!(marks(&[taken], "x"), Some(('\u{E004}', '\u{E005}')));
-        assert_eq!(marks(&[], "\u{E001}"), Some(('\u{E002}', '\u{E003}')));
+        assert_eq!(marks(&[taken], "x"), Some(('\u{E001}', '\u{E002}')));
+        assert_eq!(marks(&[], "\u{E001}"), Some(('\u{E000}', '\u{E002}')));
+        let all: String = (0xE000..=0xF8FE).filter_map(char::from_u32).collect();
+        assert_eq!(marks(&[Message::new("user", &all)], ""), None);
+        let t = chatml();
+        let err = t
+            .render(&[Message::new("user", &all)])
+            .expect_err("no marks left");
+        assert!(
+            format!("{err:#}").contains("two free ones are needed"),
+            "{err:#}"
+        );
+        let even: String = (0xE000..=0xF8FF)
+            .step_by(2)
+            .filter_map(char::from_u32)
+            .collect();
+        assert!(t.render(&[Message::new("user", &even)]).is_ok());
         // Text that holds the marks of an earlier version is plain text.
         let msg = "hello \u{F8F0} world \u{F8F1}";
         let r = chatml()
             .render(&[Message::new("user", msg)])
             .expect("render");
         assert_eq!(&r.text[r.content[0].clone()], msg);
-        assert!(r.unplaced.is_empty());
+        assert!(r.neutral.is_none());
     }
 
     #[test]
@@ -532,10 +612,11 @@ mod tests {
             .expect("render");
         assert_eq!(cut.text, "<|im_start|>assistant\nanswer<|im_end|>\n");
         assert!(cut.content.is_empty());
-        assert_eq!(cut.unplaced, ["why</think>answer"]);
+        let neutral = cut.neutral.as_deref().expect("a stand-in render");
+        assert_eq!(neutral.text, "<|im_start|>assistant\nx<|im_end|>\n");
         let whole = t.render(&[Message::new("user", "plain")]).expect("render");
         assert_eq!(&whole.text[whole.content[0].clone()], "plain");
-        assert!(whole.unplaced.is_empty());
+        assert!(whole.neutral.is_none());
         // Reversed text turns the marks around.
         let reversed = Template::new(
             "{% for m in messages %}{{ m.content[::-1] }}{% endfor %}",
@@ -547,7 +628,7 @@ mod tests {
             .render(&[Message::new("user", "ab")])
             .expect("render");
         assert_eq!(r.text, "ba");
-        assert_eq!(r.unplaced, ["ab"]);
+        assert!(r.neutral.is_some());
     }
 
     #[test]

@@ -304,6 +304,14 @@ impl Model {
         })
     }
 
+    /// Whether `token` is one that only special-token parsing reads: a
+    /// control token or one the model's makers added.
+    pub fn is_special(&self, token: LlamaToken) -> bool {
+        use llama_cpp_2::token_type::LlamaTokenAttr;
+        let attr = self.model.vocab().attr(token);
+        attr.contains(LlamaTokenAttr::Control) || attr.contains(LlamaTokenAttr::UserDefined)
+    }
+
     /// Appends the bytes of one token's text to `out` (control tokens give nothing).
     pub fn piece_into(&self, token: u32, out: &mut Vec<u8>) {
         let id = i32::try_from(token).unwrap_or(i32::MAX);

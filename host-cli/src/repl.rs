@@ -124,7 +124,9 @@ pub fn run(template: &Template<'_>, turn: &mut dyn Turn, start: Vec<Message>) ->
             Err(e) => {
                 // The template refused this conversation (it raised, or it
                 // rewrites the text): the message is not sent, and the
-                // conversation before it stands.
+                // conversation before it stands. A Ctrl-C meanwhile was for
+                // this message only.
+                INTERRUPTED.store(false, Ordering::Relaxed);
                 messages.pop();
                 crate::note!("talkback: {e:#}; the message was not sent");
                 continue;
@@ -133,6 +135,7 @@ pub fn run(template: &Template<'_>, turn: &mut dyn Turn, start: Vec<Message>) ->
         let (reply, finish) = match turn.reply(&rendered) {
             Ok(done) => done,
             Err(e) if e.chain().any(|c| c.is::<crate::chat::Unsendable>()) => {
+                INTERRUPTED.store(false, Ordering::Relaxed);
                 messages.pop();
                 crate::note!("talkback: {e:#}");
                 continue;
@@ -144,6 +147,7 @@ pub fn run(template: &Template<'_>, turn: &mut dyn Turn, start: Vec<Message>) ->
                 let Some(full) = e.chain().find_map(|c| c.downcast_ref::<PromptTooLong>()) else {
                     return Err(e);
                 };
+                INTERRUPTED.store(false, Ordering::Relaxed);
                 messages.pop();
                 crate::note!(
                     "talkback: the conversation is {} tokens with this message, more than \

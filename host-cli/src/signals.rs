@@ -73,7 +73,12 @@ fn stop(status: u8) {
     }
     if AT_ONCE.load(Ordering::Relaxed) || pending {
         crate::outfile::remove_unwritten();
-        exit_now(status);
+        // As for a run that stops: SIGTERM's status once one came.
+        exit_now(if terminated() {
+            TERMINATE_STATUS
+        } else {
+            status
+        });
     }
 }
 
