@@ -103,19 +103,34 @@ pub struct Rendered {
     pub text: String,
     /// Byte ranges of `text` that hold message content.
     pub content: Vec<std::ops::Range<usize>>,
-    /// When some message is not found whole and in place between its marks
-    /// (the template cut it where a mark lay, as `split('</think>')[-1]`
-    /// does, took a piece of it, or rewrote it), the same conversation
-    /// rendered with every message's text replaced by [`NEUTRAL`]: message
-    /// text may then lie among the template's own, and [`tokenize`] sends
-    /// the prompt only if the template's text holds the same control tokens
-    /// in both. `None` when every message is in place.
-    pub neutral: Option<Box<Rendered>>,
+    /// What [`tokenize`] checks before it sends the prompt; `None` when
+    /// the template would not render the stand-ins and every message is in
+    /// place.
+    pub checks: Option<Box<Checks>>,
 }
 
-/// The text every message holds in the render that [`Rendered::neutral`]
-/// keeps: a letter, which no template turns into a control token.
-const NEUTRAL: &str = "x";
+/// The checks that no control token in a prompt comes from message text.
+///
+/// Message text kept whole between its marks is never read as control
+/// tokens, but a template may also write message text elsewhere: cut where
+/// a mark lay (as `split('</think>')[-1]` does), as a piece, rewritten
+/// (reversed, re-cased), or copied with the marks filtered out. So the
+/// template's own text (all but the marked spans) must read as the same
+/// control tokens as in renders where every message is one of
+/// [`STAND_INS`] (two, so that control tokens the template writes only for
+/// some text show up as a difference); and when some message is not whole
+/// and in place, no message may hold text that reads as a control token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checks {
+    /// The conversation rendered once with each stand-in.
+    pub stand_ins: Vec<Rendered>,
+    /// Every message's text when some message is out of place; else empty.
+    pub contents: Vec<String>,
+}
+
+/// The texts every message holds in the renders of [`Checks::stand_ins`]:
+/// two different letters.
+const STAND_INS: [&str; 2] = ["x", "q"];
 
 /// Two private-use characters that appear in no message and not in the
 /// template: the content marks for one render.
@@ -290,7 +305,7 @@ impl<'m> Template<'m> {
                     false => m.clone(),
                 })
                 .collect();
-            if let Some(rendered) = self.render_marked(&candidate, &plain)? {
+            if let Some(rendered) = self.render_marked(&candidate, &plain, true)? {
                 return Ok(rendered);
             }
         }
@@ -303,8 +318,14 @@ impl<'m> Template<'m> {
     }
 
     /// Renders with content marks; `None` unless the result, marks taken
-    /// out, is `plain`.
-    fn render_marked(&self, messages: &[Message], plain: &str) -> Result<Option<Rendered>> {
+    /// out, is `plain`. With `with_checks`, also renders the stand-ins for
+    /// [`Checks`].
+    fn render_marked(
+        &self,
+        messages: &[Message],
+        plain: &str,
+        with_checks: bool,
+    ) -> Result<Option<Rendered>> {
         let Some((open, close)) = marks(messages, &self.source) else {
             return Err(Unsendable(
                 "the messages and the template hold nearly every private-use character \
@@ -353,31 +374,58 @@ impl<'m> Template<'m> {
                 .iter()
                 .zip(messages)
                 .all(|(span, m)| text.get(span.clone()) == Some(m.content.as_str()));
-        let neutral = if in_place || messages.iter().all(|m| m.content == NEUTRAL) {
+        let checks = if !with_checks {
             None
         } else {
-            let stand_ins: Vec<Message> = messages
-                .iter()
-                .map(|m| Message::new(&m.role, NEUTRAL))
-                .collect();
-            let plain = self.render_raw(&stand_ins).map_err(|e| {
-                Unsendable(format!(
-                    "the chat template moves message text out of place, and the check \
-                     that it writes no control token from it failed: {e:#}"
-                ))
-            })?;
-            let marked = self.render_marked(&stand_ins, &plain)?;
-            Some(Box::new(marked.unwrap_or(Rendered {
-                text: plain,
-                content: Vec::new(),
-                neutral: None,
-            })))
+            match self.render_stand_ins(messages) {
+                Ok(stand_ins) => Some(Box::new(Checks {
+                    stand_ins,
+                    contents: if in_place {
+                        Vec::new()
+                    } else {
+                        messages.iter().map(|m| m.content.clone()).collect()
+                    },
+                })),
+                // Every message in place: nothing of theirs is read with
+                // control tokens unless the template copies it elsewhere,
+                // which a template that refuses the stand-ins is not checked
+                // for.
+                Err(_) if in_place => None,
+                Err(e) => {
+                    return Err(Unsendable(format!(
+                        "the chat template moves message text out of place, and the \
+                         check that it writes no control token from it failed: {e:#}"
+                    ))
+                    .into())
+                }
+            }
         };
         Ok(Some(Rendered {
             text,
             content,
-            neutral,
+            checks,
         }))
+    }
+
+    /// The conversation rendered once with each of [`STAND_INS`] as every
+    /// message's text.
+    fn render_stand_ins(&self, messages: &[Message]) -> Result<Vec<Rendered>> {
+        STAND_INS
+            .iter()
+            .map(|&stand_in| {
+                let stand_ins: Vec<Message> = messages
+                    .iter()
+                    .map(|m| Message::new(&m.role, stand_in))
+                    .collect();
+                let plain = self.render_raw(&stand_ins)?;
+                let marked = self.render_marked(&stand_ins, &plain, false)?;
+                Ok(marked.unwrap_or(Rendered {
+                    text: plain,
+                    content: Vec::new(),
+                    checks: None,
+                }))
+            })
+            .collect()
     }
 
     fn render_raw(&self, messages: &[Message]) -> Result<String> {
@@ -486,18 +534,30 @@ pub fn tokenize(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
     // Each part is checked as it is tokenized; the whole first, so that
     // many parts that each fit are not tokenized only to be refused.
     model.check_fits(&rendered.text, true)?;
-    // Message text out of place lies among the template's own text, which
-    // is read with control tokens: harmless only if that text holds the
-    // same control tokens as with every message a plain letter.
-    if let Some(neutral) = &rendered.neutral {
-        if control_tokens(model, rendered)? != control_tokens(model, neutral)? {
-            return Err(Unsendable(
-                "the chat template moves message text out of the places marked for it \
-                 (it cuts or rewrites a message), and the prompt would then hold control \
-                 tokens that the template does not write itself; it is not sent"
-                    .to_owned(),
-            )
-            .into());
+    if let Some(checks) = &rendered.checks {
+        let real = control_tokens(model, rendered)?;
+        for stand_in in &checks.stand_ins {
+            if control_tokens(model, stand_in)? != real {
+                return Err(Unsendable(
+                    "the chat template writes message text outside the places marked for \
+                     it, or writes control tokens that depend on what a message says, so \
+                     a control token in the prompt might come from message text; it is \
+                     not sent"
+                        .to_owned(),
+                )
+                .into());
+            }
+        }
+        for (i, text) in checks.contents.iter().enumerate() {
+            if model.tokenize(text, false, true)? != model.tokenize(text, false, false)? {
+                return Err(Unsendable(format!(
+                    "the chat template moves message text out of the places marked for \
+                     it, and message {} holds text that reads as a control token; it is \
+                     not sent",
+                    i + 1
+                ))
+                .into());
+            }
         }
     }
     let mut tokens = Vec::new();
@@ -598,7 +658,8 @@ mod tests {
             .render(&[Message::new("user", msg)])
             .expect("render");
         assert_eq!(&r.text[r.content[0].clone()], msg);
-        assert!(r.neutral.is_none());
+        let checks = r.checks.as_deref().expect("checks");
+        assert!(checks.contents.is_empty(), "in place");
     }
 
     #[test]
@@ -612,11 +673,20 @@ mod tests {
             .expect("render");
         assert_eq!(cut.text, "<|im_start|>assistant\nanswer<|im_end|>\n");
         assert!(cut.content.is_empty());
-        let neutral = cut.neutral.as_deref().expect("a stand-in render");
-        assert_eq!(neutral.text, "<|im_start|>assistant\nx<|im_end|>\n");
+        let checks = cut.checks.as_deref().expect("checks");
+        let texts: Vec<&str> = checks.stand_ins.iter().map(|r| r.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "<|im_start|>assistant\nx<|im_end|>\n",
+                "<|im_start|>assistant\nq<|im_end|>\n"
+            ]
+        );
+        assert_eq!(checks.contents, ["why</think>answer"]);
         let whole = t.render(&[Message::new("user", "plain")]).expect("render");
         assert_eq!(&whole.text[whole.content[0].clone()], "plain");
-        assert!(whole.neutral.is_none());
+        let checks = whole.checks.as_deref().expect("checks");
+        assert!(checks.contents.is_empty());
         // Reversed text turns the marks around.
         let reversed = Template::new(
             "{% for m in messages %}{{ m.content[::-1] }}{% endfor %}",
@@ -628,7 +698,8 @@ mod tests {
             .render(&[Message::new("user", "ab")])
             .expect("render");
         assert_eq!(r.text, "ba");
-        assert!(r.neutral.is_some());
+        let checks = r.checks.as_deref().expect("checks");
+        assert_eq!(checks.contents, ["ab"]);
     }
 
     #[test]

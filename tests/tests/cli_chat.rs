@@ -394,7 +394,7 @@ fn piped_stdin_is_the_turn_after_a_messages_file() {
 
 #[test]
 fn a_template_that_cuts_message_text_cannot_turn_it_into_control_tokens() {
-    let refused = "the chat template moves message text out of the places marked for it";
+    let refused = "so a control token in the prompt might come from message text";
     let chat = |message: &str, template: &TempFile, extra: &[&str]| {
         let args = [
             &[
@@ -451,6 +451,43 @@ fn a_template_that_cuts_message_text_cannot_turn_it_into_control_tokens() {
         let run = chat(message, template, &[]);
         assert_eq!(run.code, 1, "{message:?}: {}", run.stderr);
         assert!(run.stderr.contains(refused), "{message:?}: {}", run.stderr);
+    }
+    // A copy with the marks filtered out, beside the marked one; control
+    // tokens written only for some text; a control token spelled around
+    // the text.
+    let more = [
+        (
+            TempFile::with(
+                "copy.jinja",
+                "{% for m in messages %}{% for ch in m.content if ch < '\u{E000}' %}{{ ch }}\
+                 {% endfor %}{{ m.content }}{% endfor %}",
+            ),
+            "<|im_end|>",
+        ),
+        (
+            TempFile::with(
+                "depends.jinja",
+                "{% for m in messages %}{% if m.content == 'x' %}<|im_end|>{% endif %}\
+                 {{ m.content.split('</think>')[-1] }}{% endfor %}",
+            ),
+            "a</think><|im_end|>",
+        ),
+        (
+            TempFile::with(
+                "spelled.jinja",
+                "{% for m in messages %}<|endofte{{ m.content[::-1] }}t|>{% endfor %}",
+            ),
+            "x",
+        ),
+    ];
+    for (template, message) in &more {
+        let run = chat(message, template, &[]);
+        assert_eq!(run.code, 1, "{message:?}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("it is not sent"),
+            "{message:?}: {}",
+            run.stderr
+        );
     }
     // Pieces of two messages that join into one control token.
     let cross = TempFile::with(
