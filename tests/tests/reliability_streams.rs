@@ -167,6 +167,38 @@ fn wait_for_file(path: &std::path::Path) {
     }
 }
 
+/// Makes a named pipe at `path`.
+fn mkfifo(path: &std::path::Path) {
+    let made = Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo failed");
+}
+
+/// Starts `talkback args`, which creates `created` and then waits on a
+/// pipe before the model loads; stops it with `stop` and returns its exit
+/// code, once sure that the file it created is gone again.
+fn stop_while_waiting(
+    args: &[&str],
+    created: &std::path::Path,
+    stop: impl FnOnce(&std::process::Child),
+) -> Option<i32> {
+    let mut child = command(args)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start talkback");
+    wait_for_file(created);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop(&child);
+    let status = wait(&mut child);
+    assert!(
+        !created.exists(),
+        "the file this run created was left behind"
+    );
+    status.code()
+}
+
 #[test]
 fn a_stop_request_while_waiting_on_a_pipe_ends_the_run_at_once() {
     // Opening a named pipe for writing waits for a reader, and a stdin
@@ -174,38 +206,23 @@ fn a_stop_request_while_waiting_on_a_pipe_ends_the_run_at_once() {
     // at a flag, so before the model loads a stop request ends the run.
     let dir = Scratch::new("pipe-wait");
     let fifo = dir.join("dump.bin");
-    let made = Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .expect("run mkfifo");
-    assert!(made.success(), "mkfifo failed");
+    mkfifo(&fifo);
     let trace = dir.join("trace.json");
-    let path = |p: &std::path::Path| p.to_str().expect("UTF-8 temp path").to_owned();
-    let args = [
-        "complete".to_owned(),
-        "hi".to_owned(),
-        "-n".to_owned(),
-        "2".to_owned(),
-        "--trace".to_owned(),
-        path(&trace),
-        "--dump-logits".to_owned(),
-        path(&fifo),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut child = command(&args)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start talkback");
+    let fifo_arg = fifo.to_str().expect("UTF-8 temp path");
+    let trace_arg = trace.to_str().expect("UTF-8 temp path");
     // The trace is opened (and created) before the dump.
-    wait_for_file(&trace);
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    terminate(child.id());
-    let status = wait(&mut child);
-    assert_eq!(status.code(), Some(143), "{status}");
-    assert!(
-        !trace.exists(),
-        "the trace file this run created was left behind"
-    );
+    let args = [
+        "complete",
+        "hi",
+        "-n",
+        "2",
+        "--trace",
+        trace_arg,
+        "--dump-logits",
+        fifo_arg,
+    ];
+    let code = stop_while_waiting(&args, &trace, |child| terminate(child.id()));
+    assert_eq!(code, Some(143));
 
     let mut child = command(&["complete", "-n", "2"])
         .stdin(Stdio::piped())
@@ -220,33 +237,17 @@ fn a_stop_request_while_waiting_on_a_pipe_ends_the_run_at_once() {
 
     // The chat template is read before the model loads too.
     let template = dir.join("template.j2");
-    let made = Command::new("mkfifo")
-        .arg(&template)
-        .status()
-        .expect("run mkfifo");
-    assert!(made.success(), "mkfifo failed");
+    mkfifo(&template);
+    let template_arg = template.to_str().expect("UTF-8 temp path");
     let args = [
-        "chat".to_owned(),
-        "hi".to_owned(),
-        "--chat-template".to_owned(),
-        path(&template),
-        "--trace".to_owned(),
-        path(&trace),
+        "chat",
+        "hi",
+        "--chat-template",
+        template_arg,
+        "--trace",
+        trace_arg,
     ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut child = command(&args)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start talkback");
-    wait_for_file(&trace);
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    interrupt(&child);
-    let status = wait(&mut child);
-    assert_eq!(status.code(), Some(130), "{status}");
-    assert!(
-        !trace.exists(),
-        "the trace file this run created was left behind"
-    );
+    assert_eq!(stop_while_waiting(&args, &trace, interrupt), Some(130));
 }
 
 #[test]
@@ -256,11 +257,7 @@ fn a_second_stop_request_ends_a_run_stuck_in_a_write() {
     // where it cannot look at the first request.
     let dir = Scratch::new("stuck-write");
     let fifo = dir.join("dump.bin");
-    let made = Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .expect("run mkfifo");
-    assert!(made.success(), "mkfifo failed");
+    mkfifo(&fifo);
     let fifo = fifo.to_str().expect("UTF-8 temp path");
     let mut reader = Command::new("sh")
         .args(["-c", &format!("exec sleep 120 < '{fifo}'")])
