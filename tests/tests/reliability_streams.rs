@@ -167,6 +167,21 @@ fn wait_for_file(path: &std::path::Path) {
     }
 }
 
+/// Starts `talkback args` (which must hold `-v`) with no stdin, follows its
+/// stdout and stderr, and returns once the model has loaded.
+fn start_loaded(args: &[&str]) -> (std::process::Child, Tail, Tail) {
+    let mut child = command(args)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start talkback");
+    let stdout = Tail::follow(child.stdout.take().expect("stdout"));
+    let stderr = Tail::follow(child.stderr.take().expect("stderr"));
+    stderr.wait_for(0, "the model to load", |b| {
+        String::from_utf8_lossy(b).contains("tokens in vocabulary")
+    });
+    (child, stdout, stderr)
+}
+
 /// Makes a named pipe at `path`.
 fn mkfifo(path: &std::path::Path) {
     let made = Command::new("mkfifo")
@@ -263,7 +278,7 @@ fn a_second_stop_request_ends_a_run_stuck_in_a_write() {
         .args(["-c", &format!("exec sleep 120 < '{fifo}'")])
         .spawn()
         .expect("start the reader");
-    let mut child = command(&[
+    let (mut child, _stdout, _stderr) = start_loaded(&[
         "-v",
         "complete",
         "Once upon a time",
@@ -273,14 +288,7 @@ fn a_second_stop_request_ends_a_run_stuck_in_a_write() {
         "1",
         "--dump-logits",
         fifo,
-    ])
-    .stdin(Stdio::null())
-    .spawn()
-    .expect("start talkback");
-    let stderr = Tail::follow(child.stderr.take().expect("stderr"));
-    stderr.wait_for(0, "the model to load", |b| {
-        String::from_utf8_lossy(b).contains("tokens in vocabulary")
-    });
+    ]);
     std::thread::sleep(std::time::Duration::from_secs(1));
     interrupt(&child);
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -320,21 +328,13 @@ fn a_replay_stopped_during_the_prompt_of_a_run_with_no_steps_is_no_match() {
     // request between two batches.
     t["settings"]["batch_size"] = 1.into();
     std::fs::write(&trace, t.to_string()).expect("write the trace");
-    let mut child = command(&[
+    let (mut child, stdout, _stderr) = start_loaded(&[
         "-v",
         "replay",
         trace.to_str().expect("UTF-8 temp path"),
         "--threads",
         "1",
-    ])
-    .stdin(Stdio::null())
-    .spawn()
-    .expect("start talkback");
-    let stdout = Tail::follow(child.stdout.take().expect("stdout"));
-    let stderr = Tail::follow(child.stderr.take().expect("stderr"));
-    stderr.wait_for(0, "the model to load", |b| {
-        String::from_utf8_lossy(b).contains("tokens in vocabulary")
-    });
+    ]);
     terminate(child.id());
     let status = wait(&mut child);
     let out = String::from_utf8_lossy(&stdout.bytes()).into_owned();
@@ -346,7 +346,7 @@ fn a_replay_stopped_during_the_prompt_of_a_run_with_no_steps_is_no_match() {
 fn ctrl_c_during_plot_exits_130_without_a_chart() {
     let out = std::env::temp_dir().join(format!("talkback-plot-int-{}.svg", std::process::id()));
     let _ = std::fs::remove_file(&out);
-    let mut child = command(&[
+    let (mut child, _stdout, stderr) = start_loaded(&[
         "-v",
         "plot",
         "Once upon a time",
@@ -358,14 +358,7 @@ fn ctrl_c_during_plot_exits_130_without_a_chart() {
         "1",
         "-o",
         out.to_str().expect("UTF-8 temp path"),
-    ])
-    .stdin(Stdio::null())
-    .spawn()
-    .expect("start talkback");
-    let stderr = Tail::follow(child.stderr.take().expect("stderr"));
-    stderr.wait_for(0, "the model to load", |b| {
-        String::from_utf8_lossy(b).contains("tokens in vocabulary")
-    });
+    ]);
     interrupt(&child);
     let status = wait(&mut child);
     let exists = out.exists();
@@ -493,15 +486,7 @@ fn interrupt_a_long_prompt(args: &[&str], within: std::time::Duration) -> (i32, 
         "--threads",
         "1",
     ]);
-    let mut child = command(&argv)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start talkback");
-    let stdout = Tail::follow(child.stdout.take().expect("stdout"));
-    let stderr = Tail::follow(child.stderr.take().expect("stderr"));
-    stderr.wait_for(0, "the model to load", |b| {
-        String::from_utf8_lossy(b).contains("tokens in vocabulary")
-    });
+    let (mut child, stdout, stderr) = start_loaded(&argv);
     interrupt(&child);
     let started = std::time::Instant::now();
     let status = loop {
