@@ -39,6 +39,17 @@ fn diverges(trace: &TempFile, what: &str) {
     assert!(e.contains(what), "expected {what:?} in: {e}");
 }
 
+/// Replays a trace and expects it refused as a runtime error naming `what`.
+fn refused(trace: &TempFile, what: &str) {
+    let run = tb(&["replay", trace.arg()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(what),
+        "expected {what:?} in: {}",
+        run.stderr
+    );
+}
+
 /// Compares settings field by field; numbers as the f32 they stand for,
 /// since the trace writes an f32's shortest text ("0.8") and the JSON output
 /// the f64 it widens to ("0.800000011920929").
@@ -390,13 +401,9 @@ fn a_trace_with_more_steps_than_its_cap_is_refused() {
     t["settings"]["n_predict"] = 2.into();
     t["finish_reason"] = "interrupted".into();
     trace.write_json(&t);
-    let run = tb(&["replay", trace.arg()]);
-    assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(
-        run.stderr
-            .contains("records 12 steps, more than its n_predict of 2 lets a run make"),
-        "{}",
-        run.stderr
+    refused(
+        &trace,
+        "records 12 steps, more than its n_predict of 2 lets a run make",
     );
 }
 
@@ -407,9 +414,7 @@ fn a_replay_stops_one_step_past_the_recorded_ones() {
     let (trace, mut t) = recorded();
     t["settings"]["n_predict"] = Value::Null;
     trace.write_json(&t);
-    diverges(&trace, "expected 12");
-    let run = tb(&["replay", trace.arg()]);
-    assert!(run.stderr.contains("got 13"), "{}", run.stderr);
+    diverges(&trace, "field `steps` expected 12 tokens, got 13");
 }
 
 #[test]
@@ -424,12 +429,8 @@ fn the_model_hash_is_read_in_either_case_and_must_be_one() {
     replays(&trace, 12);
     t["model_sha256"] = "b179c9".into();
     trace.write_json(&t);
-    let run = tb(&["replay", trace.arg()]);
-    assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(
-        run.stderr
-            .contains("`model_sha256` is not a SHA-256 (64 hexadecimal digits): \"b179c9\""),
-        "{}",
-        run.stderr
+    refused(
+        &trace,
+        "`model_sha256` is not a SHA-256 (64 hexadecimal digits): \"b179c9\"",
     );
 }
