@@ -889,7 +889,7 @@ fn shape_command(args: &ShapeArgs, verbose: u8) -> Result<()> {
             if !session.set_prompt(&tokens)? {
                 return Err(Interrupted.into());
             }
-            crate::shape::table(session.logits(), &config)?
+            crate::shape::table(session.checked_logits(None)?, &config)?
         };
         (table, Some(model))
     };

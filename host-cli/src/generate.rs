@@ -358,6 +358,8 @@ impl Generator {
                     .try_for_each(|x| dump.write_all(&x.to_le_bytes()))
                     .with_context(|| format!("cannot write logits dump {}", path.display()))?;
             }
+            // After the dump, which then holds the faulty vector.
+            let logits = session.checked_logits(Some(tokens.len()))?;
             let mut report = Report::new(&mut self.alternatives);
             let t0 = Instant::now();
             let choice = if let Some(chain) = llama.as_mut() {
@@ -368,7 +370,7 @@ impl Generator {
                 }
             } else {
                 let input = Input {
-                    logits: session.logits(),
+                    logits,
                     recent: &self.recent,
                     bias: &self.bias,
                 };

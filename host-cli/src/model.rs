@@ -556,6 +556,31 @@ impl Session<'_> {
         self.ctx.get_logits_ith(self.logits_index)
     }
 
+    /// [`Session::logits`], refused if any of them is NaN. A sound model
+    /// gives none; the sampler would pass over such a token without a
+    /// word, and the rest of the vector is no more to be trusted.
+    ///
+    /// # Errors
+    ///
+    /// - some logit is NaN; the message names `step` (none: the prompt's
+    ///   own logits).
+    pub fn checked_logits(&self, step: Option<usize>) -> Result<&[f32]> {
+        let logits = self.logits();
+        // A sum, not a search, so that the common case is one vectorised pass.
+        let nan: usize = logits.iter().map(|x| usize::from(x.is_nan())).sum();
+        if nan > 0 {
+            let first = logits.iter().position(|x| x.is_nan()).unwrap_or_default();
+            let when =
+                step.map_or_else(|| "after the prompt".to_owned(), |n| format!("at step {n}"));
+            bail!(
+                "the model gave NaN for {nan} of its {} logits {when} (token {first} first): \
+                 its weights or its computation are broken",
+                logits.len()
+            );
+        }
+        Ok(logits)
+    }
+
     fn decode(&mut self, tokens: &[LlamaToken]) -> Result<()> {
         self.batch.clear();
         let start = self.cached.len();

@@ -9,7 +9,7 @@
 //! - Most corruptions are refused with an error: the layout ones by
 //!   talkback's own walk of the header (`host-cli/src/gguf.rs`), the rest
 //!   by llama.cpp (shapes, sizes, unknown types and names) or, for NaN
-//!   weights, by the sampler ("every logit is NaN").
+//!   weights, by the check of every step's logits for NaN.
 //! - Five made llama.cpp abort the process (SIGABRT from `GGML_ASSERT`):
 //!   `llama.block_count` of 0 or above 512; a NaN or negative
 //!   `llama.attention.layer_norm_rms_epsilon` (at the first decode);
@@ -143,7 +143,8 @@ fn corrupt_tensor_data_is_an_error_or_a_result_not_a_crash() {
 
     // All-ones bytes are NaN as f32: every logit comes out NaN.
     let run = copy.with(&[(norm_data, vec![0xff; 576 * 4])], complete_with);
-    runtime_error(&run, "every logit is NaN");
+    let line = runtime_error(&run, "NaN for 49152 of its 49152 logits at step 0");
+    assert!(line.contains("(token 0 first)"), "{line}");
 
     // A flipped byte in the embeddings changes numbers, not the outcome.
     let embd = layout.data_start + layout.tensor("token_embd.weight").offset + 4096;
@@ -190,4 +191,46 @@ fn single_byte_changes_across_the_header_never_crash() {
     }
     // Both outcomes occur: the sweep reaches llama.cpp, not only the walk.
     assert!(exits[0] > 0 && exits[1] > 0, "exits 0/1: {exits:?}");
+}
+
+#[test]
+fn a_few_nan_logits_are_refused_not_passed_over() {
+    let scratch = Scratch::new("nan-rows");
+    let layout = Layout::of_model();
+    let copy = Patchable::new(&scratch);
+    // The output shares the token embeddings: a NaN scale in one block of
+    // a token's row makes that token's logit NaN and leaves the others
+    // alone (the prompt's own tokens are not touched).
+    let embd = layout.tensor("token_embd.weight");
+    let le_u32 = |at: u64| u32::from_le_bytes(layout.bytes(at, 4).try_into().expect("4 bytes"));
+    let le_u64 = |at: u64| u64::from_le_bytes(layout.bytes(at, 8).try_into().expect("8 bytes"));
+    assert_eq!(
+        le_u32(embd.type_at),
+        8,
+        "token_embd.weight is no longer Q8_0"
+    );
+    let width = le_u64(embd.n_dims_at + 4);
+    // Q8_0: blocks of 32 weights, each an f16 scale and 32 bytes.
+    let row = width / 32 * 34;
+    let nan_scale = vec![0x00, 0x7e];
+    let rows = [45_000u64, 40_000];
+    let patches: Vec<(u64, Vec<u8>)> = rows
+        .iter()
+        .map(|r| (layout.data_start + embd.offset + r * row, nan_scale.clone()))
+        .collect();
+    let run = copy.with(&patches, complete_with);
+    let line = runtime_error(
+        &run,
+        "the model gave NaN for 2 of its 49152 logits at step 0",
+    );
+    assert!(line.contains("(token 40000 first)"), "{line}");
+    assert!(run.stdout.is_empty(), "stdout: {:?}", run.text());
+
+    let run = copy.with(&patches, |model| {
+        talkback(&["shape", "The cat sat", "-c", "64", "-m", arg(model)])
+    });
+    runtime_error(
+        &run,
+        "NaN for 2 of its 49152 logits after the prompt (token 40000 first)",
+    );
 }
