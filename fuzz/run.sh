@@ -16,7 +16,8 @@ if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -eq 0 ]; then
     exit 2
 fi
 
-cd "$(dirname "$0")"
+unset CDPATH
+cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")"
 export RUSTC_BOOTSTRAP=1
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -25,7 +26,13 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 cargo fuzz build
-for target in $(cargo fuzz list); do
+# Listed first: a failure inside `for ... in $(...)` would go unnoticed.
+targets=$(cargo fuzz list)
+if [[ -z $targets ]]; then
+    echo "run.sh: cargo fuzz list named no targets" >&2
+    exit 1
+fi
+for target in $targets; do
     mkdir -p "work/$target" "corpus/$target"
     echo "run.sh: fuzzing $target for ${seconds}s" >&2
     if ! cargo fuzz run "$target" "work/$target" "corpus/$target" -- \

@@ -14,7 +14,10 @@
 # nothing beyond each run generating exactly the tokens asked for.
 set -euo pipefail
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# Where this file really is (it may be reached through a link); an exported
+# CDPATH would make `cd` print the folder too.
+unset CDPATH
+root=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
 bin="${CARGO_TARGET_DIR:-$root/target}/release/talkback"
 short="${1:-200}"
 long="${2:-2000}"

@@ -7,7 +7,10 @@
 # done; installing packages needs root or sudo.
 set -euo pipefail
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# Where this file really is (it may be reached through a link); an exported
+# CDPATH would make `cd` print the folder too.
+unset CDPATH
+root=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
 cd "$root"
 
 tests=false
@@ -19,6 +22,18 @@ case "${1:-}" in
     exit 2
     ;;
 esac
+
+# Checked before the slow steps, which would otherwise run for nothing.
+if ! command -v cargo >/dev/null 2>&1; then
+  if [[ -x ${CARGO_HOME:-${HOME:-~}/.cargo}/bin/cargo ]]; then
+    echo "setup: cargo is installed but not on PATH; run" \
+      "'. \"\$HOME/.cargo/env\"' (or open a new shell) and try again" >&2
+  else
+    echo "setup: cargo not found; install Rust with rustup (https://rustup.rs)" \
+      "and try again" >&2
+  fi
+  exit 1
+fi
 
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
@@ -40,7 +55,19 @@ if ((${#need[@]})); then
     sudo=(sudo)
   fi
   "${sudo[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
+  # Through env: sudo would drop the variable from its environment.
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if $tests; then
+  # The wasm32 check runs WASI without flags, which Node.js does from 20 on.
+  node_major=$(node -p 'process.versions.node.split(".")[0]')
+  if ((node_major < 20)); then
+    echo "setup: the tests need Node.js 20 or later for the wasm32 check, and" \
+      "$(command -v node) is $(node --version); install a newer one (nodejs.org)" \
+      "and run this again" >&2
+    exit 1
+  fi
 fi
 
 fixtures/fetch-model.sh

@@ -5,13 +5,21 @@
 # included), the wasm32 replay under Node.js, and a bounded fuzzing pass.
 set -euo pipefail
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# Where this file really is (it may be reached through a link); an exported
+# CDPATH would make `cd` print the folder too.
+unset CDPATH
+root=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
 cd "$root"
 
 step() { printf '\n== %s\n' "$*" >&2; }
 
 step "set-up"
 scripts/setup.sh --tests
+for component in rustfmt clippy; do
+  if ! rustup component list --installed | grep -q "^$component"; then
+    rustup component add "$component"
+  fi
+done
 for target in thumbv7em-none-eabihf wasm32-wasip1; do
   if ! rustup target list --installed | grep -qx "$target"; then
     rustup target add "$target"

@@ -3,7 +3,8 @@
 # and fails unless both print the same lines. Needs the Rust target
 # (`rustup target add wasm32-wasip1`) and Node.js 20 or later.
 set -euo pipefail
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+unset CDPATH
+here=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)
 cd "$here"
 # The paths below are this folder's own target, whatever the caller's setting.
 export CARGO_TARGET_DIR="$here/target"
