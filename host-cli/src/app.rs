@@ -447,6 +447,9 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     }
     if args.render_only {
         let rendered = template.render(&messages)?;
+        // The checks a run makes are in the tokenization: a prompt it
+        // would refuse is refused here too, not shown as if it were sent.
+        chat::tokenize(&model, &rendered)?;
         let mut out = crate::output::stdout();
         out.write_all(rendered.text.as_bytes())?;
         out.flush()?;

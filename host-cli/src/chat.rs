@@ -310,7 +310,8 @@ impl<'m> Template<'m> {
             }
         }
         Err(Unsendable(
-            "the chat template rewrites message text, so user text \
+            "the chat template writes message text differently once it is marked \
+             (it rewrites it, or tests how it starts or ends), so user text \
              cannot be kept apart from control tokens"
                 .to_owned(),
         )

@@ -448,9 +448,13 @@ fn a_template_that_cuts_message_text_cannot_turn_it_into_control_tokens() {
         ),
     ];
     for (template, message) in &cases {
-        let run = chat(message, template, &[]);
-        assert_eq!(run.code, 1, "{message:?}: {}", run.stderr);
-        assert!(run.stderr.contains(refused), "{message:?}: {}", run.stderr);
+        // `--render-only` shows no prompt that a run would not send.
+        for extra in [&[][..], &["--render-only"]] {
+            let run = chat(message, template, extra);
+            assert_eq!(run.code, 1, "{message:?} {extra:?}: {}", run.stderr);
+            assert!(run.stderr.contains(refused), "{message:?}: {}", run.stderr);
+            assert!(run.stdout.is_empty(), "{message:?}: {:?}", run.text());
+        }
     }
     // A copy with the marks filtered out, beside the marked one; control
     // tokens written only for some text; a control token spelled around
@@ -481,13 +485,15 @@ fn a_template_that_cuts_message_text_cannot_turn_it_into_control_tokens() {
         ),
     ];
     for (template, message) in &more {
-        let run = chat(message, template, &[]);
-        assert_eq!(run.code, 1, "{message:?}: {}", run.stderr);
-        assert!(
-            run.stderr.contains("it is not sent"),
-            "{message:?}: {}",
-            run.stderr
-        );
+        for extra in [&[][..], &["--render-only"]] {
+            let run = chat(message, template, extra);
+            assert_eq!(run.code, 1, "{message:?} {extra:?}: {}", run.stderr);
+            assert!(
+                run.stderr.contains("it is not sent"),
+                "{message:?}: {}",
+                run.stderr
+            );
+        }
     }
     // Pieces of two messages that join into one control token.
     let cross = TempFile::with(
