@@ -11,7 +11,7 @@
 use std::fmt::{self, Write as _};
 use std::io::{self, Write};
 
-use sampler_core::Survivors;
+use sampler_core::{Order, Stage, Survivors};
 use serde::{Serialize, Serializer};
 use serde_json::{json, Value};
 
@@ -143,6 +143,7 @@ pub struct JsonlSink<'m, W: Write> {
     out: W,
     model: &'m Model,
     stats: bool,
+    ran: Ran,
     held: HeldToken,
     pending: bool,
     released: Vec<u8>,
@@ -166,6 +167,7 @@ impl<'m, W: Write> JsonlSink<'m, W> {
             out,
             model,
             stats: req.engine == Engine::Talkback,
+            ran: Ran::of(&req.config.order),
             held: HeldToken {
                 piece: Vec::with_capacity(longest),
                 alternatives: Vec::with_capacity(alternatives),
@@ -192,7 +194,7 @@ impl<'m, W: Write> JsonlSink<'m, W> {
 
         self.line.clear();
         self.held
-            .write_line(&self.released, self.stats, &mut self.line)?;
+            .write_line(&self.released, self.stats, self.ran, &mut self.line)?;
         self.released.clear();
         self.out.write_all(&self.line)?;
         self.out.flush()
@@ -284,7 +286,13 @@ struct HeldAlternative {
 impl HeldToken {
     /// Appends this token's event, with `text` as the text it released, as
     /// one line to `line`; without `stats` the statistics are `null`.
-    fn write_line(&self, text: &[u8], stats: bool, line: &mut Vec<u8>) -> serde_json::Result<()> {
+    fn write_line(
+        &self,
+        text: &[u8],
+        stats: bool,
+        ran: Ran,
+        line: &mut Vec<u8>,
+    ) -> serde_json::Result<()> {
         let event = TokenEvent {
             alternatives: stats.then_some(AlternativeList {
                 held: &self.alternatives,
@@ -298,7 +306,7 @@ impl HeldToken {
             logprob: stats.then_some(f64::from(self.logprob)),
             piece: Lossy(&self.piece),
             piece_bytes: &self.piece,
-            survivors: stats.then_some(Counts::from(self.survivors)),
+            survivors: stats.then_some(Counts::new(self.survivors, ran)),
             text: Lossy(text),
         };
         serde_json::to_writer(&mut *line, &event)?;
@@ -327,24 +335,45 @@ struct TokenEvent<'a> {
     text: Lossy<'a>,
 }
 
-/// Survivors after each stage, under the names the events use.
+/// Which truncation stages the sampler order holds.
+#[derive(Clone, Copy, Default)]
+struct Ran {
+    top_k: bool,
+    top_p: bool,
+    min_p: bool,
+}
+
+impl Ran {
+    fn of(order: &Order) -> Self {
+        let has = |stage| order.stages().contains(&stage);
+        Self {
+            top_k: has(Stage::TopK),
+            top_p: has(Stage::TopP),
+            min_p: has(Stage::MinP),
+        }
+    }
+}
+
+/// Survivors after each stage, under the names the events use; `null`
+/// for a stage the order leaves out, whose count would only repeat the
+/// one before it and read as a cut.
 #[derive(Serialize)]
 struct Counts {
     #[serde(rename = "final")]
     final_count: usize,
-    min_p: usize,
-    top_k: usize,
-    top_p: usize,
+    min_p: Option<usize>,
+    top_k: Option<usize>,
+    top_p: Option<usize>,
     vocab: usize,
 }
 
-impl From<Survivors> for Counts {
-    fn from(s: Survivors) -> Self {
+impl Counts {
+    fn new(s: Survivors, ran: Ran) -> Self {
         Self {
             final_count: s.final_count,
-            min_p: s.after_min_p,
-            top_k: s.after_top_k,
-            top_p: s.after_top_p,
+            min_p: ran.min_p.then_some(s.after_min_p),
+            top_k: ran.top_k.then_some(s.after_top_k),
+            top_p: ran.top_p.then_some(s.after_top_p),
             vocab: s.vocab,
         }
     }
@@ -454,10 +483,24 @@ pub fn summary(text: &[u8], outcome: &Outcome, settings: &Settings, event: bool)
 /// `json!` widens an `f32` to `f64` first, which prints `0.8` as
 /// `0.800000011920929`; going through the text keeps what the user typed.
 fn settings_value(settings: &Settings) -> Value {
-    serde_json::to_string(settings)
+    let mut value = serde_json::to_string(settings)
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or(Value::Null)
+        .unwrap_or(Value::Null);
+    // A stage the order leaves out never ran: its value is no setting in
+    // force, so it is shown as null (a trace keeps it, for the replay).
+    for (stage, key) in [
+        (Stage::TopK, "top_k"),
+        (Stage::TopP, "top_p"),
+        (Stage::MinP, "min_p"),
+    ] {
+        if !settings.sampler_order.iter().any(|s| s == stage.name()) {
+            if let Some(v) = value.get_mut(key) {
+                *v = Value::Null;
+            }
+        }
+    }
+    value
 }
 
 #[cfg(test)]
@@ -573,9 +616,41 @@ mod tests {
 
     fn line(held: &HeldToken, text: &[u8], stats: bool) -> String {
         let mut line = Vec::new();
-        held.write_line(text, stats, &mut line)
+        held.write_line(text, stats, EVERY_STAGE, &mut line)
             .expect("a Vec takes every write");
         String::from_utf8(line).expect("JSON is UTF-8")
+    }
+
+    const EVERY_STAGE: Ran = Ran {
+        top_k: true,
+        top_p: true,
+        min_p: true,
+    };
+
+    #[test]
+    fn stages_the_order_leaves_out_have_null_survivors() {
+        let mut held = held(b"x", -0.5, 0.25, &[]);
+        held.survivors = Survivors {
+            vocab: 100,
+            after_top_k: 40,
+            after_top_p: 7,
+            after_min_p: 7,
+            final_count: 7,
+        };
+        let order = Order::new(&[Stage::TopP, Stage::Temperature]).expect("an order");
+        let mut out = Vec::new();
+        held.write_line(b"x", true, Ran::of(&order), &mut out)
+            .expect("a Vec takes every write");
+        let event: Value = serde_json::from_slice(&out).expect("JSON");
+        assert_eq!(
+            event["survivors"],
+            json!({"vocab": 100, "top_k": null, "top_p": 7, "min_p": null, "final": 7})
+        );
+        let full: Value = serde_json::from_str(&line(&held, b"x", true)).expect("JSON");
+        assert_eq!(
+            full["survivors"],
+            json!({"vocab": 100, "top_k": 40, "top_p": 7, "min_p": 7, "final": 7})
+        );
     }
 
     #[test]
@@ -686,7 +761,7 @@ mod tests {
             let bound = line_bound(longest, alternatives.len());
             let mut line = Vec::with_capacity(bound);
             let room = line.capacity();
-            held.write_line(&text, true, &mut line)
+            held.write_line(&text, true, EVERY_STAGE, &mut line)
                 .expect("a Vec takes every write");
             assert!(line.len() <= bound, "{} > {bound}", line.len());
             assert_eq!(line.capacity(), room, "the line grew");

@@ -6,7 +6,7 @@
 #![allow(clippy::panic, clippy::expect_used, clippy::indexing_slicing)]
 
 use serde_json::Value;
-use talkback_tests::{ok, tb, tb_stdin, Run};
+use talkback_tests::{ok, tb, tb_stdin, Run, TempFile};
 
 /// The default model's vocabulary size.
 const VOCAB: u64 = 49_152;
@@ -579,4 +579,44 @@ fn json_settings_read_as_they_were_typed() {
             assert!(text.contains(field), "{format}: {field} not in {text}");
         }
     }
+}
+
+#[test]
+fn stages_the_order_leaves_out_show_null_not_a_count_or_a_setting() {
+    let args = [
+        "complete",
+        STORY,
+        "-n",
+        "2",
+        "--seed",
+        "3",
+        "--sampler-order",
+        "top-p,temp",
+    ];
+    let run = tb(&[&args[..], &["--format", "jsonl"]].concat());
+    ok(&run);
+    let all = events(&run);
+    let summary = all.last().expect("a summary event");
+    let settings = &summary["settings"];
+    for e in all.iter().filter(|e| e["event"] == "token") {
+        let s = &e["survivors"];
+        assert!(s["top_k"].is_null() && s["min_p"].is_null(), "{e}");
+        assert_eq!(int(&s["vocab"]), VOCAB, "{e}");
+        assert!(
+            int(&s["top_p"]) >= int(&s["final"]) && int(&s["final"]) >= 1,
+            "{e}"
+        );
+    }
+    let json = tb(&[&args[..], &["--format", "json"]].concat());
+    ok(&json);
+    let v: Value = serde_json::from_slice(&json.stdout).expect("one JSON object");
+    for s in [settings, &v["settings"]] {
+        assert!(s["top_k"].is_null() && s["min_p"].is_null(), "{s}");
+        assert_eq!(num(&s["top_p"]), 0.95, "{s}");
+    }
+    // A trace keeps every value, for the replay.
+    let trace = TempFile::new("order-trace.json");
+    ok(&tb(&[&args[..], &["--trace", trace.arg()]].concat()));
+    let t = trace.read_json();
+    assert_eq!(int(&t["settings"]["top_k"]), 40, "{t}");
 }
