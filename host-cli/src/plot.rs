@@ -145,8 +145,12 @@ pub fn draw(mut out: Output, title: &str, series: &[Series]) -> Result<()> {
     let mut svg = String::new();
     render(&mut svg, title, series)
         .map_err(|e| anyhow!("cannot draw chart {}: {}", out.name(), draw_reason(&e)))?;
-    out.write(svg.as_bytes())
-        .with_context(|| format!("cannot write chart {}", out.name()))
+    let written = out.write(svg.as_bytes());
+    if out.is_stdout() {
+        // Its errors already say "cannot write to stdout".
+        return written.map_err(Into::into);
+    }
+    written.with_context(|| format!("cannot write chart {}", out.name()))
 }
 
 /// What went wrong while drawing, without the wrappers plotters adds

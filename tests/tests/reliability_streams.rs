@@ -64,6 +64,7 @@ fn a_stdout_that_refuses_writes_is_a_failure_naming_stdout() {
         &["--help"][..],
         &["--version"],
         &["complete", "hi", "-n", "2", "--threads", "1"],
+        &["plot", "hi", "-n", "2", "--threads", "1", "-o", "-"],
     ] {
         let full = std::fs::File::options()
             .write(true)
