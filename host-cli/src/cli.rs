@@ -308,8 +308,9 @@ pub struct StageArgs {
     pub min_p: f32,
 
     /// Stage order: `talkback` (temperature first), `llama.cpp` (temperature
-    /// last), or a comma list of temp, top-k, top-p, min-p; a stage left out
-    /// of the list does not run, and a flag given for it is refused.
+    /// last), or a comma list naming temp and any of top-k, top-p, min-p,
+    /// each once; a stage left out of the list does not run, and a flag
+    /// given for it is refused.
     #[arg(long, default_value = "talkback", value_parser = parse_order)]
     pub sampler_order: Order,
 }
