@@ -14,6 +14,7 @@ macro_rules! note {
     }};
 }
 
+pub mod abort;
 pub mod app;
 pub mod chat;
 pub mod cli;

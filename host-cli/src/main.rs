@@ -66,6 +66,7 @@ fn run() -> ExitCode {
         return ExitCode::from(2);
     }
     init_logging(cli.verbose);
+    talkback::abort::install();
     for failed in signals::install() {
         talkback::note!("talkback: {failed}");
     }
