@@ -583,7 +583,8 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         check_roles(messages).with_context(|| format!("trace {}", args.trace.display()))?;
     }
     let path = resolve_path(args.model.as_deref());
-    crate::gguf::check_file(&path)?;
+    // The replay loads the model later; the template is checked then.
+    let _facts = crate::gguf::check_file(&path)?;
     let sha = trace::sha256_file(&path)?;
     if !sha.eq_ignore_ascii_case(&trace.model_sha256) {
         bail!(

@@ -11,7 +11,7 @@
 
 use std::cell::Cell;
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate};
 use llama_cpp_2::token::LlamaToken;
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind, Value};
@@ -249,8 +249,15 @@ impl<'m> Template<'m> {
     ///
     /// # Errors
     ///
-    /// - the model has no chat template.
+    /// - the model has no chat template, or one that cannot be used (see
+    ///   [`Model::template_fault`]).
     pub fn model_source(model: &Model) -> Result<String> {
+        if let Some(fault) = model.template_fault() {
+            bail!(
+                "the chat template of model {} cannot be used: {fault}",
+                model.path().display()
+            );
+        }
         model
             .inner()
             .meta_val_str("tokenizer.chat_template")

@@ -20,14 +20,29 @@
 //!   a loop that fills memory on the first text that is not ASCII, and the
 //!   process aborts on the exception;
 //! - two tokens in `tokenizer.ggml.tokens` with the same text;
+//! - a key or tensor name holding a NUL byte: llama.cpp reads names as C
+//!   strings, so it would find `llama.block_count\0x` as
+//!   `llama.block_count` while the checks here did not;
+//! - the `llama` (SentencePiece) tokenizer without a token for each byte
+//!   (`<0x41>`, or the byte itself): text it cannot split otherwise falls
+//!   back to bytes, and a missing one is an exception that aborts;
+//! - more than [`MAX_VOCAB`] tokens, which only cost time and memory;
+//! - a `tokenizer.ggml.precompiled_charsmap` (the `t5` tokenizer's
+//!   normalisation table) in which some input would lead the lookup out
+//!   of the table or to a replacement string that is not there: llama.cpp
+//!   checks this only as it meets it, with an exception that aborts;
 //! - a one-dimensional tensor (a norm or bias) of any type but F32: the CPU
 //!   backend multiplies by it only in F32 and aborts on anything else.
 //!
 //! Other corruptions found that way (counts, lengths, value types, shapes,
 //! offsets, unknown tensor types, NaN weights) are refused by llama.cpp or
-//! by the sampler with an error, not a crash. The rest of the file is not
-//! checked: a value llama.cpp asserts on and that no probe reached may
-//! still abort it.
+//! by the check of each step's logits, with an error, not a crash. A value
+//! that reaches one of llama.cpp's own checks (`GGML_ASSERT`) is reported
+//! by [`crate::abort`] as an error too.
+//!
+//! The walk also reports what makes the chat template unusable (a value
+//! that is not a string, a NUL byte, text that is not UTF-8), so that
+//! `chat` can say so instead of using a garbled template.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -48,6 +63,15 @@ const MAX_LAYERS: u32 = 512;
 const KEEP_STRING: usize = 64;
 /// The key that lists the vocabulary's token texts.
 const TOKENS_KEY: &[u8] = b"tokenizer.ggml.tokens";
+/// The key of the chat template.
+const TEMPLATE_KEY: &[u8] = b"tokenizer.chat_template";
+/// The key of the `t5` tokenizer's normalisation table.
+const CHARSMAP_KEY: &[u8] = b"tokenizer.ggml.precompiled_charsmap";
+/// Largest normalisation table read (real ones are about 240 KB).
+const MAX_CHARSMAP: u64 = 64 << 20;
+/// Most tokens a vocabulary may hold: four times the largest in use
+/// (262,144), and a bound on the memory the duplicate check takes.
+pub const MAX_VOCAB: u64 = 1 << 20;
 /// GGUF value type of a string.
 const STRING: u32 = 8;
 /// GGUF value type of an array.
@@ -63,7 +87,7 @@ const F32: u32 = 0;
 ///   empty;
 /// - the file is not GGUF, its header is corrupt, or it is truncated;
 /// - it holds a value that would make llama.cpp abort (see the module docs).
-pub fn check_file(path: &Path) -> Result<()> {
+pub fn check_file(path: &Path) -> Result<Facts> {
     let meta = std::fs::metadata(path).map_err(|e| {
         // Decided by the error, not by `Path::exists`, which also says
         // false when a folder on the way cannot be searched.
@@ -97,6 +121,43 @@ pub fn check_file(path: &Path) -> Result<()> {
     };
     check(&mut reader)
         .with_context(|| format!("model {} is not a usable GGUF file", path.display()))
+}
+
+/// What the walk found that later steps need.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Facts {
+    /// Why the chat template cannot be used, when it cannot.
+    pub template_fault: Option<String>,
+}
+
+/// Which bytes the vocabulary has a token for, as llama.cpp's
+/// SentencePiece tokenizer looks them up: `<0xXX>`, or the byte alone.
+struct ByteTokens([bool; 256]);
+
+impl ByteTokens {
+    /// Marks the byte that `text` stands for, if it stands for one.
+    fn note(&mut self, text: &[u8]) {
+        let byte = match text {
+            [b] => Some(*b),
+            [b'<', b'0', b'x', hi, lo, b'>'] => {
+                let digit = |d: u8| match d {
+                    b'0'..=b'9' => Some(d - b'0'),
+                    b'A'..=b'F' => Some(d - b'A' + 10),
+                    _ => None,
+                };
+                digit(*hi).zip(digit(*lo)).map(|(h, l)| h << 4 | l)
+            }
+            _ => None,
+        };
+        if let Some(slot) = byte.and_then(|b| self.0.get_mut(usize::from(b))) {
+            *slot = true;
+        }
+    }
+
+    /// The first byte without a token.
+    fn missing(&self) -> Option<usize> {
+        self.0.iter().position(|&has| !has)
+    }
 }
 
 /// Bytes a tensor of `elements` elements of ggml type `kind` takes, when the
@@ -235,11 +296,14 @@ impl<R: Read + Seek> Reader<R> {
     /// Reads the vocabulary's token texts and refuses a repeated one,
     /// which makes llama.cpp abort. An array of another item type is left
     /// to llama.cpp, which refuses it.
-    fn tokens(&mut self, what: &str) -> Result<()> {
+    fn tokens(&mut self, what: &str, bytes: &mut ByteTokens) -> Result<()> {
         let item = self.u32(what)?;
         let n = self.u64(what)?;
         if item != STRING {
             return self.array_items(item, n, what, 1);
+        }
+        if n > MAX_VOCAB {
+            bail!("the vocabulary claims {n} tokens; at most {MAX_VOCAB} are supported");
         }
         if n.saturating_mul(8) > self.remaining() {
             bail!(
@@ -250,6 +314,7 @@ impl<R: Read + Seek> Reader<R> {
         let mut seen: HashMap<Vec<u8>, u64> = HashMap::new();
         for i in 0..n {
             let text = self.string(what, usize::MAX)?;
+            bytes.note(&text);
             // llama.cpp names an empty token this way before indexing it.
             let text = match c_str(&text) {
                 [] => format!("[EMPTY_{i}]").into_bytes(),
@@ -264,6 +329,52 @@ impl<R: Read + Seek> Reader<R> {
             seen.insert(text, i);
         }
         Ok(())
+    }
+
+    /// Reads the `t5` tokenizer's normalisation table and refuses one that
+    /// some input would lead out of bounds (see [`check_charsmap`]). Other
+    /// item types are left to llama.cpp, which refuses them on load.
+    fn charsmap(&mut self, what: &str) -> Result<()> {
+        let item = self.u32(what)?;
+        let n = self.u64(what)?;
+        if item > 1 {
+            return self.array_items(item, n, what, 1);
+        }
+        if n > self.remaining() || n > MAX_CHARSMAP {
+            bail!(
+                "{what} claims {n} bytes; {} remain and at most {MAX_CHARSMAP} are read",
+                self.remaining()
+            );
+        }
+        let mut blob = vec![0_u8; n as usize];
+        self.inner.read_exact(&mut blob)?;
+        self.pos += n;
+        check_charsmap(&blob).with_context(|| format!("{what} is corrupt"))
+    }
+
+    /// Reads the chat template's value of GGUF type `kind`; returns why
+    /// it cannot be used, if it cannot.
+    fn template(&mut self, kind: u32, what: &str) -> Result<Option<String>> {
+        if kind != STRING {
+            self.value(kind, what, 0)?;
+            return Ok(Some(format!(
+                "it is stored as GGUF type {kind}, not as a string"
+            )));
+        }
+        // A longer template is refused by its length when it is used.
+        let text = self.string(what, crate::chat::MAX_TEMPLATE + 1)?;
+        if let Some(at) = text.iter().position(|&b| b == 0) {
+            return Ok(Some(format!("it holds a NUL byte at byte {at}")));
+        }
+        if text.len() <= crate::chat::MAX_TEMPLATE {
+            if let Err(e) = std::str::from_utf8(&text) {
+                return Ok(Some(format!(
+                    "it is not valid UTF-8 (invalid byte at byte {})",
+                    e.valid_up_to()
+                )));
+            }
+        }
+        Ok(None)
     }
 
     /// Skips `n` array items of GGUF type `item`.
@@ -322,7 +433,7 @@ impl<R: Read + Seek> Reader<R> {
     }
 }
 
-fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<()> {
+fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<Facts> {
     let magic = r
         .bytes::<4>("the magic bytes")
         .map_err(|_| anyhow::anyhow!("too short to be GGUF"))?;
@@ -343,13 +454,22 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<()> {
 
     let mut alignment = DEFAULT_ALIGNMENT;
     let mut kept = Vec::new();
+    let mut facts = Facts::default();
+    let mut bytes = ByteTokens([false; 256]);
     for i in 0..n_kv {
         let key = r.string(&format!("key {i}"), 256)?;
         let name = shown(&key);
+        refuse_nul(&key, "key")?;
         let kind = r.u32(&format!("the type of `{name}`"))?;
         let what = format!("the value of `{name}`");
         let value = if key == TOKENS_KEY && kind == ARRAY {
-            r.tokens(&what)?;
+            r.tokens(&what, &mut bytes)?;
+            None
+        } else if key == CHARSMAP_KEY && kind == ARRAY {
+            r.charsmap(&what)?;
+            None
+        } else if key == TEMPLATE_KEY {
+            facts.template_fault = r.template(kind, &what)?;
             None
         } else {
             r.value(kind, &what, 0)?
@@ -365,10 +485,20 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<()> {
         }
     }
     check_values(&kept)?;
+    let sentencepiece = kept
+        .iter()
+        .any(|(k, v)| k == b"tokenizer.ggml.model" && *v == Meta::Str(b"llama".to_vec()));
+    if let (true, Some(b)) = (sentencepiece, bytes.missing()) {
+        bail!(
+            "the `llama` tokenizer has no token for byte 0x{b:02X} (`<0x{b:02X}>`); it \
+             falls back to byte tokens for text it cannot split otherwise"
+        );
+    }
 
     let mut tensors = Vec::new();
     for i in 0..n_tensors {
         let name = r.string(&format!("the name of tensor {i}"), 256)?;
+        refuse_nul(&name, "tensor name")?;
         let name = shown(&name);
         let dims = r.u32(&format!("the dimensions of `{name}`"))?;
         if dims == 0 || dims > MAX_DIMS {
@@ -420,6 +550,89 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<()> {
                 r.len
             );
         }
+    }
+    Ok(facts)
+}
+
+/// Refuses a normalisation table in which some input text would make
+/// llama.cpp's lookup read outside it.
+///
+/// The table is a `u32` byte count, that many bytes of packed trie nodes,
+/// then NUL-terminated replacement strings. llama.cpp walks the trie from
+/// the root, one input byte `c` (1 to 255) at a time: the next node is at
+/// `node ^ c`, which it reads before checking that the node's label is
+/// `c`; a leaf's value is the offset of a replacement string. So every
+/// node reachable from the root must keep `node ^ c` inside the table for
+/// every `c`, and every leaf value must start a terminated string. A table
+/// too short for its own count is left to llama.cpp, which refuses it on
+/// load.
+fn check_charsmap(blob: &[u8]) -> Result<()> {
+    let word = |at: usize| -> Option<u32> {
+        let bytes = blob.get(at..at + 4)?;
+        Some(u32::from_le_bytes(bytes.try_into().ok()?))
+    };
+    let Some(size) = word(0).map(|n| n as usize) else {
+        return Ok(());
+    };
+    let Some(strings) = blob.get(4 + size..).filter(|s| !s.is_empty()) else {
+        return Ok(());
+    };
+    let nodes = size / 4;
+    if nodes == 0 {
+        return Ok(());
+    }
+    let node = |i: usize| -> Result<u32> {
+        if i >= nodes {
+            bail!("its trie leads to node {i} of {nodes}");
+        }
+        word(4 + i * 4).context("a node past the end")
+    };
+    let base = |p: u32| (p >> 10) << ((p & (1 << 9)) >> 6);
+    let mut seen = vec![false; nodes + 256];
+    let mut todo = vec![base(node(0)?) as usize];
+    while let Some(at) = todo.pop() {
+        for c in 1..=255_usize {
+            let child = at ^ c;
+            let packed = node(child)?;
+            if packed & ((1 << 31) | 0xff) != c as u32 {
+                continue;
+            }
+            let next = child ^ base(packed) as usize;
+            if (packed >> 8) & 1 == 1 {
+                let offset = (node(next)? & ((1 << 31) - 1)) as usize;
+                let rest = strings.get(offset..).unwrap_or_default();
+                if !rest.contains(&0) {
+                    bail!(
+                        "a replacement at byte {offset} of {} is missing or unterminated",
+                        strings.len()
+                    );
+                }
+            }
+            match seen.get_mut(next) {
+                Some(slot) if !*slot => {
+                    *slot = true;
+                    todo.push(next);
+                }
+                Some(_) => {}
+                // Past every node and its 255 neighbours: the next step fails.
+                None => {
+                    node(next ^ 1)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a key or tensor name with a NUL byte, which llama.cpp would
+/// read only up to the NUL.
+fn refuse_nul(name: &[u8], what: &str) -> Result<()> {
+    if name.contains(&0) {
+        bail!(
+            "the {what} `{}` holds a NUL byte; llama.cpp would read it as `{}`",
+            shown(name),
+            shown(c_str(name))
+        );
     }
     Ok(())
 }
@@ -506,7 +719,7 @@ mod tests {
         f
     }
 
-    fn run(bytes: Vec<u8>) -> Result<()> {
+    fn run(bytes: Vec<u8>) -> Result<Facts> {
         let len = bytes.len() as u64;
         check(&mut Reader {
             inner: Cursor::new(bytes),
@@ -810,5 +1023,89 @@ mod tests {
         g[at..at + 4].copy_from_slice(&77_u32.to_le_bytes());
         let err = error(g);
         assert!(err.contains(&format!("`{}...`", "k".repeat(80))), "{err}");
+    }
+
+    /// A normalisation table of 512 trie nodes whose root's children are
+    /// nodes 256 to 511; byte `a` leads to a leaf whose replacement is at
+    /// offset 0 of `strings`.
+    fn charsmap(nodes: usize, strings: &[u8]) -> Vec<u8> {
+        let mut table = vec![0_u32; nodes];
+        table[0] = 256 << 10;
+        // Node 256 ^ 'a' = 353: label `a`, a leaf, base 353 ^ 300.
+        table[353] = (353 ^ 300) << 10 | 1 << 8 | u32::from(b'a');
+        let mut blob = ((nodes * 4) as u32).to_le_bytes().to_vec();
+        for n in table {
+            blob.extend_from_slice(&n.to_le_bytes());
+        }
+        blob.extend_from_slice(strings);
+        blob
+    }
+
+    #[test]
+    fn a_charsmap_that_leads_out_of_bounds_is_refused() {
+        check_charsmap(&charsmap(512, b"A\0")).expect("a sound table");
+        let err = format!(
+            "{:#}",
+            check_charsmap(&charsmap(512, b"A")).expect_err("no NUL")
+        );
+        assert!(err.contains("unterminated"), "{err}");
+        let err = format!(
+            "{:#}",
+            check_charsmap(&charsmap(400, b"A\0")).expect_err("short")
+        );
+        assert!(err.contains("of 400"), "{err}");
+        // Too short for its own count: llama.cpp refuses it on load.
+        check_charsmap(&[8, 0, 0, 0, 1]).expect("left to llama.cpp");
+    }
+
+    #[test]
+    fn nul_in_a_key_and_missing_byte_tokens_are_refused() {
+        let err = format!(
+            "{:#}",
+            run(build(&[("llama.block_count\0x", V::U32(0))], 1, F32)).expect_err("NUL")
+        );
+        assert!(
+            err.contains("would read it as `llama.block_count`"),
+            "{err}"
+        );
+        let tokens: &[&[u8]] = &[b"a", b"b"];
+        let err = format!(
+            "{:#}",
+            run(build(
+                &[
+                    ("tokenizer.ggml.model", V::Str("llama")),
+                    ("tokenizer.ggml.tokens", V::Strings(tokens)),
+                ],
+                1,
+                F32
+            ))
+            .expect_err("no byte tokens")
+        );
+        assert!(err.contains("no token for byte 0x00"), "{err}");
+        let all: Vec<Vec<u8>> = (0..=255_u8)
+            .map(|b| format!("<0x{b:02X}>").into_bytes())
+            .collect();
+        let all: Vec<&[u8]> = all.iter().map(Vec::as_slice).collect();
+        run(build(
+            &[
+                ("tokenizer.ggml.model", V::Str("llama")),
+                ("tokenizer.ggml.tokens", V::Strings(&all)),
+            ],
+            1,
+            F32,
+        ))
+        .expect("every byte has a token");
+    }
+
+    #[test]
+    fn an_unusable_chat_template_is_reported_not_refused() {
+        let facts = |v: V<'_>| {
+            run(build(&[("tokenizer.chat_template", v)], 1, F32)).expect("the file is usable")
+        };
+        assert_eq!(facts(V::Str("{{ x }}")).template_fault, None);
+        let fault = facts(V::U32(7)).template_fault.expect("a number");
+        assert!(fault.contains("GGUF type 4, not as a string"), "{fault}");
+        let fault = facts(V::Str("{{ x }}\0y")).template_fault.expect("a NUL");
+        assert!(fault.contains("NUL byte at byte 7"), "{fault}");
     }
 }

@@ -64,6 +64,8 @@ pub struct Model {
     /// What [`Model::check_fits`] needs of the vocabulary; found when a
     /// text first needs it.
     text_bound: OnceLock<TextBound>,
+    /// Why the file's chat template cannot be used, when it cannot.
+    template_fault: Option<String>,
 }
 
 impl Model {
@@ -95,7 +97,8 @@ impl Model {
                 args.gpu_layers
             );
         }
-        gguf::check_file(&path)?;
+        let facts = gguf::check_file(&path)?;
+        crate::abort::set_model(&path);
 
         llama_cpp_2::send_logs_to_tracing(LogOptions::default().with_logs_enabled(verbose >= 2));
         let backend = LlamaBackend::init().context("cannot start the llama.cpp backend")?;
@@ -155,7 +158,15 @@ impl Model {
             longest_piece,
             ctx_size: args.ctx_size as usize,
             text_bound: OnceLock::new(),
+            template_fault: facts.template_fault,
         })
+    }
+
+    /// Why the file's chat template cannot be used, when it cannot: it is
+    /// not a string, holds a NUL byte or is not UTF-8 (llama.cpp would
+    /// hand over a number's text, the part before the NUL, or nothing).
+    pub fn template_fault(&self) -> Option<&str> {
+        self.template_fault.as_deref()
     }
 
     /// The path the model was loaded from.
@@ -386,13 +397,20 @@ impl std::fmt::Display for ContextTooLong {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "a context of {} tokens is more than the {} that model {} was trained on; \
-             pass --ctx-size {} or less",
+            "a context of {} tokens is more than the {} that model {} was trained on; ",
             self.asked,
             self.trained,
             self.path.display(),
-            self.trained
-        )
+        )?;
+        let least = *crate::settings::CTX_SIZES.start();
+        if self.trained < u64::from(least) {
+            write!(
+                f,
+                "talkback needs a context of at least {least}, so it cannot run it"
+            )
+        } else {
+            write!(f, "pass --ctx-size {} or less", self.trained)
+        }
     }
 }
 

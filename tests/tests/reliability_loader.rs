@@ -234,3 +234,40 @@ fn a_few_nan_logits_are_refused_not_passed_over() {
         "NaN for 2 of its 49152 logits after the prompt (token 40000 first)",
     );
 }
+
+#[test]
+fn a_failed_check_inside_llama_cpp_is_one_line_and_exit_1() {
+    let scratch = Scratch::new("assert");
+    let layout = Layout::of_model();
+    let first = &layout.tensors[0];
+    let infos = (first.n_dims_at - 8 - first.name.len() as u64) as usize;
+    // An unknown rope scaling type passes llama.cpp's loader and then
+    // fails a GGML_ASSERT. The pair is padded to a multiple of 32 bytes so
+    // that the tensor data stays aligned.
+    let key = b"llama.rope.scaling.type";
+    let mut value = b"garbage".to_vec();
+    let pair_len = |v: &[u8]| 8 + key.len() + 4 + 8 + v.len();
+    while pair_len(&value) % 32 != 0 {
+        value.push(b' ');
+    }
+    let model = std::fs::read(reliability_support::model()).expect("read the model");
+    let mut bytes = model[..infos].to_vec();
+    let n_kv = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+    bytes[16..24].copy_from_slice(&(n_kv + 1).to_le_bytes());
+    bytes.extend_from_slice(&(key.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(key);
+    bytes.extend_from_slice(&8_u32.to_le_bytes());
+    bytes.extend_from_slice(&(value.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&value);
+    bytes.extend_from_slice(&model[infos..]);
+    let path = scratch.write("rope.gguf", &bytes);
+    let run = complete_with(&path);
+    let line = runtime_error(&run, "talkback: llama.cpp stopped on a failed check (");
+    assert!(line.contains("rope_scaling_type_train"), "{line}");
+    assert!(line.contains("does not hold"), "{line}");
+    assert!(
+        line.contains(&format!("model {} is corrupt", arg(&path))),
+        "{line}"
+    );
+    assert!(run.stdout.is_empty(), "stdout: {:?}", run.text());
+}
