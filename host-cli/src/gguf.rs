@@ -302,14 +302,15 @@ impl<R: Read + Seek> Reader<R> {
         if item != STRING {
             return self.array_items(item, n, what, 1);
         }
-        if n > MAX_VOCAB {
-            bail!("the vocabulary claims {n} tokens; at most {MAX_VOCAB} are supported");
-        }
         if n.saturating_mul(8) > self.remaining() {
             bail!(
                 "{what} claims {n} items but only {} bytes remain",
                 self.remaining()
             );
+        }
+        // After the test above, which names a count that is only corrupt.
+        if n > MAX_VOCAB {
+            bail!("the vocabulary holds {n} tokens; at most {MAX_VOCAB} are supported");
         }
         let mut seen: HashMap<Vec<u8>, u64> = HashMap::new();
         for i in 0..n {
@@ -1095,6 +1096,24 @@ mod tests {
             F32,
         ))
         .expect("every byte has a token");
+    }
+
+    #[test]
+    fn a_vocabulary_above_the_cap_is_refused_before_it_is_read() {
+        let empty: Vec<&[u8]> = vec![b""; MAX_VOCAB as usize + 1];
+        let err = format!(
+            "{:#}",
+            run(build(
+                &[("tokenizer.ggml.tokens", V::Strings(&empty))],
+                1,
+                F32
+            ))
+            .expect_err("too many")
+        );
+        assert!(
+            err.contains("holds 1048577 tokens; at most 1048576"),
+            "{err}"
+        );
     }
 
     #[test]
