@@ -11,7 +11,11 @@
 
 use std::ffi::{c_char, CStr};
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+
+/// Set by the first failed check; worker threads may fail theirs at once.
+static REPORTED: AtomicBool = AtomicBool::new(false);
 
 /// The model being loaded or run, for the message.
 static MODEL: OnceLock<String> = OnceLock::new();
@@ -59,6 +63,13 @@ fn report(what: &str, model: Option<&str>) -> String {
 
 #[allow(unsafe_code)]
 extern "C" fn on_abort(message: *const c_char) {
+    if REPORTED.swap(true, Ordering::SeqCst) {
+        // Another thread is reporting and ending the process: one line,
+        // and this thread goes no further into llama.cpp meanwhile.
+        loop {
+            std::thread::park();
+        }
+    }
     let what = if message.is_null() {
         String::new()
     } else {

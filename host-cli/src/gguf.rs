@@ -26,11 +26,22 @@
 //! - the `llama` (SentencePiece) tokenizer without a token for each byte
 //!   (`<0x41>`, or the byte itself): text it cannot split otherwise falls
 //!   back to bytes, and a missing one is an exception that aborts;
-//! - more than [`MAX_VOCAB`] tokens, which only cost time and memory;
+//! - the `rwkv` tokenizer with a byte that starts tokens but is not a
+//!   token itself: its greedy match then finds nothing and starts again
+//!   at the same place, without end;
+//! - more than [`MAX_VOCAB`] tokens, which only cost time and memory, and
+//!   a token text longer than [`MAX_TOKEN_TEXT`] bytes: the `t5` and
+//!   `rwkv` tokenizers keep the texts in a trie of a level per byte,
+//!   which overflowed the stack as it was freed;
+//! - a weight matrix of a type the CPU backend has no matrix product for
+//!   (Q8_1 and the integer and F64 types): the first decode crashed on a
+//!   null function pointer;
 //! - a `tokenizer.ggml.precompiled_charsmap` (the `t5` tokenizer's
 //!   normalisation table) in which some input would lead the lookup out
 //!   of the table or to a replacement string that is not there: llama.cpp
-//!   checks this only as it meets it, with an exception that aborts;
+//!   checks this only as it meets it, with an exception that aborts; or
+//!   to a replacement longer than 256 bytes, which turned a short prompt
+//!   into gigabytes;
 //! - a one-dimensional tensor (a norm or bias) of any type but F32: the CPU
 //!   backend multiplies by it only in F32 and aborts on anything else.
 //!
@@ -69,6 +80,15 @@ const TEMPLATE_KEY: &[u8] = b"tokenizer.chat_template";
 const CHARSMAP_KEY: &[u8] = b"tokenizer.ggml.precompiled_charsmap";
 /// Largest normalisation table read (real ones are about 240 KB).
 const MAX_CHARSMAP: u64 = 64 << 20;
+/// Longest token text accepted, in bytes (real ones are under 300).
+pub const MAX_TOKEN_TEXT: usize = 4096;
+/// Longest replacement string in a `t5` normalisation table, in bytes
+/// (real ones are under 40): a longer one turns a short prompt into a
+/// huge text before anything counts its tokens.
+const MAX_REPLACEMENT: usize = 256;
+/// ggml types the CPU backend has no matrix product for: Q8_1, I8, I16,
+/// I32, I64 and F64. A weight matrix of one crashes the first decode.
+const NO_CPU_MATMUL: [u32; 6] = [9, 24, 25, 26, 27, 28];
 /// Most tokens a vocabulary may hold: four times the largest in use
 /// (262,144), and a bound on the memory the duplicate check takes.
 pub const MAX_VOCAB: u64 = 1 << 20;
@@ -130,12 +150,31 @@ pub struct Facts {
     pub template_fault: Option<String>,
 }
 
-/// Which bytes the vocabulary has a token for, as llama.cpp's
-/// SentencePiece tokenizer looks them up: `<0xXX>`, or the byte alone.
-struct ByteTokens([bool; 256]);
+/// What the vocabulary holds for single bytes, as the tokenizers that fall
+/// back to them look them up.
+struct ByteTokens {
+    /// A token `<0xXX>`, or the byte alone: SentencePiece's byte tokens.
+    sentencepiece: [bool; 256],
+    /// A token that unescapes to the byte alone (RWKV's token texts are
+    /// escaped).
+    rwkv_single: [bool; 256],
+    /// A token whose unescaped text starts with the byte.
+    rwkv_first: [bool; 256],
+    /// Reused buffer of one unescaped text.
+    unescaped: Vec<u8>,
+}
 
 impl ByteTokens {
-    /// Marks the byte that `text` stands for, if it stands for one.
+    fn new() -> Self {
+        Self {
+            sentencepiece: [false; 256],
+            rwkv_single: [false; 256],
+            rwkv_first: [false; 256],
+            unescaped: Vec::new(),
+        }
+    }
+
+    /// Takes note of the token text `text`.
     fn note(&mut self, text: &[u8]) {
         let byte = match text {
             [b] => Some(*b),
@@ -149,14 +188,66 @@ impl ByteTokens {
             }
             _ => None,
         };
-        if let Some(slot) = byte.and_then(|b| self.0.get_mut(usize::from(b))) {
+        if let Some(slot) = byte.and_then(|b| self.sentencepiece.get_mut(usize::from(b))) {
             *slot = true;
+        }
+        rwkv_unescape(c_str(text), &mut self.unescaped);
+        if let Some(&first) = self.unescaped.first() {
+            if let Some(slot) = self.rwkv_first.get_mut(usize::from(first)) {
+                *slot = true;
+            }
+            if let (1, Some(slot)) = (
+                self.unescaped.len(),
+                self.rwkv_single.get_mut(usize::from(first)),
+            ) {
+                *slot = true;
+            }
         }
     }
 
-    /// The first byte without a token.
-    fn missing(&self) -> Option<usize> {
-        self.0.iter().position(|&has| !has)
+    /// The first byte without a SentencePiece byte token.
+    fn sentencepiece_missing(&self) -> Option<usize> {
+        self.sentencepiece.iter().position(|&has| !has)
+    }
+
+    /// The first byte that starts an RWKV token but is not one itself.
+    fn rwkv_missing(&self) -> Option<usize> {
+        let mut starts = self.rwkv_first.iter().zip(&self.rwkv_single);
+        starts.position(|(&first, &single)| first && !single)
+    }
+}
+
+/// An RWKV token text with llama.cpp's escapes undone (`\t`, `\n`, `\r`,
+/// `\xHH`, and a backslash before any other byte), into `out`.
+fn rwkv_unescape(text: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    let mut bytes = text.iter().copied();
+    while let Some(c) = bytes.next() {
+        if c != b'\\' {
+            out.push(c);
+            continue;
+        }
+        match bytes.next() {
+            Some(b't') => out.push(b'\t'),
+            Some(b'n') => out.push(b'\n'),
+            Some(b'r') => out.push(b'\r'),
+            Some(b'x') => {
+                // As llama.cpp reads them: no check that they are hex digits.
+                let value = |d: u8| {
+                    if d >= b'a' {
+                        d.wrapping_sub(b'a').wrapping_add(10)
+                    } else {
+                        d.wrapping_sub(b'0')
+                    }
+                };
+                let (hi, lo) = (bytes.next(), bytes.next());
+                if let (Some(hi), Some(lo)) = (hi, lo) {
+                    out.push(value(hi).wrapping_shl(4).wrapping_add(value(lo)));
+                }
+            }
+            Some(other) => out.push(other),
+            None => {}
+        }
     }
 }
 
@@ -314,7 +405,13 @@ impl<R: Read + Seek> Reader<R> {
         }
         let mut seen: HashMap<Vec<u8>, u64> = HashMap::new();
         for i in 0..n {
-            let text = self.string(what, usize::MAX)?;
+            let text = self.string(what, MAX_TOKEN_TEXT + 1)?;
+            if text.len() > MAX_TOKEN_TEXT {
+                bail!(
+                    "token {i} is longer than {MAX_TOKEN_TEXT} bytes; llama.cpp's tries \
+                     take a level per byte, and freeing one that deep overflows the stack"
+                );
+            }
             bytes.note(&text);
             // llama.cpp names an empty token this way before indexing it.
             let text = match c_str(&text) {
@@ -456,7 +553,7 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<Facts> {
     let mut alignment = DEFAULT_ALIGNMENT;
     let mut kept = Vec::new();
     let mut facts = Facts::default();
-    let mut bytes = ByteTokens([false; 256]);
+    let mut bytes = ByteTokens::new();
     for i in 0..n_kv {
         let key = r.string(&format!("key {i}"), 256)?;
         let name = shown(&key);
@@ -486,13 +583,21 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<Facts> {
         }
     }
     check_values(&kept)?;
-    let sentencepiece = kept
-        .iter()
-        .any(|(k, v)| k == b"tokenizer.ggml.model" && *v == Meta::Str(b"llama".to_vec()));
-    if let (true, Some(b)) = (sentencepiece, bytes.missing()) {
+    // llama.cpp reads the name only up to a NUL.
+    let tokenizer = kept.iter().find_map(|(k, v)| match v {
+        Meta::Str(name) if k == b"tokenizer.ggml.model" => Some(c_str(name)),
+        _ => None,
+    });
+    if let (Some(b"llama"), Some(b)) = (tokenizer, bytes.sentencepiece_missing()) {
         bail!(
             "the `llama` tokenizer has no token for byte 0x{b:02X} (`<0x{b:02X}>`); it \
              falls back to byte tokens for text it cannot split otherwise"
+        );
+    }
+    if let (Some(b"rwkv"), Some(b)) = (tokenizer, bytes.rwkv_missing()) {
+        bail!(
+            "the `rwkv` tokenizer has tokens that start with byte 0x{b:02X} but none that \
+             is that byte alone; llama.cpp's RWKV tokenizer loops without end on such text"
         );
     }
 
@@ -506,24 +611,35 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<Facts> {
             bail!("tensor `{name}` has {dims} dimensions (1 to {MAX_DIMS} allowed)");
         }
         let mut elements: u64 = 1;
+        let mut first_dim = None;
         for _ in 0..dims {
             let d = r.u64(&format!("a dimension of `{name}`"))?;
+            first_dim.get_or_insert(d);
             elements = elements
                 .checked_mul(d)
                 .with_context(|| format!("tensor `{name}` has an impossible size"))?;
         }
+        // A row of the tensor: more elements than that make it a matrix.
+        let first_dim = first_dim.unwrap_or(1);
         let kind = r.u32(&format!("the type of `{name}`"))?;
         let offset = r.u64(&format!("the offset of `{name}`"))?;
         if offset % alignment != 0 {
             bail!("tensor `{name}` is not aligned to {alignment} bytes");
         }
-        tensors.push((name, dims, elements, kind, offset));
+        tensors.push((name, dims, first_dim, elements, kind, offset));
     }
 
     let data_start = r.pos.div_ceil(alignment) * alignment;
     let data_len = r.len.saturating_sub(data_start);
-    for (name, dims, elements, kind, offset) in tensors {
+    for (name, dims, first_dim, elements, kind, offset) in tensors {
         let layout = type_layout(kind);
+        if elements > first_dim && NO_CPU_MATMUL.contains(&kind) {
+            let type_name = layout.map_or_else(|| format!("type {kind}"), |l| l.0.to_owned());
+            bail!(
+                "tensor `{name}` is a matrix stored as {type_name}; llama.cpp's CPU \
+                 backend has no matrix product for that type and would crash"
+            );
+        }
         if dims == 1 && kind != F32 {
             let type_name = layout.map_or_else(|| format!("type {kind}"), |l| l.0.to_owned());
             bail!(
@@ -602,11 +718,16 @@ fn check_charsmap(blob: &[u8]) -> Result<()> {
             if (packed >> 8) & 1 == 1 {
                 let offset = (node(next)? & ((1 << 31) - 1)) as usize;
                 let rest = strings.get(offset..).unwrap_or_default();
-                if !rest.contains(&0) {
-                    bail!(
+                match rest.iter().position(|&b| b == 0) {
+                    None => bail!(
                         "a replacement at byte {offset} of {} is missing or unterminated",
                         strings.len()
-                    );
+                    ),
+                    Some(len) if len > MAX_REPLACEMENT => bail!(
+                        "a replacement at byte {offset} is {len} bytes, more than \
+                         {MAX_REPLACEMENT}"
+                    ),
+                    Some(_) => {}
                 }
             }
             match seen.get_mut(next) {
@@ -1126,5 +1247,70 @@ mod tests {
         assert!(fault.contains("GGUF type 4, not as a string"), "{fault}");
         let fault = facts(V::Str("{{ x }}\0y")).template_fault.expect("a NUL");
         assert!(fault.contains("NUL byte at byte 7"), "{fault}");
+    }
+
+    #[test]
+    fn rwkv_texts_are_unescaped_as_llama_cpp_does() {
+        let mut out = Vec::new();
+        for (text, want) in [
+            (&br"a\tb"[..], &b"a\tb"[..]),
+            (br"\n\r\\", b"\n\r\\"),
+            (br"\x41\x0a", b"A\n"),
+            (br"\x4", b""),
+            (br"\q", b"q"),
+            (br"end\", b"end"),
+        ] {
+            rwkv_unescape(text, &mut out);
+            assert_eq!(out, want, "{:?}", String::from_utf8_lossy(text));
+        }
+    }
+
+    #[test]
+    fn an_rwkv_byte_that_starts_tokens_must_be_one() {
+        let rwkv = |tokens: &[&[u8]]| {
+            run(build(
+                &[
+                    ("general.architecture", V::Str("rwkv6")),
+                    ("tokenizer.ggml.model", V::Str("rwkv")),
+                    ("tokenizer.ggml.tokens", V::Strings(tokens)),
+                ],
+                1,
+                F32,
+            ))
+        };
+        let err = format!("{:#}", rwkv(&[b"b", b"ab"]).expect_err("no `a`"));
+        assert!(err.contains("start with byte 0x61 but none"), "{err}");
+        rwkv(&[b"a", b"b", b"ab", br"\x00z"]).expect_err("no NUL byte alone");
+        rwkv(&[b"a", b"b", b"ab", br"\x00z", br"\x00"]).expect("every first byte is a token");
+    }
+
+    #[test]
+    fn long_token_texts_and_matrices_of_types_without_a_product_are_refused() {
+        let long = vec![b'a'; MAX_TOKEN_TEXT + 1];
+        let tokens: &[&[u8]] = &[b"a", &long];
+        let err = format!(
+            "{:#}",
+            run(build(
+                &[("tokenizer.ggml.tokens", V::Strings(tokens))],
+                1,
+                F32
+            ))
+            .expect_err("too long")
+        );
+        assert!(err.contains("token 1 is longer than 4096 bytes"), "{err}");
+        // `w` as a 32 x 2 I8 matrix; as one row, or a vector, it is left
+        // to llama.cpp and to the rule for vectors.
+        let mut f = build(&[], 2, 24);
+        let dims = [32_u64.to_le_bytes(), 1_u64.to_le_bytes()].concat();
+        let at = f
+            .windows(16)
+            .position(|w| w == dims)
+            .expect("the dimensions");
+        f[at + 8..at + 16].copy_from_slice(&2_u64.to_le_bytes());
+        let err = format!("{:#}", run(f).expect_err("I8 matrix"));
+        assert!(err.contains("a matrix stored as I8"), "{err}");
+        run(build(&[], 2, 24)).expect("one row");
+        let err = format!("{:#}", run(build(&[], 1, 24)).expect_err("I8 vector"));
+        assert!(err.contains("one-dimensional and I8"), "{err}");
     }
 }
