@@ -32,9 +32,11 @@
 //! - more than [`MAX_VOCAB`] tokens, which only cost time and memory, and
 //!   a token text longer than [`MAX_TOKEN_TEXT`] bytes: the `t5` and
 //!   `rwkv` tokenizers keep the texts in a trie of a level per byte,
-//!   which overflowed the stack as it was freed;
+//!   which overflowed the stack as it was freed, and the `bert` and
+//!   `plamo2` ones slow down with the square or cube of the longest;
+//! - an empty vocabulary, by which llama.cpp's `test` tokenizer divides;
 //! - a weight matrix of a type the CPU backend has no matrix product for
-//!   (Q8_1 and the integer and F64 types): the first decode crashed on a
+//!   (Q8_1, Q8_K and the integer and F64 types): the first decode crashed on a
 //!   null function pointer;
 //! - a `tokenizer.ggml.precompiled_charsmap` (the `t5` tokenizer's
 //!   normalisation table) in which some input would lead the lookup out
@@ -80,15 +82,16 @@ const TEMPLATE_KEY: &[u8] = b"tokenizer.chat_template";
 const CHARSMAP_KEY: &[u8] = b"tokenizer.ggml.precompiled_charsmap";
 /// Largest normalisation table read (real ones are about 240 KB).
 const MAX_CHARSMAP: u64 = 64 << 20;
-/// Longest token text accepted, in bytes (real ones are under 300).
-pub const MAX_TOKEN_TEXT: usize = 4096;
+/// Longest token text accepted, in bytes (real ones are under 300). The
+/// `bert` and `plamo2` tokenizers slow down with its square or cube.
+pub const MAX_TOKEN_TEXT: usize = 1024;
 /// Longest replacement string in a `t5` normalisation table, in bytes
 /// (real ones are under 40): a longer one turns a short prompt into a
 /// huge text before anything counts its tokens.
 const MAX_REPLACEMENT: usize = 256;
-/// ggml types the CPU backend has no matrix product for: Q8_1, I8, I16,
-/// I32, I64 and F64. A weight matrix of one crashes the first decode.
-const NO_CPU_MATMUL: [u32; 6] = [9, 24, 25, 26, 27, 28];
+/// ggml types the CPU backend has no matrix product for: Q8_1, Q8_K, I8,
+/// I16, I32, I64 and F64. A weight matrix of one crashes the first decode.
+const NO_CPU_MATMUL: [u32; 7] = [9, 15, 24, 25, 26, 27, 28];
 /// Most tokens a vocabulary may hold: four times the largest in use
 /// (262,144), and a bound on the memory the duplicate check takes.
 pub const MAX_VOCAB: u64 = 1 << 20;
@@ -176,6 +179,8 @@ impl ByteTokens {
 
     /// Takes note of the token text `text`.
     fn note(&mut self, text: &[u8]) {
+        // llama.cpp keeps a token's text only up to a NUL.
+        let text = c_str(text);
         let byte = match text {
             [b] => Some(*b),
             [b'<', b'0', b'x', hi, lo, b'>'] => {
@@ -191,7 +196,7 @@ impl ByteTokens {
         if let Some(slot) = byte.and_then(|b| self.sentencepiece.get_mut(usize::from(b))) {
             *slot = true;
         }
-        rwkv_unescape(c_str(text), &mut self.unescaped);
+        rwkv_unescape(text, &mut self.unescaped);
         if let Some(&first) = self.unescaped.first() {
             if let Some(slot) = self.rwkv_first.get_mut(usize::from(first)) {
                 *slot = true;
@@ -398,6 +403,10 @@ impl<R: Read + Seek> Reader<R> {
                 "{what} claims {n} items but only {} bytes remain",
                 self.remaining()
             );
+        }
+        // llama.cpp's `test` tokenizer divides by the count.
+        if n == 0 {
+            bail!("the vocabulary is empty");
         }
         // After the test above, which names a count that is only corrupt.
         if n > MAX_VOCAB {
@@ -1297,7 +1306,7 @@ mod tests {
             ))
             .expect_err("too long")
         );
-        assert!(err.contains("token 1 is longer than 4096 bytes"), "{err}");
+        assert!(err.contains("token 1 is longer than 1024 bytes"), "{err}");
         // `w` as a 32 x 2 I8 matrix; as one row, or a vector, it is left
         // to llama.cpp and to the rule for vectors.
         let mut f = build(&[], 2, 24);
