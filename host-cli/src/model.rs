@@ -269,8 +269,13 @@ impl Model {
     ///
     /// # Errors
     ///
-    /// - [`PromptTooLong`], with a lower bound on the count.
+    /// - [`PromptTooLong`], with a lower bound on the count;
+    /// - [`PromptTooLarge`], above [`MAX_PROMPT_BYTES`] whatever the
+    ///   tokenizer.
     pub fn check_fits(&self, text: &str, parse_special: bool) -> Result<()> {
+        if text.len() > MAX_PROMPT_BYTES {
+            return Err(PromptTooLarge { bytes: text.len() }.into());
+        }
         if text.len() <= self.ctx_size {
             return Ok(());
         }
@@ -437,6 +442,31 @@ struct TextBound {
     /// Whether a special token swallows the whitespace beside it.
     strips: bool,
 }
+
+/// Most bytes of text tokenized as one prompt. llama.cpp's pre-tokenizer
+/// regular expressions recurse once per byte of some runs (digits,
+/// spaces): 4 MB of digits overflowed a 1 GiB stack, 2 MB did not.
+pub const MAX_PROMPT_BYTES: usize = 1 << 20;
+
+/// A prompt text above [`MAX_PROMPT_BYTES`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptTooLarge {
+    /// The text's length in bytes.
+    pub bytes: usize,
+}
+
+impl std::fmt::Display for PromptTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the prompt is {} bytes of text, more than the {MAX_PROMPT_BYTES} talkback \
+             tokenizes at once; shorten it",
+            self.bytes
+        )
+    }
+}
+
+impl std::error::Error for PromptTooLarge {}
 
 /// A prompt longer than the context; the interactive chat recovers from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use rustyline::DefaultEditor;
 use crate::app::Turn;
 use crate::chat::{Message, Template};
 use crate::generate::{Finish, INTERRUPTED};
-use crate::model::PromptTooLong;
+use crate::model::{PromptTooLarge, PromptTooLong};
 
 /// What `/help` prints.
 const HELP: &str = "\
@@ -144,6 +144,12 @@ pub fn run(template: &Template<'_>, turn: &mut dyn Turn, start: Vec<Message>) ->
                 // A conversation that has outgrown the context ends no
                 // session: the message is not sent, and the user can
                 // /reset or leave.
+                if let Some(large) = e.chain().find_map(|c| c.downcast_ref::<PromptTooLarge>()) {
+                    INTERRUPTED.store(false, Ordering::Relaxed);
+                    messages.pop();
+                    crate::note!("talkback: {large}; it was not sent");
+                    continue;
+                }
                 let Some(full) = e.chain().find_map(|c| c.downcast_ref::<PromptTooLong>()) else {
                     return Err(e);
                 };

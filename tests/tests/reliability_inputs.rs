@@ -815,3 +815,20 @@ fn an_endless_input_is_refused_at_its_size_limit() {
         );
     }
 }
+
+#[test]
+fn a_prompt_above_a_mebibyte_is_refused_before_any_tokenizer_sees_it() {
+    // Digits: a run that llama.cpp's pre-tokenizer regexes recurse on.
+    let text = vec![b'7'; (1 << 20) + 1];
+    for args in [
+        &["complete", "-n", "1", "-c", "8192"][..],
+        &["chat", "-n", "1"],
+    ] {
+        let run = talkback_stdin(args, &text);
+        let line = runtime_error(&run, "the prompt is ");
+        assert!(
+            line.contains("bytes of text, more than the 1048576 talkback tokenizes at once"),
+            "{args:?}: {line}"
+        );
+    }
+}
