@@ -419,11 +419,13 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
         )
         .into());
     }
-    if args.render_only && (gen.trace.is_some() || gen.format != Format::Text) {
-        // Nothing is generated, so there is nothing to trace, and the
-        // prompt is printed as the model reads it, not as JSON.
+    let outputs = gen.trace.is_some() || gen.dump_logits.is_some();
+    if args.render_only && (outputs || gen.format != Format::Text) {
+        // Nothing is generated, so there is nothing to trace or dump, and
+        // the prompt is printed as the model reads it, not as JSON.
         return Err(Usage::new(
-            "--render-only prints the prompt as text: it takes no --trace or --format",
+            "--render-only prints the prompt as text: it takes no --trace, --dump-logits \
+             or --format",
         )
         .into());
     }
@@ -447,9 +449,10 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     }
     if args.render_only {
         let rendered = template.render(&messages)?;
-        // The checks a run makes are in the tokenization: a prompt it
-        // would refuse is refused here too, not shown as if it were sent.
-        chat::tokenize(&model, &rendered)?;
+        // The checks a run makes (the template's, the context's) are made
+        // here too: a prompt it would refuse is not shown as if it were sent.
+        let tokens = chat::tokenize(&model, &rendered)?;
+        model.session(&args.model)?.check_prompt(&tokens)?;
         let mut out = crate::output::stdout();
         out.write_all(rendered.text.as_bytes())?;
         out.flush()?;
@@ -689,7 +692,12 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         other => other,
     };
     if let Some(d) = trace::compare(&trace, &prompt_ids, &outcome.tokens, finish) {
-        bail!("replay diverged: {d}");
+        // The trace does not record the thread count or the machine, and
+        // llama.cpp's logits depend on both.
+        bail!(
+            "replay diverged: {d} (llama.cpp's logits can differ with --threads or the \
+             machine: replay with the recorded run's --threads, on its machine)"
+        );
     }
     let mut out = crate::output::stdout();
     writeln!(

@@ -525,16 +525,13 @@ impl Session<'_> {
         self.cached.len() >= self.n_ctx
     }
 
-    /// Makes the context hold exactly `prompt`, decoding only the part that
-    /// differs from what it already holds, and leaves the logits of the last
-    /// prompt token ready; returns `false`, with no logits ready, when
-    /// Ctrl-C stopped it between two batches.
+    /// Refuses a prompt that [`Session::set_prompt`] would refuse, without
+    /// decoding anything.
     ///
     /// # Errors
     ///
-    /// - the prompt is empty, or longer than the context ([`PromptTooLong`]);
-    /// - llama.cpp fails to decode.
-    pub fn set_prompt(&mut self, prompt: &[LlamaToken]) -> Result<bool> {
+    /// - the prompt is empty, or longer than the context ([`PromptTooLong`]).
+    pub fn check_prompt(&self, prompt: &[LlamaToken]) -> Result<()> {
         if prompt.is_empty() {
             bail!("the prompt is empty: nothing to continue from");
         }
@@ -546,6 +543,20 @@ impl Session<'_> {
             }
             .into());
         }
+        Ok(())
+    }
+
+    /// Makes the context hold exactly `prompt`, decoding only the part that
+    /// differs from what it already holds, and leaves the logits of the last
+    /// prompt token ready; returns `false`, with no logits ready, when
+    /// Ctrl-C stopped it between two batches.
+    ///
+    /// # Errors
+    ///
+    /// - the prompt is empty, or longer than the context ([`PromptTooLong`]);
+    /// - llama.cpp fails to decode.
+    pub fn set_prompt(&mut self, prompt: &[LlamaToken]) -> Result<bool> {
+        self.check_prompt(prompt)?;
 
         // Keep the common prefix, but always decode the last prompt token
         // again so its logits are fresh.

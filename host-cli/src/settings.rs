@@ -195,7 +195,17 @@ impl Settings {
         Ok(config)
     }
 
-    /// One line for `-v`: every setting, so the run can be repeated.
+    /// `value`, or `-` when the order leaves out the stage named `stage`.
+    fn in_order(&self, stage: &str, value: String) -> String {
+        if self.sampler_order.iter().any(|s| s == stage) {
+            value
+        } else {
+            "-".to_owned()
+        }
+    }
+
+    /// One line for `-v`: every setting in force, so the run can be
+    /// repeated (`-` for a stage the order leaves out).
     pub fn describe(&self) -> String {
         format!(
             "seed {} | temp {} | top-k {} | top-p {} | min-p {} | repeat-penalty {} \
@@ -203,9 +213,9 @@ impl Settings {
              | ignore-eos {} | sampler {}",
             self.seed,
             self.temperature,
-            self.top_k,
-            self.top_p,
-            self.min_p,
+            self.in_order("top-k", self.top_k.to_string()),
+            self.in_order("top-p", self.top_p.to_string()),
+            self.in_order("min-p", self.min_p.to_string()),
             self.repeat_penalty,
             self.repeat_last_n,
             self.presence_penalty,

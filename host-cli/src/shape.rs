@@ -8,7 +8,7 @@
 use std::io::Write;
 
 use anyhow::{anyhow, Result};
-use sampler_core::{shape, Candidate, Config, Input, ShapeReport, ShapeRow};
+use sampler_core::{shape, Candidate, Config, Input, ShapeReport, ShapeRow, Stage};
 use serde_json::{json, Value};
 
 use crate::settings::stage_name;
@@ -52,12 +52,20 @@ pub fn describe(config: &Config) -> String {
         .iter()
         .map(|&s| stage_name(s))
         .collect();
+    let stages = config.order.stages();
+    let value = |stage, v: String| {
+        if stages.contains(&stage) {
+            v
+        } else {
+            "-".to_owned()
+        }
+    };
     format!(
         "temp {} | top-k {} | top-p {} | min-p {} | order {}",
         config.temperature,
-        config.top_k,
-        config.top_p,
-        config.min_p,
+        value(Stage::TopK, config.top_k.to_string()),
+        value(Stage::TopP, config.top_p.to_string()),
+        value(Stage::MinP, config.min_p.to_string()),
         order.join(",")
     )
 }

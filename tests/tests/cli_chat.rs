@@ -555,3 +555,36 @@ fn deep_template_expressions_render_and_huge_templates_are_refused() {
         run.stderr
     );
 }
+
+#[test]
+fn render_only_refuses_what_a_run_refuses_and_takes_no_outputs() {
+    let empty = TempFile::with("empty.jinja", "");
+    let run = tb(&[
+        "chat",
+        "hi",
+        "--chat-template",
+        empty.arg(),
+        "--render-only",
+    ]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "{:?}", run.text());
+    assert!(run.stderr.contains("the prompt is empty"), "{}", run.stderr);
+
+    let run = tb(&["chat", "hi", "-c", "16", "--render-only"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("but the context holds only 16"),
+        "{}",
+        run.stderr
+    );
+
+    let dump = TempFile::new("render.f32");
+    let run = tb(&["chat", "hi", "--render-only", "--dump-logits", dump.arg()]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no --trace, --dump-logits or --format"),
+        "{}",
+        run.stderr
+    );
+    assert!(!dump.0.exists(), "the dump file was created");
+}

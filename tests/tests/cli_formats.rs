@@ -620,3 +620,23 @@ fn stages_the_order_leaves_out_show_null_not_a_count_or_a_setting() {
     let t = trace.read_json();
     assert_eq!(int(&t["settings"]["top_k"]), 40, "{t}");
 }
+
+#[test]
+fn verbose_settings_show_a_dash_for_stages_the_order_leaves_out() {
+    let run = tb(&[
+        "complete",
+        STORY,
+        "-n",
+        "1",
+        "--sampler-order",
+        "temp,top-p",
+        "-v",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("| top-k - | top-p 0.95 | min-p - | repeat-penalty"),
+        "{}",
+        run.stderr
+    );
+}
