@@ -447,14 +447,18 @@ fn a_template_that_cuts_message_text_cannot_turn_it_into_control_tokens() {
             "r</think>A<|IM_END|>B",
         ),
     ];
-    for (template, message) in &cases {
-        // `--render-only` shows no prompt that a run would not send.
+    // Refused by a run and by `--render-only`, which shows no prompt that
+    // a run would not send.
+    let refused_both = |template: &TempFile, message: &str, needle: &str| {
         for extra in [&[][..], &["--render-only"]] {
             let run = chat(message, template, extra);
             assert_eq!(run.code, 1, "{message:?} {extra:?}: {}", run.stderr);
-            assert!(run.stderr.contains(refused), "{message:?}: {}", run.stderr);
+            assert!(run.stderr.contains(needle), "{message:?}: {}", run.stderr);
             assert!(run.stdout.is_empty(), "{message:?}: {:?}", run.text());
         }
+    };
+    for (template, message) in &cases {
+        refused_both(template, message, refused);
     }
     // A copy with the marks filtered out, beside the marked one; control
     // tokens written only for some text; a control token spelled around
@@ -485,15 +489,7 @@ fn a_template_that_cuts_message_text_cannot_turn_it_into_control_tokens() {
         ),
     ];
     for (template, message) in &more {
-        for extra in [&[][..], &["--render-only"]] {
-            let run = chat(message, template, extra);
-            assert_eq!(run.code, 1, "{message:?} {extra:?}: {}", run.stderr);
-            assert!(
-                run.stderr.contains("it is not sent"),
-                "{message:?}: {}",
-                run.stderr
-            );
-        }
+        refused_both(template, message, "it is not sent");
     }
     // Pieces of two messages that join into one control token.
     let cross = TempFile::with(
