@@ -47,6 +47,11 @@
 //! - a one-dimensional tensor (a norm or bias) of any type but F32: the CPU
 //!   backend multiplies by it only in F32 and aborts on anything else.
 //!
+//! Some corruptions make llama.cpp run without error and print nothing,
+//! and are refused too: a token type outside GGUF's 0 to 6, which llama.cpp
+//! treats as a control token (whose text it never prints), and a
+//! vocabulary with no token of a type that prints text.
+//!
 //! Other corruptions found that way (counts, lengths, value types, shapes,
 //! offsets, unknown tensor types, NaN weights) are refused by llama.cpp or
 //! by the check of each step's logits, with an error, not a crash. A value
@@ -76,6 +81,8 @@ const MAX_LAYERS: u32 = 512;
 const KEEP_STRING: usize = 64;
 /// The key that lists the vocabulary's token texts.
 const TOKENS_KEY: &[u8] = b"tokenizer.ggml.tokens";
+/// The key that gives each token's type.
+const TOKEN_TYPE_KEY: &[u8] = b"tokenizer.ggml.token_type";
 /// The key of the chat template.
 const TEMPLATE_KEY: &[u8] = b"tokenizer.chat_template";
 /// The key of the `t5` tokenizer's normalisation table.
@@ -95,6 +102,8 @@ const NO_CPU_MATMUL: [u32; 7] = [9, 15, 24, 25, 26, 27, 28];
 /// Most tokens a vocabulary may hold: four times the largest in use
 /// (262,144), and a bound on the memory the duplicate check takes.
 pub const MAX_VOCAB: u64 = 1 << 20;
+/// GGUF value type of a 32-bit signed integer.
+const INT32: u32 = 5;
 /// GGUF value type of a string.
 const STRING: u32 = 8;
 /// GGUF value type of an array.
@@ -390,13 +399,14 @@ impl<R: Read + Seek> Reader<R> {
     }
 
     /// Reads the vocabulary's token texts and refuses a repeated one,
-    /// which makes llama.cpp abort. An array of another item type is left
-    /// to llama.cpp, which refuses it.
-    fn tokens(&mut self, what: &str, bytes: &mut ByteTokens) -> Result<()> {
+    /// which makes llama.cpp abort; returns their count. An array of
+    /// another item type is left to llama.cpp, which refuses it.
+    fn tokens(&mut self, what: &str, bytes: &mut ByteTokens) -> Result<Option<u64>> {
         let item = self.u32(what)?;
         let n = self.u64(what)?;
         if item != STRING {
-            return self.array_items(item, n, what, 1);
+            self.array_items(item, n, what, 1)?;
+            return Ok(None);
         }
         if n.saturating_mul(8) > self.remaining() {
             bail!(
@@ -435,7 +445,35 @@ impl<R: Read + Seek> Reader<R> {
             }
             seen.insert(text, i);
         }
-        Ok(())
+        Ok(Some(n))
+    }
+
+    /// Reads the token types, at most [`MAX_VOCAB`] of them (llama.cpp
+    /// reads no more than the vocabulary holds). An array of another item
+    /// type is left to llama.cpp, which refuses it.
+    fn token_types(&mut self, what: &str) -> Result<Option<Vec<i32>>> {
+        let item = self.u32(what)?;
+        let n = self.u64(what)?;
+        if item != INT32 {
+            self.array_items(item, n, what, 1)?;
+            return Ok(None);
+        }
+        if n.saturating_mul(4) > self.remaining() {
+            bail!(
+                "{what} claims {n} items but only {} bytes remain",
+                self.remaining()
+            );
+        }
+        let kept = n.min(MAX_VOCAB);
+        let mut buf = vec![0_u8; kept as usize * 4];
+        self.inner.read_exact(&mut buf)?;
+        self.pos += kept * 4;
+        self.skip((n - kept) * 4, what)?;
+        let types = buf
+            .chunks_exact(4)
+            .map(|b| b.try_into().map_or(0, i32::from_le_bytes))
+            .collect();
+        Ok(Some(types))
     }
 
     /// Reads the `t5` tokenizer's normalisation table and refuses one that
@@ -563,6 +601,7 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<Facts> {
     let mut kept = Vec::new();
     let mut facts = Facts::default();
     let mut bytes = ByteTokens::new();
+    let (mut n_tokens, mut types) = (None, None);
     for i in 0..n_kv {
         let key = r.string(&format!("key {i}"), 256)?;
         let name = shown(&key);
@@ -570,7 +609,10 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<Facts> {
         let kind = r.u32(&format!("the type of `{name}`"))?;
         let what = format!("the value of `{name}`");
         let value = if key == TOKENS_KEY && kind == ARRAY {
-            r.tokens(&what, &mut bytes)?;
+            n_tokens = r.tokens(&what, &mut bytes)?;
+            None
+        } else if key == TOKEN_TYPE_KEY && kind == ARRAY {
+            types = r.token_types(&what)?;
             None
         } else if key == CHARSMAP_KEY && kind == ARRAY {
             r.charsmap(&what)?;
@@ -592,6 +634,10 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<Facts> {
         }
     }
     check_values(&kept)?;
+    if let (Some(n), Some(types)) = (n_tokens, &types) {
+        // A shorter list is refused by llama.cpp on load.
+        check_token_types(types.get(..n as usize).unwrap_or(types))?;
+    }
     // llama.cpp reads the name only up to a NUL.
     let tokenizer = kept.iter().find_map(|(k, v)| match v {
         Meta::Str(name) if k == b"tokenizer.ggml.model" => Some(c_str(name)),
@@ -751,6 +797,34 @@ fn check_charsmap(blob: &[u8]) -> Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Refuses token types that llama.cpp does not know, and a vocabulary in
+/// which no token prints text.
+///
+/// llama.cpp treats a token of unknown type as a control token and never
+/// prints its text, so a model with corrupt types generates as usual and
+/// prints nothing. Type 0 (undefined) is known: llama.cpp writes it for
+/// tokens whose attributes no single type names.
+fn check_token_types(types: &[i32]) -> Result<()> {
+    if let Some((i, t)) = types
+        .iter()
+        .enumerate()
+        .find(|(_, t)| !(0..=6).contains(*t))
+    {
+        bail!(
+            "token {i} has type {t}; GGUF token types are 0 to 6, and llama.cpp would \
+             print nothing for that token"
+        );
+    }
+    // Normal, user-defined and byte tokens print their text.
+    if !types.is_empty() && !types.iter().any(|t| matches!(t, 1 | 4 | 6)) {
+        bail!(
+            "no token in the vocabulary is of a type that prints text (normal, \
+             user-defined or byte); everything generated would print nothing"
+        );
     }
     Ok(())
 }
@@ -925,6 +999,7 @@ mod tests {
         F32(f32),
         Str(&'a str),
         Strings(&'a [&'a [u8]]),
+        Ints(&'a [i32]),
     }
 
     /// A GGUF file with these pairs and one tensor `w` of 32 elements, of
@@ -949,6 +1024,14 @@ mod tests {
                 V::Str(v) => {
                     f.extend_from_slice(&8_u32.to_le_bytes());
                     string(&mut f, v);
+                }
+                V::Ints(items) => {
+                    f.extend_from_slice(&9_u32.to_le_bytes());
+                    f.extend_from_slice(&INT32.to_le_bytes());
+                    f.extend_from_slice(&(items.len() as u64).to_le_bytes());
+                    for item in *items {
+                        f.extend_from_slice(&item.to_le_bytes());
+                    }
                 }
                 V::Strings(items) => {
                     f.extend_from_slice(&9_u32.to_le_bytes());
@@ -1244,6 +1327,41 @@ mod tests {
             err.contains("holds 1048577 tokens; at most 1048576"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn token_types_that_print_nothing_are_refused() {
+        let tokens: &[&[u8]] = &[b"a", b"b", b"<s>"];
+        let check = |types: &[i32], types_first: bool| {
+            let mut kvs = vec![
+                ("tokenizer.ggml.tokens", V::Strings(tokens)),
+                ("tokenizer.ggml.token_type", V::Ints(types)),
+            ];
+            if types_first {
+                kvs.reverse();
+            }
+            run(build(&kvs, 1, F32)).map_err(|e| format!("{e:#}"))
+        };
+        for first in [false, true] {
+            check(&[1, 1, 3], first).expect("normal and control");
+            check(&[4, 6, 0], first).expect("user-defined, byte, undefined");
+            // llama.cpp reads no more types than there are tokens.
+            check(&[1, 1, 3, 99], first).expect("a type past the vocabulary");
+            let err = check(&[1, 7, 3], first).expect_err("type 7");
+            assert!(
+                err.contains("token 1 has type 7; GGUF token types are 0 to 6"),
+                "{err}"
+            );
+            let err = check(&[1, 1, -1], first).expect_err("type -1");
+            assert!(err.contains("token 2 has type -1"), "{err}");
+            for silent in [[3, 3, 3], [2, 5, 0]] {
+                let err = check(&silent, first).expect_err("nothing prints");
+                assert!(
+                    err.contains("no token in the vocabulary is of a type that prints"),
+                    "{err}"
+                );
+            }
+        }
     }
 
     #[test]

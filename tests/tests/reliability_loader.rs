@@ -24,6 +24,9 @@
 //! - Many values llama.cpp accepts without complaint and runs with: a
 //!   changed context length, vocabulary size, BOS/EOS ids out of range,
 //!   token texts that are not UTF-8, broken merges. Those runs exit 0.
+//!   Of those, a token type outside 0 to 6 made every such token print
+//!   nothing (llama.cpp treats it as a control token); the walk refuses
+//!   it.
 //!
 //! The tests below pin the five abort cases, truncation at many points,
 //! corrupt tensor data, and a sweep of single-byte changes over the
@@ -73,6 +76,13 @@ fn corruptions_llama_cpp_aborts_on_are_refused_first() {
     let tokenizer = layout.value_at("tokenizer.ggml.model") + 8;
     assert_eq!(layout.bytes(tokenizer, 4), b"gpt2", "the model's tokenizer");
     let norm = layout.tensor("output_norm.weight").type_at;
+    // The types follow the array's item type and count.
+    let type_of_1000 = layout.value_at("tokenizer.ggml.token_type") + 12 + 4 * 1000;
+    assert_eq!(
+        layout.bytes(type_of_1000, 4),
+        u32_bytes(1),
+        "a normal token"
+    );
 
     // Two neighbouring tokens of equal length, the second made a copy.
     let (first, second) = (100..2000)
@@ -108,6 +118,10 @@ fn corruptions_llama_cpp_aborts_on_are_refused_first() {
         (
             vec![(norm, u32_bytes(26))],
             "`output_norm.weight` is one-dimensional and I32",
+        ),
+        (
+            vec![(type_of_1000, u32_bytes(9))],
+            "token 1000 has type 9; GGUF token types are 0 to 6",
         ),
     ];
     for (patches, needle) in cases {
