@@ -912,8 +912,13 @@ fn shape_command(args: &ShapeArgs, verbose: u8) -> Result<()> {
             String::from_utf8_lossy(&bytes).into_owned()
         })
     };
+    let label = |id: u32| match (&model, piece(id)) {
+        (Some(m), Some(p)) if p.is_empty() => m.control_text(id).unwrap_or_else(|| "\"\"".into()),
+        (_, Some(p)) => format!("{p:?}"),
+        (_, None) => String::new(),
+    };
     match args.format {
-        ShapeFormat::Text => crate::shape::print_text(&mut out, &table, args.rows, &piece)?,
+        ShapeFormat::Text => crate::shape::print_text(&mut out, &table, args.rows, &label)?,
         ShapeFormat::Json => {
             writeln!(out, "{}", crate::shape::to_json(&table, args.rows, &piece))?;
         }

@@ -336,6 +336,22 @@ impl Model {
             .token_to_piece_into(LlamaToken(id), out, false, None);
     }
 
+    /// The text of a token that prints nothing (a control token), as the
+    /// vocabulary spells it: `<|im_end|>`. `None` for a token that prints
+    /// text, or that has no text either way.
+    pub fn control_text(&self, token: u32) -> Option<String> {
+        let mut bytes = Vec::new();
+        self.piece_into(token, &mut bytes);
+        if !bytes.is_empty() {
+            return None;
+        }
+        let id = i32::try_from(token).unwrap_or(i32::MAX);
+        self.model
+            .vocab()
+            .token_to_piece_into(LlamaToken(id), &mut bytes, true, None);
+        (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     /// Creates a decoding session with its own context.
     ///
     /// # Errors

@@ -126,6 +126,10 @@ pub fn table(logits: &[f32], config: &Config) -> Result<Table> {
 
 /// Prints the table for people: a stage summary, then the top `limit` rows.
 ///
+/// `label` gives what the piece column shows for a token: its text quoted,
+/// a control token's own spelling bare (it prints nothing), or nothing
+/// without a model.
+///
 /// # Errors
 ///
 /// - stdout cannot be written.
@@ -133,7 +137,7 @@ pub fn print_text(
     out: &mut impl Write,
     table: &Table,
     limit: usize,
-    piece: &dyn Fn(u32) -> Option<String>,
+    label: &dyn Fn(u32) -> String,
 ) -> std::io::Result<()> {
     writeln!(
         out,
@@ -150,8 +154,7 @@ pub fn print_text(
     }
     writeln!(out)?;
     for (id, logit, probs) in table.rows.iter().take(limit) {
-        let text = piece(*id).map_or_else(String::new, |p| format!("{p:?}"));
-        write!(out, "{id:>7} {text:<14} {:>9}", logit_cell(*logit))?;
+        write!(out, "{id:>7} {:<14} {:>9}", label(*id), logit_cell(*logit))?;
         for p in probs {
             match p {
                 Some(p) => write!(out, " {:>8.3}", p * 100.0)?,

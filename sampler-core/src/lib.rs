@@ -28,8 +28,11 @@
 //!
 //!    The two agree at temperature 1 and whenever top-p and min-p are off.
 //!    Below 1 (a sharper distribution) `TALKBACK` keeps at most as many
-//!    tokens as `LLAMA_CPP`, above 1 at least as many; top-k keeps the same
-//!    tokens in both, and so does greedy. [`Order::new`] builds other orders.
+//!    tokens as `LLAMA_CPP`, above 1 at least as many, in real arithmetic:
+//!    within a few units of rounding of 1 (say `1 ± 1e-6`), a top-p cut that
+//!    the exponential's rounding decides can differ by one token either way.
+//!    Top-k keeps the same tokens in both, and so does greedy.
+//!    [`Order::new`] builds other orders.
 //! 4. **Softmax and draw** over the survivors.
 //!
 //! # Definitions

@@ -14,6 +14,9 @@ use crate::softmax::Scale;
 use crate::Candidate;
 
 /// Shortfall of `ln(p / p_max)` below `ln(min_p)` that still survives.
+///
+/// The test uses this `f32`'s exact value (about `9.99999974737875e-6`),
+/// widened to `f64`, not the decimal `1e-5`.
 pub const MIN_P_TOLERANCE: f32 = 1e-5;
 
 /// The least scaled difference to the top logit that survives `min_p > 0`.

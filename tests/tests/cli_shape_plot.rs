@@ -422,6 +422,40 @@ fn shape_chat_matches_the_first_greedy_chat_token() {
     assert_eq!(greedy.json()["tokens"][0], top);
 }
 
+#[test]
+fn shape_shows_control_tokens_by_their_spelling() {
+    let run = tb(&["shape", "Hello!", "--chat", "--rows", "49152"]);
+    ok(&run);
+    let out = run.text();
+    let row = |id: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .unwrap_or_else(|| panic!("no row for token {id}: {out}"))
+            .to_owned()
+    };
+    // Control tokens print nothing; the table shows how the vocabulary
+    // spells them, bare, apart from the quoted text of the others.
+    let end = row("2");
+    assert_eq!(end.split_whitespace().nth(1), Some("<|im_end|>"), "{end}");
+    let start = row("1");
+    assert_eq!(
+        start.split_whitespace().nth(1),
+        Some("<|im_start|>"),
+        "{start}"
+    );
+    let json = tb(&[
+        "shape", "Hello!", "--chat", "--rows", "49152", "--format", "json",
+    ]);
+    ok(&json);
+    let tokens = json.json()["tokens"].as_array().expect("tokens").clone();
+    let piece = tokens
+        .iter()
+        .find(|t| t["id"] == 2)
+        .map(|t| t["piece"].clone())
+        .expect("token 2");
+    assert_eq!(piece, "", "JSON keeps what the token prints");
+}
+
 /// A chart's lines: (stroke colour, number of points) of every coloured
 /// polyline, the text of every `<text>` element, the pixel height of each
 /// data line's points, and the vertical axis' tick labels as (pixel
