@@ -606,7 +606,8 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         model: Some(path),
         ctx_size: settings.ctx_size,
         batch_size: settings.batch_size,
-        threads: args.threads,
+        // llama.cpp's logits depend on the thread count.
+        threads: args.threads.or(settings.threads),
         gpu_layers: 0,
     };
     let model = load(&model_args, verbose)?;
@@ -692,12 +693,32 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         other => other,
     };
     if let Some(d) = trace::compare(&trace, &prompt_ids, &outcome.tokens, finish) {
-        // The trace does not record the thread count or the machine, and
-        // llama.cpp's logits depend on both.
-        bail!(
-            "replay diverged: {d} (llama.cpp's logits can differ with --threads or the \
-             machine: replay with the recorded run's --threads, on its machine)"
-        );
+        // llama.cpp's logits depend on the thread count and the machine.
+        let used = model_args.threads();
+        let threads = |n: u32| match n {
+            1 => "1 thread".to_owned(),
+            n => format!("{n} threads"),
+        };
+        let hint = match settings.threads {
+            Some(t) if t == used => format!(
+                "recorded and replayed with {}; llama.cpp's logits can differ from one \
+                 machine to another",
+                threads(t)
+            ),
+            Some(t) => format!(
+                "recorded with {}, replayed with {}; llama.cpp's logits depend on the \
+                 count: replay without --threads",
+                threads(t),
+                threads(used)
+            ),
+            None => format!(
+                "the trace does not record its thread count, and this replay used {}; \
+                 llama.cpp's logits depend on the count and the machine: replay with \
+                 the recorded run's --threads, on its machine",
+                threads(used)
+            ),
+        };
+        bail!("replay diverged: {d} ({hint})");
     }
     let mut out = crate::output::stdout();
     writeln!(

@@ -11,7 +11,7 @@ use clap::{ArgMatches, Args, Parser, Subcommand, ValueEnum};
 use sampler_core::{Order, Stage};
 
 use crate::generate::Engine;
-use crate::settings::{BATCH_SIZES, CTX_SIZES};
+use crate::settings::{BATCH_SIZES, CTX_SIZES, THREADS};
 
 /// Text shown after `--help`: exit codes and the model default.
 const AFTER_HELP: &str = "\
@@ -279,6 +279,17 @@ pub struct ModelArgs {
     pub gpu_layers: u32,
 }
 
+impl ModelArgs {
+    /// The decoding threads in force: `--threads`, or one per core.
+    pub fn threads(&self) -> u32 {
+        self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+                .min(*THREADS.end())
+        })
+    }
+}
+
 // Numeric flags accept a leading minus (`--temp -1`), so that an
 // out-of-range value is reported as such instead of as an unknown flag, and
 // negative penalties need no `=`. Float flags take any value that starts
@@ -426,7 +437,7 @@ fn seed(s: &str) -> Result<u64, String> {
 }
 
 fn threads(s: &str) -> Result<u32, String> {
-    whole(s, 1..=1024)
+    whole(s, widen(THREADS))
 }
 
 fn ctx_size(s: &str) -> Result<u32, String> {

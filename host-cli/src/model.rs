@@ -359,11 +359,7 @@ impl Model {
     /// - the context is longer than the one the model was trained on;
     /// - llama.cpp cannot allocate a context of this size.
     pub fn session(&self, args: &ModelArgs) -> Result<Session<'_>> {
-        let threads = args.threads.map_or_else(
-            || std::thread::available_parallelism().map_or(1, |n| n.get()),
-            |t| t as usize,
-        );
-        let threads = i32::try_from(threads).unwrap_or(1);
+        let threads = i32::try_from(args.threads()).unwrap_or(1);
         if let Some(trained) = self
             .trained_context()
             .filter(|&t| u64::from(args.ctx_size) > t)

@@ -14,6 +14,8 @@ use crate::generate::Engine;
 pub const CTX_SIZES: RangeInclusive<u32> = 16..=1_048_576;
 /// Batch sizes `--batch-size` accepts, in tokens.
 pub const BATCH_SIZES: RangeInclusive<u32> = 1..=65_536;
+/// Thread counts `--threads` accepts.
+pub const THREADS: RangeInclusive<u32> = 1..=1024;
 
 /// Everything that decides which tokens a run produces, given the prompt
 /// and the model.
@@ -58,6 +60,10 @@ pub struct Settings {
     /// Which sampler picked the tokens.
     #[serde(default)]
     pub sampler: Engine,
+    /// Decoding threads: llama.cpp's logits depend on the count, so a
+    /// replay uses it too. Absent from traces of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u32>,
 }
 
 /// Reads a number into an f32, refusing one beyond the f32 range.
@@ -116,6 +122,7 @@ impl Settings {
             ctx_size: model.ctx_size,
             batch_size: model.batch_size,
             sampler: sampling.sampler,
+            threads: Some(model.threads()),
         }
     }
 
@@ -182,6 +189,13 @@ impl Settings {
         if self.n_predict == Some(0) {
             bail!("a token cap of 0 generates nothing");
         }
+        if let Some(t) = self.threads.filter(|t| !THREADS.contains(t)) {
+            bail!(
+                "{t} decoding threads is outside {}..={}",
+                THREADS.start(),
+                THREADS.end()
+            );
+        }
         // llama.cpp's generator keeps the low 32 bits, and all ones there
         // asks it for a fresh random seed: the run would not repeat.
         let draws = self.temperature != 0.0;
@@ -210,7 +224,7 @@ impl Settings {
         format!(
             "seed {} | temp {} | top-k {} | top-p {} | min-p {} | repeat-penalty {} \
              (last {}) | presence {} | frequency {} | order {} | ctx {} | n {} | stop {:?} \
-             | ignore-eos {} | sampler {}",
+             | ignore-eos {} | sampler {} | threads {}",
             self.seed,
             self.temperature,
             self.in_order("top-k", self.top_k.to_string()),
@@ -230,6 +244,8 @@ impl Settings {
                 Engine::Talkback => "talkback",
                 Engine::LlamaCpp => "llama.cpp",
             },
+            self.threads
+                .map_or("not recorded".to_owned(), |n| n.to_string()),
         )
     }
 }
@@ -237,13 +253,18 @@ impl Settings {
 /// The low 32 bits of a seed that llama.cpp reads as "pick one at random".
 const LLAMA_RANDOM: u64 = 0xffff_ffff;
 
-/// A seed from the operating system's hasher keys and the clock.
+/// Largest seed [`random_seed`] gives: `2^53 - 1`, the largest integer that
+/// JSON tools which read numbers as doubles (jq, JavaScript) keep exactly.
+pub const RANDOM_SEED_MAX: u64 = (1 << 53) - 1;
+
+/// A seed from the operating system's hasher keys and the clock, at most
+/// [`RANDOM_SEED_MAX`].
 pub fn random_seed() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let seed = RandomState::new().hash_one(nanos);
+    let seed = RandomState::new().hash_one(nanos) & RANDOM_SEED_MAX;
     // A seed that `-v` prints must repeat the run with either sampler.
     if seed & LLAMA_RANDOM == LLAMA_RANDOM {
         seed ^ 1
@@ -312,6 +333,19 @@ mod tests {
         for bad in cases {
             assert!(bad.check().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn random_seeds_stay_within_what_json_tools_read_exactly() {
+        let mut high = 0;
+        for _ in 0..10_000 {
+            let seed = random_seed();
+            assert!(seed <= RANDOM_SEED_MAX, "{seed}");
+            assert_ne!(seed & LLAMA_RANDOM, LLAMA_RANDOM, "{seed}");
+            high |= seed;
+        }
+        // The bits below 2^53 are all used.
+        assert_eq!(high, RANDOM_SEED_MAX);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 #![allow(clippy::panic, clippy::expect_used, clippy::indexing_slicing)]
 
 use serde_json::Value;
-use talkback_tests::{ok, tb, TempFile};
+use talkback_tests::{ok, talkback, tb, TempFile};
 
 /// Runs `args` with `--trace` and `--format json`; returns the trace file
 /// and the JSON output.
@@ -233,6 +233,65 @@ fn a_changed_prompt_token_or_seed_is_reported() {
     shorter["steps"].as_array_mut().expect("steps").pop();
     trace.write_json(&shorter);
     diverges(&trace, "step 11: field `steps` expected 11 tokens, got 12");
+}
+
+#[test]
+fn replay_uses_the_recorded_thread_count() {
+    let (trace, mut t) = recorded();
+    assert_eq!(t["settings"]["threads"], 1, "tb records one thread");
+
+    // Without --threads, the replay takes the recorded count.
+    let run = talkback(&["-v", "replay", trace.arg()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("| threads 1\n"), "{}", run.stderr);
+
+    t["steps"][3]["id"] = 100.into();
+    trace.write_json(&t);
+    let run = talkback(&["replay", trace.arg()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("(recorded and replayed with 1 thread; "),
+        "{}",
+        run.stderr
+    );
+    let run = talkback(&["replay", trace.arg(), "--threads", "2"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("(recorded with 1 thread, replayed with 2 threads; "),
+        "{}",
+        run.stderr
+    );
+
+    // Traces of older versions have no count.
+    t["settings"]
+        .as_object_mut()
+        .expect("settings")
+        .remove("threads");
+    trace.write_json(&t);
+    let run = tb(&["replay", trace.arg()]);
+    assert!(
+        run.stderr
+            .contains("the trace does not record its thread count, and this replay used 1 thread"),
+        "{}",
+        run.stderr
+    );
+
+    t["settings"]["threads"] = 0.into();
+    trace.write_json(&t);
+    refused(&trace, "0 decoding threads is outside 1..=1024");
+}
+
+#[test]
+fn seeds_chosen_for_the_run_survive_json_tools() {
+    // jq and JavaScript read numbers as doubles: integers above 2^53 round.
+    for _ in 0..3 {
+        let run = tb(&["complete", STORY, "-n", "1", "--format", "json"]);
+        ok(&run);
+        let seed = run.json()["settings"]["seed"].as_u64().expect("seed");
+        assert!(seed < 1 << 53, "{seed}");
+    }
 }
 
 #[test]
