@@ -129,6 +129,7 @@ fn generate(
     prompt: &[LlamaToken],
     settings: &Settings,
     format: Format,
+    save: impl FnOnce(&Outcome) -> Result<()>,
 ) -> Result<(Outcome, Vec<u8>)> {
     let alternatives = if format == Format::Jsonl {
         ALTERNATIVES
@@ -144,11 +145,13 @@ fn generate(
                 text: Vec::with_capacity(req.text_bound(model, session.n_ctx())),
             };
             let outcome = generator.run(model, session, prompt, &req, &mut sink)?;
+            saved(save, &outcome)?;
             Ok((outcome, sink.text))
         }
         Format::Json => {
             let mut sink = CollectSink::new(model, &req, session.n_ctx());
             let outcome = generator.run(model, session, prompt, &req, &mut sink)?;
+            saved(save, &outcome)?;
             let mut out = stdout;
             writeln!(out, "{}", summary(&sink.text, &outcome, settings, false))?;
             out.flush()?;
@@ -157,11 +160,23 @@ fn generate(
         Format::Jsonl => {
             let mut sink = JsonlSink::new(stdout, model, &req, session.n_ctx());
             let outcome = generator.run(model, session, prompt, &req, &mut sink)?;
+            saved(save, &outcome)?;
             let text = std::mem::take(&mut sink.text);
             sink.finish(summary(&text, &outcome, settings, true))?;
             Ok((outcome, text))
         }
     }
+}
+
+/// Runs `save` (which writes the trace) on a finished run; then, if the
+/// run ended because stdout's reader left, says so as an error, which
+/// exits 0 quietly.
+fn saved(save: impl FnOnce(&Outcome) -> Result<()>, outcome: &Outcome) -> Result<()> {
+    save(outcome)?;
+    if outcome.stdout_closed {
+        return Err(crate::output::stdout_closed().into());
+    }
+    Ok(())
 }
 
 /// Streams text and keeps a copy, so a chat can remember the reply.
@@ -478,6 +493,16 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
         crate::note!("talkback: rendered prompt:\n{}", rendered.text);
     }
     let tokens = chat::tokenize(&model, &rendered)?;
+    let save = |outcome: &Outcome| match trace_file {
+        Some(out) => {
+            let prompt = Prompt::Chat {
+                messages,
+                chat_template: template.source().to_owned(),
+            };
+            save_trace(out, &model, prompt, &tokens, &settings, outcome)
+        }
+        None => Ok(()),
+    };
     let (outcome, _) = generate(
         &model,
         &mut generator,
@@ -485,14 +510,8 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
         &tokens,
         &settings,
         gen.format,
+        save,
     )?;
-    if let Some(out) = trace_file {
-        let prompt = Prompt::Chat {
-            messages,
-            chat_template: template.source().to_owned(),
-        };
-        save_trace(out, &model, prompt, &tokens, &settings, &outcome)?;
-    }
     report_finish(&outcome, gen.format, verbose)
 }
 
@@ -523,6 +542,7 @@ impl Turn for ChatTurn<'_, '_> {
             &tokens,
             self.settings,
             Format::Text,
+            |_| Ok(()),
         )?;
         let mut out = crate::output::stdout();
         writeln!(out)?;
@@ -556,6 +576,16 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
         crate::note!("talkback: {}", settings.describe());
     }
     let tokens = model.tokenize(&prompt, model.wants_bos(), args.parse_special)?;
+    let save = |outcome: &Outcome| match trace_file {
+        Some(out) => {
+            let prompt = Prompt::Complete {
+                text: prompt,
+                parse_special: args.parse_special,
+            };
+            save_trace(out, &model, prompt, &tokens, &settings, outcome)
+        }
+        None => Ok(()),
+    };
     let (outcome, _) = generate(
         &model,
         &mut generator,
@@ -563,14 +593,8 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
         &tokens,
         &settings,
         gen.format,
+        save,
     )?;
-    if let Some(out) = trace_file {
-        let prompt = Prompt::Complete {
-            text: prompt,
-            parse_special: args.parse_special,
-        };
-        save_trace(out, &model, prompt, &tokens, &settings, &outcome)?;
-    }
     report_finish(&outcome, gen.format, verbose)
 }
 

@@ -267,6 +267,19 @@ pub struct Outcome {
     pub prompt_tokens: usize,
     /// Timings.
     pub timings: Timings,
+    /// Whether the run ended because stdout's reader left (the finish is
+    /// then [`Finish::Interrupted`]).
+    pub stdout_closed: bool,
+}
+
+/// `Ok(true)` for a write that failed because stdout's reader left, the
+/// error for any other failure.
+fn closed(written: std::io::Result<()>) -> std::io::Result<bool> {
+    match written {
+        Err(e) if crate::output::closed(&e) => Ok(true),
+        Err(e) => Err(e),
+        Ok(()) => Ok(false),
+    }
 }
 
 /// Reusable buffers for the loop, sized for one vocabulary.
@@ -340,6 +353,9 @@ impl Generator {
         let cap = req.n_predict.map_or(usize::MAX, |n| n as usize);
         let statistics = sink.statistics();
         let mut tokens = Vec::with_capacity(req.max_tokens(session.n_ctx()));
+        // The reader of stdout leaving ends the run as Ctrl-C does, so that
+        // what was generated is still traced.
+        let mut stdout_closed = false;
         let finish = loop {
             // Without the whole prompt there are no logits to sample from;
             // looked at before the cap, which may be 0 (a replay of a run
@@ -386,7 +402,7 @@ impl Generator {
 
             self.piece.clear();
             model.piece_into(choice.id, &mut self.piece);
-            sink.token(&Step {
+            let written = sink.token(&Step {
                 index: tokens.len(),
                 id: choice.id,
                 piece: &self.piece,
@@ -397,7 +413,11 @@ impl Generator {
                     .unwrap_or(&[]),
                 entropy: report.entropy,
                 survivors: report.survivors,
-            })?;
+            });
+            if closed(written)? {
+                stdout_closed = true;
+                break Finish::Interrupted;
+            }
             tokens.push((choice.id, choice.logprob));
             if req.repeat_last_n > 0 {
                 if self.recent.len() == req.repeat_last_n {
@@ -410,7 +430,10 @@ impl Generator {
             let pushed = stream
                 .push(&self.piece, &mut self.out)
                 .map_err(|e| anyhow!("text stream: {e}"))?;
-            sink.text(self.out.get(..pushed.written).unwrap_or(&[]))?;
+            if closed(sink.text(self.out.get(..pushed.written).unwrap_or(&[])))? {
+                stdout_closed = true;
+                break Finish::Interrupted;
+            }
             if pushed.stop.is_some() {
                 break Finish::StopString;
             }
@@ -425,12 +448,12 @@ impl Generator {
             session.push(LlamaToken(id))?;
         };
 
-        if finish != Finish::StopString {
+        if finish != Finish::StopString && !stdout_closed {
             self.out.resize(Stream::finish_bound(), 0);
             let n = stream
                 .finish(&mut self.out)
                 .map_err(|e| anyhow!("text stream: {e}"))?;
-            sink.text(self.out.get(..n).unwrap_or(&[]))?;
+            stdout_closed = closed(sink.text(self.out.get(..n).unwrap_or(&[])))?;
         }
         timings.generation = generating.elapsed();
         if let Some((dump, path)) = self.dump.as_mut() {
@@ -442,6 +465,7 @@ impl Generator {
             finish,
             prompt_tokens: prompt.len(),
             timings,
+            stdout_closed,
         })
     }
 }

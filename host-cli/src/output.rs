@@ -37,12 +37,18 @@ impl std::error::Error for StdoutClosed {}
 
 /// Whether `e`, or anything that caused it, is stdout being closed.
 pub fn is_stdout_closed(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        cause
-            .downcast_ref::<io::Error>()
-            .and_then(io::Error::get_ref)
-            .is_some_and(|inner| inner.is::<StdoutClosed>())
-    })
+    e.chain()
+        .any(|cause| cause.downcast_ref::<io::Error>().is_some_and(closed))
+}
+
+/// Whether the write error `e` is stdout being closed.
+pub fn closed(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<StdoutClosed>())
+}
+
+/// The error of a write to stdout after its reader left.
+pub fn stdout_closed() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, StdoutClosed)
 }
 
 /// Locked stdout whose broken-pipe errors say that they come from stdout.
@@ -55,7 +61,7 @@ pub fn stdout() -> Stdout {
 
 fn mark(e: io::Error) -> io::Error {
     if e.kind() == io::ErrorKind::BrokenPipe {
-        io::Error::new(io::ErrorKind::BrokenPipe, StdoutClosed)
+        stdout_closed()
     } else {
         // A full disk or a device that refuses writes: say which stream.
         io::Error::new(e.kind(), format!("cannot write to stdout: {e}"))

@@ -27,7 +27,10 @@ use reliability_support::{
 
 #[test]
 fn closing_stdout_after_ten_bytes_exits_zero_quietly() {
+    let scratch = Scratch::new("closed-stdout");
     for format in ["text", "jsonl"] {
+        // A trace from an earlier run, which this one must replace.
+        let trace = scratch.write(&format!("{format}.json"), b"stale");
         let mut cmd = command(&[
             "complete",
             "Once upon a time",
@@ -38,6 +41,8 @@ fn closing_stdout_after_ten_bytes_exits_zero_quietly() {
             "3",
             "--format",
             format,
+            "--trace",
+            trace.to_str().expect("UTF-8 path"),
         ]);
         let mut child = cmd.stdin(Stdio::null()).spawn().expect("start talkback");
         let stderr = Tail::follow(child.stderr.take().expect("stderr"));
@@ -54,6 +59,20 @@ fn closing_stdout_after_ten_bytes_exits_zero_quietly() {
             "{format}: {status}; stderr: {stderr}"
         );
         assert_eq!(stderr, "", "{format}: stderr must stay empty");
+
+        // The run ended as Ctrl-C ends one: what it generated is traced.
+        let text = std::fs::read_to_string(&trace).expect("read the trace");
+        let t: serde_json::Value = serde_json::from_str(&text).expect("a JSON trace");
+        assert_eq!(t["finish_reason"], "interrupted", "{format}");
+        assert_eq!(t["prompt"]["text"], "Once upon a time", "{format}");
+        let steps = t["steps"].as_array().map_or(0, Vec::len);
+        assert!((1..2000).contains(&steps), "{format}: {steps} steps");
+        let replay = talkback(&["replay", trace.to_str().expect("UTF-8 path")]);
+        assert_eq!(replay.code, 0, "{format}: {}", replay.stderr);
+        assert!(
+            String::from_utf8_lossy(&replay.stdout).starts_with("replay ok: "),
+            "{format}"
+        );
     }
 }
 
