@@ -273,6 +273,14 @@ fn check_outputs(gen: &GenerationArgs, model: &ModelArgs, inputs: &[(&str, &Path
     if let Some(path) = &gen.dump_logits {
         written.push(("--dump-logits", path.as_path()));
     }
+    if let Some((flag, _)) = written.iter().find(|(_, p)| p.as_os_str() == "-") {
+        // Elsewhere `-` means stdout, which carries the generated text here.
+        return Err(Usage::new(format!(
+            "{flag} takes a file path, and stdout carries the generated text; for a file \
+             named `-`, write ./-"
+        ))
+        .into());
+    }
     crate::outfile::check_distinct(&written, &read).map_err(|e| Usage::new(e.to_string()).into())
 }
 

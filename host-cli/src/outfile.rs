@@ -230,6 +230,24 @@ fn identity(path: &Path) -> Option<Identity> {
     }
 }
 
+/// The regular file stdout is redirected to, if it is one.
+#[cfg(unix)]
+fn stdout_identity() -> Option<Identity> {
+    use std::os::fd::AsFd as _;
+    let fd = io::stdout().as_fd().try_clone_to_owned().ok()?;
+    let meta = File::from(fd).metadata().ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    file_id(Path::new(""), &meta).map(Identity::File)
+}
+
+/// The regular file stdout is redirected to: not found on this platform.
+#[cfg(not(unix))]
+fn stdout_identity() -> Option<Identity> {
+    None
+}
+
 /// Where a chain of symbolic links starting at `path` ends: the first path
 /// that is not a link (`path` itself when it is none). Gives up after 40
 /// links, as the system does.
@@ -259,11 +277,19 @@ pub fn check_distinct(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> Re
         .iter()
         .filter_map(|&(what, path)| Some((what, path, identity(path)?)))
         .collect();
+    let stdout = stdout_identity();
     let mut seen: Vec<(&str, &Path, Identity)> = Vec::new();
     for &(what, path) in outputs {
         let Some(id) = identity(path) else {
             continue;
         };
+        if stdout.as_ref() == Some(&id) {
+            anyhow::bail!(
+                "{what} {} is the file stdout goes to, and would overwrite the output; give \
+                 it a path of its own",
+                path.display()
+            );
+        }
         if let Some((other, other_path, _)) =
             inputs.iter().chain(&seen).find(|(_, _, seen)| *seen == id)
         {

@@ -668,6 +668,73 @@ fn an_output_that_names_the_model_or_an_input_is_refused() {
 }
 
 #[test]
+fn an_output_that_is_the_file_stdout_goes_to_is_refused() {
+    // The trace replaced the generated text with exit 0.
+    let scratch = Scratch::new("stdout-clash");
+    let out = scratch.join("out.txt");
+    let stdout_path = arg(&out);
+    for (flag, path) in [
+        ("--trace", stdout_path),
+        ("--dump-logits", stdout_path),
+        ("--trace", "/dev/stdout"),
+    ] {
+        let file = std::fs::File::create(&out).expect("create the output");
+        let mut cmd =
+            reliability_support::command(&["complete", "hi", "-n", "2", "-t", "1", flag, path]);
+        cmd.stdin(std::process::Stdio::null()).stdout(file);
+        let done = cmd.output().expect("run talkback");
+        let stderr = String::from_utf8_lossy(&done.stderr);
+        assert_eq!(done.status.code(), Some(2), "{flag} {path}: {stderr}");
+        assert_eq!(
+            stderr,
+            format!(
+                "talkback: {flag} {path} is the file stdout goes to, and would overwrite \
+                 the output; give it a path of its own\n"
+            )
+        );
+    }
+
+    for flag in ["--trace", "--dump-logits"] {
+        let run = talkback(&["complete", "hi", "-n", "2", flag, "-"]);
+        late_usage_error(
+            &run,
+            &format!(
+                "{flag} takes a file path, and stdout carries the generated text; for a \
+                 file named `-`, write ./-"
+            ),
+        );
+    }
+    assert!(
+        !std::path::Path::new("-").exists(),
+        "a file named - was made"
+    );
+
+    // Another file, or stdout a pipe, is fine.
+    let trace = scratch.join("trace.json");
+    let file = std::fs::File::create(&out).expect("create the output");
+    let mut cmd = reliability_support::command(&[
+        "complete",
+        "hi",
+        "-n",
+        "2",
+        "-t",
+        "1",
+        "--trace",
+        arg(&trace),
+    ]);
+    cmd.stdin(std::process::Stdio::null()).stdout(file);
+    let done = cmd.output().expect("run talkback");
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(std::fs::metadata(&out).expect("output").len() > 0);
+    assert!(std::fs::metadata(&trace).expect("trace").len() > 0);
+}
+
+#[test]
 fn a_logits_dump_that_cannot_be_written_fails_before_the_model_loads() {
     // The model does not exist either: a dump opened only after the model
     // loads reported the model, and a bad dump path cost a whole load.
