@@ -614,9 +614,20 @@ fn counted(n: usize, kind: &str) -> String {
 
 fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
     let trace = Trace::load(&args.trace)?;
-    if let Prompt::Chat { messages, .. } = &trace.prompt {
-        check_roles(messages).with_context(|| format!("trace {}", args.trace.display()))?;
+    // What `chat` and `complete` refuse, a trace cannot have recorded.
+    match &trace.prompt {
+        Prompt::Chat { messages, .. } => check_messages(messages).and_then(|()| {
+            let answerable = |m: &Message| m.role == "user" || m.role == "assistant";
+            if messages.iter().any(answerable) {
+                Ok(())
+            } else {
+                Err(anyhow!("its messages hold no user or assistant turn"))
+            }
+        }),
+        Prompt::Complete { text, .. } if text.is_empty() => Err(anyhow!("its prompt is empty")),
+        Prompt::Complete { .. } => Ok(()),
     }
+    .with_context(|| format!("trace {}", args.trace.display()))?;
     let path = resolve_path(args.model.as_deref());
     // The replay loads the model later; the template is checked then.
     let _facts = crate::gguf::check_file(&path)?;
@@ -645,6 +656,18 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
     let model = load(&model_args, verbose)?;
     if verbose > 0 {
         crate::note!("talkback: {}", settings.describe());
+    }
+    let n_vocab = model.vocab_size();
+    if let Some((step, s)) = (0..)
+        .zip(&trace.steps)
+        .find(|(_, s)| s.id as usize >= n_vocab)
+    {
+        bail!(
+            "trace {}: step {step} records token {}, but the model's vocabulary holds \
+             {n_vocab} tokens",
+            args.trace.display(),
+            s.id
+        );
     }
     let tokens = match &trace.prompt {
         Prompt::Chat {
@@ -676,6 +699,7 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
     {
         bail!("replay diverged: {d}");
     }
+    let interrupted = trace.finish_reason == Finish::Interrupted.as_str();
 
     // A trace's settings come from a run that had them accepted, so a
     // context that does not fit means the trace was edited; replay has no
@@ -694,6 +718,21 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
                 ),
                 None => e,
             })?;
+    let too_long = |e: anyhow::Error| match e.downcast_ref::<PromptTooLong>() {
+        Some(p) => anyhow!(
+            "trace {}: its prompt is {} tokens but its context holds only {}",
+            args.trace.display(),
+            p.count(),
+            p.n_ctx
+        ),
+        None => e,
+    };
+    if interrupted && trace.steps.is_empty() {
+        // Stopped before its first token: the prompt's tokens were all
+        // there is to compare, and decoding them would only cost time.
+        session.check_prompt(&tokens).map_err(too_long)?;
+        return replay_ok(prompt_ids.len(), 0, Finish::Interrupted);
+    }
     let mut generator = Generator::new(&model);
     let mut req = request(&settings, 0)?;
     // A replay that goes on past the recorded steps has diverged already;
@@ -703,22 +742,13 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
     req.n_predict = Some(req.n_predict.map_or(past, |n| n.min(past)));
     // Ctrl-C ended the recorded run between two steps, so its replay
     // regenerates the steps it recorded and stops there as it did.
-    let interrupted = trace.finish_reason == Finish::Interrupted.as_str();
     if interrupted {
         req.n_predict = Some(u32::try_from(trace.steps.len()).unwrap_or(u32::MAX));
     }
     let mut sink = CollectSink::default();
     let outcome = generator
         .run(&model, &mut session, &tokens, &req, &mut sink)
-        .map_err(|e| match e.downcast_ref::<PromptTooLong>() {
-            Some(p) => anyhow!(
-                "trace {}: its prompt is {} tokens but its context holds only {}",
-                args.trace.display(),
-                p.count(),
-                p.n_ctx
-            ),
-            None => e,
-        })?;
+        .map_err(too_long)?;
     let finish = match outcome.finish {
         Finish::Interrupted => return Err(Interrupted.into()),
         Finish::Length if interrupted => Finish::Interrupted,
@@ -752,12 +782,17 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         };
         bail!("replay diverged: {d} ({hint})");
     }
+    replay_ok(prompt_ids.len(), outcome.tokens.len(), finish)
+}
+
+/// Says that a replay matched its trace.
+fn replay_ok(prompt: usize, generated: usize, finish: Finish) -> Result<()> {
     let mut out = crate::output::stdout();
     writeln!(
         out,
         "replay ok: {} and {} match (finish: {})",
-        counted(prompt_ids.len(), "prompt"),
-        counted(outcome.tokens.len(), "generated"),
+        counted(prompt, "prompt"),
+        counted(generated, "generated"),
         finish.as_str()
     )?;
     out.flush()?;

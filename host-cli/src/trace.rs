@@ -191,11 +191,21 @@ impl Trace {
                 trace.steps.len()
             );
         }
-        if Finish::from_name(&trace.finish_reason).is_none() {
+        let Some(finish) = Finish::from_name(&trace.finish_reason) else {
             bail!(
                 "trace {} has an unknown finish reason {:?}",
                 path.display(),
                 trace.finish_reason
+            );
+        };
+        // A run ends on `length` only when it has made its cap of steps.
+        let cap = trace.settings.n_predict.map(|n| n as usize);
+        if finish == Finish::Length && cap != Some(trace.steps.len()) {
+            bail!(
+                "trace {} ends on `length` after {} steps, but its n_predict is {}",
+                path.display(),
+                trace.steps.len(),
+                cap.map_or("unlimited".to_owned(), |n| n.to_string())
             );
         }
         Ok(trace)

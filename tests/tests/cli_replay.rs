@@ -229,10 +229,92 @@ fn a_changed_prompt_token_or_seed_is_reported() {
     trace.write_json(&reseeded);
     diverges(&trace, ": field `id` expected token ");
 
-    let mut shorter = t;
+    // Ending on `length` short of the cap is an edit, not a divergence.
+    let mut shorter = t.clone();
     shorter["steps"].as_array_mut().expect("steps").pop();
     trace.write_json(&shorter);
-    diverges(&trace, "step 11: field `steps` expected 11 tokens, got 12");
+    refused(
+        &trace,
+        "ends on `length` after 11 steps, but its n_predict is 12",
+    );
+    let mut uncapped = t;
+    uncapped["settings"]["n_predict"] = Value::Null;
+    trace.write_json(&uncapped);
+    refused(
+        &trace,
+        "ends on `length` after 12 steps, but its n_predict is unlimited",
+    );
+}
+
+#[test]
+fn a_trace_holding_what_no_run_records_is_refused_as_a_trace() {
+    let (trace, _) = record(&["chat", "Hi", "-n", "3", "--seed", "1"]);
+    let t = trace.read_json();
+    let path = trace.arg().to_owned();
+    let cases: Vec<(&dyn Fn(&mut Value), String)> = vec![
+        (
+            &|t| t["prompt"]["messages"] = Value::Array(Vec::new()),
+            format!("trace {path}: its messages hold no user or assistant turn"),
+        ),
+        (
+            &|t| t["prompt"]["messages"][0]["role"] = "system".into(),
+            format!("trace {path}: its messages hold no user or assistant turn"),
+        ),
+        (
+            &|t| t["prompt"]["messages"][0]["content"] = " ".into(),
+            format!("trace {path}: turn 1 (user) is empty"),
+        ),
+        (
+            &|t| t["steps"][1]["id"] = 49_152.into(),
+            format!(
+                "trace {path}: step 1 records token 49152, but the model's vocabulary \
+                 holds 49152 tokens"
+            ),
+        ),
+    ];
+    for (edit, message) in cases {
+        let mut changed = t.clone();
+        edit(&mut changed);
+        trace.write_json(&changed);
+        let run = tb(&["replay", trace.arg()]);
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert_eq!(run.stderr, format!("talkback: {message}\n"));
+    }
+
+    let (trace, mut t) = recorded();
+    t["prompt"]["text"] = "".into();
+    trace.write_json(&t);
+    let run = tb(&["replay", trace.arg()]);
+    assert_eq!(
+        run.stderr,
+        format!("talkback: trace {}: its prompt is empty\n", trace.arg())
+    );
+}
+
+#[test]
+fn a_trace_stopped_before_its_first_token_replays_without_decoding() {
+    let (trace, mut t) = recorded();
+    t["steps"] = Value::Array(Vec::new());
+    t["finish_reason"] = "interrupted".into();
+    trace.write_json(&t);
+    let run = tb(&["replay", trace.arg()]);
+    ok(&run);
+    assert_eq!(
+        run.text(),
+        "replay ok: 8 prompt tokens and 0 generated tokens match (finish: interrupted)\n"
+    );
+    // The prompt must still fit the context it names.
+    let long = STORY.repeat(4);
+    let (trace, _) = record(&["complete", &long, "-n", "1", "-c", "64", "--seed", "1"]);
+    let mut t = trace.read_json();
+    t["steps"] = Value::Array(Vec::new());
+    t["finish_reason"] = "interrupted".into();
+    t["settings"]["ctx_size"] = 16.into();
+    trace.write_json(&t);
+    refused(
+        &trace,
+        "its prompt is 32 tokens but its context holds only 16",
+    );
 }
 
 #[test]
@@ -472,6 +554,8 @@ fn a_replay_stops_one_step_past_the_recorded_ones() {
     // of its context; the replay stops at the thirteenth token instead.
     let (trace, mut t) = recorded();
     t["settings"]["n_predict"] = Value::Null;
+    // Uncapped, a run ends on `length` never.
+    t["finish_reason"] = "end_of_turn".into();
     trace.write_json(&t);
     diverges(&trace, "field `steps` expected 12 tokens, got 13");
 }
