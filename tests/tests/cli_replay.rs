@@ -246,12 +246,15 @@ fn a_changed_prompt_token_or_seed_is_reported() {
     );
 }
 
+/// A change made to a trace by hand.
+type Edit<'a> = &'a dyn Fn(&mut Value);
+
 #[test]
 fn a_trace_holding_what_no_run_records_is_refused_as_a_trace() {
     let (trace, _) = record(&["chat", "Hi", "-n", "3", "--seed", "1"]);
     let t = trace.read_json();
     let path = trace.arg().to_owned();
-    let cases: Vec<(&dyn Fn(&mut Value), String)> = vec![
+    let cases: Vec<(Edit, String)> = vec![
         (
             &|t| t["prompt"]["messages"] = Value::Array(Vec::new()),
             format!("trace {path}: its messages hold no user or assistant turn"),
