@@ -279,9 +279,26 @@ impl<'m> Template<'m> {
     /// # Errors
     ///
     /// - the template fails to render (for example it raises an exception);
-    /// - the template rewrites message content in a way that hides where it is.
+    /// - the template rewrites message content in a way that hides where it is;
+    /// - the template leaves out the last message's text.
     pub fn render(&self, messages: &[Message]) -> Result<Rendered> {
         let plain = self.render_raw(messages)?;
+        if let Some(last) = messages.last().filter(|m| !m.content.trim().is_empty()) {
+            // Other text in its place changes a prompt that holds it, in
+            // whatever form the template writes it.
+            let other = if last.content == "x" { "y" } else { "x" };
+            let mut probe = messages.to_vec();
+            probe.pop();
+            probe.push(Message::new(&last.role, other));
+            if self.render_raw(&probe)? == plain {
+                return Err(Unsendable(format!(
+                    "the chat template leaves out the text of the last message ({}), so \
+                     the model would never see it",
+                    last.role
+                ))
+                .into());
+            }
+        }
         let mut roles: Vec<&str> = Vec::new();
         for m in messages {
             if !roles.contains(&m.role.as_str()) {
@@ -777,6 +794,30 @@ mod tests {
         assert_eq!(r.text, "[user:  hi  ][assistant:a][user:  next  ]");
         let spans: Vec<&str> = r.content.iter().map(|c| &r.text[c.clone()]).collect();
         assert_eq!(spans, ["  hi  ", "a", "  next  "]);
+    }
+
+    #[test]
+    fn a_template_that_leaves_out_the_last_message_is_refused() {
+        let template = |src: &str| Template::new(src, String::new(), String::new()).expect("parse");
+        let turns = [Message::new("system", "S"), Message::new("user", "x")];
+        for src in [
+            "",
+            "Hello there",
+            "{% for m in messages %}{% if m.role == 'system' %}{{ m.content }}{% endif %}\
+             {% endfor %}",
+        ] {
+            let e = template(src).render(&turns).expect_err(src);
+            assert!(e.is::<Unsendable>(), "{src}: {e:#}");
+            assert_eq!(
+                format!("{e:#}"),
+                "the chat template leaves out the text of the last message (user), so the \
+                 model would never see it"
+            );
+        }
+        // Written in another form, the text is still there.
+        let upper = template("{% for m in messages %}{{ m.content | upper }}{% endfor %}");
+        let r = upper.render(&turns).expect("render");
+        assert_eq!(r.text, "SX");
     }
 
     #[test]

@@ -517,7 +517,12 @@ fn a_template_that_cuts_message_text_cannot_turn_it_into_control_tokens() {
 #[test]
 fn deep_template_expressions_render_and_huge_templates_are_refused() {
     // Twenty thousand minus signs overflowed the main thread's stack.
-    let minus = TempFile::with("minus.jinja", &format!("{{{{ {}1 }}}}", "-".repeat(60_000)));
+    // Each template also writes the message, as a template must.
+    let message = "{{ messages[0].content }}";
+    let minus = TempFile::with(
+        "minus.jinja",
+        &format!("{{{{ {}1 }}}}{message}", "-".repeat(60_000)),
+    );
     let run = tb(&[
         "chat",
         "hi",
@@ -526,10 +531,10 @@ fn deep_template_expressions_render_and_huge_templates_are_refused() {
         "--render-only",
     ]);
     ok(&run);
-    assert_eq!(run.text(), "1");
+    assert_eq!(run.text(), "1hi");
     let filters = TempFile::with(
         "filters.jinja",
-        &format!("{{{{ 1{} }}}}", "|abs".repeat(16_000)),
+        &format!("{{{{ 1{} }}}}{message}", "|abs".repeat(16_000)),
     );
     let run = tb(&[
         "chat",
@@ -539,7 +544,7 @@ fn deep_template_expressions_render_and_huge_templates_are_refused() {
         "--render-only",
     ]);
     ok(&run);
-    assert_eq!(run.text(), "1");
+    assert_eq!(run.text(), "1hi");
     let huge = TempFile::with("huge.jinja", &"x".repeat(70_000));
     let run = tb(&["chat", "hi", "--chat-template", huge.arg(), "--render-only"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
@@ -564,7 +569,12 @@ fn render_only_refuses_what_a_run_refuses_and_takes_no_outputs() {
     ]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.stdout.is_empty(), "{:?}", run.text());
-    assert!(run.stderr.contains("the prompt is empty"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("the chat template leaves out the text of the last message (user)"),
+        "{}",
+        run.stderr
+    );
 
     let run = tb(&["chat", "hi", "-c", "16", "--render-only"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
