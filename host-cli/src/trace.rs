@@ -372,6 +372,8 @@ mod tests {
     use super::*;
 
     fn trace(steps: &[(u32, f32)], finish: &str) -> Trace {
+        // A run ends on `length` at its cap.
+        let cap = (finish == "length").then_some(steps.len());
         Trace {
             version: VERSION,
             talkback_version: "0".into(),
@@ -386,7 +388,7 @@ mod tests {
                 "temperature": 0.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0,
                 "repeat_penalty": 1.0, "repeat_last_n": 0, "presence_penalty": 0.0,
                 "frequency_penalty": 0.0, "sampler_order": ["temp"], "seed": 1,
-                "n_predict": null, "stops": [], "ignore_eos": false, "ctx_size": 64,
+                "n_predict": cap, "stops": [], "ignore_eos": false, "ctx_size": 64,
                 "batch_size": 32, "sampler": "talkback"
             }))
             .expect("settings"),
