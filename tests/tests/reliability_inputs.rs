@@ -234,7 +234,10 @@ fn a_huge_prompt_is_refused_before_it_is_tokenized() {
     );
     // A template that renders a million bytes, the same way.
     let scratch = Scratch::new("huge-template");
-    let template = scratch.write("big.j2", b"{{ 'x' * 1000000 }}");
+    let template = scratch.write(
+        "big.j2",
+        b"{{ 'x' * 1000000 }}{% for m in messages %}{{ m.content }}{% endfor %}",
+    );
     let run = talkback(&[
         "chat",
         "hi",
