@@ -731,6 +731,10 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         // Stopped before its first token: the prompt's tokens were all
         // there is to compare, and decoding them would only cost time.
         session.check_prompt(&tokens).map_err(too_long)?;
+        // A stop that came meanwhile is no match either.
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            return Err(Interrupted.into());
+        }
         return replay_ok(prompt_ids.len(), 0, Finish::Interrupted);
     }
     let mut generator = Generator::new(&model);

@@ -320,10 +320,10 @@ fn a_second_stop_request_ends_a_run_stuck_in_a_write() {
 }
 
 #[test]
-fn a_replay_stopped_during_the_prompt_of_a_run_with_no_steps_is_no_match() {
-    // A run interrupted before its first token records no step; its replay
-    // asks for none, and a stop during the replay's prompt used to end in
-    // "replay ok".
+fn a_replay_stopped_during_its_prompt_is_no_match() {
+    // A stop during the replay's prompt used to end in "replay ok" when
+    // the trace had no step. A trace with no step is now checked without
+    // decoding its prompt; one with a step still decodes it.
     let scratch = Scratch::new("empty-replay");
     let trace = scratch.join("run.json");
     let prompt = "The quick brown fox jumps over the lazy dog. ".repeat(100);
@@ -342,8 +342,6 @@ fn a_replay_stopped_during_the_prompt_of_a_run_with_no_steps_is_no_match() {
     assert_eq!(record.code, 0, "{}", record.stderr);
     let text = std::fs::read_to_string(&trace).expect("the trace");
     let mut t: serde_json::Value = serde_json::from_str(&text).expect("trace JSON");
-    t["steps"] = serde_json::Value::Array(Vec::new());
-    t["finish_reason"] = "interrupted".into();
     // One token a batch: the prompt takes seconds, with a look at the
     // request between two batches.
     t["settings"]["batch_size"] = 1.into();
