@@ -407,8 +407,10 @@ pub enum Format {
 
 /// A decimal whole number in `range`, with an optional sign: `-0` is 0, and
 /// a number outside the range, negative or beyond 64 bits included, is
-/// reported with the range.
+/// reported with the range. Spaces around it are allowed, as they are
+/// around decimal numbers.
 fn whole<T: TryFrom<u64>>(s: &str, range: RangeInclusive<u64>) -> Result<T, String> {
+    let s = s.trim();
     let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("`{s}` is not a whole number"));
@@ -470,32 +472,51 @@ fn listed_count(s: &str) -> Result<u32, String> {
 ///
 /// Decimal text beyond the range of f32 (`1e39`) parses as an infinity,
 /// which would turn a typo into a token forced or banned; it is refused.
+/// So is text that is not zero but rounds to zero (`1e-50`), which would
+/// turn a setting off, or make a temperature greedy, unsaid.
 fn parse_f32(s: &str) -> Result<f32, String> {
+    parse_wide(s).map(|(v, _)| v)
+}
+
+/// [`parse_f32`], with the value as the 64-bit float the text names, for
+/// range checks that rounding to 32 bits must not pass (`1.00000001`).
+fn parse_wide(s: &str) -> Result<(f32, f64), String> {
     let t = s.trim();
-    let v = t
-        .parse::<f32>()
-        .map_err(|_| format!("`{s}` is not a number"))?;
+    let (Ok(v), Ok(wide)) = (t.parse::<f32>(), t.parse::<f64>()) else {
+        return Err(format!("`{s}` is not a number"));
+    };
     let word = t.trim_start_matches(['+', '-']).to_ascii_lowercase();
     if v.is_infinite() && word != "inf" && word != "infinity" {
         return Err(format!(
             "`{s}` is out of range: a 32-bit float holds at most about 3.4e38"
         ));
     }
-    Ok(v)
+    if v == 0.0 && wide != 0.0 {
+        return Err(format!(
+            "`{s}` is too small for a 32-bit float, which would make it 0; write 0 \
+             if 0 is meant"
+        ));
+    }
+    Ok((v, wide))
 }
 
-fn finite(s: &str) -> Result<f32, String> {
-    let v = parse_f32(s)?;
+/// A finite number, as the 32-bit float and the 64-bit float it names.
+fn finite_wide(s: &str) -> Result<(f32, f64), String> {
+    let (v, wide) = parse_wide(s)?;
     if v.is_finite() {
-        Ok(v)
+        Ok((v, wide))
     } else {
         Err(format!("`{s}` must be a finite number"))
     }
 }
 
+fn finite(s: &str) -> Result<f32, String> {
+    finite_wide(s).map(|(v, _)| v)
+}
+
 fn non_negative(s: &str) -> Result<f32, String> {
-    let v = finite(s)?;
-    if v >= 0.0 {
+    let (v, wide) = finite_wide(s)?;
+    if wide >= 0.0 {
         Ok(v)
     } else {
         Err(format!("`{s}` must be zero or more"))
@@ -503,8 +524,8 @@ fn non_negative(s: &str) -> Result<f32, String> {
 }
 
 fn positive(s: &str) -> Result<f32, String> {
-    let v = finite(s)?;
-    if v > 0.0 {
+    let (v, wide) = finite_wide(s)?;
+    if wide > 0.0 {
         Ok(v)
     } else {
         Err(format!("`{s}` must be more than zero"))
@@ -512,8 +533,8 @@ fn positive(s: &str) -> Result<f32, String> {
 }
 
 fn unit_interval(s: &str) -> Result<f32, String> {
-    let v = finite(s)?;
-    if (0.0..=1.0).contains(&v) {
+    let (v, wide) = finite_wide(s)?;
+    if (0.0..=1.0).contains(&wide) {
         Ok(v)
     } else {
         Err(format!("`{s}` must be between 0 and 1"))
@@ -701,6 +722,30 @@ mod tests {
             Err("`1e39` is out of range: a 32-bit float holds at most about 3.4e38".into())
         );
         assert_eq!(finite("inf"), Err("`inf` must be a finite number".into()));
+    }
+
+    #[test]
+    fn rounding_to_a_float_never_passes_a_check_the_text_fails() {
+        // Not zero, yet zero as an f32: min-p off, a temperature greedy.
+        for tiny in ["1e-50", "-1e-50", "1e-46"] {
+            let e = non_negative(tiny).unwrap_err();
+            assert!(e.contains("too small for a 32-bit float"), "{tiny}: {e}");
+        }
+        assert_eq!(non_negative("0"), Ok(0.0));
+        assert_eq!(non_negative("-0"), Ok(-0.0));
+        // The smallest f32 above zero is kept.
+        assert_eq!(non_negative("1e-45"), Ok(f32::from_bits(1)));
+        // 1 as an f32, but above 1 as written.
+        assert_eq!(
+            unit_interval("1.00000001"),
+            Err("`1.00000001` must be between 0 and 1".into())
+        );
+        assert_eq!(unit_interval(" 1 "), Ok(1.0));
+        assert!(positive("-1e-40").is_err());
+        // Whole numbers take spaces around them, as decimals do.
+        assert_eq!(count(" 7 "), Ok(7));
+        assert_eq!(token_cap("\t2"), Ok(2));
+        assert!(count("7 7").is_err());
     }
 
     #[test]
