@@ -419,9 +419,10 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
             let piped = read_stdin("message")?
                 .trim_end_matches(['\n', '\r'])
                 .to_owned();
-            // After a messages file, an empty stdin (such as /dev/null) adds
-            // no turn: the file may end with the user's turn itself.
-            (args.messages.is_none() || !piped.is_empty()).then_some(piped)
+            // After a messages file, an empty stdin (such as /dev/null) or
+            // one of blanks adds no turn: the file may end with the user's
+            // turn itself.
+            (args.messages.is_none() || !piped.trim().is_empty()).then_some(piped)
         }
     };
     if let Some(prompt) = &prompt {

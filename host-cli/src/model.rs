@@ -98,6 +98,14 @@ impl Model {
             );
         }
         let facts = gguf::check_file(&path)?;
+        if path.to_str().is_none() {
+            // llama.cpp takes the path as UTF-8 text.
+            bail!(
+                "cannot load model {}: llama.cpp takes only paths that are valid UTF-8; \
+                 rename the file, or link to it from such a path",
+                path.display()
+            );
+        }
         crate::abort::set_model(&path);
 
         llama_cpp_2::send_logs_to_tracing(LogOptions::default().with_logs_enabled(verbose >= 2));

@@ -380,16 +380,18 @@ fn piped_stdin_is_the_turn_after_a_messages_file() {
         .text()
         .ends_with("<|im_start|>user\nTell me a joke.<|im_end|>\n<|im_start|>assistant\n"));
 
-    // An empty stdin adds no turn.
-    let none = tb_stdin(
-        &["chat", "--messages", earlier.arg(), "--render-only"],
-        Some(b""),
-    );
-    ok(&none);
-    assert_eq!(none.text(), render(&["--messages", earlier.arg()]));
-    assert!(none
-        .text()
-        .ends_with("Hello! How can I help?<|im_end|>\n<|im_start|>assistant\n"));
+    // An empty stdin, or one of blanks, adds no turn.
+    for stdin in [&b""[..], b"\n", b"  \n", b" \t "] {
+        let none = tb_stdin(
+            &["chat", "--messages", earlier.arg(), "--render-only"],
+            Some(stdin),
+        );
+        ok(&none);
+        assert_eq!(none.text(), render(&["--messages", earlier.arg()]));
+        assert!(none
+            .text()
+            .ends_with("Hello! How can I help?<|im_end|>\n<|im_start|>assistant\n"));
+    }
 }
 
 #[test]

@@ -738,6 +738,26 @@ fn an_output_that_is_the_file_stdout_goes_to_is_refused() {
 }
 
 #[test]
+fn a_model_path_that_is_not_utf8_is_refused_with_what_to_do() {
+    use std::os::unix::ffi::OsStrExt as _;
+    // llama.cpp's loader takes UTF-8 text, and the binding reported it
+    // as a failed conversion.
+    let scratch = Scratch::new("non-utf8-path");
+    let link = scratch
+        .join("placeholder")
+        .with_file_name(std::ffi::OsStr::from_bytes(b"bad\xffname.gguf"));
+    std::os::unix::fs::symlink(reliability_support::model(), &link).expect("link the model");
+    let mut cmd = reliability_support::command(&["complete", "hi", "-n", "1", "-t", "1", "-m"]);
+    cmd.arg(&link);
+    let run = start(cmd, None).finish();
+    let line = runtime_error(&run, "llama.cpp takes only paths that are valid UTF-8");
+    assert!(
+        line.ends_with("rename the file, or link to it from such a path"),
+        "{line}"
+    );
+}
+
+#[test]
 fn a_logits_dump_that_cannot_be_written_fails_before_the_model_loads() {
     // The model does not exist either: a dump opened only after the model
     // loads reported the model, and a bad dump path cost a whole load.
