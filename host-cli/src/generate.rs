@@ -455,6 +455,17 @@ impl Generator {
                 .map_err(|e| anyhow!("text stream: {e}"))?;
             stdout_closed = closed(sink.text(self.out.get(..n).unwrap_or(&[])))?;
         }
+        // The U+FFFD written for a character cut off at the end can still
+        // complete a stop string; the text then ends there, as for a stop.
+        let ended = matches!(
+            finish,
+            Finish::Length | Finish::ContextFull | Finish::EndOfTurn
+        );
+        let finish = if ended && stream.stopped().is_some() {
+            Finish::StopString
+        } else {
+            finish
+        };
         timings.generation = generating.elapsed();
         if let Some((dump, path)) = self.dump.as_mut() {
             dump.flush()

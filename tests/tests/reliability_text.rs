@@ -127,3 +127,32 @@ fn output_is_valid_utf8_in_every_format() {
         "no token was part of a character: the prompts no longer test this"
     );
 }
+
+#[test]
+fn a_stop_string_completed_by_a_cut_off_character_ends_as_a_stop() {
+    // The first token greedy SmolLM2 writes here is a space and the first
+    // three bytes of an emoji; cut off there, they end as " \u{FFFD}".
+    let prompt = "Emojis: 😀 😃 😄 😁 😆";
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "complete", prompt, "-n", "1", "--temp", "0", "-t", "1", "--format", "json",
+        ];
+        args.extend(extra);
+        let run = talkback(&args);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        run.json()
+    };
+    let plain = run(&[]);
+    assert_eq!(
+        plain["text"], " \u{FFFD}",
+        "the prompt no longer cuts a character"
+    );
+    assert_eq!(plain["finish_reason"], "length");
+
+    // The stop takes the replacement character out of the text, and the
+    // run says it ended on a stop, not on its cap.
+    let stopped = run(&["--stop", "\u{FFFD}"]);
+    assert_eq!(stopped["text"], " ");
+    assert_eq!(stopped["finish_reason"], "stop_string");
+    assert_eq!(stopped["tokens"], plain["tokens"]);
+}
