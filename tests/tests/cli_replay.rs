@@ -332,22 +332,17 @@ fn replay_uses_the_recorded_thread_count() {
 
     t["steps"][3]["id"] = 100.into();
     trace.write_json(&t);
-    let run = talkback(&["replay", trace.arg()]);
-    assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(
-        run.stderr
-            .contains("(recorded and replayed with 1 thread; "),
-        "{}",
-        run.stderr
-    );
-    let run = talkback(&["replay", trace.arg(), "--threads", "2"]);
-    assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(
-        run.stderr
-            .contains("(recorded with 1 thread, replayed with 2 threads; "),
-        "{}",
-        run.stderr
-    );
+    for (extra, hint) in [
+        (&[][..], "(recorded and replayed with 1 thread; "),
+        (
+            &["--threads", "2"],
+            "(recorded with 1 thread, replayed with 2 threads; ",
+        ),
+    ] {
+        let run = talkback(&[&["replay", trace.arg()], extra].concat());
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(run.stderr.contains(hint), "{}", run.stderr);
+    }
 
     // Traces of older versions have no count.
     t["settings"]

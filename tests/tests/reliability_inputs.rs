@@ -676,18 +676,23 @@ fn an_output_that_is_the_file_stdout_goes_to_is_refused() {
     let scratch = Scratch::new("stdout-clash");
     let out = scratch.join("out.txt");
     let stdout_path = arg(&out);
-    for (flag, path) in [
-        ("--trace", stdout_path),
-        ("--dump-logits", stdout_path),
-        ("--trace", "/dev/stdout"),
-    ] {
+    // A short run with an output flag, stdout redirected to `out`.
+    let run_into_out = |flag: &str, path: &str| {
         let file = std::fs::File::create(&out).expect("create the output");
         let mut cmd =
             reliability_support::command(&["complete", "hi", "-n", "2", "-t", "1", flag, path]);
         cmd.stdin(std::process::Stdio::null()).stdout(file);
         let done = cmd.output().expect("run talkback");
-        let stderr = String::from_utf8_lossy(&done.stderr);
-        assert_eq!(done.status.code(), Some(2), "{flag} {path}: {stderr}");
+        let stderr = String::from_utf8_lossy(&done.stderr).into_owned();
+        (done.status.code(), stderr)
+    };
+    for (flag, path) in [
+        ("--trace", stdout_path),
+        ("--dump-logits", stdout_path),
+        ("--trace", "/dev/stdout"),
+    ] {
+        let (code, stderr) = run_into_out(flag, path);
+        assert_eq!(code, Some(2), "{flag} {path}: {stderr}");
         assert_eq!(
             stderr,
             format!(
@@ -712,27 +717,10 @@ fn an_output_that_is_the_file_stdout_goes_to_is_refused() {
         "a file named - was made"
     );
 
-    // Another file, or stdout a pipe, is fine.
+    // Another file is fine.
     let trace = scratch.join("trace.json");
-    let file = std::fs::File::create(&out).expect("create the output");
-    let mut cmd = reliability_support::command(&[
-        "complete",
-        "hi",
-        "-n",
-        "2",
-        "-t",
-        "1",
-        "--trace",
-        arg(&trace),
-    ]);
-    cmd.stdin(std::process::Stdio::null()).stdout(file);
-    let done = cmd.output().expect("run talkback");
-    assert_eq!(
-        done.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
+    let (code, stderr) = run_into_out("--trace", arg(&trace));
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(std::fs::metadata(&out).expect("output").len() > 0);
     assert!(std::fs::metadata(&trace).expect("trace").len() > 0);
 }
