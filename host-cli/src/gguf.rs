@@ -47,10 +47,11 @@
 //! - a one-dimensional tensor (a norm or bias) of any type but F32: the CPU
 //!   backend multiplies by it only in F32 and aborts on anything else.
 //!
-//! Some corruptions make llama.cpp run without error and print nothing,
-//! and are refused too: a token type outside GGUF's 0 to 6, which llama.cpp
-//! treats as a control token (whose text it never prints), and a
-//! vocabulary with no token of a type that prints text.
+//! Some corruptions make llama.cpp run without error and print something
+//! other than the model's text, and are refused too: faults of the
+//! vocabulary as a whole (see [`vocab`]), a norm epsilon of 1 or more, a
+//! rope base that is not finite and positive, a negative rope scaling
+//! factor, and attention that is not causal.
 //!
 //! Other corruptions found that way (counts, lengths, value types, shapes,
 //! offsets, unknown tensor types, NaN weights) are refused by llama.cpp or
@@ -69,6 +70,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context as _, Result};
 
+mod vocab;
+
 /// The four bytes every GGUF file starts with.
 const MAGIC: &[u8; 4] = b"GGUF";
 /// Most dimensions a ggml tensor has.
@@ -81,6 +84,8 @@ const MAX_LAYERS: u32 = 512;
 const KEEP_STRING: usize = 64;
 /// The key that lists the vocabulary's token texts.
 const TOKENS_KEY: &[u8] = b"tokenizer.ggml.tokens";
+/// The key of the `gpt2` tokenizer's merges.
+const MERGES_KEY: &[u8] = b"tokenizer.ggml.merges";
 /// The key that gives each token's type.
 const TOKEN_TYPE_KEY: &[u8] = b"tokenizer.ggml.token_type";
 /// The key of the chat template.
@@ -333,6 +338,8 @@ enum Meta {
     F32(f32),
     /// The first [`KEEP_STRING`] bytes of a string.
     Str(Vec<u8>),
+    /// A `bool` value.
+    Bool(bool),
 }
 
 struct Reader<R> {
@@ -399,9 +406,9 @@ impl<R: Read + Seek> Reader<R> {
     }
 
     /// Reads the vocabulary's token texts and refuses a repeated one,
-    /// which makes llama.cpp abort; returns their count. An array of
-    /// another item type is left to llama.cpp, which refuses it.
-    fn tokens(&mut self, what: &str, bytes: &mut ByteTokens) -> Result<Option<u64>> {
+    /// which makes llama.cpp abort; returns them as llama.cpp keeps them.
+    /// An array of another item type is left to llama.cpp, which refuses it.
+    fn tokens(&mut self, what: &str, bytes: &mut ByteTokens) -> Result<Option<Vec<Vec<u8>>>> {
         let item = self.u32(what)?;
         let n = self.u64(what)?;
         if item != STRING {
@@ -422,7 +429,7 @@ impl<R: Read + Seek> Reader<R> {
         if n > MAX_VOCAB {
             bail!("the vocabulary holds {n} tokens; at most {MAX_VOCAB} are supported");
         }
-        let mut seen: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut texts = Vec::with_capacity(n as usize);
         for i in 0..n {
             let text = self.string(what, MAX_TOKEN_TEXT + 1)?;
             if text.len() > MAX_TOKEN_TEXT {
@@ -433,19 +440,45 @@ impl<R: Read + Seek> Reader<R> {
             }
             bytes.note(&text);
             // llama.cpp names an empty token this way before indexing it.
-            let text = match c_str(&text) {
+            texts.push(match c_str(&text) {
                 [] => format!("[EMPTY_{i}]").into_bytes(),
                 t => t.to_vec(),
-            };
-            if let Some(first) = seen.get(&text) {
+            });
+        }
+        let mut seen: HashMap<&[u8], usize> = HashMap::with_capacity(texts.len());
+        for (i, text) in texts.iter().enumerate() {
+            if let Some(first) = seen.insert(text, i) {
                 bail!(
                     "the vocabulary lists the token text \"{}\" twice (tokens {first} and {i})",
-                    shown(&text)
+                    shown(text)
                 );
             }
-            seen.insert(text, i);
         }
-        Ok(Some(n))
+        Ok(Some(texts))
+    }
+
+    /// Reads the `gpt2` merges as llama.cpp keeps them (up to a NUL). An
+    /// array of another item type is left to llama.cpp, which refuses it.
+    fn merges(&mut self, what: &str) -> Result<Option<Vec<Vec<u8>>>> {
+        let item = self.u32(what)?;
+        let n = self.u64(what)?;
+        if item != STRING {
+            self.array_items(item, n, what, 1)?;
+            return Ok(None);
+        }
+        if n.saturating_mul(8) > self.remaining() {
+            bail!(
+                "{what} claims {n} items but only {} bytes remain",
+                self.remaining()
+            );
+        }
+        let mut merges = Vec::with_capacity(n.min(MAX_VOCAB) as usize);
+        for _ in 0..n {
+            // Two token texts and a space: longer ones match no token.
+            let text = self.string(what, 2 * MAX_TOKEN_TEXT + 2)?;
+            merges.push(c_str(&text).to_vec());
+        }
+        Ok(Some(merges))
     }
 
     /// Reads the token types, at most [`MAX_VOCAB`] of them (llama.cpp
@@ -569,6 +602,7 @@ impl<R: Read + Seek> Reader<R> {
         };
         match kind {
             4 => Ok(Some(Meta::U32(self.u32(what)?))),
+            7 => Ok(Some(Meta::Bool(self.bytes::<1>(what)? != [0]))),
             6 => Ok(Some(Meta::F32(f32::from_le_bytes(self.bytes::<4>(what)?)))),
             _ => {
                 self.skip(fixed, what)?;
@@ -601,7 +635,7 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<Facts> {
     let mut kept = Vec::new();
     let mut facts = Facts::default();
     let mut bytes = ByteTokens::new();
-    let (mut n_tokens, mut types) = (None, None);
+    let (mut texts, mut types, mut merges) = (None, None, None);
     for i in 0..n_kv {
         let key = r.string(&format!("key {i}"), 256)?;
         let name = shown(&key);
@@ -609,7 +643,10 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<Facts> {
         let kind = r.u32(&format!("the type of `{name}`"))?;
         let what = format!("the value of `{name}`");
         let value = if key == TOKENS_KEY && kind == ARRAY {
-            n_tokens = r.tokens(&what, &mut bytes)?;
+            texts = r.tokens(&what, &mut bytes)?;
+            None
+        } else if key == MERGES_KEY && kind == ARRAY {
+            merges = r.merges(&what)?;
             None
         } else if key == TOKEN_TYPE_KEY && kind == ARRAY {
             types = r.token_types(&what)?;
@@ -634,15 +671,15 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<Facts> {
         }
     }
     check_values(&kept)?;
-    if let (Some(n), Some(types)) = (n_tokens, &types) {
-        // A shorter list is refused by llama.cpp on load.
-        check_token_types(types.get(..n as usize).unwrap_or(types))?;
-    }
     // llama.cpp reads the name only up to a NUL.
     let tokenizer = kept.iter().find_map(|(k, v)| match v {
         Meta::Str(name) if k == b"tokenizer.ggml.model" => Some(c_str(name)),
         _ => None,
     });
+    if let Some(texts) = &texts {
+        let get = |key: &[u8]| kept.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        vocab::check(texts, types.as_deref(), merges.as_deref(), tokenizer, &get)?;
+    }
     if let (Some(b"llama"), Some(b)) = (tokenizer, bytes.sentencepiece_missing()) {
         bail!(
             "the `llama` tokenizer has no token for byte 0x{b:02X} (`<0x{b:02X}>`); it \
@@ -801,34 +838,6 @@ fn check_charsmap(blob: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Refuses token types that llama.cpp does not know, and a vocabulary in
-/// which no token prints text.
-///
-/// llama.cpp treats a token of unknown type as a control token and never
-/// prints its text, so a model with corrupt types generates as usual and
-/// prints nothing. Type 0 (undefined) is known: llama.cpp writes it for
-/// tokens whose attributes no single type names.
-fn check_token_types(types: &[i32]) -> Result<()> {
-    if let Some((i, t)) = types
-        .iter()
-        .enumerate()
-        .find(|(_, t)| !(0..=6).contains(*t))
-    {
-        bail!(
-            "token {i} has type {t}; GGUF token types are 0 to 6, and llama.cpp would \
-             print nothing for that token"
-        );
-    }
-    // Normal, user-defined and byte tokens print their text.
-    if !types.is_empty() && !types.iter().any(|t| matches!(t, 1 | 4 | 6)) {
-        bail!(
-            "no token in the vocabulary is of a type that prints text (normal, \
-             user-defined or byte); everything generated would print nothing"
-        );
-    }
-    Ok(())
-}
-
 /// Refuses a key or tensor name with a NUL byte, which llama.cpp would
 /// read only up to the NUL.
 fn refuse_nul(name: &[u8], what: &str) -> Result<()> {
@@ -881,13 +890,42 @@ fn check_values(kept: &[(Vec<u8>, Meta)]) -> Result<()> {
         ".attention.layer_norm_rms_epsilon",
     ] {
         if let Some(Meta::F32(eps)) = get(&key(suffix)) {
-            if eps.is_nan() || *eps < 0.0 {
+            // Negative or NaN aborts; 1 or more (infinity included) runs
+            // and writes nonsense unrelated to the prompt.
+            if !(0.0..1.0).contains(eps) {
                 bail!(
-                    "`{}{suffix}` is {eps}; it must be zero or more",
+                    "`{}{suffix}` is {eps}; it must be at least 0 and below 1 (real \
+                     models use about 1e-5)",
                     shown(arch)
                 );
             }
         }
+    }
+    // Past these, generation goes on with output that no longer follows
+    // the prompt.
+    if let Some(Meta::F32(base)) = get(&key(".rope.freq_base")) {
+        if !base.is_finite() || *base <= 0.0 {
+            bail!(
+                "`{}.rope.freq_base` is {base}; it must be a finite number above 0",
+                shown(arch)
+            );
+        }
+    }
+    if let Some(Meta::F32(factor)) = get(&key(".rope.scaling.factor")) {
+        // 0 means no scaling.
+        if !factor.is_finite() || *factor < 0.0 {
+            bail!(
+                "`{}.rope.scaling.factor` is {factor}; it must be a finite number, 0 or more",
+                shown(arch)
+            );
+        }
+    }
+    if let Some(Meta::Bool(false)) = get(&key(".attention.causal")) {
+        bail!(
+            "`{}.attention.causal` is false: the model attends to later tokens, as \
+             embedding models do, and cannot generate text",
+            shown(arch)
+        );
     }
     Ok(())
 }
@@ -1331,7 +1369,7 @@ mod tests {
 
     #[test]
     fn token_types_that_print_nothing_are_refused() {
-        let tokens: &[&[u8]] = &[b"a", b"b", b"<s>"];
+        let tokens: &[&[u8]] = &[b"a", b"<0x0A>", b"<s>"];
         let check = |types: &[i32], types_first: bool| {
             let mut kvs = vec![
                 ("tokenizer.ggml.tokens", V::Strings(tokens)),

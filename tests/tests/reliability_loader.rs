@@ -27,6 +27,16 @@
 //!   Of those, a token type outside 0 to 6 made every such token print
 //!   nothing (llama.cpp treats it as a control token); the walk refuses
 //!   it.
+//! - A later round looked for such silent runs on purpose (about 130
+//!   copies). Refused now, each with the value that is wrong: an end id
+//!   naming ordinary text (`eos_token_id` = 30, `.`, ended every reply at
+//!   the first full stop) or outside the vocabulary; a merge list cut short
+//!   or a merge that makes no token; a word a merge makes typed as one that
+//!   prints nothing; a byte token whose text is not `<0xHH>`; an epsilon of
+//!   1 or more; a rope base that is not finite and positive; a negative
+//!   rope scaling factor; `attention.causal` false. Still run, since the
+//!   file alone cannot tell: swapped token texts, another pre-tokenizer,
+//!   consistent but wrong head counts.
 //!
 //! The tests below pin the five abort cases, truncation at many points,
 //! corrupt tensor data, and a sweep of single-byte changes over the
@@ -83,6 +93,8 @@ fn corruptions_llama_cpp_aborts_on_are_refused_first() {
         u32_bytes(1),
         "a normal token"
     );
+    let eos = layout.value_at("tokenizer.ggml.eos_token_id");
+    let base = layout.value_at("llama.rope.freq_base");
 
     // Two neighbouring tokens of equal length, the second made a copy.
     let (first, second) = (100..2000)
@@ -122,6 +134,26 @@ fn corruptions_llama_cpp_aborts_on_are_refused_first() {
         (
             vec![(type_of_1000, u32_bytes(9))],
             "token 1000 has type 9; GGUF token types are 0 to 6",
+        ),
+        (
+            vec![(type_of_1000, u32_bytes(3))],
+            "is made by a merge, so it is text, but its type (3)",
+        ),
+        (
+            vec![(eos, u32_bytes(30))],
+            "`tokenizer.ggml.eos_token_id` is 30, the ordinary text \".\"",
+        ),
+        (
+            vec![(eos, u32_bytes(49_152))],
+            "`tokenizer.ggml.eos_token_id` is 49152, outside the vocabulary",
+        ),
+        (
+            vec![(eps, f32::INFINITY.to_le_bytes().to_vec())],
+            "`llama.attention.layer_norm_rms_epsilon` is inf; it must be at least 0 and below 1",
+        ),
+        (
+            vec![(base, f32::INFINITY.to_le_bytes().to_vec())],
+            "`llama.rope.freq_base` is inf; it must be a finite number above 0",
         ),
     ];
     for (patches, needle) in cases {

@@ -1,0 +1,301 @@
+//! Checks of the vocabulary as a whole, once the walk has read it.
+//!
+//! Input: the token texts (as llama.cpp keeps them: up to a NUL, an
+//! empty one named `[EMPTY_i]`), the token types, the `gpt2` merges and
+//! the special token ids. Output: the first fault that makes llama.cpp
+//! run without error and print something other than the model's text.
+//! Each was found by running copies of a real model with one value
+//! changed:
+//!
+//! - a token type outside GGUF's 0 to 6: llama.cpp treats the token as a
+//!   control token and never prints it; and a vocabulary with no token of
+//!   a type that prints;
+//! - a byte token (type 6) whose text is not `<0xHH>`: llama.cpp reads
+//!   the byte from the text's fourth and fifth characters, and printed a
+//!   NUL for ` a`;
+//! - a beginning or end id outside the vocabulary: llama.cpp puts another
+//!   token in its place, which then starts every prompt or ends every
+//!   reply;
+//! - for the `gpt2` tokenizer, a merge that is not two tokens joining into
+//!   a third (the rule the tokenizers the files are converted from
+//!   enforce), an empty or cut-short merge list (a word then splits into
+//!   letters), a token a merge makes typed as one that prints nothing (a
+//!   word vanished from the output), and a beginning or end id naming a
+//!   token the merges use, which is text, not a marker: replies stopped at
+//!   the first full stop.
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::{bail, Result};
+
+use super::{shown, Meta};
+
+/// Special ids that start every prompt or end every reply.
+const ENDS: [&str; 4] = ["bos", "eos", "eot", "eom"];
+
+/// Share of multi-character normal tokens that may lack a merge before the
+/// merge list counts as cut short: a few odd entries are tolerated.
+const UNMERGED_MAX: f64 = 0.01;
+
+/// Checks the vocabulary; see the module docs.
+///
+/// `get` reads a kept metadata value by key.
+///
+/// # Errors
+///
+/// - the first fault found, naming the token or key.
+pub(super) fn check(
+    texts: &[Vec<u8>],
+    types: Option<&[i32]>,
+    merges: Option<&[Vec<u8>]>,
+    tokenizer: Option<&[u8]>,
+    get: &dyn Fn(&[u8]) -> Option<Meta>,
+) -> Result<()> {
+    let n = texts.len();
+    // llama.cpp reads no more types than there are tokens; a shorter list
+    // it refuses on load.
+    let types = types.map(|t| t.get(..n).unwrap_or(t));
+    if let Some(types) = types {
+        check_types(texts, types)?;
+    }
+    let ends: Vec<(&str, u32)> = ENDS
+        .iter()
+        .filter_map(
+            |name| match get(format!("tokenizer.ggml.{name}_token_id").as_bytes()) {
+                Some(Meta::U32(id)) => Some((*name, id)),
+                _ => None,
+            },
+        )
+        .collect();
+    for &(name, id) in &ends {
+        if id as usize >= n {
+            bail!(
+                "`tokenizer.ggml.{name}_token_id` is {id}, outside the vocabulary of {n} \
+                 tokens; llama.cpp would put another token in its place"
+            );
+        }
+    }
+    if let (Some(b"gpt2"), Some(merges)) = (tokenizer, merges) {
+        check_merges(texts, types, merges, &ends)?;
+    }
+    Ok(())
+}
+
+/// Refuses unknown types, a vocabulary in which no token prints, and byte
+/// tokens whose text does not name a byte.
+fn check_types(texts: &[Vec<u8>], types: &[i32]) -> Result<()> {
+    if let Some((i, t)) = types
+        .iter()
+        .enumerate()
+        .find(|(_, t)| !(0..=6).contains(*t))
+    {
+        bail!(
+            "token {i} has type {t}; GGUF token types are 0 to 6, and llama.cpp would \
+             print nothing for that token"
+        );
+    }
+    // Normal, user-defined and byte tokens print their text.
+    if !types.is_empty() && !types.iter().any(|t| matches!(t, 1 | 4 | 6)) {
+        bail!(
+            "no token in the vocabulary is of a type that prints text (normal, \
+             user-defined or byte); everything generated would print nothing"
+        );
+    }
+    let byte_text = |t: &[u8]| matches!(t, [b'<', b'0', b'x', hi, lo, b'>'] if hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit());
+    for (i, (text, _)) in texts
+        .iter()
+        .zip(types)
+        .enumerate()
+        .filter(|(_, (_, &t))| t == 6)
+    {
+        if !byte_text(text) {
+            bail!(
+                "token {i} (\"{}\") is typed as a byte, but its text is not <0xHH>; \
+                 llama.cpp would print a wrong byte for it",
+                shown(text)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Refuses `gpt2` merges that do not join two tokens into a third, a list
+/// too short for the vocabulary, and a beginning or end id naming a token
+/// the merges use.
+fn check_merges(
+    texts: &[Vec<u8>],
+    types: Option<&[i32]>,
+    merges: &[Vec<u8>],
+    ends: &[(&str, u32)],
+) -> Result<()> {
+    let ids: HashMap<&[u8], usize> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_slice(), i))
+        .collect();
+    // Tokens a merge makes, and tokens a merge takes.
+    let mut made = HashSet::new();
+    let mut used = HashSet::new();
+    for (i, merge) in merges.iter().enumerate() {
+        // llama.cpp splits at the first space after the first byte.
+        let at = merge.iter().skip(1).position(|&b| b == b' ').map(|p| p + 1);
+        let parts = at.and_then(|at| Some((merge.get(..at)?, merge.get(at + 1..)?)));
+        let Some((left, right)) = parts.filter(|(l, r)| !l.is_empty() && !r.is_empty()) else {
+            bail!(
+                "merge {i} (\"{}\") is not two tokens separated by a space",
+                shown(merge)
+            );
+        };
+        let joined = [left, right].concat();
+        let lookup = |t: &[u8]| ids.get(t).copied();
+        let (Some(l), Some(r), Some(j)) = (lookup(left), lookup(right), lookup(&joined)) else {
+            bail!(
+                "merge {i} (\"{}\") joins texts that are not all tokens of the vocabulary; \
+                 the tokenizer would split text into other tokens than the model learned",
+                shown(merge)
+            );
+        };
+        used.extend([l, r]);
+        made.insert(j);
+    }
+    // What merges make is text: llama.cpp prints nothing for a token of
+    // type undefined, unknown, control or unused.
+    if let Some((j, t)) = types.and_then(|types| {
+        made.iter()
+            .filter_map(|&j| Some((j, *types.get(j)?)))
+            .filter(|(_, t)| matches!(t, 0 | 2 | 3 | 5))
+            .min()
+    }) {
+        bail!(
+            "token {j} (\"{}\") is made by a merge, so it is text, but its type ({t}) is \
+             one llama.cpp prints nothing for",
+            shown(texts.get(j).map_or(&[][..], Vec::as_slice))
+        );
+    }
+    // Every normal token of more than one character is some merge's
+    // result; without them, words split into letters.
+    let normal = |i: &usize| types.map_or(true, |t| t.get(*i) == Some(&1));
+    let long: Vec<usize> = (0..texts.len())
+        .filter(normal)
+        .filter(|&i| {
+            texts
+                .get(i)
+                .is_some_and(|t| String::from_utf8_lossy(t).chars().nth(1).is_some())
+        })
+        .collect();
+    let unmerged = long.iter().filter(|i| !made.contains(*i)).count();
+    if unmerged as f64 > UNMERGED_MAX * long.len() as f64 {
+        bail!(
+            "{unmerged} of the vocabulary's {} multi-character tokens are made by no \
+             merge ({} merges); the merge list is cut short or damaged, and words would \
+             split into pieces the model did not learn",
+            long.len(),
+            merges.len()
+        );
+    }
+    for &(name, id) in ends {
+        let id = id as usize;
+        if made.contains(&id) || used.contains(&id) {
+            bail!(
+                "`tokenizer.ggml.{name}_token_id` is {id}, the ordinary text \"{}\" that \
+                 the merges build words from, not a marker; replies would start or stop \
+                 at it",
+                shown(texts.get(id).map_or(&[][..], Vec::as_slice))
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny byte-level vocabulary: letters, what the merges make of
+    /// them, and a marker.
+    fn texts() -> Vec<Vec<u8>> {
+        ["a", "b", "c", "ab", "abc", "<end>", "<0x0A>"]
+            .iter()
+            .map(|t| t.as_bytes().to_vec())
+            .collect()
+    }
+
+    fn merges(list: &[&str]) -> Vec<Vec<u8>> {
+        list.iter().map(|m| m.as_bytes().to_vec()).collect()
+    }
+
+    const TYPES: [i32; 7] = [1, 1, 1, 1, 1, 3, 6];
+
+    fn run(types: &[i32], list: &[&str], eos: Option<u32>) -> Result<(), String> {
+        let get = |key: &[u8]| match (key, eos) {
+            (b"tokenizer.ggml.eos_token_id", Some(id)) => Some(Meta::U32(id)),
+            _ => None,
+        };
+        check(
+            &texts(),
+            Some(types),
+            Some(&merges(list)),
+            Some(b"gpt2"),
+            &get,
+        )
+        .map_err(|e| format!("{e:#}"))
+    }
+
+    const GOOD: [&str; 2] = ["a b", "ab c"];
+
+    #[test]
+    fn a_consistent_vocabulary_passes() {
+        run(&TYPES, &GOOD, Some(5)).expect("consistent");
+        // A type list longer than the vocabulary.
+        run(&[1, 1, 1, 1, 1, 3, 6, 99], &GOOD, None).expect("a type past the end");
+    }
+
+    #[test]
+    fn types_that_print_nothing_or_a_wrong_byte_are_refused() {
+        let e = run(&[1, 7, 1, 1, 1, 3, 6], &GOOD, None).unwrap_err();
+        assert!(e.contains("token 1 has type 7"), "{e}");
+        let e = run(&[3, 3, 3, 3, 3, 3, 3], &[], None).unwrap_err();
+        assert!(
+            e.contains("no token in the vocabulary is of a type that prints"),
+            "{e}"
+        );
+        let e = run(&[6, 1, 1, 1, 1, 3, 6], &GOOD, None).unwrap_err();
+        assert!(e.contains("token 0 (\"a\") is typed as a byte"), "{e}");
+        let e = run(&[1, 1, 1, 3, 1, 3, 6], &GOOD, None).unwrap_err();
+        assert!(e.contains("token 3 (\"ab\") is made by a merge"), "{e}");
+    }
+
+    #[test]
+    fn merges_that_make_no_token_or_too_few_are_refused() {
+        let e = run(&TYPES, &["a b", "abc"], None).unwrap_err();
+        assert!(e.contains("merge 1 (\"abc\") is not two tokens"), "{e}");
+        let e = run(&TYPES, &["a b", "b c"], None).unwrap_err();
+        assert!(
+            e.contains("merge 1 (\"b c\") joins texts that are not all"),
+            "{e}"
+        );
+        for cut in [&GOOD[..1], &[]] {
+            let e = run(&TYPES, cut, None).unwrap_err();
+            assert!(
+                e.contains("multi-character tokens are made by no merge"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_end_id_outside_the_vocabulary_or_on_text_is_refused() {
+        let e = run(&TYPES, &GOOD, Some(7)).unwrap_err();
+        assert!(
+            e.contains("`tokenizer.ggml.eos_token_id` is 7, outside the vocabulary of 7"),
+            "{e}"
+        );
+        for text in [0, 3, 4] {
+            let e = run(&TYPES, &GOOD, Some(text)).unwrap_err();
+            assert!(
+                e.contains("the merges build words from, not a marker"),
+                "{text}: {e}"
+            );
+        }
+    }
+}
