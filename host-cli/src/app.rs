@@ -659,15 +659,20 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         crate::note!("talkback: {}", settings.describe());
     }
     let n_vocab = model.vocab_size();
-    if let Some((step, s)) = (0..)
-        .zip(&trace.steps)
-        .find(|(_, s)| s.id as usize >= n_vocab)
-    {
+    let outside = |id: u32| id as usize >= n_vocab;
+    if let Some((step, s)) = (0..).zip(&trace.steps).find(|(_, s)| outside(s.id)) {
         bail!(
             "trace {}: step {step} records token {}, but the model's vocabulary holds \
              {n_vocab} tokens",
             args.trace.display(),
             s.id
+        );
+    }
+    if let Some((i, id)) = (0..).zip(&trace.prompt_tokens).find(|(_, &id)| outside(id)) {
+        bail!(
+            "trace {}: prompt token {i} is {id}, but the model's vocabulary holds \
+             {n_vocab} tokens",
+            args.trace.display()
         );
     }
     let tokens = match &trace.prompt {
@@ -1006,7 +1011,11 @@ fn shape_command(args: &ShapeArgs, verbose: u8) -> Result<()> {
         })
     };
     let label = |id: u32| match (&model, piece(id)) {
-        (Some(m), Some(p)) if p.is_empty() => m.control_text(id).unwrap_or_else(|| "\"\"".into()),
+        // Bare, but escaped as the quoted pieces are: the vocabulary's
+        // spelling may hold line breaks or terminal escapes.
+        (Some(m), Some(p)) if p.is_empty() => m
+            .control_text(id)
+            .map_or_else(|| "\"\"".into(), |t| t.escape_debug().to_string()),
         (_, Some(p)) => format!("{p:?}"),
         (_, None) => String::new(),
     };

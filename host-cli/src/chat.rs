@@ -283,6 +283,14 @@ impl<'m> Template<'m> {
     /// - the template leaves out the last message's text.
     pub fn render(&self, messages: &[Message]) -> Result<Rendered> {
         let plain = self.render_raw(messages)?;
+        if plain.is_empty() && !messages.is_empty() {
+            return Err(Unsendable(
+                "the chat template writes nothing for these messages, so the model would \
+                 see none of them"
+                    .to_owned(),
+            )
+            .into());
+        }
         if let Some(last) = messages.last().filter(|m| !m.content.trim().is_empty()) {
             // Other text in its place changes a prompt that holds it, in
             // whatever form the template writes it.
@@ -801,7 +809,6 @@ mod tests {
         let template = |src: &str| Template::new(src, String::new(), String::new()).expect("parse");
         let turns = [Message::new("system", "S"), Message::new("user", "x")];
         for src in [
-            "",
             "Hello there",
             "{% for m in messages %}{% if m.role == 'system' %}{{ m.content }}{% endif %}\
              {% endfor %}",
@@ -814,6 +821,13 @@ mod tests {
                  model would never see it"
             );
         }
+        let e = template("").render(&turns).expect_err("empty");
+        assert!(e.is::<Unsendable>(), "{e:#}");
+        assert_eq!(
+            format!("{e:#}"),
+            "the chat template writes nothing for these messages, so the model would see \
+             none of them"
+        );
         // Written in another form, the text is still there.
         let upper = template("{% for m in messages %}{{ m.content | upper }}{% endfor %}");
         let r = upper.render(&turns).expect("render");

@@ -177,7 +177,8 @@ pub struct ReplayArgs {
     #[arg(short, long, value_name = "PATH")]
     pub model: Option<PathBuf>,
 
-    /// CPU threads for decoding [default: all cores].
+    /// CPU threads for decoding, 1..=1024 [default: the count the trace
+    /// records, else all cores].
     #[arg(short = 't', long, value_parser = threads, allow_negative_numbers = true)]
     pub threads: Option<u32>,
 }
@@ -264,7 +265,7 @@ pub struct ModelArgs {
           allow_negative_numbers = true)]
     pub batch_size: u32,
 
-    /// CPU threads for decoding [default: all cores].
+    /// CPU threads for decoding, 1..=1024 [default: all cores].
     #[arg(short = 't', long, value_parser = threads, allow_negative_numbers = true)]
     pub threads: Option<u32>,
 

@@ -405,10 +405,9 @@ impl<R: Read + Seek> Reader<R> {
         Ok(buf)
     }
 
-    /// Reads the vocabulary's token texts and refuses a repeated one,
-    /// which makes llama.cpp abort; returns them as llama.cpp keeps them.
-    /// An array of another item type is left to llama.cpp, which refuses it.
-    fn tokens(&mut self, what: &str, bytes: &mut ByteTokens) -> Result<Option<Vec<Vec<u8>>>> {
+    /// Reads an array's header; returns its length if it holds strings,
+    /// and skips it otherwise (llama.cpp refuses such a value on load).
+    fn string_array(&mut self, what: &str) -> Result<Option<u64>> {
         let item = self.u32(what)?;
         let n = self.u64(what)?;
         if item != STRING {
@@ -421,6 +420,16 @@ impl<R: Read + Seek> Reader<R> {
                 self.remaining()
             );
         }
+        Ok(Some(n))
+    }
+
+    /// Reads the vocabulary's token texts and refuses a repeated one,
+    /// which makes llama.cpp abort; returns them as llama.cpp keeps them.
+    /// An array of another item type is left to llama.cpp, which refuses it.
+    fn tokens(&mut self, what: &str, bytes: &mut ByteTokens) -> Result<Option<Vec<Vec<u8>>>> {
+        let Some(n) = self.string_array(what)? else {
+            return Ok(None);
+        };
         // llama.cpp's `test` tokenizer divides by the count.
         if n == 0 {
             bail!("the vocabulary is empty");
@@ -460,18 +469,9 @@ impl<R: Read + Seek> Reader<R> {
     /// Reads the `gpt2` merges as llama.cpp keeps them (up to a NUL). An
     /// array of another item type is left to llama.cpp, which refuses it.
     fn merges(&mut self, what: &str) -> Result<Option<Vec<Vec<u8>>>> {
-        let item = self.u32(what)?;
-        let n = self.u64(what)?;
-        if item != STRING {
-            self.array_items(item, n, what, 1)?;
+        let Some(n) = self.string_array(what)? else {
             return Ok(None);
-        }
-        if n.saturating_mul(8) > self.remaining() {
-            bail!(
-                "{what} claims {n} items but only {} bytes remain",
-                self.remaining()
-            );
-        }
+        };
         let mut merges = Vec::with_capacity(n.min(MAX_VOCAB) as usize);
         for _ in 0..n {
             // Two token texts and a space: longer ones match no token.

@@ -230,22 +230,42 @@ fn identity(path: &Path) -> Option<Identity> {
     }
 }
 
-/// The regular file stdout is redirected to, if it is one.
+/// What stdin and stdout are (a file, a pipe, a terminal), unless
+/// `/dev/null`, which takes any number of readers and writers.
 #[cfg(unix)]
-fn stdout_identity() -> Option<Identity> {
+fn streams() -> (Option<FileId>, Option<FileId>) {
     use std::os::fd::AsFd as _;
-    let fd = io::stdout().as_fd().try_clone_to_owned().ok()?;
-    let meta = File::from(fd).metadata().ok()?;
-    if !meta.is_file() {
-        return None;
-    }
-    file_id(Path::new(""), &meta).map(Identity::File)
+    let id = |fd: std::os::fd::BorrowedFd<'_>| {
+        let meta = File::from(fd.try_clone_to_owned().ok()?).metadata().ok()?;
+        (!is_null(&meta)).then(|| file_id(Path::new(""), &meta))?
+    };
+    (id(io::stdin().as_fd()), id(io::stdout().as_fd()))
 }
 
-/// The regular file stdout is redirected to: not found on this platform.
+/// What stdin and stdout are: not found on this platform.
 #[cfg(not(unix))]
-fn stdout_identity() -> Option<Identity> {
-    None
+fn streams() -> (Option<FileId>, Option<FileId>) {
+    (None, None)
+}
+
+/// What `path` leads to, whatever kind of file, unless `/dev/null`.
+fn target_id(path: &Path) -> Option<FileId> {
+    let meta = std::fs::metadata(path).ok()?;
+    (!is_null(&meta)).then(|| file_id(path, &meta))?
+}
+
+/// Whether `meta` is that of `/dev/null`.
+#[cfg(unix)]
+fn is_null(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+    meta.file_type().is_char_device()
+        && std::fs::metadata("/dev/null").is_ok_and(|null| null.rdev() == meta.rdev())
+}
+
+/// Whether `meta` is that of `/dev/null`: not told on this platform.
+#[cfg(not(unix))]
+fn is_null(_meta: &std::fs::Metadata) -> bool {
+    false
 }
 
 /// Where a chain of symbolic links starting at `path` ends: the first path
@@ -277,19 +297,29 @@ pub fn check_distinct(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> Re
         .iter()
         .filter_map(|&(what, path)| Some((what, path, identity(path)?)))
         .collect();
-    let stdout = stdout_identity();
+    let (stdin, stdout) = streams();
     let mut seen: Vec<(&str, &Path, Identity)> = Vec::new();
     for &(what, path) in outputs {
-        let Some(id) = identity(path) else {
-            continue;
-        };
-        if stdout.as_ref() == Some(&id) {
+        // Pipes and terminals too: `--trace /dev/stdout | less` mixed the
+        // trace into the text.
+        let target = target_id(path);
+        if target.is_some() && target == stdout {
             anyhow::bail!(
-                "{what} {} is the file stdout goes to, and would overwrite the output; give \
+                "{what} {} is where stdout goes, and would write into the output; give \
                  it a path of its own",
                 path.display()
             );
         }
+        if target.is_some() && target == stdin {
+            anyhow::bail!(
+                "{what} {} is what stdin reads, and would overwrite the input; give it a \
+                 path of its own",
+                path.display()
+            );
+        }
+        let Some(id) = identity(path) else {
+            continue;
+        };
         if let Some((other, other_path, _)) =
             inputs.iter().chain(&seen).find(|(_, _, seen)| *seen == id)
         {

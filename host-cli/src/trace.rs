@@ -208,6 +208,18 @@ impl Trace {
                 cap.map_or("unlimited".to_owned(), |n| n.to_string())
             );
         }
+        // At the cap a run ends on `length` before it looks at the end of
+        // the turn or the context (a stop string it sees first).
+        let at_cap = cap == Some(trace.steps.len());
+        if at_cap && matches!(finish, Finish::EndOfTurn | Finish::ContextFull) {
+            bail!(
+                "trace {} ends on `{}` after {} steps, its n_predict, where a run ends \
+                 on `length`",
+                path.display(),
+                trace.finish_reason,
+                trace.steps.len()
+            );
+        }
         Ok(trace)
     }
 }

@@ -561,6 +561,19 @@ fn deep_template_expressions_render_and_huge_templates_are_refused() {
 
 #[test]
 fn render_only_refuses_what_a_run_refuses_and_takes_no_outputs() {
+    // A template that writes nothing, and one that writes the message
+    // away.
+    let rep = TempFile::with(
+        "rep.jinja",
+        "{% for m in messages %}{{ m.content|replace('hi', '') }}{% endfor %}",
+    );
+    let run = tb(&["chat", "hi", "--chat-template", rep.arg(), "--render-only"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(
+        run.stderr,
+        "talkback: the chat template writes nothing for these messages, so the model would \
+         see none of them\n"
+    );
     let empty = TempFile::with("empty.jinja", "");
     let run = tb(&[
         "chat",
@@ -573,7 +586,7 @@ fn render_only_refuses_what_a_run_refuses_and_takes_no_outputs() {
     assert!(run.stdout.is_empty(), "{:?}", run.text());
     assert!(
         run.stderr
-            .contains("the chat template leaves out the text of the last message (user)"),
+            .contains("the chat template writes nothing for these messages"),
         "{}",
         run.stderr
     );

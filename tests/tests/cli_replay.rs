@@ -249,6 +249,19 @@ fn a_changed_prompt_token_or_seed_is_reported() {
 /// A change made to a trace by hand.
 type Edit<'a> = &'a dyn Fn(&mut Value);
 
+/// Makes each edit to `t` in turn and expects replay to refuse the trace
+/// with the one line `talkback: {message}`.
+fn refused_after_edits(trace: &TempFile, t: &Value, cases: Vec<(Edit, String)>) {
+    for (edit, message) in cases {
+        let mut changed = t.clone();
+        edit(&mut changed);
+        trace.write_json(&changed);
+        let run = tb(&["replay", trace.arg()]);
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert_eq!(run.stderr, format!("talkback: {message}\n"));
+    }
+}
+
 #[test]
 fn a_trace_holding_what_no_run_records_is_refused_as_a_trace() {
     let (trace, _) = record(&["chat", "Hi", "-n", "3", "--seed", "1"]);
@@ -275,23 +288,32 @@ fn a_trace_holding_what_no_run_records_is_refused_as_a_trace() {
             ),
         ),
     ];
-    for (edit, message) in cases {
-        let mut changed = t.clone();
-        edit(&mut changed);
-        trace.write_json(&changed);
-        let run = tb(&["replay", trace.arg()]);
-        assert_eq!(run.code, 1, "{}", run.stderr);
-        assert_eq!(run.stderr, format!("talkback: {message}\n"));
-    }
+    refused_after_edits(&trace, &t, cases);
 
-    let (trace, mut t) = recorded();
-    t["prompt"]["text"] = "".into();
-    trace.write_json(&t);
-    let run = tb(&["replay", trace.arg()]);
-    assert_eq!(
-        run.stderr,
-        format!("talkback: trace {}: its prompt is empty\n", trace.arg())
-    );
+    let (trace, t) = recorded();
+    let path = trace.arg().to_owned();
+    let cases: Vec<(Edit, String)> = vec![
+        (
+            &|t| t["prompt"]["text"] = "".into(),
+            format!("trace {path}: its prompt is empty"),
+        ),
+        (
+            &|t| t["prompt_tokens"][0] = 49_152.into(),
+            format!(
+                "trace {path}: prompt token 0 is 49152, but the model's vocabulary holds \
+                 49152 tokens"
+            ),
+        ),
+        // At its cap a run ends on `length`.
+        (
+            &|t| t["finish_reason"] = "end_of_turn".into(),
+            format!(
+                "trace {path} ends on `end_of_turn` after 12 steps, its n_predict, where a \
+                 run ends on `length`"
+            ),
+        ),
+    ];
+    refused_after_edits(&trace, &t, cases);
 }
 
 #[test]

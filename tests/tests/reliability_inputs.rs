@@ -696,8 +696,8 @@ fn an_output_that_is_the_file_stdout_goes_to_is_refused() {
         assert_eq!(
             stderr,
             format!(
-                "talkback: {flag} {path} is the file stdout goes to, and would overwrite \
-                 the output; give it a path of its own\n"
+                "talkback: {flag} {path} is where stdout goes, and would write into the \
+                 output; give it a path of its own\n"
             )
         );
     }
@@ -716,6 +716,28 @@ fn an_output_that_is_the_file_stdout_goes_to_is_refused() {
         !std::path::Path::new("-").exists(),
         "a file named - was made"
     );
+
+    // A pipe too, and the file stdin reads.
+    let run = talkback(&["complete", "hi", "-n", "2", "--trace", "/dev/stdout"]);
+    late_usage_error(
+        &run,
+        "--trace /dev/stdout is where stdout goes, and would write into the output; give \
+         it a path of its own",
+    );
+    let input = scratch.write("in.txt", b"Once upon a time");
+    let mut cmd = reliability_support::command(&["complete", "-n", "2", "--trace", arg(&input)]);
+    cmd.stdin(std::fs::File::open(&input).expect("open the input"));
+    let done = cmd.output().expect("run talkback");
+    assert_eq!(done.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&done.stderr),
+        format!(
+            "talkback: --trace {} is what stdin reads, and would overwrite the input; give \
+             it a path of its own\n",
+            arg(&input)
+        )
+    );
+    assert_eq!(std::fs::read(&input).expect("input"), b"Once upon a time");
 
     // Another file is fine.
     let trace = scratch.join("trace.json");
