@@ -476,69 +476,119 @@ fn listed_count(s: &str) -> Result<u32, String> {
 /// So is text that is not zero but rounds to zero (`1e-50`), which would
 /// turn a setting off, or make a temperature greedy, unsaid.
 fn parse_f32(s: &str) -> Result<f32, String> {
-    parse_wide(s).map(|(v, _)| v)
+    parse_exact(s).map(|(v, _)| v)
 }
 
-/// [`parse_f32`], with the value as the 64-bit float the text names, for
-/// range checks that rounding to 32 bits must not pass (`1.00000001`).
-fn parse_wide(s: &str) -> Result<(f32, f64), String> {
+/// What decimal text says, in exact arithmetic: no float rounding, which
+/// turns `1e-400` into 0 and `1.0000000000000001` into 1 even in 64 bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Exact {
+    /// Below zero.
+    negative: bool,
+    /// Zero (of either sign).
+    zero: bool,
+    /// Above one in magnitude.
+    above_one: bool,
+}
+
+impl Exact {
+    /// Reads text that Rust parses as a float and that is not `inf` or
+    /// `nan`: a sign, digits with at most one point, and an exponent.
+    fn of(t: &str) -> Self {
+        let negative_sign = t.starts_with('-');
+        let t = t.trim_start_matches(['+', '-']);
+        let (mantissa, exponent) = t.split_once(['e', 'E']).unwrap_or((t, "0"));
+        // An exponent beyond i64 saturates, which keeps its sign.
+        let exponent: i64 = exponent.parse().unwrap_or_else(|_| {
+            if exponent.starts_with('-') {
+                i64::MIN / 2
+            } else {
+                i64::MAX / 2
+            }
+        });
+        let whole = mantissa.split('.').next().unwrap_or_default().len() as i64;
+        let digits: Vec<u8> = mantissa.bytes().filter(u8::is_ascii_digit).collect();
+        let lead = digits.iter().take_while(|&&d| d == b'0').count();
+        let significant = digits.get(lead..).unwrap_or_default();
+        // The value is 0.(significant) times ten to the power `point`.
+        let point = (whole - lead as i64).saturating_add(exponent);
+        let zero = significant.is_empty();
+        let above_one = !zero
+            && (point > 1
+                || (point == 1
+                    && (significant.first() > Some(&b'1')
+                        || significant.iter().skip(1).any(|&d| d != b'0'))));
+        Exact {
+            negative: negative_sign && !zero,
+            zero,
+            above_one,
+        }
+    }
+}
+
+/// [`parse_f32`], with what the text says in exact arithmetic (`None`
+/// for a named infinity or NaN), for range checks that rounding must not
+/// pass.
+fn parse_exact(s: &str) -> Result<(f32, Option<Exact>), String> {
     let t = s.trim();
-    let (Ok(v), Ok(wide)) = (t.parse::<f32>(), t.parse::<f64>()) else {
+    let Ok(v) = t.parse::<f32>() else {
         return Err(format!("`{s}` is not a number"));
     };
-    let word = t.trim_start_matches(['+', '-']).to_ascii_lowercase();
-    if v.is_infinite() && word != "inf" && word != "infinity" {
-        return Err(format!(
-            "`{s}` is out of range: a 32-bit float holds at most about 3.4e38"
-        ));
+    if v.is_nan() || v.is_infinite() {
+        let word = t.trim_start_matches(['+', '-']).to_ascii_lowercase();
+        if v.is_infinite() && word != "inf" && word != "infinity" {
+            return Err(format!(
+                "`{s}` is out of range: a 32-bit float holds at most about 3.4e38"
+            ));
+        }
+        return Ok((v, None));
     }
-    if v == 0.0 && wide != 0.0 {
+    let exact = Exact::of(t);
+    if v == 0.0 && !exact.zero {
         return Err(format!(
             "`{s}` is too small for a 32-bit float, which would make it 0; write 0 \
              if 0 is meant"
         ));
     }
-    Ok((v, wide))
+    Ok((v, Some(exact)))
 }
 
-/// A finite number, as the 32-bit float and the 64-bit float it names.
-fn finite_wide(s: &str) -> Result<(f32, f64), String> {
-    let (v, wide) = parse_wide(s)?;
-    if v.is_finite() {
-        Ok((v, wide))
-    } else {
-        Err(format!("`{s}` must be a finite number"))
+/// A finite number, as the 32-bit float and what the text says exactly.
+fn finite_exact(s: &str) -> Result<(f32, Exact), String> {
+    match parse_exact(s)? {
+        (v, Some(exact)) => Ok((v, exact)),
+        (_, None) => Err(format!("`{s}` must be a finite number")),
     }
 }
 
 fn finite(s: &str) -> Result<f32, String> {
-    finite_wide(s).map(|(v, _)| v)
+    finite_exact(s).map(|(v, _)| v)
 }
 
 fn non_negative(s: &str) -> Result<f32, String> {
-    let (v, wide) = finite_wide(s)?;
-    if wide >= 0.0 {
-        Ok(v)
-    } else {
+    let (v, exact) = finite_exact(s)?;
+    if exact.negative {
         Err(format!("`{s}` must be zero or more"))
+    } else {
+        Ok(v)
     }
 }
 
 fn positive(s: &str) -> Result<f32, String> {
-    let (v, wide) = finite_wide(s)?;
-    if wide > 0.0 {
-        Ok(v)
-    } else {
+    let (v, exact) = finite_exact(s)?;
+    if exact.negative || exact.zero {
         Err(format!("`{s}` must be more than zero"))
+    } else {
+        Ok(v)
     }
 }
 
 fn unit_interval(s: &str) -> Result<f32, String> {
-    let (v, wide) = finite_wide(s)?;
-    if (0.0..=1.0).contains(&wide) {
-        Ok(v)
-    } else {
+    let (v, exact) = finite_exact(s)?;
+    if exact.negative || exact.above_one {
         Err(format!("`{s}` must be between 0 and 1"))
+    } else {
+        Ok(v)
     }
 }
 
@@ -743,6 +793,62 @@ mod tests {
         );
         assert_eq!(unit_interval(" 1 "), Ok(1.0));
         assert!(positive("-1e-40").is_err());
+        // Past what even 64 bits hold.
+        for tiny in ["1e-400", "-1e-400", "0.0000001e-99999999999999999999"] {
+            assert!(non_negative(tiny).is_err(), "{tiny}");
+        }
+        for above in [
+            "1.0000000000000001",
+            "1.00000000000000000001",
+            "0.10000000001e1",
+        ] {
+            assert!(unit_interval(above).is_err(), "{above}");
+        }
+        for one in [
+            "1",
+            "1.",
+            "1e0",
+            "10e-1",
+            "0.1e1",
+            "00001.0000",
+            "0.99999999999999999999",
+        ] {
+            assert!(unit_interval(one).is_ok(), "{one}");
+        }
+        let exact = |t: &str| Exact::of(t);
+        let (z, n, a) = (true, true, true);
+        assert_eq!(
+            exact("-0.000e5"),
+            Exact {
+                negative: !n,
+                zero: z,
+                above_one: !a
+            }
+        );
+        assert_eq!(
+            exact("-.5"),
+            Exact {
+                negative: n,
+                zero: !z,
+                above_one: !a
+            }
+        );
+        assert_eq!(
+            exact("+2"),
+            Exact {
+                negative: !n,
+                zero: !z,
+                above_one: a
+            }
+        );
+        assert_eq!(
+            exact("1e99999999999999999999"),
+            Exact {
+                negative: !n,
+                zero: !z,
+                above_one: a
+            }
+        );
         // Whole numbers take spaces around them, as decimals do.
         assert_eq!(count(" 7 "), Ok(7));
         assert_eq!(token_cap("\t2"), Ok(2));
