@@ -185,6 +185,16 @@ impl<'m> Template<'m> {
             );
             return (template, Err(e));
         }
+        // Hugging Face renders chat templates with both on, as the model
+        // was tuned: block tags on lines of their own leave no blank line
+        // or indentation behind.
+        if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+        {
+            env.set_syntax(syntax);
+        }
         env.set_fuel(Some(FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<(), JinjaError> {
@@ -802,6 +812,23 @@ mod tests {
         assert_eq!(r.text, "[user:  hi  ][assistant:a][user:  next  ]");
         let spans: Vec<&str> = r.content.iter().map(|c| &r.text[c.clone()]).collect();
         assert_eq!(spans, ["  hi  ", "a", "  next  "]);
+    }
+
+    #[test]
+    fn block_tags_on_lines_of_their_own_leave_no_blank_lines() {
+        // Hugging Face's rendering: trim_blocks and lstrip_blocks.
+        let t = Template::new(
+            "{% for m in messages %}\n  <|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\
+             {% endfor %}\n{% if add_generation_prompt %}\n<|im_start|>assistant\n{% endif %}\n",
+            String::new(),
+            String::new(),
+        )
+        .expect("parse");
+        let r = t.render(&[Message::new("user", "hi")]).expect("render");
+        assert_eq!(
+            r.text,
+            "  <|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+        );
     }
 
     #[test]
