@@ -925,6 +925,17 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
             (label, req)
         })
         .collect();
+    if verbose > 0 {
+        let labels: Vec<&str> = runs.iter().map(|(label, _)| label.as_str()).collect();
+        crate::note!(
+            "talkback: seed {} | n {} | threads {} | {} series: {}",
+            args.seed,
+            args.n_predict,
+            args.model.threads(),
+            runs.len(),
+            labels.join("; ")
+        );
+    }
     let series = crate::plot::collect(&model, &mut session, &tokens, &runs)?;
     let title = if show_all || fixed.is_empty() {
         format!("Tokens to draw from per step (seed {})", args.seed)

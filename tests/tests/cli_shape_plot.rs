@@ -793,6 +793,7 @@ fn plot_help_says_where_the_chart_goes_and_why_lines_end_early() {
 fn plot_draws_every_combination_of_settings() {
     let out = TempFile::new("grid.svg");
     let run = tb(&[
+        "-v",
         "plot",
         "Once upon a time",
         "--temp",
@@ -814,6 +815,16 @@ fn plot_draws_every_combination_of_settings() {
         "temp 1, top-p 0.9",
     ];
     check_chart(&read_chart(&out), &labels, 6);
+    // -v names what a run needs to be repeated, as the other commands do.
+    let settings = format!(
+        "talkback: seed 3 | n 6 | threads 1 | 4 series: {}",
+        labels.join("; ")
+    );
+    assert!(
+        run.stderr.lines().any(|l| l == settings),
+        "{settings:?} missing from {}",
+        run.stderr
+    );
 }
 
 #[test]
