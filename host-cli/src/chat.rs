@@ -577,6 +577,7 @@ pub fn tokenize(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
     // Each part is checked as it is tokenized; the whole first, so that
     // many parts that each fit are not tokenized only to be refused.
     model.check_fits(&rendered.text, true)?;
+    check_markers(model, rendered)?;
     if let Some(checks) = &rendered.checks {
         let real = control_tokens(model, rendered)?;
         for stand_in in &checks.stand_ins {
@@ -629,10 +630,8 @@ pub fn tokenize(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
     Ok(tokens)
 }
 
-/// The control tokens, in order, that the template's text of `rendered`
-/// (all but the message spans) reads as.
-fn control_tokens(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
-    let mut found = Vec::new();
+/// The template's text of `rendered`: all but the message spans.
+fn template_parts(rendered: &Rendered) -> Vec<&str> {
     let mut at = 0;
     let mut parts = Vec::new();
     for range in &rendered.content {
@@ -640,7 +639,49 @@ fn control_tokens(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>>
         at = range.end;
     }
     parts.push(rendered.text.get(at..).unwrap_or_default());
-    for part in parts {
+    parts
+}
+
+/// Refuses a prompt whose template text spells a turn marker (BOS or an
+/// end-of-generation token) that does not read as that token.
+///
+/// A vocabulary that types such a token as ordinary text makes the
+/// tokenizer split the marker into pieces: the model no longer sees where
+/// turns start and end, and answers as if it were the user.
+fn check_markers(model: &Model, rendered: &Rendered) -> Result<()> {
+    let parts = template_parts(rendered);
+    for id in model.markers() {
+        let Some(text) = model.token_text(id).filter(|t| !t.is_empty()) else {
+            continue;
+        };
+        let written: usize = parts.iter().map(|p| p.matches(text.as_str()).count()).sum();
+        if written == 0 {
+            continue;
+        }
+        let mut read = 0;
+        for part in &parts {
+            let tokens = model.tokenize(part, false, true)?;
+            read += tokens
+                .iter()
+                .filter(|t| i64::from(t.0) == i64::from(id))
+                .count();
+        }
+        if read < written {
+            bail!(
+                "the chat template writes {text:?}, the text of token {id}, which marks \
+                 turns, but the model's vocabulary does not read it as that token; the \
+                 model would not see where turns start and end"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The control tokens, in order, that the template's text of `rendered`
+/// (all but the message spans) reads as.
+fn control_tokens(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
+    let mut found = Vec::new();
+    for part in template_parts(rendered) {
         let tokens = model.tokenize(part, false, true)?;
         found.extend(tokens.into_iter().filter(|&t| model.is_special(t)));
     }

@@ -223,6 +223,22 @@ impl Model {
         vocab.text(bos).map(|s| s.to_string_lossy().into_owned())
     }
 
+    /// The ids that mark turns: BOS, when the vocabulary has one, and
+    /// those that end generation.
+    pub fn markers(&self) -> Vec<u32> {
+        let bos = u32::try_from(self.model.vocab().bos().0).ok();
+        bos.into_iter().chain(self.eog.iter().copied()).collect()
+    }
+
+    /// The vocabulary's text of token `id`, as special-token parsing
+    /// matches it.
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        let token = LlamaToken(i32::try_from(id).ok()?);
+        let vocab = self.model.vocab();
+        let text = vocab.text(token)?.to_string_lossy().into_owned();
+        Some(text)
+    }
+
     /// The text of the EOS token, when the vocabulary has one.
     pub fn eos_text(&self) -> Option<String> {
         let vocab = self.model.vocab();

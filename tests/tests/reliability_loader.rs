@@ -164,6 +164,25 @@ fn corruptions_llama_cpp_aborts_on_are_refused_first() {
 }
 
 #[test]
+fn a_turn_marker_typed_as_text_is_refused_by_chat() {
+    // `<|im_start|>` typed normal: the template's markers split into
+    // pieces, and the model answered as if it were the user.
+    let scratch = Scratch::new("marker-as-text");
+    let layout = Layout::of_model();
+    let copy = Patchable::new(&scratch);
+    let type_of_1 = layout.value_at("tokenizer.ggml.token_type") + 12 + 4;
+    assert_eq!(layout.bytes(type_of_1, 4), u32_bytes(3), "a control token");
+    let run = copy.with(&[(type_of_1, u32_bytes(1))], |model| {
+        talkback(&["chat", "Say hi", "-n", "2", "-t", "1", "-m", arg(model)])
+    });
+    runtime_error(
+        &run,
+        "the chat template writes \"<|im_start|>\", the text of token 1, which marks \
+         turns, but the model's vocabulary does not read it as that token",
+    );
+}
+
+#[test]
 fn truncation_at_many_points_is_refused() {
     let scratch = Scratch::new("cuts");
     let layout = Layout::of_model();
