@@ -577,11 +577,20 @@ pub fn tokenize(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
     // Each part is checked as it is tokenized; the whole first, so that
     // many parts that each fit are not tokenized only to be refused.
     model.check_fits(&rendered.text, true)?;
-    check_markers(model, rendered)?;
+    let parts = template_parts(rendered);
+    let part_tokens = parts
+        .iter()
+        .map(|part| model.tokenize(part, false, true))
+        .collect::<Result<Vec<_>>>()?;
+    check_markers(model, &parts, &part_tokens)?;
     if let Some(checks) = &rendered.checks {
-        let real = control_tokens(model, rendered)?;
+        let real = control_tokens(model, &part_tokens);
         for stand_in in &checks.stand_ins {
-            if control_tokens(model, stand_in)? != real {
+            let parts = template_parts(stand_in)
+                .iter()
+                .map(|part| model.tokenize(part, false, true))
+                .collect::<Result<Vec<_>>>()?;
+            if control_tokens(model, &parts) != real {
                 return Err(Unsendable(
                     "the chat template writes message text outside the places marked for \
                      it, or writes control tokens that depend on what a message says, so \
@@ -611,26 +620,23 @@ pub fn tokenize(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
     if model.wants_bos() && !bos_written {
         tokens.extend(model.tokenize("", true, false)?);
     }
-    let mut at = 0;
+    // Template parts and message spans alternate, a template part first
+    // and last.
+    let mut part_tokens = part_tokens.into_iter();
     for range in &rendered.content {
-        let template = rendered
-            .text
-            .get(at..range.start)
-            .context("content range out of order")?;
-        tokens.extend(model.tokenize(template, false, true)?);
+        tokens.extend(part_tokens.next().unwrap_or_default());
         let user = rendered
             .text
             .get(range.clone())
             .context("content range out of bounds")?;
         tokens.extend(model.tokenize(user, false, false)?);
-        at = range.end;
     }
-    let tail = rendered.text.get(at..).unwrap_or_default();
-    tokens.extend(model.tokenize(tail, false, true)?);
+    tokens.extend(part_tokens.flatten());
     Ok(tokens)
 }
 
-/// The template's text of `rendered`: all but the message spans.
+/// The template's text of `rendered`: all but the message spans, one part
+/// before each span and one after the last.
 fn template_parts(rendered: &Rendered) -> Vec<&str> {
     let mut at = 0;
     let mut parts = Vec::new();
@@ -643,29 +649,23 @@ fn template_parts(rendered: &Rendered) -> Vec<&str> {
 }
 
 /// Refuses a prompt whose template text spells a turn marker (BOS or an
-/// end-of-generation token) that does not read as that token.
+/// end-of-generation token) that does not read as that token; `tokens`
+/// are those of each of the template's `parts`.
 ///
 /// A vocabulary that types such a token as ordinary text makes the
 /// tokenizer split the marker into pieces: the model no longer sees where
 /// turns start and end, and answers as if it were the user.
-fn check_markers(model: &Model, rendered: &Rendered) -> Result<()> {
-    let parts = template_parts(rendered);
+fn check_markers(model: &Model, parts: &[&str], tokens: &[Vec<LlamaToken>]) -> Result<()> {
     for id in model.markers() {
         let Some(text) = model.token_text(id).filter(|t| !t.is_empty()) else {
             continue;
         };
         let written: usize = parts.iter().map(|p| p.matches(text.as_str()).count()).sum();
-        if written == 0 {
-            continue;
-        }
-        let mut read = 0;
-        for part in &parts {
-            let tokens = model.tokenize(part, false, true)?;
-            read += tokens
-                .iter()
-                .filter(|t| i64::from(t.0) == i64::from(id))
-                .count();
-        }
+        let read = tokens
+            .iter()
+            .flatten()
+            .filter(|t| i64::from(t.0) == i64::from(id))
+            .count();
         if read < written {
             bail!(
                 "the chat template writes {text:?}, the text of token {id}, which marks \
@@ -677,15 +677,14 @@ fn check_markers(model: &Model, rendered: &Rendered) -> Result<()> {
     Ok(())
 }
 
-/// The control tokens, in order, that the template's text of `rendered`
-/// (all but the message spans) reads as.
-fn control_tokens(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
-    let mut found = Vec::new();
-    for part in template_parts(rendered) {
-        let tokens = model.tokenize(part, false, true)?;
-        found.extend(tokens.into_iter().filter(|&t| model.is_special(t)));
-    }
-    Ok(found)
+/// The control tokens, in order, among the tokens of a template's parts.
+fn control_tokens(model: &Model, tokens: &[Vec<LlamaToken>]) -> Vec<LlamaToken> {
+    tokens
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|&t| model.is_special(t))
+        .collect()
 }
 
 #[cfg(test)]

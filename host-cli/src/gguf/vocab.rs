@@ -101,7 +101,10 @@ fn check_types(texts: &[Vec<u8>], types: &[i32]) -> Result<()> {
              user-defined or byte); everything generated would print nothing"
         );
     }
-    let byte_text = |t: &[u8]| matches!(t, [b'<', b'0', b'x', hi, lo, b'>'] if hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit());
+    let byte_text = |t: &[u8]| match t {
+        [b'<', b'0', b'x', hi, lo, b'>'] => hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit(),
+        _ => false,
+    };
     for (i, (text, _)) in texts
         .iter()
         .zip(types)
