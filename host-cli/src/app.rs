@@ -654,6 +654,17 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         threads: args.threads.or(settings.threads),
         gpu_layers: 0,
     };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if let Some(t) = settings
+        .threads
+        .filter(|&t| args.threads.is_none() && t as usize > cores)
+    {
+        // Only a warning: another count could change the logits.
+        crate::note!(
+            "talkback: warning: the trace was recorded with {t} threads, more than this \
+             machine's {cores} cores; the replay uses them too and may be slow"
+        );
+    }
     let model = load(&model_args, verbose)?;
     if verbose > 0 {
         crate::note!("talkback: {}", settings.describe());

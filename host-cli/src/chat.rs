@@ -203,8 +203,11 @@ impl<'m> Template<'m> {
                 format!("{RAISED}{msg}"),
             ))
         });
+        // Jinja2, which Hugging Face renders with, writes every line break
+        // of the template's text as `\n`; a file saved with Windows line
+        // breaks would otherwise put `\r\n` into the prompt.
         let parsed = env
-            .add_template_owned("chat", source.to_owned())
+            .add_template_owned("chat", source.replace("\r\n", "\n"))
             // `{e:#}` would add minijinja's source excerpt over several lines;
             // the plain form names the error, template and line in one.
             .map_err(|e| anyhow!("the chat template does not parse: {e}"));
@@ -869,6 +872,22 @@ mod tests {
             r.text,
             "  <|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
         );
+    }
+
+    #[test]
+    fn windows_line_breaks_in_a_template_render_as_line_feeds() {
+        let unix =
+            "{% for m in messages %}\n<|im_start|>{{ m.role }}\n{{ m.content }}\n{% endfor %}\n";
+        let windows = unix.replace('\n', "\r\n");
+        let render = |src: &str| {
+            Template::new(src, String::new(), String::new())
+                .expect("parse")
+                .render(&[Message::new("user", "hi")])
+                .expect("render")
+                .text
+        };
+        assert_eq!(render(&windows), "<|im_start|>user\nhi\n");
+        assert_eq!(render(&windows), render(unix));
     }
 
     #[test]

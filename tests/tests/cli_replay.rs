@@ -383,6 +383,23 @@ fn replay_uses_the_recorded_thread_count() {
     t["settings"]["threads"] = 0.into();
     trace.write_json(&t);
     refused(&trace, "0 decoding threads is outside 1..=1024");
+
+    // More threads than cores: replayed as recorded, with a warning. A
+    // trace stopped before its first token decodes nothing, so it is quick.
+    t["settings"]["threads"] = 1024.into();
+    t["steps"] = Value::Array(Vec::new());
+    t["finish_reason"] = "interrupted".into();
+    trace.write_json(&t);
+    let run = talkback(&["replay", trace.arg()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.starts_with(
+            "talkback: warning: the trace was recorded with 1024 threads, more than this \
+             machine's "
+        ),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
