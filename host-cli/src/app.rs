@@ -453,7 +453,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
         )
         .into());
     }
-    let settings = Settings::new(&args.sampling, gen, &args.model);
+    let mut settings = Settings::new(&args.sampling, gen, &args.model);
     check_generation(gen, &settings)?;
     let mut inputs = Vec::new();
     if let Some(path) = &args.messages {
@@ -467,6 +467,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     let dump = dump_file(gen)?;
     let file = chat_template_file(args)?;
     let model = load(&args.model, verbose)?;
+    settings.ctx_size = model.ctx_size();
     let template = chat_template(file, &model)?;
     if let Some(prompt) = &prompt {
         messages.push(Message::new("user", prompt));
@@ -573,12 +574,13 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
         None => read_stdin("prompt")?,
     };
     check_prompt(&prompt, false)?;
-    let settings = Settings::new(&args.sampling, gen, &args.model);
+    let mut settings = Settings::new(&args.sampling, gen, &args.model);
     check_generation(gen, &settings)?;
     check_outputs(gen, &args.model, &[])?;
     let trace_file = gen.trace.as_deref().map(TraceFile::open).transpose()?;
     let dump = dump_file(gen)?;
     let model = load(&args.model, verbose)?;
+    settings.ctx_size = model.ctx_size();
     let mut session = model.session(&args.model)?;
     let mut generator = generator(&model, dump);
     if verbose > 0 {
@@ -648,7 +650,7 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         .with_context(|| format!("trace {}", args.trace.display()))?;
     let model_args = ModelArgs {
         model: Some(path),
-        ctx_size: settings.ctx_size,
+        ctx_size: Some(settings.ctx_size),
         batch_size: settings.batch_size,
         // llama.cpp's logits depend on the thread count.
         threads: args.threads.or(settings.threads),
@@ -1006,7 +1008,7 @@ fn shape_command(args: &ShapeArgs, verbose: u8) -> Result<()> {
             crate::note!(
                 "talkback: {} | ctx {} | chat {}",
                 crate::shape::describe(&config),
-                args.model.ctx_size,
+                model.ctx_size(),
                 args.chat
             );
         }

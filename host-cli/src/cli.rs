@@ -255,10 +255,10 @@ pub struct ModelArgs {
     pub model: Option<PathBuf>,
 
     /// Context size in tokens, prompt included (16..=1048576, and no more than
-    /// the model was trained on).
-    #[arg(short = 'c', long, default_value_t = 4096, value_parser = ctx_size,
-          allow_negative_numbers = true)]
-    pub ctx_size: u32,
+    /// the model was trained on) [default: 4096, or the model's trained
+    /// context if that is shorter].
+    #[arg(short = 'c', long, value_parser = ctx_size, allow_negative_numbers = true)]
+    pub ctx_size: Option<u32>,
 
     /// Prompt tokens decoded per batch (1..=65536).
     #[arg(short = 'b', long, default_value_t = 512, value_parser = batch_size,

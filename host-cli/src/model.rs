@@ -23,6 +23,7 @@ use llama_cpp_2::{LlamaModelLoadError, LogOptions};
 use crate::cli::ModelArgs;
 use crate::generate::INTERRUPTED;
 use crate::gguf;
+use crate::settings::DEFAULT_CTX;
 
 /// File name of the default model, as installed by `fixtures/fetch-model.sh`.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -164,10 +165,31 @@ impl Model {
             eog,
             add_bos,
             longest_piece,
-            ctx_size: args.ctx_size as usize,
+            ctx_size: 0,
             text_bound: OnceLock::new(),
             template_fault: facts.template_fault,
-        })
+        }
+        .with_ctx_size(args.ctx_size))
+    }
+
+    /// Sets the context size: `asked`, else [`DEFAULT_CTX`] or the
+    /// context the model was trained on if that is shorter.
+    ///
+    /// A model trained on fewer tokens than any context talkback takes
+    /// keeps the default, which [`Model::session`] then refuses, saying so.
+    fn with_ctx_size(mut self, asked: Option<u32>) -> Self {
+        let least = u64::from(*crate::settings::CTX_SIZES.start());
+        let trained = self.trained_context().filter(|&t| t >= least);
+        let default = trained.map_or(DEFAULT_CTX, |t| {
+            u32::try_from(t).map_or(DEFAULT_CTX, |t| t.min(DEFAULT_CTX))
+        });
+        self.ctx_size = asked.unwrap_or(default) as usize;
+        self
+    }
+
+    /// The context size sessions get, in tokens.
+    pub fn ctx_size(&self) -> u32 {
+        u32::try_from(self.ctx_size).unwrap_or(u32::MAX)
     }
 
     /// Why the file's chat template cannot be used, when it cannot: it is
@@ -384,22 +406,20 @@ impl Model {
     /// - llama.cpp cannot allocate a context of this size.
     pub fn session(&self, args: &ModelArgs) -> Result<Session<'_>> {
         let threads = i32::try_from(args.threads()).unwrap_or(1);
-        if let Some(trained) = self
-            .trained_context()
-            .filter(|&t| u64::from(args.ctx_size) > t)
-        {
+        let ctx_size = self.ctx_size();
+        if let Some(trained) = self.trained_context().filter(|&t| u64::from(ctx_size) > t) {
             // Beyond it the model's output degrades, and the cache can outgrow
             // memory (a million tokens takes tens of gigabytes).
             return Err(ContextTooLong {
-                asked: args.ctx_size,
+                asked: ctx_size,
                 trained,
                 path: self.path.clone(),
             }
             .into());
         }
-        let n_batch = args.batch_size.min(args.ctx_size);
+        let n_batch = args.batch_size.min(ctx_size);
         let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(args.ctx_size))
+            .with_n_ctx(NonZeroU32::new(ctx_size))
             .with_n_batch(n_batch)
             .with_n_ubatch(n_batch)
             .with_n_threads(threads)
@@ -407,10 +427,10 @@ impl Model {
         let ctx = self
             .model
             .new_context(&self.backend, params)
-            .with_context(|| format!("cannot create a context of {} tokens", args.ctx_size))?;
+            .with_context(|| format!("cannot create a context of {ctx_size} tokens"))?;
         // llama.cpp rounds the context up (to 256 tokens here); the limit
         // is still the size the user asked for.
-        let n_ctx = (ctx.n_ctx() as usize).min(args.ctx_size as usize);
+        let n_ctx = (ctx.n_ctx() as usize).min(ctx_size as usize);
         Ok(Session {
             ctx,
             batch: LlamaBatch::new(n_batch as usize, 1),

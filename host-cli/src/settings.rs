@@ -10,6 +10,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::cli::{GenerationArgs, ModelArgs, SamplingArgs};
 use crate::generate::Engine;
 
+/// Context size when `--ctx-size` is not given and the model was trained on
+/// at least as many tokens.
+pub const DEFAULT_CTX: u32 = 4096;
 /// Context sizes `--ctx-size` accepts, in tokens.
 pub const CTX_SIZES: RangeInclusive<u32> = 16..=1_048_576;
 /// Batch sizes `--batch-size` accepts, in tokens.
@@ -119,7 +122,8 @@ impl Settings {
             n_predict: gen.n_predict,
             stops: gen.stops.clone(),
             ignore_eos: gen.ignore_eos,
-            ctx_size: model.ctx_size,
+            // Until the model loads and says what it was trained on.
+            ctx_size: model.ctx_size.unwrap_or(DEFAULT_CTX),
             batch_size: model.batch_size,
             sampler: sampling.sampler,
             threads: Some(model.threads()),

@@ -183,6 +183,29 @@ fn a_turn_marker_typed_as_text_is_refused_by_chat() {
 }
 
 #[test]
+fn the_default_context_is_the_trained_one_when_that_is_shorter() {
+    // A model trained on 2048 tokens needed --ctx-size on every run.
+    let scratch = Scratch::new("trained-2048");
+    let layout = Layout::of_model();
+    let copy = Patchable::new(&scratch);
+    let trained = layout.value_at("llama.context_length");
+    let (plain, asked) = copy.with(&[(trained, u32_bytes(2048))], |model| {
+        let run = |extra: &[&str]| {
+            let args = [
+                &["complete", "hi", "-n", "1", "-t", "1", "-m", arg(model)],
+                extra,
+            ];
+            talkback(&args.concat())
+        };
+        (run(&["-v"]), run(&["-c", "4096"]))
+    });
+    assert_eq!(plain.code, 0, "{}", plain.stderr);
+    assert!(plain.stderr.contains("| ctx 2048 |"), "{}", plain.stderr);
+    let line = runtime_error(&asked, "a context of 4096 tokens is more than the 2048");
+    assert!(line.ends_with("pass --ctx-size 2048 or less"), "{line}");
+}
+
+#[test]
 fn truncation_at_many_points_is_refused() {
     let scratch = Scratch::new("cuts");
     let layout = Layout::of_model();
