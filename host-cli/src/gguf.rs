@@ -405,16 +405,17 @@ impl<R: Read + Seek> Reader<R> {
         Ok(buf)
     }
 
-    /// Reads an array's header; returns its length if it holds strings,
-    /// and skips it otherwise (llama.cpp refuses such a value on load).
-    fn string_array(&mut self, what: &str) -> Result<Option<u64>> {
+    /// Reads an array's header; returns its length if its items are of
+    /// GGUF type `want`, each at least `min` bytes, and skips the array
+    /// otherwise (llama.cpp refuses such a value on load).
+    fn array_of(&mut self, what: &str, want: u32, min: u64) -> Result<Option<u64>> {
         let item = self.u32(what)?;
         let n = self.u64(what)?;
-        if item != STRING {
+        if item != want {
             self.array_items(item, n, what, 1)?;
             return Ok(None);
         }
-        if n.saturating_mul(8) > self.remaining() {
+        if n.saturating_mul(min) > self.remaining() {
             bail!(
                 "{what} claims {n} items but only {} bytes remain",
                 self.remaining()
@@ -427,7 +428,7 @@ impl<R: Read + Seek> Reader<R> {
     /// which makes llama.cpp abort; returns them as llama.cpp keeps them.
     /// An array of another item type is left to llama.cpp, which refuses it.
     fn tokens(&mut self, what: &str, bytes: &mut ByteTokens) -> Result<Option<Vec<Vec<u8>>>> {
-        let Some(n) = self.string_array(what)? else {
+        let Some(n) = self.array_of(what, STRING, 8)? else {
             return Ok(None);
         };
         // llama.cpp's `test` tokenizer divides by the count.
@@ -469,7 +470,7 @@ impl<R: Read + Seek> Reader<R> {
     /// Reads the `gpt2` merges as llama.cpp keeps them (up to a NUL). An
     /// array of another item type is left to llama.cpp, which refuses it.
     fn merges(&mut self, what: &str) -> Result<Option<Vec<Vec<u8>>>> {
-        let Some(n) = self.string_array(what)? else {
+        let Some(n) = self.array_of(what, STRING, 8)? else {
             return Ok(None);
         };
         let mut merges = Vec::with_capacity(n.min(MAX_VOCAB) as usize);
@@ -485,18 +486,9 @@ impl<R: Read + Seek> Reader<R> {
     /// reads no more than the vocabulary holds). An array of another item
     /// type is left to llama.cpp, which refuses it.
     fn token_types(&mut self, what: &str) -> Result<Option<Vec<i32>>> {
-        let item = self.u32(what)?;
-        let n = self.u64(what)?;
-        if item != INT32 {
-            self.array_items(item, n, what, 1)?;
+        let Some(n) = self.array_of(what, INT32, 4)? else {
             return Ok(None);
-        }
-        if n.saturating_mul(4) > self.remaining() {
-            bail!(
-                "{what} claims {n} items but only {} bytes remain",
-                self.remaining()
-            );
-        }
+        };
         let kept = n.min(MAX_VOCAB);
         let mut buf = vec![0_u8; kept as usize * 4];
         self.inner.read_exact(&mut buf)?;
