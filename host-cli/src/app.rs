@@ -14,6 +14,7 @@ use crate::cli::{
     ShapeArgs, ShapeFormat,
 };
 use crate::generate::{Engine, Finish, Generator, Outcome, Request, Sink, Step, INTERRUPTED};
+use crate::infile::shown;
 use crate::model::{resolve_path, ContextTooLong, Model, PromptTooLong, Session};
 use crate::outfile::ReservedFile;
 use crate::output::{summary, CollectSink, JsonlSink, TextSink};
@@ -260,12 +261,32 @@ fn check_generation(gen: &GenerationArgs, settings: &Settings) -> Result<()> {
     Ok(())
 }
 
+/// The flag among `inputs` whose path is `-` (stdin), if any.
+///
+/// # Errors
+///
+/// - more than one of them is `-`: stdin can be read only once.
+fn stdin_input<'f>(inputs: &[(&'f str, Option<&Path>)]) -> Result<Option<&'f str>> {
+    let mut dashes = inputs
+        .iter()
+        .filter(|(_, p)| p.is_some_and(crate::infile::is_stdin))
+        .map(|&(flag, _)| flag);
+    match (dashes.next(), dashes.next()) {
+        (Some(a), Some(b)) => Err(Usage::new(format!(
+            "{a} and {b} both name stdin (`-`), which can be read only once"
+        ))
+        .into()),
+        (first, _) => Ok(first),
+    }
+}
+
 /// Refuses a `--trace` or `--dump-logits` file that is the model, one of
 /// `inputs`, or the other output, before anything is opened or loaded.
 fn check_outputs(gen: &GenerationArgs, model: &ModelArgs, inputs: &[(&str, &Path)]) -> Result<()> {
     let model = resolve_path(model.model.as_deref());
     let mut read = vec![("the model", model.as_path())];
-    read.extend_from_slice(inputs);
+    // Stdin itself is checked apart, whatever names it.
+    read.extend(inputs.iter().filter(|(_, p)| !crate::infile::is_stdin(p)));
     let mut written = Vec::new();
     if let Some(path) = &gen.trace {
         written.push(("--trace", path.as_path()));
@@ -364,9 +385,9 @@ fn chat_template_file(args: &ChatArgs) -> Result<Option<Template<'static>>> {
         .as_deref()
         .map(|path| {
             let source = crate::infile::read_text(path, crate::infile::MAX_TEXT)
-                .with_context(|| format!("cannot read chat template {}", path.display()))?;
+                .with_context(|| format!("cannot read chat template {}", shown(path)))?;
             Template::new(&source, String::new(), String::new())
-                .with_context(|| format!("chat template {}", path.display()))
+                .with_context(|| format!("chat template {}", shown(path)))
         })
         .transpose()
 }
@@ -395,16 +416,26 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
         }
         messages.push(Message::new("system", system));
     }
+    let from_stdin = stdin_input(&[
+        ("--messages", args.messages.as_deref()),
+        ("--chat-template", args.chat_template.as_deref()),
+    ])?;
+    if let (Some(flag), None, None) = (from_stdin, &args.prompt, &args.messages) {
+        return Err(Usage::new(format!(
+            "{flag} - reads stdin, so the message must be given as an argument"
+        ))
+        .into());
+    }
     if let Some(path) = &args.messages {
         let text = crate::infile::read_text(path, crate::infile::MAX_TEXT)
-            .with_context(|| format!("cannot read messages {}", path.display()))?;
+            .with_context(|| format!("cannot read messages {}", shown(path)))?;
         let earlier: Vec<Message> = serde_json::from_str(&text).map_err(|e| {
             anyhow!(
                 "messages {} must be a JSON array of {{\"role\", \"content\"}}: {e}",
-                path.display()
+                shown(path)
             )
         })?;
-        check_messages(&earlier).with_context(|| format!("messages {}", path.display()))?;
+        check_messages(&earlier).with_context(|| format!("messages {}", shown(path)))?;
         // `--system` replaces the file's system turns rather than adding a
         // second one, which templates do not expect.
         let keep = |m: &Message| args.system.is_none() || m.role != "system";
@@ -412,6 +443,8 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     }
     let prompt = match &args.prompt {
         Some(p) => Some(p.clone()),
+        // Stdin holds the `-` input, not the message.
+        None if from_stdin.is_some() => None,
         None if io::stdin().is_terminal() => None,
         None => {
             // A piped message ends with the newline that `echo` or an editor
@@ -616,6 +649,7 @@ fn counted(n: usize, kind: &str) -> String {
 }
 
 fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
+    let name = crate::infile::shown(&args.trace);
     let trace = Trace::load(&args.trace)?;
     // What `chat` and `complete` refuse, a trace cannot have recorded.
     match &trace.prompt {
@@ -630,7 +664,7 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         Prompt::Complete { text, .. } if text.is_empty() => Err(anyhow!("its prompt is empty")),
         Prompt::Complete { .. } => Ok(()),
     }
-    .with_context(|| format!("trace {}", args.trace.display()))?;
+    .with_context(|| format!("trace {}", name))?;
     let path = resolve_path(args.model.as_deref());
     // The replay loads the model later; the template is checked then.
     let _facts = crate::gguf::check_file(&path)?;
@@ -638,7 +672,7 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
     if !sha.eq_ignore_ascii_case(&trace.model_sha256) {
         bail!(
             "trace {} was recorded with model {} (SHA-256 {}), but {} has SHA-256 {sha}",
-            args.trace.display(),
+            name,
             trace.model_file,
             trace.model_sha256,
             path.display()
@@ -647,7 +681,7 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
     let settings = trace.settings.clone();
     settings
         .config()
-        .with_context(|| format!("trace {}", args.trace.display()))?;
+        .with_context(|| format!("trace {}", name))?;
     let model_args = ModelArgs {
         model: Some(path),
         ctx_size: Some(settings.ctx_size),
@@ -677,7 +711,7 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         bail!(
             "trace {}: step {step} records token {}, but the model's vocabulary holds \
              {n_vocab} tokens",
-            args.trace.display(),
+            name,
             s.id
         );
     }
@@ -685,7 +719,7 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         bail!(
             "trace {}: prompt token {i} is {id}, but the model's vocabulary holds \
              {n_vocab} tokens",
-            args.trace.display()
+            name
         );
     }
     let tokens = match &trace.prompt {
@@ -730,7 +764,7 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
                 Some(c) => anyhow!(
                     "trace {} asks for a context of {} tokens, more than the {} that model {} \
                  was trained on",
-                    args.trace.display(),
+                    name,
                     c.asked,
                     c.trained,
                     c.path.display()
@@ -740,7 +774,7 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
     let too_long = |e: anyhow::Error| match e.downcast_ref::<PromptTooLong>() {
         Some(p) => anyhow!(
             "trace {}: its prompt is {} tokens but its context holds only {}",
-            args.trace.display(),
+            name,
             p.count(),
             p.n_ctx
         ),

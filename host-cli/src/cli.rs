@@ -169,7 +169,7 @@ pub struct PlotArgs {
 /// Arguments of `talkback replay`.
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
-    /// Trace written by `--trace`.
+    /// Trace written by `--trace`; `-` reads it from stdin.
     pub trace: PathBuf,
 
     /// GGUF model file; its SHA-256 must match the trace's
@@ -195,13 +195,15 @@ pub struct ChatArgs {
     #[arg(long, value_name = "TEXT")]
     pub system: Option<String>,
 
-    /// Jinja chat template to use instead of the model's own.
+    /// Jinja chat template to use instead of the model's own; `-` reads it
+    /// from stdin (the message is then an argument).
     #[arg(long, value_name = "FILE")]
     pub chat_template: Option<PathBuf>,
 
     /// Earlier turns as a JSON array of {"role", "content"} objects; the
     /// message, from the argument or stdin, is appended as the last user
     /// turn, and without one the file may end with the turn to answer.
+    /// `-` reads the array from stdin (the message is then an argument).
     #[arg(long, value_name = "FILE")]
     pub messages: Option<PathBuf>,
 

@@ -5,6 +5,7 @@
 //! process. Each input is read up to its limit plus one byte, so one too
 //! large is refused as soon as it passes the limit.
 
+use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
@@ -37,14 +38,50 @@ pub fn read_bounded(input: impl Read, limit: u64) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Reads the file at `path` as UTF-8 text of at most `limit` bytes.
+/// Whether `path` is `-`, which names stdin in place of an input file
+/// (`./-` names a file called `-`).
+pub fn is_stdin(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+/// An input's name in messages: `<stdin>` for `-`, else its path.
+pub fn shown(path: &Path) -> impl fmt::Display + '_ {
+    struct Shown<'p>(&'p Path);
+    impl fmt::Display for Shown<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            if is_stdin(self.0) {
+                f.write_str("<stdin>")
+            } else {
+                self.0.display().fmt(f)
+            }
+        }
+    }
+    Shown(path)
+}
+
+/// Reads all of the file at `path`, or of stdin for `-`, failing once it
+/// holds more than `limit` bytes.
+///
+/// # Errors
+///
+/// - the file cannot be opened or read, or holds more than `limit` bytes.
+pub fn read_input(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    if is_stdin(path) {
+        read_bounded(io::stdin().lock(), limit)
+    } else {
+        read_bounded(File::open(path)?, limit)
+    }
+}
+
+/// Reads the file at `path` (stdin for `-`) as UTF-8 text of at most
+/// `limit` bytes.
 ///
 /// # Errors
 ///
 /// - the file cannot be opened or read, holds more than `limit` bytes, or
 ///   is not UTF-8.
 pub fn read_text(path: &Path, limit: u64) -> io::Result<String> {
-    let bytes = read_bounded(File::open(path)?, limit)?;
+    let bytes = read_input(path, limit)?;
     // The same words as `std::fs::read_to_string`, which this replaces.
     String::from_utf8(bytes).map_err(|_| {
         io::Error::new(
@@ -76,5 +113,14 @@ mod tests {
         std::fs::write(&path, "ok").unwrap();
         assert_eq!(read_text(&path, MAX_TEXT).unwrap(), "ok");
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_dash_names_stdin_and_a_path_to_it_a_file() {
+        assert!(is_stdin(Path::new("-")));
+        assert!(!is_stdin(Path::new("./-")));
+        assert!(!is_stdin(Path::new("--")));
+        assert_eq!(shown(Path::new("-")).to_string(), "<stdin>");
+        assert_eq!(shown(Path::new("./-")).to_string(), "./-");
     }
 }

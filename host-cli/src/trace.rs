@@ -149,15 +149,14 @@ impl Trace {
     ///
     /// - the file is missing, not JSON, truncated, or of another version.
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::File::open(path)
-            .and_then(|file| crate::infile::read_bounded(file, crate::infile::MAX_TRACE))
-            .with_context(|| format!("cannot read trace {}", path.display()))?;
+        let name = crate::infile::shown(path);
+        let bytes = crate::infile::read_input(path, crate::infile::MAX_TRACE)
+            .with_context(|| format!("cannot read trace {name}"))?;
         let trace: Self = serde_json::from_slice(&bytes)
-            .map_err(|e| anyhow!("trace {} is not a valid trace: {e}", path.display()))?;
+            .map_err(|e| anyhow!("trace {name} is not a valid trace: {e}"))?;
         if trace.version != VERSION {
             bail!(
-                "trace {} has format version {}; this build reads version {VERSION}",
-                path.display(),
+                "trace {name} has format version {}; this build reads version {VERSION}",
                 trace.version
             );
         }
@@ -166,18 +165,15 @@ impl Trace {
         trace
             .settings
             .check()
-            .with_context(|| format!("trace {} has invalid settings", path.display()))?;
+            .with_context(|| format!("trace {name} has invalid settings"))?;
         if trace.settings.sampler != Engine::Talkback {
-            bail!(
-                "trace {} names llama.cpp's sampler, which cannot be replayed",
-                path.display()
-            );
+            bail!("trace {name} names llama.cpp's sampler, which cannot be replayed");
         }
         let sha = &trace.model_sha256;
         if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
             bail!(
-                "trace {}: `model_sha256` is not a SHA-256 (64 hexadecimal digits): {sha:?}",
-                path.display()
+                "trace {name}: `model_sha256` is not a SHA-256 (64 hexadecimal digits): \
+                 {sha:?}"
             );
         }
         if let Some(cap) = trace
@@ -186,15 +182,13 @@ impl Trace {
             .filter(|&n| trace.steps.len() > n as usize)
         {
             bail!(
-                "trace {} records {} steps, more than its n_predict of {cap} lets a run make",
-                path.display(),
+                "trace {name} records {} steps, more than its n_predict of {cap} lets a run make",
                 trace.steps.len()
             );
         }
         let Some(finish) = Finish::from_name(&trace.finish_reason) else {
             bail!(
-                "trace {} has an unknown finish reason {:?}",
-                path.display(),
+                "trace {name} has an unknown finish reason {:?}",
                 trace.finish_reason
             );
         };
@@ -202,8 +196,7 @@ impl Trace {
         let cap = trace.settings.n_predict.map(|n| n as usize);
         if finish == Finish::Length && cap != Some(trace.steps.len()) {
             bail!(
-                "trace {} ends on `length` after {} steps, but its n_predict is {}",
-                path.display(),
+                "trace {name} ends on `length` after {} steps, but its n_predict is {}",
                 trace.steps.len(),
                 cap.map_or("unlimited".to_owned(), |n| n.to_string())
             );
@@ -213,9 +206,8 @@ impl Trace {
         let at_cap = cap == Some(trace.steps.len());
         if at_cap && matches!(finish, Finish::EndOfTurn | Finish::ContextFull) {
             bail!(
-                "trace {} ends on `{}` after {} steps, its n_predict, where a run ends \
+                "trace {name} ends on `{}` after {} steps, its n_predict, where a run ends \
                  on `length`",
-                path.display(),
                 trace.finish_reason,
                 trace.steps.len()
             );

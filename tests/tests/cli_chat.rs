@@ -395,6 +395,93 @@ fn piped_stdin_is_the_turn_after_a_messages_file() {
 }
 
 #[test]
+fn a_dash_reads_the_messages_or_the_template_from_stdin() {
+    let earlier = TempFile::with("earlier4.json", EARLIER);
+    let from_file = render(&["--messages", earlier.arg(), "Tell me a joke."]);
+    let piped = tb_stdin(
+        &[
+            "chat",
+            "--render-only",
+            "--messages",
+            "-",
+            "Tell me a joke.",
+        ],
+        Some(EARLIER.as_bytes()),
+    );
+    ok(&piped);
+    assert_eq!(piped.text(), from_file);
+    // Without a message argument, the piped file may end with the turn to
+    // answer, as a file named on the command line may.
+    let whole = r#"[{"role": "user", "content": "Hi there"}]"#;
+    let piped = tb_stdin(
+        &["chat", "--render-only", "--messages", "-"],
+        Some(whole.as_bytes()),
+    );
+    ok(&piped);
+    assert!(
+        piped
+            .text()
+            .ends_with("<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"),
+        "{}",
+        piped.text()
+    );
+
+    let template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}";
+    let piped = tb_stdin(
+        &["chat", "--render-only", "--chat-template", "-", "Hi"],
+        Some(template.as_bytes()),
+    );
+    ok(&piped);
+    assert_eq!(piped.text(), "[user] Hi\n");
+
+    // Errors name stdin, not a file called `-`.
+    let bad = tb_stdin(
+        &["chat", "--render-only", "--messages", "-", "Hi"],
+        Some(b"{}"),
+    );
+    assert_eq!(bad.code, 1, "{}", bad.stderr);
+    assert!(
+        bad.stderr
+            .starts_with("talkback: messages <stdin> must be a JSON array"),
+        "{}",
+        bad.stderr
+    );
+}
+
+#[test]
+fn stdin_serves_one_input_and_then_the_message_is_an_argument() {
+    let both = tb_stdin(
+        &[
+            "chat",
+            "Hi",
+            "--messages",
+            "-",
+            "--chat-template",
+            "-",
+            "--render-only",
+        ],
+        Some(b"[]"),
+    );
+    assert_eq!(both.code, 2, "{}", both.stderr);
+    assert_eq!(
+        both.stderr,
+        "talkback: --messages and --chat-template both name stdin (`-`), which can be read \
+         only once\n"
+    );
+    let no_message = tb_stdin(
+        &["chat", "--chat-template", "-", "--render-only"],
+        Some(b"{{ messages[0].content }}"),
+    );
+    assert_eq!(no_message.code, 2, "{}", no_message.stderr);
+    assert_eq!(
+        no_message.stderr,
+        "talkback: --chat-template - reads stdin, so the message must be given as an \
+         argument\n"
+    );
+    assert!(no_message.stdout.is_empty());
+}
+
+#[test]
 fn a_template_that_cuts_message_text_cannot_turn_it_into_control_tokens() {
     let refused = "so a control token in the prompt might come from message text";
     let chat = |message: &str, template: &TempFile, extra: &[&str]| {

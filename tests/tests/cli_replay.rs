@@ -6,7 +6,7 @@
 #![allow(clippy::panic, clippy::expect_used, clippy::indexing_slicing)]
 
 use serde_json::Value;
-use talkback_tests::{ok, talkback, tb, TempFile};
+use talkback_tests::{ok, talkback, talkback_stdin, tb, TempFile};
 
 /// Runs `args` with `--trace` and `--format json`; returns the trace file
 /// and the JSON output.
@@ -108,6 +108,28 @@ fn a_complete_trace_replays() {
     assert_eq!(t["prompt"]["text"], STORY);
     assert_eq!(t["prompt"]["parse_special"], false);
     replays(&trace, json["tokens"].as_array().map_or(0, Vec::len));
+}
+
+#[test]
+fn a_trace_on_stdin_replays_and_is_named_so_in_errors() {
+    let (trace, _) = record(&["complete", STORY, "-n", "4", "--seed", "3"]);
+    let bytes = std::fs::read(&trace.0).expect("trace written");
+    let run = talkback_stdin(&["replay", "-", "--threads", "1"], Some(&bytes));
+    ok(&run);
+    assert!(
+        run.text()
+            .ends_with(" and 4 generated tokens match (finish: length)\n"),
+        "{}",
+        run.text()
+    );
+    let run = talkback_stdin(&["replay", "-"], Some(b"{\"version\": 1}"));
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .starts_with("talkback: trace <stdin> is not a valid trace: "),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
