@@ -11,14 +11,16 @@
 //! the run may be stuck writing to a reader that stopped reading. Ctrl-C
 //! (SIGINT) exits with 130. SIGTERM, as sent by `kill`, `timeout` or a
 //! service manager, also ends the interactive chat, and exits with 143; at
-//! the chat's prompt nothing is in flight, so it exits at once.
+//! the chat's prompt nothing is in flight, so it exits at once. SIGHUP, as
+//! when the terminal closes, is taken as SIGTERM is, and exits with 129.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use crate::generate::INTERRUPTED;
 
-/// Set when SIGTERM arrived; never cleared.
-static TERMINATED: AtomicBool = AtomicBool::new(false);
+/// The exit status of the first SIGTERM or SIGHUP that arrived, 0 before
+/// one did; never cleared.
+static TERMINATED: AtomicU8 = AtomicU8::new(0);
 
 /// Set while the interactive chat waits for a line.
 static AT_PROMPT: AtomicBool = AtomicBool::new(false);
@@ -32,6 +34,9 @@ const INTERRUPT_STATUS: u8 = 130;
 /// Exit status of a run stopped by SIGTERM (128 + 15, as a shell reports it).
 const TERMINATE_STATUS: u8 = 143;
 
+/// Exit status of a run stopped by SIGHUP (128 + 1).
+const HANGUP_STATUS: u8 = 129;
+
 /// Installs the handlers; returns a line for each that could not be installed.
 pub fn install() -> Vec<String> {
     let mut failed = Vec::new();
@@ -40,21 +45,31 @@ pub fn install() -> Vec<String> {
     }
     #[cfg(unix)]
     if let Err(e) = watch_terminate() {
-        failed.push(format!("cannot install the SIGTERM handler: {e}"));
+        failed.push(format!(
+            "cannot install the SIGTERM and SIGHUP handler: {e}"
+        ));
     }
     failed
 }
 
-/// Turns each SIGTERM into a stop request, on a thread of its own.
+/// Turns each SIGTERM or SIGHUP into a stop request, on a thread of its own.
 #[cfg(unix)]
 fn watch_terminate() -> std::io::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM])?;
+    use signal_hook::consts::{SIGHUP, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGHUP])?;
     std::thread::Builder::new()
         .name("sigterm".into())
         .spawn(move || {
-            for _ in signals.forever() {
-                TERMINATED.store(true, Ordering::Relaxed);
-                stop(TERMINATE_STATUS);
+            for signal in signals.forever() {
+                let status = if signal == SIGHUP {
+                    HANGUP_STATUS
+                } else {
+                    TERMINATE_STATUS
+                };
+                // The first one sets the status the process ends with.
+                let _ =
+                    TERMINATED.compare_exchange(0, status, Ordering::Relaxed, Ordering::Relaxed);
+                stop(status);
             }
         })?;
     Ok(())
@@ -73,9 +88,9 @@ fn stop(status: u8) {
     }
     if AT_ONCE.load(Ordering::Relaxed) || pending {
         crate::outfile::remove_unwritten();
-        // As for a run that stops: SIGTERM's status once one came.
+        // As for a run that stops: SIGTERM's or SIGHUP's status once one came.
         exit_now(if terminated() {
-            TERMINATE_STATUS
+            stopped_status()
         } else {
             status
         });
@@ -131,12 +146,13 @@ fn leave_prompt(status: u8) -> ! {
     signal_hook::low_level::exit(i32::from(status))
 }
 
-/// Whether SIGTERM asked the process to end.
+/// Whether SIGTERM or SIGHUP asked the process to end.
 pub fn terminated() -> bool {
-    TERMINATED.load(Ordering::Relaxed)
+    TERMINATED.load(Ordering::Relaxed) != 0
 }
 
-/// Runs `read` as the chat's wait for a line, during which SIGTERM exits at once.
+/// Runs `read` as the chat's wait for a line, during which SIGTERM or
+/// SIGHUP exits at once.
 pub fn at_prompt<T>(read: impl FnOnce() -> T) -> T {
     #[cfg(unix)]
     if let Ok(mut saved) = TERMINAL.lock() {
@@ -144,7 +160,7 @@ pub fn at_prompt<T>(read: impl FnOnce() -> T) -> T {
     }
     AT_PROMPT.store(true, Ordering::Relaxed);
     if terminated() {
-        std::process::exit(i32::from(TERMINATE_STATUS));
+        std::process::exit(i32::from(stopped_status()));
     }
     let line = read();
     AT_PROMPT.store(false, Ordering::Relaxed);
@@ -153,9 +169,8 @@ pub fn at_prompt<T>(read: impl FnOnce() -> T) -> T {
 
 /// The exit status of a run that stopped on request.
 pub fn stopped_status() -> u8 {
-    if terminated() {
-        TERMINATE_STATUS
-    } else {
-        INTERRUPT_STATUS
+    match TERMINATED.load(Ordering::Relaxed) {
+        0 => INTERRUPT_STATUS,
+        status => status,
     }
 }

@@ -22,7 +22,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 
 use reliability_support::{
-    binary, command, interrupt, model, no_crash, talkback, terminate, wait, Scratch, Tail,
+    binary, command, hang_up, interrupt, model, no_crash, talkback, terminate, wait, Scratch, Tail,
 };
 
 #[test]
@@ -453,7 +453,20 @@ fn long_story(extra: &[&str]) -> std::process::Child {
 fn sigterm_during_generation_keeps_the_summary_and_trace_and_exits_143() {
     // SIGTERM used to kill the run at once: no summary on stdout and an
     // empty trace file left behind.
-    let scratch = reliability_support::Scratch::new("terminated-trace");
+    stopped_during_generation("terminated-trace", terminate, 143);
+}
+
+#[test]
+fn sighup_during_generation_is_taken_as_sigterm_and_exits_129() {
+    // SIGHUP, as when the terminal closes, used to kill the run at once,
+    // with no trace.
+    stopped_during_generation("hung-up-trace", hang_up, 129);
+}
+
+/// Sends `signal` to a jsonl run with a trace once three tokens are out;
+/// expects exit `code`, a summary of the stop and a trace that replays.
+fn stopped_during_generation(name: &str, signal: fn(u32), code: i32) {
+    let scratch = reliability_support::Scratch::new(name);
     let trace = scratch.join("run.json");
     let trace = trace.to_str().expect("a UTF-8 path");
     let mut child = long_story(&["--format", "jsonl", "--trace", trace]);
@@ -462,15 +475,15 @@ fn sigterm_during_generation_keeps_the_summary_and_trace_and_exits_143() {
     stdout.wait_for(0, "three token events", |b| {
         b.iter().filter(|&&c| c == b'\n').count() >= 3
     });
-    terminate(child.id());
+    signal(child.id());
     let status = wait(&mut child);
 
-    assert_eq!(status.code(), Some(143), "{status}");
+    assert_eq!(status.code(), Some(code), "{status}");
     let stderr = String::from_utf8_lossy(&stderr.bytes()).into_owned();
     no_crash(&stderr);
     assert_eq!(
         stderr, "",
-        "a termination request is not an error to report"
+        "a request to stop is not an error to report"
     );
     let out = String::from_utf8(stdout.bytes()).expect("the events are UTF-8");
     let last = out.lines().last().expect("a last line");

@@ -180,6 +180,11 @@ pub fn terminate(pid: u32) {
     signal(pid, "TERM");
 }
 
+/// Sends SIGHUP to `pid`, as when its terminal closes.
+pub fn hang_up(pid: u32) {
+    signal(pid, "HUP");
+}
+
 fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")
         .args([&format!("-{name}"), &pid.to_string()])
