@@ -8,13 +8,18 @@
 //! decode look at between tokens and batches, so that a run asked to stop
 //! still prints what it generated, its JSON summary and its trace; a
 //! second request while the first is pending ends the process at once, as
-//! the run may be stuck writing to a reader that stopped reading. Ctrl-C
+//! the run may be stuck writing to a reader that stopped reading. Only one
+//! that comes [`REPEAT_AFTER`] or more after the first counts: `timeout`
+//! and a terminal may deliver one request twice, to the process and to its
+//! group, microseconds apart. Ctrl-C
 //! (SIGINT) exits with 130. SIGTERM, as sent by `kill`, `timeout` or a
 //! service manager, also ends the interactive chat, and exits with 143; at
 //! the chat's prompt nothing is in flight, so it exits at once. SIGHUP, as
 //! when the terminal closes, is taken as SIGTERM is, and exits with 129.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::generate::INTERRUPTED;
 
@@ -24,6 +29,13 @@ static TERMINATED: AtomicU8 = AtomicU8::new(0);
 
 /// Set while the interactive chat waits for a line.
 static AT_PROMPT: AtomicBool = AtomicBool::new(false);
+
+/// When the pending stop request came; meaningful while [`INTERRUPTED`] is set.
+static FIRST_REQUEST: Mutex<Option<Instant>> = Mutex::new(None);
+
+/// How long after a stop request another one is taken as the same request
+/// delivered twice, rather than as a second request that ends at once.
+pub const REPEAT_AFTER: Duration = Duration::from_millis(500);
 
 /// Cleared once the model has loaded (see [`defer`]).
 static AT_ONCE: AtomicBool = AtomicBool::new(true);
@@ -81,7 +93,7 @@ fn watch_terminate() -> std::io::Result<()> {
 /// a write that a reader never takes), and otherwise sets [`INTERRUPTED`]
 /// for the run to see.
 fn stop(status: u8) {
-    let pending = INTERRUPTED.swap(true, Ordering::Relaxed);
+    let pending = repeated(INTERRUPTED.swap(true, Ordering::Relaxed), Instant::now());
     #[cfg(unix)]
     if AT_PROMPT.load(Ordering::Relaxed) {
         leave_prompt(status);
@@ -94,6 +106,23 @@ fn stop(status: u8) {
         } else {
             status
         });
+    }
+}
+
+/// Whether a stop request at `now` repeats a pending one (`pending`) from
+/// [`REPEAT_AFTER`] or more before; records `now` as the first request
+/// when none was pending.
+fn repeated(pending: bool, now: Instant) -> bool {
+    let Ok(mut first) = FIRST_REQUEST.lock() else {
+        return pending;
+    };
+    match (pending, *first) {
+        (true, Some(at)) => now.saturating_duration_since(at) >= REPEAT_AFTER,
+        (true, None) => true,
+        (false, _) => {
+            *first = Some(now);
+            false
+        }
     }
 }
 
@@ -172,5 +201,26 @@ pub fn stopped_status() -> u8 {
     match TERMINATED.load(Ordering::Relaxed) {
         0 => INTERRUPT_STATUS,
         status => status,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_repeats_only_from_half_a_second_after_the_first() {
+        let start = Instant::now();
+        assert!(!repeated(false, start));
+        // The same request delivered twice, as `timeout` does.
+        assert!(!repeated(true, start + Duration::from_micros(40)));
+        assert!(!repeated(true, start + Duration::from_millis(499)));
+        assert!(repeated(true, start + REPEAT_AFTER));
+        // After the run took the request (the chat clears it), a new
+        // request starts its own wait.
+        let later = start + Duration::from_secs(5);
+        assert!(!repeated(false, later));
+        assert!(!repeated(true, later + Duration::from_millis(100)));
+        assert!(repeated(true, later + Duration::from_secs(1)));
     }
 }

@@ -22,7 +22,8 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 
 use reliability_support::{
-    binary, command, hang_up, interrupt, model, no_crash, talkback, terminate, wait, Scratch, Tail,
+    binary, command, hang_up, interrupt, interrupt_twice, model, no_crash, talkback, terminate,
+    wait, Scratch, Tail,
 };
 
 #[test]
@@ -43,6 +44,8 @@ fn closing_stdout_after_ten_bytes_exits_zero_quietly() {
             format,
             "--trace",
             trace.to_str().expect("UTF-8 path"),
+            "--threads",
+            "1",
         ]);
         let mut child = cmd.stdin(Stdio::null()).spawn().expect("start talkback");
         let stderr = Tail::follow(child.stderr.take().expect("stderr"));
@@ -311,7 +314,9 @@ fn a_second_stop_request_ends_a_run_stuck_in_a_write() {
     ]);
     std::thread::sleep(std::time::Duration::from_secs(1));
     interrupt(&child);
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Well past the half second within which a request counts as the
+    // first one delivered twice.
+    std::thread::sleep(std::time::Duration::from_millis(900));
     terminate(child.id());
     let status = wait(&mut child);
     let _ = reader.kill();
@@ -398,6 +403,8 @@ fn ctrl_c_during_generation_keeps_the_text_and_exits_130() {
         "--ignore-eos",
         "--seed",
         "3",
+        "--threads",
+        "1",
     ])
     .stdin(Stdio::null())
     .spawn()
@@ -463,6 +470,14 @@ fn sighup_during_generation_is_taken_as_sigterm_and_exits_129() {
     stopped_during_generation("hung-up-trace", hang_up, 129);
 }
 
+#[test]
+fn a_stop_request_delivered_twice_at_once_is_one_request() {
+    // `timeout` signals the process and then its group, so the run got
+    // two requests microseconds apart and the second ended it at once:
+    // no summary, and no trace (or the last run's left in place).
+    stopped_during_generation("twice-trace", interrupt_twice, 130);
+}
+
 /// Sends `signal` to a jsonl run with a trace once three tokens are out;
 /// expects exit `code`, a summary of the stop and a trace that replays.
 fn stopped_during_generation(name: &str, signal: fn(u32), code: i32) {
@@ -481,10 +496,7 @@ fn stopped_during_generation(name: &str, signal: fn(u32), code: i32) {
     assert_eq!(status.code(), Some(code), "{status}");
     let stderr = String::from_utf8_lossy(&stderr.bytes()).into_owned();
     no_crash(&stderr);
-    assert_eq!(
-        stderr, "",
-        "a request to stop is not an error to report"
-    );
+    assert_eq!(stderr, "", "a request to stop is not an error to report");
     let out = String::from_utf8(stdout.bytes()).expect("the events are UTF-8");
     let last = out.lines().last().expect("a last line");
     let summary: serde_json::Value = serde_json::from_str(last).expect("a JSON summary");
@@ -579,7 +591,16 @@ fn a_trace_of_an_interrupted_run_replays_up_to_the_interrupt() {
 /// The greedy continuation of `PROMPT`: its text and token count.
 fn greedy_text(n: &str) -> (String, usize) {
     let run = talkback(&[
-        "complete", PROMPT, "--temp", "0", "-n", n, "--format", "json",
+        "complete",
+        PROMPT,
+        "--temp",
+        "0",
+        "-n",
+        n,
+        "--format",
+        "json",
+        "--threads",
+        "1",
     ]);
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);
     let v = run.json();
@@ -600,7 +621,18 @@ fn ctrl_c_flushes_text_held_back_for_a_stop_string() {
     let stop = format!("{text}\u{1}");
     assert!(stop.len() <= 256, "the stop string is too long: {stop:?}");
     let mut child = command(&[
-        "complete", PROMPT, "--temp", "0", "-n", "3000", "--stop", &stop, "--format", "jsonl",
+        "complete",
+        PROMPT,
+        "--temp",
+        "0",
+        "-n",
+        "3000",
+        "--stop",
+        &stop,
+        "--format",
+        "jsonl",
+        "--threads",
+        "1",
     ])
     .stdin(Stdio::null())
     .spawn()
@@ -667,6 +699,8 @@ fn ctrl_c_flushes_held_back_text_in_text_format_too() {
         &stop,
         "--dump-logits",
         reliability_support::arg(&dump),
+        "--threads",
+        "1",
     ])
     .stdin(Stdio::null())
     .spawn()

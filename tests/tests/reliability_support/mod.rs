@@ -180,6 +180,13 @@ pub fn terminate(pid: u32) {
     signal(pid, "TERM");
 }
 
+/// Sends SIGINT to `pid` twice in a row, as `timeout -s INT` does (once
+/// to the process, once to its group).
+pub fn interrupt_twice(pid: u32) {
+    signal(pid, "INT");
+    signal(pid, "INT");
+}
+
 /// Sends SIGHUP to `pid`, as when its terminal closes.
 pub fn hang_up(pid: u32) {
     signal(pid, "HUP");
