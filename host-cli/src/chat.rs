@@ -20,12 +20,22 @@ use serde::{Deserialize, Serialize};
 use crate::model::Model;
 
 /// One turn of a conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Message {
     /// `system`, `user` or `assistant`.
     pub role: String,
     /// What was said.
     pub content: String,
+}
+
+impl<'de> Deserialize<'de> for Message {
+    /// Reads a `{"role", "content"}` object; other fields are ignored.
+    ///
+    /// Only an object: a derived reader also took a list such as
+    /// `["user", "Hi"]` for a turn, fields by position.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(TurnVisitor)
+    }
 }
 
 impl Message {
@@ -35,6 +45,40 @@ impl Message {
             role: role.to_owned(),
             content: content.to_owned(),
         }
+    }
+}
+
+/// Reads one [`Message`] from an object.
+struct TurnVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TurnVisitor {
+    type Value = Message;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a {\"role\", \"content\"} object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
+        use serde::de::{Error, IgnoredAny};
+        let (mut role, mut content) = (None, None);
+        while let Some(key) = map.next_key::<String>()? {
+            let (name, slot) = match key.as_str() {
+                "role" => ("role", &mut role),
+                "content" => ("content", &mut content),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            if slot.is_some() {
+                return Err(A::Error::duplicate_field(name));
+            }
+            *slot = Some(map.next_value::<String>()?);
+        }
+        Ok(Message {
+            role: role.ok_or_else(|| A::Error::missing_field("role"))?,
+            content: content.ok_or_else(|| A::Error::missing_field("content"))?,
+        })
     }
 }
 

@@ -73,15 +73,38 @@ pub fn read_input(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     }
 }
 
+/// `bytes` without a leading UTF-8 byte-order mark, which some editors
+/// write at the start of a text file.
+pub fn without_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes)
+}
+
+/// What the JSON text in `bytes` holds at its top, by its first character
+/// after blanks: "an object", "an array" and so on; "nothing" when blank.
+pub fn json_kind(bytes: &[u8]) -> &'static str {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => "nothing",
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b'-' | b'0'..=b'9') => "a number",
+        Some(b't' | b'f') => "true or false",
+        Some(b'n') => "null",
+        Some(_) => "no JSON",
+    }
+}
+
 /// Reads the file at `path` (stdin for `-`) as UTF-8 text of at most
-/// `limit` bytes.
+/// `limit` bytes, without a leading byte-order mark.
 ///
 /// # Errors
 ///
 /// - the file cannot be opened or read, holds more than `limit` bytes, or
 ///   is not UTF-8.
 pub fn read_text(path: &Path, limit: u64) -> io::Result<String> {
-    let bytes = read_input(path, limit)?;
+    let mut bytes = read_input(path, limit)?;
+    let bom = bytes.len() - without_bom(&bytes).len();
+    bytes.drain(..bom);
     // The same words as `std::fs::read_to_string`, which this replaces.
     String::from_utf8(bytes).map_err(|_| {
         io::Error::new(
@@ -113,6 +136,30 @@ mod tests {
         std::fs::write(&path, "ok").unwrap();
         assert_eq!(read_text(&path, MAX_TEXT).unwrap(), "ok");
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_dropped_and_json_is_named_by_its_top() {
+        assert_eq!(without_bom(b"\xef\xbb\xbf[1]"), b"[1]");
+        assert_eq!(without_bom(b"\xef\xbb[1]"), b"\xef\xbb[1]");
+        let path = std::env::temp_dir().join(format!("talkback-bom-{}", std::process::id()));
+        std::fs::write(&path, "\u{feff}[]\u{feff}").unwrap();
+        assert_eq!(read_text(&path, MAX_TEXT).unwrap(), "[]\u{feff}");
+        std::fs::remove_file(&path).unwrap();
+        let kinds = [
+            ("", "nothing"),
+            (" \n{}", "an object"),
+            ("[", "an array"),
+            ("\"a\"", "a string"),
+            ("-1", "a number"),
+            ("7", "a number"),
+            ("true", "true or false"),
+            ("null", "null"),
+            ("#", "no JSON"),
+        ];
+        for (text, kind) in kinds {
+            assert_eq!(json_kind(text.as_bytes()), kind, "{text:?}");
+        }
     }
 
     #[test]

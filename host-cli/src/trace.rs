@@ -152,8 +152,22 @@ impl Trace {
         let name = crate::infile::shown(path);
         let bytes = crate::infile::read_input(path, crate::infile::MAX_TRACE)
             .with_context(|| format!("cannot read trace {name}"))?;
-        let trace: Self = serde_json::from_slice(&bytes)
-            .map_err(|e| anyhow!("trace {name} is not a valid trace: {e}"))?;
+        let bytes = crate::infile::without_bom(&bytes);
+        let kind = crate::infile::json_kind(bytes);
+        if kind != "an object" {
+            bail!("trace {name} is not a talkback trace: it holds {kind}, not a JSON object");
+        }
+        let trace: Self = serde_json::from_slice(bytes).map_err(|e| {
+            // Another JSON file (talkback's own --format json output, say)
+            // is named as such, not by the first field that fails.
+            let other = serde_json::from_slice::<serde_json::Value>(bytes)
+                .is_ok_and(|v| v.get("version").is_none());
+            if other {
+                anyhow!("trace {name} is not a talkback trace: it has no `version` field")
+            } else {
+                anyhow!("trace {name} is not a valid trace: {e}")
+            }
+        })?;
         if trace.version != VERSION {
             bail!(
                 "trace {name} has format version {}; this build reads version {VERSION}",

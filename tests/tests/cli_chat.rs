@@ -74,6 +74,62 @@ fn three_turns_from_a_messages_file() {
 }
 
 #[test]
+fn a_turn_is_an_object_with_one_role_and_one_content() {
+    let refused = [
+        (
+            r#"[["user", "Hi"]]"#,
+            "expected a {\"role\", \"content\"} object",
+        ),
+        (
+            r#"[{"role": "user", "content": "a", "content": "b"}]"#,
+            "duplicate field `content`",
+        ),
+        (r#"[{"role": "user", "content": 5}]"#, "expected a string"),
+        (r#"[{"content": "Hi"}]"#, "missing field `role`"),
+        (
+            r#"{"role": "user", "content": "Hi"}"#,
+            "must be a JSON array of {\"role\", \"content\"} objects, and it holds an object",
+        ),
+        ("", "and it holds nothing"),
+    ];
+    for (i, (text, what)) in refused.into_iter().enumerate() {
+        let file = TempFile::with(&format!("turns{i}.json"), text);
+        let run = tb(&["chat", "--messages", file.arg(), "--render-only"]);
+        assert_eq!(run.code, 1, "{text}: {}", run.stderr);
+        assert!(run.stderr.contains(what), "{text}: {}", run.stderr);
+    }
+    // Fields a turn does not use are passed over.
+    let extra = TempFile::with(
+        "turns-extra.json",
+        r#"[{"role": "user", "name": {"a": [1]}, "content": "Hi there"}]"#,
+    );
+    let plain = TempFile::with(
+        "turns-plain.json",
+        r#"[{"role": "user", "content": "Hi there"}]"#,
+    );
+    assert_eq!(
+        render(&["--messages", extra.arg()]),
+        render(&["--messages", plain.arg()])
+    );
+}
+
+#[test]
+fn a_byte_order_mark_starting_a_file_is_not_read_as_text() {
+    let earlier = TempFile::with("earlier-bom.json", &format!("\u{feff}{EARLIER}"));
+    let plain = TempFile::with("earlier-plain.json", EARLIER);
+    assert_eq!(
+        render(&["--messages", earlier.arg(), "Hi"]),
+        render(&["--messages", plain.arg(), "Hi"])
+    );
+    let template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}";
+    let with_bom = TempFile::with("bom.jinja", &format!("\u{feff}{template}"));
+    assert_eq!(
+        render(&["--chat-template", with_bom.arg(), "Hi"]),
+        "[user] Hi\n"
+    );
+}
+
+#[test]
 fn system_flag_replaces_the_system_turn_of_a_messages_file() {
     let file = TempFile::with(
         "with-system.json",

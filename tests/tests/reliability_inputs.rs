@@ -466,6 +466,46 @@ fn replay_of_missing_malformed_and_truncated_traces() {
 }
 
 #[test]
+fn replay_of_json_that_is_no_trace_says_so() {
+    // A list was read as a trace's fields by position, and another
+    // program's JSON was named by the first field that did not fit.
+    let scratch = Scratch::new("not-traces");
+    let cases: [(&str, &[u8], &str); 4] = [
+        ("list.json", b"[1]", "it holds an array, not a JSON object"),
+        (
+            "messages.json",
+            br#"[{"role": "user", "content": "Hi"}]"#,
+            "it holds an array",
+        ),
+        (
+            "number.json",
+            b" 7\n",
+            "it holds a number, not a JSON object",
+        ),
+        (
+            "output.json",
+            br#"{"text": "Hi", "tokens": [1]}"#,
+            "it has no `version` field",
+        ),
+    ];
+    for (name, bytes, what) in cases {
+        let path = scratch.write(name, bytes);
+        let line = runtime_error(&talkback(&["replay", arg(&path)]), what);
+        assert!(line.contains("is not a talkback trace"), "{line}");
+    }
+}
+
+#[test]
+fn a_trace_saved_with_a_byte_order_mark_replays() {
+    let scratch = Scratch::new("bom-trace");
+    let (_, text) = record(&scratch);
+    let path = scratch.write("bom.json", format!("\u{feff}{text}").as_bytes());
+    let run = talkback(&["replay", arg(&path)]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert!(run.text().starts_with("replay ok: "), "{}", run.text());
+}
+
+#[test]
 fn replay_with_another_model_file() {
     let scratch = Scratch::new("other-model");
     let (trace, _) = record(&scratch);
