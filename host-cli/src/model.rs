@@ -338,6 +338,7 @@ impl Model {
                 tokens: at_least,
                 n_ctx: self.ctx_size,
                 at_least: true,
+                trained: self.trained_context(),
             }
             .into());
         }
@@ -436,6 +437,7 @@ impl Model {
             batch: LlamaBatch::new(n_batch as usize, 1),
             n_batch: n_batch as usize,
             n_ctx,
+            trained: self.trained_context(),
             // Room for a full context, so decoding never grows it mid-reply.
             cached: Vec::with_capacity(n_ctx),
             logits_index: 0,
@@ -533,6 +535,8 @@ pub struct PromptTooLong {
     pub n_ctx: usize,
     /// Whether `tokens` is a lower bound, found without tokenizing.
     pub at_least: bool,
+    /// The context the model was trained on, when the file says.
+    pub trained: Option<u64>,
 }
 
 impl PromptTooLong {
@@ -548,13 +552,25 @@ impl PromptTooLong {
 
 impl std::fmt::Display for PromptTooLong {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the prompt is {} tokens but the context holds only {}; \
-             raise --ctx-size or shorten the prompt",
-            self.count(),
-            self.n_ctx
-        )
+        let (tokens, n_ctx) = (self.count(), self.n_ctx);
+        match self.trained {
+            // No larger context is to be had: the advice is the prompt.
+            Some(t) if n_ctx as u64 >= t => write!(
+                f,
+                "the prompt is {tokens} tokens but the context holds only {n_ctx}, all the \
+                 model was trained on; shorten the prompt"
+            ),
+            Some(t) => write!(
+                f,
+                "the prompt is {tokens} tokens but the context holds only {n_ctx}; raise \
+                 --ctx-size (the model takes up to {t}) or shorten the prompt"
+            ),
+            None => write!(
+                f,
+                "the prompt is {tokens} tokens but the context holds only {n_ctx}; raise \
+                 --ctx-size or shorten the prompt"
+            ),
+        }
     }
 }
 
@@ -566,6 +582,8 @@ pub struct Session<'m> {
     batch: LlamaBatch<'static>,
     n_batch: usize,
     n_ctx: usize,
+    /// The context the model was trained on, for the advice of [`PromptTooLong`].
+    trained: Option<u64>,
     cached: Vec<LlamaToken>,
     logits_index: i32,
 }
@@ -596,6 +614,7 @@ impl Session<'_> {
                 tokens: prompt.len(),
                 n_ctx: self.n_ctx,
                 at_least: false,
+                trained: self.trained,
             }
             .into());
         }

@@ -215,7 +215,18 @@ fn prompt_longer_than_the_context() {
     let prompt = "the quick brown fox jumps over the lazy dog ".repeat(20);
     let run = talkback(&["complete", &prompt, "-c", "64", "-n", "4"]);
     let line = runtime_error(&run, "but the context holds only 64");
-    assert!(line.contains("raise --ctx-size"), "{line}");
+    assert!(
+        line.contains("; raise --ctx-size (the model takes up to 8192) or shorten the prompt"),
+        "{line}"
+    );
+    // At the model's whole context there is no larger one to ask for.
+    let prompt = "the quick brown fox jumps over the lazy dog ".repeat(1000);
+    let run = talkback(&["complete", &prompt, "-c", "8192", "-n", "4"]);
+    let line = runtime_error(&run, "but the context holds only 8192");
+    assert!(
+        line.ends_with(", all the model was trained on; shorten the prompt"),
+        "{line}"
+    );
 }
 
 #[test]
