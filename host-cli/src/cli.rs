@@ -644,11 +644,12 @@ pub fn check_stage_flags(matches: &ArgMatches) -> Result<(), String> {
     Ok(())
 }
 
-/// A clearer error for a generation flag given to `shape`, which clap
-/// reports as unknown with a tip about `--` that does not apply.
+/// A clearer error for a flag of another subcommand, which clap reports
+/// as unknown with a tip (about `--`, or a flag of a similar name) that
+/// does not apply.
 ///
 /// `args` is the command line after the program name; `None` when `error`
-/// is about something else.
+/// is about something else, or no other subcommand takes the flag.
 pub fn explain_unknown(error: &clap::Error, args: &[String]) -> Option<clap::Error> {
     if error.kind() != clap::error::ErrorKind::UnknownArgument {
         return None;
@@ -658,32 +659,73 @@ pub fn explain_unknown(error: &clap::Error, args: &[String]) -> Option<clap::Err
         _ => return None,
     };
     // The first word that is not a flag names the subcommand.
-    let sub = args.iter().find(|a| !a.starts_with('-'))?;
-    if sub != "shape" {
-        return None;
-    }
+    let sub = args.iter().find(|a| !a.starts_with('-'))?.as_str();
     let name = given.split('=').next().unwrap_or(&given);
-    let why = match name {
-        "--seed" | "-s" | "--sampler" => "it draws no token",
-        "--repeat-penalty" | "--repeat-last-n" | "--presence-penalty" | "--frequency-penalty" => {
-            "penalties look at generated tokens, and it generates none"
-        }
-        "-n" | "--n-predict" | "--stop" | "--ignore-eos" | "--trace" | "--dump-logits" => {
-            "it generates no text"
-        }
-        _ => return None,
-    };
     let mut cmd = <Cli as clap::CommandFactory>::command();
     // Built, so that the usage line names the program before the subcommand.
     cmd.build();
-    let shape = cmd.find_subcommand_mut("shape")?;
-    Some(shape.error(
+    let owners: Vec<&str> = cmd
+        .get_subcommands()
+        .filter(|c| c.get_name() != sub && c.get_arguments().any(|a| names(a, name)))
+        .map(clap::Command::get_name)
+        .collect();
+    let why = match (sub, name) {
+        (_, _) if owners.is_empty() => return None,
+        ("shape", "--seed" | "-s" | "--sampler") => "it draws no token".to_owned(),
+        (
+            "shape",
+            "--repeat-penalty" | "--repeat-last-n" | "--presence-penalty" | "--frequency-penalty",
+        ) => "penalties look at generated tokens, and it generates none".to_owned(),
+        (
+            "shape",
+            "-n" | "--n-predict" | "--stop" | "--ignore-eos" | "--trace" | "--dump-logits",
+        ) => "it generates no text".to_owned(),
+        ("replay", _) => "a replay runs with the settings its trace recorded".to_owned(),
+        ("plot", "--format" | "--trace" | "--dump-logits") => {
+            "it writes a chart of each setting's run, not the run itself".to_owned()
+        }
+        ("complete", "--render-only" | "--system" | "--messages" | "--chat-template") => {
+            "it continues the text as given, with no chat template".to_owned()
+        }
+        ("chat", "--parse-special") => {
+            "message text is never read as control tokens (only `complete` can)".to_owned()
+        }
+        _ if owners.len() == 1 => format!("{} takes it", and_list(&owners)),
+        _ => format!("{} take it", and_list(&owners)),
+    };
+    let tail = if sub == "shape" && !why.ends_with(" it") {
+        "; it shows the next-token distribution after each stage"
+    } else {
+        ""
+    };
+    let command = cmd.find_subcommand_mut(sub)?;
+    Some(command.error(
         clap::error::ErrorKind::UnknownArgument,
-        format!(
-            "shape takes no {name}: {why}; it shows the next-token distribution \
-             after each stage"
-        ),
+        format!("{sub} takes no {name}: {why}{tail}"),
     ))
+}
+
+/// Whether `arg` is spelled `name` (`--long` or `-s`).
+fn names(arg: &clap::Arg, name: &str) -> bool {
+    match name.strip_prefix("--") {
+        Some(long) => arg.get_long() == Some(long),
+        None => {
+            let mut short = name.strip_prefix('-').unwrap_or("").chars();
+            match (short.next(), short.next()) {
+                (Some(c), None) => arg.get_short() == Some(c),
+                _ => false,
+            }
+        }
+    }
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn and_list(items: &[&str]) -> String {
+    match items.split_last() {
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => String::new(),
+    }
 }
 
 /// Parses a preset name or a comma-separated list of stages.
@@ -902,12 +944,60 @@ mod tests {
         }
         let text = explain(&["talkback", "shape", "x", "--seed=3"]).expect("explained");
         assert!(text.starts_with("error: shape takes no --seed: "), "{text}");
-        // Another flag, or another subcommand, keeps clap's own report.
+        // A flag no subcommand takes keeps clap's own report.
         assert_eq!(explain(&["talkback", "shape", "x", "--bogus"]), None);
-        assert_eq!(
-            explain(&["talkback", "replay", "t.json", "--seed", "1"]),
-            None
-        );
+        assert_eq!(explain(&["talkback", "plot", "x", "--bogus"]), None);
+    }
+
+    #[test]
+    fn flags_of_other_subcommands_are_explained() {
+        let explain = |argv: &[&str]| {
+            let args: Vec<String> = argv.iter().skip(1).map(|a| (*a).to_owned()).collect();
+            let e = Cli::try_parse_from(argv).expect_err("refused");
+            explain_unknown(&e, &args).map(|e| e.to_string())
+        };
+        for (argv, want, usage) in [
+            (
+                &["talkback", "plot", "x", "--format", "json"][..],
+                "error: plot takes no --format: it writes a chart of each setting's run",
+                "Usage: talkback plot",
+            ),
+            (
+                &["talkback", "plot", "x", "--stop", "y"],
+                "error: plot takes no --stop: chat and complete take it\n",
+                "Usage: talkback plot",
+            ),
+            (
+                &["talkback", "complete", "x", "--render-only"],
+                "error: complete takes no --render-only: it continues the text as given",
+                "Usage: talkback complete",
+            ),
+            (
+                &["talkback", "replay", "t.json", "--seed", "1"],
+                "error: replay takes no --seed: a replay runs with the settings its trace",
+                "Usage: talkback replay",
+            ),
+            (
+                &["talkback", "chat", "x", "--parse-special"],
+                "error: chat takes no --parse-special: message text is never read",
+                "Usage: talkback chat",
+            ),
+            (
+                &["talkback", "replay", "t.json", "-s", "1"],
+                "error: replay takes no -s: a replay runs with the settings its trace",
+                "Usage: talkback replay",
+            ),
+            (
+                &["talkback", "chat", "x", "-o", "a.svg"],
+                "error: chat takes no -o: plot takes it\n",
+                "Usage: talkback chat",
+            ),
+        ] {
+            let text = explain(argv).unwrap_or_else(|| panic!("{argv:?} not explained"));
+            assert!(text.starts_with(want), "{text}");
+            assert!(text.contains(usage), "{text}");
+            assert!(!text.contains("tip:"), "{text}");
+        }
     }
 
     #[test]
