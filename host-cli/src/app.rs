@@ -760,6 +760,31 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
     {
         bail!("replay diverged: {d}");
     }
+    // A run ends on `context_full` once its prompt and the tokens it made
+    // hold one token more than the context (the last one is never decoded
+    // into it), and no run makes more. (A prompt longer than the context
+    // is refused below, as a run would refuse it.)
+    let ctx = settings.ctx_size as usize;
+    if let Some(room) = (ctx + 1)
+        .checked_sub(prompt_ids.len())
+        .filter(|_| prompt_ids.len() <= ctx)
+    {
+        let steps = trace.steps.len();
+        if steps > room {
+            bail!(
+                "trace {name} records {steps} steps after a prompt of {} tokens, more than \
+                 its context of {ctx} leaves room for ({room})",
+                prompt_ids.len()
+            );
+        }
+        if trace.finish_reason == Finish::ContextFull.as_str() && steps < room {
+            bail!(
+                "trace {name} ends on `context_full` after {steps} steps, but after its \
+                 prompt of {} tokens its context of {ctx} fills only at step {room}",
+                prompt_ids.len()
+            );
+        }
+    }
     let interrupted = trace.finish_reason == Finish::Interrupted.as_str();
 
     // A trace's settings come from a run that had them accepted, so a

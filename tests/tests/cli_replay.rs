@@ -326,6 +326,25 @@ fn a_trace_holding_what_no_run_records_is_refused_as_a_trace() {
                  49152 tokens"
             ),
         ),
+        // A run makes no more steps than its context holds, and ends on
+        // `context_full` only when they fill it.
+        (
+            &|t| {
+                t["finish_reason"] = "context_full".into();
+                t["settings"]["n_predict"] = Value::Null;
+            },
+            format!(
+                "trace {path} ends on `context_full` after 12 steps, but after its prompt of \
+                 8 tokens its context of 4096 fills only at step 4089"
+            ),
+        ),
+        (
+            &|t| t["settings"]["ctx_size"] = 16.into(),
+            format!(
+                "trace {path} records 12 steps after a prompt of 8 tokens, more than its \
+                 context of 16 leaves room for (9)"
+            ),
+        ),
         // At its cap a run ends on `length`.
         (
             &|t| t["finish_reason"] = "end_of_turn".into(),
