@@ -853,8 +853,9 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         };
         let hint = match settings.threads {
             Some(t) if t == used => format!(
-                "recorded and replayed with {}; llama.cpp's logits can differ from one \
-                 machine to another",
+                "recorded and replayed with {}; either the trace was changed after it was \
+                 recorded, or llama.cpp's logits differ between this machine and the one \
+                 that recorded it",
                 threads(t)
             ),
             Some(t) => format!(

@@ -396,7 +396,10 @@ fn replay_uses_the_recorded_thread_count() {
     t["steps"][3]["id"] = 100.into();
     trace.write_json(&t);
     for (extra, hint) in [
-        (&[][..], "(recorded and replayed with 1 thread; "),
+        (
+            &[][..],
+            "(recorded and replayed with 1 thread; either the trace was changed ",
+        ),
         (
             &["--threads", "2"],
             "(recorded with 1 thread, replayed with 2 threads; ",
