@@ -20,6 +20,7 @@ Exit codes:
   1    runtime failure (model, context, template, trace, I/O)
   2    usage error (unknown flag, value out of range, flags that do not go together,
        an empty message or prompt)
+  129  hung up (SIGHUP, or the terminal closed); taken as SIGTERM is
   130  interrupted (Ctrl-C)
   143  terminated (SIGTERM); as for Ctrl-C, what was generated is printed first
 

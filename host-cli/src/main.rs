@@ -65,6 +65,7 @@ fn run() -> ExitCode {
         talkback::note!("talkback: {e}");
         return ExitCode::from(2);
     }
+    output::remember_terminal();
     init_logging(cli.verbose);
     talkback::abort::install();
     for failed in signals::install() {
@@ -73,6 +74,10 @@ fn run() -> ExitCode {
 
     match app::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // A terminal that hung up ends the run as SIGHUP does.
+        Err(e) if output::is_stdout_closed(&e) && output::hung_up() => {
+            ExitCode::from(signals::hung_up_status())
+        }
         Err(e) if output::is_stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) if e.is::<app::Interrupted>() => ExitCode::from(signals::stopped_status()),
         Err(e) if e.is::<app::Usage>() => {

@@ -9,7 +9,8 @@
 //! borrowed fields into a line buffer that is cleared, never dropped.
 
 use std::fmt::{self, Write as _};
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sampler_core::{Order, Stage, Survivors};
 use serde::{Serialize, Serializer};
@@ -51,6 +52,37 @@ pub fn stdout_closed() -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, StdoutClosed)
 }
 
+/// Whether stdout was a terminal when the process started.
+static STDOUT_TERMINAL: AtomicBool = AtomicBool::new(false);
+
+/// Set when a write to stdout found its terminal hung up.
+static HUNG_UP: AtomicBool = AtomicBool::new(false);
+
+/// Notes whether stdout is a terminal, before anything is written: once
+/// the terminal hangs up, it no longer says it is one.
+pub fn remember_terminal() {
+    STDOUT_TERMINAL.store(io::stdout().is_terminal(), Ordering::Relaxed);
+}
+
+/// Whether a write to stdout found its terminal hung up.
+pub fn hung_up() -> bool {
+    HUNG_UP.load(Ordering::Relaxed)
+}
+
+/// Whether `e`, from a write to stdout, is the terminal hanging up: EIO
+/// from a terminal (from a file, it is a failing disk).
+fn hangup(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        STDOUT_TERMINAL.load(Ordering::Relaxed) && e.raw_os_error() == Some(nix::libc::EIO)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
+    }
+}
+
 /// Locked stdout whose broken-pipe errors say that they come from stdout.
 pub struct Stdout(io::StdoutLock<'static>);
 
@@ -61,6 +93,10 @@ pub fn stdout() -> Stdout {
 
 fn mark(e: io::Error) -> io::Error {
     if e.kind() == io::ErrorKind::BrokenPipe {
+        stdout_closed()
+    } else if hangup(&e) {
+        // As for a reader that left: the run stops and writes its trace.
+        HUNG_UP.store(true, Ordering::Relaxed);
         stdout_closed()
     } else {
         // A full disk or a device that refuses writes: say which stream.

@@ -15,7 +15,9 @@
 //! (SIGINT) exits with 130. SIGTERM, as sent by `kill`, `timeout` or a
 //! service manager, also ends the interactive chat, and exits with 143; at
 //! the chat's prompt nothing is in flight, so it exits at once. SIGHUP, as
-//! when the terminal closes, is taken as SIGTERM is, and exits with 129.
+//! when the terminal closes, is taken as SIGTERM is, and exits with 129;
+//! SIGTERM's status wins when both come. A signal the process started
+//! with ignored (`nohup`, a background job of a script) stays ignored.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Mutex;
@@ -52,11 +54,14 @@ const HANGUP_STATUS: u8 = 129;
 /// Installs the handlers; returns a line for each that could not be installed.
 pub fn install() -> Vec<String> {
     let mut failed = Vec::new();
-    if let Err(e) = ctrlc::set_handler(|| stop(INTERRUPT_STATUS)) {
-        failed.push(format!("cannot install the Ctrl-C handler: {e}"));
+    let ignored = ignored_at_start();
+    if !ignored.contains(&2) {
+        if let Err(e) = ctrlc::set_handler(|| stop(INTERRUPT_STATUS)) {
+            failed.push(format!("cannot install the Ctrl-C handler: {e}"));
+        }
     }
     #[cfg(unix)]
-    if let Err(e) = watch_terminate() {
+    if let Err(e) = watch_terminate(&ignored) {
         failed.push(format!(
             "cannot install the SIGTERM and SIGHUP handler: {e}"
         ));
@@ -64,11 +69,34 @@ pub fn install() -> Vec<String> {
     failed
 }
 
-/// Turns each SIGTERM or SIGHUP into a stop request, on a thread of its own.
+/// The signals this process started with ignored, by number: a handler
+/// would undo what `nohup`, or a shell starting a background job, asked.
+///
+/// Read from `/proc/self/status`, which needs no unsafe call; elsewhere
+/// than Linux none are found, and every handler is installed.
+fn ignored_at_start() -> Vec<i32> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    (1..=64).filter(|&n| mask >> (n - 1) & 1 == 1).collect()
+}
+
+/// Turns each SIGTERM or SIGHUP into a stop request, on a thread of its
+/// own; those in `ignored` are left alone.
 #[cfg(unix)]
-fn watch_terminate() -> std::io::Result<()> {
+fn watch_terminate(ignored: &[i32]) -> std::io::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGHUP])?;
+    let wanted: Vec<i32> = [SIGTERM, SIGHUP]
+        .into_iter()
+        .filter(|s| !ignored.contains(s))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let mut signals = signal_hook::iterator::Signals::new(wanted)?;
     std::thread::Builder::new()
         .name("sigterm".into())
         .spawn(move || {
@@ -78,13 +106,32 @@ fn watch_terminate() -> std::io::Result<()> {
                 } else {
                     TERMINATE_STATUS
                 };
-                // The first one sets the status the process ends with.
-                let _ =
-                    TERMINATED.compare_exchange(0, status, Ordering::Relaxed, Ordering::Relaxed);
+                take_status(status);
                 stop(status);
             }
         })?;
     Ok(())
+}
+
+/// Records the status a SIGTERM or SIGHUP gives the process: the first
+/// one's, except that SIGTERM's replaces SIGHUP's. Both may be reported
+/// at once, in signal-number order whatever order they came in, and a
+/// service manager sends SIGTERM first.
+fn take_status(status: u8) {
+    if status == TERMINATE_STATUS {
+        TERMINATED.store(status, Ordering::Relaxed);
+    } else {
+        let _ = TERMINATED.compare_exchange(0, status, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+/// The status of a run whose terminal hung up: SIGHUP's, unless SIGTERM
+/// came (the SIGHUP itself may come a moment after the failed write).
+pub fn hung_up_status() -> u8 {
+    match TERMINATED.load(Ordering::Relaxed) {
+        0 => HANGUP_STATUS,
+        status => status,
+    }
 }
 
 /// Takes a stop request, on the thread that watches for it: ends the
@@ -207,6 +254,26 @@ pub fn stopped_status() -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sigterm_s_status_wins_over_sighup_s() {
+        take_status(HANGUP_STATUS);
+        take_status(TERMINATE_STATUS);
+        take_status(HANGUP_STATUS);
+        assert_eq!(stopped_status(), TERMINATE_STATUS);
+        assert_eq!(hung_up_status(), TERMINATE_STATUS);
+    }
+
+    #[test]
+    fn signals_ignored_at_start_are_read_from_proc() {
+        // Whatever the test process ignores, the numbers are signals.
+        let ignored = ignored_at_start();
+        assert!(ignored.iter().all(|&n| (1..=64).contains(&n)));
+        if cfg!(target_os = "linux") {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            assert!(status.contains("SigIgn:"), "{status}");
+        }
+    }
 
     #[test]
     fn a_request_repeats_only_from_half_a_second_after_the_first() {

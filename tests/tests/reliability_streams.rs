@@ -478,6 +478,136 @@ fn a_stop_request_delivered_twice_at_once_is_one_request() {
     stopped_during_generation("twice-trace", interrupt_twice, 130);
 }
 
+#[test]
+fn sigterm_s_status_wins_when_sighup_comes_with_it() {
+    // Reported together, the two come in signal-number order, so SIGHUP
+    // set the status even when SIGTERM came first (as a service manager
+    // sends them).
+    fn both(pid: u32) {
+        terminate(pid);
+        hang_up(pid);
+    }
+    stopped_during_generation("term-hup-trace", both, 143);
+    fn both_reversed(pid: u32) {
+        hang_up(pid);
+        terminate(pid);
+    }
+    stopped_during_generation("hup-term-trace", both_reversed, 143);
+}
+
+#[test]
+fn a_run_started_with_sighup_ignored_goes_on_after_one() {
+    // A handler undid `nohup`: the run stopped at the first SIGHUP.
+    let scratch = Scratch::new("nohup");
+    let bin = binary();
+    let mut child = Command::new("nohup")
+        .arg(&bin)
+        .args([
+            "complete",
+            "Once upon a time",
+            "-n",
+            "40",
+            "--ignore-eos",
+            "--threads",
+            "1",
+            "--format",
+            "jsonl",
+        ])
+        .env("TALKBACK_MODEL", model())
+        .current_dir(scratch.join(""))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start nohup");
+    let stdout = Tail::follow(child.stdout.take().expect("stdout"));
+    let _stderr = Tail::follow(child.stderr.take().expect("stderr"));
+    stdout.wait_for(0, "a token event", |b| b.contains(&b'\n'));
+    hang_up(child.id());
+    let status = wait(&mut child);
+    assert_eq!(status.code(), Some(0), "{status}");
+    let out = String::from_utf8(stdout.bytes()).expect("the events are UTF-8");
+    let last = out.lines().last().expect("a last line");
+    let summary: serde_json::Value = serde_json::from_str(last).expect("a JSON summary");
+    assert_eq!(summary["finish_reason"], "length", "{last}");
+    assert_eq!(summary["generated_tokens"], 40, "{last}");
+}
+
+/// Runs talkback on a terminal of its own (a pseudo-terminal, through
+/// Python's `pty`), with `-v` so that the terminal shows when the model
+/// has loaded; closes the terminal a second after that, and returns the
+/// exit code Python reports.
+fn hang_up_terminal(args: &[&str]) -> i32 {
+    const DRIVER: &str = r#"
+import os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+seen, loaded, end = b"", None, time.time() + 60
+while time.time() < end and (loaded is None or time.time() < loaded + 1):
+    ready, _, _ = select.select([fd], [], [], 0.05)
+    if ready:
+        try:
+            seen += os.read(fd, 4096)
+        except OSError:
+            break
+        if loaded is None and b"in vocabulary" in seen:
+            loaded = time.time()
+os.close(fd)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"#;
+    let bin = binary();
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(DRIVER)
+        .arg(&bin)
+        .arg("-v")
+        .args(args)
+        .env("TALKBACK_MODEL", model())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().parse().unwrap_or_else(|_| {
+        panic!(
+            "no exit code: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn a_terminal_that_hangs_up_ends_the_run_as_sighup_does() {
+    // The writes to a terminal that hung up fail with EIO, which ended
+    // the run with `cannot write to stdout` and exit 1, before or instead
+    // of the SIGHUP.
+    let scratch = Scratch::new("hung-up");
+    let trace = scratch.join("run.json");
+    let trace = trace.to_str().expect("a UTF-8 path");
+    for format in ["text", "json", "jsonl"] {
+        let code = hang_up_terminal(&[
+            "complete",
+            "Once upon a time",
+            "-n",
+            "3000",
+            "--ignore-eos",
+            "--threads",
+            "1",
+            "--format",
+            format,
+            "--trace",
+            trace,
+        ]);
+        assert_eq!(code, 129, "{format}");
+        let recorded: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(trace).expect("the trace was written"))
+                .expect("the trace is JSON");
+        assert_eq!(recorded["finish_reason"], "interrupted", "{format}");
+        std::fs::remove_file(trace).expect("remove the trace");
+    }
+}
+
 /// Sends `signal` to a jsonl run with a trace once three tokens are out;
 /// expects exit `code`, a summary of the stop and a trace that replays.
 fn stopped_during_generation(name: &str, signal: fn(u32), code: i32) {
