@@ -554,11 +554,11 @@ impl std::fmt::Display for PromptTooLong {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (tokens, n_ctx) = (self.count(), self.n_ctx);
         match self.trained {
-            // No larger context is to be had: the advice is the prompt.
-            Some(t) if n_ctx as u64 >= t => write!(
+            // No context large enough is to be had: the advice is the prompt.
+            Some(t) if n_ctx as u64 >= t || self.tokens as u64 > t => write!(
                 f,
-                "the prompt is {tokens} tokens but the context holds only {n_ctx}, all the \
-                 model was trained on; shorten the prompt"
+                "the prompt is {tokens} tokens but the context holds only {n_ctx}, and the \
+                 model takes at most {t}; shorten the prompt"
             ),
             Some(t) => write!(
                 f,

@@ -224,7 +224,14 @@ fn prompt_longer_than_the_context() {
     let run = talkback(&["complete", &prompt, "-c", "8192", "-n", "4"]);
     let line = runtime_error(&run, "but the context holds only 8192");
     assert!(
-        line.ends_with(", all the model was trained on; shorten the prompt"),
+        line.ends_with(", and the model takes at most 8192; shorten the prompt"),
+        "{line}"
+    );
+    // Nor when the prompt is longer than any context the model takes.
+    let run = talkback(&["complete", &prompt, "-n", "4"]);
+    let line = runtime_error(&run, "but the context holds only 4096");
+    assert!(
+        line.ends_with(", and the model takes at most 8192; shorten the prompt"),
         "{line}"
     );
 }
