@@ -429,19 +429,18 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     if let Some(path) = &args.messages {
         let text = crate::infile::read_text(path, crate::infile::MAX_TEXT)
             .with_context(|| format!("cannot read messages {}", shown(path)))?;
-        let kind = crate::infile::json_kind(text.as_bytes());
-        if kind != "an array" {
-            bail!(
-                "messages {} must be a JSON array of {{\"role\", \"content\"}} objects, \
-                 and it holds {kind}",
-                shown(path)
-            );
-        }
         let earlier: Vec<Message> = serde_json::from_str(&text).map_err(|e| {
-            anyhow!(
-                "messages {} must be a JSON array of {{\"role\", \"content\"}}: {e}",
-                shown(path)
-            )
+            match crate::infile::json_kind(text.as_bytes()) {
+                "an array" | "no JSON" => anyhow!(
+                    "messages {} must be a JSON array of {{\"role\", \"content\"}} objects: {e}",
+                    shown(path)
+                ),
+                kind => anyhow!(
+                    "messages {} must be a JSON array of {{\"role\", \"content\"}} objects, \
+                     and it holds {kind}",
+                    shown(path)
+                ),
+            }
         })?;
         check_messages(&earlier).with_context(|| format!("messages {}", shown(path)))?;
         // `--system` replaces the file's system turns rather than adding a

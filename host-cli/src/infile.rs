@@ -79,19 +79,37 @@ pub fn without_bom(bytes: &[u8]) -> &[u8] {
     bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes)
 }
 
-/// What the JSON text in `bytes` holds at its top, by its first character
-/// after blanks: "an object", "an array" and so on; "nothing" when blank.
+/// What the JSON text in `bytes` holds at its top, for a message about a
+/// file that did not read as expected: "an object", "an array" and so on
+/// for its first value; "nothing" when blank, "no JSON" when its first
+/// value does not parse. Later values (a JSON Lines file) are not read.
 pub fn json_kind(bytes: &[u8]) -> &'static str {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return "nothing";
+    }
+    let first = serde_json::Deserializer::from_slice(bytes)
+        .into_iter::<serde::de::IgnoredAny>()
+        .next();
+    if !matches!(first, Some(Ok(_))) {
+        return "no JSON";
+    }
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-        None => "nothing",
         Some(b'{') => "an object",
         Some(b'[') => "an array",
         Some(b'"') => "a string",
-        Some(b'-' | b'0'..=b'9') => "a number",
         Some(b't' | b'f') => "true or false",
         Some(b'n') => "null",
-        Some(_) => "no JSON",
+        _ => "a number",
     }
+}
+
+/// Whether the first JSON value in `bytes` is an object without `field`
+/// (such as another program's output where a trace was expected).
+pub fn object_without(bytes: &[u8], field: &str) -> bool {
+    serde_json::Deserializer::from_slice(bytes)
+        .into_iter::<serde_json::Map<String, serde_json::Value>>()
+        .next()
+        .is_some_and(|first| first.is_ok_and(|map| !map.contains_key(field)))
 }
 
 /// Reads the file at `path` (stdin for `-`) as UTF-8 text of at most
@@ -149,17 +167,29 @@ mod tests {
         let kinds = [
             ("", "nothing"),
             (" \n{}", "an object"),
-            ("[", "an array"),
+            ("[1, {}]", "an array"),
             ("\"a\"", "a string"),
             ("-1", "a number"),
-            ("7", "a number"),
+            ("7e3 ", "a number"),
             ("true", "true or false"),
             ("null", "null"),
+            ("{\"a\": 1}\n{\"b\": 2}\n", "an object"),
             ("#", "no JSON"),
+            ("[", "no JSON"),
+            ("no messages", "no JSON"),
+            ("fatal: not a git repository", "no JSON"),
+            ("- role: user", "no JSON"),
+            ("nothing", "no JSON"),
         ];
         for (text, kind) in kinds {
             assert_eq!(json_kind(text.as_bytes()), kind, "{text:?}");
         }
+        assert!(object_without(b"{\"a\": 1}\n{\"version\": 2}", "version"));
+        assert!(!object_without(
+            b"{\"version\": 1, \"steps\": [}",
+            "version"
+        ));
+        assert!(!object_without(b"[{\"a\": 1}]", "version"));
     }
 
     #[test]

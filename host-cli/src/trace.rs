@@ -153,19 +153,22 @@ impl Trace {
         let bytes = crate::infile::read_input(path, crate::infile::MAX_TRACE)
             .with_context(|| format!("cannot read trace {name}"))?;
         let bytes = crate::infile::without_bom(&bytes);
-        let kind = crate::infile::json_kind(bytes);
-        if kind != "an object" {
-            bail!("trace {name} is not a talkback trace: it holds {kind}, not a JSON object");
+        // A list would be read as the fields in order.
+        let list = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+        if list && crate::infile::json_kind(bytes) == "an array" {
+            bail!("trace {name} is not a talkback trace: it holds an array, not a JSON object");
         }
         let trace: Self = serde_json::from_slice(bytes).map_err(|e| {
-            // Another JSON file (talkback's own --format json output, say)
-            // is named as such, not by the first field that fails.
-            let other = serde_json::from_slice::<serde_json::Value>(bytes)
-                .is_ok_and(|v| v.get("version").is_none());
-            if other {
-                anyhow!("trace {name} is not a talkback trace: it has no `version` field")
-            } else {
-                anyhow!("trace {name} is not a valid trace: {e}")
+            // Another file (a messages file, talkback's own json or jsonl
+            // output) is named as such, not by the first field that fails.
+            if crate::infile::object_without(bytes, "version") {
+                return anyhow!("trace {name} is not a talkback trace: it has no `version` field");
+            }
+            match crate::infile::json_kind(bytes) {
+                "an object" | "no JSON" => anyhow!("trace {name} is not a valid trace: {e}"),
+                kind => anyhow!(
+                    "trace {name} is not a talkback trace: it holds {kind}, not a JSON object"
+                ),
             }
         })?;
         if trace.version != VERSION {
