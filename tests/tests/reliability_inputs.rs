@@ -488,8 +488,13 @@ fn replay_of_json_that_is_no_trace_says_so() {
     // A list was read as a trace's fields by position, and another
     // program's JSON was named by the first field that did not fit.
     let scratch = Scratch::new("not-traces");
-    let cases: [(&str, &[u8], &str); 4] = [
+    let cases: [(&str, &[u8], &str); 5] = [
         ("list.json", b"[1]", "it holds an array, not a JSON object"),
+        (
+            "output.jsonl",
+            b"{\"event\": \"token\"}\n{\"event\": \"summary\"}\n",
+            "it has no `version` field",
+        ),
         (
             "messages.json",
             br#"[{"role": "user", "content": "Hi"}]"#,
@@ -510,6 +515,12 @@ fn replay_of_json_that_is_no_trace_says_so() {
         let path = scratch.write(name, bytes);
         let line = runtime_error(&talkback(&["replay", arg(&path)]), what);
         assert!(line.contains("is not a talkback trace"), "{line}");
+    }
+    // Text that is not JSON, or is cut short, gets the parser's own words,
+    // not a guess at what it holds.
+    for (name, bytes) in [("words.txt", &b"no trace"[..]), ("cut.json", b"[1, 2")] {
+        let path = scratch.write(name, bytes);
+        runtime_error(&talkback(&["replay", arg(&path)]), "is not a valid trace: ");
     }
 }
 
