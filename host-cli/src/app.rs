@@ -776,6 +776,15 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
                 prompt_ids.len()
             );
         }
+        // The end of the turn is seen before a step is added, so it ends a
+        // run one step short of a full context at most.
+        if trace.finish_reason == Finish::EndOfTurn.as_str() && steps >= room {
+            bail!(
+                "trace {name} ends on `end_of_turn` after {steps} steps, but after its prompt \
+                 of {} tokens its context of {ctx} is full at step {room}",
+                prompt_ids.len()
+            );
+        }
         if trace.finish_reason == Finish::ContextFull.as_str() && steps < room {
             bail!(
                 "trace {name} ends on `context_full` after {steps} steps, but after its \

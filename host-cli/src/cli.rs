@@ -681,7 +681,30 @@ pub fn explain_unknown(error: &clap::Error, args: &[String]) -> Option<clap::Err
             "shape",
             "-n" | "--n-predict" | "--stop" | "--ignore-eos" | "--trace" | "--dump-logits",
         ) => "it generates no text".to_owned(),
-        ("replay", _) => "a replay runs with the settings its trace recorded".to_owned(),
+        (
+            "replay",
+            "--seed"
+            | "-s"
+            | "--temp"
+            | "--top-k"
+            | "--top-p"
+            | "--min-p"
+            | "--repeat-penalty"
+            | "--repeat-last-n"
+            | "--presence-penalty"
+            | "--frequency-penalty"
+            | "-n"
+            | "--n-predict"
+            | "--stop"
+            | "--ignore-eos"
+            | "--sampler"
+            | "--sampler-order"
+            | "--ctx-size"
+            | "-c"
+            | "--batch-size"
+            | "-b"
+            | "--system",
+        ) => "a replay runs with the settings its trace recorded".to_owned(),
         ("plot", "--format" | "--trace" | "--dump-logits") => {
             "it writes a chart of each setting's run, not the run itself".to_owned()
         }
@@ -986,6 +1009,11 @@ mod tests {
             (
                 &["talkback", "replay", "t.json", "-s", "1"],
                 "error: replay takes no -s: a replay runs with the settings its trace",
+                "Usage: talkback replay",
+            ),
+            (
+                &["talkback", "replay", "t.json", "--format", "json"],
+                "error: replay takes no --format: chat, complete and shape take it\n",
                 "Usage: talkback replay",
             ),
             (

@@ -339,6 +339,17 @@ fn a_trace_holding_what_no_run_records_is_refused_as_a_trace() {
             ),
         ),
         (
+            &|t| {
+                t["finish_reason"] = "end_of_turn".into();
+                t["settings"]["n_predict"] = Value::Null;
+                t["settings"]["ctx_size"] = 19.into();
+            },
+            format!(
+                "trace {path} ends on `end_of_turn` after 12 steps, but after its prompt of \
+                 8 tokens its context of 19 is full at step 12"
+            ),
+        ),
+        (
             &|t| t["settings"]["ctx_size"] = 16.into(),
             format!(
                 "trace {path} records 12 steps after a prompt of 8 tokens, more than its \
