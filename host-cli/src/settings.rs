@@ -69,21 +69,30 @@ pub struct Settings {
     pub threads: Option<u32>,
 }
 
-/// Reads a number into an f32, refusing one beyond the f32 range.
+/// Reads a number into an f32, refusing one beyond the f32 range or too
+/// small for it.
 ///
 /// A JSON number is read as an f64, and casting one beyond about 3.4e38
 /// gives an infinity, which would then be reported as "not finite" although
-/// the file holds a finite number.
+/// the file holds a finite number; one below about 1e-45 gives 0, which
+/// would silently make a temperature of 1e-50 greedy (the command line
+/// refuses both).
 ///
 /// # Errors
 ///
-/// - the value is not a number, or is finite beyond the f32 range.
+/// - the value is not a number, is finite beyond the f32 range, or is
+///   not 0 but would become 0.
 pub fn f32_in_range<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
     let wide = f64::deserialize(d)?;
     let narrow = wide as f32;
     if narrow.is_infinite() && wide.is_finite() {
         return Err(serde::de::Error::custom(format!(
             "{wide:e} is out of range: a 32-bit float holds at most about 3.4e38"
+        )));
+    }
+    if narrow == 0.0 && wide != 0.0 {
+        return Err(serde::de::Error::custom(format!(
+            "{wide:e} is too small for a 32-bit float, which would make it 0"
         )));
     }
     Ok(narrow)

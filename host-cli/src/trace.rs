@@ -539,6 +539,20 @@ mod tests {
                 "{err}"
             );
         }
+        // A temperature of 1e-50 would become 0, that is greedy.
+        let mut tiny = base.clone();
+        tiny["settings"]["temperature"] = serde_json::json!(1e-50);
+        let err = load(&tiny).err().unwrap_or_default();
+        assert!(
+            err.contains("e-51 is too small for a 32-bit float, which would make it 0")
+                || err.contains("e-50 is too small for a 32-bit float, which would make it 0"),
+            "{err}"
+        );
+        // The least float is kept as it is.
+        let mut least = base.clone();
+        least["settings"]["presence_penalty"] = serde_json::json!(1e-45);
+        let kept = load(&least).map(|t| t.settings.presence_penalty);
+        assert_eq!(kept, Ok(f32::from_bits(1)));
         // The largest float is a temperature, if a strange one.
         let mut t = base;
         t["settings"]["temperature"] = serde_json::json!(3.4e38);
