@@ -76,8 +76,9 @@ pub struct Pushed {
 /// - `H`: held-bytes capacity of [`TextStream`]. The stream never holds more
 ///   than `max(L, 1) + 2` bytes: `L - 1` that may begin a stop string (none
 ///   when `L` is 0) and 3 of an unfinished character. `H >= L + 3` is
-///   checked when the program is compiled; `H` sizes the held-text buffer
-///   and enters the output bounds.
+///   checked when the program is built (`cargo build`; `cargo check` does
+///   not evaluate the check, which runs when the type is instantiated);
+///   `H` sizes the held-text buffer and enters the output bounds.
 /// - Output: the caller's buffer. [`TextStream::output_bound`] and
 ///   [`TextStream::finish_bound`] give lengths that always suffice; a smaller
 ///   buffer fails with [`StreamError::OutputTooSmall`] only when what the
@@ -104,21 +105,25 @@ pub struct Pushed {
 /// stops.push_str("\nUser:")?;
 /// let mut stream = TextStream::<1, 8, 11>::new(stops);
 ///
+/// // Fixed buffers only, as on a target without an allocator: `out`
+/// // takes one call's release, `text` collects them.
 /// let mut out = [0u8; 32];
-/// let mut text = Vec::new();
+/// let (mut text, mut len) = ([0u8; 64], 0);
 /// for piece in ["Hi", " th", "ere\nUs", "er: more"] {
 ///     let pushed = stream.push(piece.as_bytes(), &mut out)?;
-///     text.extend_from_slice(&out[..pushed.written]);
+///     let released = &out[..pushed.written];
+///     text[len..len + released.len()].copy_from_slice(released);
+///     len += released.len();
 ///     if pushed.stop.is_some() {
 ///         break;
 ///     }
 /// }
-/// assert_eq!(text, b"Hi there");
+/// assert_eq!(&text[..len], b"Hi there");
 /// assert_eq!(stream.stopped(), Some(0));
 /// # Ok::<(), sampler_core::StreamError>(())
 /// ```
 ///
-/// `H` below `L + 3` does not compile:
+/// `H` below `L + 3` does not build:
 ///
 /// ```compile_fail
 /// use sampler_core::{StopSet, TextStream};
@@ -142,7 +147,8 @@ impl<const S: usize, const L: usize, const H: usize> TextStream<S, L, H> {
     ///
     /// # Panics
     ///
-    /// Never; an `H` below `L + 3` is a compile-time error instead.
+    /// Never; an `H` below `L + 3` is a build error instead (one that
+    /// `cargo check` does not report).
     pub fn new(stops: StopSet<S, L>) -> Self {
         #[allow(clippy::let_unit_value)]
         let () = Self::HELD_FITS;
