@@ -229,6 +229,14 @@ impl Trace {
                 trace.steps.len()
             );
         }
+        // With `ignore_eos` a run never ends on the end of the turn, and
+        // without stop strings never on one.
+        if finish == Finish::EndOfTurn && trace.settings.ignore_eos {
+            bail!("trace {name} ends on `end_of_turn`, which its ignore_eos setting rules out");
+        }
+        if finish == Finish::StopString && trace.settings.stops.is_empty() {
+            bail!("trace {name} ends on `stop_string`, but it has no stop strings");
+        }
         Ok(trace)
     }
 }
@@ -544,8 +552,7 @@ mod tests {
         tiny["settings"]["temperature"] = serde_json::json!(1e-50);
         let err = load(&tiny).err().unwrap_or_default();
         assert!(
-            err.contains("e-51 is too small for a 32-bit float, which would make it 0")
-                || err.contains("e-50 is too small for a 32-bit float, which would make it 0"),
+            err.contains("1e-50 is too small for a 32-bit float, which would make it 0"),
             "{err}"
         );
         // The least float is kept as it is.

@@ -341,6 +341,7 @@ fn a_trace_holding_what_no_run_records_is_refused_as_a_trace() {
         (
             &|t| {
                 t["finish_reason"] = "end_of_turn".into();
+                t["settings"]["ignore_eos"] = false.into();
                 t["settings"]["n_predict"] = Value::Null;
                 t["settings"]["ctx_size"] = 19.into();
             },
@@ -355,6 +356,21 @@ fn a_trace_holding_what_no_run_records_is_refused_as_a_trace() {
                 "trace {path} records 12 steps after a prompt of 8 tokens, more than its \
                  context of 16 leaves room for (9)"
             ),
+        ),
+        (
+            &|t| {
+                t["finish_reason"] = "end_of_turn".into();
+                t["settings"]["ignore_eos"] = true.into();
+                t["settings"]["n_predict"] = Value::Null;
+            },
+            format!("trace {path} ends on `end_of_turn`, which its ignore_eos setting rules out"),
+        ),
+        (
+            &|t| {
+                t["finish_reason"] = "stop_string".into();
+                t["settings"]["n_predict"] = Value::Null;
+            },
+            format!("trace {path} ends on `stop_string`, but it has no stop strings"),
         ),
         // At its cap a run ends on `length`.
         (
@@ -646,8 +662,10 @@ fn a_replay_stops_one_step_past_the_recorded_ones() {
     // of its context; the replay stops at the thirteenth token instead.
     let (trace, mut t) = recorded();
     t["settings"]["n_predict"] = Value::Null;
-    // Uncapped, a run ends on `length` never.
-    t["finish_reason"] = "end_of_turn".into();
+    // Uncapped, a run ends on `length` never; this one ignores the end of
+    // the turn, so a stop string it never meets stands in.
+    t["finish_reason"] = "stop_string".into();
+    t["settings"]["stops"] = serde_json::json!(["\u{1}never"]);
     trace.write_json(&t);
     diverges(&trace, "field `steps` expected 12 tokens, got 13");
 }
