@@ -879,7 +879,17 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
                 threads(used)
             ),
         };
-        bail!("replay diverged: {d} ({hint})");
+        // Another version's sampler or loop may differ from this one's.
+        let this = env!("CARGO_PKG_VERSION");
+        let version = if trace.talkback_version == this {
+            String::new()
+        } else {
+            format!(
+                "; the trace was recorded by talkback {}, and this is {this}",
+                trace.talkback_version
+            )
+        };
+        bail!("replay diverged: {d} ({hint}{version})");
     }
     replay_ok(prompt_ids.len(), outcome.tokens.len(), finish)
 }

@@ -422,6 +422,26 @@ fn replay_uses_the_recorded_thread_count() {
 
     t["steps"][3]["id"] = 100.into();
     trace.write_json(&t);
+    let run = talkback(&["replay", trace.arg()]);
+    assert!(
+        !run.stderr.contains("recorded by talkback"),
+        "{}",
+        run.stderr
+    );
+    // A trace from another version says so too.
+    let mut older = t.clone();
+    older["talkback_version"] = "0.0.1".into();
+    trace.write_json(&older);
+    let run = talkback(&["replay", trace.arg()]);
+    assert!(
+        run.stderr.ends_with(&format!(
+            "; the trace was recorded by talkback 0.0.1, and this is {})\n",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{}",
+        run.stderr
+    );
+    trace.write_json(&t);
     for (extra, hint) in [
         (
             &[][..],
