@@ -20,12 +20,47 @@ pub fn root() -> PathBuf {
         .map_or_else(|| PathBuf::from(".."), Path::to_path_buf)
 }
 
-/// The release `talkback` binary (`$TALKBACK_BIN` overrides).
+/// Lets the signals the tests send reach the processes they start, even
+/// when this test process started with them ignored (as a background job
+/// of a script starts with SIGINT ignored, or a run under `nohup` with
+/// SIGHUP).
+///
+/// An ignored signal stays ignored across `exec`, and talkback then leaves
+/// it ignored, as POSIX programs do; a caught one is reset to the default.
+/// So each ignored one is caught here instead, by a handler that only sets
+/// a flag no one reads: this process still, in effect, ignores it.
+fn deliver_ignored_signals() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(unix)]
+        {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            let ignored = status
+                .lines()
+                .find_map(|l| l.strip_prefix("SigIgn:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+                .unwrap_or(0);
+            use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+            for signal in [SIGHUP, SIGINT, SIGTERM] {
+                if ignored >> (signal - 1) & 1 == 1 {
+                    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    signal_hook::flag::register(signal, flag)
+                        .expect("catch a signal this process started with ignored");
+                }
+            }
+        }
+    });
+}
+
+/// The release `talkback` binary (`$TALKBACK_BIN` overrides); every test
+/// that starts it asks for it here, which first lets the tests' signals
+/// through (see [`deliver_ignored_signals`]).
 ///
 /// # Panics
 ///
 /// - when the binary has not been built.
 pub fn binary() -> PathBuf {
+    deliver_ignored_signals();
     if let Some(bin) = std::env::var_os("TALKBACK_BIN") {
         return PathBuf::from(bin);
     }
