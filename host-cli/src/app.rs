@@ -656,7 +656,7 @@ fn counted(n: usize, kind: &str) -> String {
 }
 
 fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
-    let name = crate::infile::shown(&args.trace);
+    let name = shown(&args.trace);
     let trace = Trace::load(&args.trace)?;
     // What `chat` and `complete` refuse, a trace cannot have recorded.
     match &trace.prompt {
@@ -671,7 +671,7 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         Prompt::Complete { text, .. } if text.is_empty() => Err(anyhow!("its prompt is empty")),
         Prompt::Complete { .. } => Ok(()),
     }
-    .with_context(|| format!("trace {}", name))?;
+    .with_context(|| format!("trace {name}"))?;
     let path = resolve_path(args.model.as_deref());
     // The replay loads the model later; the template is checked then.
     let _facts = crate::gguf::check_file(&path)?;
@@ -686,9 +686,7 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         );
     }
     let settings = trace.settings.clone();
-    settings
-        .config()
-        .with_context(|| format!("trace {}", name))?;
+    settings.config().with_context(|| format!("trace {name}"))?;
     let model_args = ModelArgs {
         model: Some(path),
         ctx_size: Some(settings.ctx_size),
@@ -764,10 +762,8 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
     // into it), and no run makes more. (A prompt longer than the context
     // is refused below, as a run would refuse it.)
     let ctx = settings.ctx_size as usize;
-    if let Some(room) = (ctx + 1)
-        .checked_sub(prompt_ids.len())
-        .filter(|_| prompt_ids.len() <= ctx)
-    {
+    if prompt_ids.len() <= ctx {
+        let room = ctx + 1 - prompt_ids.len();
         let steps = trace.steps.len();
         if steps > room {
             bail!(
