@@ -146,38 +146,48 @@ fn generate(
                 text: Vec::with_capacity(req.text_bound(model, session.n_ctx())),
             };
             let outcome = generator.run(model, session, prompt, &req, &mut sink)?;
-            saved(save, &outcome)?;
+            saved(save, &outcome)??;
             Ok((outcome, sink.text))
         }
         Format::Json => {
             let mut sink = CollectSink::new(model, &req, session.n_ctx());
             let outcome = generator.run(model, session, prompt, &req, &mut sink)?;
-            saved(save, &outcome)?;
+            let traced = saved(save, &outcome)?;
             let mut out = stdout;
             writeln!(out, "{}", summary(&sink.text, &outcome, settings, false))?;
             out.flush()?;
+            traced?;
             Ok((outcome, sink.text))
         }
         Format::Jsonl => {
             let mut sink = JsonlSink::new(stdout, model, &req, session.n_ctx());
             let outcome = generator.run(model, session, prompt, &req, &mut sink)?;
-            saved(save, &outcome)?;
+            let traced = saved(save, &outcome)?;
             let text = std::mem::take(&mut sink.text);
             sink.finish(summary(&text, &outcome, settings, true))?;
+            traced?;
             Ok((outcome, text))
         }
     }
 }
 
-/// Runs `save` (which writes the trace) on a finished run; then, if the
-/// run ended because stdout's reader left, says so as an error, which
-/// exits 0 quietly.
-fn saved(save: impl FnOnce(&Outcome) -> Result<()>, outcome: &Outcome) -> Result<()> {
-    save(outcome)?;
+/// Runs `save` (which writes the trace) on a finished run, before the
+/// summary, so that a reader of the summary finds the trace written.
+///
+/// Returns the trace's own result to report after the summary: the run's
+/// output is printed whole even when its trace cannot be written, as it
+/// is in text, where it was streamed before.
+///
+/// # Errors
+///
+/// - the run ended because stdout's reader left, which exits 0 quietly.
+fn saved(save: impl FnOnce(&Outcome) -> Result<()>, outcome: &Outcome) -> Result<Result<()>> {
+    let traced = save(outcome);
     if outcome.stdout_closed {
+        traced?;
         return Err(crate::output::stdout_closed().into());
     }
-    Ok(())
+    Ok(traced)
 }
 
 /// Streams text and keeps a copy, so a chat can remember the reply.

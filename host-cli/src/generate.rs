@@ -291,6 +291,8 @@ pub struct Generator {
     piece: Vec<u8>,
     out: Vec<u8>,
     dump: Option<(Box<dyn Write>, PathBuf)>,
+    /// One step's logits as the dump writes them.
+    record: Vec<u8>,
 }
 
 impl Generator {
@@ -305,13 +307,16 @@ impl Generator {
             piece: Vec::with_capacity(longest),
             out: Vec::with_capacity(Stream::output_bound(longest)),
             dump: None,
+            record: Vec::new(),
         }
     }
 
     /// Writes every step's logits to `out` as little-endian f32, one
-    /// vocabulary-sized record per step; `path` names it in errors.
+    /// vocabulary-sized record per step, each in one write and followed by
+    /// a flush; `path` names it in errors.
     pub fn dump_logits(&mut self, out: Box<dyn Write>, path: &Path) {
         self.dump = Some((out, path.to_path_buf()));
+        self.record = Vec::with_capacity(self.scratch.len() * 4);
     }
 
     /// Decodes `prompt` into `session`, then generates until a stop.
@@ -368,10 +373,14 @@ impl Generator {
             }
 
             if let Some((dump, path)) = self.dump.as_mut() {
-                session
-                    .logits()
-                    .iter()
-                    .try_for_each(|x| dump.write_all(&x.to_le_bytes()))
+                // One write per record, so that a process ended at once
+                // leaves no record cut in two.
+                self.record.clear();
+                for x in session.logits() {
+                    self.record.extend_from_slice(&x.to_le_bytes());
+                }
+                dump.write_all(&self.record)
+                    .and_then(|()| dump.flush())
                     .with_context(|| format!("cannot write logits dump {}", path.display()))?;
             }
             // After the dump, which then holds the faulty vector.

@@ -3,9 +3,15 @@
 //! A chart or a trace is written only when a run ends, minutes later, and a
 //! logits dump only once the model has loaded; a path that cannot be written
 //! must fail before the model even loads. The file is opened at once without
-//! touching its contents, replaced whole when it is finally written (or
-//! emptied when a dump writes its first record), and removed again if this
-//! opening created it and the run ended before either.
+//! touching its contents, and removed again if this opening created it and
+//! the run ended before writing it.
+//!
+//! A chart or a trace is written whole to a new file beside it, which is
+//! then renamed over it: a write that fails (a full disk, a size limit)
+//! leaves the file as it was. A dump is streamed into the file itself, so
+//! that it grows as the run goes on; a write that fails cuts it back to the
+//! records written whole, and removes it if this run created it and wrote
+//! none.
 //!
 //! Before any of that, [`check_distinct`] makes sure that no output names a
 //! file the run reads or another output writes: the model is mapped into
@@ -43,12 +49,79 @@ pub fn remove_unwritten() {
 pub struct ReservedFile {
     file: File,
     path: PathBuf,
-    /// The file opening created, when it did: `path`, or the end of the
-    /// link `path` names.
+    /// The file itself: `path`, or the end of the link `path` names. A
+    /// new file is made and renamed here, so a link stays a link.
     made: PathBuf,
     /// Whether opening it created it.
     created: bool,
     written: bool,
+}
+
+/// A new file in the folder of an output, written in full and then renamed
+/// over it; removed if it is dropped before that.
+struct Sibling {
+    file: File,
+    path: PathBuf,
+    target: PathBuf,
+    renamed: bool,
+}
+
+impl Sibling {
+    /// A new empty file beside `target`, with the permissions of `like`;
+    /// `None` where none can be made (a folder this user cannot write, a
+    /// name too long), and the output is then written in place.
+    fn create(target: &Path, like: &std::fs::Metadata) -> Option<Self> {
+        let name = target.file_name()?;
+        let folder = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        for attempt in 0..16u32 {
+            let mut hidden = std::ffi::OsString::from(".");
+            hidden.push(name);
+            hidden.push(format!(".{}-{attempt}.talkback-tmp", std::process::id()));
+            let path = folder.join(hidden);
+            match File::options().write(true).create_new(true).open(&path) {
+                Ok(file) => {
+                    if let Ok(mut paths) = UNWRITTEN.lock() {
+                        paths.push(path.clone());
+                    }
+                    let sibling = Self {
+                        file,
+                        path,
+                        target: target.to_path_buf(),
+                        renamed: false,
+                    };
+                    // A file readable by others alone, or by all, stays so.
+                    sibling.file.set_permissions(like.permissions()).ok()?;
+                    return Some(sibling);
+                }
+                // Left by a process of the same id that was killed.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// Writes `bytes` and renames the file over its target.
+    fn commit(mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.file.flush()?;
+        std::fs::rename(&self.path, &self.target)?;
+        self.renamed = true;
+        forget(&self.path);
+        Ok(())
+    }
+}
+
+impl Drop for Sibling {
+    fn drop(&mut self) {
+        if !self.renamed {
+            let _ = std::fs::remove_file(&self.path);
+            forget(&self.path);
+        }
+    }
 }
 
 impl ReservedFile {
@@ -69,11 +142,7 @@ impl ReservedFile {
             .with_context(|| format!("cannot write {what} {}", path.display()))?;
         // Through a link to nowhere, opening created the file at its end;
         // that file, not the link, is what a run cut short removes.
-        let made = if created {
-            link_end(path)
-        } else {
-            path.to_path_buf()
-        };
+        let made = link_end(path);
         if created {
             if let Ok(mut paths) = UNWRITTEN.lock() {
                 paths.push(made.clone());
@@ -93,15 +162,28 @@ impl ReservedFile {
         &self.path
     }
 
-    /// Replaces the file's contents with `bytes`.
+    /// Replaces the file's contents with `bytes`: through a new file
+    /// renamed over it, which leaves it as it was if the write fails; in
+    /// place where no file can be made beside it, or it is not a regular
+    /// file (a device, a pipe).
     ///
     /// # Errors
     ///
     /// - the write fails (a full disk, a pipe whose reader left).
     pub fn replace(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.empty()?;
-        self.file.write_all(bytes)?;
-        self.file.flush()?;
+        let meta = self.file.metadata()?;
+        match meta
+            .is_file()
+            .then(|| Sibling::create(&self.made, &meta))
+            .flatten()
+        {
+            Some(sibling) => sibling.commit(bytes)?,
+            None => {
+                self.empty()?;
+                self.file.write_all(bytes)?;
+                self.file.flush()?;
+            }
+        }
         self.written = true;
         forget(&self.made);
         Ok(())
@@ -131,42 +213,91 @@ impl ReservedFile {
     }
 }
 
-/// A reserved file that becomes a buffered stream at its first write, so
-/// that a run that fails before it (a prompt longer than the context)
-/// leaves the file as it found it.
+/// A reserved file that becomes a stream at its first write, so that a
+/// run that fails before it (a prompt longer than the context) leaves the
+/// file as it found it.
+///
+/// Each [`io::Write::flush`] marks the end of a whole record. If a write
+/// fails, the file is cut back to the last such end when it is dropped,
+/// and removed if this run created it and no record was finished.
 pub struct LazyStream {
     reserved: Option<ReservedFile>,
-    stream: Option<io::BufWriter<File>>,
+    stream: Option<File>,
+    /// Whether opening the file created it.
+    created: bool,
+    /// Where the stream's file is, to remove it.
+    path: PathBuf,
+    /// Bytes written, and how many of them ended at a flush.
+    written: u64,
+    kept: u64,
+    failed: bool,
 }
 
 impl LazyStream {
     /// Wraps `reserved`, untouched until the first write.
     pub fn new(reserved: ReservedFile) -> Self {
         Self {
+            created: reserved.created,
+            path: reserved.made.clone(),
             reserved: Some(reserved),
             stream: None,
+            written: 0,
+            kept: 0,
+            failed: false,
         }
     }
 
-    fn stream(&mut self) -> io::Result<&mut io::BufWriter<File>> {
+    fn stream(&mut self) -> io::Result<&mut File> {
         if let Some(reserved) = self.reserved.take() {
-            self.stream = Some(io::BufWriter::new(reserved.into_stream()?));
+            self.stream = Some(reserved.into_stream()?);
         }
         self.stream
             .as_mut()
             .ok_or_else(|| io::Error::other("the file could not be opened for streaming"))
     }
+
+    /// Notes a failed write, so that the drop cuts the file back.
+    fn failing<T>(&mut self, result: io::Result<T>) -> io::Result<T> {
+        self.failed |= result.is_err();
+        result
+    }
 }
 
 impl io::Write for LazyStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stream()?.write(buf)
+        let written = self.stream().and_then(|s| s.write(buf));
+        let n = self.failing(written)?;
+        self.written += n as u64;
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        match self.stream.as_mut() {
+        let flushed = match self.stream.as_mut() {
             Some(stream) => stream.flush(),
             None => Ok(()),
+        };
+        self.failing(flushed)?;
+        if !self.failed {
+            self.kept = self.written;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LazyStream {
+    fn drop(&mut self) {
+        let Some(file) = self.stream.take() else {
+            return;
+        };
+        if !self.failed || !file.metadata().is_ok_and(|m| m.is_file()) {
+            return;
+        }
+        if self.created && self.kept == 0 {
+            let _ = std::fs::remove_file(&self.path);
+        } else {
+            // Whole records only: a reader takes the file's length over the
+            // record's as the number of steps.
+            let _ = file.set_len(self.kept);
         }
     }
 }
@@ -366,6 +497,34 @@ mod tests {
         drop(f);
         assert_eq!(std::fs::read(&path).unwrap(), b"2nd");
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_write_through_a_link_keeps_the_link_and_the_permissions() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let real = temp("kept-real");
+        let link = temp("kept-link");
+        std::fs::write(&real, b"old").unwrap();
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+
+        let mut f = ReservedFile::open(&link, "trace").unwrap();
+        f.replace(b"new").unwrap();
+        drop(f);
+        let meta = std::fs::symlink_metadata(&link).unwrap();
+        assert!(meta.file_type().is_symlink(), "the link was replaced");
+        assert_eq!(std::fs::read(&real).unwrap(), b"new");
+        let mode = std::fs::metadata(&real).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+        let folder = real.parent().unwrap();
+        let stray = std::fs::read_dir(folder)
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().contains("kept-real."));
+        assert!(!stray, "the new file was left beside the output");
+        std::fs::remove_file(&link).unwrap();
+        std::fs::remove_file(&real).unwrap();
     }
 
     #[test]

@@ -139,6 +139,153 @@ fn a_broken_pipe_outside_stdout_is_a_failure_naming_the_file() {
     assert!(line.ends_with("(os error 28)"), "{line}");
 }
 
+/// Runs talkback with `args` under a limit of `kib` KiB on the size of
+/// any file it writes, with SIGXFSZ ignored, so that a write past the
+/// limit fails as a write to a full disk does.
+fn under_file_limit(kib: u32, args: &[&str]) -> reliability_support::Run {
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(format!(
+            r#"ulimit -f {kib} && trap '' XFSZ && exec "$0" "$@""#
+        ))
+        .arg(binary())
+        .args(args)
+        .env("TALKBACK_MODEL", model())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    reliability_support::start(cmd, None).finish()
+}
+
+/// The names of the files in `folder`, sorted.
+fn names_in(folder: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(folder)
+        .expect("read the scratch folder")
+        .map(|e| {
+            e.expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_trace_or_chart_that_cannot_be_written_whole_leaves_the_old_file() {
+    // The file used to be emptied first and then written in place: a
+    // full disk left a third of a trace, and no earlier one.
+    let scratch = Scratch::new("trace-limit");
+    let old = b"{\"an\": \"earlier trace, kept whole\"}\n";
+    let trace = scratch.write("run.json", old);
+    let run = under_file_limit(
+        1,
+        &[
+            "complete",
+            "Once upon a time",
+            "-n",
+            "100",
+            "--ignore-eos",
+            "--seed",
+            "1",
+            "--threads",
+            "1",
+            "--trace",
+            reliability_support::arg(&trace),
+        ],
+    );
+    let line = reliability_support::runtime_error(&run, "cannot write trace ");
+    assert!(line.ends_with("File too large (os error 27)"), "{line}");
+    assert_eq!(std::fs::read(&trace).expect("the old trace"), old);
+    assert_eq!(names_in(&scratch.join("")), ["run.json"], "a file was left");
+
+    let chart = scratch.write("chart.svg", b"<svg/>");
+    let run = under_file_limit(
+        1,
+        &[
+            "plot",
+            "Once upon a time",
+            "-n",
+            "4",
+            "--top-p",
+            "0.5,0.9",
+            "--threads",
+            "1",
+            "-o",
+            reliability_support::arg(&chart),
+        ],
+    );
+    reliability_support::runtime_error(&run, "cannot write chart ");
+    assert_eq!(std::fs::read(&chart).expect("the old chart"), b"<svg/>");
+    assert_eq!(names_in(&scratch.join("")), ["chart.svg", "run.json"]);
+}
+
+#[test]
+fn a_dump_cut_short_by_a_failed_write_holds_whole_records_only() {
+    let scratch = Scratch::new("dump-limit");
+    let record = 49_152 * 4;
+    let dump = scratch.join("logits.f32");
+    let args = |n: &'static str| {
+        [
+            "complete",
+            "Once upon a time",
+            "-n",
+            n,
+            "--ignore-eos",
+            "--seed",
+            "1",
+            "--threads",
+            "1",
+            "--dump-logits",
+            reliability_support::arg(&dump),
+        ]
+    };
+    // Not even one record fits: the new file is removed again.
+    let run = under_file_limit(64, &args("3"));
+    let line = reliability_support::runtime_error(&run, "cannot write logits dump ");
+    assert!(line.ends_with("File too large (os error 27)"), "{line}");
+    assert!(!dump.exists(), "a dump with no whole record was left");
+
+    // Two records fit in 400 KiB, not three: the third's first part used
+    // to stay behind, and a reader counted a step too many.
+    let run = under_file_limit(400, &args("5"));
+    reliability_support::runtime_error(&run, "cannot write logits dump ");
+    let len = std::fs::metadata(&dump).expect("the dump").len();
+    assert_eq!(len, 2 * record, "not whole records");
+}
+
+#[test]
+fn json_output_is_printed_whole_when_the_trace_cannot_be_written() {
+    // The summary comes after the trace is written, and used to be lost
+    // with it; text, streamed before, was always printed whole.
+    for format in ["json", "jsonl"] {
+        let run = talkback(&[
+            "complete",
+            "Once upon a time",
+            "-n",
+            "3",
+            "--ignore-eos",
+            "--seed",
+            "1",
+            "--threads",
+            "1",
+            "--format",
+            format,
+            "--trace",
+            "/dev/full",
+        ]);
+        let line = reliability_support::runtime_error(&run, "cannot write trace /dev/full: ");
+        assert!(line.ends_with("(os error 28)"), "{format}: {line}");
+        let text = run.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), if format == "json" { 1 } else { 4 }, "{text}");
+        let last: serde_json::Value =
+            serde_json::from_str(lines.last().copied().unwrap_or("")).expect("a JSON summary");
+        assert_eq!(last["finish_reason"], "length", "{format}: {last}");
+        assert_eq!(last["generated_tokens"], 3, "{format}: {last}");
+    }
+}
+
 #[test]
 fn a_stderr_that_cannot_be_written_does_not_fail_the_run() {
     let args = [
