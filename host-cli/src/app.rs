@@ -942,10 +942,11 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
     .iter()
     .try_fold(1_usize, |n, &len| n.checked_mul(len));
     if !combinations.is_some_and(|n| n <= crate::plot::MAX_SERIES) {
-        return Err(Usage::new(
-            "plot draws at most 99 settings (the combinations of --temp, --top-k, \
+        return Err(Usage::new(format!(
+            "plot draws at most {} settings (the combinations of --temp, --top-k, \
              --top-p and --min-p); list fewer values",
-        )
+            crate::plot::MAX_SERIES
+        ))
         .into());
     }
     let varies = [

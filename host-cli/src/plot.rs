@@ -10,6 +10,7 @@ use std::io::{self, Write as _};
 use std::path::Path;
 
 use anyhow::{anyhow, Context as _, Result};
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use plotters_backend::DrawingErrorKind;
 
@@ -18,9 +19,46 @@ use crate::generate::{Finish, Generator, Request, Sink, Step};
 use crate::model::{Model, Session};
 use crate::outfile::ReservedFile;
 
-/// Most settings one chart shows: beyond this many its colours repeat and
-/// two lines could not be told apart (and each setting is a whole run).
-pub const MAX_SERIES: usize = 99;
+/// Colours of the lines: dark enough to read on white, and far apart in hue.
+const COLOURS: [RGBColor; 12] = [
+    RGBColor(214, 39, 40),
+    RGBColor(31, 96, 180),
+    RGBColor(30, 140, 60),
+    RGBColor(230, 115, 0),
+    RGBColor(120, 50, 160),
+    RGBColor(0, 140, 140),
+    RGBColor(140, 80, 20),
+    RGBColor(200, 30, 150),
+    RGBColor(90, 90, 90),
+    RGBColor(120, 120, 0),
+    RGBColor(10, 40, 110),
+    RGBColor(230, 80, 110),
+];
+
+/// How a line is drawn, after its colour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stroke {
+    /// A solid line, a dot at every step.
+    Solid,
+    /// A dashed line, a triangle at every step.
+    Dashed,
+    /// A dotted line, a cross at every step.
+    Dotted,
+}
+
+/// The strokes, each used with every colour before the next.
+const STROKES: [Stroke; 3] = [Stroke::Solid, Stroke::Dashed, Stroke::Dotted];
+
+/// Most settings one chart shows: every line has a colour and stroke of its
+/// own, so that no two can be mistaken (and each setting is a whole run).
+pub const MAX_SERIES: usize = COLOURS.len() * STROKES.len();
+
+/// The colour and stroke of the line at `index`.
+fn style_of(index: usize) -> (RGBColor, Stroke) {
+    let colour = COLOURS.get(index % COLOURS.len()).copied();
+    let stroke = STROKES.get(index / COLOURS.len() % STROKES.len()).copied();
+    (colour.unwrap_or(BLACK), stroke.unwrap_or(Stroke::Solid))
+}
 
 /// What the vertical axis counts.
 const Y_LABEL: &str = "tokens left after every stage";
@@ -199,21 +237,45 @@ fn render(svg: &mut String, title: &str, series: &[Series]) -> DrawResult {
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(56)
-        .build_cartesian_2d(0..steps, 0..top + top / 10 + 1)?;
+        .build_cartesian_2d(0..(steps - 1).max(1), 0..top + top / 10 + 1)?;
     chart
         .configure_mesh()
         .x_desc("step")
         .y_desc(Y_LABEL)
         .draw()?;
     for (i, s) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let (colour, stroke) = style_of(i);
+        let line = colour.stroke_width(2);
         let points = || s.sizes.iter().enumerate().map(|(x, &y)| (x, y));
-        chart
-            .draw_series(LineSeries::new(points(), color.stroke_width(2)))?
-            .label(s.label.clone())
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
-        // A dot at every step: a line of one step draws nothing alone.
-        chart.draw_series(points().map(|p| Circle::new(p, 3, color.filled())))?;
+        let label = s.label.clone();
+        // A mark at every step: a line of one step draws nothing alone.
+        match stroke {
+            Stroke::Solid => {
+                chart
+                    .draw_series(LineSeries::new(points(), line))?
+                    .label(label)
+                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], line));
+                chart.draw_series(points().map(|p| Circle::new(p, 3, colour.filled())))?;
+            }
+            Stroke::Dashed => {
+                chart
+                    .draw_series(DashedLineSeries::new(points(), 8, 5, line))?
+                    .label(label)
+                    .legend(move |(x, y)| {
+                        DashedPathElement::new([(x, y), (x + 18, y)], 7, 4, line)
+                    });
+                chart.draw_series(points().map(|p| TriangleMarker::new(p, 4, colour.filled())))?;
+            }
+            Stroke::Dotted => {
+                chart
+                    .draw_series(DashedLineSeries::new(points(), 2, 4, line))?
+                    .label(label)
+                    .legend(move |(x, y)| {
+                        DashedPathElement::new([(x, y), (x + 18, y)], 2, 3, line)
+                    });
+                chart.draw_series(points().map(|p| Cross::new(p, 3, line)))?;
+            }
+        }
     }
     chart
         .configure_series_labels()
@@ -268,8 +330,39 @@ mod tests {
     }
 
     #[test]
+    fn every_line_has_a_style_of_its_own_that_reads_on_white() {
+        let styles: Vec<_> = (0..MAX_SERIES).map(style_of).collect();
+        for (i, a) in styles.iter().enumerate() {
+            for b in styles.get(i + 1..).unwrap_or(&[]) {
+                assert_ne!(a, b, "line {i} shares its style");
+            }
+        }
+        // Contrast against white of at least 3:1, as for graphics that
+        // carry meaning; the palette used before had white-ish yellows.
+        let linear = |c: u8| {
+            let c = f64::from(c) / 255.0;
+            if c <= 0.04045 {
+                c / 12.92
+            } else {
+                ((c + 0.055) / 1.055).powf(2.4)
+            }
+        };
+        for RGBColor(r, g, b) in COLOURS {
+            let l = 0.2126 * linear(r) + 0.7152 * linear(g) + 0.0722 * linear(b);
+            let contrast = 1.05 / (l + 0.05);
+            assert!(contrast >= 3.0, "({r}, {g}, {b}): {contrast:.2}");
+        }
+        let twelve = COLOURS.len();
+        assert_eq!(style_of(twelve), (COLOURS[0], Stroke::Dashed));
+        assert_eq!(
+            style_of(MAX_SERIES - 1),
+            (COLOURS[twelve - 1], Stroke::Dotted)
+        );
+    }
+
+    #[test]
     fn one_step_shows_and_every_legend_entry_fits() {
-        let series: Vec<Series> = (0..99)
+        let series: Vec<Series> = (0..MAX_SERIES)
             .map(|i| Series {
                 label: format!("top-p 0.{i:02}"),
                 sizes: vec![i + 1],
@@ -277,7 +370,9 @@ mod tests {
             .collect();
         let mut svg = String::new();
         assert!(render(&mut svg, "title", &series).is_ok());
-        assert_eq!(svg.matches("<circle").count(), 99);
+        // A dot for each solid line; triangles and crosses for the rest.
+        assert_eq!(svg.matches("<circle").count(), COLOURS.len());
+        assert_eq!(svg.matches("<polygon").count(), COLOURS.len());
         let attr = |tag: &str, name: &str| -> Option<f64> {
             let at = tag.find(&format!(" {name}=\""))? + name.len() + 3;
             tag.get(at..)?.split('"').next()?.parse().ok()

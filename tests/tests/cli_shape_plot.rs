@@ -872,15 +872,25 @@ fn plot_refuses_an_unwritable_chart_path_before_loading_the_model() {
 }
 
 #[test]
-fn plot_refuses_more_settings_than_it_has_colours() {
+fn plot_refuses_more_settings_than_it_has_styles() {
     let out = TempFile::new("too-many.svg");
-    let ten = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1";
-    let run = tb(&["plot", "x", "--top-p", ten, "--min-p", ten, "-o", out.arg()]);
+    let six = "0.1,0.2,0.3,0.4,0.5,0.6";
+    let seven = "0.1,0.2,0.3,0.4,0.5,0.6,0.7";
+    let run = tb(&[
+        "plot",
+        "x",
+        "--top-p",
+        six,
+        "--min-p",
+        seven,
+        "-o",
+        out.arg(),
+    ]);
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stdout.is_empty());
     assert!(
         run.stderr
-            .starts_with("talkback: plot draws at most 99 settings"),
+            .starts_with("talkback: plot draws at most 36 settings"),
         "{}",
         run.stderr
     );
