@@ -18,7 +18,7 @@ use crate::infile::shown;
 use crate::model::{resolve_path, ContextTooLong, Model, PromptTooLong, Session};
 use crate::outfile::ReservedFile;
 use crate::output::{summary, CollectSink, JsonlSink, TextSink};
-use crate::settings::Settings;
+use crate::settings::{number, Settings};
 use crate::trace::{self, Prompt, Trace, TraceFile};
 
 /// How many alternatives a JSON-lines token event lists.
@@ -958,10 +958,20 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
     let show_all = !varies.iter().any(|&v| v);
     // The settings no line differs in, named once in the title.
     let fixed_values = [
-        (!varies[0]).then(|| format!("temp {}", args.temp.first().copied().unwrap_or(0.8))),
+        (!varies[0]).then(|| format!("temp {}", number(args.temp.first().copied().unwrap_or(0.8)))),
         (!varies[1]).then(|| format!("top-k {}", args.top_k.first().copied().unwrap_or(0))),
-        (!varies[2]).then(|| format!("top-p {}", args.top_p.first().copied().unwrap_or(1.0))),
-        (!varies[3]).then(|| format!("min-p {}", args.min_p.first().copied().unwrap_or(0.0))),
+        (!varies[2]).then(|| {
+            format!(
+                "top-p {}",
+                number(args.top_p.first().copied().unwrap_or(1.0))
+            )
+        }),
+        (!varies[3]).then(|| {
+            format!(
+                "min-p {}",
+                number(args.min_p.first().copied().unwrap_or(0.0))
+            )
+        }),
     ];
     let fixed: Vec<String> = fixed_values.into_iter().flatten().collect();
     let mut configs = Vec::new();
@@ -971,10 +981,10 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
                 for &min_p in &args.min_p {
                     let mut parts = Vec::new();
                     let values = [
-                        format!("temp {temp}"),
+                        format!("temp {}", number(temp)),
                         format!("top-k {top_k}"),
-                        format!("top-p {top_p}"),
-                        format!("min-p {min_p}"),
+                        format!("top-p {}", number(top_p)),
+                        format!("min-p {}", number(min_p)),
                     ];
                     for (value, &vary) in values.into_iter().zip(&varies) {
                         if vary || show_all {

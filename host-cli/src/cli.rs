@@ -209,7 +209,8 @@ pub struct ChatArgs {
     pub messages: Option<PathBuf>,
 
     /// Print the rendered prompt exactly as the model would see it, and exit
-    /// (as text: not with --format or --trace).
+    /// (as text: not with --format or --trace). Sampling flags are accepted
+    /// and unused, so that a run's own command line shows its prompt.
     #[arg(long)]
     pub render_only: bool,
 
@@ -557,8 +558,12 @@ fn parse_exact(s: &str) -> Result<(f32, Option<Exact>), String> {
 }
 
 /// A finite number, as the 32-bit float and what the text says exactly.
+///
+/// `-0` is 0: a sign on zero changes no setting, and would show in the
+/// settings that JSON output, traces and `-v` print as `-0.0`.
 fn finite_exact(s: &str) -> Result<(f32, Exact), String> {
     match parse_exact(s)? {
+        (0.0, Some(exact)) => Ok((0.0, exact)),
         (v, Some(exact)) => Ok((v, exact)),
         (_, None) => Err(format!("`{s}` must be a finite number")),
     }
@@ -841,6 +846,20 @@ mod tests {
             Err("`1e39` is out of range: a 32-bit float holds at most about 3.4e38".into())
         );
         assert_eq!(finite("inf"), Err("`inf` must be a finite number".into()));
+    }
+
+    #[test]
+    fn a_zero_with_a_sign_reads_as_zero() {
+        for zero in ["-0", "-0.0", "-0e5", "+0", "-.0"] {
+            for (what, v) in [
+                ("finite", finite(zero)),
+                ("non_negative", non_negative(zero)),
+                ("unit_interval", unit_interval(zero)),
+            ] {
+                let v = v.unwrap_or_else(|e| panic!("{what}({zero}): {e}"));
+                assert_eq!(v.to_bits(), 0, "{what}({zero}) = {v:?}");
+            }
+        }
     }
 
     #[test]

@@ -234,19 +234,25 @@ impl Settings {
     /// One line for `-v`: every setting in force, so the run can be
     /// repeated (`-` for a stage the order leaves out).
     pub fn describe(&self) -> String {
+        let (temp, repeat, presence, frequency) = (
+            number(self.temperature),
+            number(self.repeat_penalty),
+            number(self.presence_penalty),
+            number(self.frequency_penalty),
+        );
         format!(
             "seed {} | temp {} | top-k {} | top-p {} | min-p {} | repeat-penalty {} \
              (last {}) | presence {} | frequency {} | order {} | ctx {} | n {} | stop {:?} \
              | ignore-eos {} | sampler {} | threads {}",
             self.seed,
-            self.temperature,
+            temp,
             self.in_order("top-k", self.top_k.to_string()),
-            self.in_order("top-p", self.top_p.to_string()),
-            self.in_order("min-p", self.min_p.to_string()),
-            self.repeat_penalty,
+            self.in_order("top-p", number(self.top_p)),
+            self.in_order("min-p", number(self.min_p)),
+            repeat,
             self.repeat_last_n,
-            self.presence_penalty,
-            self.frequency_penalty,
+            presence,
+            frequency,
             self.sampler_order.join(","),
             self.ctx_size,
             self.n_predict
@@ -260,6 +266,17 @@ impl Settings {
             self.threads
                 .map_or("not recorded".to_owned(), |n| n.to_string()),
         )
+    }
+}
+
+/// `x` as the shortest text that reads back as it: in plain decimals while
+/// they stay short, else with an exponent (`1e-45`, not 45 zeros).
+pub fn number(x: f32) -> String {
+    let plain = x.to_string();
+    if plain.len() <= 12 {
+        plain
+    } else {
+        format!("{x:e}")
     }
 }
 
@@ -300,6 +317,21 @@ mod tests {
         match Cli::try_parse_from(argv).ok()?.command {
             Command::Complete(a) => Some(Settings::new(&a.sampling, &a.generation, &a.model)),
             _ => None,
+        }
+    }
+
+    #[test]
+    fn numbers_print_short_and_read_back_exactly() {
+        for (x, shown) in [
+            (0.8f32, "0.8"),
+            (1.0, "1"),
+            (0.05, "0.05"),
+            (1e-45, "1e-45"),
+            (3e38, "3e38"),
+            (123_456.79, "123456.79"),
+        ] {
+            assert_eq!(number(x), shown);
+            assert_eq!(shown.parse::<f32>().map(f32::to_bits), Ok(x.to_bits()));
         }
     }
 
