@@ -28,9 +28,11 @@
 //!
 //!    The two agree at temperature 1 and whenever top-p and min-p are off.
 //!    Below 1 (a sharper distribution) `TALKBACK` keeps at most as many
-//!    tokens as `LLAMA_CPP`, above 1 at least as many, in real arithmetic:
-//!    within a few units of rounding of 1 (say `1 ± 1e-6`), a top-p cut that
-//!    the exponential's rounding decides can differ by one token either way.
+//!    tokens as `LLAMA_CPP`, above 1 at least as many, in real arithmetic.
+//!    Top-p is decided on the rounded integer weights (see Definitions), so
+//!    where rounding decides a cut this can fail: near temperature 1
+//!    (within about `1e-6`) by a token either way, and at any temperature
+//!    when thousands of tokens tied at tiny weights all round the same way.
 //!    Top-k keeps the same tokens in both, and so does greedy.
 //!    [`Order::new`] builds other orders.
 //! 4. **Softmax and draw** over the survivors.
@@ -56,9 +58,16 @@
 //! - **Top-k** keeps exactly `min(k, candidates)` tokens in rank order; 0,
 //!   or `k` at least the vocabulary size, is off.
 //! - **Top-p** keeps the shortest rank prefix whose mass reaches `p` of the
-//!   survivors' mass, at least one token. A prefix short of `p` by at most
-//!   [`TOP_P_TOLERANCE`] of the mass counts as reaching it, so that a mass
-//!   reaching `p` in real arithmetic is never lost to rounding. `p = 1` is off.
+//!   survivors' mass, at least one token. Masses are sums of the integer
+//!   weights. A prefix short of `p` by at most [`TOP_P_TOLERANCE`] of the
+//!   mass counts as reaching it, which absorbs the exponential's rounding
+//!   (a relative `2^-23` or so per weight). It need not absorb the rounding
+//!   of each weight to a whole unit: half a unit per token, which on real
+//!   logits mostly cancels, but `n` tokens tied at one small logit all round
+//!   the same way and move the total by up to `n / 2` units, `n * 2^-31` of
+//!   the top token's weight (`3e-5` for 60000 tokens). A cut that close to
+//!   `p` then follows the integer weights, not real arithmetic. `p = 1` is
+//!   off.
 //! - **Min-p** keeps tokens with `d >= ln(min_p) - MIN_P_TOLERANCE`, that is
 //!   probability at least `min_p` times the top token's, with the same kind
 //!   of tolerance ([`MIN_P_TOLERANCE`], in log space). 0 is off.

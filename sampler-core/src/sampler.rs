@@ -59,7 +59,10 @@ pub struct Choice {
 pub struct Alternative {
     /// Token id.
     pub id: u32,
-    /// Natural log of its probability under the final distribution.
+    /// Natural log of its probability under the final distribution, from
+    /// its unrounded weight (`d - ln(W / 2^30)`): a token whose weight
+    /// rounds to 0, and which is never drawn, still shows how unlikely it
+    /// is rather than -inf.
     pub logprob: f32,
 }
 

@@ -5,14 +5,21 @@
 //! total, moved to the front.
 //! Invariants: at least one token survives; `p = 1` keeps all and `p = 0`
 //! keeps the top token. Mass is summed as integer weights, so "reaches" is
-//! decided exactly; a prefix short of `p` by at most [`TOP_P_TOLERANCE`] of
-//! the total still counts, so that a mass reaching `p` in real arithmetic is
-//! not lost to float rounding. Found by weighted selection, never a sort.
+//! decided exactly on them; a prefix short of `p` by at most
+//! [`TOP_P_TOLERANCE`] of the total still counts, so that the exponential's
+//! float rounding does not lose a mass reaching `p`. The rounding of each
+//! weight to a whole unit is not covered: it can add up over many tied
+//! tokens (see the crate's definition of top-p). Found by weighted
+//! selection, never a sort.
 
 use crate::select::{mass, weighted_select, Weigh};
 use crate::Candidate;
 
 /// Shortfall, as a fraction of the total mass, by which a prefix still reaches `p`.
+///
+/// It covers the exponential's float rounding, not the rounding of weights
+/// to whole units, which many tokens tied at a small weight can add up
+/// past it.
 pub const TOP_P_TOLERANCE: f64 = 1e-5;
 
 /// The least prefix mass that counts as reaching `p` of `total`; in `[1, total]`.

@@ -420,3 +420,45 @@ proptest! {
         }
     }
 }
+
+/// Top-p is decided on the integer weights, as the crate documents: when
+/// many tokens tied at one small logit all round up to a whole unit, their
+/// rounding moves the total by more than the tolerance, and a cut that
+/// real arithmetic puts at one token takes two.
+#[test]
+fn top_p_follows_the_integer_weights_where_many_ties_round_alike() {
+    let tail = 60_000usize;
+    let second = f32::from_bits(0xc00c_a463); // about -2.1975
+    let mut logits = vec![-21.48f32; tail + 2];
+    logits[0] = 0.0;
+    logits[1] = second;
+    let config = Config {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 0.9,
+        min_p: 0.0,
+        ..Config::default()
+    };
+
+    // In real arithmetic the top token alone holds 0.900005 of the mass.
+    let real_tail = tail as f64 * (-21.48f64).exp();
+    let real_top = 1.0 / (1.0 + f64::from(second).exp() + real_tail);
+    assert!(real_top > 0.9 && real_top < 0.9 + 1e-5, "{real_top}");
+    // In units of 2^-30 of the top weight each tail token weighs about
+    // 0.5, and rounds up to 1: the top token now falls short of the target.
+    let unit = 2f64.powi(30);
+    let tail_weight = (-21.48f64).exp() * unit;
+    assert!(tail_weight > 0.5 && tail_weight < 0.51, "{tail_weight}");
+    let total = unit + (f64::from(second).exp() * unit).round() + tail as f64;
+    let target = ((0.9 - sampler_core::TOP_P_TOLERANCE) * total).ceil();
+    assert!(unit < target - 1000.0, "{unit} against {target}");
+
+    let mut scratch = vec![Candidate::default(); logits.len()];
+    let mut alts = vec![Alternative::default(); 4];
+    let mut report = Report::new(&mut alts);
+    let mut sampler = Sampler::new(config, 7, &mut scratch).unwrap();
+    sampler
+        .sample(Input::new(&logits), Some(&mut report))
+        .unwrap();
+    assert_eq!(report.survivors.after_top_p, 2);
+}

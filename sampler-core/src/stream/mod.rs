@@ -290,6 +290,9 @@ impl<const S: usize, const L: usize, const H: usize> TextStream<S, L, H> {
     }
 
     /// How many bytes are held back right now; never more than `max(L, 1) + 2`.
+    ///
+    /// After a stop, what is still held lies past the stop and is never
+    /// released.
     pub fn held(&self) -> usize {
         self.state.matcher.held_len + self.state.utf8.pending()
     }
