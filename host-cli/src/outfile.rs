@@ -55,6 +55,8 @@ pub struct ReservedFile {
     /// Whether opening it created it.
     created: bool,
     written: bool,
+    /// Whether `path` or a link on the way to `made` is in `/dev` or `/proc`.
+    through_devices: bool,
 }
 
 /// A new file in the folder of an output, written in full and then renamed
@@ -66,52 +68,102 @@ struct Sibling {
     renamed: bool,
 }
 
+/// Why [`Sibling::commit`] did not replace its target.
+enum Commit {
+    /// Writing the new file failed: the target is as it was.
+    Write(io::Error),
+    /// The rename was refused (a file mounted on its own, a folder whose
+    /// sticky bit protects files of other owners): write in place instead.
+    Rename,
+}
+
 impl Sibling {
-    /// A new empty file beside `target`, with the permissions of `like`;
-    /// `None` where none can be made (a folder this user cannot write, a
-    /// name too long), and the output is then written in place.
-    fn create(target: &Path, like: &std::fs::Metadata) -> Option<Self> {
-        let name = target.file_name()?;
+    /// A new empty file beside `target`, made to match `like` (its
+    /// permissions, and its owner and group where they differ from this
+    /// process's).
+    ///
+    /// `Ok(None)` where the new file could not stand in for the target
+    /// (a folder this user cannot write, an owner it cannot give away),
+    /// and the output is then written in place.
+    ///
+    /// # Errors
+    ///
+    /// - the new file cannot be made for another reason (a full disk, no
+    ///   free inodes, a quota): writing in place would then destroy the
+    ///   old file for a write that is bound to fail too.
+    fn create(target: &Path, like: &std::fs::Metadata) -> io::Result<Option<Self>> {
         let folder = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
         for attempt in 0..16u32 {
-            let mut hidden = std::ffi::OsString::from(".");
-            hidden.push(name);
-            hidden.push(format!(".{}-{attempt}.talkback-tmp", std::process::id()));
-            let path = folder.join(hidden);
-            match File::options().write(true).create_new(true).open(&path) {
-                Ok(file) => {
-                    if let Ok(mut paths) = UNWRITTEN.lock() {
-                        paths.push(path.clone());
-                    }
-                    let sibling = Self {
-                        file,
-                        path,
-                        target: target.to_path_buf(),
-                        renamed: false,
-                    };
-                    // A file readable by others alone, or by all, stays so.
-                    sibling.file.set_permissions(like.permissions()).ok()?;
-                    return Some(sibling);
-                }
+            // A short name of its own, so that a target's long name cannot
+            // make it too long.
+            let name = format!(".talkback-{}-{attempt}.tmp", std::process::id());
+            let path = folder.join(name);
+            let file = match File::options().write(true).create_new(true).open(&path) {
+                Ok(file) => file,
                 // Left by a process of the same id that was killed.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(_) => return None,
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if let Ok(mut paths) = UNWRITTEN.lock() {
+                paths.push(path.clone());
             }
+            let sibling = Self {
+                file,
+                path,
+                target: target.to_path_buf(),
+                renamed: false,
+            };
+            // A file readable by its owner alone, or by all, stays so; one
+            // that belongs to another user or group keeps them, which only
+            // a privileged process can give a new file.
+            let kept = sibling.file.set_permissions(like.permissions()).is_ok()
+                && sibling.keeps_owner(like);
+            return Ok(kept.then_some(sibling));
         }
-        None
+        Ok(None)
     }
 
-    /// Writes `bytes` and renames the file over its target.
-    fn commit(mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)?;
-        self.file.flush()?;
-        std::fs::rename(&self.path, &self.target)?;
+    #[cfg(unix)]
+    fn keeps_owner(&self, like: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        let Ok(own) = self.file.metadata() else {
+            return false;
+        };
+        if (own.uid(), own.gid()) == (like.uid(), like.gid()) {
+            return true;
+        }
+        std::os::unix::fs::fchown(&self.file, Some(like.uid()), Some(like.gid())).is_ok()
+    }
+
+    #[cfg(not(unix))]
+    fn keeps_owner(&self, _like: &std::fs::Metadata) -> bool {
+        true
+    }
+
+    /// Writes `bytes` and renames the file over its target; `made` is the
+    /// reserved file, which a stop at once must then no longer remove.
+    fn commit(mut self, bytes: &[u8], made: &Path) -> Result<File, Commit> {
+        self.file
+            .write_all(bytes)
+            .and_then(|()| self.file.flush())
+            .map_err(Commit::Write)?;
+        // Held across the rename, so that a stop at once removes either
+        // the new file or nothing, never the output it has just become.
+        let mut paths = UNWRITTEN.lock().ok();
+        if std::fs::rename(&self.path, &self.target).is_err() {
+            drop(paths);
+            return Err(Commit::Rename);
+        }
         self.renamed = true;
-        forget(&self.path);
-        Ok(())
+        if let Some(paths) = paths.as_mut() {
+            paths.retain(|p| p != &self.path && p != made);
+        }
+        drop(paths);
+        self.file.try_clone().map_err(|_| Commit::Rename)
     }
 }
 
@@ -142,7 +194,7 @@ impl ReservedFile {
             .with_context(|| format!("cannot write {what} {}", path.display()))?;
         // Through a link to nowhere, opening created the file at its end;
         // that file, not the link, is what a run cut short removes.
-        let made = link_end(path);
+        let (made, through_devices) = link_end_noting_devices(path);
         if created {
             if let Ok(mut paths) = UNWRITTEN.lock() {
                 paths.push(made.clone());
@@ -154,6 +206,7 @@ impl ReservedFile {
             made,
             created,
             written: false,
+            through_devices,
         })
     }
 
@@ -164,29 +217,60 @@ impl ReservedFile {
 
     /// Replaces the file's contents with `bytes`: through a new file
     /// renamed over it, which leaves it as it was if the write fails; in
-    /// place where no file can be made beside it, or it is not a regular
-    /// file (a device, a pipe).
+    /// place where a new file cannot take its place (see
+    /// [`ReservedFile::renamable`]).
     ///
     /// # Errors
     ///
-    /// - the write fails (a full disk, a pipe whose reader left).
+    /// - the write fails (a full disk, a pipe whose reader left), or the
+    ///   new file cannot be made (see [`Sibling::create`]).
     pub fn replace(&mut self, bytes: &[u8]) -> io::Result<()> {
         let meta = self.file.metadata()?;
-        match meta
-            .is_file()
-            .then(|| Sibling::create(&self.made, &meta))
-            .flatten()
-        {
-            Some(sibling) => sibling.commit(bytes)?,
-            None => {
-                self.empty()?;
-                self.file.write_all(bytes)?;
-                self.file.flush()?;
+        let sibling = if self.renamable(&meta) {
+            Sibling::create(&self.made, &meta)?
+        } else {
+            None
+        };
+        if let Some(sibling) = sibling {
+            match sibling.commit(bytes, &self.made) {
+                Ok(file) => {
+                    // The file the path now names, for a later write.
+                    self.file = file;
+                    self.written = true;
+                    return Ok(());
+                }
+                Err(Commit::Write(e)) => return Err(e),
+                Err(Commit::Rename) => {}
             }
         }
+        self.empty()?;
+        self.file.write_all(bytes)?;
+        self.file.flush()?;
         self.written = true;
         forget(&self.made);
         Ok(())
+    }
+
+    /// Whether a new file renamed over this one would stand in for it:
+    /// a regular file with no other names (hard links would keep the old
+    /// contents), reached by a path that does not go through `/dev` or
+    /// `/proc` (`/dev/fd/N` writes to a descriptor the caller holds), and
+    /// which the end of that path still names (not a file since deleted).
+    fn renamable(&self, meta: &std::fs::Metadata) -> bool {
+        if !meta.is_file() || self.through_devices {
+            return false;
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt as _;
+            let same = std::fs::metadata(&self.made)
+                .is_ok_and(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()));
+            same && meta.nlink() == 1
+        }
+        #[cfg(not(unix))]
+        {
+            true
+        }
     }
 
     /// Empties the file and hands it over to be written as a stream; from
@@ -403,7 +487,18 @@ fn is_null(_meta: &std::fs::Metadata) -> bool {
 /// that is not a link (`path` itself when it is none). Gives up after 40
 /// links, as the system does.
 fn link_end(path: &Path) -> PathBuf {
+    link_end_noting_devices(path).0
+}
+
+/// [`link_end`], and whether the path or a link on the way is in `/dev` or
+/// `/proc`.
+fn link_end_noting_devices(path: &Path) -> (PathBuf, bool) {
+    let special = |p: &Path| {
+        let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        p.starts_with("/dev") || p.starts_with("/proc")
+    };
     let mut at = path.to_path_buf();
+    let mut through = special(&at);
     for _ in 0..40 {
         let is_link = std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink());
         let Some(target) = is_link.then(|| std::fs::read_link(&at).ok()).flatten() else {
@@ -413,8 +508,9 @@ fn link_end(path: &Path) -> PathBuf {
             Some(folder) => folder.join(target),
             None => target,
         };
+        through |= special(&at);
     }
-    at
+    (at, through)
 }
 
 /// Refuses an output that names the same file as an input or an earlier
@@ -518,13 +614,58 @@ mod tests {
         let mode = std::fs::metadata(&real).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o640);
         let folder = real.parent().unwrap();
+        let tag = format!(".talkback-{}-", std::process::id());
         let stray = std::fs::read_dir(folder)
             .unwrap()
             .filter_map(Result::ok)
-            .any(|e| e.file_name().to_string_lossy().contains("kept-real."));
+            .any(|e| e.file_name().to_string_lossy().starts_with(&tag));
         assert!(!stray, "the new file was left beside the output");
         std::fs::remove_file(&link).unwrap();
         std::fs::remove_file(&real).unwrap();
+    }
+
+    #[test]
+    fn a_file_with_other_names_or_reached_through_dev_fd_is_written_in_place() {
+        use std::io::Read as _;
+        use std::os::fd::AsRawFd as _;
+        // A new file renamed over one name would leave the other names
+        // with the old contents.
+        let first = temp("linked-first");
+        let second = temp("linked-second");
+        let _ = std::fs::remove_file(&second);
+        std::fs::write(&first, b"old").unwrap();
+        std::fs::hard_link(&first, &second).unwrap();
+        let mut f = ReservedFile::open(&second, "trace").unwrap();
+        f.replace(b"new").unwrap();
+        assert_eq!(std::fs::read(&first).unwrap(), b"new");
+        assert_eq!(std::fs::read(&second).unwrap(), b"new");
+
+        // /dev/fd/N names a descriptor the caller reads back, here one of
+        // a file already deleted, which a rename could not reach.
+        let held = temp("held");
+        let mut handle = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&held)
+            .unwrap();
+        std::fs::remove_file(&held).unwrap();
+        let through = PathBuf::from(format!("/dev/fd/{}", handle.as_raw_fd()));
+        let mut f = ReservedFile::open(&through, "trace").unwrap();
+        f.replace(b"through the descriptor").unwrap();
+        let mut back = String::new();
+        handle.seek(SeekFrom::Start(0)).unwrap();
+        handle.read_to_string(&mut back).unwrap();
+        assert_eq!(back, "through the descriptor");
+        let folder = held.parent().unwrap();
+        let stray = std::fs::read_dir(folder)
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().contains("-held"));
+        assert!(!stray, "a file was made for the deleted one");
+        std::fs::remove_file(&first).unwrap();
+        std::fs::remove_file(&second).unwrap();
     }
 
     #[test]

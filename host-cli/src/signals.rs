@@ -66,7 +66,25 @@ pub fn install() -> Vec<String> {
             "cannot install the SIGTERM and SIGHUP handler: {e}"
         ));
     }
+    #[cfg(unix)]
+    if let Err(e) = catch_file_size_limit(&ignored) {
+        failed.push(format!("cannot install the SIGXFSZ handler: {e}"));
+    }
     failed
+}
+
+/// Catches SIGXFSZ, which a write past the file size limit (`ulimit -f`)
+/// raises, and whose default kills the process on the spot: caught, the
+/// write fails with "File too large" instead, and the run ends as for a
+/// full disk, its output printed and its files left whole.
+#[cfg(unix)]
+fn catch_file_size_limit(ignored: &[i32]) -> std::io::Result<()> {
+    use signal_hook::consts::SIGXFSZ;
+    if ignored.contains(&SIGXFSZ) {
+        return Ok(());
+    }
+    // Only the failed write matters; the flag is never read.
+    signal_hook::flag::register(SIGXFSZ, std::sync::Arc::new(AtomicBool::new(false))).map(drop)
 }
 
 /// The signals this process started with ignored, by number: a handler

@@ -140,13 +140,15 @@ fn a_broken_pipe_outside_stdout_is_a_failure_naming_the_file() {
 }
 
 /// Runs talkback with `args` under a limit of `kib` KiB on the size of
-/// any file it writes, with SIGXFSZ ignored, so that a write past the
-/// limit fails as a write to a full disk does.
+/// any file it writes, with SIGXFSZ at its default: a write past the limit
+/// raises it, and it used to kill talkback (exit 153), leaving the new
+/// trace's file beside the old one and a record cut in two. Caught, the
+/// write fails as a write to a full disk does.
 fn under_file_limit(kib: u32, args: &[&str]) -> reliability_support::Run {
     let mut cmd = Command::new("bash");
     cmd.arg("-c")
         .arg(format!(
-            r#"ulimit -f {kib} && trap '' XFSZ && exec "$0" "$@""#
+            r#"ulimit -f {kib} && trap - XFSZ && exec "$0" "$@""#
         ))
         .arg(binary())
         .args(args)
