@@ -248,31 +248,36 @@ fn render(svg: &mut String, title: &str, series: &[Series]) -> DrawResult {
         let line = colour.stroke_width(2);
         let points = || s.sizes.iter().enumerate().map(|(x, &y)| (x, y));
         let label = s.label.clone();
-        // A mark at every step: a line of one step draws nothing alone.
         match stroke {
             Stroke::Solid => {
                 chart
                     .draw_series(LineSeries::new(points(), line))?
                     .label(label)
                     .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], line));
+            }
+            Stroke::Dashed | Stroke::Dotted => {
+                let (dash, gap) = if stroke == Stroke::Dashed {
+                    (8, 5)
+                } else {
+                    (2, 4)
+                };
+                chart
+                    .draw_series(DashedLineSeries::new(points(), dash, gap, line))?
+                    .label(label)
+                    .legend(move |(x, y)| {
+                        DashedPathElement::new([(x, y), (x + 18, y)], dash, gap, line)
+                    });
+            }
+        }
+        // A mark at every step: a line of one step draws nothing alone.
+        match stroke {
+            Stroke::Solid => {
                 chart.draw_series(points().map(|p| Circle::new(p, 3, colour.filled())))?;
             }
             Stroke::Dashed => {
-                chart
-                    .draw_series(DashedLineSeries::new(points(), 8, 5, line))?
-                    .label(label)
-                    .legend(move |(x, y)| {
-                        DashedPathElement::new([(x, y), (x + 18, y)], 7, 4, line)
-                    });
                 chart.draw_series(points().map(|p| TriangleMarker::new(p, 4, colour.filled())))?;
             }
             Stroke::Dotted => {
-                chart
-                    .draw_series(DashedLineSeries::new(points(), 2, 4, line))?
-                    .label(label)
-                    .legend(move |(x, y)| {
-                        DashedPathElement::new([(x, y), (x + 18, y)], 2, 3, line)
-                    });
                 chart.draw_series(points().map(|p| Cross::new(p, 3, line)))?;
             }
         }
