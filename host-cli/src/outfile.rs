@@ -8,7 +8,8 @@
 //!
 //! A chart or a trace is written whole to a new file beside it, which is
 //! then renamed over it: a write that fails (a full disk, a size limit)
-//! leaves the file as it was. A dump is streamed into the file itself, so
+//! leaves the file as it was. Where a new file cannot stand in for the old
+//! one (see [`ReservedFile::replace`]) it is written in place. A dump is streamed into the file itself, so
 //! that it grows as the run goes on; a write that fails cuts it back to the
 //! records written whole, and removes it if this run created it and wrote
 //! none.
@@ -25,7 +26,8 @@ use std::sync::Mutex;
 
 use anyhow::{Context as _, Result};
 
-/// Files that [`ReservedFile::open`] created and nothing has written yet.
+/// Files a stop at once removes: those [`ReservedFile::open`] created and
+/// nothing has written yet, and new files not yet renamed over an output.
 static UNWRITTEN: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 /// Takes `path` off [`UNWRITTEN`].
@@ -117,11 +119,12 @@ impl Sibling {
                 target: target.to_path_buf(),
                 renamed: false,
             };
-            // A file readable by its owner alone, or by all, stays so; one
-            // that belongs to another user or group keeps them, which only
-            // a privileged process can give a new file.
-            let kept = sibling.file.set_permissions(like.permissions()).is_ok()
-                && sibling.keeps_owner(like);
+            // A file that belongs to another user or group keeps them,
+            // which only a privileged process can give a new file; then
+            // its mode, set after the owner since a change of owner may
+            // clear the set-id bits.
+            let kept = sibling.keeps_owner(like)
+                && sibling.file.set_permissions(like.permissions()).is_ok();
             return Ok(kept.then_some(sibling));
         }
         Ok(None)
@@ -598,8 +601,13 @@ mod tests {
     #[test]
     fn a_write_through_a_link_keeps_the_link_and_the_permissions() {
         use std::os::unix::fs::PermissionsExt as _;
-        let real = temp("kept-real");
-        let link = temp("kept-link");
+        // A folder of its own: the other tests make new files beside
+        // theirs at the same time, under names of the same process.
+        let folder = temp("kept");
+        let _ = std::fs::remove_dir_all(&folder);
+        std::fs::create_dir(&folder).unwrap();
+        let real = folder.join("real");
+        let link = folder.join("link");
         std::fs::write(&real, b"old").unwrap();
         std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
         let _ = std::fs::remove_file(&link);
@@ -613,15 +621,17 @@ mod tests {
         assert_eq!(std::fs::read(&real).unwrap(), b"new");
         let mode = std::fs::metadata(&real).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o640);
-        let folder = real.parent().unwrap();
-        let tag = format!(".talkback-{}-", std::process::id());
-        let stray = std::fs::read_dir(folder)
+        let mut names: Vec<String> = std::fs::read_dir(&folder)
             .unwrap()
-            .filter_map(Result::ok)
-            .any(|e| e.file_name().to_string_lossy().starts_with(&tag));
-        assert!(!stray, "the new file was left beside the output");
-        std::fs::remove_file(&link).unwrap();
-        std::fs::remove_file(&real).unwrap();
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["link", "real"],
+            "the new file was left beside the output"
+        );
+        std::fs::remove_dir_all(&folder).unwrap();
     }
 
     #[test]
