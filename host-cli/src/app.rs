@@ -154,9 +154,12 @@ fn generate(
             let outcome = generator.run(model, session, prompt, &req, &mut sink)?;
             let traced = saved(save, &outcome)?;
             let mut out = stdout;
-            writeln!(out, "{}", summary(&sink.text, &outcome, settings, false))?;
-            out.flush()?;
+            let printed = writeln!(out, "{}", summary(&sink.text, &outcome, settings, false))
+                .and_then(|()| out.flush());
+            // A trace that could not be written outranks a reader that
+            // left, which would exit 0.
             traced?;
+            printed?;
             Ok((outcome, sink.text))
         }
         Format::Jsonl => {
@@ -164,8 +167,9 @@ fn generate(
             let outcome = generator.run(model, session, prompt, &req, &mut sink)?;
             let traced = saved(save, &outcome)?;
             let text = std::mem::take(&mut sink.text);
-            sink.finish(summary(&text, &outcome, settings, true))?;
+            let printed = sink.finish(summary(&text, &outcome, settings, true));
             traced?;
+            printed?;
             Ok((outcome, text))
         }
     }

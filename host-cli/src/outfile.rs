@@ -2,9 +2,10 @@
 //!
 //! A chart or a trace is written only when a run ends, minutes later, and a
 //! logits dump only once the model has loaded; a path that cannot be written
-//! must fail before the model even loads. The file is opened at once without
-//! touching its contents, and removed again if this opening created it and
-//! the run ended before writing it.
+//! must fail before the model even loads. An existing file is opened at once
+//! without touching its contents; a new one is made and removed again at
+//! once, to find out that it can be, and made for good only when written,
+//! so that a run that ends first, however it ends, leaves nothing behind.
 //!
 //! A chart or a trace is written whole to a new file beside it, which is
 //! then renamed over it: a write that fails (a full disk, a size limit)
@@ -26,8 +27,7 @@ use std::sync::Mutex;
 
 use anyhow::{Context as _, Result};
 
-/// Files a stop at once removes: those [`ReservedFile::open`] created and
-/// nothing has written yet, and new files not yet renamed over an output.
+/// Files a stop at once removes: new files not yet renamed over an output.
 static UNWRITTEN: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 /// Takes `path` off [`UNWRITTEN`].
@@ -37,7 +37,7 @@ fn forget(path: &Path) {
     }
 }
 
-/// Removes the files that opening created and nothing wrote, for a process
+/// Removes the new files not yet renamed over an output, for a process
 /// about to end at once (see [`crate::signals`]).
 pub fn remove_unwritten() {
     if let Ok(paths) = UNWRITTEN.lock() {
@@ -47,16 +47,14 @@ pub fn remove_unwritten() {
     }
 }
 
-/// An output file, opened early and written once at the end.
+/// An output file, checked early and written once at the end.
 pub struct ReservedFile {
-    file: File,
+    /// The file, open since the check; `None` for one that did not exist.
+    file: Option<File>,
     path: PathBuf,
     /// The file itself: `path`, or the end of the link `path` names. A
     /// new file is made and renamed here, so a link stays a link.
     made: PathBuf,
-    /// Whether opening it created it.
-    created: bool,
-    written: bool,
     /// Whether `path` or a link on the way to `made` is in `/dev` or `/proc`.
     through_devices: bool,
 }
@@ -93,7 +91,7 @@ impl Sibling {
     /// - the new file cannot be made for another reason (a full disk, no
     ///   free inodes, a quota): writing in place would then destroy the
     ///   old file for a write that is bound to fail too.
-    fn create(target: &Path, like: &std::fs::Metadata) -> io::Result<Option<Self>> {
+    fn create(target: &Path, like: Option<&std::fs::Metadata>) -> io::Result<Option<Self>> {
         let folder = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
@@ -123,8 +121,10 @@ impl Sibling {
             // which only a privileged process can give a new file; then
             // its mode, set after the owner since a change of owner may
             // clear the set-id bits.
-            let kept = sibling.keeps_owner(like)
-                && sibling.file.set_permissions(like.permissions()).is_ok();
+            let kept = like.map_or(true, |like| {
+                sibling.keeps_owner(like)
+                    && sibling.file.set_permissions(like.permissions()).is_ok()
+            });
             return Ok(kept.then_some(sibling));
         }
         Ok(None)
@@ -147,9 +147,8 @@ impl Sibling {
         true
     }
 
-    /// Writes `bytes` and renames the file over its target; `made` is the
-    /// reserved file, which a stop at once must then no longer remove.
-    fn commit(mut self, bytes: &[u8], made: &Path) -> Result<File, Commit> {
+    /// Writes `bytes` and renames the file over its target; returns it.
+    fn commit(mut self, bytes: &[u8]) -> Result<File, Commit> {
         self.file
             .write_all(bytes)
             .and_then(|()| self.file.flush())
@@ -163,7 +162,7 @@ impl Sibling {
         }
         self.renamed = true;
         if let Some(paths) = paths.as_mut() {
-            paths.retain(|p| p != &self.path && p != made);
+            paths.retain(|p| p != &self.path);
         }
         drop(paths);
         self.file.try_clone().map_err(|_| Commit::Rename)
@@ -180,35 +179,38 @@ impl Drop for Sibling {
 }
 
 impl ReservedFile {
-    /// Opens `path` for writing, creating it if needed, without changing it
-    /// yet; `what` names it in the error ("cannot write chart PATH").
+    /// Checks that `path` can be written, without changing it or leaving
+    /// a new file behind; `what` names it in the error ("cannot write
+    /// chart PATH"). An existing file is kept open for the write.
     ///
     /// # Errors
     ///
-    /// - the file cannot be opened for writing (a directory, a missing
-    ///   folder, no permission).
+    /// - the file cannot be opened or made for writing (a directory, a
+    ///   missing folder, no permission).
     pub fn open(path: &Path, what: &str) -> Result<Self> {
-        let created = !path.exists();
-        let file = File::options()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .with_context(|| format!("cannot write {what} {}", path.display()))?;
-        // Through a link to nowhere, opening created the file at its end;
-        // that file, not the link, is what a run cut short removes.
+        let cannot = || format!("cannot write {what} {}", path.display());
         let (made, through_devices) = link_end_noting_devices(path);
-        if created {
-            if let Ok(mut paths) = UNWRITTEN.lock() {
-                paths.push(made.clone());
-            }
-        }
+        let file = if path.exists() {
+            let file = File::options()
+                .write(true)
+                .truncate(false)
+                .open(path)
+                .with_context(cannot)?;
+            Some(file)
+        } else {
+            // Through a link to nowhere, the file is made at its end.
+            File::options()
+                .write(true)
+                .create_new(true)
+                .open(&made)
+                .with_context(cannot)?;
+            std::fs::remove_file(&made).with_context(cannot)?;
+            None
+        };
         Ok(Self {
             file,
             path: path.to_path_buf(),
             made,
-            created,
-            written: false,
             through_devices,
         })
     }
@@ -228,37 +230,51 @@ impl ReservedFile {
     /// - the write fails (a full disk, a pipe whose reader left), or the
     ///   new file cannot be made (see [`Sibling::create`]).
     pub fn replace(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let meta = self.file.metadata()?;
-        let sibling = if self.renamable(&meta) {
-            Sibling::create(&self.made, &meta)?
-        } else {
-            None
+        let meta = self.file.as_ref().map(File::metadata).transpose()?;
+        let sibling = match &meta {
+            Some(meta) if !self.renamable(meta) => None,
+            _ => Sibling::create(&self.made, meta.as_ref())?,
         };
         if let Some(sibling) = sibling {
-            match sibling.commit(bytes, &self.made) {
+            match sibling.commit(bytes) {
                 Ok(file) => {
                     // The file the path now names, for a later write.
-                    self.file = file;
-                    self.written = true;
+                    self.file = Some(file);
                     return Ok(());
                 }
                 Err(Commit::Write(e)) => return Err(e),
                 Err(Commit::Rename) => {}
             }
         }
-        self.empty()?;
-        self.file.write_all(bytes)?;
-        self.file.flush()?;
-        self.written = true;
-        forget(&self.made);
-        Ok(())
+        let file = self.in_place()?;
+        file.write_all(bytes)?;
+        file.flush()
+    }
+
+    /// The file, emptied for a write in place; made if it did not exist.
+    fn in_place(&mut self) -> io::Result<&mut File> {
+        let file = match self.file.take() {
+            Some(mut file) => {
+                // A pipe or a device such as /dev/null has no length to
+                // cut and no position to return to.
+                if file.metadata()?.is_file() {
+                    file.set_len(0)?;
+                    file.seek(SeekFrom::Start(0))?;
+                }
+                file
+            }
+            None => File::create(&self.made)?,
+        };
+        Ok(self.file.insert(file))
     }
 
     /// Whether a new file renamed over this one would stand in for it:
     /// a regular file with no other names (hard links would keep the old
-    /// contents), reached by a path that does not go through `/dev` or
-    /// `/proc` (`/dev/fd/N` writes to a descriptor the caller holds), and
-    /// which the end of that path still names (not a file since deleted).
+    /// contents) and no extended attributes (an access list, which a new
+    /// file would not have, may be all that keeps others out), reached by
+    /// a path that does not go through `/dev` or `/proc` (`/dev/fd/N`
+    /// writes to a descriptor the caller holds), and which the end of that
+    /// path still names (not a file since deleted).
     fn renamable(&self, meta: &std::fs::Metadata) -> bool {
         if !meta.is_file() || self.through_devices {
             return false;
@@ -268,7 +284,12 @@ impl ReservedFile {
             use std::os::unix::fs::MetadataExt as _;
             let same = std::fs::metadata(&self.made)
                 .is_ok_and(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()));
-            same && meta.nlink() == 1
+            // The security label SELinux gives every file comes with the
+            // folder, so it alone does not keep a file in place.
+            let attributes = xattr::list(&self.made)
+                .map(|mut names| names.any(|n| n != "security.selinux"))
+                .unwrap_or(false);
+            same && meta.nlink() == 1 && !attributes
         }
         #[cfg(not(unix))]
         {
@@ -276,27 +297,14 @@ impl ReservedFile {
         }
     }
 
-    /// Empties the file and hands it over to be written as a stream; from
-    /// then on it is kept, whatever happens.
+    /// Empties the file (or makes it) and hands it over to be written as
+    /// a stream.
     ///
     /// # Errors
     ///
-    /// - the file cannot be emptied or its handle duplicated.
+    /// - the file cannot be made, emptied or its handle duplicated.
     pub fn into_stream(mut self) -> io::Result<File> {
-        self.empty()?;
-        self.written = true;
-        forget(&self.made);
-        self.file.try_clone()
-    }
-
-    fn empty(&mut self) -> io::Result<()> {
-        // A pipe or a device such as /dev/null has no length to cut and no
-        // position to return to.
-        if self.file.metadata()?.is_file() {
-            self.file.set_len(0)?;
-            self.file.seek(SeekFrom::Start(0))?;
-        }
-        Ok(())
+        self.in_place()?.try_clone()
     }
 }
 
@@ -324,7 +332,7 @@ impl LazyStream {
     /// Wraps `reserved`, untouched until the first write.
     pub fn new(reserved: ReservedFile) -> Self {
         Self {
-            created: reserved.created,
+            created: reserved.file.is_none(),
             path: reserved.made.clone(),
             reserved: Some(reserved),
             stream: None,
@@ -385,16 +393,6 @@ impl Drop for LazyStream {
             // Whole records only: a reader takes the file's length over the
             // record's as the number of steps.
             let _ = file.set_len(self.kept);
-        }
-    }
-}
-
-impl Drop for ReservedFile {
-    fn drop(&mut self) {
-        // A run that ends without its output leaves no empty file behind.
-        if self.created && !self.written {
-            let _ = std::fs::remove_file(&self.made);
-            forget(&self.made);
         }
     }
 }
@@ -496,9 +494,16 @@ fn link_end(path: &Path) -> PathBuf {
 /// [`link_end`], and whether the path or a link on the way is in `/dev` or
 /// `/proc`.
 fn link_end_noting_devices(path: &Path) -> (PathBuf, bool) {
+    // Where the folder really is: `..` and linked folders reach /dev/fd too.
     let special = |p: &Path| {
-        let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-        p.starts_with("/dev") || p.starts_with("/proc")
+        let folder = match p.parent() {
+            Some(f) if !f.as_os_str().is_empty() => f,
+            _ => Path::new("."),
+        };
+        let real = folder
+            .canonicalize()
+            .unwrap_or_else(|_| folder.to_path_buf());
+        real.starts_with("/dev") || real.starts_with("/proc")
     };
     let mut at = path.to_path_buf();
     let mut through = special(&at);
@@ -661,13 +666,16 @@ mod tests {
             .open(&held)
             .unwrap();
         std::fs::remove_file(&held).unwrap();
-        let through = PathBuf::from(format!("/dev/fd/{}", handle.as_raw_fd()));
-        let mut f = ReservedFile::open(&through, "trace").unwrap();
-        f.replace(b"through the descriptor").unwrap();
-        let mut back = String::new();
-        handle.seek(SeekFrom::Start(0)).unwrap();
-        handle.read_to_string(&mut back).unwrap();
-        assert_eq!(back, "through the descriptor");
+        // Also by a way round, which the path as written does not show.
+        let fd = handle.as_raw_fd();
+        for through in [format!("/dev/fd/{fd}"), format!("/tmp/../dev/fd/{fd}")] {
+            let mut f = ReservedFile::open(Path::new(&through), "trace").unwrap();
+            f.replace(through.as_bytes()).unwrap();
+            let mut back = String::new();
+            handle.seek(SeekFrom::Start(0)).unwrap();
+            handle.read_to_string(&mut back).unwrap();
+            assert_eq!(back, through);
+        }
         let folder = held.parent().unwrap();
         let stray = std::fs::read_dir(folder)
             .unwrap()
@@ -676,6 +684,24 @@ mod tests {
         assert!(!stray, "a file was made for the deleted one");
         std::fs::remove_file(&first).unwrap();
         std::fs::remove_file(&second).unwrap();
+    }
+
+    #[test]
+    fn a_file_with_extended_attributes_is_written_in_place() {
+        // An access list lives in an extended attribute; a new file would
+        // come without it, and could be open to more users than the old.
+        let folder = temp("attributes");
+        let _ = std::fs::remove_dir_all(&folder);
+        std::fs::create_dir(&folder).unwrap();
+        let path = folder.join("trace.json");
+        std::fs::write(&path, b"old").unwrap();
+        xattr::set(&path, "user.talkback-test", b"kept").expect("user attributes here");
+        let mut f = ReservedFile::open(&path, "trace").unwrap();
+        f.replace(b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        let kept = xattr::get(&path, "user.talkback-test").unwrap();
+        assert_eq!(kept.as_deref(), Some(&b"kept"[..]));
+        std::fs::remove_dir_all(&folder).unwrap();
     }
 
     #[test]

@@ -289,6 +289,69 @@ fn json_output_is_printed_whole_when_the_trace_cannot_be_written() {
 }
 
 #[test]
+fn a_run_killed_by_a_signal_it_does_not_catch_leaves_no_new_file() {
+    // The trace and chart files used to be made when the run started, and
+    // a run ended by SIGQUIT (Ctrl-\), SIGUSR1 or SIGALRM left them empty.
+    let scratch = Scratch::new("uncaught");
+    let trace = scratch.join("new.json");
+    let mut child = command(&[
+        "complete",
+        "Once upon a time",
+        "-n",
+        "3000",
+        "--ignore-eos",
+        "--threads",
+        "1",
+        "--trace",
+        reliability_support::arg(&trace),
+    ])
+    .stdin(Stdio::null())
+    .spawn()
+    .expect("start talkback");
+    let stdout = Tail::follow(child.stdout.take().expect("stdout"));
+    stdout.wait_for(0, "generated text", |b| b.len() > 20);
+    let killed = Command::new("kill")
+        .args(["-USR1", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let status = wait(&mut child);
+    assert_eq!(status.code(), None, "{status}");
+    assert_eq!(names_in(&scratch.join("")), Vec::<String>::new());
+}
+
+#[test]
+fn a_trace_that_fails_outranks_a_reader_that_left() {
+    // With json output nothing is printed until the summary; the summary
+    // failed on the closed pipe first and the run exited 0, its trace lost
+    // without a word.
+    let mut child = command(&[
+        "complete",
+        "Once upon a time",
+        "-n",
+        "4",
+        "--threads",
+        "1",
+        "--format",
+        "json",
+        "--trace",
+        "/dev/full",
+    ])
+    .stdin(Stdio::null())
+    .spawn()
+    .expect("start talkback");
+    drop(child.stdout.take());
+    let stderr = Tail::follow(child.stderr.take().expect("stderr"));
+    let status = wait(&mut child);
+    let text = String::from_utf8_lossy(&stderr.bytes()).into_owned();
+    assert_eq!(status.code(), Some(1), "{status}: {text}");
+    assert!(
+        text.starts_with("talkback: cannot write trace /dev/full: "),
+        "{text}"
+    );
+}
+
+#[test]
 fn a_stderr_that_cannot_be_written_does_not_fail_the_run() {
     let args = [
         "-v",
@@ -326,14 +389,34 @@ fn a_stderr_that_cannot_be_written_does_not_fail_the_run() {
     }
 }
 
-/// Polls until `path` exists; fails the test after a while.
-fn wait_for_file(path: &std::path::Path) {
+/// Polls until a thread of process `pid` waits in `open` for the other end
+/// of a named pipe; fails the test after a while.
+///
+/// Linux only: the kernel names the wait `wait_for_partner` in
+/// `/proc/PID/task/TID/wchan`; where it hides wait channels (they read
+/// 0), a thread in `openat` (257 on x86-64, 56 on arm64) counts.
+fn wait_for_pipe_open(pid: u32) {
+    let openat = if cfg!(target_arch = "aarch64") {
+        "56 "
+    } else {
+        "257 "
+    };
+    let waits = |task: &std::path::Path| {
+        let read = |what: &str| std::fs::read_to_string(task.join(what));
+        match read("wchan") {
+            Ok(w) if !matches!(w.trim(), "" | "0") => w.trim() == "wait_for_partner",
+            _ => read("syscall").is_ok_and(|s| s.starts_with(openat)),
+        }
+    };
     let started = std::time::Instant::now();
-    while !path.exists() {
+    loop {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"));
+        if tasks.is_ok_and(|mut t| t.any(|e| e.is_ok_and(|e| waits(&e.path())))) {
+            return;
+        }
         assert!(
             started.elapsed() < reliability_support::DEADLINE,
-            "{} never appeared",
-            path.display()
+            "talkback never waited on the pipe"
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -363,9 +446,9 @@ fn mkfifo(path: &std::path::Path) {
     assert!(made.success(), "mkfifo failed");
 }
 
-/// Starts `talkback args`, which creates `created` and then waits on a
-/// pipe before the model loads; stops it with `stop` and returns its exit
-/// code, once sure that the file it created is gone again.
+/// Starts `talkback args`, which checks that `created` can be made and
+/// then waits on a pipe before the model loads; stops it with `stop` and
+/// returns its exit code, once sure that no file `created` is left.
 fn stop_while_waiting(
     args: &[&str],
     created: &std::path::Path,
@@ -375,7 +458,7 @@ fn stop_while_waiting(
         .stdin(Stdio::null())
         .spawn()
         .expect("start talkback");
-    wait_for_file(created);
+    wait_for_pipe_open(child.id());
     std::thread::sleep(std::time::Duration::from_millis(300));
     stop(&child);
     let status = wait(&mut child);
@@ -397,7 +480,7 @@ fn a_stop_request_while_waiting_on_a_pipe_ends_the_run_at_once() {
     let trace = dir.join("trace.json");
     let fifo_arg = fifo.to_str().expect("UTF-8 temp path");
     let trace_arg = trace.to_str().expect("UTF-8 temp path");
-    // The trace is opened (and created) before the dump.
+    // The trace is checked (made and removed again) before the dump opens.
     let args = [
         "complete",
         "hi",
