@@ -310,11 +310,7 @@ fn a_run_killed_by_a_signal_it_does_not_catch_leaves_no_new_file() {
     .expect("start talkback");
     let stdout = Tail::follow(child.stdout.take().expect("stdout"));
     stdout.wait_for(0, "generated text", |b| b.len() > 20);
-    let killed = Command::new("kill")
-        .args(["-USR1", &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(killed.success());
+    reliability_support::signal(child.id(), "USR1");
     let status = wait(&mut child);
     assert_eq!(status.code(), None, "{status}");
     assert_eq!(names_in(&scratch.join("")), Vec::<String>::new());

@@ -192,7 +192,8 @@ pub fn hang_up(pid: u32) {
     signal(pid, "HUP");
 }
 
-fn signal(pid: u32, name: &str) {
+/// Sends the signal `name` (as `kill` spells it: `USR1`) to `pid`.
+pub fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")
         .args([&format!("-{name}"), &pid.to_string()])
         .status()
