@@ -10,10 +10,10 @@
 //! A chart or a trace is written whole to a new file beside it, which is
 //! then renamed over it: a write that fails (a full disk, a size limit)
 //! leaves the file as it was. Where a new file cannot stand in for the old
-//! one (see [`ReservedFile::replace`]) it is written in place. A dump is streamed into the file itself, so
-//! that it grows as the run goes on; a write that fails cuts it back to the
-//! records written whole, and removes it if this run created it and wrote
-//! none.
+//! one (see [`ReservedFile::replace`]) it is written in place. A dump is
+//! streamed into the file itself, so that it grows as the run goes on; a
+//! write that fails cuts it back to the records written whole, and removes
+//! it if this run created it and wrote none.
 //!
 //! Before any of that, [`check_distinct`] makes sure that no output names a
 //! file the run reads or another output writes: the model is mapped into
