@@ -57,6 +57,10 @@ pub struct ReservedFile {
     made: PathBuf,
     /// Whether `path` or a link on the way to `made` is in `/dev` or `/proc`.
     through_devices: bool,
+    /// Whether it is written in place whatever it is: a new file in a
+    /// folder that lets files be made but not removed (append-only), where
+    /// the new file beside it could not be renamed or removed either.
+    in_place_only: bool,
 }
 
 /// A new file in the folder of an output, written in full and then renamed
@@ -190,24 +194,18 @@ impl ReservedFile {
     pub fn open(path: &Path, what: &str) -> Result<Self> {
         let cannot = || format!("cannot write {what} {}", path.display());
         let (made, through_devices) = link_end_noting_devices(path);
-        let file = if path.exists() {
-            let file = File::options()
-                .write(true)
-                .truncate(false)
-                .open(path)
-                .with_context(cannot)?;
-            Some(file)
-        } else {
+        let (file, in_place_only) = match File::options().write(true).truncate(false).open(path) {
+            Ok(file) => (Some(file), false),
             // Through a link to nowhere, the file is made at its end.
-            File::options()
-                .write(true)
-                .create_new(true)
-                .open(&made)
-                .with_context(cannot)?;
-            std::fs::remove_file(&made).with_context(cannot)?;
-            None
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let kept = probe(&made).with_context(cannot)?;
+                let only = kept.is_some();
+                (kept, only)
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(cannot())),
         };
         Ok(Self {
+            in_place_only,
             file,
             path: path.to_path_buf(),
             made,
@@ -230,7 +228,12 @@ impl ReservedFile {
     /// - the write fails (a full disk, a pipe whose reader left), or the
     ///   new file cannot be made (see [`Sibling::create`]).
     pub fn replace(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let meta = self.file.as_ref().map(File::metadata).transpose()?;
+        let mut meta = self.file.as_ref().map(File::metadata).transpose()?;
+        if meta.as_ref().is_some_and(|m| self.moved(m)) {
+            // Moved or deleted during the run: the output goes to the path,
+            // as a new file, and the file that was there is left alone.
+            (self.file, meta) = (None, None);
+        }
         let sibling = match &meta {
             Some(meta) if !self.renamable(meta) => None,
             _ => Sibling::create(&self.made, meta.as_ref())?,
@@ -263,9 +266,31 @@ impl ReservedFile {
                 }
                 file
             }
-            None => File::create(&self.made)?,
+            // Never through a link someone has put there since the check.
+            None => File::options()
+                .write(true)
+                .create_new(true)
+                .open(&self.made)?,
         };
         Ok(self.file.insert(file))
+    }
+
+    /// Whether the regular file opened at the check is no longer the one
+    /// the path names. Through `/dev/fd`, the file is the descriptor's.
+    fn moved(&self, meta: &std::fs::Metadata) -> bool {
+        if !meta.is_file() || self.through_devices {
+            return false;
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt as _;
+            !std::fs::metadata(&self.made)
+                .is_ok_and(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()))
+        }
+        #[cfg(not(unix))]
+        {
+            false
+        }
     }
 
     /// Whether a new file renamed over this one would stand in for it:
@@ -273,23 +298,20 @@ impl ReservedFile {
     /// contents) and no extended attributes (an access list, which a new
     /// file would not have, may be all that keeps others out), reached by
     /// a path that does not go through `/dev` or `/proc` (`/dev/fd/N`
-    /// writes to a descriptor the caller holds), and which the end of that
-    /// path still names (not a file since deleted).
+    /// writes to a descriptor the caller holds).
     fn renamable(&self, meta: &std::fs::Metadata) -> bool {
-        if !meta.is_file() || self.through_devices {
+        if !meta.is_file() || self.through_devices || self.in_place_only {
             return false;
         }
         #[cfg(unix)]
         {
             use std::os::unix::fs::MetadataExt as _;
-            let same = std::fs::metadata(&self.made)
-                .is_ok_and(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()));
             // The security label SELinux gives every file comes with the
             // folder, so it alone does not keep a file in place.
             let attributes = xattr::list(&self.made)
                 .map(|mut names| names.any(|n| n != "security.selinux"))
                 .unwrap_or(false);
-            same && meta.nlink() == 1 && !attributes
+            meta.nlink() == 1 && !attributes
         }
         #[cfg(not(unix))]
         {
@@ -487,6 +509,18 @@ fn is_null(_meta: &std::fs::Metadata) -> bool {
 /// Where a chain of symbolic links starting at `path` ends: the first path
 /// that is not a link (`path` itself when it is none). Gives up after 40
 /// links, as the system does.
+/// Makes `path` as a new file and removes it again, to find out that it
+/// can be made; under the lock a stop at once takes, so that no stop comes
+/// between the two.
+///
+/// Where the folder lets a file be made but not removed (an append-only
+/// folder), the file is kept and returned, to be written in place.
+fn probe(path: &Path) -> io::Result<Option<File>> {
+    let _held = UNWRITTEN.lock();
+    let file = File::options().write(true).create_new(true).open(path)?;
+    Ok(std::fs::remove_file(path).is_err().then_some(file))
+}
+
 fn link_end(path: &Path) -> PathBuf {
     link_end_noting_devices(path).0
 }
@@ -494,7 +528,9 @@ fn link_end(path: &Path) -> PathBuf {
 /// [`link_end`], and whether the path or a link on the way is in `/dev` or
 /// `/proc`.
 fn link_end_noting_devices(path: &Path) -> (PathBuf, bool) {
-    // Where the folder really is: `..` and linked folders reach /dev/fd too.
+    // Where the folder really is: `..` and linked folders reach /dev/fd
+    // too, which is /proc/self/fd. Folders below /dev, such as /dev/shm,
+    // hold ordinary files.
     let special = |p: &Path| {
         let folder = match p.parent() {
             Some(f) if !f.as_os_str().is_empty() => f,
@@ -503,7 +539,7 @@ fn link_end_noting_devices(path: &Path) -> (PathBuf, bool) {
         let real = folder
             .canonicalize()
             .unwrap_or_else(|_| folder.to_path_buf());
-        real.starts_with("/dev") || real.starts_with("/proc")
+        real == Path::new("/dev") || real.starts_with("/proc")
     };
     let mut at = path.to_path_buf();
     let mut through = special(&at);
@@ -701,6 +737,67 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"new");
         let kept = xattr::get(&path, "user.talkback-test").unwrap();
         assert_eq!(kept.as_deref(), Some(&b"kept"[..]));
+        std::fs::remove_dir_all(&folder).unwrap();
+    }
+
+    #[test]
+    fn a_file_moved_or_linked_during_the_run_is_left_alone() {
+        let folder = temp("moved");
+        let _ = std::fs::remove_dir_all(&folder);
+        std::fs::create_dir(&folder).unwrap();
+        // Moved away: the output goes to the path, the moved copy is kept.
+        let path = folder.join("trace.json");
+        let saved = folder.join("saved.json");
+        std::fs::write(&path, b"old").unwrap();
+        let mut f = ReservedFile::open(&path, "trace").unwrap();
+        std::fs::rename(&path, &saved).unwrap();
+        f.replace(b"new").unwrap();
+        assert_eq!(std::fs::read(&saved).unwrap(), b"old");
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+
+        // A link put where a new file is to go is replaced, not written
+        // through: the file it points to belongs to someone else.
+        let fresh = folder.join("fresh.json");
+        let victim = folder.join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let mut f = ReservedFile::open(&fresh, "trace").unwrap();
+        assert!(!fresh.exists(), "the check left a file");
+        std::os::unix::fs::symlink(&victim, &fresh).unwrap();
+        f.replace(b"new").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        let meta = std::fs::symlink_metadata(&fresh).unwrap();
+        assert!(meta.is_file(), "written through the link");
+        assert_eq!(std::fs::read(&fresh).unwrap(), b"new");
+        std::fs::remove_dir_all(&folder).unwrap();
+    }
+
+    #[test]
+    fn only_descriptor_paths_count_as_devices() {
+        let through = |p: &str| link_end_noting_devices(Path::new(p)).1;
+        assert!(through("/dev/fd/1"));
+        assert!(through("/dev/stdout"));
+        assert!(through("/tmp/../dev/fd/1"));
+        assert!(through("/proc/self/fd/1"));
+        assert!(!through("/dev/shm/trace.json"));
+        assert!(!through("/tmp/trace.json"));
+    }
+
+    #[test]
+    fn a_write_goes_to_a_new_file_and_leaves_the_old_one_whole() {
+        use std::io::Read as _;
+        let folder = temp("renamed");
+        let _ = std::fs::remove_dir_all(&folder);
+        std::fs::create_dir(&folder).unwrap();
+        let path = folder.join("trace.json");
+        std::fs::write(&path, b"old").unwrap();
+        // A handle on the old file sees whether it was written over.
+        let mut old = File::open(&path).unwrap();
+        let mut f = ReservedFile::open(&path, "trace").unwrap();
+        f.replace(b"new").unwrap();
+        let mut seen = String::new();
+        old.read_to_string(&mut seen).unwrap();
+        assert_eq!(seen, "old", "written in place");
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
         std::fs::remove_dir_all(&folder).unwrap();
     }
 
