@@ -326,6 +326,11 @@ impl ReservedFile {
     ///
     /// - the file cannot be made, emptied or its handle duplicated.
     pub fn into_stream(mut self) -> io::Result<File> {
+        let meta = self.file.as_ref().map(File::metadata).transpose()?;
+        if meta.is_some_and(|m| self.moved(&m)) {
+            // As for a trace: the moved file is left alone.
+            self.file = None;
+        }
         self.in_place()?.try_clone()
     }
 }
