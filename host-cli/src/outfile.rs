@@ -105,7 +105,15 @@ impl Sibling {
             // make it too long.
             let name = format!(".talkback-{}-{attempt}.tmp", std::process::id());
             let path = folder.join(name);
-            let file = match File::options().write(true).create_new(true).open(&path) {
+            let mut options = File::options();
+            options.write(true).create_new(true);
+            // Readable by this user alone until it has the old file's owner
+            // and mode: a handle opened before that would read what it gets.
+            #[cfg(unix)]
+            if like.is_some() {
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            }
+            let file = match options.open(&path) {
                 Ok(file) => file,
                 // Left by a process of the same id that was killed.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -511,9 +519,6 @@ fn is_null(_meta: &std::fs::Metadata) -> bool {
     false
 }
 
-/// Where a chain of symbolic links starting at `path` ends: the first path
-/// that is not a link (`path` itself when it is none). Gives up after 40
-/// links, as the system does.
 /// Makes `path` as a new file and removes it again, to find out that it
 /// can be made; under the lock a stop at once takes, so that no stop comes
 /// between the two.
@@ -526,6 +531,9 @@ fn probe(path: &Path) -> io::Result<Option<File>> {
     Ok(std::fs::remove_file(path).is_err().then_some(file))
 }
 
+/// Where a chain of symbolic links starting at `path` ends: the first path
+/// that is not a link (`path` itself when it is none). Gives up after 40
+/// links, as the system does.
 fn link_end(path: &Path) -> PathBuf {
     link_end_noting_devices(path).0
 }
