@@ -626,6 +626,15 @@ mod tests {
         std::env::temp_dir().join(format!("talkback-outfile-{}-{name}", std::process::id()))
     }
 
+    /// An empty folder of this test's own: the other tests make new files
+    /// beside theirs at the same time, under names of the same process.
+    fn fresh_folder(name: &str) -> PathBuf {
+        let folder = temp(name);
+        let _ = std::fs::remove_dir_all(&folder);
+        std::fs::create_dir(&folder).unwrap();
+        folder
+    }
+
     #[test]
     fn an_unwritten_new_file_is_removed_and_an_old_one_kept() {
         let new = temp("new");
@@ -655,11 +664,7 @@ mod tests {
     #[test]
     fn a_write_through_a_link_keeps_the_link_and_the_permissions() {
         use std::os::unix::fs::PermissionsExt as _;
-        // A folder of its own: the other tests make new files beside
-        // theirs at the same time, under names of the same process.
-        let folder = temp("kept");
-        let _ = std::fs::remove_dir_all(&folder);
-        std::fs::create_dir(&folder).unwrap();
+        let folder = fresh_folder("kept");
         let real = folder.join("real");
         let link = folder.join("link");
         std::fs::write(&real, b"old").unwrap();
@@ -739,9 +744,7 @@ mod tests {
     fn a_file_with_extended_attributes_is_written_in_place() {
         // An access list lives in an extended attribute; a new file would
         // come without it, and could be open to more users than the old.
-        let folder = temp("attributes");
-        let _ = std::fs::remove_dir_all(&folder);
-        std::fs::create_dir(&folder).unwrap();
+        let folder = fresh_folder("attributes");
         let path = folder.join("trace.json");
         std::fs::write(&path, b"old").unwrap();
         xattr::set(&path, "user.talkback-test", b"kept").expect("user attributes here");
@@ -755,9 +758,7 @@ mod tests {
 
     #[test]
     fn a_file_moved_or_linked_during_the_run_is_left_alone() {
-        let folder = temp("moved");
-        let _ = std::fs::remove_dir_all(&folder);
-        std::fs::create_dir(&folder).unwrap();
+        let folder = fresh_folder("moved");
         // Moved away: the output goes to the path, the moved copy is kept.
         let path = folder.join("trace.json");
         let saved = folder.join("saved.json");
@@ -798,9 +799,7 @@ mod tests {
     #[test]
     fn a_write_goes_to_a_new_file_and_leaves_the_old_one_whole() {
         use std::io::Read as _;
-        let folder = temp("renamed");
-        let _ = std::fs::remove_dir_all(&folder);
-        std::fs::create_dir(&folder).unwrap();
+        let folder = fresh_folder("renamed");
         let path = folder.join("trace.json");
         std::fs::write(&path, b"old").unwrap();
         // A handle on the old file sees whether it was written over.
