@@ -859,7 +859,12 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         .map_err(too_long)?;
     let finish = match outcome.finish {
         Finish::Interrupted => return Err(Interrupted.into()),
-        Finish::Length if interrupted => Finish::Interrupted,
+        // The recorded run was stopped from outside after its last step.
+        // Its replay stops there on `length`, unless that step would have
+        // ended the run anyway: a stop string it completed (the recorded
+        // run stopped on writing the text before it), or the end of the
+        // turn. Either way it is the recorded run.
+        _ if interrupted && outcome.tokens.len() == trace.steps.len() => Finish::Interrupted,
         other => other,
     };
     if let Some(d) = trace::compare(&trace, &prompt_ids, &outcome.tokens, finish) {

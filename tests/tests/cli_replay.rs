@@ -411,6 +411,43 @@ fn a_trace_stopped_before_its_first_token_replays_without_decoding() {
 }
 
 #[test]
+fn a_trace_interrupted_at_a_step_that_ends_the_run_replays() {
+    // Each crab is three tokens, so a run cut after 40 steps ends inside
+    // a character, whose U+FFFD completes the stop: `stop_string`.
+    let (trace, _) = record(&[
+        "complete",
+        "🦀🦀🦀",
+        "-n",
+        "40",
+        "--temp",
+        "0",
+        "--stop",
+        "\u{fffd}",
+    ]);
+    let t = trace.read_json();
+    assert_eq!(t["finish_reason"], "stop_string");
+    // A run stopped from outside at such a step (a reader that left
+    // before the text ahead of the stop was written, or Ctrl-C after a
+    // step that ends inside a character) records `interrupted`; its
+    // replay must match whether or not the last step ends the run too.
+    for kept in [40, 39, 38] {
+        let mut cut = t.clone();
+        cut["steps"].as_array_mut().expect("steps").truncate(kept);
+        cut["finish_reason"] = "interrupted".into();
+        trace.write_json(&cut);
+        let run = tb(&["replay", trace.arg()]);
+        ok(&run);
+        assert_eq!(
+            run.text(),
+            format!(
+                "replay ok: 9 prompt tokens and {kept} generated tokens match (finish: \
+                 interrupted)\n"
+            )
+        );
+    }
+}
+
+#[test]
 fn replay_uses_the_recorded_thread_count() {
     let (trace, mut t) = recorded();
     assert_eq!(t["settings"]["threads"], 1, "tb records one thread");
