@@ -15,7 +15,9 @@ use crate::cli::{
 };
 use crate::generate::{Engine, Finish, Generator, Outcome, Request, Sink, Step, INTERRUPTED};
 use crate::infile::shown;
-use crate::model::{resolve_path, ContextTooLong, Model, PromptTooLong, Session};
+use crate::model::{
+    resolve_path, ContextTooLong, Model, PromptTooLarge, PromptTooLong, Session, MAX_PROMPT_BYTES,
+};
 use crate::outfile::ReservedFile;
 use crate::output::{summary, CollectSink, JsonlSink, TextSink};
 use crate::settings::{number, Settings};
@@ -741,30 +743,30 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
             name
         );
     }
-    let tokens = match &trace.prompt {
-        Prompt::Chat {
-            messages,
-            chat_template,
-        } => {
-            // The model's own template renders as it did when recorded,
-            // llama.cpp's built-in fallback included.
-            let own = Template::model_source(&model).ok();
-            let template = if own.as_deref() == Some(chat_template.as_str()) {
-                Template::from_model(&model, CHAT_WITHOUT_TEMPLATE)?
-            } else {
-                Template::new(
-                    chat_template,
-                    model.bos_text().unwrap_or_default(),
-                    model.eos_text().unwrap_or_default(),
-                )?
-            };
-            chat::tokenize(&model, &template.render(messages)?)?
+    // The prompt is the trace's: its faults name the trace, and a replay
+    // has no --ctx-size to raise.
+    let prompt_fault = |e: &anyhow::Error| {
+        if let Some(p) = e.downcast_ref::<PromptTooLong>() {
+            return Some(anyhow!(
+                "trace {}: its prompt is {} tokens but its context holds only {}",
+                name,
+                p.count(),
+                p.n_ctx
+            ));
         }
-        Prompt::Complete {
-            text,
-            parse_special,
-        } => model.tokenize(text, model.wants_bos(), *parse_special)?,
+        e.downcast_ref::<PromptTooLarge>().map(|p| {
+            anyhow!(
+                "trace {}: its prompt is {} bytes of text, more than the {} talkback \
+                 tokenizes at once",
+                name,
+                p.bytes,
+                MAX_PROMPT_BYTES
+            )
+        })
     };
+    let too_long = |e: anyhow::Error| prompt_fault(&e).unwrap_or(e);
+    let tokens = prompt_tokens(&model, &trace.prompt)
+        .map_err(|e| prompt_fault(&e).unwrap_or_else(|| e.context(format!("trace {name}"))))?;
     let prompt_ids = ids(&tokens);
     if let Some(d) = trace::compare(&trace, &prompt_ids, &[], Finish::Length)
         .filter(|d| matches!(d, trace::Divergence::PromptToken { .. }))
@@ -822,15 +824,6 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
                 ),
                 None => e,
             })?;
-    let too_long = |e: anyhow::Error| match e.downcast_ref::<PromptTooLong>() {
-        Some(p) => anyhow!(
-            "trace {}: its prompt is {} tokens but its context holds only {}",
-            name,
-            p.count(),
-            p.n_ctx
-        ),
-        None => e,
-    };
     if interrupted && trace.steps.is_empty() {
         // Stopped before its first token: the prompt's tokens were all
         // there is to compare, and decoding them would only cost time.
@@ -907,6 +900,34 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         bail!("replay diverged: {d} ({hint}{version})");
     }
     replay_ok(prompt_ids.len(), outcome.tokens.len(), finish)
+}
+
+/// Renders and tokenizes a trace's prompt as its run did.
+fn prompt_tokens(model: &Model, prompt: &Prompt) -> Result<Vec<llama_cpp_2::token::LlamaToken>> {
+    Ok(match prompt {
+        Prompt::Chat {
+            messages,
+            chat_template,
+        } => {
+            // The model's own template renders as it did when recorded,
+            // llama.cpp's built-in fallback included.
+            let own = Template::model_source(model).ok();
+            let template = if own.as_deref() == Some(chat_template.as_str()) {
+                Template::from_model(model, CHAT_WITHOUT_TEMPLATE)?
+            } else {
+                Template::new(
+                    chat_template,
+                    model.bos_text().unwrap_or_default(),
+                    model.eos_text().unwrap_or_default(),
+                )?
+            };
+            chat::tokenize(model, &template.render(messages)?)?
+        }
+        Prompt::Complete {
+            text,
+            parse_special,
+        } => model.tokenize(text, model.wants_bos(), *parse_special)?,
+    })
 }
 
 /// Says that a replay matched its trace.

@@ -595,7 +595,7 @@ fn a_trace_whose_context_does_not_fit_names_the_trace_not_a_flag() {
     );
     assert!(!run.stderr.contains("--ctx-size"), "{}", run.stderr);
 
-    let mut short = t;
+    let mut short = t.clone();
     short["settings"]["ctx_size"] = 16.into();
     trace.write_json(&short);
     let run = tb(&["replay", trace.arg()]);
@@ -608,6 +608,52 @@ fn a_trace_whose_context_does_not_fit_names_the_trace_not_a_flag() {
             trace.arg()
         )
     );
+
+    // A text refused before it is tokenized, by a lower bound on its
+    // tokens or by its size, is the trace's too.
+    for (text, says) in [
+        ("7".repeat(500_000), "its prompt is at least "),
+        (
+            "7".repeat(1_500_000),
+            "its prompt is 1500000 bytes of text, more than the ",
+        ),
+    ] {
+        let mut edited = t.clone();
+        edited["prompt"]["text"] = text.into();
+        trace.write_json(&edited);
+        let run = tb(&["replay", trace.arg()]);
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        let e = &run.stderr;
+        assert!(
+            e.starts_with(&format!("talkback: trace {}: {says}", trace.arg())),
+            "{e}"
+        );
+        assert!(!e.contains("--ctx-size") && !e.contains("shorten"), "{e}");
+    }
+}
+
+#[test]
+fn a_trace_whose_template_fails_names_the_trace() {
+    let (trace, _) = record(&["chat", "Hi", "-n", "2", "--seed", "3"]);
+    let t = trace.read_json();
+    for (template, says) in [
+        ("{% for %}", "the chat template does not parse: "),
+        (
+            "{{ raise_exception('no') }}",
+            "the chat template failed to render: ",
+        ),
+    ] {
+        let mut edited = t.clone();
+        edited["prompt"]["chat_template"] = template.into();
+        trace.write_json(&edited);
+        let run = tb(&["replay", trace.arg()]);
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        let e = &run.stderr;
+        assert!(
+            e.starts_with(&format!("talkback: trace {}: {says}", trace.arg())),
+            "{e}"
+        );
+    }
 }
 
 #[test]
