@@ -106,10 +106,111 @@ pub fn json_kind(bytes: &[u8]) -> &'static str {
 /// Whether the first JSON value in `bytes` is an object without `field`
 /// (such as another program's output where a trace was expected).
 pub fn object_without(bytes: &[u8], field: &str) -> bool {
-    serde_json::Deserializer::from_slice(bytes)
-        .into_iter::<serde_json::Map<String, serde_json::Value>>()
-        .next()
-        .is_some_and(|first| first.is_ok_and(|map| !map.contains_key(field)))
+    use serde::de::DeserializeSeed as _;
+    // Only the keys are kept: a file of hundreds of megabytes read into
+    // JSON values would take gigabytes.
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    HasField(field).deserialize(&mut de).is_ok_and(|has| !has)
+}
+
+/// Reads a struct from a JSON object only, for `#[serde(deserialize_with)]`.
+///
+/// A derived reader also takes an array, as the fields in order, which in
+/// a hand-edited file is a mistake to report, not a meaning to guess.
+///
+/// # Errors
+///
+/// - the value is not an object, or the struct's own reader refuses it.
+pub fn object<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    d.deserialize_map(ObjectOf(std::marker::PhantomData))
+}
+
+/// [`object`] for each element of an array.
+///
+/// # Errors
+///
+/// - the value is not an array, or an element is refused as by [`object`].
+pub fn objects<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    d.deserialize_seq(ObjectsOf(std::marker::PhantomData))
+}
+
+/// Reads a `T` from a JSON object, refusing every other value.
+struct ObjectOf<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for ObjectOf<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+    }
+}
+
+impl<'de, T: serde::Deserialize<'de>> serde::de::DeserializeSeed<'de> for ObjectOf<T> {
+    type Value = T;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+/// Reads an array of JSON objects, each a `T`.
+struct ObjectsOf<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for ObjectsOf<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of JSON objects")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let mut out = Vec::new();
+        while let Some(item) = seq.next_element_seed(ObjectOf(std::marker::PhantomData))? {
+            out.push(item);
+        }
+        Ok(out)
+    }
+}
+
+/// Reads a JSON object's keys, passing over their values, and tells
+/// whether one of them is the field named.
+struct HasField<'a>(&'a str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for HasField<'_> {
+    type Value = bool;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for HasField<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        let mut has = false;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            has |= key == self.0;
+            map.next_value::<serde::de::IgnoredAny>()?;
+        }
+        Ok(has)
+    }
 }
 
 /// Reads the file at `path` (stdin for `-`) as UTF-8 text of at most
@@ -190,6 +291,14 @@ mod tests {
             "version"
         ));
         assert!(!object_without(b"[{\"a\": 1}]", "version"));
+        assert!(!object_without(
+            b"{\"a\": [1, {\"version\": 2}], \"version\": 1}",
+            "version"
+        ));
+        assert!(object_without(b"{\"a\": {\"version\": 2}}", "version"));
+        // An escaped key is the name it spells.
+        assert!(!object_without(b"{\"v\\u0065rsion\": 1}", "version"));
+        assert!(!object_without(b"{\"a\": 1", "version"));
     }
 
     #[test]

@@ -64,12 +64,15 @@ pub struct Trace {
     /// The model's file name, for messages.
     pub model_file: String,
     /// What was asked.
+    #[serde(deserialize_with = "crate::infile::object")]
     pub prompt: Prompt,
     /// The prompt's token ids.
     pub prompt_tokens: Vec<u32>,
     /// Every setting, the seed included.
+    #[serde(deserialize_with = "crate::infile::object")]
     pub settings: Settings,
     /// The generated tokens.
+    #[serde(deserialize_with = "crate::infile::objects")]
     pub steps: Vec<TraceStep>,
     /// Why the run ended.
     pub finish_reason: String,
@@ -520,6 +523,42 @@ mod tests {
         let loaded = Trace::load(&path).map(|t| t.steps.len());
         let _ = std::fs::remove_file(&path);
         assert_eq!(loaded.ok(), Some(1));
+    }
+
+    #[test]
+    fn load_takes_objects_only_not_values_by_position() {
+        let path =
+            std::env::temp_dir().join(format!("talkback-trace-lists-{}.json", std::process::id()));
+        let load = |t: &serde_json::Value| {
+            std::fs::write(&path, t.to_string()).expect("write");
+            Trace::load(&path)
+                .map(|t| t.steps.len())
+                .map_err(|e| format!("{e:#}"))
+        };
+        let base = serde_json::to_value(trace(&[(5, -0.5), (6, -0.25)], "length")).expect("encode");
+        let values = |v: &serde_json::Value| {
+            let object = v.as_object().expect("object");
+            serde_json::Value::Array(object.values().cloned().collect())
+        };
+        let mut edits = Vec::new();
+        for field in ["settings", "prompt"] {
+            let mut t = base.clone();
+            t[field] = values(&base[field]);
+            edits.push(t);
+        }
+        let mut t = base.clone();
+        t["steps"][1] = values(&base["steps"][1]);
+        edits.push(t);
+        for t in &edits {
+            let err = load(t).err().unwrap_or_default();
+            assert!(
+                err.contains("invalid type: sequence, expected a JSON object"),
+                "{err}"
+            );
+        }
+        let loaded = load(&base);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(loaded, Ok(2));
     }
 
     #[test]
