@@ -665,11 +665,29 @@ pub fn explain_unknown(error: &clap::Error, args: &[String]) -> Option<clap::Err
         _ => return None,
     };
     // The first word that is not a flag names the subcommand.
-    let sub = args.iter().find(|a| !a.starts_with('-'))?.as_str();
+    let at = args.iter().position(|a| !a.starts_with('-'))?;
+    let sub = args.get(at)?.as_str();
     let name = given.split('=').next().unwrap_or(&given);
     let mut cmd = <Cli as clap::CommandFactory>::command();
     // Built, so that the usage line names the program before the subcommand.
     cmd.build();
+    // After `--` every word is an argument, so a flag there is one too
+    // many, whichever subcommand takes it.
+    let rest = args.get(at + 1..).unwrap_or_default();
+    let after_dashes = rest
+        .iter()
+        .position(|a| a == "--")
+        .is_some_and(|d| rest.get(d + 1..).unwrap_or_default().contains(&given));
+    if after_dashes && given.starts_with('-') {
+        let command = cmd.find_subcommand_mut(sub)?;
+        return Some(command.error(
+            clap::error::ErrorKind::UnknownArgument,
+            format!(
+                "`{given}` after `--` is read as an argument, not a flag, and {sub} takes \
+                 one: put flags before `--`"
+            ),
+        ));
+    }
     let owners: Vec<&str> = cmd
         .get_subcommands()
         .filter(|c| c.get_name() != sub && c.get_arguments().any(|a| names(a, name)))
@@ -984,6 +1002,26 @@ mod tests {
             assert!(text.contains(why), "{text}");
             assert!(text.contains("Usage: talkback shape"), "{text}");
             assert!(!text.contains("tip:"), "{text}");
+        }
+        // After `--` a flag is a word of text, whoever takes it.
+        for argv in [
+            &["talkback", "complete", "--", "hi", "--threads", "1"][..],
+            &["talkback", "chat", "hi", "--", "-n", "5"],
+            &["talkback", "-v", "shape", "--", "hi", "--stop", "x"],
+        ] {
+            let text = explain(argv).expect("explained");
+            let flag = argv.iter().rev().nth(1).expect("flag");
+            let sub = argv
+                .iter()
+                .find(|a| !a.starts_with('-') && **a != "talkback");
+            assert!(
+                text.starts_with(&format!(
+                    "error: `{flag}` after `--` is read as an argument, not a flag, and {} \
+                     takes one: put flags before `--`\n",
+                    sub.expect("subcommand")
+                )),
+                "{text}"
+            );
         }
         let text = explain(&["talkback", "shape", "x", "--seed=3"]).expect("explained");
         assert!(text.starts_with("error: shape takes no --seed: "), "{text}");
