@@ -9,7 +9,10 @@
 
 use std::sync::atomic::Ordering;
 
-use anyhow::{Context as _, Result};
+use std::io::IsTerminal as _;
+
+use anyhow::{anyhow, Result};
+use rustyline::config::{Behavior, Config};
 use rustyline::error::ReadlineError;
 use rustyline::DefaultEditor;
 
@@ -96,7 +99,14 @@ pub fn run(template: &Template<'_>, turn: &mut dyn Turn, start: Vec<Message>) ->
                 );
                 continue;
             }
-            Err(e) => return Err(e).context("cannot read from the terminal"),
+            Err(e) if hung_up(&e) => {
+                // The terminal closed: its SIGHUP may come a moment after
+                // the failed read, and the chat ends as it would on it.
+                crate::signals::hang_up();
+                return Err(crate::app::Interrupted.into());
+            }
+            // Its own text only: as a source it would be printed twice.
+            Err(e) => return Err(anyhow!("cannot read from the terminal: {e}")),
         };
         let text = match Input::of(&line) {
             Input::Empty => continue,
@@ -176,6 +186,25 @@ pub fn run(template: &Template<'_>, turn: &mut dyn Turn, start: Vec<Message>) ->
     }
 }
 
+/// Whether a failed read means the terminal has gone: a read from a
+/// terminal that hung up fails with EIO.
+fn hung_up(e: &ReadlineError) -> bool {
+    #[cfg(unix)]
+    {
+        let eio = nix::errno::Errno::EIO;
+        match e {
+            ReadlineError::Errno(errno) => *errno == eio,
+            ReadlineError::Io(io) => io.raw_os_error() == Some(eio as i32),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
+    }
+}
+
 /// Drops what was typed at the terminal and not read yet.
 fn discard_typed_input() {
     #[cfg(unix)]
@@ -193,7 +222,16 @@ fn discard_typed_input() {
 /// lives only while a line is read: during the model's reply the process's
 /// own Ctrl-C handler is back in place and stops the reply.
 fn read_line(history: &[String]) -> rustyline::Result<String> {
-    let mut editor = DefaultEditor::new()?;
+    // With stdout sent elsewhere (`chat > log.txt`, `| tee`) the prompt
+    // and the echo of typed keys belong on the terminal, not in the
+    // output with the replies.
+    let behavior = if std::io::stdout().is_terminal() {
+        Behavior::Stdio
+    } else {
+        Behavior::PreferTerm
+    };
+    let config = Config::builder().behavior(behavior).build();
+    let mut editor = DefaultEditor::with_config(config)?;
     for entry in history {
         editor.add_history_entry(entry.as_str())?;
     }

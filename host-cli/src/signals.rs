@@ -261,6 +261,12 @@ pub fn at_prompt<T>(read: impl FnOnce() -> T) -> T {
     line
 }
 
+/// Takes a hang-up seen before its SIGHUP (a read from the terminal that
+/// failed because it closed), so that the run ends with SIGHUP's status.
+pub fn hang_up() {
+    take_status(HANGUP_STATUS);
+}
+
 /// The exit status of a run that stopped on request.
 pub fn stopped_status() -> u8 {
     match TERMINATED.load(Ordering::Relaxed) {

@@ -1108,12 +1108,13 @@ impl Terminal {
         // and dies of the Ctrl-C meant for the chat; `script` then reports
         // the shell's 130. `exec` leaves the chat alone on the terminal
         // whichever shell runs the line.
-        let mut line = format!("exec '{}' chat", binary().display());
-        for a in args {
-            line.push_str(&format!(" '{a}'"));
-        }
+        Self::run(&format!("exec {}", chat_line(args)))
+    }
+
+    /// Runs `line` in a shell on the terminal.
+    fn run(line: &str) -> Self {
         let mut child = Command::new("script")
-            .args(["-qec", &line, "/dev/null"])
+            .args(["-qec", line, "/dev/null"])
             .env("TALKBACK_MODEL", model())
             .env_remove("RUST_LOG")
             .stdin(Stdio::piped())
@@ -1165,6 +1166,76 @@ impl Drop for Terminal {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The shell words that start the chat with `args`.
+fn chat_line(args: &[&str]) -> String {
+    let mut line = format!("'{}' chat", binary().display());
+    for a in args {
+        line.push_str(&format!(" '{a}'"));
+    }
+    line
+}
+
+#[test]
+fn with_stdout_redirected_the_prompt_stays_on_the_terminal() {
+    // The line editor drew its prompt and echoed the keys on stdout, so
+    // `chat > log.txt` showed nothing on screen and filled the log with
+    // escape sequences around the replies.
+    let scratch = Scratch::new("chat-to-file");
+    let log = scratch.join("log.txt");
+    let line = chat_line(&["-n", "8", "--seed", "1", "--threads", "1"]);
+    let mut term = Terminal::run(&format!("exec {line} > '{}'", log.display()));
+    let at = term.wait_for(0, "chat started");
+    let at = term.wait_for(at, "> ");
+    term.keys(b"Hi\r");
+    // The reply goes to the log; the next prompt shows it is complete.
+    let at = term.wait_for(at, "> ");
+    term.keys(b"/exit\r");
+    term.wait_for(at, "/exit");
+    term.exits_cleanly();
+    let written = std::fs::read(&log).expect("the log");
+    let text = String::from_utf8(written).expect("UTF-8");
+    assert!(text.ends_with('\n') && text.trim().len() > 2, "{text:?}");
+    assert!(!text.contains('\x1b') && !text.contains("> "), "{text:?}");
+    assert!(!text.contains("/exit") && !text.contains("Hi"), "{text:?}");
+}
+
+#[test]
+fn a_terminal_that_closes_at_the_prompt_ends_the_chat_as_sighup() {
+    // A read from a terminal that has closed fails with EIO, and the chat
+    // reported it as an error with exit 1 whenever the read failed before
+    // SIGHUP arrived. With SIGHUP ignored from the start, it always does.
+    let scratch = Scratch::new("chat-hang-up");
+    let status = scratch.join("status");
+    let line = chat_line(&["-n", "8", "--seed", "1", "--threads", "1"]);
+    let mut term = Terminal::run(&format!(
+        "trap '' HUP; {line} 2> '{}.err'; echo $? > '{}'",
+        status.display(),
+        status.display()
+    ));
+    term.wait_for(0, "> ");
+    // Killing `script` closes the terminal under the chat.
+    let _ = term.child.kill();
+    let _ = term.child.wait();
+    let started = std::time::Instant::now();
+    let code = loop {
+        if let Some(code) = std::fs::read_to_string(&status)
+            .ok()
+            .filter(|t| t.ends_with('\n'))
+        {
+            break code;
+        }
+        assert!(
+            started.elapsed() < reliability_support::DEADLINE,
+            "the chat never ended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let err = std::fs::read_to_string(format!("{}.err", status.display())).expect("stderr");
+    assert_eq!(code.trim(), "129", "stderr: {err}");
+    assert!(!err.contains("cannot read"), "{err}");
+    no_crash(&err);
 }
 
 #[test]
