@@ -534,6 +534,11 @@ impl Exact {
 /// for a named infinity or NaN), for range checks that rounding must not
 /// pass.
 fn parse_exact(s: &str) -> Result<(f32, Option<Exact>), String> {
+    parse_exact_or(s, "write 0 if 0 is meant")
+}
+
+/// [`parse_exact`], with `advice` for a number that would round to 0.
+fn parse_exact_or(s: &str, advice: &str) -> Result<(f32, Option<Exact>), String> {
     let t = s.trim();
     let Ok(v) = t.parse::<f32>() else {
         return Err(format!("`{s}` is not a number"));
@@ -550,8 +555,7 @@ fn parse_exact(s: &str) -> Result<(f32, Option<Exact>), String> {
     let exact = Exact::of(t);
     if v == 0.0 && !exact.zero {
         return Err(format!(
-            "`{s}` is too small for a 32-bit float, which would make it 0; write 0 \
-             if 0 is meant"
+            "`{s}` is too small for a 32-bit float, which would make it 0; {advice}"
         ));
     }
     Ok((v, Some(exact)))
@@ -562,7 +566,12 @@ fn parse_exact(s: &str) -> Result<(f32, Option<Exact>), String> {
 /// `-0` is 0: a sign on zero changes no setting, and would show in the
 /// settings that JSON output, traces and `-v` print as `-0.0`.
 fn finite_exact(s: &str) -> Result<(f32, Exact), String> {
-    match parse_exact(s)? {
+    finite_exact_or(s, "write 0 if 0 is meant")
+}
+
+/// [`finite_exact`], with `advice` for a number that would round to 0.
+fn finite_exact_or(s: &str, advice: &str) -> Result<(f32, Exact), String> {
+    match parse_exact_or(s, advice)? {
         (0.0, Some(exact)) => Ok((0.0, exact)),
         (v, Some(exact)) => Ok((v, exact)),
         (_, None) => Err(format!("`{s}` must be a finite number")),
@@ -583,7 +592,8 @@ fn non_negative(s: &str) -> Result<f32, String> {
 }
 
 fn positive(s: &str) -> Result<f32, String> {
-    let (v, exact) = finite_exact(s)?;
+    // 0 is refused here, so it is no way out of a number that rounds to it.
+    let (v, exact) = finite_exact_or(s, "it must be more than zero, and at least about 1.4e-45")?;
     if exact.negative || exact.zero {
         Err(format!("`{s}` must be more than zero"))
     } else {
@@ -887,6 +897,19 @@ mod tests {
             let e = non_negative(tiny).unwrap_err();
             assert!(e.contains("too small for a 32-bit float"), "{tiny}: {e}");
         }
+        // A flag that refuses 0 does not offer it as the way out.
+        for tiny in ["1e-50", "-1e-50"] {
+            assert_eq!(
+                positive(tiny).unwrap_err(),
+                format!(
+                    "`{tiny}` is too small for a 32-bit float, which would make it 0; it \
+                     must be more than zero, and at least about 1.4e-45"
+                )
+            );
+        }
+        assert!(non_negative("1e-50")
+            .unwrap_err()
+            .ends_with("; write 0 if 0 is meant"));
         assert_eq!(non_negative("0"), Ok(0.0));
         assert_eq!(non_negative("-0"), Ok(-0.0));
         // The smallest f32 above zero is kept.
