@@ -189,6 +189,10 @@ impl Trace {
         if trace.settings.sampler != Engine::Talkback {
             bail!("trace {name} names llama.cpp's sampler, which cannot be replayed");
         }
+        // Every run decodes a prompt of at least one token.
+        if trace.prompt_tokens.is_empty() {
+            bail!("trace {name}: `prompt_tokens` is empty, and every run's prompt has a token");
+        }
         let sha = &trace.model_sha256;
         if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
             bail!(
@@ -549,6 +553,15 @@ mod tests {
         let mut t = base.clone();
         t["steps"][1] = values(&base["steps"][1]);
         edits.push(t);
+        let mut empty = base.clone();
+        empty["prompt_tokens"] = serde_json::json!([]);
+        assert!(
+            load(&empty)
+                .err()
+                .unwrap_or_default()
+                .ends_with(": `prompt_tokens` is empty, and every run's prompt has a token"),
+            "an empty prompt was read"
+        );
         for t in &edits {
             let err = load(t).err().unwrap_or_default();
             assert!(
