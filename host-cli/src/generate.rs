@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
@@ -201,6 +201,41 @@ fn llama_chain(req: &Request<'_>, model: &Model) -> LlamaSampler {
     LlamaSampler::chain_simple(chain)
 }
 
+/// Refuses a step that llama.cpp's chain would sample as noise: its
+/// temperature stage divides each logit by the temperature, and a finite
+/// logit that the division takes past the float range becomes infinite,
+/// which makes its probabilities NaN. `sampler-core` scales differences
+/// from the top logit instead, and has no such limit.
+///
+/// Below a temperature of 1 every step is looked at, a pass over the
+/// logits; at or above it a division cannot grow a logit.
+///
+/// # Errors
+///
+/// - some finite logit divided by `temperature` is beyond the f32 range.
+fn check_llama_division(logits: &[f32], temperature: f32, step: usize) -> Result<()> {
+    if temperature <= 0.0 || temperature >= 1.0 {
+        return Ok(());
+    }
+    let limit = f64::from(f32::MAX) * f64::from(temperature);
+    // A select, not a branch, so that the pass vectorises; infinite logits
+    // (masked tokens) count as 0.
+    let largest = logits.iter().fold(0.0f32, |m, &x| {
+        let a = x.abs();
+        m.max(if a < f32::INFINITY { a } else { 0.0 })
+    });
+    if f64::from(largest) > limit {
+        bail!(
+            "--sampler llama.cpp divides each logit by the temperature, and at step {step} \
+             a logit of magnitude {} divided by {} is beyond a 32-bit float, which would \
+             make its probabilities NaN; raise --temp, or sample with --sampler talkback",
+            crate::settings::number(largest),
+            crate::settings::number(temperature)
+        );
+    }
+    Ok(())
+}
+
 /// One generated token, as a sink sees it.
 pub struct Step<'a> {
     /// Position in the reply, from 0.
@@ -388,6 +423,7 @@ impl Generator {
             let mut report = Report::new(&mut self.alternatives);
             let t0 = Instant::now();
             let choice = if let Some(chain) = llama.as_mut() {
+                check_llama_division(logits, req.config.temperature, tokens.len())?;
                 let id = session.sample_with(chain);
                 Choice {
                     id: u32::try_from(id.0).context("llama.cpp chose no token")?,

@@ -563,6 +563,28 @@ fn llama_cpp_sampler_stops_at_n_and_reports_no_statistics() {
 }
 
 #[test]
+fn llama_cpp_sampler_refuses_a_temperature_its_division_overflows() {
+    // llama.cpp divides each logit by the temperature: at 1e-45 every
+    // logit became infinite and the text was noise (`......`).
+    let args = ["complete", STORY, "--sampler", "llama.cpp", "-n", "4"];
+    let tiny = tb(&[&args[..], &["--temp", "1e-45"]].concat());
+    assert_eq!(tiny.code, 1, "{}", tiny.stderr);
+    assert!(tiny.stdout.is_empty(), "{}", tiny.text());
+    assert!(
+        tiny.stderr.starts_with(
+            "talkback: --sampler llama.cpp divides each logit by the temperature, and at \
+             step 0 a logit of magnitude "
+        ),
+        "{}",
+        tiny.stderr
+    );
+    // A small temperature that the division stands is sampled, and ours
+    // takes the tiny one too.
+    ok(&tb(&[&args[..], &["--temp", "1e-30"]].concat()));
+    ok(&tb(&["complete", STORY, "-n", "4", "--temp", "1e-45"]));
+}
+
+#[test]
 fn json_settings_read_as_they_were_typed() {
     for format in ["json", "jsonl"] {
         let run = tb(&[
