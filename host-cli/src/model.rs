@@ -123,9 +123,12 @@ impl Model {
                     last = pct;
                     // Not `eprint!`: a stderr that fails must not panic here.
                     let mut err = std::io::stderr();
-                    let _ = write!(err, "\rtalkback: loading model {pct:3}%");
+                    let line = format!("talkback: loading model {pct:3}%");
+                    let _ = write!(err, "\r{line}");
                     if pct >= 100 {
-                        let _ = write!(err, "\r\x1b[K");
+                        // Spaces, not an erase sequence, which a `dumb`
+                        // terminal shows as text.
+                        let _ = write!(err, "\r{:1$}\r", "", line.len());
                     }
                 }
                 true
