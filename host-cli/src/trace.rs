@@ -24,7 +24,7 @@ pub const VERSION: u32 = 1;
 
 /// What was asked of the model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "mode", rename_all = "snake_case")]
+#[serde(tag = "mode", rename_all = "snake_case", try_from = "PromptFields")]
 pub enum Prompt {
     /// `talkback chat`: the messages and the template that rendered them.
     Chat {
@@ -40,6 +40,41 @@ pub enum Prompt {
         /// Whether special-token text was parsed as control tokens.
         parse_special: bool,
     },
+}
+
+/// A prompt as read, before its mode picks the fields it needs.
+///
+/// Serde reads an internally tagged enum by holding the whole object in
+/// memory as generic values first, at many times its size in the file;
+/// a struct passes over the fields it does not know as it reads them.
+#[derive(Deserialize)]
+struct PromptFields {
+    mode: String,
+    messages: Option<Vec<Message>>,
+    chat_template: Option<String>,
+    text: Option<String>,
+    parse_special: Option<bool>,
+}
+
+impl TryFrom<PromptFields> for Prompt {
+    type Error = String;
+
+    fn try_from(p: PromptFields) -> Result<Self, String> {
+        let missing = |field: &str| format!("missing field `{field}`");
+        match p.mode.as_str() {
+            "chat" => Ok(Prompt::Chat {
+                messages: p.messages.ok_or_else(|| missing("messages"))?,
+                chat_template: p.chat_template.ok_or_else(|| missing("chat_template"))?,
+            }),
+            "complete" => Ok(Prompt::Complete {
+                text: p.text.ok_or_else(|| missing("text"))?,
+                parse_special: p.parse_special.ok_or_else(|| missing("parse_special"))?,
+            }),
+            other => Err(format!(
+                "unknown variant `{other}`, expected `chat` or `complete`"
+            )),
+        }
+    }
 }
 
 /// One generated token.
@@ -572,6 +607,52 @@ mod tests {
         let loaded = load(&base);
         let _ = std::fs::remove_file(&path);
         assert_eq!(loaded, Ok(2));
+    }
+
+    #[test]
+    fn a_prompt_reads_the_fields_of_its_mode_and_passes_over_the_rest() {
+        let read = |prompt: serde_json::Value| {
+            serde_json::from_value::<Prompt>(prompt).map_err(|e| e.to_string())
+        };
+        let complete = read(serde_json::json!({
+            "junk": [[0, {"a": 1}], "x"], "mode": "complete", "text": "hi",
+            "parse_special": true,
+        }));
+        assert_eq!(
+            complete,
+            Ok(Prompt::Complete {
+                text: "hi".into(),
+                parse_special: true
+            })
+        );
+        let chat = read(serde_json::json!({
+            "mode": "chat", "chat_template": "t",
+            "messages": [{"role": "user", "content": "c"}],
+        }));
+        assert_eq!(
+            chat,
+            Ok(Prompt::Chat {
+                messages: vec![Message::new("user", "c")],
+                chat_template: "t".into()
+            })
+        );
+        for (prompt, error) in [
+            (
+                serde_json::json!({"mode": "chat", "chat_template": "t"}),
+                "missing field `messages`",
+            ),
+            (
+                serde_json::json!({"mode": "complete", "text": "hi"}),
+                "missing field `parse_special`",
+            ),
+            (
+                serde_json::json!({"mode": "story", "text": "hi"}),
+                "unknown variant `story`, expected `chat` or `complete`",
+            ),
+            (serde_json::json!({"text": "hi"}), "missing field `mode`"),
+        ] {
+            assert_eq!(read(prompt).err().as_deref(), Some(error));
+        }
     }
 
     #[test]
