@@ -682,13 +682,14 @@ pub fn explain_unknown(error: &clap::Error, args: &[String]) -> Option<clap::Err
     // Built, so that the usage line names the program before the subcommand.
     cmd.build();
     // After `--` every word is an argument, so a flag there is one too
-    // many, whichever subcommand takes it.
+    // many, whichever subcommand takes it. (The same word before `--` is
+    // the one refused, as what it is.)
     let rest = args.get(at + 1..).unwrap_or_default();
-    let after_dashes = rest
-        .iter()
-        .position(|a| a == "--")
-        .is_some_and(|d| rest.get(d + 1..).unwrap_or_default().contains(&given));
-    if after_dashes && given.starts_with('-') {
+    let after_dashes = rest.iter().position(|a| a == "--").is_some_and(|d| {
+        let (before, after) = rest.split_at(d);
+        !before.contains(&given) && after.get(1..).unwrap_or_default().contains(&given)
+    });
+    if after_dashes && given.starts_with('-') && given != "--" {
         let command = cmd.find_subcommand_mut(sub)?;
         return Some(command.error(
             clap::error::ErrorKind::UnknownArgument,
@@ -1046,6 +1047,9 @@ mod tests {
                 "{text}"
             );
         }
+        // A word refused before `--` is not blamed on its copy after it.
+        let typo = explain(&["talkback", "complete", "--treads", "1", "--", "--treads"]);
+        assert_eq!(typo, None);
         let text = explain(&["talkback", "shape", "x", "--seed=3"]).expect("explained");
         assert!(text.starts_with("error: shape takes no --seed: "), "{text}");
         // A flag no subcommand takes keeps clap's own report.
