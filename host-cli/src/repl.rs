@@ -9,10 +9,7 @@
 
 use std::sync::atomic::Ordering;
 
-use std::io::IsTerminal as _;
-
 use anyhow::{anyhow, Result};
-use rustyline::config::{Behavior, Config};
 use rustyline::error::ReadlineError;
 use rustyline::DefaultEditor;
 
@@ -186,6 +183,67 @@ pub fn run(template: &Template<'_>, turn: &mut dyn Turn, start: Vec<Message>) ->
     }
 }
 
+/// While it lives, stdout is the terminal that stdin reads, when stdout
+/// was sent elsewhere (`chat > log.txt`, `| tee log.txt`): the line
+/// editor draws its prompt and echoes the keys on stdout, which belong on
+/// the terminal where they are typed, not in the output with the replies.
+/// The terminal is the one stdin names, which need not be the process's
+/// controlling terminal (it may have none).
+struct PromptScreen {
+    /// The real stdout, put back when dropped.
+    #[cfg(unix)]
+    saved: Option<std::os::fd::OwnedFd>,
+}
+
+impl PromptScreen {
+    fn take() -> Self {
+        #[cfg(unix)]
+        {
+            Self {
+                saved: Self::swap().ok().flatten(),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            Self {}
+        }
+    }
+
+    /// Points stdout at stdin's terminal; returns the real stdout, or
+    /// `None` when there is nothing to do.
+    #[cfg(unix)]
+    fn swap() -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+        use std::io::{IsTerminal as _, Write as _};
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let out = std::io::stdout();
+        if out.is_terminal() || !std::io::stdin().is_terminal() {
+            return Ok(None);
+        }
+        out.lock().flush()?;
+        // Opened again by name: stdin itself may be open for reading only.
+        let name = nix::unistd::ttyname(std::io::stdin())?;
+        let terminal = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_NOCTTY)
+            .open(name)?;
+        let saved = nix::unistd::dup(&out)?;
+        nix::unistd::dup2_stdout(&terminal)?;
+        Ok(Some(saved))
+    }
+}
+
+impl Drop for PromptScreen {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(saved) = self.saved.take() {
+            use std::io::Write as _;
+            let _ = std::io::stdout().lock().flush();
+            let _ = nix::unistd::dup2_stdout(&saved);
+        }
+    }
+}
+
 /// Whether a failed read means the terminal has gone: a read from a
 /// terminal that hung up fails with EIO.
 fn hung_up(e: &ReadlineError) -> bool {
@@ -222,16 +280,14 @@ fn discard_typed_input() {
 /// lives only while a line is read: during the model's reply the process's
 /// own Ctrl-C handler is back in place and stops the reply.
 fn read_line(history: &[String]) -> rustyline::Result<String> {
-    // With stdout sent elsewhere (`chat > log.txt`, `| tee`) the prompt
-    // and the echo of typed keys belong on the terminal, not in the
-    // output with the replies.
-    let behavior = if std::io::stdout().is_terminal() {
-        Behavior::Stdio
-    } else {
-        Behavior::PreferTerm
-    };
-    let config = Config::builder().behavior(behavior).build();
-    let mut editor = DefaultEditor::with_config(config)?;
+    #[cfg(unix)]
+    if let Err(nix::errno::Errno::EIO) = nix::sys::termios::tcgetattr(std::io::stdin()) {
+        // The terminal closed during the reply, its SIGHUP ignored or
+        // not yet taken: the editor would read it as an empty file.
+        return Err(ReadlineError::Errno(nix::errno::Errno::EIO));
+    }
+    let _screen = PromptScreen::take();
+    let mut editor = DefaultEditor::new()?;
     for entry in history {
         editor.add_history_entry(entry.as_str())?;
     }

@@ -1185,20 +1185,33 @@ fn with_stdout_redirected_the_prompt_stays_on_the_terminal() {
     let scratch = Scratch::new("chat-to-file");
     let log = scratch.join("log.txt");
     let line = chat_line(&["-n", "8", "--seed", "1", "--threads", "1"]);
-    let mut term = Terminal::run(&format!("exec {line} > '{}'", log.display()));
-    let at = term.wait_for(0, "chat started");
-    let at = term.wait_for(at, "> ");
-    term.keys(b"Hi\r");
-    // The reply goes to the log; the next prompt shows it is complete.
-    let at = term.wait_for(at, "> ");
-    term.keys(b"/exit\r");
-    term.wait_for(at, "/exit");
-    term.exits_cleanly();
-    let written = std::fs::read(&log).expect("the log");
-    let text = String::from_utf8(written).expect("UTF-8");
-    assert!(text.ends_with('\n') && text.trim().len() > 2, "{text:?}");
-    assert!(!text.contains('\x1b') && !text.contains("> "), "{text:?}");
-    assert!(!text.contains("/exit") && !text.contains("Hi"), "{text:?}");
+    // Also in a session of its own, with no controlling terminal to open:
+    // the terminal is the one stdin reads.
+    for start in ["exec", "exec setsid -w"] {
+        let mut term = Terminal::run(&format!("{start} {line} > '{}'", log.display()));
+        let at = term.wait_for(0, "chat started");
+        let at = term.wait_for(at, "> ");
+        term.keys(b"Hi\r");
+        // The reply goes to the log; the next prompt shows it is complete.
+        let at = term.wait_for(at, "> ");
+        term.keys(b"/exit\r");
+        term.wait_for(at, "/exit");
+        term.exits_cleanly();
+        let written = std::fs::read(&log).expect("the log");
+        let text = String::from_utf8(written).expect("UTF-8");
+        assert!(
+            text.ends_with('\n') && text.trim().len() > 2,
+            "{start}: {text:?}"
+        );
+        assert!(
+            !text.contains('\x1b') && !text.contains("> "),
+            "{start}: {text:?}"
+        );
+        assert!(
+            !text.contains("/exit") && !text.contains("Hi"),
+            "{start}: {text:?}"
+        );
+    }
 }
 
 #[test]
@@ -1218,9 +1231,51 @@ fn a_terminal_that_closes_at_the_prompt_ends_the_chat_as_sighup() {
     // Killing `script` closes the terminal under the chat.
     let _ = term.child.kill();
     let _ = term.child.wait();
+    let (code, err) = exit_status_in(&status);
+    assert_eq!(code, "129", "stderr: {err}");
+    assert!(!err.contains("cannot read"), "{err}");
+    no_crash(&err);
+}
+
+#[test]
+fn a_terminal_that_closes_during_a_reply_ends_the_chat_as_sighup() {
+    // With stdout in a file and SIGHUP ignored, the reply went on to its
+    // end; then the editor found no terminal, read stdin as an empty file
+    // and the chat left with exit 0, as on Ctrl-D.
+    let scratch = Scratch::new("chat-hang-up-reply");
+    let status = scratch.join("status");
+    let log = scratch.join("log.txt");
+    let line = chat_line(&["-n", "40", "--seed", "1", "--threads", "1"]);
+    let mut term = Terminal::run(&format!(
+        "trap '' HUP; {line} > '{}' 2> '{}.err'; echo $? > '{}'",
+        log.display(),
+        status.display(),
+        status.display()
+    ));
+    let at = term.wait_for(0, "> ");
+    term.keys(b"Tell me a story.\r");
+    term.wait_for(at, "story.");
+    let started = std::time::Instant::now();
+    while std::fs::metadata(&log).map_or(0, |m| m.len()) == 0 {
+        assert!(
+            started.elapsed() < reliability_support::DEADLINE,
+            "the reply never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = term.child.kill();
+    let _ = term.child.wait();
+    let (code, err) = exit_status_in(&status);
+    assert_eq!(code, "129", "stderr: {err}");
+    no_crash(&err);
+}
+
+/// Waits for a shell to write the chat's exit status to `status`; returns
+/// it and what the chat wrote to `status.err`.
+fn exit_status_in(status: &std::path::Path) -> (String, String) {
     let started = std::time::Instant::now();
     let code = loop {
-        if let Some(code) = std::fs::read_to_string(&status)
+        if let Some(code) = std::fs::read_to_string(status)
             .ok()
             .filter(|t| t.ends_with('\n'))
         {
@@ -1233,9 +1288,7 @@ fn a_terminal_that_closes_at_the_prompt_ends_the_chat_as_sighup() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
     let err = std::fs::read_to_string(format!("{}.err", status.display())).expect("stderr");
-    assert_eq!(code.trim(), "129", "stderr: {err}");
-    assert!(!err.contains("cannot read"), "{err}");
-    no_crash(&err);
+    (code.trim().to_owned(), err)
 }
 
 #[test]
