@@ -201,36 +201,84 @@ fn llama_chain(req: &Request<'_>, model: &Model) -> LlamaSampler {
     LlamaSampler::chain_simple(chain)
 }
 
-/// Refuses a step that llama.cpp's chain would sample as noise: its
-/// temperature stage divides each logit by the temperature, and a finite
-/// logit that the division takes past the float range becomes infinite,
-/// which makes its probabilities NaN. `sampler-core` scales differences
-/// from the top logit instead, and has no such limit.
+/// Refuses a step that llama.cpp's chain would sample as noise.
 ///
-/// Below a temperature of 1 every step is looked at, a pass over the
-/// logits; at or above it a division cannot grow a logit.
+/// Its penalties divide or multiply a recent token's logit by the
+/// repetition penalty and subtract the others, and its temperature stage
+/// divides each logit by the temperature. A logit that either takes past
+/// the float range becomes infinite (or NaN), and the draw's softmax then
+/// gives NaN probabilities. `sampler-core` works on differences from the
+/// top logit instead, and samples such steps as their limits.
+///
+/// What decides is the largest logit after the penalties: a +inf there
+/// breaks the softmax, and so does one that the division by a temperature
+/// below 1 takes past the range (every other logit is at most as large,
+/// and one that becomes -inf only drops out). The largest is bounded from
+/// above by the largest raw logit and the penalised values, computed as
+/// llama.cpp computes them, in f32; a pass over the logits each step.
 ///
 /// # Errors
 ///
-/// - some finite logit divided by `temperature` is beyond the f32 range.
-fn check_llama_division(logits: &[f32], temperature: f32, step: usize) -> Result<()> {
-    if temperature <= 0.0 || temperature >= 1.0 {
+/// - a penalised logit is NaN or +inf, a raw logit is +inf, or the
+///   largest divided by `temperature` is beyond the f32 range.
+fn check_llama_step(logits: &[f32], recent: &[u32], req: &Request<'_>, step: usize) -> Result<()> {
+    let c = req.config;
+    if c.temperature == 0.0 && !c.penalties_active() {
+        // Greedy takes the largest as it is.
         return Ok(());
     }
-    let limit = f64::from(f32::MAX) * f64::from(temperature);
-    // A select, not a branch, so that the pass vectorises; infinite logits
-    // (masked tokens) count as 0.
-    let largest = logits.iter().fold(0.0f32, |m, &x| {
-        let a = x.abs();
-        m.max(if a < f32::INFINITY { a } else { 0.0 })
-    });
-    if f64::from(largest) > limit {
+    let mut top = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    if top == f32::INFINITY && c.temperature > 0.0 {
+        let id = logits
+            .iter()
+            .position(|&x| x == f32::INFINITY)
+            .unwrap_or_default();
+        bail!(
+            "--sampler llama.cpp cannot sample a logit of +inf (token {id} at step {step}); \
+             sample with --sampler talkback"
+        );
+    }
+    if c.penalties_active() && !recent.is_empty() {
+        // The window's ids in order, on the stack: no allocation per token.
+        let mut ids = [0u32; sampler_core::MAX_RECENT];
+        let n = recent.len().min(ids.len());
+        let ids = ids.get_mut(..n).unwrap_or_default();
+        ids.copy_from_slice(recent.get(..n).unwrap_or_default());
+        ids.sort_unstable();
+        for run in ids.chunk_by(|a, b| a == b) {
+            let Some(&id) = run.first() else { continue };
+            let Some(&x) = logits.get(id as usize) else {
+                continue;
+            };
+            let count = run.len() as f32;
+            let mut v = if x > 0.0 {
+                x / c.repeat_penalty
+            } else {
+                x * c.repeat_penalty
+            };
+            v -= count * c.frequency_penalty + c.presence_penalty;
+            // Greedy takes a +inf as the largest, as it is; NaN it cannot.
+            let infinite = v == f32::INFINITY && c.temperature > 0.0;
+            if v.is_nan() || (infinite && x != f32::INFINITY) {
+                bail!(
+                    "--sampler llama.cpp: at step {step} the penalties take the logit of \
+                     token {id} from {} to {}, which its chain cannot sample; use milder \
+                     penalties, or sample with --sampler talkback",
+                    crate::settings::number(x),
+                    crate::settings::number(v)
+                );
+            }
+            top = top.max(v);
+        }
+    }
+    let t = c.temperature;
+    if t > 0.0 && t < 1.0 && f64::from(top.abs()) > f64::from(f32::MAX) * f64::from(t) {
         bail!(
             "--sampler llama.cpp divides each logit by the temperature, and at step {step} \
-             a logit of magnitude {} divided by {} is beyond a 32-bit float, which would \
-             make its probabilities NaN; raise --temp, or sample with --sampler talkback",
-            crate::settings::number(largest),
-            crate::settings::number(temperature)
+             a logit of {} divided by {} is beyond a 32-bit float, which would make its \
+             probabilities NaN; raise --temp, or sample with --sampler talkback",
+            crate::settings::number(top),
+            crate::settings::number(t)
         );
     }
     Ok(())
@@ -423,7 +471,7 @@ impl Generator {
             let mut report = Report::new(&mut self.alternatives);
             let t0 = Instant::now();
             let choice = if let Some(chain) = llama.as_mut() {
-                check_llama_division(logits, req.config.temperature, tokens.len())?;
+                check_llama_step(logits, &self.recent, req, tokens.len())?;
                 let id = session.sample_with(chain);
                 Choice {
                     id: u32::try_from(id.0).context("llama.cpp chose no token")?,

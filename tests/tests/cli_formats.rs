@@ -563,7 +563,7 @@ fn llama_cpp_sampler_stops_at_n_and_reports_no_statistics() {
 }
 
 #[test]
-fn llama_cpp_sampler_refuses_a_temperature_its_division_overflows() {
+fn llama_cpp_sampler_refuses_a_step_its_divisions_overflow() {
     // llama.cpp divides each logit by the temperature: at 1e-45 every
     // logit became infinite and the text was noise (`......`).
     let args = ["complete", STORY, "--sampler", "llama.cpp", "-n", "4"];
@@ -573,7 +573,7 @@ fn llama_cpp_sampler_refuses_a_temperature_its_division_overflows() {
     assert!(
         tiny.stderr.starts_with(
             "talkback: --sampler llama.cpp divides each logit by the temperature, and at \
-             step 0 a logit of magnitude "
+             step 0 a logit of "
         ),
         "{}",
         tiny.stderr
@@ -582,6 +582,48 @@ fn llama_cpp_sampler_refuses_a_temperature_its_division_overflows() {
     // takes the tiny one too.
     ok(&tb(&[&args[..], &["--temp", "1e-30"]].concat()));
     ok(&tb(&["complete", STORY, "-n", "4", "--temp", "1e-45"]));
+
+    // Its penalties run first: a repetition penalty of 1e-45 divides a
+    // repeated token's logit past the float range.
+    let penalty = [
+        "--repeat-penalty",
+        "1e-45",
+        "--top-k",
+        "0",
+        "--top-p",
+        "1",
+        "--min-p",
+        "0",
+    ];
+    let run = tb(&[&args[..], &penalty[..], &["--temp", "1"]].concat());
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("the penalties take the logit of token ")
+            && run
+                .stderr
+                .contains(" to inf, which its chain cannot sample"),
+        "{}",
+        run.stderr
+    );
+    // Greedy takes that +inf as the largest logit, as ours does.
+    let greedy = |sampler: &str| {
+        let run = tb(&[
+            "complete",
+            STORY,
+            "--sampler",
+            sampler,
+            "--temp",
+            "0",
+            "-n",
+            "8",
+            penalty[0],
+            penalty[1],
+        ]);
+        ok(&run);
+        run.stdout
+    };
+    assert_eq!(greedy("llama.cpp"), greedy("talkback"));
 }
 
 #[test]
