@@ -682,12 +682,17 @@ pub fn explain_unknown(error: &clap::Error, args: &[String]) -> Option<clap::Err
     // Built, so that the usage line names the program before the subcommand.
     cmd.build();
     // After `--` every word is an argument, so a flag there is one too
-    // many, whichever subcommand takes it. (The same word before `--` is
-    // the one refused, as what it is.)
+    // many, whichever subcommand takes it. The copy refused is the one
+    // after `--` when the subcommand takes the flag, or when no copy
+    // comes before `--`; otherwise it is the one before, refused as what
+    // it is.
+    let owned = cmd
+        .find_subcommand(sub)
+        .is_some_and(|c| c.get_arguments().any(|a| names(a, name)));
     let rest = args.get(at + 1..).unwrap_or_default();
     let after_dashes = rest.iter().position(|a| a == "--").is_some_and(|d| {
         let (before, after) = rest.split_at(d);
-        !before.contains(&given) && after.get(1..).unwrap_or_default().contains(&given)
+        after.get(1..).unwrap_or_default().contains(&given) && (owned || !before.contains(&given))
     });
     if after_dashes && given.starts_with('-') && given != "--" {
         let command = cmd.find_subcommand_mut(sub)?;
@@ -1047,9 +1052,28 @@ mod tests {
                 "{text}"
             );
         }
-        // A word refused before `--` is not blamed on its copy after it.
+        // A word refused before `--` is not blamed on its copy after it,
+        // and a flag taken before `--` is refused in its copy after it.
         let typo = explain(&["talkback", "complete", "--treads", "1", "--", "--treads"]);
         assert_eq!(typo, None);
+        for argv in [
+            &["talkback", "complete", "--seed", "3", "x", "--", "--seed"][..],
+            &["talkback", "chat", "-v", "x", "--", "-v"],
+            &[
+                "talkback",
+                "complete",
+                "--parse-special",
+                "x",
+                "--",
+                "--parse-special",
+            ],
+        ] {
+            let text = explain(argv).expect("explained");
+            assert!(
+                text.contains("after `--` is read as an argument"),
+                "{argv:?}: {text}"
+            );
+        }
         let text = explain(&["talkback", "shape", "x", "--seed=3"]).expect("explained");
         assert!(text.starts_with("error: shape takes no --seed: "), "{text}");
         // A flag no subcommand takes keeps clap's own report.
