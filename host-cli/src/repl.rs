@@ -214,22 +214,54 @@ impl PromptScreen {
     #[cfg(unix)]
     fn swap() -> std::io::Result<Option<std::os::fd::OwnedFd>> {
         use std::io::{IsTerminal as _, Write as _};
-        use std::os::unix::fs::OpenOptionsExt as _;
         let out = std::io::stdout();
         if out.is_terminal() || !std::io::stdin().is_terminal() {
             return Ok(None);
         }
         out.lock().flush()?;
-        // Opened again by name: stdin itself may be open for reading only.
-        let name = nix::unistd::ttyname(std::io::stdin())?;
-        let terminal = std::fs::File::options()
-            .read(true)
-            .write(true)
-            .custom_flags(nix::libc::O_NOCTTY)
-            .open(name)?;
+        let terminal = Self::terminal()?;
         let saved = nix::unistd::dup(&out)?;
         nix::unistd::dup2_stdout(&terminal)?;
         Ok(Some(saved))
+    }
+
+    /// stdin's terminal, open for writing: stdin itself when it is open
+    /// for reading and writing, as a shell opens a terminal; else the
+    /// terminal it names, opened again; else the controlling terminal, if
+    /// it is the same one (a terminal owned by another user may refuse
+    /// to open by name).
+    #[cfg(unix)]
+    fn terminal() -> std::io::Result<std::os::fd::OwnedFd> {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let stdin = std::io::stdin();
+        let flags = fcntl(&stdin, FcntlArg::F_GETFL)?;
+        if OFlag::from_bits_truncate(flags) & OFlag::O_ACCMODE == OFlag::O_RDWR {
+            return Ok(nix::unistd::dup(&stdin)?);
+        }
+        let open = |path: &std::path::Path| {
+            std::fs::File::options()
+                .read(true)
+                .write(true)
+                .custom_flags(nix::libc::O_NOCTTY)
+                .open(path)
+        };
+        let by_name = nix::unistd::ttyname(&stdin)
+            .map_err(std::io::Error::from)
+            .and_then(|name| open(&name));
+        let terminal = match by_name {
+            Ok(file) => file,
+            Err(e) => {
+                let controlling = open(std::path::Path::new("/dev/tty")).map_err(|_| e)?;
+                let same = nix::sys::stat::fstat(&controlling)?.st_rdev
+                    == nix::sys::stat::fstat(&stdin)?.st_rdev;
+                if !same {
+                    return Err(std::io::ErrorKind::NotFound.into());
+                }
+                controlling
+            }
+        };
+        Ok(terminal.into())
     }
 }
 
