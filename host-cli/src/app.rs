@@ -528,6 +528,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     if let Some(prompt) = &prompt {
         messages.push(Message::new("user", prompt));
     }
+    model.check_turns(messages.len())?;
     if args.render_only {
         let rendered = template.render(&messages)?;
         // The checks a run makes (the template's, the context's) are made
@@ -921,6 +922,7 @@ fn prompt_tokens(model: &Model, prompt: &Prompt) -> Result<Vec<llama_cpp_2::toke
                     model.eos_text().unwrap_or_default(),
                 )?
             };
+            model.check_turns(messages.len())?;
             chat::tokenize(model, &template.render(messages)?)?
         }
         Prompt::Complete {

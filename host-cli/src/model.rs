@@ -348,6 +348,26 @@ impl Model {
         Ok(())
     }
 
+    /// Refuses, before a template renders them, more turns than the
+    /// context has tokens: every turn has text, so it takes one at least.
+    /// Rendering millions of them would take gigabytes first.
+    ///
+    /// # Errors
+    ///
+    /// - [`PromptTooLong`], with the turn count as a lower bound.
+    pub fn check_turns(&self, turns: usize) -> Result<()> {
+        if turns > self.ctx_size {
+            return Err(PromptTooLong {
+                tokens: turns,
+                n_ctx: self.ctx_size,
+                at_least: true,
+                trained: self.trained_context(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
     /// The vocabulary's [`TextBound`], found on first use.
     fn text_bound(&self) -> TextBound {
         *self.text_bound.get_or_init(|| {

@@ -191,6 +191,26 @@ fn a_bad_messages_file_is_a_runtime_error_naming_it() {
 }
 
 #[test]
+fn more_turns_than_the_context_has_tokens_are_refused_before_rendering() {
+    // Every turn has text, so it takes a token at least; millions of
+    // turns took gigabytes to render before the count refused them.
+    let turns = vec![r#"{"role": "user", "content": "a"}"#; 17].join(",");
+    let file = TempFile::with("turns.json", &format!("[{turns}]"));
+    for extra in [&["--render-only"][..], &["-n", "1"]] {
+        let run = tb(&[&["chat", "--messages", file.arg(), "-c", "16"][..], extra].concat());
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(run.stdout.is_empty(), "{}", run.text());
+        assert!(
+            run.stderr.starts_with(
+                "talkback: the prompt is at least 17 tokens but the context holds only 16"
+            ),
+            "{}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
 fn a_role_that_is_not_a_name_is_refused_before_it_reaches_the_prompt() {
     // The template writes roles into the prompt, which is read with
     // control tokens parsed: `<|im_start|>` as a role would be one.
