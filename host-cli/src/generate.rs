@@ -276,9 +276,14 @@ fn check_llama_step(logits: &[f32], recent: &[u32], req: &Request<'_>, step: usi
         bail!(
             "--sampler llama.cpp divides each logit by the temperature, and at step {step} \
              a logit of {} divided by {} is beyond a 32-bit float, which would make its \
-             probabilities NaN; raise --temp, or sample with --sampler talkback",
+             probabilities NaN; raise --temp{}, or sample with --sampler talkback",
             crate::settings::number(top),
-            crate::settings::number(t)
+            crate::settings::number(t),
+            if c.penalties_active() {
+                " or soften the penalties"
+            } else {
+                ""
+            }
         );
     }
     Ok(())
