@@ -46,14 +46,69 @@ pub enum Prompt {
 ///
 /// Serde reads an internally tagged enum by holding the whole object in
 /// memory as generic values first, at many times its size in the file;
-/// a struct passes over the fields it does not know as it reads them.
-#[derive(Deserialize)]
+/// this reads the fields as they come and passes over the others. Once
+/// `mode` is known (talkback writes it first), the other mode's fields
+/// are passed over too, as unknown ones are.
+#[derive(Default)]
 struct PromptFields {
-    mode: String,
+    mode: Option<String>,
     messages: Option<Vec<Message>>,
     chat_template: Option<String>,
     text: Option<String>,
     parse_special: Option<bool>,
+}
+
+impl<'de> Deserialize<'de> for PromptFields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(PromptVisitor)
+    }
+}
+
+/// Reads [`PromptFields`] from an object.
+struct PromptVisitor;
+
+impl<'de> serde::de::Visitor<'de> for PromptVisitor {
+    type Value = PromptFields;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a prompt object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<PromptFields, A::Error> {
+        use serde::de::{Error as _, IgnoredAny};
+        fn once<'de, A: serde::de::MapAccess<'de>, T: Deserialize<'de>>(
+            map: &mut A,
+            slot: &mut Option<T>,
+            name: &'static str,
+        ) -> Result<(), A::Error> {
+            if slot.is_some() {
+                return Err(A::Error::duplicate_field(name));
+            }
+            *slot = Some(map.next_value()?);
+            Ok(())
+        }
+        let mut p = PromptFields::default();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let mode = p.mode.as_deref();
+            // Before `mode`, every field of either mode is read.
+            let wanted = |of: &str| mode.map_or(true, |m| m == of);
+            match key.as_ref() {
+                "mode" => once(&mut map, &mut p.mode, "mode")?,
+                "messages" if wanted("chat") => once(&mut map, &mut p.messages, "messages")?,
+                "chat_template" if wanted("chat") => {
+                    once(&mut map, &mut p.chat_template, "chat_template")?;
+                }
+                "text" if wanted("complete") => once(&mut map, &mut p.text, "text")?,
+                "parse_special" if wanted("complete") => {
+                    once(&mut map, &mut p.parse_special, "parse_special")?;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(p)
+    }
 }
 
 impl TryFrom<PromptFields> for Prompt {
@@ -61,7 +116,7 @@ impl TryFrom<PromptFields> for Prompt {
 
     fn try_from(p: PromptFields) -> Result<Self, String> {
         let missing = |field: &str| format!("missing field `{field}`");
-        match p.mode.as_str() {
+        match p.mode.as_deref().ok_or_else(|| missing("mode"))? {
             "chat" => Ok(Prompt::Chat {
                 messages: p.messages.ok_or_else(|| missing("messages"))?,
                 chat_template: p.chat_template.ok_or_else(|| missing("chat_template"))?,
@@ -611,13 +666,13 @@ mod tests {
 
     #[test]
     fn a_prompt_reads_the_fields_of_its_mode_and_passes_over_the_rest() {
-        let read = |prompt: serde_json::Value| {
-            serde_json::from_value::<Prompt>(prompt).map_err(|e| e.to_string())
-        };
-        let complete = read(serde_json::json!({
-            "junk": [[0, {"a": 1}], "x"], "mode": "complete", "text": "hi",
-            "parse_special": true,
-        }));
+        let read = |prompt: &str| serde_json::from_str::<Prompt>(prompt).map_err(|e| e.to_string());
+        // After `mode`, the other mode's fields are passed over, whatever
+        // they hold.
+        let complete = read(
+            r#"{"junk": [[0, {"a": 1}], "x"], "mode": "complete", "text": "hi",
+                "parse_special": true, "messages": 5, "chat_template": null}"#,
+        );
         assert_eq!(
             complete,
             Ok(Prompt::Complete {
@@ -625,10 +680,10 @@ mod tests {
                 parse_special: true
             })
         );
-        let chat = read(serde_json::json!({
-            "mode": "chat", "chat_template": "t",
-            "messages": [{"role": "user", "content": "c"}],
-        }));
+        let chat = read(
+            r#"{"chat_template": "t", "messages": [{"role": "user", "content": "c"}],
+                "mode": "chat"}"#,
+        );
         assert_eq!(
             chat,
             Ok(Prompt::Chat {
@@ -636,22 +691,31 @@ mod tests {
                 chat_template: "t".into()
             })
         );
-        for (prompt, error) in [
+        for (prompt, want) in [
             (
-                serde_json::json!({"mode": "chat", "chat_template": "t"}),
+                r#"{"mode": "chat", "chat_template": "t"}"#,
                 "missing field `messages`",
             ),
             (
-                serde_json::json!({"mode": "complete", "text": "hi"}),
+                r#"{"mode": "complete", "text": "hi"}"#,
                 "missing field `parse_special`",
             ),
             (
-                serde_json::json!({"mode": "story", "text": "hi"}),
+                r#"{"mode": "story", "text": "hi"}"#,
                 "unknown variant `story`, expected `chat` or `complete`",
             ),
-            (serde_json::json!({"text": "hi"}), "missing field `mode`"),
+            (r#"{"text": "hi"}"#, "missing field `mode`"),
+            (
+                r#"{"mode": "complete", "text": null, "parse_special": true}"#,
+                "invalid type: null, expected a string",
+            ),
+            (
+                r#"{"mode": "chat", "mode": "chat"}"#,
+                "duplicate field `mode`",
+            ),
         ] {
-            assert_eq!(read(prompt).err().as_deref(), Some(error));
+            let error = read(prompt).err().unwrap_or_default();
+            assert!(error.starts_with(want), "{prompt}: {error}");
         }
     }
 
