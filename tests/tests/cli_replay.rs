@@ -621,13 +621,7 @@ fn a_trace_whose_context_does_not_fit_names_the_trace_not_a_flag() {
         let mut edited = t.clone();
         edited["prompt"]["text"] = text.into();
         trace.write_json(&edited);
-        let run = tb(&["replay", trace.arg()]);
-        assert_eq!(run.code, 1, "{}", run.stderr);
-        let e = &run.stderr;
-        assert!(
-            e.starts_with(&format!("talkback: trace {}: {says}", trace.arg())),
-            "{e}"
-        );
+        let e = refused_naming_it(&trace, says);
         assert!(!e.contains("--ctx-size") && !e.contains("shorten"), "{e}");
     }
 }
@@ -646,14 +640,21 @@ fn a_trace_whose_template_fails_names_the_trace() {
         let mut edited = t.clone();
         edited["prompt"]["chat_template"] = template.into();
         trace.write_json(&edited);
-        let run = tb(&["replay", trace.arg()]);
-        assert_eq!(run.code, 1, "{}", run.stderr);
-        let e = &run.stderr;
-        assert!(
-            e.starts_with(&format!("talkback: trace {}: {says}", trace.arg())),
-            "{e}"
-        );
+        refused_naming_it(&trace, says);
     }
+}
+
+/// Replays a trace and expects it refused with exit 1 by a message that
+/// names it and goes on with `says`; returns the message.
+fn refused_naming_it(trace: &TempFile, says: &str) -> String {
+    let run = tb(&["replay", trace.arg()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let e = run.stderr;
+    assert!(
+        e.starts_with(&format!("talkback: trace {}: {says}", trace.arg())),
+        "{e}"
+    );
+    e
 }
 
 #[test]
