@@ -348,9 +348,11 @@ impl Model {
         Ok(())
     }
 
-    /// Refuses, before a template renders them, more turns than the
-    /// context has tokens: every turn has text, so it takes one at least.
-    /// Rendering millions of them would take gigabytes first.
+    /// Refuses more turns than the context has tokens, before a template
+    /// renders them.
+    ///
+    /// Every turn has text, so it takes one token at least; rendering
+    /// millions of them would take gigabytes first.
     ///
     /// # Errors
     ///

@@ -183,12 +183,14 @@ pub fn run(template: &Template<'_>, turn: &mut dyn Turn, start: Vec<Message>) ->
     }
 }
 
-/// While it lives, stdout is the terminal that stdin reads, when stdout
-/// was sent elsewhere (`chat > log.txt`, `| tee log.txt`): the line
-/// editor draws its prompt and echoes the keys on stdout, which belong on
-/// the terminal where they are typed, not in the output with the replies.
-/// The terminal is the one stdin names, which need not be the process's
-/// controlling terminal (it may have none).
+/// Points stdout at the terminal that stdin reads while it lives.
+///
+/// Only when stdout was sent elsewhere (`chat > log.txt`, `| tee
+/// log.txt`): the line editor draws its prompt and echoes the keys on
+/// stdout, and they belong on the terminal where they are typed, not in
+/// the output with the replies. The terminal is the one stdin names,
+/// which need not be the process's controlling terminal (it may have
+/// none).
 struct PromptScreen {
     /// The real stdout, put back when dropped.
     #[cfg(unix)]
@@ -225,11 +227,16 @@ impl PromptScreen {
         Ok(Some(saved))
     }
 
-    /// stdin's terminal, open for writing: stdin itself when it is open
-    /// for reading and writing, as a shell opens a terminal; else the
-    /// terminal it names, opened again; else the controlling terminal, if
-    /// it is the same one (a terminal owned by another user may refuse
-    /// to open by name).
+    /// stdin's terminal, open for writing.
+    ///
+    /// That is stdin itself when it is open for reading and writing, as a
+    /// shell opens a terminal; else the terminal it names, opened again;
+    /// else the controlling terminal, if it is the same one (a terminal
+    /// owned by another user may refuse to open by name).
+    ///
+    /// # Errors
+    ///
+    /// - none of the three can be had.
     #[cfg(unix)]
     fn terminal() -> std::io::Result<std::os::fd::OwnedFd> {
         use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -276,8 +283,9 @@ impl Drop for PromptScreen {
     }
 }
 
-/// Whether a failed read means the terminal has gone: a read from a
-/// terminal that hung up fails with EIO.
+/// Whether a failed read means the terminal has gone.
+///
+/// A read from a terminal that hung up fails with EIO.
 fn hung_up(e: &ReadlineError) -> bool {
     #[cfg(unix)]
     {
