@@ -229,7 +229,7 @@ impl ReservedFile {
     /// Replaces the file's contents with `bytes`: through a new file
     /// renamed over it, which leaves it as it was if the write fails; in
     /// place where a new file cannot take its place (see
-    /// [`ReservedFile::renamable`]).
+    /// `ReservedFile::renamable`).
     ///
     /// # Errors
     ///
