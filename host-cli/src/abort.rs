@@ -20,7 +20,7 @@ static REPORTED: AtomicBool = AtomicBool::new(false);
 /// The model being loaded or run, for the message.
 static MODEL: OnceLock<String> = OnceLock::new();
 
-/// Routes llama.cpp's failed checks to [`on_abort`].
+/// Routes llama.cpp's failed checks to `on_abort`.
 #[allow(unsafe_code)]
 pub fn install() {
     // SAFETY: the call only stores the function pointer in a global that

@@ -161,7 +161,7 @@ pub struct Rendered {
 /// (reversed, re-cased), or copied with the marks filtered out. So the
 /// template's own text (all but the marked spans) must read as the same
 /// control tokens as in renders where every message is one of
-/// [`STAND_INS`] (two, so that control tokens the template writes only for
+/// `STAND_INS` (two, so that control tokens the template writes only for
 /// some text show up as a difference); and when some message is not whole
 /// and in place, no message may hold text that reads as a control token.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -49,7 +49,7 @@
 //!
 //! Some corruptions make llama.cpp run without error and print something
 //! other than the model's text, and are refused too: faults of the
-//! vocabulary as a whole (see [`vocab`]), a norm epsilon of 1 or more, a
+//! vocabulary as a whole (see `vocab`), a norm epsilon of 1 or more, a
 //! rope base that is not finite and positive, a negative rope scaling
 //! factor, and attention that is not causal.
 //!

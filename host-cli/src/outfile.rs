@@ -234,7 +234,7 @@ impl ReservedFile {
     /// # Errors
     ///
     /// - the write fails (a full disk, a pipe whose reader left), or the
-    ///   new file cannot be made (see [`Sibling::create`]).
+    ///   new file cannot be made (see `Sibling::create`).
     pub fn replace(&mut self, bytes: &[u8]) -> io::Result<()> {
         let mut meta = self.file.as_ref().map(File::metadata).transpose()?;
         if meta.as_ref().is_some_and(|m| self.moved(m)) {
