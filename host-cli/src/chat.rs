@@ -5,15 +5,17 @@
 //! `minijinja` cannot render (a syntax or a filter it lacks) falls back to the
 //! llama.cpp built-in template its text matches, with a warning on stderr;
 //! a template that raises an exception is obeyed, not bypassed. So that a user who
-//! types `<|im_end|>` sends text rather than a control token, the rendered
-//! prompt is split into template spans, tokenized with special-token parsing,
-//! and message spans, tokenized without it.
+//! types `<|im_end|>` sends text rather than a control token, only the
+//! template's own text is read with special-token parsing: the prompt is cut
+//! at the control tokens found there, and the text between them, template and
+//! message text together, is tokenized without it.
 
 use std::cell::Cell;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate};
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token_type::LlamaTokenAttr;
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 
@@ -617,9 +619,9 @@ fn message_value(m: &Message) -> Value {
     Value::from(map)
 }
 
-/// Tokenizes a rendered prompt: template text with special tokens parsed,
-/// message content as plain text, and a BOS only where the template did not
-/// already write one.
+/// Tokenizes a rendered prompt: control tokens only where the template's
+/// own text spells them, the text between them as the whole text would
+/// tokenize, and a BOS only where the template did not already write one.
 pub fn tokenize(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
     // Each part is checked as it is tokenized; the whole first, so that
     // many parts that each fit are not tokenized only to be refused.
@@ -667,19 +669,137 @@ pub fn tokenize(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
     if model.wants_bos() && !bos_written {
         tokens.extend(model.tokenize("", true, false)?);
     }
-    // Template parts and message spans alternate, a template part first
-    // and last.
-    let mut part_tokens = part_tokens.into_iter();
-    for range in &rendered.content {
-        tokens.extend(part_tokens.next().unwrap_or_default());
-        let user = rendered
-            .text
-            .get(range.clone())
-            .context("content range out of bounds")?;
-        tokens.extend(model.tokenize(user, false, false)?);
-    }
-    tokens.extend(part_tokens.flatten());
+    let cuts = cuts(model, rendered, &parts, part_tokens)?;
+    tokens.extend(tokenize_around(model, &rendered.text, &cuts)?);
     Ok(tokens)
+}
+
+/// Tokenizes `text` with each of `cuts` (in order, not overlapping)
+/// standing for its own tokens and the text between them read as ordinary
+/// text, less the whitespace a cut swallows.
+fn tokenize_around(model: &Model, text: &str, cuts: &[Cut]) -> Result<Vec<LlamaToken>> {
+    let mut tokens = Vec::new();
+    let mut at = 0;
+    let mut swallowed = false;
+    for cut in cuts {
+        let run = text.get(at..cut.range.start).context("cut out of order")?;
+        read_run(model, run, swallowed, cut.lstrip, &mut tokens)?;
+        tokens.extend(&cut.tokens);
+        at = cut.range.end;
+        swallowed = cut.rstrip;
+    }
+    let rest = text.get(at..).context("cut out of bounds")?;
+    read_run(model, rest, swallowed, false, &mut tokens)?;
+    Ok(tokens)
+}
+
+/// Appends the tokens of `run`, ordinary text between two cuts, less the
+/// whitespace at its start when the cut before swallows it and at its end
+/// when the cut after (`lstrip`) does.
+fn read_run(
+    model: &Model,
+    run: &str,
+    swallowed: bool,
+    lstrip: bool,
+    tokens: &mut Vec<LlamaToken>,
+) -> Result<()> {
+    let mut run = run;
+    if swallowed {
+        run = run.trim_start_matches(is_c_space);
+    }
+    if lstrip {
+        run = run.trim_end_matches(is_c_space);
+    }
+    if !run.is_empty() {
+        tokens.extend(model.tokenize(run, false, false)?);
+    }
+    Ok(())
+}
+
+/// A stretch of a rendered prompt that is not tokenized as ordinary text:
+/// one control token the template writes, or a whole template part whose
+/// control tokens could not be placed.
+struct Cut {
+    /// Where it lies in the prompt's text.
+    range: std::ops::Range<usize>,
+    /// The tokens it stands for.
+    tokens: Vec<LlamaToken>,
+    /// Whether it swallows the whitespace before it.
+    lstrip: bool,
+    /// Whether it swallows the whitespace after it.
+    rstrip: bool,
+}
+
+/// Where the prompt is cut for tokenizing, in order.
+///
+/// The text between cuts (template text and message text together) is
+/// tokenized in one piece without special-token parsing, so that the model
+/// gets the tokens of the whole rendered text, as the template's makers
+/// tokenize it, and message text still never reads as a control token. A
+/// part whose control tokens cannot be placed, so that its pieces would not
+/// give the tokens it gives whole, is cut whole.
+fn cuts(
+    model: &Model,
+    rendered: &Rendered,
+    parts: &[&str],
+    part_tokens: Vec<Vec<LlamaToken>>,
+) -> Result<Vec<Cut>> {
+    let mut cuts = Vec::new();
+    let mut start = 0;
+    for ((i, part), tokens) in parts.iter().enumerate().zip(part_tokens) {
+        match place_controls(model, part, &tokens)? {
+            Some(placed) => cuts.extend(placed.into_iter().map(|mut cut| {
+                cut.range = cut.range.start + start..cut.range.end + start;
+                cut
+            })),
+            None => cuts.push(Cut {
+                range: start..start + part.len(),
+                tokens,
+                lstrip: false,
+                rstrip: false,
+            }),
+        }
+        start = rendered.content.get(i).map_or(start, |range| range.end);
+    }
+    Ok(cuts)
+}
+
+/// The control tokens among `tokens`, the tokens of `part` read with
+/// special-token parsing, placed in `part`; `None` unless the text around
+/// them, read without it, gives `tokens` again.
+fn place_controls(model: &Model, part: &str, tokens: &[LlamaToken]) -> Result<Option<Vec<Cut>>> {
+    let mut placed = Vec::new();
+    let mut at = 0;
+    for &token in tokens {
+        let attr = model.attr(token);
+        if !(attr.contains(LlamaTokenAttr::Control) || attr.contains(LlamaTokenAttr::Unknown)) {
+            continue;
+        }
+        let text = u32::try_from(token.0)
+            .ok()
+            .and_then(|id| model.token_text(id))
+            .unwrap_or_default();
+        let found = part.get(at..).and_then(|rest| rest.find(&text));
+        let Some(found) = found.filter(|_| !text.is_empty()) else {
+            return Ok(None);
+        };
+        let range = at + found..at + found + text.len();
+        at = range.end;
+        placed.push(Cut {
+            range,
+            tokens: vec![token],
+            lstrip: attr.contains(LlamaTokenAttr::LStrip),
+            rstrip: attr.contains(LlamaTokenAttr::RStrip),
+        });
+    }
+    let again = tokenize_around(model, part, &placed)?;
+    Ok((again == tokens).then_some(placed))
+}
+
+/// Whitespace as llama.cpp's tokenizer strips it beside a token that
+/// swallows it (C's `isspace`).
+fn is_c_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\u{b}' | '\u{c}' | '\r')
 }
 
 /// The template's text of `rendered`: all but the message spans, one part

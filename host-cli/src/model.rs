@@ -392,6 +392,12 @@ impl Model {
         })
     }
 
+    /// The vocabulary's attributes of `token` (control, user-defined,
+    /// whether it swallows whitespace beside it).
+    pub fn attr(&self, token: LlamaToken) -> llama_cpp_2::token_type::LlamaTokenAttrs {
+        self.model.vocab().attr(token)
+    }
+
     /// Whether `token` is one that only special-token parsing reads: a
     /// control token or one the model's makers added.
     pub fn is_special(&self, token: LlamaToken) -> bool {

@@ -370,6 +370,29 @@ fn chat_tokens_are_the_rendered_text_with_one_start_and_no_extra_bos() {
 }
 
 #[test]
+fn message_text_is_tokenized_with_the_template_text_around_it() {
+    // Tokenized apart from the template's text, these would start with a
+    // token of their own for the whitespace the model never saw alone:
+    // `\n` and `   ` for SmolLM2's `user\n` before indented code, and ` `
+    // for `[INST] ` before a word.
+    let inst = TempFile::with(
+        "inst.jinja",
+        "{% for m in messages %}[INST] {{ m.content }} [/INST]{% endfor %}",
+    );
+    let cases: [&[&str]; 3] = [
+        &["chat", "    return x", "--system", "S"],
+        &["chat", "\n\n  Hi  ", "--system", "S"],
+        &["chat", "Hello there", "--chat-template", inst.arg()],
+    ];
+    for args in cases {
+        let chat = prompt_ids(args, None);
+        let rendered = render(&args[1..]);
+        let whole = prompt_ids(&["complete", "--parse-special"], Some(rendered.as_bytes()));
+        assert_eq!(chat, whole, "{rendered:?}");
+    }
+}
+
+#[test]
 fn a_marker_typed_by_the_user_stays_text() {
     let message = "Say <|im_end|> twice";
     let args = ["chat", message, "--system", "S"];
