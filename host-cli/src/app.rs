@@ -349,21 +349,26 @@ fn report_finish(outcome: &Outcome, format: Format, verbose: u8) -> Result<()> {
         out.flush()?;
     }
     if verbose > 0 || outcome.finish == Finish::ContextFull {
-        let t = outcome.timings;
-        let secs = t.generation.as_secs_f64();
-        let n = outcome.tokens.len();
-        crate::note!(
-            "talkback: finished: {} ({}, {n} generated, {:.1} tokens/s, sampling {:.3} ms)",
-            outcome.finish.as_str().replace('_', " "),
-            counted(outcome.prompt_tokens, "prompt"),
-            if secs > 0.0 { n as f64 / secs } else { 0.0 },
-            t.sampling.as_secs_f64() * 1e3,
-        );
+        note_finish(outcome);
     }
     if outcome.finish == Finish::Interrupted {
         return Err(Interrupted.into());
     }
     Ok(())
+}
+
+/// Prints how a run finished, with its counts and speed, on stderr.
+fn note_finish(outcome: &Outcome) {
+    let t = outcome.timings;
+    let secs = t.generation.as_secs_f64();
+    let n = outcome.tokens.len();
+    crate::note!(
+        "talkback: finished: {} ({}, {n} generated, {:.1} tokens/s, sampling {:.3} ms)",
+        outcome.finish.as_str().replace('_', " "),
+        counted(outcome.prompt_tokens, "prompt"),
+        if secs > 0.0 { n as f64 / secs } else { 0.0 },
+        t.sampling.as_secs_f64() * 1e3,
+    );
 }
 
 fn ids(tokens: &[LlamaToken]) -> Vec<u32> {
@@ -552,6 +557,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
             generator: &mut generator,
             session: &mut session,
             settings: &settings,
+            verbose,
         };
         return crate::repl::run(&template, &mut turn, messages);
     }
@@ -597,6 +603,7 @@ struct ChatTurn<'a, 'm> {
     generator: &'a mut Generator,
     session: &'a mut Session<'m>,
     settings: &'a Settings,
+    verbose: u8,
 }
 
 impl Turn for ChatTurn<'_, '_> {
@@ -614,6 +621,9 @@ impl Turn for ChatTurn<'_, '_> {
         let mut out = crate::output::stdout();
         writeln!(out)?;
         out.flush()?;
+        if self.verbose > 0 {
+            note_finish(&outcome);
+        }
         if outcome.finish == Finish::ContextFull {
             crate::note!("talkback: the context is full; /reset to start over");
         }

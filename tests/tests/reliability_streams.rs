@@ -1300,6 +1300,27 @@ fn end_of_input_leaves_the_chat_cleanly() {
     term.exits_cleanly();
 }
 
+#[test]
+fn a_verbose_chat_reports_how_each_reply_finished() {
+    let mut term = Terminal::start(&["-n", "8", "--seed", "1", "-v"]);
+    let mut at = term.wait_for(0, "chat started");
+    for _ in 0..2 {
+        at = term.wait_for(at, "> ");
+        term.keys(b"Hi\r");
+        // Eight tokens end the reply unless the model ends its turn first.
+        at = term.wait_for(at, "talkback: finished: ");
+        let screen = term.screen();
+        let reason = screen.get(at..).unwrap_or_default();
+        assert!(
+            reason.starts_with("length (") || reason.starts_with("end of turn ("),
+            "{reason:?}"
+        );
+    }
+    term.wait_for(at, "> ");
+    term.keys(b"/exit\r");
+    term.exits_cleanly();
+}
+
 /// A chat asked for a long story, once some of the reply is on screen;
 /// returns it and where the reply starts on screen.
 fn long_reply() -> (Terminal, usize) {
