@@ -16,6 +16,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate};
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::token_type::LlamaTokenAttr;
+use minijinja::value::Kwargs;
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 
@@ -243,6 +244,7 @@ impl<'m> Template<'m> {
         }
         env.set_fuel(Some(FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_filter("tojson", tojson);
         env.add_function("raise_exception", |msg: String| -> Result<(), JinjaError> {
             Err(JinjaError::new(
                 ErrorKind::InvalidOperation,
@@ -250,10 +252,11 @@ impl<'m> Template<'m> {
             ))
         });
         // Jinja2, which Hugging Face renders with, writes every line break
-        // of the template's text as `\n`; a file saved with Windows line
-        // breaks would otherwise put `\r\n` into the prompt.
+        // of the template's text (`\r\n`, `\r` or `\n`) as `\n`; a file
+        // saved with Windows or old Mac line breaks would otherwise put
+        // carriage returns into the prompt.
         let parsed = env
-            .add_template_owned("chat", source.replace("\r\n", "\n"))
+            .add_template_owned("chat", source.replace("\r\n", "\n").replace('\r', "\n"))
             // `{e:#}` would add minijinja's source excerpt over several lines;
             // the plain form names the error, template and line in one.
             .map_err(|e| anyhow!("the chat template does not parse: {e}"));
@@ -610,13 +613,58 @@ impl Builtin<'_> {
 
 /// A message as the template sees it: a map with `role` and `content`.
 fn message_value(m: &Message) -> Value {
-    let map: std::collections::BTreeMap<&str, Value> = [
+    // In this order, as Python's dicts keep it for `items()` and `tojson`.
+    Value::from_pairs([
         ("role", Value::from(m.role.as_str())),
         ("content", Value::from(m.content.as_str())),
-    ]
-    .into_iter()
-    .collect();
-    Value::from(map)
+    ])
+}
+
+/// The most bytes one `tojson` writes. Its output is checked, since
+/// minijinja's fuel does not count the bytes a filter of ours writes: a
+/// template that applies it over and over to its own output would double it
+/// each time.
+const MAX_JSON: usize = 8 << 20;
+
+/// `tojson` as Hugging Face's templates have it: Python's `json.dumps` with
+/// `ensure_ascii=False`, so `<`, `>`, `&` and `'` are written as they are
+/// where minijinja's own filter escapes them for HTML. Keys keep their
+/// order, and items are parted by `", "` (or lines indented by `indent`).
+fn tojson(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> Result<Value, JinjaError> {
+    let escaped = minijinja::filters::tojson(value, indent, kwargs)?;
+    let escaped = escaped.as_str().unwrap_or_default();
+    if escaped.len() > MAX_JSON {
+        return Err(JinjaError::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson would write more than {MAX_JSON} bytes"),
+        ));
+    }
+    let mut out = String::with_capacity(escaped.len());
+    let mut rest = escaped;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        let escape = &rest[at..];
+        let html = ["\\u003c", "\\u003e", "\\u0026", "\\u0027"]
+            .iter()
+            .zip(['<', '>', '&', '\''])
+            .find(|(code, _)| escape.starts_with(*code));
+        let taken = match html {
+            Some((code, c)) => {
+                out.push(c);
+                code.len()
+            }
+            // Any other escape is kept whole, so that the backslash of
+            // `\\` is never read as the start of the next one.
+            None => {
+                let len = escape.chars().nth(1).map_or(0, char::len_utf8) + 1;
+                out.push_str(escape.get(..len).unwrap_or(escape));
+                len
+            }
+        };
+        rest = escape.get(taken..).unwrap_or_default();
+    }
+    out.push_str(rest);
+    Ok(Value::from_safe_string(out))
 }
 
 /// Tokenizes a rendered prompt: control tokens only where the template's
@@ -1042,7 +1090,6 @@ mod tests {
     fn windows_line_breaks_in_a_template_render_as_line_feeds() {
         let unix =
             "{% for m in messages %}\n<|im_start|>{{ m.role }}\n{{ m.content }}\n{% endfor %}\n";
-        let windows = unix.replace('\n', "\r\n");
         let render = |src: &str| {
             Template::new(src, String::new(), String::new())
                 .expect("parse")
@@ -1050,8 +1097,61 @@ mod tests {
                 .expect("render")
                 .text
         };
-        assert_eq!(render(&windows), "<|im_start|>user\nhi\n");
-        assert_eq!(render(&windows), render(unix));
+        assert_eq!(render(unix), "<|im_start|>user\nhi\n");
+        // Windows and old Mac line breaks, also inside a string literal.
+        for newline in ["\r\n", "\r"] {
+            let other = unix.replace('\n', newline);
+            assert_eq!(render(&other), render(unix), "{newline:?}");
+            let literal = format!("{{{{ 'a{newline}b' }}}}{{{{ messages[0].content }}}}");
+            assert_eq!(render(&literal), "a\nbhi", "{newline:?}");
+        }
+    }
+
+    #[test]
+    fn tojson_writes_what_pythons_json_dumps_writes() {
+        let render = |src: &str, content: &str| {
+            Template::new(src, String::new(), String::new())
+                .expect("parse")
+                .render(&[Message::new("user", content)])
+                .expect("render")
+                .text
+        };
+        // Keys in the message's order, spaced as Python spaces them.
+        assert_eq!(
+            render("{{ messages[0] | tojson }}", "hi"),
+            r#"{"role": "user", "content": "hi"}"#
+        );
+        assert_eq!(
+            render("{{ messages | tojson(indent=2) }}", "hi"),
+            "[\n  {\n    \"role\": \"user\",\n    \"content\": \"hi\"\n  }\n]"
+        );
+        // HTML's characters as they are; JSON's own escapes kept, also a
+        // backslash before text that spells an HTML escape.
+        assert_eq!(
+            render(
+                "{{ messages[0].content | tojson }}",
+                r#"It's <b> & "x" \u003c"#
+            ),
+            r#""It's <b> & \"x\" \\u003c""#
+        );
+        assert_eq!(
+            render("{{ messages[0].content | tojson }}", "tab\t\u{1}é"),
+            r#""tab\t\u0001é""#
+        );
+        assert_eq!(
+            render(
+                "{% for k, v in messages[0].items() %}{{ k }}={{ v }};{% endfor %}",
+                "hi"
+            ),
+            "role=user;content=hi;"
+        );
+        assert_eq!(
+            render(
+                "{{ {'b': 1, 'a': 2} | tojson }}{{ messages[0].content }}",
+                "hi"
+            ),
+            r#"{"b": 1, "a": 2}hi"#
+        );
     }
 
     #[test]
