@@ -653,7 +653,7 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
     if verbose > 0 {
         crate::note!("talkback: {}", settings.describe());
     }
-    let tokens = model.tokenize(&prompt, model.wants_bos(), args.parse_special)?;
+    let tokens = model.tokenize_prompt(&prompt, args.parse_special)?;
     let save = |outcome: &Outcome| match trace_file {
         Some(out) => {
             let prompt = Prompt::Complete {
@@ -938,7 +938,7 @@ fn prompt_tokens(model: &Model, prompt: &Prompt) -> Result<Vec<llama_cpp_2::toke
         Prompt::Complete {
             text,
             parse_special,
-        } => model.tokenize(text, model.wants_bos(), *parse_special)?,
+        } => model.tokenize_prompt(text, *parse_special)?,
     })
 }
 
@@ -1065,7 +1065,7 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
             &template.render(&[Message::new("user", &args.prompt)])?,
         )?
     } else {
-        model.tokenize(&args.prompt, model.wants_bos(), false)?
+        model.tokenize_prompt(&args.prompt, false)?
     };
     let runs: Vec<(String, Request<'_>)> = configs
         .into_iter()
@@ -1161,7 +1161,7 @@ fn shape_command(args: &ShapeArgs, verbose: u8) -> Result<()> {
             let template = Template::from_model(&model, WITHOUT_CHAT_FLAG)?;
             chat::tokenize(&model, &template.render(&[Message::new("user", prompt)])?)?
         } else {
-            model.tokenize(prompt, model.wants_bos(), false)?
+            model.tokenize_prompt(prompt, false)?
         };
         let table = {
             let mut session = model.session(&args.model)?;

@@ -234,7 +234,8 @@ pub struct CompleteArgs {
     pub prompt: Option<String>,
 
     /// Parse special-token text such as `<|im_start|>` in the prompt as
-    /// control tokens instead of plain text.
+    /// control tokens instead of plain text (a prompt that opens with the
+    /// model's BOS gets no second one).
     #[arg(long)]
     pub parse_special: bool,
 

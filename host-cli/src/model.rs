@@ -302,6 +302,22 @@ impl Model {
             .tokenize(text.as_bytes(), add_bos, parse_special))
     }
 
+    /// Tokenizes a prompt given as text: with the BOS the vocabulary asks
+    /// for first, unless the text (read with `parse_special`) already
+    /// starts with it, which would give the model two.
+    ///
+    /// # Errors
+    ///
+    /// - as [`Model::tokenize`].
+    pub fn tokenize_prompt(&self, text: &str, parse_special: bool) -> Result<Vec<LlamaToken>> {
+        let mut tokens = self.tokenize(text, self.wants_bos(), parse_special)?;
+        let bos = self.model.vocab().bos();
+        if self.wants_bos() && tokens.get(..2) == Some(&[bos, bos]) {
+            tokens.remove(0);
+        }
+        Ok(tokens)
+    }
+
     /// Refuses, before tokenizing it, a text that takes more tokens than the
     /// context holds whatever its tokenization.
     ///

@@ -183,6 +183,61 @@ fn a_turn_marker_typed_as_text_is_refused_by_chat() {
 }
 
 #[test]
+fn a_prompt_that_starts_with_the_bos_gets_no_second_one() {
+    // With `add_bos_token` set, `complete --parse-special` put the model's
+    // BOS (`<|im_start|>` here) before a prompt that already opens with it.
+    let scratch = Scratch::new("bos-wanted");
+    let layout = Layout::of_model();
+    let copy = Patchable::new(&scratch);
+    let add_bos = layout.value_at("tokenizer.ggml.add_bos_token");
+    assert_eq!(layout.bytes(add_bos, 1), [0], "SmolLM2 adds no BOS");
+    let trace = scratch.join("trace.json");
+    let ids = |prompt: &str, special: bool| {
+        let run = copy.with(&[(add_bos, vec![1])], |model| {
+            let flags = [
+                "complete",
+                prompt,
+                "-n",
+                "1",
+                "--temp",
+                "0",
+                "-t",
+                "1",
+                "-m",
+                arg(model),
+                "--trace",
+                arg(&trace),
+            ];
+            let special: &[&str] = if special { &["--parse-special"] } else { &[] };
+            talkback(&[&flags[..], special].concat())
+        });
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let text = std::fs::read_to_string(&trace).expect("the trace");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        let ids: Vec<u64> = v["prompt_tokens"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|t| t.as_u64().expect("id"))
+            .collect();
+        ids
+    };
+    let hi = ids("Hi", true);
+    assert_eq!(hi[0], 1, "the BOS is added: {hi:?}");
+    assert_eq!(ids("<|im_start|>Hi", true), hi);
+    // Two written are two sent; as text, the marker is not a BOS.
+    assert_eq!(
+        ids("<|im_start|><|im_start|>Hi", true),
+        [&[1], &hi[..]].concat()
+    );
+    let typed = ids("<|im_start|>Hi", false);
+    assert!(
+        typed.len() > 3 && typed[0] == 1 && typed[1] != 1,
+        "{typed:?}"
+    );
+}
+
+#[test]
 fn the_default_context_is_the_trained_one_when_that_is_shorter() {
     // A model trained on 2048 tokens needed --ctx-size on every run.
     let scratch = Scratch::new("trained-2048");
