@@ -18,8 +18,8 @@
 //!   index or `-`), then `finish HEX`.
 //! - `error WHERE DEBUG` when sampler-core refused something.
 //! - `info KIND NAME BYTES`: a stack high-water mark (`stack-sample`,
-//!   `stack-push`) or the size of the sampler value (`size-sampler`), not
-//!   compared.
+//!   `stack-sample-plain` for the calls without a report, `stack-push`) or
+//!   the size of the sampler value (`size-sampler`), not compared.
 
 use core::fmt;
 
@@ -161,7 +161,10 @@ fn order(text: &str) -> Option<Order> {
     Order::new(stages.get(..len)?).ok()
 }
 
-/// Draws `run.steps` tokens from one run's logits and writes a line for each.
+/// Draws `run.steps` tokens from one run's logits and writes a line for
+/// each; then draws them again without a report, as a caller that wants
+/// only the token does (a path of its own in sampler-core), and writes an
+/// error line where a token or its log-probability differs.
 pub fn sample<H: Host>(
     host: &mut H,
     run: &Vector<'_>,
@@ -177,56 +180,135 @@ pub fn sample<H: Host>(
         host.line(format_args!("error window {}", run.window));
         return;
     }
+    if run.steps as usize > MAX_STEPS {
+        host.line(format_args!("error steps {}", run.steps));
+        return;
+    }
     let config = Config {
         order,
         ..run.config
     };
+    let mut drawn = [(0u32, 0u32); MAX_STEPS];
+    let mut deepest = None;
+    let mut alternatives = [Alternative::default(); ALTERNATIVES];
+    let reported = draw(
+        host,
+        run,
+        config,
+        scratch,
+        rotated,
+        |host, sampler, input, step| {
+            let mut report = Report::new(&mut alternatives);
+            let (choice, used) = host.measure(|| sampler.sample(input, Some(&mut report)));
+            deepest = deepest.max(used);
+            let choice = match choice {
+                Ok(c) => c,
+                Err(e) => {
+                    host.line(format_args!("error step-{step} {e:?}"));
+                    return None;
+                }
+            };
+            let s = report.survivors;
+            host.line(format_args!(
+                "token {step} {} {:08x} {:08x} {}/{}/{}/{}/{} {}",
+                choice.id,
+                choice.logprob.to_bits(),
+                report.entropy.to_bits(),
+                s.vocab,
+                s.after_top_k,
+                s.after_top_p,
+                s.after_min_p,
+                s.final_count,
+                Alts(report.written()),
+            ));
+            if let Some(slot) = drawn.get_mut(step as usize) {
+                *slot = (choice.id, choice.logprob.to_bits());
+            }
+            Some(choice.id)
+        },
+    );
+    let Some(size) = reported else {
+        return;
+    };
+
+    let mut deepest_plain = None;
+    let plain = draw(
+        host,
+        run,
+        config,
+        scratch,
+        rotated,
+        |host, sampler, input, step| {
+            let (choice, used) = host.measure(|| sampler.sample(input, None));
+            deepest_plain = deepest_plain.max(used);
+            let choice = match choice {
+                Ok(c) => c,
+                Err(e) => {
+                    host.line(format_args!("error plain-step-{step} {e:?}"));
+                    return None;
+                }
+            };
+            let got = (choice.id, choice.logprob.to_bits());
+            if drawn.get(step as usize) != Some(&got) {
+                host.line(format_args!(
+                    "error plain-step-{step} drew {} {:08x}",
+                    got.0, got.1
+                ));
+                return None;
+            }
+            Some(choice.id)
+        },
+    );
+    if plain.is_none() {
+        return;
+    }
+
+    if let Some(bytes) = deepest {
+        host.line(format_args!("info stack-sample {} {bytes}", run.name));
+        host.line(format_args!("info size-sampler {} {size}", run.name));
+    }
+    if let Some(bytes) = deepest_plain {
+        host.line(format_args!("info stack-sample-plain {} {bytes}", run.name));
+    }
+}
+
+/// Most steps of one run, so that the draws with a report can be kept for
+/// the draws without one.
+pub const MAX_STEPS: usize = 64;
+
+/// Runs `run.steps` steps of a fresh sampler: `step` draws one token (or
+/// writes an error line and returns `None`) and the window slides over the
+/// tokens drawn. Returns the size of the sampler value, `None` when it
+/// could not be made or a step failed.
+fn draw<H: Host>(
+    host: &mut H,
+    run: &Vector<'_>,
+    config: Config,
+    scratch: &mut [Candidate],
+    rotated: &mut [f32],
+    mut step: impl FnMut(&mut H, &mut Sampler<'_>, Input<'_>, u32) -> Option<u32>,
+) -> Option<usize> {
     let mut sampler = match Sampler::new(config, run.seed, scratch) {
         Ok(s) => s,
         Err(e) => {
             host.line(format_args!("error config {e:?}"));
-            return;
+            return None;
         }
     };
     let mut recent = [0u32; MAX_WINDOW];
     let mut held = 0;
-    let mut alternatives = [Alternative::default(); ALTERNATIVES];
-    let mut deepest = None;
-
-    for step in 0..run.steps {
+    for at in 0..run.steps {
         let room = rotated.len();
-        let Some(logits) = rotate(run.logits, run.shift, step, rotated) else {
+        let Some(logits) = rotate(run.logits, run.shift, at, rotated) else {
             host.line(format_args!("error rotation-buffer {room}"));
-            return;
+            return None;
         };
         let input = Input {
             logits,
             recent: recent.get(..held).unwrap_or(&[]),
             bias: run.bias,
         };
-        let mut report = Report::new(&mut alternatives);
-        let (choice, used) = host.measure(|| sampler.sample(input, Some(&mut report)));
-        deepest = deepest.max(used);
-        let choice = match choice {
-            Ok(c) => c,
-            Err(e) => {
-                host.line(format_args!("error step-{step} {e:?}"));
-                return;
-            }
-        };
-        let s = report.survivors;
-        host.line(format_args!(
-            "token {step} {} {:08x} {:08x} {}/{}/{}/{}/{} {}",
-            choice.id,
-            choice.logprob.to_bits(),
-            report.entropy.to_bits(),
-            s.vocab,
-            s.after_top_k,
-            s.after_top_p,
-            s.after_min_p,
-            s.final_count,
-            Alts(report.written()),
-        ));
+        let id = step(host, &mut sampler, input, at)?;
 
         // Slide the window: the oldest id leaves once it is full.
         if run.window > 0 && held == run.window {
@@ -234,19 +316,11 @@ pub fn sample<H: Host>(
             held -= 1;
         }
         if let Some(slot) = recent.get_mut(..run.window).and_then(|w| w.get_mut(held)) {
-            *slot = choice.id;
+            *slot = id;
             held += 1;
         }
     }
-
-    if let Some(bytes) = deepest {
-        host.line(format_args!("info stack-sample {} {bytes}", run.name));
-        host.line(format_args!(
-            "info size-sampler {} {}",
-            run.name,
-            core::mem::size_of_val(&sampler)
-        ));
-    }
+    Some(core::mem::size_of_val(&sampler))
 }
 
 /// The logits of `step`: `logits` itself without a shift, else rotated
