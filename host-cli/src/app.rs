@@ -109,6 +109,16 @@ pub fn load(args: &ModelArgs, verbose: u8) -> Result<Model> {
     Ok(model)
 }
 
+/// [`load`], and with `traced` the file's SHA-256 taken at once, so that
+/// the trace names the weights in use even if the file is written to later.
+fn load_for(args: &ModelArgs, verbose: u8, traced: bool) -> Result<Model> {
+    let model = load(args, verbose)?;
+    if traced {
+        model.sha256()?;
+    }
+    Ok(model)
+}
+
 /// The request a run's settings describe.
 fn request<'s>(settings: &'s Settings, alternatives: usize) -> Result<Request<'s>> {
     Ok(Request {
@@ -386,7 +396,7 @@ fn save_trace(
     settings: &Settings,
     outcome: &Outcome,
 ) -> Result<()> {
-    let sha = trace::sha256_file(model.path())?;
+    let sha = model.sha256()?.to_owned();
     Trace::new(
         model.path(),
         sha,
@@ -527,7 +537,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     let trace_file = gen.trace.as_deref().map(TraceFile::open).transpose()?;
     let dump = dump_file(gen)?;
     let file = chat_template_file(args)?;
-    let model = load(&args.model, verbose)?;
+    let model = load_for(&args.model, verbose, trace_file.is_some())?;
     settings.ctx_size = model.ctx_size();
     let template = chat_template(file, &model)?;
     if let Some(prompt) = &prompt {
@@ -646,7 +656,7 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
     check_outputs(gen, &args.model, &[])?;
     let trace_file = gen.trace.as_deref().map(TraceFile::open).transpose()?;
     let dump = dump_file(gen)?;
-    let model = load(&args.model, verbose)?;
+    let model = load_for(&args.model, verbose, trace_file.is_some())?;
     settings.ctx_size = model.ctx_size();
     let mut session = model.session(&args.model)?;
     let mut generator = generator(&model, dump);
@@ -700,18 +710,6 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
     }
     .with_context(|| format!("trace {name}"))?;
     let path = resolve_path(args.model.as_deref());
-    // The replay loads the model later; the template is checked then.
-    let _facts = crate::gguf::check_file(&path)?;
-    let sha = trace::sha256_file(&path)?;
-    if !sha.eq_ignore_ascii_case(&trace.model_sha256) {
-        bail!(
-            "trace {} was recorded with model {} (SHA-256 {}), but {} has SHA-256 {sha}",
-            name,
-            trace.model_file,
-            trace.model_sha256,
-            path.display()
-        );
-    }
     let settings = trace.settings.clone();
     settings.config().with_context(|| format!("trace {name}"))?;
     let model_args = ModelArgs {
@@ -721,6 +719,7 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         // llama.cpp's logits depend on the thread count.
         threads: args.threads.or(settings.threads),
         gpu_layers: 0,
+        mmap: false,
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if let Some(t) = settings
@@ -734,6 +733,17 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         );
     }
     let model = load(&model_args, verbose)?;
+    // Taken of the file loaded, whatever its path names by now.
+    let sha = model.sha256()?;
+    if !sha.eq_ignore_ascii_case(&trace.model_sha256) {
+        bail!(
+            "trace {} was recorded with model {} (SHA-256 {}), but {} has SHA-256 {sha}",
+            name,
+            trace.model_file,
+            trace.model_sha256,
+            model.path().display()
+        );
+    }
     if verbose > 0 {
         crate::note!("talkback: {}", settings.describe());
     }

@@ -283,6 +283,12 @@ pub struct ModelArgs {
         allow_negative_numbers = true
     )]
     pub gpu_layers: u32,
+
+    /// Map the model file into memory instead of reading it: quicker to
+    /// start with a large model, but the file must not be written to while
+    /// talkback runs (a copy over it stops talkback with SIGBUS).
+    #[arg(long)]
+    pub mmap: bool,
 }
 
 impl ModelArgs {

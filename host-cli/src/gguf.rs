@@ -116,7 +116,8 @@ const ARRAY: u32 = 9;
 /// ggml type of a 32-bit float tensor.
 const F32: u32 = 0;
 
-/// Checks the path, the header, and that every tensor's data is present.
+/// Checks the path, the header, and that every tensor's data is present;
+/// returns what the walk found and the file it read, still open.
 ///
 /// # Errors
 ///
@@ -124,7 +125,7 @@ const F32: u32 = 0;
 ///   empty;
 /// - the file is not GGUF, its header is corrupt, or it is truncated;
 /// - it holds a value that would make llama.cpp abort (see the module docs).
-pub fn check_file(path: &Path) -> Result<Facts> {
+pub fn check_file(path: &Path) -> Result<(Facts, File)> {
     let meta = std::fs::metadata(path).map_err(|e| {
         // Decided by the error, not by `Path::exists`, which also says
         // false when a folder on the way cannot be searched.
@@ -156,8 +157,9 @@ pub fn check_file(path: &Path) -> Result<Facts> {
         pos: 0,
         len: meta.len(),
     };
-    check(&mut reader)
-        .with_context(|| format!("model {} is not a usable GGUF file", path.display()))
+    let facts = check(&mut reader)
+        .with_context(|| format!("model {} is not a usable GGUF file", path.display()))?;
+    Ok((facts, reader.inner.into_inner()))
 }
 
 /// What the walk found that later steps need.

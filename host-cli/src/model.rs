@@ -67,6 +67,35 @@ pub struct Model {
     text_bound: OnceLock<TextBound>,
     /// Why the file's chat template cannot be used, when it cannot.
     template_fault: Option<String>,
+    /// The file the weights were read from, kept open: its SHA-256 is taken
+    /// through it, whatever the path names later.
+    file: std::fs::File,
+    /// The file as it was when loaded.
+    stamp: Stamp,
+    /// The file's SHA-256, taken on first use.
+    sha256: OnceLock<String>,
+}
+
+/// What tells one state of a file from another: which file it is, its
+/// length and when it was last written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            modified: (meta.mtime(), meta.mtime_nsec()),
+        }
+    }
 }
 
 impl Model {
@@ -98,7 +127,12 @@ impl Model {
                 args.gpu_layers
             );
         }
-        let facts = gguf::check_file(&path)?;
+        let (facts, file) = gguf::check_file(&path)?;
+        let stamp = Stamp::of(
+            &file
+                .metadata()
+                .context("cannot read the model's metadata")?,
+        );
         if path.to_str().is_none() {
             // llama.cpp takes the path as UTF-8 text.
             bail!(
@@ -116,6 +150,10 @@ impl Model {
         let mut last = -1_i32;
         let params = LlamaModelParams::default()
             .with_n_gpu_layers(args.gpu_layers)
+            // Read into memory, so that a file written over while the run
+            // goes on changes nothing (a mapped one stops the process with
+            // SIGBUS once it is cut short, or changes the weights in use).
+            .with_use_mmap(args.mmap)
             .with_progress_callback(move |p| {
                 let pct = (p * 100.0) as i32;
                 if show_progress && pct != last {
@@ -143,6 +181,16 @@ impl Model {
                 other => anyhow::anyhow!("{other}"),
             })
             .with_context(|| format!("cannot load model {}", path.display()))?;
+        // llama.cpp opens the file by its path: it must still be the one
+        // checked above, unchanged.
+        let now = std::fs::metadata(&path).ok().map(|m| Stamp::of(&m));
+        let kept = file.metadata().ok().map(|m| Stamp::of(&m));
+        if now != Some(stamp) || kept != Some(stamp) {
+            bail!(
+                "model {} changed while it was loading; run again once it is written",
+                path.display()
+            );
+        }
 
         let vocab = model.vocab();
         let eog = vocab
@@ -171,8 +219,42 @@ impl Model {
             ctx_size: 0,
             text_bound: OnceLock::new(),
             template_fault: facts.template_fault,
+            file,
+            stamp,
+            sha256: OnceLock::new(),
         }
         .with_ctx_size(args.ctx_size))
+    }
+
+    /// The SHA-256 of the file the weights were read from, lowercase hex;
+    /// read through the file kept open, so a file moved, deleted or
+    /// replaced at its path since does not change it.
+    ///
+    /// # Errors
+    ///
+    /// - the file cannot be read;
+    /// - it was written to since it was loaded, so its bytes are no longer
+    ///   the ones the run used.
+    pub fn sha256(&self) -> Result<&str> {
+        if let Some(sha) = self.sha256.get() {
+            return Ok(sha);
+        }
+        let changed = || {
+            anyhow::anyhow!(
+                "model {} was written to after it was loaded, so its SHA-256 would \
+                 not be that of the weights in use",
+                self.path.display()
+            )
+        };
+        let now = |file: &std::fs::File| file.metadata().ok().map(|m| Stamp::of(&m));
+        if now(&self.file) != Some(self.stamp) {
+            return Err(changed());
+        }
+        let sha = crate::trace::sha256_of(&self.file, &self.path)?;
+        if now(&self.file) != Some(self.stamp) {
+            return Err(changed());
+        }
+        Ok(self.sha256.get_or_init(|| sha))
     }
 
     /// Sets the context size: `asked`, else [`DEFAULT_CTX`] or the

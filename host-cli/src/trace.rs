@@ -175,6 +175,20 @@ pub struct Trace {
 /// - the file cannot be read.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    sha256_of(&file, path)
+}
+
+/// SHA-256 of all of an open file, from its start, lowercase hex; `path`
+/// names it in errors.
+///
+/// # Errors
+///
+/// - the file cannot be read.
+pub fn sha256_of(file: &File, path: &Path) -> Result<String> {
+    use std::io::Seek as _;
+    let mut file = file;
+    file.rewind()
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut hasher = Sha256::new();
     let mut buf = vec![0_u8; 1 << 20];

@@ -49,7 +49,8 @@
 mod reliability_support;
 
 use reliability_support::{
-    arg, no_crash, runtime_error, talkback, Layout, Patchable, Run, Scratch,
+    arg, command, no_crash, runtime_error, start, talkback, Layout, Patchable, Run, Scratch,
+    DEADLINE,
 };
 
 /// A short completion with `model`.
@@ -180,6 +181,79 @@ fn a_turn_marker_typed_as_text_is_refused_by_chat() {
         "the chat template writes \"<|im_start|>\", the text of token 1, which marks \
          turns, but the model's vocabulary does not read it as that token",
     );
+}
+
+#[test]
+fn a_model_file_written_over_moved_or_deleted_during_a_run_changes_nothing() {
+    // The weights were mapped from the file: a copy written over it stopped
+    // talkback with SIGBUS, and the trace's SHA-256 was taken of whatever
+    // the path named at the end, or failed once nothing did.
+    let scratch = Scratch::new("model-during-run");
+    let layout = Layout::of_model();
+    let norm = layout.tensor("output_norm.weight");
+    let other = scratch.model_with("other.gguf", &[(layout.data_start + norm.offset, &[0; 64])]);
+    let other = std::fs::read(other).expect("the changed copy");
+    let run = |name: &str, meddle: &dyn Fn(&std::path::Path)| {
+        let live = scratch.model_with(name, &[]);
+        let dump = scratch.join(&format!("{name}.dump"));
+        let trace = scratch.join(&format!("{name}.json"));
+        let running = start(
+            command(&[
+                "complete",
+                "Once upon a time",
+                "-n",
+                "200",
+                "--ignore-eos",
+                "--seed",
+                "1",
+                "-t",
+                "1",
+                "-m",
+                arg(&live),
+                "--dump-logits",
+                arg(&dump),
+                "--trace",
+                arg(&trace),
+            ]),
+            None,
+        );
+        // One record of logits a step: the model is loaded and decoding.
+        let started = std::time::Instant::now();
+        while std::fs::metadata(&dump).map_or(0, |m| m.len()) < 2 * 49_152 * 4 {
+            assert!(started.elapsed() < DEADLINE, "generation never started");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        meddle(&live);
+        let run = running.finish();
+        assert_eq!(run.code, 0, "{name}: {}", run.stderr);
+        let steps = std::fs::metadata(&dump).map_or(0, |m| m.len()) / (49_152 * 4);
+        assert_eq!(steps, 200, "{name}: the run went on to its end");
+        let text = std::fs::read_to_string(&trace).expect("the trace");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        (
+            run.stdout,
+            v["model_sha256"].as_str().expect("sha").to_owned(),
+        )
+    };
+    let (text, sha) = run("untouched.gguf", &|_| {});
+    assert!(sha.starts_with("b179c952"), "{sha}");
+    let written_over = |live: &std::path::Path| std::fs::write(live, &other).expect("write");
+    let replaced = |live: &std::path::Path| {
+        let new = scratch.join("new.gguf");
+        std::fs::write(&new, &other).expect("write");
+        std::fs::rename(new, live).expect("move over");
+    };
+    let deleted = |live: &std::path::Path| std::fs::remove_file(live).expect("delete");
+    for (name, meddle) in [
+        (
+            "written-over.gguf",
+            &written_over as &dyn Fn(&std::path::Path),
+        ),
+        ("replaced.gguf", &replaced),
+        ("deleted.gguf", &deleted),
+    ] {
+        assert_eq!(run(name, meddle), (text.clone(), sha.clone()), "{name}");
+    }
 }
 
 #[test]
