@@ -15,9 +15,7 @@ use crate::cli::{
 };
 use crate::generate::{Engine, Finish, Generator, Outcome, Request, Sink, Step, INTERRUPTED};
 use crate::infile::shown;
-use crate::model::{
-    resolve_path, ContextTooLong, Model, PromptTooLarge, PromptTooLong, Session, MAX_PROMPT_BYTES,
-};
+use crate::model::{resolve_path, ContextTooLong, Model, PromptTooLarge, PromptTooLong, Session};
 use crate::outfile::ReservedFile;
 use crate::output::{summary, CollectSink, JsonlSink, TextSink};
 use crate::settings::{number, Settings};
@@ -781,7 +779,7 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
                  tokenizes at once",
                 name,
                 p.bytes,
-                MAX_PROMPT_BYTES
+                crate::stack::max_prompt_bytes()
             )
         })
     };

@@ -85,11 +85,6 @@ impl<'de> serde::de::Visitor<'de> for TurnVisitor {
     }
 }
 
-/// Largest chat template, in bytes. Real ones are a few kilobytes; the
-/// bound keeps the depth of a template's expressions within the stack the
-/// command runs on.
-pub const MAX_TEMPLATE: usize = 64 << 10;
-
 /// Work one render may do, in minijinja's fuel: about one unit per
 /// instruction and per 64 bytes of data made. Real chat templates use a few
 /// dozen units per message; the budget stops a template that loops or
@@ -217,7 +212,8 @@ impl<'m> Template<'m> {
     /// The template, and whether it parsed.
     fn compile(source: &str, bos: String, eos: String) -> (Self, Result<()>) {
         let mut env = Environment::new();
-        if source.len() > MAX_TEMPLATE {
+        let most = crate::stack::max_template();
+        if source.len() > most {
             let template = Self {
                 env,
                 parsed: false,
@@ -227,7 +223,7 @@ impl<'m> Template<'m> {
                 fallback: None,
             };
             let e = anyhow!(
-                "the chat template is {} bytes; talkback takes templates of at most {MAX_TEMPLATE}",
+                "the chat template is {} bytes; talkback takes templates of at most {most}",
                 source.len()
             );
             return (template, Err(e));

@@ -534,11 +534,12 @@ impl<R: Read + Seek> Reader<R> {
             )));
         }
         // A longer template is refused by its length when it is used.
-        let text = self.string(what, crate::chat::MAX_TEMPLATE + 1)?;
+        let most = crate::stack::max_template();
+        let text = self.string(what, most + 1)?;
         if let Some(at) = text.iter().position(|&b| b == 0) {
             return Ok(Some(format!("it holds a NUL byte at byte {at}")));
         }
-        if text.len() <= crate::chat::MAX_TEMPLATE {
+        if text.len() <= most {
             if let Err(e) = std::str::from_utf8(&text) {
                 return Ok(Some(format!(
                     "it is not valid UTF-8 (invalid byte at byte {})",

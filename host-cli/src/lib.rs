@@ -29,4 +29,5 @@ pub mod repl;
 pub mod settings;
 pub mod shape;
 pub mod signals;
+pub mod stack;
 pub mod trace;

@@ -6,29 +6,31 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 use talkback::{app, cli, output, signals};
 
-/// Stack of the thread that runs the command. minijinja parses and renders
-/// a chat template recursively, one frame per level of an expression (a
-/// run of unary minus signs, a chain of filters or subscripts), with no
-/// limit of its own for some of them: 20,000 minus signs overflowed the
-/// main thread's 8 MiB. Templates are at most [`talkback::chat::MAX_TEMPLATE`]
-/// bytes, and this is room for that many levels several times over; only
-/// what is used is ever mapped.
-const STACK: usize = 1 << 30;
-
 fn main() -> ExitCode {
-    let worker = std::thread::Builder::new()
-        .name("talkback".into())
-        .stack_size(STACK)
-        .spawn(run);
-    match worker {
-        // A panic has already been reported on stderr; 101 is what Rust
-        // exits with after one on the main thread.
-        Ok(handle) => handle.join().unwrap_or(ExitCode::from(101)),
-        Err(e) => {
-            talkback::note!("talkback: cannot start a thread: {e}");
-            ExitCode::FAILURE
+    // The largest stack that can be reserved (see `talkback::stack`).
+    let mut refused = None;
+    for size in talkback::stack::candidates() {
+        let worker = std::thread::Builder::new()
+            .name("talkback".into())
+            .stack_size(size)
+            .spawn(move || {
+                talkback::stack::set(size);
+                run()
+            });
+        match worker {
+            // A panic has already been reported on stderr; 101 is what Rust
+            // exits with after one on the main thread.
+            Ok(handle) => return handle.join().unwrap_or(ExitCode::from(101)),
+            Err(e) => refused = Some(e),
         }
     }
+    let why = refused.map_or_else(String::new, |e| format!(": {e}"));
+    talkback::note!(
+        "talkback: cannot start a thread, even with a stack of {} MiB{why}{}",
+        talkback::stack::SMALLEST >> 20,
+        talkback::stack::address_space_note()
+    );
+    ExitCode::FAILURE
 }
 
 fn run() -> ExitCode {

@@ -175,9 +175,10 @@ impl Model {
             .map_err(|e| match e {
                 // llama.cpp logs its reason and returns nothing; its log is
                 // shown only at -vv.
-                LlamaModelLoadError::NullResult => {
-                    anyhow::anyhow!("llama.cpp refused it (run with -vv to see why)")
-                }
+                LlamaModelLoadError::NullResult => anyhow::anyhow!(
+                    "llama.cpp refused it (run with -vv to see why){}",
+                    crate::stack::address_space_note()
+                ),
                 other => anyhow::anyhow!("{other}"),
             })
             .with_context(|| format!("cannot load model {}", path.display()))?;
@@ -417,10 +418,10 @@ impl Model {
     /// # Errors
     ///
     /// - [`PromptTooLong`], with a lower bound on the count;
-    /// - [`PromptTooLarge`], above [`MAX_PROMPT_BYTES`] whatever the
+    /// - [`PromptTooLarge`], above [`crate::stack::max_prompt_bytes`] whatever the
     ///   tokenizer.
     pub fn check_fits(&self, text: &str, parse_special: bool) -> Result<()> {
-        if text.len() > MAX_PROMPT_BYTES {
+        if text.len() > crate::stack::max_prompt_bytes() {
             return Err(PromptTooLarge { bytes: text.len() }.into());
         }
         if text.len() <= self.ctx_size {
@@ -554,10 +555,12 @@ impl Model {
             .with_n_ubatch(n_batch)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
-        let ctx = self
-            .model
-            .new_context(&self.backend, params)
-            .with_context(|| format!("cannot create a context of {ctx_size} tokens"))?;
+        let ctx = self.model.new_context(&self.backend, params).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create a context of {ctx_size} tokens: {e}{}",
+                crate::stack::address_space_note()
+            )
+        })?;
         // llama.cpp rounds the context up (to 256 tokens here); the limit
         // is still the size the user asked for.
         let n_ctx = (ctx.n_ctx() as usize).min(ctx_size as usize);
@@ -630,12 +633,7 @@ struct TextBound {
     strips: bool,
 }
 
-/// Most bytes of text tokenized as one prompt. llama.cpp's pre-tokenizer
-/// regular expressions recurse once per byte of some runs (digits,
-/// spaces): 4 MB of digits overflowed a 1 GiB stack, 2 MB did not.
-pub const MAX_PROMPT_BYTES: usize = 1 << 20;
-
-/// A prompt text above [`MAX_PROMPT_BYTES`].
+/// A prompt text above [`crate::stack::max_prompt_bytes`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PromptTooLarge {
     /// The text's length in bytes.
@@ -646,9 +644,10 @@ impl std::fmt::Display for PromptTooLarge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "the prompt is {} bytes of text, more than the {MAX_PROMPT_BYTES} talkback \
-             tokenizes at once; shorten it",
-            self.bytes
+            "the prompt is {} bytes of text, more than the {} talkback tokenizes at \
+             once; shorten it",
+            self.bytes,
+            crate::stack::max_prompt_bytes()
         )
     }
 }

@@ -1003,3 +1003,68 @@ fn a_prompt_above_a_mebibyte_is_refused_before_any_tokenizer_sees_it() {
         );
     }
 }
+
+/// `talkback args` under `ulimit -v kib`, through `sh`.
+fn under_address_limit(kib: u64, args: &[&str]) -> reliability_support::Run {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("ulimit -v {kib} && exec \"$0\" \"$@\""))
+        .arg(binary())
+        .args(args)
+        .env("TALKBACK_MODEL", reliability_support::model())
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    start(cmd, None).finish()
+}
+
+#[test]
+fn a_limited_address_space_gets_a_smaller_stack_and_smaller_inputs() {
+    // The command's 1 GiB stack could not be reserved under `ulimit -v`
+    // 1000000: every command failed, even --version; a little above, the
+    // first allocation that did not fit aborted the process, and llama.cpp's
+    // refusals blamed the model.
+    let run = under_address_limit(100_000, &["--version"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let args = [
+        "complete",
+        "Once upon a time",
+        "-n",
+        "2",
+        "--seed",
+        "1",
+        "-t",
+        "1",
+    ];
+    let run = under_address_limit(800_000, &args);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = under_address_limit(300_000, &args);
+    let line = runtime_error(&run, "cannot load model");
+    assert!(
+        line.ends_with(
+            "the address space is limited to 292 MiB (ulimit -v), which may be too little"
+        ),
+        "{line}"
+    );
+    // A quarter of 800 MB holds a stack of 64 MiB, not 256: inputs that the
+    // full stack takes are refused, naming the smaller bounds.
+    let scratch = Scratch::new("address-limit");
+    let template = scratch.write(
+        "deep.jinja",
+        format!("{{{{ {}1 }}}}", "-".repeat(5000)).as_bytes(),
+    );
+    let run = under_address_limit(
+        800_000,
+        &[
+            "chat",
+            "Hi",
+            "--render-only",
+            "--chat-template",
+            arg(&template),
+        ],
+    );
+    runtime_error(&run, "talkback takes templates of at most 4096");
+    let prompt = "1".repeat(70_000);
+    let run = under_address_limit(800_000, &["complete", &prompt, "-n", "1", "-c", "8192"]);
+    runtime_error(&run, "more than the 65536 talkback tokenizes at once");
+}
