@@ -52,6 +52,20 @@ pub fn stdout_closed() -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, StdoutClosed)
 }
 
+/// `text` on one line: control characters (a line break in a file name,
+/// say) written as escapes, `\n` for a line feed.
+pub fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Whether stdout was a terminal when the process started.
 static STDOUT_TERMINAL: AtomicBool = AtomicBool::new(false);
 
@@ -550,6 +564,14 @@ mod tests {
     use anyhow::Context as _;
 
     use super::*;
+
+    #[test]
+    fn one_line_escapes_control_characters_only() {
+        assert_eq!(
+            one_line("model a\nb\r\tc\u{1b}[31m é \\ \"q\""),
+            "model a\\nb\\r\\tc\\u{1b}[31m é \\ \"q\""
+        );
+    }
 
     #[test]
     fn only_a_broken_pipe_on_stdout_counts_as_stdout_closed() {

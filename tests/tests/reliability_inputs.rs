@@ -1068,3 +1068,9 @@ fn a_limited_address_space_gets_a_smaller_stack_and_smaller_inputs() {
     let run = under_address_limit(800_000, &["complete", &prompt, "-n", "1", "-c", "8192"]);
     runtime_error(&run, "more than the 65536 talkback tokenizes at once");
 }
+
+#[test]
+fn a_file_name_with_a_line_break_stays_on_the_error_line() {
+    let run = talkback(&["complete", "Hi", "-m", "no\nsuch.gguf"]);
+    runtime_error(&run, "model no\\nsuch.gguf does not exist");
+}
