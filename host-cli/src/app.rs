@@ -149,23 +149,33 @@ fn generate(
     };
     let req = request(settings, alternatives)?;
     let stdout = crate::output::stdout();
+    // A step that fails ends the run with what it generated so far printed
+    // in every format (in JSON, with `finish_reason` `error`), no trace,
+    // and then the error.
     match format {
         Format::Text => {
             let mut sink = TeeSink {
                 inner: TextSink::new(stdout),
                 text: Vec::with_capacity(req.text_bound(model, session.n_ctx())),
             };
-            let outcome = generator.run(model, session, prompt, &req, &mut sink)?;
+            let (outcome, failure) =
+                generator.run_partial(model, session, prompt, &req, &mut sink)?;
+            failure.map_or(Ok(()), Err)?;
             saved(save, &outcome)??;
             Ok((outcome, sink.text))
         }
         Format::Json => {
             let mut sink = CollectSink::new(model, &req, session.n_ctx());
-            let outcome = generator.run(model, session, prompt, &req, &mut sink)?;
-            let traced = saved(save, &outcome)?;
+            let (outcome, failure) =
+                generator.run_partial(model, session, prompt, &req, &mut sink)?;
+            let traced = match failure {
+                Some(_) => Ok(()),
+                None => saved(save, &outcome)?,
+            };
             let mut out = stdout;
             let printed = writeln!(out, "{}", summary(&sink.text, &outcome, settings, false))
                 .and_then(|()| out.flush());
+            failure.map_or(Ok(()), Err)?;
             // A trace that could not be written outranks a reader that
             // left, which would exit 0.
             traced?;
@@ -174,10 +184,15 @@ fn generate(
         }
         Format::Jsonl => {
             let mut sink = JsonlSink::new(stdout, model, &req, session.n_ctx());
-            let outcome = generator.run(model, session, prompt, &req, &mut sink)?;
-            let traced = saved(save, &outcome)?;
+            let (outcome, failure) =
+                generator.run_partial(model, session, prompt, &req, &mut sink)?;
+            let traced = match failure {
+                Some(_) => Ok(()),
+                None => saved(save, &outcome)?,
+            };
             let text = std::mem::take(&mut sink.text);
             let printed = sink.finish(summary(&text, &outcome, settings, true));
+            failure.map_or(Ok(()), Err)?;
             traced?;
             printed?;
             Ok((outcome, text))

@@ -62,6 +62,9 @@ pub enum Finish {
     ContextFull,
     /// Ctrl-C.
     Interrupted,
+    /// A step failed (logits with NaN, a dump that cannot be written, a
+    /// decode llama.cpp refuses); the run's error says why.
+    Failed,
 }
 
 impl Finish {
@@ -73,10 +76,12 @@ impl Finish {
             Self::Length => "length",
             Self::ContextFull => "context_full",
             Self::Interrupted => "interrupted",
+            Self::Failed => "error",
         }
     }
 
-    /// Parses the name written by [`Finish::as_str`].
+    /// Parses the name written by [`Finish::as_str`]; a failed run has no
+    /// trace, so `error` is none of them.
     pub fn from_name(name: &str) -> Option<Self> {
         [
             Self::EndOfTurn,
@@ -358,6 +363,8 @@ pub struct Outcome {
     /// Whether the run ended because stdout's reader left (the finish is
     /// then [`Finish::Interrupted`]).
     pub stdout_closed: bool,
+    /// Why a [`Finish::Failed`] run failed, on one line.
+    pub failure: Option<String>,
 }
 
 /// `Ok(true)` for a write that failed because stdout's reader left, the
@@ -422,6 +429,29 @@ impl Generator {
         req: &Request<'_>,
         sink: &mut dyn Sink,
     ) -> Result<Outcome> {
+        match self.run_partial(model, session, prompt, req, sink)? {
+            (_, Some(failure)) => Err(failure),
+            (outcome, None) => Ok(outcome),
+        }
+    }
+
+    /// [`Generator::run`], except that a step that fails ends the run
+    /// with [`Finish::Failed`]: what was generated before it is kept (its
+    /// held-back text released to the sink, as when a run is interrupted)
+    /// and returned with the step's error.
+    ///
+    /// # Errors
+    ///
+    /// - the settings are rejected, or the prompt does not fit the
+    ///   context or cannot be decoded: nothing was generated.
+    pub fn run_partial(
+        &mut self,
+        model: &Model,
+        session: &mut Session<'_>,
+        prompt: &[LlamaToken],
+        req: &Request<'_>,
+        sink: &mut dyn Sink,
+    ) -> Result<(Outcome, Option<anyhow::Error>)> {
         let mut stream = Stream::new(stop_set(req.stops)?);
         self.alternatives
             .resize(req.alternatives, Alternative::default());
@@ -449,101 +479,107 @@ impl Generator {
         // The reader of stdout leaving ends the run as Ctrl-C does, so that
         // what was generated is still traced.
         let mut stdout_closed = false;
-        let finish = loop {
-            // Without the whole prompt there are no logits to sample from;
-            // looked at before the cap, which may be 0 (a replay of a run
-            // interrupted before its first token).
-            if !prefilled || INTERRUPTED.load(Ordering::Relaxed) {
-                break Finish::Interrupted;
-            }
-            if tokens.len() >= cap {
-                break Finish::Length;
-            }
+        let steps = (|| -> Result<Finish> {
+            Ok(loop {
+                // Without the whole prompt there are no logits to sample from;
+                // looked at before the cap, which may be 0 (a replay of a run
+                // interrupted before its first token).
+                if !prefilled || INTERRUPTED.load(Ordering::Relaxed) {
+                    break Finish::Interrupted;
+                }
+                if tokens.len() >= cap {
+                    break Finish::Length;
+                }
 
-            if let Some((dump, path)) = self.dump.as_mut() {
-                // One write per record, so that a process ended at once
-                // leaves no record cut in two.
-                self.record.clear();
-                for x in session.logits() {
-                    self.record.extend_from_slice(&x.to_le_bytes());
+                if let Some((dump, path)) = self.dump.as_mut() {
+                    // One write per record, so that a process ended at once
+                    // leaves no record cut in two.
+                    self.record.clear();
+                    for x in session.logits() {
+                        self.record.extend_from_slice(&x.to_le_bytes());
+                    }
+                    dump.write_all(&self.record)
+                        .and_then(|()| dump.flush())
+                        .with_context(|| format!("cannot write logits dump {}", path.display()))?;
                 }
-                dump.write_all(&self.record)
-                    .and_then(|()| dump.flush())
-                    .with_context(|| format!("cannot write logits dump {}", path.display()))?;
-            }
-            // After the dump, which then holds the faulty vector.
-            let logits = session.checked_logits(Some(tokens.len()))?;
-            let mut report = Report::new(&mut self.alternatives);
-            let t0 = Instant::now();
-            let choice = if let Some(chain) = llama.as_mut() {
-                check_llama_step(logits, &self.recent, req, tokens.len())?;
-                let id = session.sample_with(chain);
-                Choice {
-                    id: u32::try_from(id.0).context("llama.cpp chose no token")?,
-                    logprob: f32::NAN,
-                }
-            } else {
-                let input = Input {
-                    logits,
-                    recent: &self.recent,
-                    bias: &self.bias,
+                // After the dump, which then holds the faulty vector.
+                let logits = session.checked_logits(Some(tokens.len()))?;
+                let mut report = Report::new(&mut self.alternatives);
+                let t0 = Instant::now();
+                let choice = if let Some(chain) = llama.as_mut() {
+                    check_llama_step(logits, &self.recent, req, tokens.len())?;
+                    let id = session.sample_with(chain);
+                    Choice {
+                        id: u32::try_from(id.0).context("llama.cpp chose no token")?,
+                        logprob: f32::NAN,
+                    }
+                } else {
+                    let input = Input {
+                        logits,
+                        recent: &self.recent,
+                        bias: &self.bias,
+                    };
+                    sampler
+                        .sample(input, statistics.then_some(&mut report))
+                        .map_err(|e| anyhow!("sampling failed at step {}: {e}", tokens.len()))?
                 };
-                sampler
-                    .sample(input, statistics.then_some(&mut report))
-                    .map_err(|e| anyhow!("sampling failed at step {}: {e}", tokens.len()))?
-            };
-            timings.sampling += t0.elapsed();
+                timings.sampling += t0.elapsed();
 
-            if !req.ignore_eos && model.is_eog(choice.id) {
-                break Finish::EndOfTurn;
-            }
-
-            self.piece.clear();
-            model.piece_into(choice.id, &mut self.piece);
-            let written = sink.token(&Step {
-                index: tokens.len(),
-                id: choice.id,
-                piece: &self.piece,
-                logprob: choice.logprob,
-                alternatives: report
-                    .alternatives
-                    .get(..report.n_alternatives)
-                    .unwrap_or(&[]),
-                entropy: report.entropy,
-                survivors: report.survivors,
-            });
-            if closed(written)? {
-                stdout_closed = true;
-                break Finish::Interrupted;
-            }
-            tokens.push((choice.id, choice.logprob));
-            if req.repeat_last_n > 0 {
-                if self.recent.len() == req.repeat_last_n {
-                    self.recent.remove(0);
+                if !req.ignore_eos && model.is_eog(choice.id) {
+                    break Finish::EndOfTurn;
                 }
-                self.recent.push(choice.id);
-            }
 
-            self.out.resize(Stream::output_bound(self.piece.len()), 0);
-            let pushed = stream
-                .push(&self.piece, &mut self.out)
-                .map_err(|e| anyhow!("text stream: {e}"))?;
-            if closed(sink.text(self.out.get(..pushed.written).unwrap_or(&[])))? {
-                stdout_closed = true;
-                break Finish::Interrupted;
-            }
-            if pushed.stop.is_some() {
-                break Finish::StopString;
-            }
+                self.piece.clear();
+                model.piece_into(choice.id, &mut self.piece);
+                let written = sink.token(&Step {
+                    index: tokens.len(),
+                    id: choice.id,
+                    piece: &self.piece,
+                    logprob: choice.logprob,
+                    alternatives: report
+                        .alternatives
+                        .get(..report.n_alternatives)
+                        .unwrap_or(&[]),
+                    entropy: report.entropy,
+                    survivors: report.survivors,
+                });
+                if closed(written)? {
+                    stdout_closed = true;
+                    break Finish::Interrupted;
+                }
+                tokens.push((choice.id, choice.logprob));
+                if req.repeat_last_n > 0 {
+                    if self.recent.len() == req.repeat_last_n {
+                        self.recent.remove(0);
+                    }
+                    self.recent.push(choice.id);
+                }
 
-            if tokens.len() >= cap {
-                break Finish::Length;
-            }
-            if session.is_full() {
-                break Finish::ContextFull;
-            }
-            let id = i32::try_from(choice.id).context("token id out of range")?;
-            session.push(LlamaToken(id))?;
+                self.out.resize(Stream::output_bound(self.piece.len()), 0);
+                let pushed = stream
+                    .push(&self.piece, &mut self.out)
+                    .map_err(|e| anyhow!("text stream: {e}"))?;
+                if closed(sink.text(self.out.get(..pushed.written).unwrap_or(&[])))? {
+                    stdout_closed = true;
+                    break Finish::Interrupted;
+                }
+                if pushed.stop.is_some() {
+                    break Finish::StopString;
+                }
+
+                if tokens.len() >= cap {
+                    break Finish::Length;
+                }
+                if session.is_full() {
+                    break Finish::ContextFull;
+                }
+                let id = i32::try_from(choice.id).context("token id out of range")?;
+                session.push(LlamaToken(id))?;
+            })
+        })();
+        let (finish, mut failure) = match steps {
+            Ok(finish) => (finish, None),
+            Err(e) => (Finish::Failed, Some(e)),
         };
 
         if finish != Finish::StopString && !stdout_closed {
@@ -566,15 +602,28 @@ impl Generator {
         };
         timings.generation = generating.elapsed();
         if let Some((dump, path)) = self.dump.as_mut() {
-            dump.flush()
-                .with_context(|| format!("cannot write logits dump {}", path.display()))?;
+            let flushed = dump
+                .flush()
+                .with_context(|| format!("cannot write logits dump {}", path.display()));
+            if let (Err(e), None) = (flushed, &failure) {
+                failure = Some(e);
+            }
         }
-        Ok(Outcome {
+        let finish = if failure.is_some() {
+            Finish::Failed
+        } else {
+            finish
+        };
+        let outcome = Outcome {
             tokens,
             finish,
             prompt_tokens: prompt.len(),
             timings,
             stdout_closed,
-        })
+            failure: failure
+                .as_ref()
+                .map(|e| crate::output::one_line(&format!("{e:#}"))),
+        };
+        Ok((outcome, failure))
     }
 }

@@ -528,8 +528,13 @@ pub fn summary(text: &[u8], outcome: &Outcome, settings: &Settings, event: bool)
             "tokens_per_second": if secs > 0.0 { n as f64 / secs } else { 0.0 },
         },
     });
-    if let (true, Some(fields)) = (event, v.as_object_mut()) {
-        fields.insert("event".into(), Value::String("summary".into()));
+    if let Some(fields) = v.as_object_mut() {
+        if let Some(why) = &outcome.failure {
+            fields.insert("error".into(), Value::String(why.clone()));
+        }
+        if event {
+            fields.insert("event".into(), Value::String("summary".into()));
+        }
     }
     v
 }

@@ -257,6 +257,62 @@ fn a_dump_cut_short_by_a_failed_write_holds_whole_records_only() {
 }
 
 #[test]
+fn a_run_that_fails_at_a_step_prints_what_it_generated_in_every_format() {
+    // The third step's dump record does not fit under the file limit. Text
+    // had shown the two tokens before it, jsonl only the first (the second
+    // waited for its text), and json nothing at all.
+    let scratch = Scratch::new("fails-at-a-step");
+    let dump = scratch.join("logits.f32");
+    let trace = scratch.join("run.json");
+    let run = |format: &str| {
+        let run = under_file_limit(
+            400,
+            &[
+                "complete",
+                "Once upon a time",
+                "-n",
+                "5",
+                "--ignore-eos",
+                "--seed",
+                "1",
+                "--threads",
+                "1",
+                "--format",
+                format,
+                "--dump-logits",
+                reliability_support::arg(&dump),
+                "--trace",
+                reliability_support::arg(&trace),
+            ],
+        );
+        reliability_support::runtime_error(&run, "cannot write logits dump ");
+        assert!(!trace.exists(), "{format}: a failed run has no trace");
+        String::from_utf8(run.stdout).expect("UTF-8")
+    };
+    let text = run("text");
+    let json: serde_json::Value = serde_json::from_str(&run("json")).expect("one JSON object");
+    assert_eq!(json["text"], text.as_str());
+    assert_eq!(json["generated_tokens"], 2);
+    assert_eq!(json["finish_reason"], "error");
+    let why = json["error"].as_str().expect("the error");
+    assert!(why.starts_with("cannot write logits dump "), "{why}");
+    let events: Vec<serde_json::Value> = run("jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let (last, tokens) = events.split_last().expect("events");
+    assert_eq!(tokens.len(), 2, "{events:?}");
+    let streamed: String = tokens
+        .iter()
+        .map(|e| e["text"].as_str().expect("text"))
+        .collect();
+    assert_eq!(streamed, text);
+    assert_eq!(last["event"], "summary");
+    assert_eq!(last["finish_reason"], "error");
+    assert_eq!(last["error"], json["error"]);
+}
+
+#[test]
 fn json_output_is_printed_whole_when_the_trace_cannot_be_written() {
     // The summary comes after the trace is written, and used to be lost
     // with it; text, streamed before, was always printed whole.
