@@ -33,7 +33,7 @@ pub fn install() {
 
 /// Names `model` in the message of a failed check.
 pub fn set_model(model: &std::path::Path) {
-    let _ = MODEL.set(model.display().to_string());
+    let _ = MODEL.set(crate::output::one_line(&model.display().to_string()));
 }
 
 /// The line that reports a failed check whose message is `what`.
@@ -55,6 +55,7 @@ fn report(what: &str, model: Option<&str>) -> String {
         None => what.to_owned(),
     };
     let model = model.map_or_else(|| "the model".to_owned(), |m| format!("model {m}"));
+    let what = crate::output::one_line(&what);
     format!(
         "talkback: llama.cpp stopped on a failed check ({what}); {model} is corrupt or \
          uses something this build of llama.cpp does not support"

@@ -100,7 +100,7 @@ pub fn load(args: &ModelArgs, verbose: u8) -> Result<Model> {
     if verbose > 0 {
         crate::note!(
             "talkback: model {} ({} tokens in vocabulary)",
-            model.path().display(),
+            crate::output::one_line(&model.path().display().to_string()),
             model.vocab_size()
         );
     }
@@ -160,7 +160,14 @@ fn generate(
             };
             let (outcome, failure) =
                 generator.run_partial(model, session, prompt, &req, &mut sink)?;
-            failure.map_or(Ok(()), Err)?;
+            if let Some(e) = failure {
+                // The error goes on a line of its own, as after Ctrl-C.
+                if !sink.text.is_empty() && io::stdout().is_terminal() {
+                    let mut out = crate::output::stdout();
+                    let _ = writeln!(out).and_then(|()| out.flush());
+                }
+                return Err(e);
+            }
             saved(save, &outcome)??;
             Ok((outcome, sink.text))
         }
@@ -791,10 +798,11 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         e.downcast_ref::<PromptTooLarge>().map(|p| {
             anyhow!(
                 "trace {}: its prompt is {} bytes of text, more than the {} talkback \
-                 tokenizes at once",
+                 tokenizes at once{}",
                 name,
                 p.bytes,
-                crate::stack::max_prompt_bytes()
+                crate::stack::max_prompt_bytes(),
+                crate::stack::reduced_note()
             )
         })
     };

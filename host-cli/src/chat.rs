@@ -223,8 +223,9 @@ impl<'m> Template<'m> {
                 fallback: None,
             };
             let e = anyhow!(
-                "the chat template is {} bytes; talkback takes templates of at most {most}",
-                source.len()
+                "the chat template is {} bytes; talkback takes templates of at most {most}{}",
+                source.len(),
+                crate::stack::reduced_note()
             );
             return (template, Err(e));
         }

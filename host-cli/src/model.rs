@@ -6,6 +6,7 @@
 
 use std::io::IsTerminal;
 use std::num::NonZeroU32;
+use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
@@ -77,13 +78,15 @@ pub struct Model {
 }
 
 /// What tells one state of a file from another: which file it is, its
-/// length and when it was last written.
+/// length, and when it was last written and last changed (the second no
+/// user can set back, as `touch` sets the first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
     dev: u64,
     ino: u64,
     len: u64,
     modified: (i64, i64),
+    changed: (i64, i64),
 }
 
 impl Stamp {
@@ -94,7 +97,13 @@ impl Stamp {
             ino: meta.ino(),
             len: meta.len(),
             modified: (meta.mtime(), meta.mtime_nsec()),
+            changed: (meta.ctime(), meta.ctime_nsec()),
         }
+    }
+
+    /// Whether both are stamps of the same file.
+    fn same_file(&self, other: &Self) -> bool {
+        (self.dev, self.ino) == (other.dev, other.ino)
     }
 }
 
@@ -133,7 +142,14 @@ impl Model {
                 .metadata()
                 .context("cannot read the model's metadata")?,
         );
-        if path.to_str().is_none() {
+        // llama.cpp opens the model itself, by a path: given the kept file's
+        // own (`/proc/self/fd/N`), it reads the file checked above, whatever
+        // the path names by then (a link switched to another file and back,
+        // say).
+        let own = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let by_handle = std::fs::metadata(&own).is_ok_and(|m| Stamp::of(&m).same_file(&stamp));
+        let load_path = if by_handle { own } else { path.clone() };
+        if load_path.to_str().is_none() {
             // llama.cpp takes the path as UTF-8 text.
             bail!(
                 "cannot load model {}: llama.cpp takes only paths that are valid UTF-8; \
@@ -171,7 +187,19 @@ impl Model {
                 }
                 true
             });
-        let model = LlamaModel::load_from_file(&backend, &path, &params)
+        let loaded = LlamaModel::load_from_file(&backend, &load_path, &params);
+        // The file must be unchanged since it was checked (and, where it
+        // was opened by its path, still be the one at that path), or what
+        // was loaded is not what was checked, or not what a trace names.
+        let kept = file.metadata().ok().map(|m| Stamp::of(&m));
+        let at_path = || std::fs::metadata(&path).ok().map(|m| Stamp::of(&m));
+        if kept != Some(stamp) || (!by_handle && at_path() != Some(stamp)) {
+            bail!(
+                "model {} changed while it was loading; run again once it is written",
+                path.display()
+            );
+        }
+        let model = loaded
             .map_err(|e| match e {
                 // llama.cpp logs its reason and returns nothing; its log is
                 // shown only at -vv.
@@ -182,16 +210,6 @@ impl Model {
                 other => anyhow::anyhow!("{other}"),
             })
             .with_context(|| format!("cannot load model {}", path.display()))?;
-        // llama.cpp opens the file by its path: it must still be the one
-        // checked above, unchanged.
-        let now = std::fs::metadata(&path).ok().map(|m| Stamp::of(&m));
-        let kept = file.metadata().ok().map(|m| Stamp::of(&m));
-        if now != Some(stamp) || kept != Some(stamp) {
-            bail!(
-                "model {} changed while it was loading; run again once it is written",
-                path.display()
-            );
-        }
 
         let vocab = model.vocab();
         let eog = vocab
@@ -645,9 +663,10 @@ impl std::fmt::Display for PromptTooLarge {
         write!(
             f,
             "the prompt is {} bytes of text, more than the {} talkback tokenizes at \
-             once; shorten it",
+             once{}; shorten it",
             self.bytes,
-            crate::stack::max_prompt_bytes()
+            crate::stack::max_prompt_bytes(),
+            crate::stack::reduced_note()
         )
     }
 }

@@ -52,12 +52,15 @@ pub fn stdout_closed() -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, StdoutClosed)
 }
 
-/// `text` on one line: control characters (a line break in a file name,
-/// say) written as escapes, `\n` for a line feed.
+/// `text` on one line, shown as it reads: control characters (a line
+/// break in a file name, say), Unicode's line and paragraph separators and
+/// its marks that reorder text written as escapes, `\n` for a line feed.
 pub fn one_line(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if c.is_control() {
+        let reorders = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}')
+            || matches!(c, '\u{2066}'..='\u{2069}');
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || reorders {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -575,6 +578,10 @@ mod tests {
         assert_eq!(
             one_line("model a\nb\r\tc\u{1b}[31m é \\ \"q\""),
             "model a\\nb\\r\\tc\\u{1b}[31m é \\ \"q\""
+        );
+        assert_eq!(
+            one_line("a\u{2028}b\u{202e}c\u{85}d"),
+            "a\\u{2028}b\\u{202e}c\\u{85}d"
         );
     }
 

@@ -17,20 +17,29 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Stacks to run the command on, the first that can be reserved.
-pub const SIZES: [usize; 3] = [1 << 30, 1 << 28, SMALLEST];
+pub const SIZES: [usize; 4] = [FULL, 1 << 28, 1 << 26, SMALLEST];
+
+/// The stack the command runs on wherever it can be reserved.
+pub const FULL: usize = 1 << 30;
 
 /// The last stack tried, whatever the limit on the address space.
-pub const SMALLEST: usize = 1 << 26;
+pub const SMALLEST: usize = 1 << 24;
+
+/// Largest chat template on any stack, in bytes.
+const MAX_TEMPLATE: usize = 64 << 10;
 
 /// The stacks worth trying, largest first: under a limit on the address
 /// space, none above a quarter of it, which leaves the rest to the model
 /// and the heap (a stack that takes all but a little makes the first
-/// allocation that does not fit end the process).
+/// allocation that does not fit end the process); the smallest when even
+/// that one is above it.
 pub fn candidates() -> impl Iterator<Item = usize> {
-    let limit = address_space_limit().unwrap_or(u64::MAX);
-    SIZES
+    let quarter = address_space_limit().unwrap_or(u64::MAX) / 4;
+    let fitting = SIZES
         .into_iter()
-        .filter(move |&size| size == SMALLEST || size as u64 <= limit / 4)
+        .filter(move |&size| size as u64 <= quarter);
+    let last = (SMALLEST as u64 > quarter).then_some(SMALLEST);
+    fitting.chain(last)
 }
 
 /// The soft limit on the address space (`ulimit -v`), in bytes, if any.
@@ -54,7 +63,7 @@ pub fn address_space_note() -> String {
 }
 
 /// The stack of the thread that runs the command; the largest until set.
-static SIZE: AtomicUsize = AtomicUsize::new(SIZES[0]);
+static SIZE: AtomicUsize = AtomicUsize::new(FULL);
 
 /// Records the size of the stack the command runs on.
 pub fn set(bytes: usize) {
@@ -70,12 +79,27 @@ pub fn max_prompt_bytes() -> usize {
     SIZE.load(Ordering::Relaxed) >> 10
 }
 
-/// Largest chat template, in bytes: 64 KiB on the full stack, where real
-/// ones are a few kilobytes.
+/// Largest chat template, in bytes: 64 KiB on a stack of 256 MiB or
+/// more, where real ones are a few kilobytes.
 ///
-/// 20,000 unary minus signs overflowed the main thread's 8 MiB, about
-/// 420 bytes of stack a level or more; this leaves a byte of template
-/// 16 KiB.
+/// On a 64 MiB stack, templates of 32 KiB that nest as deep as their
+/// length allows (unary minus or `not`, chained filters, `+` or `~`)
+/// render: under 2 KiB of stack a byte. This leaves a byte 4 KiB.
 pub fn max_template() -> usize {
-    SIZE.load(Ordering::Relaxed) >> 14
+    (SIZE.load(Ordering::Relaxed) >> 12).min(MAX_TEMPLATE)
+}
+
+/// When the command runs on a smaller stack than usual, a note that the
+/// address space's limit (`ulimit -v`) lowered the bounds on prompts and
+/// templates; else nothing.
+pub fn reduced_note() -> String {
+    let size = SIZE.load(Ordering::Relaxed);
+    match address_space_limit() {
+        Some(limit) if size < FULL => format!(
+            " (lowered from the usual, since the address space is limited to {} MiB by \
+             ulimit -v)",
+            limit >> 20
+        ),
+        _ => String::new(),
+    }
 }
