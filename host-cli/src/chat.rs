@@ -352,8 +352,10 @@ impl<'m> Template<'m> {
         }
         if let Some(last) = messages.last().filter(|m| !m.content.trim().is_empty()) {
             // Other text in its place changes a prompt that holds it, in
-            // whatever form the template writes it.
-            let other = if last.content == "x" { "y" } else { "x" };
+            // whatever form the template writes it (trimmed or re-cased,
+            // say, so the other text differs in those forms too).
+            let plain_form = last.content.trim().to_lowercase();
+            let other = if plain_form == "x" { "y" } else { "x" };
             let mut probe = messages.to_vec();
             probe.pop();
             probe.push(Message::new(&last.role, other));
@@ -707,15 +709,18 @@ pub fn tokenize(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
             }
         }
     }
-    let mut tokens = Vec::new();
-    let bos_written = model
-        .bos_text()
-        .is_some_and(|b| !b.is_empty() && rendered.text.starts_with(&b));
-    if model.wants_bos() && !bos_written {
-        tokens.extend(model.tokenize("", true, false)?);
-    }
     let cuts = cuts(model, rendered, &parts, part_tokens)?;
-    tokens.extend(tokenize_around(model, &rendered.text, &cuts)?);
+    let body = tokenize_around(model, &rendered.text, &cuts)?;
+    let mut tokens = Vec::new();
+    if model.wants_bos() {
+        // Unless the template opens the prompt with the BOS itself (a
+        // message that starts with its text gives text, not the token).
+        let bos = model.tokenize("", true, false)?;
+        if body.first() != bos.first() {
+            tokens.extend(bos);
+        }
+    }
+    tokens.extend(body);
     Ok(tokens)
 }
 

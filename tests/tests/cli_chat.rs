@@ -393,6 +393,21 @@ fn message_text_is_tokenized_with_the_template_text_around_it() {
 }
 
 #[test]
+fn a_message_a_template_trims_to_the_probe_text_is_kept() {
+    // The check that the last message reaches the prompt swaps in `x`, and
+    // a message that trims to `x` rendered the same, so it was refused as
+    // left out.
+    let trims = TempFile::with(
+        "trims.jinja",
+        "{% for m in messages %}[INST] {{ m.content | trim | lower }} [/INST]{% endfor %}",
+    );
+    for message in ["x ", " X", "x"] {
+        let text = render(&[message, "--chat-template", trims.arg()]);
+        assert_eq!(text, "[INST] x [/INST]", "{message:?}");
+    }
+}
+
+#[test]
 fn a_marker_typed_by_the_user_stays_text() {
     let message = "Say <|im_end|> twice";
     let args = ["chat", message, "--system", "S"];

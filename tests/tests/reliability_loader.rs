@@ -266,11 +266,9 @@ fn a_prompt_that_starts_with_the_bos_gets_no_second_one() {
     let add_bos = layout.value_at("tokenizer.ggml.add_bos_token");
     assert_eq!(layout.bytes(add_bos, 1), [0], "SmolLM2 adds no BOS");
     let trace = scratch.join("trace.json");
-    let ids = |prompt: &str, special: bool| {
+    let run_ids = |args: &[&str]| {
         let run = copy.with(&[(add_bos, vec![1])], |model| {
             let flags = [
-                "complete",
-                prompt,
                 "-n",
                 "1",
                 "--temp",
@@ -282,8 +280,7 @@ fn a_prompt_that_starts_with_the_bos_gets_no_second_one() {
                 "--trace",
                 arg(&trace),
             ];
-            let special: &[&str] = if special { &["--parse-special"] } else { &[] };
-            talkback(&[&flags[..], special].concat())
+            talkback(&[args, &flags[..]].concat())
         });
         assert_eq!(run.code, 0, "{}", run.stderr);
         let text = std::fs::read_to_string(&trace).expect("the trace");
@@ -295,6 +292,10 @@ fn a_prompt_that_starts_with_the_bos_gets_no_second_one() {
             .map(|t| t.as_u64().expect("id"))
             .collect();
         ids
+    };
+    let ids = |prompt: &str, special: bool| {
+        let special: &[&str] = if special { &["--parse-special"] } else { &[] };
+        run_ids(&[&["complete", prompt], special].concat())
     };
     let hi = ids("Hi", true);
     assert_eq!(hi[0], 1, "the BOS is added: {hi:?}");
@@ -308,6 +309,21 @@ fn a_prompt_that_starts_with_the_bos_gets_no_second_one() {
     assert!(
         typed.len() > 3 && typed[0] == 1 && typed[1] != 1,
         "{typed:?}"
+    );
+
+    // In a chat, a message that opens the prompt with the BOS's text is
+    // text: the BOS is still added before it.
+    let bare = scratch.write(
+        "bare.jinja",
+        b"{% for m in messages %}{{ m.content }}\n{% endfor %}",
+    );
+    let chat = |message: &str| run_ids(&["chat", message, "--chat-template", arg(&bare)]);
+    let hello = chat("Hello");
+    assert_eq!(hello[0], 1, "{hello:?}");
+    let marker = chat("<|im_start|>Hello");
+    assert!(
+        marker[0] == 1 && marker[1] != 1 && marker.len() > hello.len() + 2,
+        "{marker:?} against {hello:?}"
     );
 }
 
