@@ -16,11 +16,12 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate};
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::token_type::LlamaTokenAttr;
-use minijinja::value::Kwargs;
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Model;
+
+mod pyjson;
 
 /// One turn of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -241,7 +242,7 @@ impl<'m> Template<'m> {
         }
         env.set_fuel(Some(FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_filter("tojson", tojson);
+        env.add_filter("tojson", pyjson::tojson);
         env.add_function("raise_exception", |msg: String| -> Result<(), JinjaError> {
             Err(JinjaError::new(
                 ErrorKind::InvalidOperation,
@@ -617,53 +618,6 @@ fn message_value(m: &Message) -> Value {
         ("role", Value::from(m.role.as_str())),
         ("content", Value::from(m.content.as_str())),
     ])
-}
-
-/// The most bytes one `tojson` writes. Its output is checked, since
-/// minijinja's fuel does not count the bytes a filter of ours writes: a
-/// template that applies it over and over to its own output would double it
-/// each time.
-const MAX_JSON: usize = 8 << 20;
-
-/// `tojson` as Hugging Face's templates have it: Python's `json.dumps` with
-/// `ensure_ascii=False`, so `<`, `>`, `&` and `'` are written as they are
-/// where minijinja's own filter escapes them for HTML. Keys keep their
-/// order, and items are parted by `", "` (or lines indented by `indent`).
-fn tojson(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> Result<Value, JinjaError> {
-    let escaped = minijinja::filters::tojson(value, indent, kwargs)?;
-    let escaped = escaped.as_str().unwrap_or_default();
-    if escaped.len() > MAX_JSON {
-        return Err(JinjaError::new(
-            ErrorKind::InvalidOperation,
-            format!("tojson would write more than {MAX_JSON} bytes"),
-        ));
-    }
-    let mut out = String::with_capacity(escaped.len());
-    let mut rest = escaped;
-    while let Some(at) = rest.find('\\') {
-        out.push_str(&rest[..at]);
-        let escape = &rest[at..];
-        let html = ["\\u003c", "\\u003e", "\\u0026", "\\u0027"]
-            .iter()
-            .zip(['<', '>', '&', '\''])
-            .find(|(code, _)| escape.starts_with(*code));
-        let taken = match html {
-            Some((code, c)) => {
-                out.push(c);
-                code.len()
-            }
-            // Any other escape is kept whole, so that the backslash of
-            // `\\` is never read as the start of the next one.
-            None => {
-                let len = escape.chars().nth(1).map_or(0, char::len_utf8) + 1;
-                out.push_str(escape.get(..len).unwrap_or(escape));
-                len
-            }
-        };
-        rest = escape.get(taken..).unwrap_or_default();
-    }
-    out.push_str(rest);
-    Ok(Value::from_safe_string(out))
 }
 
 /// Tokenizes a rendered prompt: control tokens only where the template's
@@ -1139,6 +1093,43 @@ mod tests {
         assert_eq!(
             render("{{ messages[0].content | tojson }}", "tab\t\u{1}é"),
             r#""tab\t\u0001é""#
+        );
+        // Python's other keyword arguments, and its way with floats.
+        let dumps = |args: &str| {
+            let src = format!("{{{{ messages[0] | tojson({args}) }}}}");
+            render(&src, "é<")
+        };
+        assert_eq!(
+            dumps("sort_keys=true"),
+            r#"{"content": "é<", "role": "user"}"#
+        );
+        assert_eq!(
+            dumps("separators=(',', ':')"),
+            r#"{"role":"user","content":"é<"}"#
+        );
+        // With every character ASCII, message text is rewritten (its marks
+        // too), which is refused; the template's own text is not.
+        assert_eq!(
+            render(
+                "{{ 'é😀<' | tojson(ensure_ascii=true) }}{{ messages[0].content }}",
+                "x"
+            ),
+            r#""\u00e9\ud83d\ude00<"x"#
+        );
+        assert_eq!(
+            dumps("indent='\t'"),
+            "{\n\t\"role\": \"user\",\n\t\"content\": \"é<\"\n}"
+        );
+        assert_eq!(
+            dumps("indent=-1"),
+            "{\n\"role\": \"user\",\n\"content\": \"é<\"\n}"
+        );
+        assert_eq!(
+            render(
+                "{{ [1e-7, 1.5, 2, none, true, 1e16] | tojson }}{{ messages[0].content }}",
+                "x"
+            ),
+            "[1e-07, 1.5, 2, null, true, 1e+16]x"
         );
         assert_eq!(
             render(
