@@ -162,7 +162,8 @@ fn generate(
                 generator.run_partial(model, session, prompt, &req, &mut sink)?;
             if let Some(e) = failure {
                 // The error goes on a line of its own, as after Ctrl-C.
-                if !sink.text.is_empty() && io::stdout().is_terminal() {
+                let open_line = sink.text.last().is_some_and(|&b| b != b'\n');
+                if open_line && io::stdout().is_terminal() {
                     let mut out = crate::output::stdout();
                     let _ = writeln!(out).and_then(|()| out.flush());
                 }

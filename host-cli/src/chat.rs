@@ -1120,6 +1120,34 @@ mod tests {
             dumps("indent='\t'"),
             "{\n\t\"role\": \"user\",\n\t\"content\": \"é<\"\n}"
         );
+        // Hugging Face's order for arguments given by place, and Python's
+        // refusals and key order.
+        assert_eq!(
+            dumps("false, 1"),
+            "{\n \"role\": \"user\",\n \"content\": \"é<\"\n}"
+        );
+        let refused = |src: &str| {
+            Template::new(src, String::new(), String::new())
+                .expect("parse")
+                .render(&[Message::new("user", "x")])
+                .expect_err("refused")
+                .to_string()
+        };
+        for src in [
+            "{{ {'a': 1, 2: 3} | tojson(sort_keys=true) }}{{ messages[0].content }}",
+            "{{ 1 | tojson(separators=('a', 'b', 'c')) }}{{ messages[0].content }}",
+            "{{ 1 | tojson(indent=2.0) }}{{ messages[0].content }}",
+            "{% set ns = namespace() %}{% set ns.s = ns %}{{ ns | tojson }}{{ messages[0].content }}",
+        ] {
+            assert!(refused(src).contains("tojson"), "{src}: {}", refused(src));
+        }
+        assert_eq!(
+            render(
+                "{{ {10: 1, 9: 2, 100: 3} | tojson(sort_keys=true) }}{{ messages[0].content }}",
+                "x"
+            ),
+            r#"{"9": 2, "10": 1, "100": 3}x"#
+        );
         assert_eq!(
             dumps("indent=-1"),
             "{\n\"role\": \"user\",\n\"content\": \"é<\"\n}"

@@ -58,8 +58,10 @@ pub fn stdout_closed() -> io::Error {
 pub fn one_line(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        let reorders = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}')
-            || matches!(c, '\u{2066}'..='\u{2069}');
+        let reorders = matches!(
+            c,
+            '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}'
+        ) || matches!(c, '\u{2066}'..='\u{2069}');
         if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || reorders {
             out.extend(c.escape_default());
         } else {
@@ -580,8 +582,8 @@ mod tests {
             "model a\\nb\\r\\tc\\u{1b}[31m é \\ \"q\""
         );
         assert_eq!(
-            one_line("a\u{2028}b\u{202e}c\u{85}d"),
-            "a\\u{2028}b\\u{202e}c\\u{85}d"
+            one_line("a\u{2028}b\u{202e}c\u{85}d\u{61c}"),
+            "a\\u{2028}b\\u{202e}c\\u{85}d\\u{61c}"
         );
     }
 

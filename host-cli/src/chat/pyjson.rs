@@ -7,69 +7,86 @@
 //! `1e-07`), so a tool turn or a template's own literal would reach the
 //! model as text it was never tuned on.
 
-use minijinja::value::{Kwargs, ValueKind};
+use minijinja::value::{from_args, Kwargs, Rest, ValueKind, ValueOrKwargs};
 use minijinja::{Error, ErrorKind, Value};
+
+/// The deepest nesting `tojson` writes, a little below Python's recursion
+/// limit; a namespace can hold itself, and the writer recurses.
+const MAX_DEPTH: usize = 900;
 
 /// The most bytes one `tojson` writes. minijinja's fuel does not count the
 /// bytes a filter of ours writes: a template that applies it over and over
 /// to its own output would double it each time.
 const MAX_JSON: usize = 8 << 20;
 
-/// The filter: `value | tojson`, with Python's keyword arguments
-/// `indent` (a count of spaces, or the text of one level), `separators`
-/// (item and key separators), `sort_keys` and `ensure_ascii`; `indent`
-/// may also come first without its name.
-pub fn tojson(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> Result<Value, Error> {
+/// The filter: `value | tojson(ensure_ascii, indent, separators,
+/// sort_keys)`, the signature Hugging Face gives it, each argument given
+/// by place or by name. `indent` is a count of spaces (none below 1) or the
+/// text of one level; `separators` the item and key separators.
+pub fn tojson(value: &Value, args: Rest<ValueOrKwargs>) -> Result<Value, Error> {
+    let args = args.into_values();
+    let (by_place, kwargs): (&[Value], Kwargs) = from_args(&args)?;
+    let names = ["ensure_ascii", "indent", "separators", "sort_keys"];
+    if by_place.len() > names.len() {
+        return Err(invalid("tojson takes at most 4 arguments"));
+    }
+    let mut given: [Option<Value>; 4] = Default::default();
+    for ((slot, name), placed) in given
+        .iter_mut()
+        .zip(names)
+        .zip(by_place.iter().map(Some).chain(std::iter::repeat(None)))
+    {
+        let named = kwargs.get::<Option<Value>>(name)?;
+        *slot = match (placed, named) {
+            (Some(_), Some(_)) => return Err(invalid(&format!("tojson: {name} is given twice"))),
+            (Some(v), None) => Some(v.clone()),
+            (None, named) => named,
+        }
+        .filter(|v| !v.is_none() && !v.is_undefined());
+    }
+    kwargs.assert_all_used()?;
+    let [ensure_ascii, indent, separators, sort_keys] = given;
     let indent = match indent {
-        Some(indent) => Some(indent),
-        None => kwargs.get::<Option<Value>>("indent")?,
-    };
-    let indent = match indent.filter(|v| !v.is_none() && !v.is_undefined()) {
         None => None,
         Some(v) => Some(match v.as_str() {
             Some(text) => text.to_owned(),
             // Python writes a level of `n` spaces, none for `n` below 1.
-            None => {
-                let n = v.as_i64().ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::InvalidOperation,
-                        "tojson: indent is not a number",
-                    )
-                })?;
+            None if v.is_integer() || v.kind() == ValueKind::Bool => {
+                let n = v.as_i64().unwrap_or(i64::from(v.is_true()));
                 " ".repeat(usize::try_from(n).unwrap_or(0).min(MAX_JSON))
             }
+            None => return Err(invalid("tojson: indent is not a whole number or a string")),
         }),
     };
-    let (item, key) = match kwargs.get::<Option<Value>>("separators")? {
-        Some(pair) if !pair.is_none() => {
-            let part = |i| {
-                pair.get_item_by_index(i)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .ok_or_else(|| {
-                        Error::new(
-                            ErrorKind::InvalidOperation,
-                            "tojson: separators is not a pair of strings",
-                        )
-                    })
-            };
-            (part(0)?, part(1)?)
+    let (item, key) = match separators {
+        Some(pair) => {
+            let parts: Vec<Value> = pair.try_iter()?.collect();
+            match parts.as_slice() {
+                [item, key] => match (item.as_str(), key.as_str()) {
+                    (Some(item), Some(key)) => (item.to_owned(), key.to_owned()),
+                    _ => return Err(invalid("tojson: separators is not a pair of strings")),
+                },
+                _ => return Err(invalid("tojson: separators is not a pair of strings")),
+            }
         }
         // Python's defaults: no space at line ends when indenting.
-        _ if indent.is_some() => (",".to_owned(), ": ".to_owned()),
-        _ => (", ".to_owned(), ": ".to_owned()),
+        None if indent.is_some() => (",".to_owned(), ": ".to_owned()),
+        None => (", ".to_owned(), ": ".to_owned()),
     };
     let mut writer = Writer {
         out: String::new(),
         indent,
         item,
         key,
-        sort_keys: kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false),
-        ensure_ascii: kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false),
+        sort_keys: sort_keys.is_some_and(|v| v.is_true()),
+        ensure_ascii: ensure_ascii.is_some_and(|v| v.is_true()),
     };
-    kwargs.assert_all_used()?;
     writer.value(value, 0)?;
     Ok(Value::from_safe_string(writer.out))
+}
+
+fn invalid(what: &str) -> Error {
+    Error::new(ErrorKind::InvalidOperation, what.to_owned())
 }
 
 /// One `json.dumps` call's settings and output.
@@ -87,6 +104,11 @@ impl Writer {
         if self.out.len() > MAX_JSON {
             return Err(too_long());
         }
+        if depth > MAX_DEPTH {
+            return Err(invalid(&format!(
+                "tojson: values nested more than {MAX_DEPTH} deep (one that holds itself?)"
+            )));
+        }
         match value.kind() {
             ValueKind::None => self.out.push_str("null"),
             ValueKind::Bool => self
@@ -97,7 +119,7 @@ impl Writer {
                 let x = f64::try_from(value.clone()).unwrap_or(f64::NAN);
                 self.out.push_str(&python_float(x));
             }
-            ValueKind::String => self.string(value.as_str().unwrap_or_default()),
+            ValueKind::String => self.string(value.as_str().unwrap_or_default())?,
             ValueKind::Seq | ValueKind::Iterable => {
                 let items: Vec<Value> = value.try_iter()?.collect();
                 self.container('[', ']', items, depth, |w, item, depth| {
@@ -105,16 +127,33 @@ impl Writer {
                 })?;
             }
             ValueKind::Map => {
-                let mut pairs = Vec::new();
+                let mut keyed = Vec::new();
                 for key in value.try_iter()? {
                     let item = value.get_item(&key)?;
-                    pairs.push((key_text(&key)?, item));
+                    keyed.push((key, item));
                 }
                 if self.sort_keys {
-                    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+                    // As Python sorts them: numbers by value, strings by
+                    // code point, and no mix of the two.
+                    let kinds = |k: &Value| match k.kind() {
+                        ValueKind::String => 0,
+                        ValueKind::Number | ValueKind::Bool => 1,
+                        _ => 2,
+                    };
+                    let first = keyed.first().map_or(0, |(k, _)| kinds(k));
+                    if keyed.iter().any(|(k, _)| kinds(k) != first || first == 2) {
+                        return Err(invalid(
+                            "tojson: sort_keys needs keys that are all strings or all numbers",
+                        ));
+                    }
+                    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+                }
+                let mut pairs = Vec::with_capacity(keyed.len());
+                for (key, item) in keyed {
+                    pairs.push((key_text(&key)?, item));
                 }
                 self.container('{', '}', pairs, depth, |w, (key, item), depth| {
-                    w.string(&key);
+                    w.string(&key)?;
                     let separator = w.key.clone();
                     w.out.push_str(&separator);
                     w.value(&item, depth)
@@ -171,9 +210,16 @@ impl Writer {
     }
 
     /// A JSON string as Python escapes it.
-    fn string(&mut self, text: &str) {
+    fn string(&mut self, text: &str) -> Result<(), Error> {
+        if self.out.len().saturating_add(text.len()) > MAX_JSON {
+            return Err(too_long());
+        }
         self.out.push('"');
         for c in text.chars() {
+            // Escapes write up to twelve bytes for one character.
+            if self.out.len() > MAX_JSON {
+                return Err(too_long());
+            }
             match c {
                 '"' => self.out.push_str("\\\""),
                 '\\' => self.out.push_str("\\\\"),
@@ -192,6 +238,7 @@ impl Writer {
             }
         }
         self.out.push('"');
+        Ok(())
     }
 }
 
