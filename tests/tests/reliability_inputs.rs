@@ -73,8 +73,15 @@ fn talkback_unprivileged(args: &[&str]) -> reliability_support::Run {
     // nobody can still reach the binary and the scratch folders, which
     // are world-readable.
     let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(binary())
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+    through(cmd, args)
+}
+
+/// `talkback args` started by `cmd` (a program that runs the binary,
+/// named after `cmd`'s own arguments), with the model set and the output
+/// collected.
+fn through(mut cmd: Command, args: &[&str]) -> reliability_support::Run {
+    cmd.arg(binary())
         .args(args)
         .env("TALKBACK_MODEL", reliability_support::model())
         .env_remove("RUST_LOG")
@@ -1008,14 +1015,8 @@ fn a_prompt_above_a_mebibyte_is_refused_before_any_tokenizer_sees_it() {
 fn under_address_limit(kib: u64, args: &[&str]) -> reliability_support::Run {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
-        .arg(format!("ulimit -v {kib} && exec \"$0\" \"$@\""))
-        .arg(binary())
-        .args(args)
-        .env("TALKBACK_MODEL", reliability_support::model())
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    start(cmd, None).finish()
+        .arg(format!("ulimit -v {kib} && exec \"$0\" \"$@\""));
+    through(cmd, args)
 }
 
 #[test]
