@@ -45,14 +45,17 @@
 //!   tie, anywhere, goes to the lower id. Each stage keeps a prefix of it.
 //! - With `m` the top logit and `t` the temperature in force (1 before the
 //!   temperature stage), a token's scaled difference is `d = (x - m) * (1/t)`
-//!   and its weight is `round(e^d * 2^30)`, an integer; `e^d` comes from a
-//!   fixed polynomial in plain f32 arithmetic (about 1 ulp), never the
+//!   in f32, and its weight is `round(e^d * 2^30)`, an integer; `e^d` comes
+//!   from a fixed polynomial in plain f32 arithmetic (about 1 ulp), never the
 //!   platform's `exp`. If `m` is +inf, the +inf tokens share all the mass
 //!   equally and every other token weighs 0. Probabilities are weights over
 //!   their sum; sums are exact integers, so no result depends on summation
 //!   order, on the selection algorithm or on the platform. A token whose
 //!   weight rounds to 0 (below about `2^-31` of the top token's) can
-//!   survive a stage but is never drawn.
+//!   survive a stage but is never drawn. A difference `x - m` beyond the
+//!   f32 range is -inf, so a logit more than `f32::MAX` below the top
+//!   weighs 0 at every temperature, even above about 1e37 where a wider
+//!   format would give it weight.
 //! - **Temperature** 0 keeps only the top token (greedy); temperatures
 //!   below `f32::MIN_POSITIVE` count as 0.
 //! - **Top-k** keeps exactly `min(k, candidates)` tokens in rank order; 0,

@@ -62,7 +62,8 @@ pub struct Alternative {
     /// Natural log of its probability under the final distribution, from
     /// its unrounded weight (`d - ln(W / 2^30)`): a token whose weight
     /// rounds to 0, and which is never drawn, still shows how unlikely it
-    /// is rather than -inf.
+    /// is rather than -inf. It is -inf only where `d` is: below a +inf top
+    /// logit, or more than `f32::MAX` below a finite one.
     pub logprob: f32,
 }
 
