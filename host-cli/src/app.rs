@@ -391,13 +391,15 @@ fn report_finish(outcome: &Outcome, format: Format, verbose: u8) -> Result<()> {
 /// Prints how a run finished, with its counts and speed, on stderr.
 fn note_finish(outcome: &Outcome) {
     let t = outcome.timings;
-    let secs = t.generation.as_secs_f64();
-    let n = outcome.tokens.len();
+    let speed = t
+        .tokens_per_second()
+        .map(|r| format!(", {r:.1} tokens/s"))
+        .unwrap_or_default();
     crate::note!(
-        "talkback: finished: {} ({}, {n} generated, {:.1} tokens/s, sampling {:.3} ms)",
+        "talkback: finished: {} ({}, {} generated{speed}, sampling {:.3} ms)",
         outcome.finish.as_str().replace('_', " "),
         counted(outcome.prompt_tokens, "prompt"),
-        if secs > 0.0 { n as f64 / secs } else { 0.0 },
+        outcome.tokens.len(),
         t.sampling.as_secs_f64() * 1e3,
     );
 }

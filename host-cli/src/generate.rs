@@ -347,6 +347,20 @@ pub struct Timings {
     pub generation: Duration,
     /// Time spent inside the sampler.
     pub sampling: Duration,
+    /// Generated tokens the model decoded within `generation`. The first
+    /// token comes from the prompt's logits, and a run that ends on a
+    /// token it keeps (at `-n`, a stop string, a full context) never
+    /// decodes that token, so this is one less than the tokens kept
+    /// unless the model ended its turn.
+    pub decoded: usize,
+}
+
+impl Timings {
+    /// Decoded tokens per second of generation; `None` before any decode.
+    pub fn tokens_per_second(&self) -> Option<f64> {
+        let secs = self.generation.as_secs_f64();
+        (self.decoded > 0 && secs > 0.0).then(|| self.decoded as f64 / secs)
+    }
 }
 
 /// What a run produced.
@@ -575,6 +589,7 @@ impl Generator {
                 }
                 let id = i32::try_from(choice.id).context("token id out of range")?;
                 session.push(LlamaToken(id))?;
+                timings.decoded += 1;
             })
         })();
         let (finish, mut failure) = match steps {

@@ -517,7 +517,6 @@ fn line_bound(longest_piece: usize, alternatives: usize) -> usize {
 pub fn summary(text: &[u8], outcome: &Outcome, settings: &Settings, event: bool) -> Value {
     let t = outcome.timings;
     let n = outcome.tokens.len();
-    let secs = t.generation.as_secs_f64();
     let mut v = json!({
         "text": String::from_utf8_lossy(text),
         "tokens": outcome.tokens.iter().map(|&(id, _)| id).collect::<Vec<_>>(),
@@ -528,9 +527,9 @@ pub fn summary(text: &[u8], outcome: &Outcome, settings: &Settings, event: bool)
         "settings": settings_value(settings),
         "timings": {
             "prompt_ms": t.prompt.as_secs_f64() * 1e3,
-            "generation_ms": secs * 1e3,
+            "generation_ms": t.generation.as_secs_f64() * 1e3,
             "sampling_ms": t.sampling.as_secs_f64() * 1e3,
-            "tokens_per_second": if secs > 0.0 { n as f64 / secs } else { 0.0 },
+            "tokens_per_second": t.tokens_per_second(),
         },
     });
     if let Some(fields) = v.as_object_mut() {

@@ -166,16 +166,35 @@ fn check_json_fields(v: &Value, seed: u64) {
         serde_json::json!(["temp", "top-k", "top-p", "min-p"])
     );
     let t = &v["timings"];
-    for key in [
-        "prompt_ms",
-        "generation_ms",
-        "sampling_ms",
-        "tokens_per_second",
-    ] {
+    for key in ["prompt_ms", "generation_ms", "sampling_ms"] {
         let x = num(&t[key]);
         assert!(x >= 0.0 && x.is_finite(), "timings.{key} = {x}");
     }
     assert!(num(&t["generation_ms"]) >= num(&t["sampling_ms"]), "{t}");
+    check_speed(v);
+}
+
+/// Checks that `tokens_per_second` counts the generated tokens decoded.
+fn check_speed(v: &Value) {
+    let t = &v["timings"];
+    let n = int(&v["generated_tokens"]);
+    // The first token comes from the prompt's step; the last is decoded
+    // only when another (the end of the turn) was sampled after it.
+    let decoded = if v["finish_reason"] == "end_of_turn" {
+        n
+    } else {
+        n.saturating_sub(1)
+    };
+    if decoded == 0 {
+        assert!(t["tokens_per_second"].is_null(), "{v}");
+        return;
+    }
+    let want = decoded as f64 / (num(&t["generation_ms"]) / 1e3);
+    let got = num(&t["tokens_per_second"]);
+    assert!(
+        (got - want).abs() <= want * 1e-9,
+        "{got} tokens/s, want {want}: {t}"
+    );
 }
 
 /// Runs one request in all three formats and checks that they agree.
@@ -423,6 +442,57 @@ fn verbose_shows_the_settings_and_a_random_seed_that_repeats_the_run() {
     let other = tb(&[&["-v"], &args[..]].concat());
     assert_eq!(other.code, 0, "stderr: {}", other.stderr);
     assert_ne!(seed_in(&other.stderr), seed, "two random seeds were equal");
+}
+
+#[test]
+fn speed_counts_only_the_tokens_the_model_decoded() {
+    // -n 1 takes its one token from the prompt's logits: no decode to time.
+    let one = tb(&[
+        "complete", STORY, "-n", "1", "--seed", "3", "-v", "--format", "json",
+    ]);
+    assert_eq!(one.code, 0, "stderr: {}", one.stderr);
+    let v = one.json();
+    assert_eq!(int(&v["generated_tokens"]), 1);
+    assert!(v["timings"]["tokens_per_second"].is_null(), "{v}");
+    let line = one.stderr.lines().find(|l| l.contains("finished: "));
+    let line = line.unwrap_or_else(|| panic!("no finished line: {}", one.stderr));
+    assert!(line.contains("1 generated, sampling "), "{line}");
+    assert!(!line.contains("tokens/s"), "{line}");
+
+    // Four tokens at -n: three decodes, whose time sets the speed.
+    let four = tb(&[
+        "complete",
+        STORY,
+        "-n",
+        "4",
+        "--ignore-eos",
+        "--seed",
+        "3",
+        "-v",
+    ]);
+    assert_eq!(four.code, 0, "stderr: {}", four.stderr);
+    let json = tb(&[
+        "complete",
+        STORY,
+        "-n",
+        "4",
+        "--ignore-eos",
+        "--seed",
+        "3",
+        "--format",
+        "json",
+    ]);
+    ok(&json);
+    let v = json.json();
+    assert_eq!(int(&v["generated_tokens"]), 4);
+    assert_eq!(v["finish_reason"], "length");
+    check_speed(&v);
+    assert!(four.stderr.contains("4 generated, "), "{}", four.stderr);
+    assert!(
+        four.stderr.contains(" tokens/s, sampling "),
+        "{}",
+        four.stderr
+    );
 }
 
 #[test]
