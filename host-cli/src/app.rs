@@ -77,14 +77,16 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Reads all of stdin as UTF-8 text: the `what` (message or prompt) it holds.
+/// Reads all of stdin as UTF-8 text: the `what` (message or prompt) it
+/// holds, without a leading byte-order mark, as for input files.
 fn read_stdin(what: &str) -> Result<String> {
-    let bytes = crate::infile::read_bounded(io::stdin(), crate::infile::MAX_TEXT)
+    let mut bytes = crate::infile::read_bounded(io::stdin(), crate::infile::MAX_TEXT)
         .with_context(|| format!("cannot read the {what} from stdin"))?;
-    String::from_utf8(bytes).map_err(|e| {
+    let bom = bytes.len() - crate::infile::without_bom(&bytes).len();
+    String::from_utf8(bytes.split_off(bom)).map_err(|e| {
         anyhow!(
             "the {what} on stdin is not valid UTF-8 (invalid byte at offset {})",
-            e.utf8_error().valid_up_to()
+            e.utf8_error().valid_up_to() + bom
         )
     })
 }
@@ -525,8 +527,8 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     let answerable = |m: &Message| m.role == "user" || m.role == "assistant";
     if args.messages.is_some() && prompt.is_none() && !messages.iter().any(answerable) {
         return Err(Usage::new(
-            "nothing to answer: the --messages file holds no user or assistant turn \
-             and no message was given",
+            "nothing to answer: the --messages file holds no \"user\" or \"assistant\" turn \
+             (roles are matched exactly) and no message was given",
         )
         .into());
     }

@@ -203,8 +203,9 @@ pub struct ChatArgs {
 
     /// Earlier turns as a JSON array of {"role", "content"} objects; the
     /// message, from the argument or stdin, is appended as the last user
-    /// turn, and without one the file may end with the turn to answer.
-    /// `-` reads the array from stdin (the message is then an argument).
+    /// turn. Without one, the file's turns get one reply (no interactive
+    /// chat), so it must hold a "user" or "assistant" turn. `-` reads the
+    /// array from stdin (the message is then an argument).
     #[arg(long, value_name = "FILE")]
     pub messages: Option<PathBuf>,
 

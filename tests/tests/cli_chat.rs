@@ -261,12 +261,18 @@ fn empty_turns_and_a_file_with_nothing_to_answer_are_refused() {
 
     let system = r#"[{"role": "system", "content": "Be brief."}]"#;
     let tool = r#"[{"role": "tool", "content": "42"}]"#;
-    for turns in ["[]", system, tool] {
+    let capital = r#"[{"role": "User", "content": "Hi"}]"#;
+    for turns in ["[]", system, tool, capital] {
         let file = TempFile::with("nothing.json", turns);
         let run = tb(&["chat", "--messages", file.arg(), "-n", "3"]);
         assert_eq!(run.code, 2, "{turns}: {}", run.stderr);
         assert!(run.stdout.is_empty(), "{turns}: {}", run.text());
         assert!(run.stderr.contains("nothing to answer"), "{}", run.stderr);
+        assert!(
+            run.stderr.contains("(roles are matched exactly)"),
+            "{}",
+            run.stderr
+        );
         // A message given as well is something to answer.
         let got = render(&["--messages", file.arg(), "Hello"]);
         assert!(got.ends_with("<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"));

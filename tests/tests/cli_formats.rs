@@ -528,6 +528,37 @@ fn piped_stdin_is_the_text_for_complete() {
 }
 
 #[test]
+fn a_byte_order_mark_starting_stdin_is_dropped() {
+    let args = ["complete", "-n", "4", "--seed", "8", "--format", "json"];
+    let marked = tb_stdin(&args, Some(format!("\u{feff}{STORY}").as_bytes()));
+    ok(&marked);
+    let plain = tb_stdin(&args, Some(STORY.as_bytes()));
+    ok(&plain);
+    let (m, p) = (marked.json(), plain.json());
+    assert_eq!(m["prompt_tokens"], p["prompt_tokens"]);
+    assert_eq!(m["tokens"], p["tokens"]);
+
+    let chat = ["chat", "--render-only"];
+    let marked = tb_stdin(&chat, Some("\u{feff}Hi there\n".as_bytes()));
+    ok(&marked);
+    assert!(
+        marked.text().contains("user\nHi there<|im_end|>"),
+        "{}",
+        marked.text()
+    );
+    assert!(!marked.text().contains('\u{feff}'), "{}", marked.text());
+
+    // Only the first mark goes, and offsets in errors count it.
+    let bad = tb_stdin(&["complete", "-n", "1"], Some(b"\xef\xbb\xbfab\xff"));
+    assert_eq!(bad.code, 1, "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("(invalid byte at offset 5)"),
+        "{}",
+        bad.stderr
+    );
+}
+
+#[test]
 fn piped_stdin_is_one_message_for_chat() {
     let message = "First line of the question.\nSecond line: what is this?";
     let args = [
