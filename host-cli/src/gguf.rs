@@ -86,6 +86,9 @@ const KEEP_STRING: usize = 64;
 const TOKENS_KEY: &[u8] = b"tokenizer.ggml.tokens";
 /// The key of the `gpt2` tokenizer's merges.
 const MERGES_KEY: &[u8] = b"tokenizer.ggml.merges";
+
+/// The architectures llama.cpp runs as diffusion models.
+const DIFFUSION: [&[u8]; 4] = [b"dream", b"llada", b"llada-moe", b"rnd1"];
 /// The key that gives each token's type.
 const TOKEN_TYPE_KEY: &[u8] = b"tokenizer.ggml.token_type";
 /// The key of the chat template.
@@ -871,6 +874,15 @@ fn check_values(kept: &[(Vec<u8>, Meta)]) -> Result<()> {
             );
         }
     }
+    // llama.cpp marks diffusion models by architecture, not by
+    // `attention.causal`: they fill in masked tokens over whole passes.
+    if DIFFUSION.contains(&arch) {
+        bail!(
+            "the architecture `{}` is a diffusion model, which fills in masked tokens all \
+             at once; talkback generates one token after another and cannot run it",
+            shown(arch)
+        );
+    }
     let key = |suffix: &str| [arch, suffix.as_bytes()].concat();
     if let Some(Meta::U32(n)) = get(&key(".block_count")) {
         if !(1..=MAX_LAYERS).contains(n) {
@@ -1175,6 +1187,19 @@ mod tests {
             assert!(err.contains("has no tokenizer"), "{name:?}: {err}");
         }
         run(build(&[("tokenizer.ggml.model", V::Str("gpt2"))], 1, F32)).expect("gpt2");
+    }
+
+    #[test]
+    fn diffusion_architectures_are_refused() {
+        for arch in ["llada", "dream", "llada-moe", "rnd1"] {
+            let err = error(build(&[("general.architecture", V::Str(arch))], 1, F32));
+            assert!(
+                err.contains(&format!("the architecture `{arch}` is a diffusion model")),
+                "{err}"
+            );
+        }
+        run(build(&[("general.architecture", V::Str("llama"))], 1, F32)).expect("llama");
+        run(build(&[("general.architecture", V::Str("llada2"))], 1, F32)).expect("not listed");
     }
 
     #[test]

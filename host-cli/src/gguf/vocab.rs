@@ -75,8 +75,19 @@ pub(super) fn check(
             );
         }
     }
-    if let (Some(b"gpt2"), Some(merges)) = (tokenizer, merges) {
-        check_merges(texts, types, merges, &ends)?;
+    match (tokenizer, merges) {
+        (Some(b"gpt2"), Some(merges)) => check_merges(texts, types, merges, &ends)?,
+        // WordPiece and Unigram vocabularies have no merges: a file that
+        // holds them was written for `gpt2`, whose byte-level token texts
+        // these tokenizers would print as they are (`Ġ` for a space).
+        (Some(name @ (b"bert" | b"t5")), Some(merges)) if !merges.is_empty() => bail!(
+            "`tokenizer.ggml.model` is `{}`, which uses no merges, but the file holds \
+             {} of them (`tokenizer.ggml.merges`): its vocabulary was made for the `gpt2` \
+             tokenizer",
+            String::from_utf8_lossy(name),
+            merges.len()
+        ),
+        _ => {}
     }
     Ok(())
 }
@@ -284,6 +295,37 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn merges_under_a_tokenizer_without_them_are_refused() {
+        let none = |_: &[u8]| None;
+        for name in [&b"bert"[..], b"t5"] {
+            let e = check(
+                &texts(),
+                Some(&TYPES),
+                Some(&merges(&GOOD)),
+                Some(name),
+                &none,
+            )
+            .map_err(|e| format!("{e:#}"))
+            .unwrap_err();
+            assert!(
+                e.contains("uses no merges, but the file holds 2 of them"),
+                "{e}"
+            );
+            check(&texts(), Some(&TYPES), None, Some(name), &none).expect("no merges");
+            check(&texts(), Some(&TYPES), Some(&[]), Some(name), &none).expect("an empty list");
+        }
+        // SentencePiece files may carry merges that llama.cpp passes over.
+        check(
+            &texts(),
+            Some(&TYPES),
+            Some(&merges(&GOOD)),
+            Some(b"llama"),
+            &none,
+        )
+        .expect("llama");
     }
 
     #[test]
