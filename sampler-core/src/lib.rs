@@ -89,7 +89,12 @@
 //!   scratch buffer, the alternatives buffer and the shape table.
 //! - **No panic on any input**: every input, NaN and infinities included,
 //!   gives a value or a typed [`Error`]. The crate denies `unwrap`, `expect`,
-//!   `panic!` and slice indexing outside tests.
+//!   `panic!` and slice indexing outside tests, and fuzzing and property
+//!   tests back the promise. It is not proved at link time: the panic
+//!   paths inside `core` that the crate calls (the bounds checks of
+//!   `slice::swap` and `copy_from_slice`, the sorting and selection
+//!   routines) stay in a binary, unreachable, so a build whose panic
+//!   handler must never be linked does not link.
 //! - **Reproducible**: the token and every reported number depend only on
 //!   the logits, the settings, the seed, the step and the crate version; not
 //!   on the platform, the selection algorithm or whether a report was asked
@@ -158,12 +163,21 @@
 //! of changed logits (one 8-byte slot per window id and bias entry, 10 KiB
 //! in all): a [`Sampler`] holds it, and is about 11 KiB because of it,
 //! while [`shape()`] builds it on its stack. `tests/stack_bound.rs` checks
-//! both.
+//! both. [`Sampler::new`] returns the sampler by value, so building one
+//! passes those 11 KiB through the stack even when it ends up in a
+//! static: build it once where the stack is shallow (at start-up) and
+//! start each new generation with [`Sampler::restart`]. Unoptimised
+//! builds need several times these figures (frames of 10 to 23 KiB on
+//! `thumbv7em-none-eabihf`); firmware should optimise this crate in its
+//! dev profile too (`[profile.dev.package.sampler-core] opt-level = 2`).
+//! `firmware/README.md` in the repository measures the Cortex-M4F.
 //!
 //! # Features
 //!
 //! None. The crate builds for bare-metal targets such as
-//! `thumbv7em-none-eabihf`.
+//! `thumbv7em-none-eabihf`. Exact sums and some bounds use `f64`, which
+//! targets without a double-precision unit (the Cortex-M4F's is single)
+//! get from the compiler's software routines.
 //!
 //! # Examples
 //!
@@ -173,9 +187,11 @@
 //! let logits = [3.4f32, 2.8, 2.1, 1.6, 1.0];
 //! let mut scratch = [Candidate::default(); 5];
 //! let mut sampler = Sampler::new(Config::default(), 42, &mut scratch).unwrap();
-//! let mut alternatives = [Alternative::default(); 3];
+//! // Room for every token, so the report lists each survivor.
+//! let mut alternatives = [Alternative::default(); 5];
 //! let mut report = Report::new(&mut alternatives);
 //! let choice = sampler.sample(Input::new(&logits), Some(&mut report)).unwrap();
+//! assert_eq!(report.written().len(), report.survivors.final_count);
 //! assert!(report.written().iter().any(|a| a.id == choice.id));
 //! assert_eq!(sampler.step(), 1);
 //! ```

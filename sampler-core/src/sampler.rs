@@ -63,7 +63,8 @@ pub struct Alternative {
     /// its unrounded weight (`d - ln(W / 2^30)`): a token whose weight
     /// rounds to 0, and which is never drawn, still shows how unlikely it
     /// is rather than -inf. It is -inf only where `d` is: below a +inf top
-    /// logit, or more than `f32::MAX` below a finite one.
+    /// logit, or where `(x - m) * (1/t)`, or `x - m` alone, goes beyond the
+    /// f32 range.
     pub logprob: f32,
 }
 
@@ -176,6 +177,41 @@ impl<'s> Sampler<'s> {
             overrides: Overrides::new(),
             weights: WeightCache::new(),
         })
+    }
+
+    /// Starts afresh with `config` and `seed`, in place: the sampler then
+    /// draws exactly as `Sampler::new(config, seed, ..)` with the same
+    /// scratch buffer would.
+    ///
+    /// A sampler is about 11 KiB; this reuses one without passing a new
+    /// one through the stack.
+    ///
+    /// # Errors
+    ///
+    /// - Any error of [`Config::validate`]; the sampler is then unchanged.
+    ///
+    /// # Panics
+    ///
+    /// Never.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sampler_core::{Candidate, Config, Input, Sampler};
+    /// let logits = [0.5f32, 1.5, 1.0];
+    /// let mut scratch = [Candidate::default(); 3];
+    /// let mut sampler = Sampler::new(Config::default(), 7, &mut scratch).unwrap();
+    /// let first = sampler.sample(Input::new(&logits), None).unwrap();
+    /// sampler.restart(Config::default(), 7).unwrap();
+    /// assert_eq!(sampler.step(), 0);
+    /// assert_eq!(sampler.sample(Input::new(&logits), None).unwrap(), first);
+    /// ```
+    pub fn restart(&mut self, config: Config, seed: u64) -> Result<(), Error> {
+        config.validate()?;
+        self.config = config;
+        self.rng = Rng::new(seed);
+        self.step = 0;
+        Ok(())
     }
 
     /// Samples one token and, if `report` is given, fills it.

@@ -344,6 +344,81 @@ proptest! {
     }
 }
 
+/// One call's token, log-probability bits, alternatives and survivors.
+type Drawn = (u32, u32, Vec<(u32, u32)>, Survivors);
+
+/// The outcome of each of `steps` calls, with a penalty window that moves
+/// on by each token drawn.
+fn run_steps(
+    sampler: &mut Sampler<'_>,
+    logits: &[f32],
+    window: &[u32],
+    steps: usize,
+) -> Vec<Result<Drawn, Error>> {
+    let mut recent = window.to_vec();
+    let mut alts = [Alternative::default(); 4];
+    (0..steps)
+        .map(|_| {
+            let mut report = Report::new(&mut alts);
+            let input = Input {
+                logits,
+                recent: &recent,
+                bias: &[],
+            };
+            let c = sampler.sample(input, Some(&mut report))?;
+            let listed = report
+                .written()
+                .iter()
+                .map(|a| (a.id, a.logprob.to_bits()))
+                .collect();
+            let survivors = report.survivors;
+            if !recent.is_empty() {
+                recent.remove(0);
+                recent.push(c.id);
+            }
+            Ok((c.id, c.logprob.to_bits(), listed, survivors))
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/reference.txt"))),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn a_restarted_sampler_draws_as_a_new_one(
+        logits in logits_strategy(),
+        (before, after) in (config_strategy(), config_strategy()),
+        (seed, again) in (any::<u64>(), any::<u64>()),
+        window_raw in prop::collection::vec(any::<u32>(), 0..64),
+    ) {
+        let v = logits.len() as u32;
+        let window: Vec<u32> = window_raw.iter().map(|r| r % v).collect();
+        let mut used_scratch = vec![Candidate::default(); logits.len()];
+        let mut used = Sampler::new(before, seed, &mut used_scratch).unwrap();
+        run_steps(&mut used, &logits, &window, 3);
+        used.restart(after, again).unwrap();
+        prop_assert_eq!(used.step(), 0);
+        prop_assert_eq!(used.config(), &after);
+        let mut fresh_scratch = vec![Candidate::default(); logits.len()];
+        let mut fresh = Sampler::new(after, again, &mut fresh_scratch).unwrap();
+        prop_assert_eq!(
+            run_steps(&mut used, &logits, &window, 4),
+            run_steps(&mut fresh, &logits, &window, 4)
+        );
+
+        // Refused settings leave the sampler as it was.
+        let step = used.step();
+        let bad = Config { temperature: f32::NAN, ..after };
+        prop_assert_eq!(used.restart(bad, 1), Err(Error::NonFiniteTemperature));
+        prop_assert_eq!(used.config(), &after);
+        prop_assert_eq!(used.step(), step);
+    }
+}
+
 /// Upper chi-square quantile for `df` degrees of freedom at about p = 1e-6
 /// (Wilson-Hilferty).
 fn chi_square_limit(df: usize) -> f64 {
