@@ -44,6 +44,14 @@ const UNMERGED_MAX: f64 = 0.01;
 /// # Errors
 ///
 /// - the first fault found, naming the token or key.
+/// `Ġ` (U+0120) in UTF-8: the byte-level spelling of a space.
+const GPT2_SPACE: &[u8] = "\u{120}".as_bytes();
+
+/// A vocabulary with at least one in this many token texts starting with
+/// [`GPT2_SPACE`] is byte-level. In `gpt2` vocabularies most words start
+/// with it; WordPiece and Unigram vocabularies have no use for it.
+const BYTE_LEVEL_SHARE: usize = 20;
+
 pub(super) fn check(
     texts: &[Vec<u8>],
     types: Option<&[i32]>,
@@ -87,6 +95,18 @@ pub(super) fn check(
             String::from_utf8_lossy(name),
             merges.len()
         ),
+        (Some(name @ (b"bert" | b"t5")), _) => {
+            let spaced = texts.iter().filter(|t| t.starts_with(GPT2_SPACE)).count();
+            if spaced > 0 && spaced >= n / BYTE_LEVEL_SHARE {
+                bail!(
+                    "`tokenizer.ggml.model` is `{}`, but {spaced} of the {n} token texts \
+                     start with `Ġ`, the `gpt2` tokenizer's spelling of a space: the \
+                     vocabulary was made for `gpt2`, and this tokenizer would print those \
+                     marks as they are",
+                    String::from_utf8_lossy(name)
+                );
+            }
+        }
         _ => {}
     }
     Ok(())
@@ -326,6 +346,28 @@ mod tests {
             &none,
         )
         .expect("llama");
+    }
+
+    #[test]
+    fn a_byte_level_vocabulary_under_bert_or_t5_is_refused() {
+        let none = |_: &[u8]| None;
+        // One word in twenty spelled with a leading `Ġ` is byte-level.
+        let mut texts: Vec<Vec<u8>> = (0..40).map(|i| format!("w{i}").into_bytes()).collect();
+        texts[3] = "\u{120}the".into();
+        let run = |texts: &[Vec<u8>], name: &[u8]| {
+            check(texts, None, None, Some(name), &none).map_err(|e| format!("{e:#}"))
+        };
+        run(&texts, b"bert").expect("one in forty");
+        texts[9] = "\u{120}a".into();
+        for name in [&b"bert"[..], b"t5"] {
+            let e = run(&texts, name).unwrap_err();
+            assert!(e.contains("2 of the 40 token texts start with `Ġ`"), "{e}");
+        }
+        run(&texts, b"gpt2").expect("gpt2 spells spaces so");
+        // A `Ġ` inside a word is no space.
+        texts[3] = "x\u{120}".into();
+        texts[9] = "y\u{120}".into();
+        run(&texts, b"t5").expect("no leading marks");
     }
 
     #[test]
