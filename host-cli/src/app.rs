@@ -727,7 +727,10 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
             if messages.iter().any(answerable) {
                 Ok(())
             } else {
-                Err(anyhow!("its messages hold no user or assistant turn"))
+                Err(anyhow!(
+                    "its messages hold no \"user\" or \"assistant\" turn (roles are matched \
+                     exactly)"
+                ))
             }
         }),
         Prompt::Complete { text, .. } if text.is_empty() => Err(anyhow!("its prompt is empty")),

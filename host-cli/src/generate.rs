@@ -350,8 +350,7 @@ pub struct Timings {
     /// Generated tokens the model decoded within `generation`. The first
     /// token comes from the prompt's logits, and a run that ends on a
     /// token it keeps (at `-n`, a stop string, a full context) never
-    /// decodes that token, so this is one less than the tokens kept
-    /// unless the model ended its turn.
+    /// decodes that token.
     pub decoded: usize,
 }
 

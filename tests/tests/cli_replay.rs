@@ -292,11 +292,11 @@ fn a_trace_holding_what_no_run_records_is_refused_as_a_trace() {
     let cases: Vec<(Edit, String)> = vec![
         (
             &|t| t["prompt"]["messages"] = Value::Array(Vec::new()),
-            format!("trace {path}: its messages hold no user or assistant turn"),
+            format!("trace {path}: its messages hold no \"user\" or \"assistant\" turn (roles are matched exactly)"),
         ),
         (
             &|t| t["prompt"]["messages"][0]["role"] = "system".into(),
-            format!("trace {path}: its messages hold no user or assistant turn"),
+            format!("trace {path}: its messages hold no \"user\" or \"assistant\" turn (roles are matched exactly)"),
         ),
         (
             &|t| t["prompt"]["messages"][0]["content"] = " ".into(),
