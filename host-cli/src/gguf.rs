@@ -34,7 +34,8 @@
 //!   `rwkv` tokenizers keep the texts in a trie of a level per byte,
 //!   which overflowed the stack as it was freed, and the `bert` and
 //!   `plamo2` ones slow down with the square or cube of the longest;
-//! - an empty vocabulary, by which llama.cpp's `test` tokenizer divides;
+//! - an empty vocabulary, by which llama.cpp's `test` tokenizer divides
+//!   (that tokenizer, which prints ids in hexadecimal, is refused too);
 //! - a weight matrix of a type the CPU backend has no matrix product for
 //!   (Q8_1, Q8_K and the integer and F64 types): the first decode crashed on a
 //!   null function pointer;
@@ -857,6 +858,12 @@ fn check_values(kept: &[(Vec<u8>, Meta)]) -> Result<()> {
         if matches!(c_str(model), b"none" | b"no_vocab") {
             bail!("the model has no tokenizer (`tokenizer.ggml.model` is `none`)");
         }
+        if c_str(model) == b"test" {
+            bail!(
+                "`tokenizer.ggml.model` is `test`, llama.cpp's tokenizer for its own tests, \
+                 which prints token ids in hexadecimal instead of text"
+            );
+        }
     }
 
     // Without an architecture llama.cpp refuses the file by itself.
@@ -1186,7 +1193,15 @@ mod tests {
             let err = error(build(&[("tokenizer.ggml.model", V::Str(name))], 1, F32));
             assert!(err.contains("has no tokenizer"), "{name:?}: {err}");
         }
+        for name in ["test", "test\0x"] {
+            let err = error(build(&[("tokenizer.ggml.model", V::Str(name))], 1, F32));
+            assert!(
+                err.contains("prints token ids in hexadecimal"),
+                "{name:?}: {err}"
+            );
+        }
         run(build(&[("tokenizer.ggml.model", V::Str("gpt2"))], 1, F32)).expect("gpt2");
+        run(build(&[("tokenizer.ggml.model", V::Str("tests"))], 1, F32)).expect("no tokenizer");
     }
 
     #[test]

@@ -22,7 +22,11 @@
 //!   letters), a token a merge makes typed as one that prints nothing (a
 //!   word vanished from the output), and a beginning or end id naming a
 //!   token the merges use, which is text, not a marker: replies stopped at
-//!   the first full stop.
+//!   the first full stop;
+//! - the `bert` or `t5` tokenizer over a file with merges, and a byte-level
+//!   vocabulary (one text in twenty or more starting with `Ġ`) under a
+//!   tokenizer or pre-tokenizer that does not decode one: the texts were
+//!   printed as they are, `Ġ` for each space.
 
 use std::collections::{HashMap, HashSet};
 
@@ -37,6 +41,23 @@ const ENDS: [&str; 4] = ["bos", "eos", "eot", "eom"];
 /// merge list counts as cut short: a few odd entries are tolerated.
 const UNMERGED_MAX: f64 = 0.01;
 
+/// `Ġ` (U+0120) in UTF-8: the byte-level spelling of a space.
+const GPT2_SPACE: &[u8] = "\u{120}".as_bytes();
+
+/// A vocabulary with at least one in this many token texts starting with
+/// [`GPT2_SPACE`] is byte-level. In byte-level vocabularies most words
+/// start with it; others have no use for it.
+const BYTE_LEVEL_SHARE: usize = 20;
+
+/// Pre-tokenizers under which llama.cpp's BPE tokenizer writes spaces as
+/// `▁` instead of decoding byte-level texts (`gemma4` also sets the first).
+const ESCAPING_PRE: [&[u8]; 4] = [
+    b"gemma4",
+    b"granite-embed-multi-311m",
+    b"mmbert",
+    b"sarvam-moe",
+];
+
 /// Checks the vocabulary; see the module docs.
 ///
 /// `get` reads a kept metadata value by key.
@@ -44,14 +65,6 @@ const UNMERGED_MAX: f64 = 0.01;
 /// # Errors
 ///
 /// - the first fault found, naming the token or key.
-/// `Ġ` (U+0120) in UTF-8: the byte-level spelling of a space.
-const GPT2_SPACE: &[u8] = "\u{120}".as_bytes();
-
-/// A vocabulary with at least one in this many token texts starting with
-/// [`GPT2_SPACE`] is byte-level. In `gpt2` vocabularies most words start
-/// with it; WordPiece and Unigram vocabularies have no use for it.
-const BYTE_LEVEL_SHARE: usize = 20;
-
 pub(super) fn check(
     texts: &[Vec<u8>],
     types: Option<&[i32]>,
@@ -86,8 +99,7 @@ pub(super) fn check(
     match (tokenizer, merges) {
         (Some(b"gpt2"), Some(merges)) => check_merges(texts, types, merges, &ends)?,
         // WordPiece and Unigram vocabularies have no merges: a file that
-        // holds them was written for `gpt2`, whose byte-level token texts
-        // these tokenizers would print as they are (`Ġ` for a space).
+        // holds them was written for `gpt2`.
         (Some(name @ (b"bert" | b"t5")), Some(merges)) if !merges.is_empty() => bail!(
             "`tokenizer.ggml.model` is `{}`, which uses no merges, but the file holds \
              {} of them (`tokenizer.ggml.merges`): its vocabulary was made for the `gpt2` \
@@ -95,21 +107,40 @@ pub(super) fn check(
             String::from_utf8_lossy(name),
             merges.len()
         ),
-        (Some(name @ (b"bert" | b"t5")), _) => {
-            let spaced = texts.iter().filter(|t| t.starts_with(GPT2_SPACE)).count();
-            if spaced > 0 && spaced >= n / BYTE_LEVEL_SHARE {
-                bail!(
-                    "`tokenizer.ggml.model` is `{}`, but {spaced} of the {n} token texts \
-                     start with `Ġ`, the `gpt2` tokenizer's spelling of a space: the \
-                     vocabulary was made for `gpt2`, and this tokenizer would print those \
-                     marks as they are",
-                    String::from_utf8_lossy(name)
-                );
-            }
-        }
         _ => {}
     }
+    if let Some(name) = tokenizer {
+        check_spaces(texts, name, get)?;
+    }
     Ok(())
+}
+
+/// Refuses a byte-level vocabulary under a tokenizer that does not decode
+/// one: it would print the texts as they are, `Ġ` for a space.
+fn check_spaces(texts: &[Vec<u8>], name: &[u8], get: &dyn Fn(&[u8]) -> Option<Meta>) -> Result<()> {
+    let pre = match get(b"tokenizer.ggml.pre") {
+        Some(Meta::Str(pre)) => super::c_str(&pre).to_vec(),
+        _ => Vec::new(),
+    };
+    let bpe = matches!(name, b"gpt2" | b"hybriddna" | b"whitespace");
+    if bpe && !ESCAPING_PRE.contains(&pre.as_slice()) {
+        return Ok(());
+    }
+    let n = texts.len();
+    let spaced = texts.iter().filter(|t| t.starts_with(GPT2_SPACE)).count();
+    if spaced == 0 || spaced.saturating_mul(BYTE_LEVEL_SHARE) < n {
+        return Ok(());
+    }
+    let decoder = if bpe {
+        format!("the pre-tokenizer `{}`", shown(&pre))
+    } else {
+        format!("`tokenizer.ggml.model` `{}`", shown(name))
+    };
+    bail!(
+        "{spaced} of the {n} token texts start with `Ġ`, the byte-level spelling of a space, \
+         but {decoder} does not decode byte-level text: the vocabulary was made for `gpt2`, \
+         and those marks would be printed as they are"
+    )
 }
 
 /// Refuses unknown types, a vocabulary in which no token prints, and byte
@@ -349,25 +380,46 @@ mod tests {
     }
 
     #[test]
-    fn a_byte_level_vocabulary_under_bert_or_t5_is_refused() {
-        let none = |_: &[u8]| None;
+    fn a_byte_level_vocabulary_under_a_tokenizer_that_does_not_decode_one_is_refused() {
         // One word in twenty spelled with a leading `Ġ` is byte-level.
         let mut texts: Vec<Vec<u8>> = (0..40).map(|i| format!("w{i}").into_bytes()).collect();
         texts[3] = "\u{120}the".into();
-        let run = |texts: &[Vec<u8>], name: &[u8]| {
-            check(texts, None, None, Some(name), &none).map_err(|e| format!("{e:#}"))
+        let run = |texts: &[Vec<u8>], name: &str, pre: &str| {
+            let pre = pre.as_bytes().to_vec();
+            let get = move |key: &[u8]| {
+                (key == b"tokenizer.ggml.pre" && !pre.is_empty()).then(|| Meta::Str(pre.clone()))
+            };
+            check(texts, None, None, Some(name.as_bytes()), &get).map_err(|e| format!("{e:#}"))
         };
-        run(&texts, b"bert").expect("one in forty");
+        run(&texts, "bert", "").expect("one in forty");
         texts[9] = "\u{120}a".into();
-        for name in [&b"bert"[..], b"t5"] {
-            let e = run(&texts, name).unwrap_err();
-            assert!(e.contains("2 of the 40 token texts start with `Ġ`"), "{e}");
+        for name in ["bert", "t5", "gemma4", "llama", "test"] {
+            let e = run(&texts, name, "").unwrap_err();
+            let want = format!(
+                "2 of the 40 token texts start with `Ġ`, the byte-level spelling of a space, \
+                 but `tokenizer.ggml.model` `{name}` does not decode byte-level text"
+            );
+            assert!(e.contains(&want), "{e}");
         }
-        run(&texts, b"gpt2").expect("gpt2 spells spaces so");
+        for name in ["gpt2", "hybriddna", "whitespace"] {
+            run(&texts, name, "").expect("byte-level BPE");
+            run(&texts, name, "smollm").expect("a pre-tokenizer that keeps bytes");
+            let e = run(&texts, name, "sarvam-moe").unwrap_err();
+            assert!(
+                e.contains("but the pre-tokenizer `sarvam-moe` does not"),
+                "{e}"
+            );
+        }
         // A `Ġ` inside a word is no space.
         texts[3] = "x\u{120}".into();
         texts[9] = "y\u{120}".into();
-        run(&texts, b"t5").expect("no leading marks");
+        run(&texts, "t5", "").expect("no leading marks");
+        // Below twenty tokens one is enough.
+        let few: Vec<Vec<u8>> = ["\u{120}a", "b", "c"]
+            .iter()
+            .map(|t| t.as_bytes().to_vec())
+            .collect();
+        run(&few, "bert", "").unwrap_err();
     }
 
     #[test]
