@@ -158,8 +158,9 @@
 //! | shape rows | the caller's buffer in [`ShapeReport`] | the top ones are written |
 //! | stages in an order | [`MAX_STAGES`] = 4, each at most once | [`Error::InvalidOrder`] |
 //! | stop strings | [`StopSet<S, L>`]: `S` of up to `L` bytes | `TooManyStops`, `StopTooLong` |
-//! | held bytes | [`TextStream<S, L, H>`]: `H >= L + 3` | a build error below |
+//! | held bytes | [`TextStream<S, L, H>`]: `H >= L + 3` | a build error |
 //! | text out of a push | [`TextStream::output_bound`] | `OutputTooSmall`, nothing taken |
+//! | text out of `finish` | [`TextStream::finish_bound`] | `OutputTooSmall`, nothing taken |
 //!
 //! **Stack**: in optimised x86-64 builds [`Sampler::sample`] needs under
 //! 8 KiB of stack and [`shape()`] under 20 KiB. The difference is the list
