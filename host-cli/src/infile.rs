@@ -224,11 +224,12 @@ pub fn read_text(path: &Path, limit: u64) -> io::Result<String> {
     let mut bytes = read_input(path, limit)?;
     let bom = bytes.len() - without_bom(&bytes).len();
     bytes.drain(..bom);
-    // The same words as `std::fs::read_to_string`, which this replaces.
-    String::from_utf8(bytes).map_err(|_| {
+    String::from_utf8(bytes).map_err(|e| {
+        // Offsets count the file's own bytes, the mark included.
+        let at = e.utf8_error().valid_up_to() + bom;
         io::Error::new(
             io::ErrorKind::InvalidData,
-            "stream did not contain valid UTF-8",
+            format!("it is not valid UTF-8 (invalid byte at offset {at})"),
         )
     })
 }
@@ -247,11 +248,14 @@ mod tests {
     }
 
     #[test]
-    fn text_that_is_not_utf8_is_named_as_before() {
+    fn text_that_is_not_utf8_names_the_offset() {
         let path = std::env::temp_dir().join(format!("talkback-infile-{}", std::process::id()));
-        std::fs::write(&path, b"ok\xff").unwrap();
+        std::fs::write(&path, b"\xef\xbb\xbfok\xff").unwrap();
         let e = read_text(&path, MAX_TEXT).unwrap_err();
-        assert_eq!(e.to_string(), "stream did not contain valid UTF-8");
+        assert_eq!(
+            e.to_string(),
+            "it is not valid UTF-8 (invalid byte at offset 5)"
+        );
         std::fs::write(&path, "ok").unwrap();
         assert_eq!(read_text(&path, MAX_TEXT).unwrap(), "ok");
         std::fs::remove_file(&path).unwrap();
