@@ -46,7 +46,8 @@ enum Input<'a> {
 impl<'a> Input<'a> {
     /// Reads a line as a command or a message.
     fn of(line: &'a str) -> Self {
-        let text = line.trim();
+        // A byte-order mark pasted from a file is no text, as in files.
+        let text = line.trim().trim_start_matches('\u{feff}').trim_start();
         match text {
             "" => Self::Empty,
             "/exit" | "/quit" => Self::Exit,
@@ -347,6 +348,10 @@ mod tests {
         assert_eq!(Input::of("/help\n"), Input::Help);
         assert_eq!(Input::of("/x"), Input::Unknown("/x"));
         assert_eq!(Input::of("/clear-all"), Input::Unknown("/clear-all"));
+        assert_eq!(Input::of("\u{feff}"), Input::Empty);
+        assert_eq!(Input::of("\u{feff}/exit\n"), Input::Exit);
+        assert_eq!(Input::of(" \u{feff} Hi"), Input::Message("Hi"));
+        assert_eq!(Input::of("a\u{feff}"), Input::Message("a\u{feff}"));
         for text in ["/etc/hosts", "/ x", "/help me", "/", "/2", "hello /x"] {
             assert_eq!(Input::of(text), Input::Message(text), "{text}");
         }
