@@ -142,7 +142,7 @@ fn generate(
     prompt: &[LlamaToken],
     settings: &Settings,
     format: Format,
-    save: impl FnOnce(&Outcome) -> Result<()>,
+    save: impl FnOnce(&Outcome, &[u8]) -> Result<()>,
 ) -> Result<(Outcome, Vec<u8>)> {
     let alternatives = if format == Format::Jsonl {
         ALTERNATIVES
@@ -171,7 +171,7 @@ fn generate(
                 }
                 return Err(e);
             }
-            saved(save, &outcome)??;
+            saved(save, &outcome, &sink.text)??;
             Ok((outcome, sink.text))
         }
         Format::Json => {
@@ -180,7 +180,7 @@ fn generate(
                 generator.run_partial(model, session, prompt, &req, &mut sink)?;
             let traced = match failure {
                 Some(_) => Ok(()),
-                None => saved(save, &outcome)?,
+                None => saved(save, &outcome, &sink.text)?,
             };
             let mut out = stdout;
             let printed = writeln!(out, "{}", summary(&sink.text, &outcome, settings, false))
@@ -198,7 +198,7 @@ fn generate(
                 generator.run_partial(model, session, prompt, &req, &mut sink)?;
             let traced = match failure {
                 Some(_) => Ok(()),
-                None => saved(save, &outcome)?,
+                None => saved(save, &outcome, &sink.text)?,
             };
             let text = std::mem::take(&mut sink.text);
             let printed = sink.finish(summary(&text, &outcome, settings, true));
@@ -220,8 +220,12 @@ fn generate(
 /// # Errors
 ///
 /// - the run ended because stdout's reader left, which exits 0 quietly.
-fn saved(save: impl FnOnce(&Outcome) -> Result<()>, outcome: &Outcome) -> Result<Result<()>> {
-    let traced = save(outcome);
+fn saved(
+    save: impl FnOnce(&Outcome, &[u8]) -> Result<()>,
+    outcome: &Outcome,
+    text: &[u8],
+) -> Result<Result<()>> {
+    let traced = save(outcome, text);
     if outcome.stdout_closed {
         traced?;
         return Err(crate::output::stdout_closed().into());
@@ -420,6 +424,7 @@ fn save_trace(
     tokens: &[LlamaToken],
     settings: &Settings,
     outcome: &Outcome,
+    text: &[u8],
 ) -> Result<()> {
     let sha = model.sha256()?.to_owned();
     Trace::new(
@@ -429,6 +434,7 @@ fn save_trace(
         ids(tokens),
         settings.clone(),
         outcome,
+        text,
     )
     .save(out)
 }
@@ -601,13 +607,13 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
         crate::note!("talkback: rendered prompt:\n{}", rendered.text);
     }
     let tokens = chat::tokenize(&model, &rendered)?;
-    let save = |outcome: &Outcome| match trace_file {
+    let save = |outcome: &Outcome, text: &[u8]| match trace_file {
         Some(out) => {
             let prompt = Prompt::Chat {
                 messages,
                 chat_template: template.source().to_owned(),
             };
-            save_trace(out, &model, prompt, &tokens, &settings, outcome)
+            save_trace(out, &model, prompt, &tokens, &settings, outcome, text)
         }
         None => Ok(()),
     };
@@ -651,7 +657,7 @@ impl Turn for ChatTurn<'_, '_> {
             &tokens,
             self.settings,
             Format::Text,
-            |_| Ok(()),
+            |_, _| Ok(()),
         )?;
         let mut out = crate::output::stdout();
         writeln!(out)?;
@@ -689,13 +695,13 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
         crate::note!("talkback: {}", settings.describe());
     }
     let tokens = model.tokenize_prompt(&prompt, args.parse_special)?;
-    let save = |outcome: &Outcome| match trace_file {
+    let save = |outcome: &Outcome, text: &[u8]| match trace_file {
         Some(out) => {
             let prompt = Prompt::Complete {
                 text: prompt,
                 parse_special: args.parse_special,
             };
-            save_trace(out, &model, prompt, &tokens, &settings, outcome)
+            save_trace(out, &model, prompt, &tokens, &settings, outcome, text)
         }
         None => Ok(()),
     };
@@ -818,7 +824,7 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
     let tokens = prompt_tokens(&model, &trace.prompt)
         .map_err(|e| prompt_fault(&e).unwrap_or_else(|| e.context(format!("trace {name}"))))?;
     let prompt_ids = ids(&tokens);
-    if let Some(d) = trace::compare(&trace, &prompt_ids, &[], Finish::Length)
+    if let Some(d) = trace::compare(&trace, &prompt_ids, &[], Finish::Length, "")
         .filter(|d| matches!(d, trace::Divergence::PromptToken { .. }))
     {
         bail!("replay diverged: {d}");
@@ -882,6 +888,9 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         if INTERRUPTED.load(Ordering::Relaxed) {
             return Err(Interrupted.into());
         }
+        if let Some(d) = trace::compare(&trace, &prompt_ids, &[], Finish::Interrupted, "") {
+            bail!("replay diverged: {d}");
+        }
         return replay_ok(prompt_ids.len(), 0, Finish::Interrupted);
     }
     let mut generator = Generator::new(&model);
@@ -910,7 +919,8 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         _ if interrupted && outcome.tokens.len() == trace.steps.len() => Finish::Interrupted,
         other => other,
     };
-    if let Some(d) = trace::compare(&trace, &prompt_ids, &outcome.tokens, finish) {
+    let text = String::from_utf8_lossy(&sink.text);
+    if let Some(d) = trace::compare(&trace, &prompt_ids, &outcome.tokens, finish, &text) {
         // llama.cpp's logits depend on the thread count and the machine.
         let used = model_args.threads();
         let threads = |n: u32| match n {
@@ -918,6 +928,13 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
             n => format!("{n} threads"),
         };
         let hint = match settings.threads {
+            // The same tokens cannot make other text unless the trace's
+            // text or the settings that shape it (its stop strings) changed.
+            _ if matches!(d, trace::Divergence::Text { .. }) => {
+                "every token matched, so the trace's `text` or `stops` was changed after it \
+                 was recorded"
+                    .to_owned()
+            }
             Some(t) if t == used => format!(
                 "recorded and replayed with {}; either the trace was changed after it was \
                  recorded, or llama.cpp's logits differ between this machine and the one \

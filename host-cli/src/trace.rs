@@ -166,6 +166,10 @@ pub struct Trace {
     pub steps: Vec<TraceStep>,
     /// Why the run ended.
     pub finish_reason: String,
+    /// The text the run released, as `--format json` prints it. Absent
+    /// from traces of older versions, whose replays do not compare it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
 
 /// SHA-256 of a file, lowercase hex.
@@ -217,6 +221,7 @@ impl Trace {
         prompt_tokens: Vec<u32>,
         settings: Settings,
         outcome: &Outcome,
+        text: &[u8],
     ) -> Self {
         Self {
             version: VERSION,
@@ -234,6 +239,7 @@ impl Trace {
                 .map(|&(id, logprob)| TraceStep { id, logprob })
                 .collect(),
             finish_reason: outcome.finish.as_str().to_owned(),
+            text: Some(String::from_utf8_lossy(text).into_owned()),
         }
     }
 
@@ -412,6 +418,15 @@ pub enum Divergence {
         /// Regenerated reason.
         got: String,
     },
+    /// Same tokens and finish, another text (a stop string edited, say).
+    Text {
+        /// Byte offset of the first difference.
+        at: usize,
+        /// The recorded text from there, shortened.
+        expected: String,
+        /// The regenerated text from there, shortened.
+        got: String,
+    },
 }
 
 impl std::fmt::Display for Divergence {
@@ -449,6 +464,10 @@ impl std::fmt::Display for Divergence {
                 "step {}: field `steps` expected {expected} tokens, got {got}",
                 expected.min(got)
             ),
+            Self::Text { at, expected, got } => write!(
+                f,
+                "field `text` differs from byte {at}: expected \"{expected}\", got \"{got}\""
+            ),
             Self::Finish { expected, got } => {
                 write!(f, "field `finish_reason` expected {expected}, got {got}")
             }
@@ -462,6 +481,7 @@ pub fn compare(
     prompt_tokens: &[u32],
     steps: &[(u32, f32)],
     finish: Finish,
+    text: &str,
 ) -> Option<Divergence> {
     let n = trace.prompt_tokens.len().max(prompt_tokens.len());
     for index in 0..n {
@@ -504,7 +524,37 @@ pub fn compare(
             got: finish.as_str().to_owned(),
         });
     }
-    None
+    let recorded = trace.text.as_deref()?;
+    // An interrupted run may have held back the start of a possible stop
+    // string that its replay, ending at the same step, releases, or have
+    // released text its replay holds back before a stop string: the end
+    // may differ, not a byte both have.
+    let matches = if finish == Finish::Interrupted {
+        text.starts_with(recorded) || recorded.starts_with(text)
+    } else {
+        text == recorded
+    };
+    if matches {
+        return None;
+    }
+    let at = recorded
+        .char_indices()
+        .zip(text.chars())
+        .find(|((_, a), b)| a != b)
+        .map_or(recorded.len().min(text.len()), |((i, _), _)| i);
+    let from = |s: &str| {
+        let rest = s.get(at..).unwrap_or_default();
+        let mut shown: String = rest.chars().take(40).flat_map(char::escape_debug).collect();
+        if rest.chars().nth(40).is_some() {
+            shown.push_str("...");
+        }
+        shown
+    };
+    Some(Divergence::Text {
+        at,
+        expected: from(recorded),
+        got: from(text),
+    })
 }
 
 #[cfg(test)]
@@ -537,6 +587,7 @@ mod tests {
                 .map(|&(id, logprob)| TraceStep { id, logprob })
                 .collect(),
             finish_reason: finish.into(),
+            text: None,
         }
     }
 
@@ -544,7 +595,7 @@ mod tests {
     fn identical_runs_do_not_diverge() {
         let t = trace(&[(5, -0.5), (6, -1.25)], "length");
         assert_eq!(
-            compare(&t, &[1, 2], &[(5, -0.5), (6, -1.25)], Finish::Length),
+            compare(&t, &[1, 2], &[(5, -0.5), (6, -1.25)], Finish::Length, ""),
             None
         );
     }
@@ -557,6 +608,7 @@ mod tests {
             &[1, 2],
             &[(5, -0.5), (9, -1.25), (8, -2.0)],
             Finish::Length,
+            "",
         );
         assert_eq!(
             d,
@@ -571,6 +623,7 @@ mod tests {
             &[1, 2],
             &[(5, -0.5), (6, -1.0), (7, -2.0)],
             Finish::Length,
+            "",
         );
         assert!(
             matches!(d, Some(Divergence::Logprob { step: 1, .. })),
@@ -584,20 +637,53 @@ mod tests {
     fn prompt_length_and_finish_differences_are_reported() {
         let t = trace(&[(5, -0.5)], "end_of_turn");
         assert!(matches!(
-            compare(&t, &[1, 3], &[(5, -0.5)], Finish::EndOfTurn),
+            compare(&t, &[1, 3], &[(5, -0.5)], Finish::EndOfTurn, ""),
             Some(Divergence::PromptToken { index: 1, .. })
         ));
         assert!(matches!(
-            compare(&t, &[1, 2], &[(5, -0.5), (6, -1.0)], Finish::Length),
+            compare(&t, &[1, 2], &[(5, -0.5), (6, -1.0)], Finish::Length, ""),
             Some(Divergence::Length {
                 expected: 1,
                 got: 2
             })
         ));
         assert!(matches!(
-            compare(&t, &[1, 2], &[(5, -0.5)], Finish::Length),
+            compare(&t, &[1, 2], &[(5, -0.5)], Finish::Length, ""),
             Some(Divergence::Finish { .. })
         ));
+    }
+
+    #[test]
+    fn a_text_that_differs_is_named_from_its_first_differing_byte() {
+        let mut t = trace(&[(5, -0.5)], "stop_string");
+        let steps = [(5, -0.5)];
+        // Traces of older versions hold no text to compare.
+        assert_eq!(compare(&t, &[1, 2], &steps, Finish::StopString, "x"), None);
+        t.text = Some(", the local ".into());
+        assert_eq!(
+            compare(&t, &[1, 2], &steps, Finish::StopString, ", the local "),
+            None
+        );
+        let d = compare(&t, &[1, 2], &steps, Finish::StopString, ", the local mar");
+        assert_eq!(
+            d.map(|d| d.to_string()).as_deref(),
+            Some("field `text` differs from byte 12: expected \"\", got \"mar\"")
+        );
+        let d = compare(&t, &[1, 2], &steps, Finish::StopString, ", thé\nlocal ");
+        assert_eq!(
+            d.map(|d| d.to_string()).as_deref(),
+            Some("field `text` differs from byte 4: expected \"e local \", got \"é\\nlocal \"")
+        );
+        // An interrupted run's text and its replay's may end apart.
+        t.finish_reason = "interrupted".into();
+        for replayed in [", the local", ", the local mar", ""] {
+            assert_eq!(
+                compare(&t, &[1, 2], &steps, Finish::Interrupted, replayed),
+                None
+            );
+        }
+        let d = compare(&t, &[1, 2], &steps, Finish::Interrupted, ", the lo-al");
+        assert!(matches!(d, Some(Divergence::Text { at: 8, .. })), "{d:?}");
     }
 
     #[test]

@@ -225,6 +225,75 @@ fn a_changed_token_id_is_reported_at_its_step() {
 }
 
 #[test]
+fn a_changed_text_or_stop_string_is_reported_though_every_token_matches() {
+    let (trace, t) = recorded();
+    let text = t["text"]
+        .as_str()
+        .expect("the trace records the text")
+        .to_owned();
+    assert!(text.chars().count() >= 2, "{text:?}");
+    let mut changed = t.clone();
+    changed["text"] = format!("{text}!").into();
+    trace.write_json(&changed);
+    let at = text.len();
+    diverges(
+        &trace,
+        &format!("field `text` differs from byte {at}: expected \"!\", got \"\""),
+    );
+    diverges(
+        &trace,
+        "every token matched, so the trace's `text` or `stops`",
+    );
+
+    // The shortest ending found nowhere earlier in the text, and the one a
+    // character longer: as stop strings both end the run at its last
+    // token, with texts a character apart.
+    let chars: Vec<char> = text.chars().collect();
+    let ending = |k: usize| chars[chars.len() - k..].iter().collect::<String>();
+    let k = (1..chars.len())
+        .find(|&k| text.find(&ending(k)) == Some(text.len() - ending(k).len()))
+        .expect("the whole text is found only at its start");
+    let (short, long) = (ending(k), ending(k + 1));
+    let (trace, json) = record(&[
+        "complete",
+        STORY,
+        "-n",
+        "12",
+        "--ignore-eos",
+        "--seed",
+        "5",
+        "--stop",
+        &long,
+    ]);
+    assert_eq!(json["finish_reason"], "stop_string", "{json}");
+    assert_eq!(
+        json["tokens"],
+        t["steps"].as_array().map_or(Value::Null, |s| {
+            s.iter().map(|step| step["id"].clone()).collect()
+        })
+    );
+    replays(&trace, 12);
+    let mut t = trace.read_json();
+    t["settings"]["stops"] = serde_json::json!([short]);
+    trace.write_json(&t);
+    let kept = chars.len() - k - 1;
+    let at = chars[..kept].iter().map(|c| c.len_utf8()).sum::<usize>();
+    let first: String = chars[kept].escape_debug().collect();
+    diverges(
+        &trace,
+        &format!("field `text` differs from byte {at}: expected \"\", got \"{first}\""),
+    );
+}
+
+#[test]
+fn a_trace_without_text_from_an_older_version_still_replays() {
+    let (trace, mut t) = recorded();
+    t.as_object_mut().expect("trace").remove("text");
+    trace.write_json(&t);
+    replays(&trace, 12);
+}
+
+#[test]
 fn a_changed_logprob_is_reported_at_its_step() {
     let (trace, mut t) = recorded();
     let lp = t["steps"][7]["logprob"].as_f64().expect("logprob");
