@@ -69,10 +69,12 @@ pub struct ShapeArgs {
     #[arg(required_unless_present = "logits", conflicts_with = "logits")]
     pub prompt: Option<String>,
 
-    /// Logits given directly, comma-separated; no model is loaded, so the
-    /// model and context flags are refused with it.
+    /// Logits given directly, comma-separated (given again, the lists are
+    /// joined); no model is loaded, so the model and context flags are
+    /// refused with it.
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true, value_parser = parse_logit,
-          conflicts_with_all = ["model", "ctx_size", "batch_size", "threads", "gpu_layers"])]
+          conflicts_with_all = ["model", "ctx_size", "batch_size", "threads", "gpu_layers",
+                                "mmap"])]
     pub logits: Option<Vec<f32>>,
 
     /// Apply the model's chat template to the prompt (as `chat` does).

@@ -325,6 +325,33 @@ fn shape_refuses_the_flags_that_do_nothing_for_one_next_token() {
 }
 
 #[test]
+fn shape_with_given_logits_refuses_every_model_flag() {
+    for flags in [
+        &["-m", "x.gguf"][..],
+        &["-c", "64"],
+        &["-b", "8"],
+        &["-t", "1"],
+        &["--gpu-layers", "0"],
+        &["--mmap"],
+    ] {
+        let run = tb(&[&["shape", "--logits", TEN], flags].concat());
+        assert_eq!(run.code, 2, "{flags:?}: {}", run.stderr);
+        assert!(run.stdout.is_empty(), "{flags:?}");
+        assert!(
+            run.stderr.contains("cannot be used with"),
+            "{flags:?}: {}",
+            run.stderr
+        );
+    }
+    // Given twice, the lists are joined.
+    let twice = tb(&[
+        "shape", "--logits", "1,2", "--logits", "3", "--format", "json",
+    ]);
+    ok(&twice);
+    assert_eq!(twice.json()["stages"][0]["survivors"], 3, "{}", twice.text());
+}
+
+#[test]
 fn verbose_shape_prints_the_settings_it_applies() {
     let logits = format!("--logits={TEN}");
     let run = tb(&[
