@@ -48,7 +48,11 @@ pub enum Prompt {
 /// memory as generic values first, at many times its size in the file;
 /// this reads the fields as they come and passes over the others. Once
 /// `mode` is known (talkback writes it first), the other mode's fields
-/// are passed over too, as unknown ones are.
+/// are passed over too, unread, but named: a prompt that holds them
+/// contradicts itself and is refused.
+/// The fields that belong to one prompt mode or the other.
+const MODE_FIELDS: [&str; 4] = ["messages", "chat_template", "text", "parse_special"];
+
 #[derive(Default)]
 struct PromptFields {
     mode: Option<String>,
@@ -56,6 +60,8 @@ struct PromptFields {
     chat_template: Option<String>,
     text: Option<String>,
     parse_special: Option<bool>,
+    /// The first field of the other mode met after `mode`.
+    foreign: Option<&'static str>,
 }
 
 impl<'de> Deserialize<'de> for PromptFields {
@@ -102,6 +108,10 @@ impl<'de> serde::de::Visitor<'de> for PromptVisitor {
                 "parse_special" if wanted("complete") => {
                     once(&mut map, &mut p.parse_special, "parse_special")?;
                 }
+                name if MODE_FIELDS.contains(&name) => {
+                    p.foreign = p.foreign.or(MODE_FIELDS.into_iter().find(|f| *f == name));
+                    map.next_value::<IgnoredAny>()?;
+                }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -116,7 +126,23 @@ impl TryFrom<PromptFields> for Prompt {
 
     fn try_from(p: PromptFields) -> Result<Self, String> {
         let missing = |field: &str| format!("missing field `{field}`");
-        match p.mode.as_deref().ok_or_else(|| missing("mode"))? {
+        let mode = p.mode.as_deref().ok_or_else(|| missing("mode"))?;
+        // Fields of the other mode read before `mode` came.
+        let early = match mode {
+            "chat" if p.text.is_some() => Some("text"),
+            "chat" if p.parse_special.is_some() => Some("parse_special"),
+            "complete" if p.messages.is_some() => Some("messages"),
+            "complete" if p.chat_template.is_some() => Some("chat_template"),
+            _ => None,
+        };
+        let known = matches!(mode, "chat" | "complete");
+        if let Some(field) = p.foreign.or(early).filter(|_| known) {
+            let other = if mode == "chat" { "complete" } else { "chat" };
+            return Err(format!(
+                "its `{mode}` prompt holds `{field}`, a field of `{other}` prompts"
+            ));
+        }
+        match mode {
             "chat" => Ok(Prompt::Chat {
                 messages: p.messages.ok_or_else(|| missing("messages"))?,
                 chat_template: p.chat_template.ok_or_else(|| missing("chat_template"))?,

@@ -294,6 +294,43 @@ fn a_trace_without_text_from_an_older_version_still_replays() {
 }
 
 #[test]
+fn a_prompt_holding_the_other_modes_fields_is_refused() {
+    let (trace, t) = recorded();
+    let mut mixed = t.clone();
+    mixed["prompt"]["messages"] = serde_json::json!([{"role": "user", "content": "x"}]);
+    trace.write_json(&mixed);
+    refused(
+        &trace,
+        "its `complete` prompt holds `messages`, a field of `chat` prompts",
+    );
+
+    let (trace, _) = record(&["chat", "Hi", "-n", "2", "--seed", "1"]);
+    let mut mixed = trace.read_json();
+    mixed["prompt"]["parse_special"] = true.into();
+    trace.write_json(&mixed);
+    refused(
+        &trace,
+        "its `chat` prompt holds `parse_special`, a field of `complete`",
+    );
+    // Ahead of `mode`, as well as after it.
+    let prompt = mixed["prompt"].as_object_mut().expect("prompt");
+    let mut ahead = serde_json::Map::new();
+    ahead.insert("text".into(), "Hi".into());
+    ahead.extend(
+        prompt
+            .clone()
+            .into_iter()
+            .filter(|(k, _)| k != "parse_special"),
+    );
+    *prompt = ahead;
+    trace.write_json(&mixed);
+    refused(
+        &trace,
+        "its `chat` prompt holds `text`, a field of `complete` prompts",
+    );
+}
+
+#[test]
 fn a_changed_logprob_is_reported_at_its_step() {
     let (trace, mut t) = recorded();
     let lp = t["steps"][7]["logprob"].as_f64().expect("logprob");

@@ -348,7 +348,12 @@ fn shape_with_given_logits_refuses_every_model_flag() {
         "shape", "--logits", "1,2", "--logits", "3", "--format", "json",
     ]);
     ok(&twice);
-    assert_eq!(twice.json()["stages"][0]["survivors"], 3, "{}", twice.text());
+    assert_eq!(
+        twice.json()["stages"][0]["survivors"],
+        3,
+        "{}",
+        twice.text()
+    );
 }
 
 #[test]
