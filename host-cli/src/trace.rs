@@ -791,13 +791,12 @@ mod tests {
     }
 
     #[test]
-    fn a_prompt_reads_the_fields_of_its_mode_and_passes_over_the_rest() {
+    fn a_prompt_reads_the_fields_of_its_mode_and_refuses_the_other_modes() {
         let read = |prompt: &str| serde_json::from_str::<Prompt>(prompt).map_err(|e| e.to_string());
-        // After `mode`, the other mode's fields are passed over, whatever
-        // they hold.
+        // Unknown fields are passed over, whatever they hold.
         let complete = read(
             r#"{"junk": [[0, {"a": 1}], "x"], "mode": "complete", "text": "hi",
-                "parse_special": true, "messages": 5, "chat_template": null}"#,
+                "parse_special": true, "notes": null}"#,
         );
         assert_eq!(
             complete,
@@ -838,6 +837,22 @@ mod tests {
             (
                 r#"{"mode": "chat", "mode": "chat"}"#,
                 "duplicate field `mode`",
+            ),
+            // The other mode's fields, after `mode` (passed over unread,
+            // whatever they hold) or before it.
+            (
+                r#"{"mode": "complete", "text": "hi", "parse_special": true, "messages": 5}"#,
+                "its `complete` prompt holds `messages`, a field of `chat` prompts",
+            ),
+            (
+                r#"{"mode": "complete", "text": "hi", "parse_special": true,
+                    "chat_template": null, "messages": []}"#,
+                "its `complete` prompt holds `chat_template`, a field of `chat` prompts",
+            ),
+            (
+                r#"{"parse_special": false, "mode": "chat", "chat_template": "t",
+                    "messages": [{"role": "user", "content": "c"}]}"#,
+                "its `chat` prompt holds `parse_special`, a field of `complete` prompts",
             ),
         ] {
             let error = read(prompt).err().unwrap_or_default();
