@@ -26,7 +26,9 @@
 //! - the `bert` or `t5` tokenizer over a file with merges, and a byte-level
 //!   vocabulary (one text in twenty or more starting with `Ġ`) under a
 //!   tokenizer or pre-tokenizer that does not decode one: the texts were
-//!   printed as they are, `Ġ` for each space.
+//!   printed as they are, `Ġ` for each space; and the other way round,
+//!   `▁` for a space under a byte-level decoder, which printed each as an
+//!   unknown byte.
 
 use std::collections::{HashMap, HashSet};
 
@@ -44,9 +46,14 @@ const UNMERGED_MAX: f64 = 0.01;
 /// `Ġ` (U+0120) in UTF-8: the byte-level spelling of a space.
 const GPT2_SPACE: &[u8] = "\u{120}".as_bytes();
 
+/// `▁` (U+2581) in UTF-8: SentencePiece's spelling of a space, which has
+/// no meaning in byte-level text.
+const SPM_SPACE: &[u8] = "\u{2581}".as_bytes();
+
 /// A vocabulary with at least one in this many token texts starting with
-/// [`GPT2_SPACE`] is byte-level. In byte-level vocabularies most words
-/// start with it; others have no use for it.
+/// [`GPT2_SPACE`] is byte-level, and one with as many starting with
+/// [`SPM_SPACE`] is not: each spelling starts most words in its own kind
+/// of vocabulary and has no use in the other.
 const BYTE_LEVEL_SHARE: usize = 20;
 
 /// Pre-tokenizers under which llama.cpp's BPE tokenizer writes spaces as
@@ -115,31 +122,46 @@ pub(super) fn check(
     Ok(())
 }
 
-/// Refuses a byte-level vocabulary under a tokenizer that does not decode
-/// one: it would print the texts as they are, `Ġ` for a space.
+/// Refuses a vocabulary spelled for another decoder: a byte-level one
+/// (`Ġ` for a space) under a decoder that prints texts as they are, or
+/// one that writes spaces as `▁` under a byte-level decoder, which prints
+/// each `▁` as an unknown byte. Either way the texts come out garbled.
 fn check_spaces(texts: &[Vec<u8>], name: &[u8], get: &dyn Fn(&[u8]) -> Option<Meta>) -> Result<()> {
     let pre = match get(b"tokenizer.ggml.pre") {
         Some(Meta::Str(pre)) => super::c_str(&pre).to_vec(),
         _ => Vec::new(),
     };
     let bpe = matches!(name, b"gpt2" | b"hybriddna" | b"whitespace");
-    if bpe && !ESCAPING_PRE.contains(&pre.as_slice()) {
-        return Ok(());
-    }
+    let byte_level = bpe && !ESCAPING_PRE.contains(&pre.as_slice());
+    let (foreign, spelling) = if byte_level {
+        (SPM_SPACE, "`▁`, the SentencePiece spelling")
+    } else {
+        (GPT2_SPACE, "`Ġ`, the byte-level spelling")
+    };
     let n = texts.len();
-    let spaced = texts.iter().filter(|t| t.starts_with(GPT2_SPACE)).count();
+    let spaced = texts.iter().filter(|t| t.starts_with(foreign)).count();
     if spaced == 0 || spaced.saturating_mul(BYTE_LEVEL_SHARE) < n {
         return Ok(());
     }
-    let decoder = if bpe {
-        format!("the pre-tokenizer `{}`", shown(&pre))
-    } else {
-        format!("`tokenizer.ggml.model` `{}`", shown(name))
+    let decoder = match (bpe, pre.is_empty()) {
+        (true, false) => format!(
+            "`tokenizer.ggml.model` `{}` with the pre-tokenizer `{}`",
+            shown(name),
+            shown(&pre)
+        ),
+        _ => format!("`tokenizer.ggml.model` `{}`", shown(name)),
     };
+    if byte_level {
+        bail!(
+            "{spaced} of the {n} token texts start with {spelling} of a space, but {decoder} \
+             decodes byte-level text: the vocabulary was made for another tokenizer, and each \
+             `▁` would print as an unknown byte"
+        )
+    }
     bail!(
-        "{spaced} of the {n} token texts start with `Ġ`, the byte-level spelling of a space, \
-         but {decoder} does not decode byte-level text: the vocabulary was made for `gpt2`, \
-         and those marks would be printed as they are"
+        "{spaced} of the {n} token texts start with {spelling} of a space, but {decoder} does \
+         not decode byte-level text: the vocabulary was made for `gpt2`, and those marks \
+         would be printed as they are"
     )
 }
 
@@ -405,10 +427,29 @@ mod tests {
             run(&texts, name, "").expect("byte-level BPE");
             run(&texts, name, "smollm").expect("a pre-tokenizer that keeps bytes");
             let e = run(&texts, name, "sarvam-moe").unwrap_err();
-            assert!(
-                e.contains("but the pre-tokenizer `sarvam-moe` does not"),
-                "{e}"
+            let want = format!(
+                "but `tokenizer.ggml.model` `{name}` with the pre-tokenizer `sarvam-moe` does \
+                 not decode byte-level text"
             );
+            assert!(e.contains(&want), "{e}");
+        }
+        // The other way round: SentencePiece's `▁` under a byte-level decoder.
+        let spm: Vec<Vec<u8>> = texts
+            .iter()
+            .map(|t| {
+                String::from_utf8_lossy(t)
+                    .replace('\u{120}', "\u{2581}")
+                    .into_bytes()
+            })
+            .collect();
+        for name in ["t5", "llama", "gemma4"] {
+            run(&spm, name, "").expect("spaces as ▁");
+        }
+        run(&spm, "gpt2", "gemma4").expect("a pre-tokenizer that writes ▁");
+        for (name, pre) in [("gpt2", ""), ("gpt2", "smollm"), ("whitespace", "")] {
+            let e = run(&spm, name, pre).unwrap_err();
+            assert!(e.contains("2 of the 40 token texts start with `▁`"), "{e}");
+            assert!(e.contains("each `▁` would print as an unknown byte"), "{e}");
         }
         // A `Ġ` inside a word is no space.
         texts[3] = "x\u{120}".into();
