@@ -931,9 +931,15 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
             // The same tokens cannot make other text unless the trace's
             // text or the settings that shape it (its stop strings) changed.
             _ if matches!(d, trace::Divergence::Text { .. }) => {
-                "every token matched, so the trace's `text` or `stops` was changed after it \
-                 was recorded"
-                    .to_owned()
+                if trace.talkback_version == env!("CARGO_PKG_VERSION") {
+                    "every token matched, so the trace's `text` or `stops` was changed after \
+                     it was recorded"
+                        .to_owned()
+                } else {
+                    "every token matched: either the trace's `text` or `stops` was changed, or \
+                     the versions turn tokens into text differently"
+                        .to_owned()
+                }
             }
             Some(t) if t == used => format!(
                 "recorded and replayed with {}; either the trace was changed after it was \

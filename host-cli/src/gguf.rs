@@ -546,7 +546,7 @@ impl<R: Read + Seek> Reader<R> {
         if text.len() <= most {
             if let Err(e) = std::str::from_utf8(&text) {
                 return Ok(Some(format!(
-                    "it is not valid UTF-8 (invalid byte at byte {})",
+                    "it is not valid UTF-8 (invalid byte at offset {})",
                     e.valid_up_to()
                 )));
             }

@@ -42,6 +42,9 @@ pub enum Prompt {
     },
 }
 
+/// The fields that belong to one prompt mode or the other.
+const MODE_FIELDS: [&str; 4] = ["messages", "chat_template", "text", "parse_special"];
+
 /// A prompt as read, before its mode picks the fields it needs.
 ///
 /// Serde reads an internally tagged enum by holding the whole object in
@@ -50,9 +53,6 @@ pub enum Prompt {
 /// `mode` is known (talkback writes it first), the other mode's fields
 /// are passed over too, unread, but named: a prompt that holds them
 /// contradicts itself and is refused.
-/// The fields that belong to one prompt mode or the other.
-const MODE_FIELDS: [&str; 4] = ["messages", "chat_template", "text", "parse_special"];
-
 #[derive(Default)]
 struct PromptFields {
     mode: Option<String>,
@@ -158,6 +158,12 @@ impl TryFrom<PromptFields> for Prompt {
     }
 }
 
+/// Reads a present `text` as a string: `null` is refused, not taken for
+/// a trace of an older version, which leaves the field out.
+fn some_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
+}
+
 /// One generated token.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TraceStep {
@@ -194,7 +200,11 @@ pub struct Trace {
     pub finish_reason: String,
     /// The text the run released, as `--format json` prints it. Absent
     /// from traces of older versions, whose replays do not compare it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "some_text"
+    )]
     pub text: Option<String>,
 }
 
@@ -570,7 +580,15 @@ pub fn compare(
         .map_or(recorded.len().min(text.len()), |((i, _), _)| i);
     let from = |s: &str| {
         let rest = s.get(at..).unwrap_or_default();
-        let mut shown: String = rest.chars().take(40).flat_map(char::escape_debug).collect();
+        // Quoted in the message: its quotes and backslashes are escaped,
+        // and the error line escapes what would break it.
+        let mut shown = String::new();
+        for c in rest.chars().take(40) {
+            if matches!(c, '"' | '\\') {
+                shown.push('\\');
+            }
+            shown.push(c);
+        }
         if rest.chars().nth(40).is_some() {
             shown.push_str("...");
         }
@@ -698,7 +716,13 @@ mod tests {
         let d = compare(&t, &[1, 2], &steps, Finish::StopString, ", thé\nlocal ");
         assert_eq!(
             d.map(|d| d.to_string()).as_deref(),
-            Some("field `text` differs from byte 4: expected \"e local \", got \"é\\nlocal \"")
+            Some("field `text` differs from byte 4: expected \"e local \", got \"é\nlocal \"")
+        );
+        // Quotes and backslashes are escaped in the quoted text.
+        let d = compare(&t, &[1, 2], &steps, Finish::StopString, ", the \"lo\\\" ");
+        assert_eq!(
+            d.map(|d| d.to_string()).as_deref(),
+            Some("field `text` differs from byte 6: expected \"local \", got \"\\\"lo\\\\\\\" \"")
         );
         // An interrupted run's text and its replay's may end apart.
         t.finish_reason = "interrupted".into();
