@@ -27,8 +27,8 @@
 //!   vocabulary (one text in twenty or more starting with `Ġ`) under a
 //!   tokenizer or pre-tokenizer that does not decode one: the texts were
 //!   printed as they are, `Ġ` for each space; and the other way round,
-//!   `▁` for a space under a byte-level decoder, which printed each as an
-//!   unknown byte.
+//!   normal tokens holding what byte-level text never has (`▁`, a space)
+//!   under a byte-level decoder, which printed each as an unknown byte.
 
 use std::collections::{HashMap, HashSet};
 
@@ -117,33 +117,57 @@ pub(super) fn check(
         _ => {}
     }
     if let Some(name) = tokenizer {
-        check_spaces(texts, name, get)?;
+        check_spelling(texts, types, name, get)?;
     }
     Ok(())
 }
 
-/// Refuses a vocabulary spelled for another decoder: a byte-level one
-/// (`Ġ` for a space) under a decoder that prints texts as they are, or
-/// one that writes spaces as `▁` under a byte-level decoder, which prints
-/// each `▁` as an unknown byte. Either way the texts come out garbled.
-fn check_spaces(texts: &[Vec<u8>], name: &[u8], get: &dyn Fn(&[u8]) -> Option<Meta>) -> Result<()> {
+/// How llama.cpp turns a normal token's text into the bytes it prints.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Decoder {
+    /// Each character stands for one byte (`Ġ` for a space).
+    ByteLevel,
+    /// The text is UTF-8, with `▁` for a space.
+    Spaces,
+    /// The text is printed as it is.
+    Raw,
+}
+
+/// Whether `c` is one of the 256 characters byte-level text is made of:
+/// the printable Latin-1 characters for themselves, U+0100 to U+0143 for
+/// the other 68 bytes.
+fn byte_level_char(c: char) -> bool {
+    matches!(u32::from(c), 33..=126 | 161..=172 | 174..=323)
+}
+
+/// Refuses a vocabulary spelled for another decoder, which prints it
+/// garbled: byte-level texts (`Ġ` for a space) under a decoder that does
+/// not decode them, and texts holding characters byte-level text never
+/// has (`▁`, a space) under one that does, which prints each such token
+/// as an unknown byte. One text in [`BYTE_LEVEL_SHARE`] decides, so that
+/// a few odd tokens do not.
+fn check_spelling(
+    texts: &[Vec<u8>],
+    types: Option<&[i32]>,
+    name: &[u8],
+    get: &dyn Fn(&[u8]) -> Option<Meta>,
+) -> Result<()> {
     let pre = match get(b"tokenizer.ggml.pre") {
         Some(Meta::Str(pre)) => super::c_str(&pre).to_vec(),
         _ => Vec::new(),
     };
     let bpe = matches!(name, b"gpt2" | b"hybriddna" | b"whitespace");
-    let byte_level = bpe && !ESCAPING_PRE.contains(&pre.as_slice());
-    let (foreign, spelling) = if byte_level {
-        (SPM_SPACE, "`▁`, the SentencePiece spelling")
-    } else {
-        (GPT2_SPACE, "`Ġ`, the byte-level spelling")
+    let decoder = match name {
+        _ if bpe && ESCAPING_PRE.contains(&pre.as_slice()) => Decoder::Spaces,
+        _ if bpe => Decoder::ByteLevel,
+        b"llama" | b"t5" | b"bert" | b"gemma4" => Decoder::Spaces,
+        b"plamo2" | b"rwkv" => Decoder::Raw,
+        // llama.cpp refuses a tokenizer it does not know.
+        _ => return Ok(()),
     };
     let n = texts.len();
-    let spaced = texts.iter().filter(|t| t.starts_with(foreign)).count();
-    if spaced == 0 || spaced.saturating_mul(BYTE_LEVEL_SHARE) < n {
-        return Ok(());
-    }
-    let decoder = match (bpe, pre.is_empty()) {
+    let enough = |count: usize| count > 0 && count.saturating_mul(BYTE_LEVEL_SHARE) >= n;
+    let named = match (bpe, pre.is_empty()) {
         (true, false) => format!(
             "`tokenizer.ggml.model` `{}` with the pre-tokenizer `{}`",
             shown(name),
@@ -151,18 +175,41 @@ fn check_spaces(texts: &[Vec<u8>], name: &[u8], get: &dyn Fn(&[u8]) -> Option<Me
         ),
         _ => format!("`tokenizer.ggml.model` `{}`", shown(name)),
     };
-    if byte_level {
-        bail!(
-            "{spaced} of the {n} token texts start with {spelling} of a space, but {decoder} \
-             decodes byte-level text: the vocabulary was made for another tokenizer, and each \
-             `▁` would print as an unknown byte"
-        )
+    let starting = |mark: &[u8]| texts.iter().filter(|t| t.starts_with(mark)).count();
+    if decoder == Decoder::ByteLevel {
+        // Only normal tokens are decoded; the others print as they are.
+        let normal = |i: usize| types.map_or(true, |t| t.get(i).map_or(true, |&k| k == 1));
+        let foreign = (0..)
+            .zip(texts)
+            .filter(|&(i, t)| normal(i) && !String::from_utf8_lossy(t).chars().all(byte_level_char))
+            .count();
+        if enough(foreign) {
+            bail!(
+                "{foreign} of the {n} token texts hold characters that byte-level text never \
+                 has (such as `▁` or a space), but {named} decodes byte-level text and would \
+                 print each of those tokens as an unknown byte; the vocabulary needs a \
+                 tokenizer that reads its spelling (`llama` for SentencePiece's `▁`)"
+            );
+        }
+        return Ok(());
     }
-    bail!(
-        "{spaced} of the {n} token texts start with {spelling} of a space, but {decoder} does \
-         not decode byte-level text: the vocabulary was made for `gpt2`, and those marks \
-         would be printed as they are"
-    )
+    let spaced = starting(GPT2_SPACE);
+    if enough(spaced) {
+        bail!(
+            "{spaced} of the {n} token texts start with `Ġ`, the byte-level spelling of a \
+             space, but {named} does not decode byte-level text and would print those marks \
+             as they are; the vocabulary needs `gpt2` with a pre-tokenizer that keeps bytes"
+        );
+    }
+    let marked = starting(SPM_SPACE);
+    if decoder == Decoder::Raw && enough(marked) {
+        bail!(
+            "{marked} of the {n} token texts start with `▁`, SentencePiece's spelling of a \
+             space, but {named} prints token texts as they are and would print those marks; \
+             the vocabulary needs a SentencePiece tokenizer (`llama`)"
+        );
+    }
+    Ok(())
 }
 
 /// Refuses unknown types, a vocabulary in which no token prints, and byte
@@ -415,7 +462,7 @@ mod tests {
         };
         run(&texts, "bert", "").expect("one in forty");
         texts[9] = "\u{120}a".into();
-        for name in ["bert", "t5", "gemma4", "llama", "test"] {
+        for name in ["bert", "t5", "gemma4", "llama", "plamo2", "rwkv"] {
             let e = run(&texts, name, "").unwrap_err();
             let want = format!(
                 "2 of the 40 token texts start with `Ġ`, the byte-level spelling of a space, \
@@ -448,9 +495,30 @@ mod tests {
         run(&spm, "gpt2", "gemma4").expect("a pre-tokenizer that writes ▁");
         for (name, pre) in [("gpt2", ""), ("gpt2", "smollm"), ("whitespace", "")] {
             let e = run(&spm, name, pre).unwrap_err();
-            assert!(e.contains("2 of the 40 token texts start with `▁`"), "{e}");
-            assert!(e.contains("each `▁` would print as an unknown byte"), "{e}");
+            let want = "2 of the 40 token texts hold characters that byte-level text never has";
+            assert!(e.contains(want), "{e}");
+            assert!(
+                e.contains("would print each of those tokens as an unknown byte"),
+                "{e}"
+            );
         }
+        // A decoder that prints texts as they are takes neither spelling.
+        for name in ["plamo2", "rwkv"] {
+            let e = run(&spm, name, "").unwrap_err();
+            assert!(e.contains("2 of the 40 token texts start with `▁`"), "{e}");
+            assert!(e.contains("prints token texts as they are"), "{e}");
+        }
+        // Spaces written as themselves, or any text byte-level text never
+        // holds, print as unknown bytes too, unless the tokens are not
+        // normal ones, which print as they are.
+        let mut plain = spm.clone();
+        plain[3] = " the".into();
+        plain[9] = "\u{4e2d}".into();
+        run(&plain, "hybriddna", "").unwrap_err();
+        let mut types = vec![1; 40];
+        types[3] = 4;
+        let typed = check(&plain, Some(&types), None, Some(b"gpt2"), &|_: &[u8]| None);
+        typed.expect("one normal token in forty");
         // A `Ġ` inside a word is no space.
         texts[3] = "x\u{120}".into();
         texts[9] = "y\u{120}".into();
