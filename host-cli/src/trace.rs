@@ -161,7 +161,42 @@ impl TryFrom<PromptFields> for Prompt {
 /// Reads a present `text` as a string: `null` is refused, not taken for
 /// a trace of an older version, which leaves the field out.
 fn some_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    String::deserialize(d).map(Some)
+    use serde::de::Error as _;
+    String::deserialize(d)
+        .map(Some)
+        .map_err(|e| D::Error::custom(format!("field `text`: {e}")))
+}
+
+/// Whether `c` prints nothing of its own: format characters (zero-width
+/// spaces and joiners, the soft hyphen, the byte-order mark, variation
+/// selectors, tags) and blanks that take no room.
+fn invisible(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0xAD | 0x34F
+            | 0x61C
+            | 0x115F..=0x1160
+            | 0x17B4..=0x17B5
+            | 0x180B..=0x180F
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x206F
+            | 0x3164
+            | 0xFE00..=0xFE0F
+            | 0xFEFF
+            | 0xFFA0
+            | 0xFFF0..=0xFFF8
+            | 0xE0000..=0xE0FFF
+    )
+}
+
+/// Whether `c` is a combining mark of the common blocks, which would join
+/// the character before it.
+fn combining(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x300..=0x36F | 0x1AB0..=0x1AFF | 0x1DC0..=0x1DFF | 0x20D0..=0x20FF | 0xFE20..=0xFE2F
+    )
 }
 
 /// One generated token.
@@ -581,13 +616,19 @@ pub fn compare(
     let from = |s: &str| {
         let rest = s.get(at..).unwrap_or_default();
         // Quoted in the message: its quotes and backslashes are escaped,
-        // and the error line escapes what would break it.
+        // and so is what cannot be seen (two texts that differ by it would
+        // read the same) or would join the quote; the error line escapes
+        // what would break it.
         let mut shown = String::new();
-        for c in rest.chars().take(40) {
+        for (i, c) in rest.chars().take(40).enumerate() {
             if matches!(c, '"' | '\\') {
                 shown.push('\\');
             }
-            shown.push(c);
+            if invisible(c) || (i == 0 && combining(c)) {
+                shown.extend(c.escape_unicode());
+            } else {
+                shown.push(c);
+            }
         }
         if rest.chars().nth(40).is_some() {
             shown.push_str("...");
@@ -723,6 +764,32 @@ mod tests {
         assert_eq!(
             d.map(|d| d.to_string()).as_deref(),
             Some("field `text` differs from byte 6: expected \"local \", got \"\\\"lo\\\\\\\" \"")
+        );
+        // What cannot be seen is named, and so is a mark that would join
+        // the quote.
+        let d = compare(
+            &t,
+            &[1, 2],
+            &steps,
+            Finish::StopString,
+            ", the lo\u{200b}cal ",
+        );
+        assert_eq!(
+            d.map(|d| d.to_string()).as_deref(),
+            Some("field `text` differs from byte 8: expected \"cal \", got \"\\u{200b}cal \"")
+        );
+        let d = compare(
+            &t,
+            &[1, 2],
+            &steps,
+            Finish::StopString,
+            ", the lo\u{301}c\u{301}al ",
+        );
+        assert_eq!(
+            d.map(|d| d.to_string()).as_deref(),
+            Some(
+                "field `text` differs from byte 8: expected \"cal \", got \"\\u{301}c\u{301}al \""
+            )
         );
         // An interrupted run's text and its replay's may end apart.
         t.finish_reason = "interrupted".into();
