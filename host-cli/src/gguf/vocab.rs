@@ -56,6 +56,9 @@ const SPM_SPACE: &[u8] = "\u{2581}".as_bytes();
 /// of vocabulary and has no use in the other.
 const BYTE_LEVEL_SHARE: usize = 20;
 
+/// The mark `hybriddna` vocabularies end their DNA words with.
+const DNA_MARK: char = '\u{e000}';
+
 /// Pre-tokenizers under which llama.cpp's BPE tokenizer writes spaces as
 /// `▁` instead of decoding byte-level texts (`gemma4` also sets the first).
 const ESCAPING_PRE: [&[u8]; 4] = [
@@ -162,7 +165,8 @@ fn check_spelling(
         _ if bpe => Decoder::ByteLevel,
         b"llama" | b"t5" | b"bert" | b"gemma4" => Decoder::Spaces,
         b"plamo2" | b"rwkv" => Decoder::Raw,
-        // llama.cpp refuses a tokenizer it does not know.
+        // The rest print nothing that could be garbled (`test` and `none`
+        // are refused before this), or llama.cpp refuses them.
         _ => return Ok(()),
     };
     let n = texts.len();
@@ -179,9 +183,21 @@ fn check_spelling(
     if decoder == Decoder::ByteLevel {
         // Only normal tokens are decoded; the others print as they are.
         let normal = |i: usize| types.map_or(true, |t| t.get(i).map_or(true, |&k| k == 1));
+        // `hybriddna` marks its DNA words with U+E000, which llama.cpp
+        // strips on load.
+        let dna = name == b"hybriddna";
+        let decodes = |t: &[u8]| {
+            let text = String::from_utf8_lossy(t);
+            let word = if dna {
+                text.strip_suffix(DNA_MARK)
+            } else {
+                None
+            };
+            word.unwrap_or(&text).chars().all(byte_level_char)
+        };
         let foreign = (0..)
             .zip(texts)
-            .filter(|&(i, t)| normal(i) && !String::from_utf8_lossy(t).chars().all(byte_level_char))
+            .filter(|&(i, t)| normal(i) && !decodes(t))
             .count();
         if enough(foreign) {
             bail!(
@@ -519,6 +535,12 @@ mod tests {
         types[3] = 4;
         let typed = check(&plain, Some(&types), None, Some(b"gpt2"), &|_: &[u8]| None);
         typed.expect("one normal token in forty");
+        // `hybriddna`'s DNA words end with a mark llama.cpp strips.
+        let dna: Vec<Vec<u8>> = (0..40)
+            .map(|i| format!("ACGT{i}\u{e000}").into_bytes())
+            .collect();
+        run(&dna, "hybriddna", "").expect("marked DNA words");
+        run(&dna, "gpt2", "").unwrap_err();
         // A `Ġ` inside a word is no space.
         texts[3] = "x\u{120}".into();
         texts[9] = "y\u{120}".into();
