@@ -167,36 +167,13 @@ fn some_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D
         .map_err(|e| D::Error::custom(format!("field `text`: {e}")))
 }
 
-/// Whether `c` prints nothing of its own: format characters (zero-width
-/// spaces and joiners, the soft hyphen, the byte-order mark, variation
-/// selectors, tags) and blanks that take no room.
-fn invisible(c: char) -> bool {
-    matches!(
-        u32::from(c),
-        0xAD | 0x34F
-            | 0x61C
-            | 0x115F..=0x1160
-            | 0x17B4..=0x17B5
-            | 0x180B..=0x180F
-            | 0x200B..=0x200F
-            | 0x202A..=0x202E
-            | 0x2060..=0x206F
-            | 0x3164
-            | 0xFE00..=0xFE0F
-            | 0xFEFF
-            | 0xFFA0
-            | 0xFFF0..=0xFFF8
-            | 0xE0000..=0xE0FFF
-    )
-}
-
-/// Whether `c` is a combining mark of the common blocks, which would join
-/// the character before it.
-fn combining(c: char) -> bool {
-    matches!(
-        u32::from(c),
-        0x300..=0x36F | 0x1AB0..=0x1AFF | 0x1DC0..=0x1DFF | 0x20D0..=0x20FF | 0xFE20..=0xFE2F
-    )
+/// Whether `c` cannot be told apart on a terminal: a character of no
+/// width of its own (a combining mark, which would join the character
+/// before it; a zero-width space or joiner; a byte-order mark) or a space
+/// other than U+0020. Control characters are left to the error line.
+fn unseen(c: char) -> bool {
+    use unicode_width::UnicodeWidthChar as _;
+    !c.is_control() && (c.width().map_or(true, |w| w == 0) || (c.is_whitespace() && c != ' '))
 }
 
 /// One generated token.
@@ -620,11 +597,11 @@ pub fn compare(
         // read the same) or would join the quote; the error line escapes
         // what would break it.
         let mut shown = String::new();
-        for (i, c) in rest.chars().take(40).enumerate() {
+        for c in rest.chars().take(40) {
             if matches!(c, '"' | '\\') {
                 shown.push('\\');
             }
-            if invisible(c) || (i == 0 && combining(c)) {
+            if unseen(c) {
                 shown.extend(c.escape_unicode());
             } else {
                 shown.push(c);
@@ -766,7 +743,7 @@ mod tests {
             Some("field `text` differs from byte 6: expected \"local \", got \"\\\"lo\\\\\\\" \"")
         );
         // What cannot be seen is named, and so is a mark that would join
-        // the quote.
+        // the quote, or a space that is not U+0020.
         let d = compare(
             &t,
             &[1, 2],
@@ -783,12 +760,13 @@ mod tests {
             &[1, 2],
             &steps,
             Finish::StopString,
-            ", the lo\u{301}c\u{301}al ",
+            ", the lo\u{3099}c\u{301}al\u{a0}",
         );
         assert_eq!(
             d.map(|d| d.to_string()).as_deref(),
             Some(
-                "field `text` differs from byte 8: expected \"cal \", got \"\\u{301}c\u{301}al \""
+                "field `text` differs from byte 8: expected \"cal \", got \
+                 \"\\u{3099}c\\u{301}al\\u{a0}\""
             )
         );
         // An interrupted run's text and its replay's may end apart.
