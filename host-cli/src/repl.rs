@@ -178,6 +178,17 @@ pub fn run(template: &Template<'_>, turn: &mut dyn Turn, start: Vec<Message>) ->
                 return Err(crate::app::Interrupted.into());
             }
             INTERRUPTED.store(false, Ordering::Relaxed);
+            if reply.is_empty() {
+                // Stopped before any of the reply showed (while the
+                // message was being read, say): taken back, as if it had
+                // not been sent, rather than left unanswered in the
+                // conversation.
+                messages.pop();
+                crate::note!(
+                    "talkback: reply interrupted before it began; the message was taken back"
+                );
+                continue;
+            }
             crate::note!("talkback: reply interrupted");
         }
         messages.push(Message::new("assistant", &reply));

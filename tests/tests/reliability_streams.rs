@@ -1402,6 +1402,36 @@ fn ctrl_c_during_a_reply_returns_to_the_prompt() {
 }
 
 #[test]
+fn ctrl_c_before_the_reply_begins_takes_the_message_back() {
+    // One token a batch: a long message takes seconds to read.
+    let mut term = Terminal::start(&["-n", "4", "--seed", "1", "-b", "1", "-v"]);
+    let at = term.wait_for(0, "chat started");
+    let at = term.wait_for(at, "> ");
+    let long = "apple banana ".repeat(150);
+    term.keys(format!("{}\r", long.trim_end()).as_bytes());
+    let at = term.wait_for(at, "apple banana");
+    term.keys(b"\x03");
+    let at = term.wait_for(at, "the message was taken back");
+    let at = term.wait_for(at, "> ");
+    term.keys(b"Hi\r");
+    // Only the new message is in the conversation: a few dozen tokens,
+    // not the hundreds of the one taken back.
+    let at = term.wait_for(at, "talkback: finished: ");
+    let screen = term.screen();
+    let line = screen.get(at..).unwrap_or_default();
+    let count: usize = line
+        .split(" prompt token")
+        .next()
+        .and_then(|s| s.rsplit('(').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no prompt count in {line:?}"));
+    assert!(count < 100, "{count} prompt tokens: {line:?}");
+    term.wait_for(at, "> ");
+    term.keys(b"/exit\r");
+    term.exits_cleanly();
+}
+
+#[test]
 fn a_line_that_is_not_utf8_is_dropped_and_the_chat_goes_on() {
     // One byte of another encoding used to end the chat with exit 1, and
     // the rest of the line stayed typed, to be sent as a message of its own.
