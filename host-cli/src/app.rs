@@ -491,19 +491,20 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     if let Some(path) = &args.messages {
         let text = crate::infile::read_text(path, crate::infile::MAX_TEXT)
             .with_context(|| format!("cannot read messages {}", shown(path)))?;
-        let earlier: Vec<Message> = serde_json::from_str(&text).map_err(|e| {
-            match crate::infile::json_kind(text.as_bytes()) {
-                "an array" | "no JSON" => anyhow!(
+        let earlier: Vec<Message> =
+            crate::infile::from_json(text.as_bytes()).map_err(
+                |e| match crate::infile::json_kind(text.as_bytes()) {
+                    "an array" | "no JSON" => anyhow!(
                     "messages {} must be a JSON array of {{\"role\", \"content\"}} objects: {e}",
                     shown(path)
                 ),
-                kind => anyhow!(
-                    "messages {} must be a JSON array of {{\"role\", \"content\"}} objects, \
+                    kind => anyhow!(
+                        "messages {} must be a JSON array of {{\"role\", \"content\"}} objects, \
                      and it holds {kind}",
-                    shown(path)
-                ),
-            }
-        })?;
+                        shown(path)
+                    ),
+                },
+            )?;
         check_messages(&earlier).with_context(|| format!("messages {}", shown(path)))?;
         // `--system` replaces the file's system turns rather than adding a
         // second one, which templates do not expect.

@@ -103,6 +103,29 @@ pub fn json_kind(bytes: &[u8]) -> &'static str {
     }
 }
 
+/// Reads a `T` from JSON, naming where in the document a value was
+/// refused (`settings.seed`, `steps[3].id`, `[2].role`): serde_json alone
+/// gives only a line and column, which a file on one line makes useless.
+///
+/// # Errors
+///
+/// - the text is not JSON, or `T`'s reader refuses a value; the message
+///   starts with the value's place unless it is the whole document.
+pub fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        match path.as_str() {
+            "." => e.into_inner().to_string(),
+            _ => format!("at `{path}`: {}", e.into_inner()),
+        }
+    })?;
+    // What follows the value (a second document, stray text) is an error,
+    // as serde_json::from_slice makes it.
+    de.end().map_err(|e| e.to_string())?;
+    Ok(value)
+}
+
 /// Whether the first JSON value in `bytes` is an object without `field`
 /// (such as another program's output where a trace was expected).
 pub fn object_without(bytes: &[u8], field: &str) -> bool {

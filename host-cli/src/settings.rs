@@ -30,10 +30,10 @@ pub struct Settings {
     /// Top-k; 0 is off.
     pub top_k: u32,
     /// Top-p; 1 is off.
-    #[serde(deserialize_with = "f32_in_range")]
+    #[serde(deserialize_with = "f32_unit")]
     pub top_p: f32,
     /// Min-p; 0 is off.
-    #[serde(deserialize_with = "f32_in_range")]
+    #[serde(deserialize_with = "f32_unit")]
     pub min_p: f32,
     /// Repetition penalty; 1 is off.
     #[serde(deserialize_with = "f32_in_range")]
@@ -69,6 +69,24 @@ pub struct Settings {
     pub threads: Option<u32>,
 }
 
+/// [`f32_in_range`] for a value from 0 to 1, judged before rounding:
+/// `1.00000001` rounds to 1 in an f32 and would pass a later check, where
+/// the command line refuses it.
+///
+/// # Errors
+///
+/// - any error of [`f32_in_range`], or a value outside 0..=1.
+pub fn f32_unit<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+    let wide = f64::deserialize(d)?;
+    let narrow = narrowed(wide)?;
+    if !(0.0..=1.0).contains(&wide) {
+        return Err(serde::de::Error::custom(format!(
+            "{wide} must be between 0 and 1"
+        )));
+    }
+    Ok(narrow)
+}
+
 /// Reads a number into an f32, refusing one beyond the f32 range or too
 /// small for it.
 ///
@@ -83,15 +101,19 @@ pub struct Settings {
 /// - the value is not a number, is finite beyond the f32 range, or is
 ///   not 0 but would become 0.
 pub fn f32_in_range<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
-    let wide = f64::deserialize(d)?;
+    narrowed(f64::deserialize(d)?)
+}
+
+/// `wide` as an f32, or the error [`f32_in_range`] gives.
+fn narrowed<E: serde::de::Error>(wide: f64) -> Result<f32, E> {
     let narrow = wide as f32;
     if narrow.is_infinite() && wide.is_finite() {
-        return Err(serde::de::Error::custom(format!(
+        return Err(E::custom(format!(
             "{wide:e} is out of range: a 32-bit float holds at most about 3.4e38"
         )));
     }
     if narrow == 0.0 && wide != 0.0 {
-        return Err(serde::de::Error::custom(format!(
+        return Err(E::custom(format!(
             "{wide:e} is too small for a 32-bit float, which would make it 0"
         )));
     }

@@ -161,10 +161,7 @@ impl TryFrom<PromptFields> for Prompt {
 /// Reads a present `text` as a string: `null` is refused, not taken for
 /// a trace of an older version, which leaves the field out.
 fn some_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    use serde::de::Error as _;
-    String::deserialize(d)
-        .map(Some)
-        .map_err(|e| D::Error::custom(format!("field `text`: {e}")))
+    String::deserialize(d).map(Some)
 }
 
 /// Whether `c` cannot be told apart on a terminal: a character of no
@@ -319,7 +316,7 @@ impl Trace {
         if list && crate::infile::json_kind(bytes) == "an array" {
             bail!("trace {name} is not a talkback trace: it holds an array, not a JSON object");
         }
-        let trace: Self = serde_json::from_slice(bytes).map_err(|e| {
+        let trace: Self = crate::infile::from_json(bytes).map_err(|e| {
             // Another file (a messages file, talkback's own json or jsonl
             // output) is named as such, not by the first field that fails.
             if crate::infile::object_without(bytes, "version") {
@@ -962,6 +959,15 @@ mod tests {
             err.contains("1e-50 is too small for a 32-bit float, which would make it 0"),
             "{err}"
         );
+        // Above 1 by less than an f32 can tell is still above 1, as on the
+        // command line.
+        for (field, value) in [("top_p", 1.000_000_01), ("min_p", -0.5)] {
+            let mut t = base.clone();
+            t["settings"][field] = serde_json::json!(value);
+            let err = load(&t).err().unwrap_or_default();
+            let want = format!("at `settings.{field}`: {value} must be between 0 and 1");
+            assert!(err.contains(&want), "{err}");
+        }
         // The least float is kept as it is.
         let mut least = base.clone();
         least["settings"]["presence_penalty"] = serde_json::json!(1e-45);

@@ -84,7 +84,10 @@ fn a_turn_is_an_object_with_one_role_and_one_content() {
             r#"[{"role": "user", "content": "a", "content": "b"}]"#,
             "duplicate field `content`",
         ),
-        (r#"[{"role": "user", "content": 5}]"#, "expected a string"),
+        (
+            r#"[{"role": "user", "content": "Hi"}, {"role": "user", "content": 5}]"#,
+            "at `[1].content`: invalid type: integer `5`, expected a string",
+        ),
         (r#"[{"content": "Hi"}]"#, "missing field `role`"),
         (
             r#"{"role": "user", "content": "Hi"}"#,

@@ -488,6 +488,16 @@ fn replay_of_missing_malformed_and_truncated_traces() {
         &talkback(&["replay", arg(&truncated)]),
         "is not a valid trace",
     );
+
+    // A refused value is named by its place, not only by line and column
+    // (a trace written by another tool may be all one line).
+    let mut trace: serde_json::Value = serde_json::from_str(&text).expect("trace JSON");
+    trace["steps"][1]["id"] = serde_json::json!("7");
+    let edited = scratch.write("edited.json", trace.to_string().as_bytes());
+    runtime_error(
+        &talkback(&["replay", arg(&edited)]),
+        "is not a valid trace: at `steps[1].id`: invalid type: string \"7\", expected u32",
+    );
 }
 
 #[test]
