@@ -22,7 +22,8 @@
 //!   letters), a token a merge makes typed as one that prints nothing (a
 //!   word vanished from the output), and a beginning or end id naming a
 //!   token the merges use, which is text, not a marker: replies stopped at
-//!   the first full stop;
+//!   the first full stop (the fill-in-the-middle ids llama.cpp ends replies
+//!   at, `fim_pad`, `fim_rep` and `fim_sep`, too);
 //! - the `bert` or `t5` tokenizer over a file with merges, and a byte-level
 //!   vocabulary (one text in twenty or more starting with `Ġ`) under a
 //!   tokenizer or pre-tokenizer that does not decode one: the texts were
@@ -38,6 +39,11 @@ use super::{shown, Meta};
 
 /// Special ids that start every prompt or end every reply.
 const ENDS: [&str; 4] = ["bos", "eos", "eot", "eom"];
+
+/// Fill-in-the-middle ids that llama.cpp also ends replies at. One outside
+/// the vocabulary it drops instead of replacing, so only those inside it
+/// are checked.
+const FIM_ENDS: [&str; 3] = ["fim_pad", "fim_rep", "fim_sep"];
 
 /// Share of multi-character normal tokens that may lack a merge before the
 /// merge list counts as cut short: a few odd entries are tolerated.
@@ -89,15 +95,12 @@ pub(super) fn check(
     if let Some(types) = types {
         check_types(texts, types)?;
     }
-    let ends: Vec<(&str, u32)> = ENDS
-        .iter()
-        .filter_map(
-            |name| match get(format!("tokenizer.ggml.{name}_token_id").as_bytes()) {
-                Some(Meta::U32(id)) => Some((*name, id)),
-                _ => None,
-            },
-        )
-        .collect();
+    let id_of = |name: &&'static str| match get(format!("tokenizer.ggml.{name}_token_id").as_bytes())
+    {
+        Some(Meta::U32(id)) => Some((*name, id)),
+        _ => None,
+    };
+    let mut ends: Vec<(&str, u32)> = ENDS.iter().filter_map(id_of).collect();
     for &(name, id) in &ends {
         if id as usize >= n {
             bail!(
@@ -106,6 +109,8 @@ pub(super) fn check(
             );
         }
     }
+    let fim = FIM_ENDS.iter().filter_map(id_of);
+    ends.extend(fim.filter(|&(_, id)| (id as usize) < n));
     match (tokenizer, merges) {
         (Some(b"gpt2"), Some(merges)) => check_merges(texts, types, merges, &ends)?,
         // WordPiece and Unigram vocabularies have no merges: a file that
@@ -377,8 +382,14 @@ mod tests {
     const TYPES: [i32; 7] = [1, 1, 1, 1, 1, 3, 6];
 
     fn run(types: &[i32], list: &[&str], eos: Option<u32>) -> Result<(), String> {
-        let get = |key: &[u8]| match (key, eos) {
-            (b"tokenizer.ggml.eos_token_id", Some(id)) => Some(Meta::U32(id)),
+        run_id(types, list, "eos", eos)
+    }
+
+    /// [`run`] with the id of `name` (`eos`, `fim_pad`) set.
+    fn run_id(types: &[i32], list: &[&str], name: &str, id: Option<u32>) -> Result<(), String> {
+        let wanted = format!("tokenizer.ggml.{name}_token_id");
+        let get = |key: &[u8]| match id {
+            Some(id) if key == wanted.as_bytes() => Some(Meta::U32(id)),
             _ => None,
         };
         check(
@@ -567,5 +578,19 @@ mod tests {
                 "{text}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn fill_in_the_middle_ids_that_end_replies_are_held_to_the_same_rule() {
+        for name in ["fim_pad", "fim_rep", "fim_sep"] {
+            let e = run_id(&TYPES, &GOOD, name, Some(3)).unwrap_err();
+            let want = format!("`tokenizer.ggml.{name}_token_id` is 3, the ordinary text \"ab\"");
+            assert!(e.contains(&want), "{e}");
+            run_id(&TYPES, &GOOD, name, Some(5)).expect("a marker");
+            // llama.cpp drops one outside the vocabulary: it ends nothing.
+            run_id(&TYPES, &GOOD, name, Some(7)).expect("dropped");
+        }
+        // The beginning-of-fill ids end nothing and are not checked.
+        run_id(&TYPES, &GOOD, "fim_pre", Some(3)).expect("not an end");
     }
 }
