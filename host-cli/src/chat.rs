@@ -669,8 +669,10 @@ pub fn tokenize(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
     if model.wants_bos() {
         // Unless the template opens the prompt with the BOS itself (a
         // message that starts with its text gives text, not the token).
-        let bos = model.tokenize("", true, false)?;
-        if body.first() != bos.first() {
+        // Only the first token: a vocabulary that also adds an EOS gives
+        // one after it, which would end the conversation before it began.
+        let bos = model.tokenize("", true, false)?.first().copied();
+        if bos.is_some() && body.first() != bos.as_ref() {
             tokens.extend(bos);
         }
     }

@@ -325,6 +325,41 @@ fn a_prompt_that_starts_with_the_bos_gets_no_second_one() {
         marker[0] == 1 && marker[1] != 1 && marker.len() > hello.len() + 2,
         "{marker:?} against {hello:?}"
     );
+
+    // A vocabulary that adds an EOS as well put it after the chat's BOS,
+    // ending the conversation before its first turn.
+    const BOOL: u32 = 7;
+    let both = scratch.model_with_key(
+        "both.gguf",
+        &[(add_bos, &[1])],
+        ("tokenizer.ggml.add_eos_token", BOOL, &[1]),
+    );
+    let run = talkback(&[
+        "chat",
+        "Hello",
+        "--chat-template",
+        arg(&bare),
+        "-n",
+        "1",
+        "--temp",
+        "0",
+        "-t",
+        "1",
+        "-m",
+        arg(&both),
+        "--trace",
+        arg(&trace),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let text = std::fs::read_to_string(&trace).expect("the trace");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let ids: Vec<u64> = v["prompt_tokens"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|t| t.as_u64().expect("id"))
+        .collect();
+    assert_eq!(ids, hello);
 }
 
 #[test]

@@ -63,6 +63,38 @@ impl Scratch {
         path
     }
 
+    /// Writes a copy of the real model to `name` with `patches` applied to
+    /// its header and a key added after the others: `key`, of GGUF value
+    /// type `kind`, holding `value` (its bytes as the file stores them).
+    /// The header's other offsets stay as [`Layout`] gives them.
+    pub fn model_with_key(
+        &self,
+        name: &str,
+        patches: &[(u64, &[u8])],
+        (key, kind, value): (&str, u32, &[u8]),
+    ) -> PathBuf {
+        let layout = Layout::of_model();
+        let mut model = std::fs::read(model()).expect("read the model");
+        for (at, bytes) in patches {
+            let at = *at as usize;
+            model[at..at + bytes.len()].copy_from_slice(bytes);
+        }
+        let (kv_end, header_end) = (layout.kv_end as usize, layout.header_end as usize);
+        let mut out = model[..kv_end].to_vec();
+        let n_kv = u64_at(&model, 16) + 1;
+        out[16..24].copy_from_slice(&n_kv.to_le_bytes());
+        out.extend((key.len() as u64).to_le_bytes());
+        out.extend(key.as_bytes());
+        out.extend(kind.to_le_bytes());
+        out.extend(value);
+        out.extend(&model[kv_end..header_end]);
+        // Tensor offsets count from the data section, which starts at the
+        // next multiple of 32.
+        out.resize(out.len().div_ceil(32) * 32, 0);
+        out.extend(&model[layout.data_start as usize..]);
+        self.write(name, &out)
+    }
+
     /// Writes the first `len` bytes of the real model to `name`.
     pub fn model_prefix(&self, name: &str, len: u64) -> PathBuf {
         let mut bytes = Vec::new();
@@ -327,6 +359,10 @@ pub struct Layout {
     /// Every tensor: name, offset of its name's length, of its dimension
     /// count, of its type field, and of its data offset field.
     pub tensors: Vec<TensorInfo>,
+    /// Where the keys end and the tensor descriptions start.
+    pub kv_end: u64,
+    /// Where the tensor descriptions end.
+    pub header_end: u64,
     /// Where tensor data starts.
     pub data_start: u64,
     /// The file's length.
@@ -369,6 +405,7 @@ impl Layout {
             at += 4;
             skip_value(&bytes, kind, &mut at);
         }
+        let kv_end = at as u64;
         let mut tensors = Vec::new();
         for _ in 0..n_tensors {
             let name = string_at(&bytes, &mut at);
@@ -391,6 +428,8 @@ impl Layout {
         Self {
             keys,
             tensors,
+            kv_end,
+            header_end: at as u64,
             data_start: (at as u64).div_ceil(32) * 32,
             len,
             bytes,
