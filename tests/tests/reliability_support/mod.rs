@@ -75,23 +75,33 @@ impl Scratch {
     ) -> PathBuf {
         let layout = Layout::of_model();
         let mut model = std::fs::read(model()).expect("read the model");
+        let span = |from: u64, len: usize| from as usize..from as usize + len;
         for (at, bytes) in patches {
-            let at = *at as usize;
-            model[at..at + bytes.len()].copy_from_slice(bytes);
+            model
+                .get_mut(span(*at, bytes.len()))
+                .expect("a patch inside the model")
+                .copy_from_slice(bytes);
         }
-        let (kv_end, header_end) = (layout.kv_end as usize, layout.header_end as usize);
-        let mut out = model[..kv_end].to_vec();
         let n_kv = u64_at(&model, 16) + 1;
-        out[16..24].copy_from_slice(&n_kv.to_le_bytes());
+        let mut out = Vec::with_capacity(model.len() + 64);
+        out.extend(model.get(..16).expect("the header"));
+        out.extend(n_kv.to_le_bytes());
+        let keys = (layout.kv_end - 24) as usize;
+        out.extend(model.get(span(24, keys)).expect("the keys"));
         out.extend((key.len() as u64).to_le_bytes());
         out.extend(key.as_bytes());
         out.extend(kind.to_le_bytes());
         out.extend(value);
-        out.extend(&model[kv_end..header_end]);
+        let tensors = (layout.header_end - layout.kv_end) as usize;
+        out.extend(
+            model
+                .get(span(layout.kv_end, tensors))
+                .expect("the tensors"),
+        );
         // Tensor offsets count from the data section, which starts at the
         // next multiple of 32.
         out.resize(out.len().div_ceil(32) * 32, 0);
-        out.extend(&model[layout.data_start as usize..]);
+        out.extend(model.get(layout.data_start as usize..).expect("the data"));
         self.write(name, &out)
     }
 
