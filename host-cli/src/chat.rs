@@ -106,6 +106,10 @@ const RAISED: &str = "the template raised: ";
 /// whose buffer length is an `i32`.
 const BUILTIN_MAX_BYTES: usize = 1 << 28;
 
+/// How many roles [`Template::render`] tries trimming one at a time when
+/// there are too many to try every set.
+const SINGLE_TRIMS: usize = 16;
+
 /// A chat template ready to render.
 pub struct Template<'m> {
     env: Environment<'static>,
@@ -369,32 +373,45 @@ impl<'m> Template<'m> {
                 .into());
             }
         }
+        // Trimming changes only text with whitespace around it, so only the
+        // roles of such messages are worth trimming.
         let mut roles: Vec<&str> = Vec::new();
         for m in messages {
-            if !roles.contains(&m.role.as_str()) {
+            let padded = m.content.trim() != m.content;
+            if padded && !roles.contains(&m.role.as_str()) {
                 roles.push(&m.role);
             }
         }
-        // Every set of roles while there are few; otherwise none, each
-        // role alone, and all.
-        let sets: Vec<u32> = if roles.len() <= 4 {
-            let mut sets: Vec<u32> = (0..1u32 << roles.len()).collect();
-            sets.sort_by_key(|set| set.count_ones());
+        // A template that trims some roles only names them; try those first.
+        let named = |r: &&str| {
+            let quoted = |q: char| self.source.contains(&format!("{q}{r}{q}"));
+            !(quoted('\'') || quoted('"'))
+        };
+        roles.sort_by_key(named);
+        // Every set of roles while there are few; otherwise none, each of
+        // the first few roles alone (each a render of the whole
+        // conversation), and all.
+        let sets: Vec<Vec<&str>> = if roles.len() <= 4 {
+            let mut sets: Vec<Vec<&str>> = (0..1_usize << roles.len())
+                .map(|bits| {
+                    let chosen = roles.iter().enumerate().filter(|(i, _)| bits >> i & 1 == 1);
+                    chosen.map(|(_, &r)| r).collect()
+                })
+                .collect();
+            sets.sort_by_key(Vec::len);
             sets
         } else {
-            let single = (0..roles.len().min(31)).map(|i| 1u32 << i);
-            [0].into_iter().chain(single).chain([u32::MAX]).collect()
+            let single = roles.iter().take(SINGLE_TRIMS).map(|&r| vec![r]);
+            [vec![]]
+                .into_iter()
+                .chain(single)
+                .chain([roles.clone()])
+                .collect()
         };
         for set in sets {
-            let trimmed = |role: &str| {
-                roles
-                    .iter()
-                    .position(|&r| r == role)
-                    .is_some_and(|i| set >> i & 1 == 1)
-            };
             let candidate: Vec<Message> = messages
                 .iter()
-                .map(|m| match trimmed(&m.role) {
+                .map(|m| match set.contains(&m.role.as_str()) {
                     true => Message::new(&m.role, m.content.trim()),
                     false => m.clone(),
                 })
@@ -1025,6 +1042,34 @@ mod tests {
         assert_eq!(r.text, "[user:  hi  ][assistant:a][user:  next  ]");
         let spans: Vec<&str> = r.content.iter().map(|c| &r.text[c.clone()]).collect();
         assert_eq!(spans, ["  hi  ", "a", "  next  "]);
+    }
+
+    #[test]
+    fn a_trimmed_role_is_found_among_many() {
+        // Roles were told apart by bits of a u32, so the 33rd was taken
+        // for the first, and only 31 were tried alone.
+        for (roles, trimmed) in [(40, 39), (40, 0), (33, 32)] {
+            let source = format!(
+                "{{% for m in messages %}}[{{% if m.role == 'r{trimmed}' %}}\
+                 {{{{ m.content | trim }}}}{{% else %}}{{{{ m.content }}}}{{% endif %}}]\
+                 {{% endfor %}}"
+            );
+            let t = Template::new(&source, String::new(), String::new()).expect("parse");
+            let messages: Vec<Message> = (0..roles)
+                .map(|i| Message::new(&format!("r{i}"), &format!(" {i} ")))
+                .collect();
+            let r = t.render(&messages).expect("render");
+            let want: String = (0..roles)
+                .map(|i| match i == trimmed {
+                    true => format!("[{i}]"),
+                    false => format!("[ {i} ]"),
+                })
+                .collect();
+            assert_eq!(r.text, want);
+            let spans: Vec<&str> = r.content.iter().map(|c| &r.text[c.clone()]).collect();
+            assert_eq!(spans[trimmed], trimmed.to_string());
+            assert_eq!(spans[0], if trimmed == 0 { "0" } else { " 0 " });
+        }
     }
 
     #[test]
