@@ -662,7 +662,13 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<Facts> {
         if key == b"general.alignment" {
             match value {
                 Some(Meta::U32(a)) if a > 0 && a.is_power_of_two() => alignment = u64::from(a),
-                _ => bail!("`general.alignment` must be a power of two"),
+                Some(Meta::U32(a)) => {
+                    bail!("`general.alignment` is {a}; it must be a power of two")
+                }
+                _ => bail!(
+                    "`general.alignment` is stored as GGUF type {kind}; it must be a 32-bit \
+                     unsigned integer (type 4)"
+                ),
             }
         }
         if let Some(value) = value {
@@ -1034,6 +1040,23 @@ mod tests {
     }
 
     #[test]
+    fn an_alignment_is_a_power_of_two_stored_in_32_bits() {
+        let with = |value| run(build(&[("general.alignment", value)], 1, F32));
+        with(V::U32(32)).expect("the default, written out");
+        let err = format!("{:#}", with(V::U32(48)).expect_err("48"));
+        assert!(
+            err.contains("`general.alignment` is 48; it must be a power of two"),
+            "{err}"
+        );
+        // A power of two in the wrong type was called no power of two.
+        let err = format!("{:#}", with(V::U64(32)).expect_err("u64"));
+        assert!(
+            err.contains("`general.alignment` is stored as GGUF type 10; it must be a 32-bit"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn every_single_byte_corruption_is_handled() {
         let f = tiny();
         for at in 0..f.len() {
@@ -1048,6 +1071,7 @@ mod tests {
     /// A metadata value for [`build`].
     enum V<'a> {
         U32(u32),
+        U64(u64),
         F32(f32),
         Str(&'a str),
         Strings(&'a [&'a [u8]]),
@@ -1067,6 +1091,10 @@ mod tests {
             match value {
                 V::U32(v) => {
                     f.extend_from_slice(&4_u32.to_le_bytes());
+                    f.extend_from_slice(&v.to_le_bytes());
+                }
+                V::U64(v) => {
+                    f.extend_from_slice(&10_u32.to_le_bytes());
                     f.extend_from_slice(&v.to_le_bytes());
                 }
                 V::F32(v) => {
