@@ -588,11 +588,13 @@ fn finite_exact_or(s: &str, advice: &str) -> Result<(f32, Exact), String> {
     }
 }
 
-fn finite(s: &str) -> Result<f32, String> {
+/// A finite number (`-0` is 0), as a flag or a trace gives it.
+pub fn finite(s: &str) -> Result<f32, String> {
     finite_exact(s).map(|(v, _)| v)
 }
 
-fn non_negative(s: &str) -> Result<f32, String> {
+/// [`finite`], and not below zero.
+pub fn non_negative(s: &str) -> Result<f32, String> {
     let (v, exact) = finite_exact(s)?;
     if exact.negative {
         Err(format!("`{s}` must be zero or more"))
@@ -601,7 +603,8 @@ fn non_negative(s: &str) -> Result<f32, String> {
     }
 }
 
-fn positive(s: &str) -> Result<f32, String> {
+/// [`finite`], and above zero.
+pub fn positive(s: &str) -> Result<f32, String> {
     // 0 is refused here, so it is no way out of a number that rounds to it.
     let (v, exact) = finite_exact_or(s, "it must be more than zero, and at least about 1.4e-45")?;
     if exact.negative || exact.zero {
@@ -611,7 +614,8 @@ fn positive(s: &str) -> Result<f32, String> {
     }
 }
 
-fn unit_interval(s: &str) -> Result<f32, String> {
+/// [`finite`], from 0 to 1.
+pub fn unit_interval(s: &str) -> Result<f32, String> {
     let (v, exact) = finite_exact(s)?;
     if exact.negative || exact.above_one {
         Err(format!("`{s}` must be between 0 and 1"))
@@ -803,7 +807,8 @@ fn and_list(items: &[&str]) -> String {
 
 /// Parses a preset name or a comma-separated list of stages.
 pub fn parse_order(s: &str) -> Result<Order, String> {
-    if let Some(order) = Order::from_name(s) {
+    // Spaces around a preset's name are passed over, as around a stage's.
+    if let Some(order) = Order::from_name(s.trim()) {
         return Ok(order);
     }
     let mut stages = Vec::new();
@@ -1195,6 +1200,8 @@ mod tests {
     fn orders_parse_by_name_and_list() {
         assert_eq!(parse_order("llama.cpp"), Ok(Order::LLAMA_CPP));
         assert_eq!(parse_order("talkback"), Ok(Order::TALKBACK));
+        // The unknown stage ` talkback` was named `talkback` in the error.
+        assert_eq!(parse_order(" talkback "), Ok(Order::TALKBACK));
         let list = parse_order("top-k,temp").map(|o| o.stages().to_vec());
         assert_eq!(list, Ok(vec![Stage::TopK, Stage::Temperature]));
         assert!(parse_order("top-q").is_err());

@@ -25,26 +25,26 @@ pub const THREADS: RangeInclusive<u32> = 1..=1024;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
     /// Temperature; 0 is greedy.
-    #[serde(deserialize_with = "f32_in_range")]
+    #[serde(deserialize_with = "json_non_negative")]
     pub temperature: f32,
     /// Top-k; 0 is off.
     pub top_k: u32,
     /// Top-p; 1 is off.
-    #[serde(deserialize_with = "f32_unit")]
+    #[serde(deserialize_with = "json_unit")]
     pub top_p: f32,
     /// Min-p; 0 is off.
-    #[serde(deserialize_with = "f32_unit")]
+    #[serde(deserialize_with = "json_unit")]
     pub min_p: f32,
     /// Repetition penalty; 1 is off.
-    #[serde(deserialize_with = "f32_in_range")]
+    #[serde(deserialize_with = "json_positive")]
     pub repeat_penalty: f32,
     /// Penalty window length.
     pub repeat_last_n: u32,
     /// Presence penalty.
-    #[serde(deserialize_with = "f32_in_range")]
+    #[serde(deserialize_with = "json_finite")]
     pub presence_penalty: f32,
     /// Frequency penalty.
-    #[serde(deserialize_with = "f32_in_range")]
+    #[serde(deserialize_with = "json_finite")]
     pub frequency_penalty: f32,
     /// Stage order, by stage name.
     pub sampler_order: Vec<String>,
@@ -69,55 +69,72 @@ pub struct Settings {
     pub threads: Option<u32>,
 }
 
-/// [`f32_in_range`] for a value from 0 to 1, judged before rounding:
-/// `1.00000001` rounds to 1 in an f32 and would pass a later check, where
-/// the command line refuses it.
+/// Reads a JSON number into an f32 from its own text, by `parse`, one of
+/// the readers of the matching command-line flag.
+///
+/// Going through an f64 rounds twice: `7.038531e-26`, which talkback
+/// writes for an f32, read back as another f32, and `1.00000001` became 1,
+/// which passes a check the flag fails. The flag's reader also refuses a
+/// number beyond the f32 range (which would become an infinity) and one
+/// that is not 0 but would become 0 (a temperature of `1e-50`, greedy),
+/// and reads `-0` as 0.
+fn json_f32<'de, D: Deserializer<'de>>(
+    d: D,
+    parse: fn(&str) -> Result<f32, String>,
+) -> Result<f32, D::Error> {
+    use serde::de::Error as _;
+    let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+    let text = raw.get();
+    if !text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        let kind = crate::infile::json_kind(text.as_bytes());
+        return Err(D::Error::custom(format!("expected a number, found {kind}")));
+    }
+    parse(text).map_err(D::Error::custom)
+}
+
+/// A finite number, read as `--presence-penalty` is (see [`json_f32`]).
 ///
 /// # Errors
 ///
-/// - any error of [`f32_in_range`], or a value outside 0..=1.
-pub fn f32_unit<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
-    let wide = f64::deserialize(d)?;
-    let narrow = narrowed(wide)?;
-    if !(0.0..=1.0).contains(&wide) {
-        return Err(serde::de::Error::custom(format!(
-            "{wide} must be between 0 and 1"
-        )));
-    }
-    Ok(narrow)
+/// - the value is not a number, or not one that fits an f32.
+pub fn json_finite<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+    json_f32(d, crate::cli::finite)
 }
 
-/// Reads a number into an f32, refusing one beyond the f32 range or too
-/// small for it.
-///
-/// A JSON number is read as an f64, and casting one beyond about 3.4e38
-/// gives an infinity, which would then be reported as "not finite" although
-/// the file holds a finite number; one below about 1e-45 gives 0, which
-/// would silently make a temperature of 1e-50 greedy (the command line
-/// refuses both).
+/// A number of 0 or more, read as `--temp` is (see [`json_f32`]).
 ///
 /// # Errors
 ///
-/// - the value is not a number, is finite beyond the f32 range, or is
-///   not 0 but would become 0.
-pub fn f32_in_range<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
-    narrowed(f64::deserialize(d)?)
+/// - [`json_finite`]'s, or a number below 0.
+pub fn json_non_negative<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+    json_f32(d, crate::cli::non_negative)
 }
 
-/// `wide` as an f32, or the error [`f32_in_range`] gives.
-fn narrowed<E: serde::de::Error>(wide: f64) -> Result<f32, E> {
-    let narrow = wide as f32;
-    if narrow.is_infinite() && wide.is_finite() {
-        return Err(E::custom(format!(
-            "{wide:e} is out of range: a 32-bit float holds at most about 3.4e38"
-        )));
-    }
-    if narrow == 0.0 && wide != 0.0 {
-        return Err(E::custom(format!(
-            "{wide:e} is too small for a 32-bit float, which would make it 0"
-        )));
-    }
-    Ok(narrow)
+/// A number above 0, read as `--repeat-penalty` is (see [`json_f32`]).
+///
+/// # Errors
+///
+/// - [`json_finite`]'s, or a number of 0 or less.
+pub fn json_positive<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+    json_f32(d, crate::cli::positive)
+}
+
+/// A number from 0 to 1, read as `--top-p` is (see [`json_f32`]).
+///
+/// # Errors
+///
+/// - [`json_finite`]'s, or a number outside 0..=1 as written.
+pub fn json_unit<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+    json_f32(d, crate::cli::unit_interval)
+}
+
+/// The stages of `order` by the names runs record.
+pub fn order_names(order: &Order) -> Vec<String> {
+    order
+        .stages()
+        .iter()
+        .map(|&s| stage_name(s).to_owned())
+        .collect()
 }
 
 /// The name of a stage as the CLI spells it.
@@ -142,13 +159,7 @@ impl Settings {
             repeat_last_n: sampling.repeat_last_n,
             presence_penalty: sampling.presence_penalty,
             frequency_penalty: sampling.frequency_penalty,
-            sampler_order: sampling
-                .stages
-                .sampler_order
-                .stages()
-                .iter()
-                .map(|&s| stage_name(s).to_owned())
-                .collect(),
+            sampler_order: order_names(&sampling.stages.sampler_order),
             seed: sampling.seed.unwrap_or_else(random_seed),
             n_predict: gen.n_predict,
             stops: gen.stops.clone(),

@@ -179,7 +179,7 @@ pub struct TraceStep {
     /// Token id.
     pub id: u32,
     /// Log-probability under the final distribution.
-    #[serde(deserialize_with = "crate::settings::f32_in_range")]
+    #[serde(deserialize_with = "crate::settings::json_finite")]
     pub logprob: f32,
 }
 
@@ -316,7 +316,7 @@ impl Trace {
         if list && crate::infile::json_kind(bytes) == "an array" {
             bail!("trace {name} is not a talkback trace: it holds an array, not a JSON object");
         }
-        let trace: Self = crate::infile::from_json(bytes).map_err(|e| {
+        let mut trace: Self = crate::infile::from_json(bytes).map_err(|e| {
             // Another file (a messages file, talkback's own json or jsonl
             // output) is named as such, not by the first field that fails.
             if crate::infile::object_without(bytes, "version") {
@@ -337,10 +337,13 @@ impl Trace {
         }
         // A trace edited by hand can hold settings the command line never
         // accepts; refuse them here instead of partway through the replay.
-        trace
+        let config = trace
             .settings
             .check()
             .with_context(|| format!("trace {name} has invalid settings"))?;
+        // An order written with a preset or other names (`talkback`,
+        // `top_k`) runs, and is then shown by the names of its stages.
+        trace.settings.sampler_order = crate::settings::order_names(&config.order);
         if trace.settings.sampler != Engine::Talkback {
             bail!("trace {name} names llama.cpp's sampler, which cannot be replayed");
         }
@@ -927,58 +930,92 @@ mod tests {
     }
 
     #[test]
-    fn load_names_a_number_beyond_a_float_as_out_of_range() {
+    fn trace_numbers_are_read_from_their_text_as_flags_are() {
         let path =
             std::env::temp_dir().join(format!("talkback-trace-range-{}.json", std::process::id()));
-        let load = |t: &serde_json::Value| {
-            std::fs::write(&path, t.to_string()).expect("write");
+        let base = serde_json::to_value(trace(&[(5, -0.5)], "length")).expect("encode");
+        // The trace with the number at `at` (a setting, or a step's
+        // log-probability) written as `text`.
+        let load = |at: &str, text: &str| {
+            let mut t = base.clone();
+            match at {
+                "logprob" => t["steps"][0]["logprob"] = serde_json::json!("@"),
+                field => t["settings"][field] = serde_json::json!("@"),
+            }
+            let json = t.to_string().replace("\"@\"", text);
+            std::fs::write(&path, json).expect("write");
             Trace::load(&path).map_err(|e| format!("{e:#}"))
         };
-        let base = serde_json::to_value(trace(&[(5, -0.5)], "length")).expect("encode");
-        let mut edits = Vec::new();
-        for field in ["temperature", "top_p", "repeat_penalty", "presence_penalty"] {
-            let mut t = base.clone();
-            t["settings"][field] = serde_json::json!(1e39);
-            edits.push(t);
+        let refused = |at: &str, text: &str, why: &str| {
+            let err = load(at, text).err().unwrap_or_default();
+            let place = match at {
+                "logprob" => "steps[0].logprob".to_owned(),
+                field => format!("settings.{field}"),
+            };
+            let want = format!("at `{place}`: `{text}` {why}");
+            assert!(err.contains(&want), "{want}: {err}");
+        };
+        let range = "is out of range: a 32-bit float holds at most about 3.4e38";
+        for at in ["temperature", "top_p", "repeat_penalty", "presence_penalty"] {
+            refused(at, "1e39", range);
         }
-        let mut t = base.clone();
-        t["steps"][0]["logprob"] = serde_json::json!(-1e39);
-        edits.push(t);
-        for t in &edits {
-            let err = load(t).err().unwrap_or_default();
-            assert!(
-                err.contains("1e39 is out of range: a 32-bit float holds at most about 3.4e38"),
-                "{err}"
-            );
-        }
+        refused("logprob", "-1e39", range);
         // A temperature of 1e-50 would become 0, that is greedy.
-        let mut tiny = base.clone();
-        tiny["settings"]["temperature"] = serde_json::json!(1e-50);
-        let err = load(&tiny).err().unwrap_or_default();
-        assert!(
-            err.contains("1e-50 is too small for a 32-bit float, which would make it 0"),
-            "{err}"
+        refused(
+            "temperature",
+            "1e-50",
+            "is too small for a 32-bit float, which would make it 0",
         );
         // Above 1 by less than an f32 can tell is still above 1, as on the
         // command line.
-        for (field, value) in [("top_p", 1.000_000_01), ("min_p", -0.5)] {
-            let mut t = base.clone();
-            t["settings"][field] = serde_json::json!(value);
-            let err = load(&t).err().unwrap_or_default();
-            let want = format!("at `settings.{field}`: {value} must be between 0 and 1");
-            assert!(err.contains(&want), "{err}");
+        refused("top_p", "1.00000001", "must be between 0 and 1");
+        refused("min_p", "-0.5", "must be between 0 and 1");
+        refused("repeat_penalty", "0", "must be more than zero");
+        let err = load("temperature", "\"0.5\"").err().unwrap_or_default();
+        assert!(
+            err.contains("at `settings.temperature`: expected a number, found a string"),
+            "{err}"
+        );
+        let temperature = |text: &str| load("temperature", text).map(|t| t.settings.temperature);
+        // The least float is kept as it is; the largest is a temperature,
+        // if a strange one.
+        assert_eq!(
+            load("presence_penalty", "1e-45").map(|t| t.settings.presence_penalty),
+            Ok(f32::from_bits(1))
+        );
+        assert_eq!(temperature("3.4e38"), Ok(3.4e38));
+        // Read through an f64, what talkback writes for this f32 came
+        // back as its neighbour, and this text, just above halfway between
+        // 1 and the next f32, as 1.
+        let written = f32::from_bits(0x15ae_43fd);
+        assert_eq!(written.to_string(), "0.00000000000000000000000007038531");
+        for (text, want) in [
+            ("7.038531e-26", written),
+            ("1.00000005960464477539063", 1.000_000_1),
+        ] {
+            assert_eq!(temperature(text).map(f32::to_bits), Ok(want.to_bits()));
         }
-        // The least float is kept as it is.
-        let mut least = base.clone();
-        least["settings"]["presence_penalty"] = serde_json::json!(1e-45);
-        let kept = load(&least).map(|t| t.settings.presence_penalty);
-        assert_eq!(kept, Ok(f32::from_bits(1)));
-        // The largest float is a temperature, if a strange one.
-        let mut t = base;
-        t["settings"]["temperature"] = serde_json::json!(3.4e38);
-        let loaded = load(&t).map(|t| t.settings.temperature);
+        let logprob = load("logprob", "-7.038531e-26").map(|t| t.steps[0].logprob.to_bits());
+        assert_eq!(logprob, Ok((-written).to_bits()));
+        // An order by a preset, or by other names, is shown by its stages'.
+        for order in [
+            r#"["talkback"]"#,
+            r#"["temperature", "top_k", "top_p", "min_p"]"#,
+        ] {
+            let names = load("sampler_order", order).map(|t| t.settings.sampler_order);
+            assert_eq!(
+                names,
+                Ok(vec![
+                    "temp".into(),
+                    "top-k".into(),
+                    "top-p".into(),
+                    "min-p".into()
+                ])
+            );
+        }
+        // -0 is 0, as on the command line, and prints so.
+        assert_eq!(temperature("-0.0").map(f32::to_bits), Ok(0));
         let _ = std::fs::remove_file(&path);
-        assert_eq!(loaded, Ok(3.4e38));
     }
 
     #[test]
