@@ -195,8 +195,10 @@ impl Config {
     /// - [`Error::NegativeTemperature`] if it is below zero.
     /// - [`Error::TopPOutOfRange`] if top-p is NaN or outside `[0, 1]`.
     /// - [`Error::MinPOutOfRange`] if min-p is NaN or outside `[0, 1]`.
-    /// - [`Error::InvalidPenalty`] if the repetition penalty is not finite and
-    ///   positive, or the presence or frequency penalty is not finite.
+    /// - [`Error::InvalidRepeatPenalty`] if the repetition penalty is not
+    ///   finite and positive.
+    /// - [`Error::NonFinitePresencePenalty`] or
+    ///   [`Error::NonFiniteFrequencyPenalty`] if that penalty is not finite.
     ///
     /// # Panics
     ///
@@ -224,9 +226,14 @@ impl Config {
         if !(self.min_p >= 0.0 && self.min_p <= 1.0) {
             return Err(Error::MinPOutOfRange);
         }
-        let repeat_ok = self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0;
-        if !repeat_ok || !self.presence_penalty.is_finite() || !self.frequency_penalty.is_finite() {
-            return Err(Error::InvalidPenalty);
+        if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
+            return Err(Error::InvalidRepeatPenalty);
+        }
+        if !self.presence_penalty.is_finite() {
+            return Err(Error::NonFinitePresencePenalty);
+        }
+        if !self.frequency_penalty.is_finite() {
+            return Err(Error::NonFiniteFrequencyPenalty);
         }
         Ok(())
     }
@@ -371,28 +378,28 @@ mod tests {
                     repeat_penalty: 0.0,
                     ..base
                 },
-                Error::InvalidPenalty,
+                Error::InvalidRepeatPenalty,
             ),
             (
                 Config {
                     repeat_penalty: f32::INFINITY,
                     ..base
                 },
-                Error::InvalidPenalty,
+                Error::InvalidRepeatPenalty,
             ),
             (
                 Config {
                     presence_penalty: f32::NAN,
                     ..base
                 },
-                Error::InvalidPenalty,
+                Error::NonFinitePresencePenalty,
             ),
             (
                 Config {
                     frequency_penalty: f32::NEG_INFINITY,
                     ..base
                 },
-                Error::InvalidPenalty,
+                Error::NonFiniteFrequencyPenalty,
             ),
         ];
         for (config, want) in cases {

@@ -18,9 +18,12 @@ pub enum Error {
     TopPOutOfRange,
     /// Min-p is NaN or outside `[0, 1]`.
     MinPOutOfRange,
-    /// The repetition penalty is not finite and positive, or the presence or
-    /// frequency penalty is not finite.
-    InvalidPenalty,
+    /// The repetition penalty is NaN, infinite, zero or negative.
+    InvalidRepeatPenalty,
+    /// The presence penalty is NaN or infinite.
+    NonFinitePresencePenalty,
+    /// The frequency penalty is NaN or infinite.
+    NonFiniteFrequencyPenalty,
     /// A logit bias value is NaN.
     InvalidBias {
         /// The token the bias was meant for.
@@ -69,9 +72,9 @@ impl fmt::Display for Error {
             Self::NonFiniteTemperature => f.write_str("temperature is not finite"),
             Self::TopPOutOfRange => f.write_str("top-p is not in [0, 1]"),
             Self::MinPOutOfRange => f.write_str("min-p is not in [0, 1]"),
-            Self::InvalidPenalty => f.write_str(
-                "repeat penalty must be finite and positive, presence and frequency finite",
-            ),
+            Self::InvalidRepeatPenalty => f.write_str("repeat penalty is not finite and positive"),
+            Self::NonFinitePresencePenalty => f.write_str("presence penalty is not finite"),
+            Self::NonFiniteFrequencyPenalty => f.write_str("frequency penalty is not finite"),
             Self::InvalidBias { id } => write!(f, "logit bias for token {id} is NaN"),
             Self::EmptyLogits => f.write_str("logits are empty"),
             Self::NoFiniteLogit => f.write_str("every logit is NaN or negative infinity"),
@@ -120,7 +123,9 @@ mod tests {
             Error::NonFiniteTemperature,
             Error::TopPOutOfRange,
             Error::MinPOutOfRange,
-            Error::InvalidPenalty,
+            Error::InvalidRepeatPenalty,
+            Error::NonFinitePresencePenalty,
+            Error::NonFiniteFrequencyPenalty,
             Error::InvalidBias { id: 1 },
             Error::EmptyLogits,
             Error::NoFiniteLogit,
