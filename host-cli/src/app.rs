@@ -1207,7 +1207,11 @@ fn shape_command(args: &ShapeArgs, verbose: u8) -> Result<()> {
         if verbose > 0 {
             crate::note!("talkback: {}", crate::shape::describe(&config));
         }
-        (crate::shape::table(logits, &config)?, None)
+        // What the core refuses in logits typed on the command line (all
+        // NaN or -inf) is a usage error, as a bad flag value is.
+        let table =
+            crate::shape::table(logits, &config).map_err(|e| Usage::new(format!("{e:#}")))?;
+        (table, None)
     } else {
         let prompt = args.prompt.as_deref().unwrap_or_default();
         check_prompt(prompt, args.chat)?;

@@ -182,6 +182,17 @@ fn flags_that_do_not_go_together_are_usage_errors() {
     assert!(run.stderr.starts_with("talkback: "), "{}", run.stderr);
     assert!(run.stderr.contains("--sampler talkback"), "{}", run.stderr);
 
+    // Logits typed on the command line that hold nothing to draw are
+    // the user's to fix, as a bad flag value is.
+    for logits in ["-inf,nan", "nan", "-inf"] {
+        let run = talkback(&["shape", &format!("--logits={logits}")]);
+        assert_eq!(run.code, 2, "{logits}: {}", run.stderr);
+        assert_eq!(
+            run.stderr,
+            "talkback: cannot shape these logits: every logit is NaN or negative infinity\n"
+        );
+    }
+
     // --render-only generates nothing: no trace to write, and the prompt
     // comes out as the model reads it.
     for extra in [
