@@ -647,7 +647,7 @@ pub fn tokenize(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
     let parts = template_parts(rendered);
     let part_tokens = parts
         .iter()
-        .map(|part| model.tokenize(part, false, true))
+        .map(|part| model.tokenize(part, true))
         .collect::<Result<Vec<_>>>()?;
     check_markers(model, &parts, &part_tokens)?;
     if let Some(checks) = &rendered.checks {
@@ -655,7 +655,7 @@ pub fn tokenize(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
         for stand_in in &checks.stand_ins {
             let parts = template_parts(stand_in)
                 .iter()
-                .map(|part| model.tokenize(part, false, true))
+                .map(|part| model.tokenize(part, true))
                 .collect::<Result<Vec<_>>>()?;
             if control_tokens(model, &parts) != real {
                 return Err(Unsendable(
@@ -669,7 +669,7 @@ pub fn tokenize(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
             }
         }
         for (i, text) in checks.contents.iter().enumerate() {
-            if model.tokenize(text, false, true)? != model.tokenize(text, false, false)? {
+            if model.tokenize(text, true)? != model.tokenize(text, false)? {
                 return Err(Unsendable(format!(
                     "the chat template moves message text out of the places marked for \
                      it, and message {} holds text that reads as a control token; it is \
@@ -683,16 +683,9 @@ pub fn tokenize(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
     let cuts = cuts(model, rendered, &parts, part_tokens)?;
     let body = tokenize_around(model, &rendered.text, &cuts)?;
     let mut tokens = Vec::new();
-    if model.wants_bos() {
-        // Unless the template opens the prompt with the BOS itself (a
-        // message that starts with its text gives text, not the token).
-        // Only the first token: a vocabulary that also adds an EOS gives
-        // one after it, which would end the conversation before it began.
-        let bos = model.tokenize("", true, false)?.first().copied();
-        if bos.is_some() && body.first() != bos.as_ref() {
-            tokens.extend(bos);
-        }
-    }
+    // Unless the template opens the prompt with the BOS itself (a message
+    // that starts with its text gives text, not the token).
+    tokens.extend(model.bos().filter(|bos| body.first() != Some(bos)));
     tokens.extend(body);
     Ok(tokens)
 }
@@ -734,7 +727,7 @@ fn read_run(
         run = run.trim_end_matches(is_c_space);
     }
     if !run.is_empty() {
-        tokens.extend(model.tokenize(run, false, false)?);
+        tokens.extend(model.tokenize(run, false)?);
     }
     Ok(())
 }

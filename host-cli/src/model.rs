@@ -334,11 +334,6 @@ impl Model {
         self.longest_piece
     }
 
-    /// Whether the tokenizer wants a BOS token at the start of a prompt.
-    pub fn wants_bos(&self) -> bool {
-        self.add_bos
-    }
-
     /// The text of the BOS token, when the vocabulary has one.
     pub fn bos_text(&self) -> Option<String> {
         let vocab = self.model.vocab();
@@ -375,18 +370,19 @@ impl Model {
         vocab.text(eos).map(|s| s.to_string_lossy().into_owned())
     }
 
-    /// Tokenizes `text`; `parse_special` turns special-token text into control tokens.
+    /// Tokenizes `text`, adding no token of its own; `parse_special` turns
+    /// special-token text into control tokens.
+    ///
+    /// llama.cpp's "add special" would add the BOS, and also an EOS at the
+    /// end for a vocabulary that sets `add_eos_token`: a prompt to be
+    /// continued would end by saying the text is over. The BOS is added by
+    /// the callers that want it ([`Model::bos`]).
     ///
     /// # Errors
     ///
     /// - `text` is longer than llama.cpp's tokenizer takes (2 GiB), far
     ///   more than any context holds.
-    pub fn tokenize(
-        &self,
-        text: &str,
-        add_bos: bool,
-        parse_special: bool,
-    ) -> Result<Vec<LlamaToken>> {
+    pub fn tokenize(&self, text: &str, parse_special: bool) -> Result<Vec<LlamaToken>> {
         // llama.cpp counts the text's bytes in an i32, and llama-cpp-2
         // panics beyond it.
         if i32::try_from(text.len()).is_err() {
@@ -400,7 +396,14 @@ impl Model {
         Ok(self
             .model
             .vocab()
-            .tokenize(text.as_bytes(), add_bos, parse_special))
+            .tokenize(text.as_bytes(), false, parse_special))
+    }
+
+    /// The BOS token, when the vocabulary has one and asks for it at the
+    /// start of a prompt.
+    pub fn bos(&self) -> Option<LlamaToken> {
+        let bos = self.model.vocab().bos();
+        (self.add_bos && bos.0 >= 0).then_some(bos)
     }
 
     /// Tokenizes a prompt given as text: with the BOS the vocabulary asks
@@ -411,10 +414,9 @@ impl Model {
     ///
     /// - as [`Model::tokenize`].
     pub fn tokenize_prompt(&self, text: &str, parse_special: bool) -> Result<Vec<LlamaToken>> {
-        let mut tokens = self.tokenize(text, self.wants_bos(), parse_special)?;
-        let bos = self.model.vocab().bos();
-        if self.wants_bos() && tokens.get(..2) == Some(&[bos, bos]) {
-            tokens.remove(0);
+        let mut tokens = self.tokenize(text, parse_special)?;
+        if let Some(bos) = self.bos().filter(|&bos| tokens.first() != Some(&bos)) {
+            tokens.insert(0, bos);
         }
         Ok(tokens)
     }

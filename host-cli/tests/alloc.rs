@@ -122,11 +122,7 @@ fn allocations_per_token<S: Sink>(
         engine: settings.sampler,
     };
     let prompt: Vec<LlamaToken> = model
-        .tokenize(
-            args.prompt.as_deref().unwrap_or_default(),
-            model.wants_bos(),
-            false,
-        )
+        .tokenize_prompt(args.prompt.as_deref().unwrap_or_default(), false)
         .expect("the prompt tokenizes");
     let mut session = model.session(&args.model).expect("a context");
     let mut generator = Generator::new(model);

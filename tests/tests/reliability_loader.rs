@@ -327,39 +327,48 @@ fn a_prompt_that_starts_with_the_bos_gets_no_second_one() {
     );
 
     // A vocabulary that adds an EOS as well put it after the chat's BOS,
-    // ending the conversation before its first turn.
+    // ending the conversation before its first turn, and at the end of a
+    // completion's prompt, which the model then took as over.
     const BOOL: u32 = 7;
     let both = scratch.model_with_key(
         "both.gguf",
         &[(add_bos, &[1])],
         ("tokenizer.ggml.add_eos_token", BOOL, &[1]),
     );
-    let run = talkback(&[
-        "chat",
-        "Hello",
-        "--chat-template",
-        arg(&bare),
-        "-n",
-        "1",
-        "--temp",
-        "0",
-        "-t",
-        "1",
-        "-m",
-        arg(&both),
-        "--trace",
-        arg(&trace),
-    ]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let text = std::fs::read_to_string(&trace).expect("the trace");
-    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
-    let ids: Vec<u64> = v["prompt_tokens"]
-        .as_array()
-        .expect("ids")
-        .iter()
-        .map(|t| t.as_u64().expect("id"))
-        .collect();
-    assert_eq!(ids, hello);
+    let ids_with_eos_too = |args: &[&str]| {
+        let flags = [
+            "-n",
+            "1",
+            "--temp",
+            "0",
+            "-t",
+            "1",
+            "-m",
+            arg(&both),
+            "--trace",
+            arg(&trace),
+        ];
+        let run = talkback(&[args, &flags[..]].concat());
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let text = std::fs::read_to_string(&trace).expect("the trace");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        let ids: Vec<u64> = v["prompt_tokens"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|t| t.as_u64().expect("id"))
+            .collect();
+        ids
+    };
+    assert_eq!(
+        ids_with_eos_too(&["chat", "Hello", "--chat-template", arg(&bare)]),
+        hello
+    );
+    assert_eq!(ids_with_eos_too(&["complete", "Hi", "--parse-special"]), hi);
+    assert_eq!(
+        ids_with_eos_too(&["complete", "<|im_start|>Hi", "--parse-special"]),
+        hi
+    );
 }
 
 #[test]
