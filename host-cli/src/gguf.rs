@@ -171,6 +171,8 @@ pub fn check_file(path: &Path) -> Result<(Facts, File)> {
 pub struct Facts {
     /// Why the chat template cannot be used, when it cannot.
     pub template_fault: Option<String>,
+    /// What may be a fault, though a working model could have it too.
+    pub warnings: Vec<String>,
 }
 
 /// What the vocabulary holds for single bytes, as the tokenizers that fall
@@ -683,7 +685,7 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<Facts> {
     });
     if let Some(texts) = &texts {
         let get = |key: &[u8]| kept.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
-        vocab::check(texts, types.as_deref(), merges.as_deref(), tokenizer, &get)?;
+        facts.warnings = vocab::check(texts, types.as_deref(), merges.as_deref(), tokenizer, &get)?;
     }
     if let (Some(b"llama"), Some(b)) = (tokenizer, bytes.sentencepiece_missing()) {
         bail!(

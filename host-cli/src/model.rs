@@ -137,6 +137,9 @@ impl Model {
             );
         }
         let (facts, file) = gguf::check_file(&path)?;
+        for warning in &facts.warnings {
+            crate::note!("talkback: warning: model {}: {warning}", path.display());
+        }
         let stamp = Stamp::of(
             &file
                 .metadata()

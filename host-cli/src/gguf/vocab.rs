@@ -45,6 +45,62 @@ const ENDS: [&str; 4] = ["bos", "eos", "eot", "eom"];
 /// are checked.
 const FIM_ENDS: [&str; 3] = ["fim_pad", "fim_rep", "fim_sep"];
 
+/// Token texts llama.cpp ends replies at whatever the keys say (its list in
+/// `llama-vocab.cpp`, which also makes such tokens control tokens).
+const END_TEXTS: [&str; 22] = [
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>",
+    "[e~[",
+];
+
+/// Token texts llama.cpp takes for each of [`FIM_ENDS`] when its key is
+/// not set, and so also ends replies at.
+const FIM_END_TEXTS: [(&str, &[&str]); 3] = [
+    (
+        "fim_pad",
+        &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"],
+    ),
+    (
+        "fim_rep",
+        &[
+            "<|fim_repo|>",
+            "<|repo_name|>",
+            "<fim-repo>",
+            "<REPO>",
+            "<reponame>",
+        ],
+    ),
+    ("fim_sep", &["<|file_sep|>"]),
+];
+
+/// Where an id that starts prompts or ends replies comes from.
+#[derive(Clone, Copy)]
+enum End {
+    /// The key `tokenizer.ggml.{name}_token_id`.
+    Key(&'static str),
+    /// The token's text, which llama.cpp ends replies at.
+    Text,
+}
+
 /// Share of multi-character normal tokens that may lack a merge before the
 /// merge list counts as cut short: a few odd entries are tolerated.
 const UNMERGED_MAX: f64 = 0.01;
@@ -74,7 +130,8 @@ const ESCAPING_PRE: [&[u8]; 4] = [
     b"sarvam-moe",
 ];
 
-/// Checks the vocabulary; see the module docs.
+/// Checks the vocabulary; see the module docs. Returns warnings about
+/// what may be a fault but could also be a working model's own quirk.
 ///
 /// `get` reads a kept metadata value by key.
 ///
@@ -87,7 +144,7 @@ pub(super) fn check(
     merges: Option<&[Vec<u8>]>,
     tokenizer: Option<&[u8]>,
     get: &dyn Fn(&[u8]) -> Option<Meta>,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     let n = texts.len();
     // llama.cpp reads no more types than there are tokens; a shorter list
     // it refuses on load.
@@ -97,12 +154,12 @@ pub(super) fn check(
     }
     let id_of = |name: &&'static str| match get(format!("tokenizer.ggml.{name}_token_id").as_bytes())
     {
-        Some(Meta::U32(id)) => Some((*name, id)),
+        Some(Meta::U32(id)) => Some((End::Key(name), id)),
         _ => None,
     };
-    let mut ends: Vec<(&str, u32)> = ENDS.iter().filter_map(id_of).collect();
-    for &(name, id) in &ends {
-        if id as usize >= n {
+    let mut ends: Vec<(End, u32)> = ENDS.iter().filter_map(id_of).collect();
+    for &(end, id) in &ends {
+        if let (End::Key(name), true) = (end, id as usize >= n) {
             bail!(
                 "`tokenizer.ggml.{name}_token_id` is {id}, outside the vocabulary of {n} \
                  tokens; llama.cpp would put another token in its place"
@@ -111,8 +168,20 @@ pub(super) fn check(
     }
     let fim = FIM_ENDS.iter().filter_map(id_of);
     ends.extend(fim.filter(|&(_, id)| (id as usize) < n));
+    let mut end_texts: Vec<&[u8]> = END_TEXTS.iter().map(|t| t.as_bytes()).collect();
+    for (name, list) in FIM_END_TEXTS {
+        if id_of(&name).is_none() {
+            end_texts.extend(list.iter().map(|t| t.as_bytes()));
+        }
+    }
+    let by_text = texts
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| end_texts.contains(&t.as_slice()));
+    ends.extend(by_text.filter_map(|(i, _)| Some((End::Text, u32::try_from(i).ok()?))));
+    let mut warnings = Vec::new();
     match (tokenizer, merges) {
-        (Some(b"gpt2"), Some(merges)) => check_merges(texts, types, merges, &ends)?,
+        (Some(b"gpt2"), Some(merges)) => warnings = check_merges(texts, types, merges, &ends)?,
         // WordPiece and Unigram vocabularies have no merges: a file that
         // holds them was written for `gpt2`.
         (Some(name @ (b"bert" | b"t5")), Some(merges)) if !merges.is_empty() => bail!(
@@ -127,7 +196,7 @@ pub(super) fn check(
     if let Some(name) = tokenizer {
         check_spelling(texts, types, name, get)?;
     }
-    Ok(())
+    Ok(warnings)
 }
 
 /// How llama.cpp turns a normal token's text into the bytes it prints.
@@ -276,13 +345,14 @@ fn check_types(texts: &[Vec<u8>], types: &[i32]) -> Result<()> {
 
 /// Refuses `gpt2` merges that do not join two tokens into a third, a list
 /// too short for the vocabulary, and a beginning or end id naming a token
-/// the merges use.
+/// the merges use; warns of a token the merges use whose text llama.cpp
+/// ends replies at (`</s>` could be a web text's own tag).
 fn check_merges(
     texts: &[Vec<u8>],
     types: Option<&[i32]>,
     merges: &[Vec<u8>],
-    ends: &[(&str, u32)],
-) -> Result<()> {
+    ends: &[(End, u32)],
+) -> Result<Vec<String>> {
     let ids: HashMap<&[u8], usize> = texts
         .iter()
         .enumerate()
@@ -348,18 +418,29 @@ fn check_merges(
             merges.len()
         );
     }
-    for &(name, id) in ends {
+    let mut warnings = Vec::new();
+    for &(end, id) in ends {
         let id = id as usize;
-        if made.contains(&id) || used.contains(&id) {
-            bail!(
-                "`tokenizer.ggml.{name}_token_id` is {id}, the ordinary text \"{}\" that \
-                 the merges build words from, not a marker; replies would start or stop \
-                 at it",
-                shown(texts.get(id).map_or(&[][..], Vec::as_slice))
-            );
+        if !(made.contains(&id) || used.contains(&id)) {
+            continue;
+        }
+        let text = shown(texts.get(id).map_or(&[][..], Vec::as_slice));
+        match end {
+            End::Key(name) => bail!(
+                "`tokenizer.ggml.{name}_token_id` is {id}, the ordinary text \"{text}\" \
+                 that the merges build words from, not a marker; replies would start or \
+                 stop at it"
+            ),
+            // A tag of web text could be a merged token in a working
+            // model; only a marker in the keys is sure to be a fault.
+            End::Text => warnings.push(format!(
+                "token {id}, \"{text}\", is text the merges build words from, and llama.cpp \
+                 ends replies at it by its text: a reply stops where the model writes it, \
+                 and it is not printed"
+            )),
         }
     }
-    Ok(())
+    Ok(warnings)
 }
 
 #[cfg(test)]
@@ -381,12 +462,17 @@ mod tests {
 
     const TYPES: [i32; 7] = [1, 1, 1, 1, 1, 3, 6];
 
-    fn run(types: &[i32], list: &[&str], eos: Option<u32>) -> Result<(), String> {
+    fn run(types: &[i32], list: &[&str], eos: Option<u32>) -> Result<Vec<String>, String> {
         run_id(types, list, "eos", eos)
     }
 
     /// [`run`] with the id of `name` (`eos`, `fim_pad`) set.
-    fn run_id(types: &[i32], list: &[&str], name: &str, id: Option<u32>) -> Result<(), String> {
+    fn run_id(
+        types: &[i32],
+        list: &[&str],
+        name: &str,
+        id: Option<u32>,
+    ) -> Result<Vec<String>, String> {
         let wanted = format!("tokenizer.ggml.{name}_token_id");
         let get = |key: &[u8]| match id {
             Some(id) if key == wanted.as_bytes() => Some(Meta::U32(id)),
@@ -578,6 +664,53 @@ mod tests {
                 "{text}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn a_merged_token_llama_cpp_ends_replies_at_by_its_text_is_warned_of() {
+        // `end` built by merges, a character at a time, beside a marker.
+        let check_with = |end: &str, fim_pad_is_marker: bool| {
+            let chars: Vec<String> = end.chars().map(String::from).collect();
+            let mut texts: Vec<String> = Vec::new();
+            for c in &chars {
+                if !texts.contains(c) {
+                    texts.push(c.clone());
+                }
+            }
+            let mut list = Vec::new();
+            for k in 2..=chars.len() {
+                list.push(format!("{} {}", chars[..k - 1].concat(), chars[k - 1]));
+                texts.push(chars[..k].concat());
+            }
+            let marker = texts.len() as u32;
+            texts.extend(["<x>".to_owned(), "<0x0A>".to_owned()]);
+            let mut types = vec![1; texts.len() - 2];
+            types.extend([3, 6]);
+            let texts: Vec<Vec<u8>> = texts.into_iter().map(String::into_bytes).collect();
+            let get = |key: &[u8]| match fim_pad_is_marker {
+                true if key == b"tokenizer.ggml.fim_pad_token_id" => Some(Meta::U32(marker)),
+                _ => None,
+            };
+            let list: Vec<&str> = list.iter().map(String::as_str).collect();
+            check(
+                &texts,
+                Some(&types),
+                Some(&merges(&list)),
+                Some(b"gpt2"),
+                &get,
+            )
+            .map_err(|e| format!("{e:#}"))
+        };
+        let warnings = check_with("</s>", false).expect("a warning, not a refusal");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("token 6, \"</s>\", is text the merges build words from"),
+            "{warnings:?}"
+        );
+        assert_eq!(check_with("</t>", false), Ok(vec![]));
+        // `<PAD>` ends replies only when no fim_pad id is given.
+        assert_eq!(check_with("<PAD>", false).map(|w| w.len()), Ok(1));
+        assert_eq!(check_with("<PAD>", true), Ok(vec![]));
     }
 
     #[test]
