@@ -420,6 +420,22 @@ impl<'m> Template<'m> {
                 return Ok(rendered);
             }
         }
+        // Too many roles to try every set, or a template that trims by
+        // something else than the role (the last message, say): which
+        // messages it trims is read from one marked render.
+        if let Some(trims) = self.trimmed_messages(messages, &plain)? {
+            let candidate: Vec<Message> = messages
+                .iter()
+                .zip(trims)
+                .map(|(m, trimmed)| match trimmed {
+                    true => Message::new(&m.role, m.content.trim()),
+                    false => m.clone(),
+                })
+                .collect();
+            if let Some(rendered) = self.render_marked(&candidate, &plain, true)? {
+                return Ok(rendered);
+            }
+        }
         Err(Unsendable(
             "the chat template writes message text differently once it is marked \
              (it rewrites it, or tests how it starts or ends), so user text \
@@ -427,6 +443,60 @@ impl<'m> Template<'m> {
                 .to_owned(),
         )
         .into())
+    }
+
+    /// Which messages the template writes trimmed, read by lining up a
+    /// render with marks around each message's text against `plain`: each
+    /// message's text must be there as it is or trimmed, between the
+    /// template's own text. `None` when they do not line up that way.
+    fn trimmed_messages(&self, messages: &[Message], plain: &str) -> Result<Option<Vec<bool>>> {
+        let Some((open, close)) = marks(messages, &self.source) else {
+            return Ok(None);
+        };
+        let marked: Vec<Message> = messages
+            .iter()
+            .map(|m| Message {
+                role: m.role.clone(),
+                content: format!("{open}{}{close}", m.content),
+            })
+            .collect();
+        let with_marks = self.render_raw(&marked)?;
+        // The template's text around the messages' (one piece more), and
+        // the messages' text as written.
+        let mut pieces = Vec::new();
+        let mut texts = Vec::new();
+        let mut rest = with_marks.as_str();
+        while let Some((piece, after)) = rest.split_once(open) {
+            let Some((text, after)) = after.split_once(close) else {
+                return Ok(None);
+            };
+            pieces.push(piece);
+            texts.push(text);
+            rest = after;
+        }
+        pieces.push(rest);
+        let stray = |t: &&str| t.contains(open) || t.contains(close);
+        if texts.len() != messages.len() || pieces.iter().chain(&texts).any(stray) {
+            return Ok(None);
+        }
+        let mut left = plain;
+        let mut trims = Vec::with_capacity(texts.len());
+        for ((piece, next), text) in pieces.iter().zip(pieces.iter().skip(1)).zip(&texts) {
+            let Some(after) = left.strip_prefix(piece) else {
+                return Ok(None);
+            };
+            // The next piece must follow, so that the text is not read
+            // into the template's.
+            let fits = |t: &str| after.strip_prefix(t).filter(|r| r.starts_with(next));
+            let (trimmed, r) = match (fits(text), fits(text.trim())) {
+                (Some(r), _) => (false, r),
+                (None, Some(r)) => (true, r),
+                (None, None) => return Ok(None),
+            };
+            trims.push(trimmed);
+            left = r;
+        }
+        Ok((pieces.last() == Some(&left)).then_some(trims))
     }
 
     /// Renders with content marks; `None` unless the result, marks taken
@@ -1035,6 +1105,45 @@ mod tests {
         assert_eq!(r.text, "[user:  hi  ][assistant:a][user:  next  ]");
         let spans: Vec<&str> = r.content.iter().map(|c| &r.text[c.clone()]).collect();
         assert_eq!(spans, ["  hi  ", "a", "  next  "]);
+    }
+
+    #[test]
+    fn messages_trimmed_by_any_rule_are_read_from_the_render() {
+        let messages: Vec<Message> = ["system", "user", "assistant", "tool", "developer", "user"]
+            .iter()
+            .enumerate()
+            .map(|(i, role)| Message::new(role, &format!(" {i}\n")))
+            .collect();
+        // Every role but one trimmed, among more roles than every set of
+        // them is tried for; and only the last message trimmed.
+        for (rule, trimmed) in [
+            ("m.role != 'system'", [false, true, true, true, true, true]),
+            ("loop.last", [false, false, false, false, false, true]),
+        ] {
+            let source = format!(
+                "{{% for m in messages %}}<{{{{ m.role }}}}>{{% if {rule} %}}\
+                 {{{{ m.content | trim }}}}{{% else %}}{{{{ m.content }}}}{{% endif %}}\
+                 {{% endfor %}}"
+            );
+            let t = Template::new(&source, String::new(), String::new()).expect("parse");
+            let r = t.render(&messages).expect(rule);
+            let want: String = messages
+                .iter()
+                .zip(trimmed)
+                .map(|(m, trim)| match trim {
+                    true => format!("<{}>{}", m.role, m.content.trim()),
+                    false => format!("<{}>{}", m.role, m.content),
+                })
+                .collect();
+            assert_eq!(r.text, want, "{rule}");
+            let spans: Vec<&str> = r.content.iter().map(|c| &r.text[c.clone()]).collect();
+            let texts: Vec<&str> = messages
+                .iter()
+                .zip(trimmed)
+                .map(|(m, trim)| if trim { m.content.trim() } else { &m.content })
+                .collect();
+            assert_eq!(spans, texts, "{rule}");
+        }
     }
 
     #[test]
