@@ -82,13 +82,13 @@ fn run() -> ExitCode {
         }
         Err(e) if output::is_stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) if e.is::<app::Interrupted>() => ExitCode::from(signals::stopped_status()),
-        // One line, whatever a file name in it holds.
+        // One line, whatever a file name in it holds, of a bounded length.
         Err(e) if e.is::<app::Usage>() => {
-            talkback::note!("talkback: {}", output::one_line(&format!("{e:#}")));
+            talkback::note!("talkback: {}", output::error_line(&format!("{e:#}")));
             ExitCode::from(2)
         }
         Err(e) => {
-            talkback::note!("talkback: {}", output::one_line(&format!("{e:#}")));
+            talkback::note!("talkback: {}", output::error_line(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

@@ -71,6 +71,28 @@ pub fn one_line(text: &str) -> String {
     out
 }
 
+/// Longest error line, in characters, that [`error_line`] prints whole.
+pub const MAX_ERROR_CHARS: usize = 1024;
+
+/// An error as one line ([`one_line`]) of at most about
+/// [`MAX_ERROR_CHARS`] characters: a value quoted from a file (a number of
+/// a million digits in a trace, a huge string) is cut in the middle, which
+/// keeps what the error is about and the line and column that end it.
+pub fn error_line(text: &str) -> String {
+    let line = one_line(text);
+    let count = line.chars().count();
+    if count <= MAX_ERROR_CHARS {
+        return line;
+    }
+    let head = MAX_ERROR_CHARS * 2 / 3;
+    let tail = MAX_ERROR_CHARS / 4;
+    let left_out = count - head - tail;
+    let mut out: String = line.chars().take(head).collect();
+    out.push_str(&format!(" [... {left_out} characters left out ...] "));
+    out.extend(line.chars().skip(count - tail));
+    out
+}
+
 /// Whether stdout was a terminal when the process started.
 static STDOUT_TERMINAL: AtomicBool = AtomicBool::new(false);
 
@@ -584,6 +606,30 @@ mod tests {
             one_line("a\u{2028}b\u{202e}c\u{85}d\u{61c}"),
             "a\\u{2028}b\\u{202e}c\\u{85}d\\u{61c}"
         );
+    }
+
+    #[test]
+    fn a_long_error_is_cut_in_the_middle() {
+        let short = "trace t.json is not a valid trace: at line 1 column 9";
+        assert_eq!(error_line(short), short);
+        let digits = "9".repeat(1 << 20);
+        let long = format!("at `settings.temperature`: `1{digits}` is out of range at line 1");
+        let line = error_line(&long);
+        assert!(
+            line.chars().count() < MAX_ERROR_CHARS + 60,
+            "{}",
+            line.len()
+        );
+        assert!(
+            line.starts_with("at `settings.temperature`: `1999"),
+            "{line}"
+        );
+        assert!(line.ends_with("999` is out of range at line 1"), "{line}");
+        let left_out = long.len() - (MAX_ERROR_CHARS * 2 / 3 + MAX_ERROR_CHARS / 4);
+        assert!(line.contains(&format!(" [... {left_out} characters left out ...] ")));
+        // Characters, not bytes: a cut never splits one.
+        let wide = "é".repeat(5000);
+        assert_eq!(error_line(&wide).matches('é').count(), 682 + 256);
     }
 
     #[test]
