@@ -111,10 +111,22 @@ pub fn load(args: &ModelArgs, verbose: u8) -> Result<Model> {
 
 /// [`load`], and with `traced` the file's SHA-256 taken at once, so that
 /// the trace names the weights in use even if the file is written to later.
-fn load_for(args: &ModelArgs, verbose: u8, traced: bool) -> Result<Model> {
+/// Warns of each of `stops` that only a control token spells.
+fn load_for(args: &ModelArgs, verbose: u8, traced: bool, stops: &[String]) -> Result<Model> {
     let model = load(args, verbose)?;
     if traced {
         model.sha256()?;
+    }
+    for stop in stops {
+        if let Some(id) = model.unprinted_token(stop)? {
+            crate::note!(
+                "talkback: warning: --stop {} never matches where the model generates \
+                 token {id}, a control token that prints nothing: stop strings see only \
+                 printed text (end-of-generation tokens stop the run themselves, unless \
+                 --ignore-eos)",
+                crate::output::error_line(&format!("{stop:?}"))
+            );
+        }
     }
     Ok(model)
 }
@@ -569,7 +581,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     let trace_file = gen.trace.as_deref().map(TraceFile::open).transpose()?;
     let dump = dump_file(gen)?;
     let file = chat_template_file(args)?;
-    let model = load_for(&args.model, verbose, trace_file.is_some())?;
+    let model = load_for(&args.model, verbose, trace_file.is_some(), &gen.stops)?;
     settings.ctx_size = model.ctx_size();
     let template = chat_template(file, &model)?;
     if let Some(prompt) = &prompt {
@@ -688,7 +700,7 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
     check_outputs(gen, &args.model, &[])?;
     let trace_file = gen.trace.as_deref().map(TraceFile::open).transpose()?;
     let dump = dump_file(gen)?;
-    let model = load_for(&args.model, verbose, trace_file.is_some())?;
+    let model = load_for(&args.model, verbose, trace_file.is_some(), &gen.stops)?;
     settings.ctx_size = model.ctx_size();
     let mut session = model.session(&args.model)?;
     let mut generator = generator(&model, dump);

@@ -402,6 +402,25 @@ impl Model {
             .tokenize(text.as_bytes(), false, parse_special))
     }
 
+    /// The token whose text is all of `text`, when that token prints
+    /// nothing (a control token such as `<|im_start|>`): generated text
+    /// never holds `text` through it.
+    ///
+    /// # Errors
+    ///
+    /// - as [`Model::tokenize`].
+    pub fn unprinted_token(&self, text: &str) -> Result<Option<u32>> {
+        let &[token] = self.tokenize(text, true)?.as_slice() else {
+            return Ok(None);
+        };
+        let Ok(id) = u32::try_from(token.0) else {
+            return Ok(None);
+        };
+        let mut piece = Vec::new();
+        self.piece_into(id, &mut piece);
+        Ok(piece.is_empty().then_some(id))
+    }
+
     /// The BOS token, when the vocabulary has one and asks for it at the
     /// start of a prompt.
     pub fn bos(&self) -> Option<LlamaToken> {

@@ -296,6 +296,39 @@ fn a_stop_string_may_start_with_a_hyphen() {
 }
 
 #[test]
+fn a_stop_string_only_a_control_token_spells_is_warned_of() {
+    // The model may end a turn with <|im_end|> or open one with
+    // <|im_start|>; neither prints, so a stop string never sees them.
+    for cmd in ["chat", "complete"] {
+        let run = tb(&[
+            cmd,
+            "Hi",
+            "-n",
+            "2",
+            "--seed",
+            "1",
+            "--stop",
+            "<|im_start|>",
+            "--stop",
+            "<|im_",
+            "--stop",
+            "Hi",
+        ]);
+        assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+        assert_eq!(
+            run.stderr.lines().collect::<Vec<_>>(),
+            [
+                "talkback: warning: --stop \"<|im_start|>\" never matches where the model \
+                 generates token 1, a control token that prints nothing: stop strings see \
+                 only printed text (end-of-generation tokens stop the run themselves, \
+                 unless --ignore-eos)"
+            ],
+            "{cmd}"
+        );
+    }
+}
+
+#[test]
 fn n_caps_chat_and_complete() {
     for cmd in ["chat", "complete"] {
         let run = tb(&[
