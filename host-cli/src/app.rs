@@ -83,11 +83,13 @@ fn read_stdin(what: &str) -> Result<String> {
     let mut bytes = crate::infile::read_bounded(io::stdin(), crate::infile::MAX_TEXT)
         .with_context(|| format!("cannot read the {what} from stdin"))?;
     let bom = bytes.len() - crate::infile::without_bom(&bytes).len();
+    // A usage error, as the same text given as an argument is.
     String::from_utf8(bytes.split_off(bom)).map_err(|e| {
-        anyhow!(
+        Usage::new(format!(
             "the {what} on stdin is not valid UTF-8 (invalid byte at offset {})",
             e.utf8_error().valid_up_to() + bom
-        )
+        ))
+        .into()
     })
 }
 

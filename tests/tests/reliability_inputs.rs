@@ -395,10 +395,14 @@ fn empty_stop_string() {
 #[test]
 fn prompt_on_stdin_is_not_utf8() {
     for (cmd, what) in [("complete", "prompt"), ("chat", "message")] {
+        // Exit 2, as for the same text given as an argument.
         let run = talkback_stdin(&[cmd, "-n", "2"], b"caf\xe9 au lait");
-        runtime_error(
-            &run,
-            &format!("the {what} on stdin is not valid UTF-8 (invalid byte at offset 3)"),
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        assert_eq!(
+            run.stderr,
+            format!(
+                "talkback: the {what} on stdin is not valid UTF-8 (invalid byte at offset 3)\n"
+            )
         );
     }
 }
