@@ -114,10 +114,28 @@ pub fn json_kind(bytes: &[u8]) -> &'static str {
 pub fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        match path.as_str() {
-            "." => e.into_inner().to_string(),
-            _ => format!("at `{path}`: {}", e.into_inner()),
+        use serde_path_to_error::Segment;
+        // A place known only in part (a key cut off, a syntax error inside
+        // a value) is named by the part known.
+        let mut path = String::new();
+        for segment in e
+            .path()
+            .iter()
+            .take_while(|s| !matches!(s, Segment::Unknown))
+        {
+            match segment {
+                Segment::Seq { index } => path.push_str(&format!("[{index}]")),
+                named => {
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(&named.to_string());
+                }
+            }
+        }
+        match path.is_empty() {
+            true => e.into_inner().to_string(),
+            false => format!("at `{path}`: {}", e.into_inner()),
         }
     })?;
     // What follows the value (a second document, stray text) is an error,
