@@ -811,6 +811,13 @@ pub fn parse_order(s: &str) -> Result<Order, String> {
     if let Some(order) = Order::from_name(s.trim()) {
         return Ok(order);
     }
+    if s.trim().is_empty() {
+        return Err(
+            "the order names no stage: use talkback, llama.cpp, or a comma list \
+             of temp, top-k, top-p, min-p"
+                .to_owned(),
+        );
+    }
     let mut stages = Vec::new();
     for name in s.split(',').map(str::trim) {
         let stage = match name {
@@ -818,6 +825,13 @@ pub fn parse_order(s: &str) -> Result<Order, String> {
             "top-k" | "top_k" => Stage::TopK,
             "top-p" | "top_p" => Stage::TopP,
             "min-p" | "min_p" => Stage::MinP,
+            "" => return Err(format!("`{s}` has an empty stage name (a comma too many?)")),
+            preset if Order::from_name(preset).is_some() => {
+                return Err(format!(
+                    "`{preset}` is a whole order, not a stage, so it stands alone; a list \
+                     names stages: temp, top-k, top-p, min-p"
+                ))
+            }
             _ => {
                 return Err(format!(
                     "unknown stage `{name}`: use talkback, llama.cpp, \
@@ -1202,6 +1216,20 @@ mod tests {
         assert_eq!(parse_order("talkback"), Ok(Order::TALKBACK));
         // The unknown stage ` talkback` was named `talkback` in the error.
         assert_eq!(parse_order(" talkback "), Ok(Order::TALKBACK));
+        // Errors that do not contradict themselves.
+        assert_eq!(
+            parse_order("temp,talkback"),
+            Err(
+                "`talkback` is a whole order, not a stage, so it stands alone; a list names \
+                 stages: temp, top-k, top-p, min-p"
+                    .into()
+            )
+        );
+        assert_eq!(
+            parse_order("temp,"),
+            Err("`temp,` has an empty stage name (a comma too many?)".into())
+        );
+        assert!(parse_order(" ").is_err_and(|e| e.starts_with("the order names no stage")));
         let list = parse_order("top-k,temp").map(|o| o.stages().to_vec());
         assert_eq!(list, Ok(vec![Stage::TopK, Stage::Temperature]));
         assert!(parse_order("top-q").is_err());

@@ -61,7 +61,7 @@ pub struct Settings {
     /// Prompt tokens decoded per batch.
     pub batch_size: u32,
     /// Which sampler picked the tokens.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "engine")]
     pub sampler: Engine,
     /// Decoding threads: llama.cpp's logits depend on the count, so a
     /// replay uses it too. Absent from traces of older versions.
@@ -126,6 +126,25 @@ pub fn json_positive<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
 /// - [`json_finite`]'s, or a number outside 0..=1 as written.
 pub fn json_unit<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
     json_f32(d, crate::cli::unit_interval)
+}
+
+/// A sampler by the name traces record it with.
+///
+/// serde_json's reader of enums answers a value that is no string (`null`)
+/// with "expected value", which names nothing.
+///
+/// # Errors
+///
+/// - the value is not a string, or names no sampler.
+fn engine<'de, D: Deserializer<'de>>(d: D) -> Result<Engine, D::Error> {
+    use serde::de::Error as _;
+    match String::deserialize(d)?.as_str() {
+        "talkback" => Ok(Engine::Talkback),
+        "llama.cpp" => Ok(Engine::LlamaCpp),
+        other => Err(D::Error::custom(format!(
+            "unknown sampler `{other}`, expected `talkback` or `llama.cpp`"
+        ))),
+    }
 }
 
 /// The stages of `order` by the names runs record.

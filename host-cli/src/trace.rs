@@ -1013,6 +1013,19 @@ mod tests {
                 ])
             );
         }
+        for (sampler, want) in [
+            (
+                "null",
+                "at `settings.sampler`: invalid type: null, expected a string",
+            ),
+            (
+                "\"greedy\"",
+                "unknown sampler `greedy`, expected `talkback` or `llama.cpp`",
+            ),
+        ] {
+            let err = load("sampler", sampler).err().unwrap_or_default();
+            assert!(err.contains(want), "{err}");
+        }
         // -0 is 0, as on the command line, and prints so.
         assert_eq!(temperature("-0.0").map(f32::to_bits), Ok(0));
         let _ = std::fs::remove_file(&path);
