@@ -64,7 +64,7 @@
 //! that is not a string, a NUL byte, text that is not UTF-8), so that
 //! `chat` can say so instead of using a garbled template.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
@@ -111,8 +111,30 @@ const NO_CPU_MATMUL: [u32; 7] = [9, 15, 24, 25, 26, 27, 28];
 /// Most tokens a vocabulary may hold: four times the largest in use
 /// (262,144), and a bound on the memory the duplicate check takes.
 pub const MAX_VOCAB: u64 = 1 << 20;
+/// The `tokenizer.ggml.{name}_token_id` keys llama.cpp reads, as u32 only.
+const TOKEN_IDS: [&[u8]; 17] = [
+    b"bos",
+    b"eos",
+    b"eot",
+    b"eom",
+    b"unknown",
+    b"seperator",
+    b"padding",
+    b"mask",
+    b"fim_pre",
+    b"fim_suf",
+    b"fim_mid",
+    b"fim_pad",
+    b"fim_rep",
+    b"fim_sep",
+    b"prefix",
+    b"suffix",
+    b"middle",
+];
 /// GGUF value type of a 32-bit signed integer.
 const INT32: u32 = 5;
+/// GGUF value type of an unsigned 32-bit integer.
+const UINT32: u32 = 4;
 /// GGUF value type of a string.
 const STRING: u32 = 8;
 /// GGUF value type of an array.
@@ -637,11 +659,27 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<Facts> {
     let mut facts = Facts::default();
     let mut bytes = ByteTokens::new();
     let (mut texts, mut types, mut merges) = (None, None, None);
+    // llama.cpp refuses a key given twice; the walk would take the last.
+    let mut seen = HashSet::new();
     for i in 0..n_kv {
         let key = r.string(&format!("key {i}"), 256)?;
         let name = shown(&key);
         refuse_nul(&key, "key")?;
+        if !seen.insert(key.clone()) {
+            bail!("the key `{name}` is given twice (key {i}); llama.cpp refuses such a file");
+        }
         let kind = r.u32(&format!("the type of `{name}`"))?;
+        // llama.cpp reads each token id as a u32 and refuses another type.
+        let token_id = key
+            .strip_prefix(b"tokenizer.ggml.")
+            .and_then(|k| k.strip_suffix(b"_token_id"))
+            .is_some_and(|id| TOKEN_IDS.contains(&id));
+        if token_id && kind != UINT32 {
+            bail!(
+                "`{name}` is stored as GGUF type {kind}; a token id must be a 32-bit \
+                 unsigned integer (type 4)"
+            );
+        }
         let what = format!("the value of `{name}`");
         let value = if key == TOKENS_KEY && kind == ARRAY {
             texts = r.tokens(&what, &mut bytes)?;
@@ -701,6 +739,7 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<Facts> {
     }
 
     let mut tensors = Vec::new();
+    let mut names = HashSet::new();
     for i in 0..n_tensors {
         let name = r.string(&format!("the name of tensor {i}"), 256)?;
         refuse_nul(&name, "tensor name")?;
@@ -724,6 +763,9 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<Facts> {
         let offset = r.u64(&format!("the offset of `{name}`"))?;
         if offset % alignment != 0 {
             bail!("tensor `{name}` is not aligned to {alignment} bytes");
+        }
+        if !names.insert(name.clone()) {
+            bail!("two tensors are named `{name}`; llama.cpp refuses such a file");
         }
         tensors.push((name, dims, first_dim, elements, kind, offset));
     }
@@ -1039,6 +1081,38 @@ mod tests {
         let at = 24 + 8 + "general.name".len();
         f[at..at + 4].copy_from_slice(&77_u32.to_le_bytes());
         assert!(format!("{:#}", run(f).expect_err("type")).contains("unknown value type"));
+    }
+
+    #[test]
+    fn keys_given_twice_and_token_ids_of_other_types_are_refused() {
+        // The walk took the last alignment and then reported a truncated
+        // file; llama.cpp refuses the file for the second key.
+        let err = format!(
+            "{:#}",
+            run(build(
+                &[
+                    ("general.alignment", V::U32(32)),
+                    ("general.alignment", V::U32(64)),
+                ],
+                1,
+                F32
+            ))
+            .expect_err("twice")
+        );
+        assert!(
+            err.contains("the key `general.alignment` is given twice (key 1)"),
+            "{err}"
+        );
+        let ids = |value| run(build(&[("tokenizer.ggml.eot_token_id", value)], 1, F32));
+        let err = format!("{:#}", ids(V::U64(2)).expect_err("u64"));
+        assert!(
+            err.contains("`tokenizer.ggml.eot_token_id` is stored as GGUF type 10; a token id"),
+            "{err}"
+        );
+        let err = format!("{:#}", ids(V::Str("2")).expect_err("a string"));
+        assert!(err.contains("GGUF type 8"), "{err}");
+        // A key llama.cpp does not read may hold anything.
+        run(build(&[("tokenizer.ggml.cls_token_id", V::U64(2))], 1, F32)).expect("unread");
     }
 
     #[test]
