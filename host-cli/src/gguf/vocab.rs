@@ -72,12 +72,56 @@ const END_TEXTS: [&str; 22] = [
     "[e~[",
 ];
 
-/// Token texts llama.cpp takes for each of [`FIM_ENDS`] when its key is
-/// not set, and so also ends replies at.
-const FIM_END_TEXTS: [(&str, &[&str]); 3] = [
+/// Token texts llama.cpp takes for each fill-in-the-middle id whose key is
+/// not set (or is outside the vocabulary), making them control tokens, and
+/// whether it also ends replies at that id.
+const FIM_TEXTS: [(&str, &[&str], bool); 6] = [
+    (
+        "fim_pre",
+        &[
+            "<|fim_prefix|>",
+            "<fim-prefix>",
+            "<fim_prefix>",
+            "<\u{ff5c}fim\u{2581}begin\u{ff5c}>",
+            "<PRE>",
+            "\u{2581}<PRE>",
+            "<|code_prefix|>",
+            "<|prefix|>",
+        ],
+        false,
+    ),
+    (
+        "fim_suf",
+        &[
+            "<|fim_suffix|>",
+            "<fim-suffix>",
+            "<fim_suffix>",
+            "<\u{ff5c}fim\u{2581}hole\u{ff5c}>",
+            "<SUF>",
+            "\u{2581}<SUF>",
+            "<|code_suffix|>",
+            "<|suffix|>",
+        ],
+        false,
+    ),
+    (
+        "fim_mid",
+        &[
+            "<|fim_middle|>",
+            "<fim-middle>",
+            "<fim_middle>",
+            "<\u{ff5c}fim\u{2581}end\u{ff5c}>",
+            "<MID>",
+            "\u{2581}<MID>",
+            "<|code_middle|>",
+            "<|middle|>",
+        ],
+        false,
+    ),
     (
         "fim_pad",
         &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"],
+        true,
     ),
     (
         "fim_rep",
@@ -88,17 +132,28 @@ const FIM_END_TEXTS: [(&str, &[&str]); 3] = [
             "<REPO>",
             "<reponame>",
         ],
+        true,
     ),
-    ("fim_sep", &["<|file_sep|>"]),
+    ("fim_sep", &["<|file_sep|>"], true),
 ];
+
+/// The id llama.cpp gives the BOS and the EOS of a BPE vocabulary (`gpt2`)
+/// whose keys name none.
+const BPE_DEFAULT_ID: u32 = 11;
 
 /// Where an id that starts prompts or ends replies comes from.
 #[derive(Clone, Copy)]
 enum End {
     /// The key `tokenizer.ggml.{name}_token_id`.
     Key(&'static str),
+    /// The id llama.cpp takes when the key `tokenizer.ggml.{name}_token_id`
+    /// is not set.
+    Default(&'static str),
     /// The token's text, which llama.cpp ends replies at.
     Text,
+    /// The token's text, which llama.cpp makes a control token, printing
+    /// nothing.
+    Hidden,
 }
 
 /// Share of multi-character normal tokens that may lack a merge before the
@@ -168,17 +223,33 @@ pub(super) fn check(
     }
     let fim = FIM_ENDS.iter().filter_map(id_of);
     ends.extend(fim.filter(|&(_, id)| (id as usize) < n));
-    let mut end_texts: Vec<&[u8]> = END_TEXTS.iter().map(|t| t.as_bytes()).collect();
-    for (name, list) in FIM_END_TEXTS {
-        if id_of(&name).is_none() {
-            end_texts.extend(list.iter().map(|t| t.as_bytes()));
+    // A BPE vocabulary without a BOS or EOS key gets token 11 for it; the
+    // BOS matters only where prompts start with it.
+    let bpe = matches!(tokenizer, Some(b"gpt2" | b"hybriddna" | b"whitespace"));
+    let adds_bos = matches!(get(b"tokenizer.ggml.add_bos_token"), Some(Meta::Bool(true)));
+    for name in ["bos", "eos"] {
+        let wanted = name == "eos" || adds_bos;
+        if bpe && wanted && id_of(&name).is_none() && (BPE_DEFAULT_ID as usize) < n {
+            ends.push((End::Default(name), BPE_DEFAULT_ID));
         }
     }
-    let by_text = texts
+    let mut by_text: Vec<(&[u8], End)> = END_TEXTS
         .iter()
-        .enumerate()
-        .filter(|(_, t)| end_texts.contains(&t.as_slice()));
-    ends.extend(by_text.filter_map(|(i, _)| Some((End::Text, u32::try_from(i).ok()?))));
+        .map(|t| (t.as_bytes(), End::Text))
+        .collect();
+    for (name, list, ends_replies) in FIM_TEXTS {
+        // One outside the vocabulary llama.cpp drops, and looks by text.
+        if id_of(&name).is_none_or(|(_, id)| id as usize >= n) {
+            let end = if ends_replies { End::Text } else { End::Hidden };
+            by_text.extend(list.iter().map(|t| (t.as_bytes(), end)));
+        }
+    }
+    for (i, text) in texts.iter().enumerate() {
+        let found = by_text.iter().find(|(t, _)| *t == text.as_slice());
+        if let (Some(&(_, end)), Ok(id)) = (found, u32::try_from(i)) {
+            ends.push((end, id));
+        }
+    }
     let mut warnings = Vec::new();
     match (tokenizer, merges) {
         (Some(b"gpt2"), Some(merges)) => warnings = check_merges(texts, types, merges, &ends)?,
@@ -431,12 +502,22 @@ fn check_merges(
                  that the merges build words from, not a marker; replies would start or \
                  stop at it"
             ),
+            End::Default(name) => bail!(
+                "`tokenizer.ggml.{name}_token_id` is not set, so llama.cpp takes token {id}, \
+                 the ordinary text \"{text}\" that the merges build words from, not a \
+                 marker; replies would start or stop at it"
+            ),
             // A tag of web text could be a merged token in a working
             // model; only a marker in the keys is sure to be a fault.
             End::Text => warnings.push(format!(
                 "token {id}, \"{text}\", is text the merges build words from, and llama.cpp \
                  ends replies at it by its text: a reply stops where the model writes it, \
                  and it is not printed"
+            )),
+            End::Hidden => warnings.push(format!(
+                "token {id}, \"{text}\", is text the merges build words from, and llama.cpp \
+                 makes it a control token by its text: where the model writes it, nothing \
+                 is printed"
             )),
         }
     }
@@ -711,6 +792,58 @@ mod tests {
         // `<PAD>` ends replies only when no fim_pad id is given.
         assert_eq!(check_with("<PAD>", false).map(|w| w.len()), Ok(1));
         assert_eq!(check_with("<PAD>", true), Ok(vec![]));
+        // `<PRE>` ends nothing, but is made a control token, which prints
+        // nothing.
+        let hidden = check_with("<PRE>", false).expect("a warning");
+        assert!(
+            hidden.len() == 1 && hidden[0].contains("makes it a control token by its text"),
+            "{hidden:?}"
+        );
+    }
+
+    #[test]
+    fn an_id_llama_cpp_fills_in_or_drops_is_judged_as_it_uses_it() {
+        // Eleven letters, then `ab` at id 11, the id llama.cpp gives a BPE
+        // vocabulary's BOS and EOS when no key names one.
+        let mut texts: Vec<Vec<u8>> = (b'a'..=b'k').map(|c| vec![c]).collect();
+        let rest = [
+            "ab", "<x>", "<0x0A>", "<", "P", "A", "D", ">", "<P", "<PA", "<PAD", "<PAD>",
+        ];
+        texts.extend(rest.iter().map(|t| t.as_bytes().to_vec()));
+        let mut types = vec![1; texts.len()];
+        types[12] = 3;
+        types[13] = 6;
+        let list = merges(&["a b", "< P", "<P A", "<PA D", "<PAD >"]);
+        let run = |keys: &[(&str, Meta)]| {
+            let get = |key: &[u8]| {
+                keys.iter()
+                    .find(|(k, _)| k.as_bytes() == key)
+                    .map(|(_, v)| v.clone())
+            };
+            check(&texts, Some(&types), Some(&list), Some(b"gpt2"), &get)
+                .map_err(|e| format!("{e:#}"))
+        };
+        let eos = ("tokenizer.ggml.eos_token_id", Meta::U32(12));
+        let e = run(&[]).unwrap_err();
+        assert!(
+            e.starts_with("`tokenizer.ggml.eos_token_id` is not set, so llama.cpp takes token 11"),
+            "{e}"
+        );
+        assert_eq!(run(&[eos.clone()]).map(|w| w.len()), Ok(1), "only `<PAD>`");
+        let adds_bos = ("tokenizer.ggml.add_bos_token", Meta::Bool(true));
+        let e = run(&[eos.clone(), adds_bos.clone()]).unwrap_err();
+        assert!(
+            e.contains("`tokenizer.ggml.bos_token_id` is not set"),
+            "{e}"
+        );
+        let bos = ("tokenizer.ggml.bos_token_id", Meta::U32(12));
+        run(&[eos.clone(), adds_bos, bos]).expect("named ids");
+        // A fim_pad id outside the vocabulary is dropped, and `<PAD>`
+        // taken by its text.
+        let far = ("tokenizer.ggml.fim_pad_token_id", Meta::U32(99));
+        assert_eq!(run(&[eos.clone(), far]).map(|w| w.len()), Ok(1));
+        let marker = ("tokenizer.ggml.fim_pad_token_id", Meta::U32(12));
+        assert_eq!(run(&[eos, marker]), Ok(vec![]));
     }
 
     #[test]
