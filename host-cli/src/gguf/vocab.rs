@@ -239,7 +239,7 @@ pub(super) fn check(
         .collect();
     for (name, list, ends_replies) in FIM_TEXTS {
         // One outside the vocabulary llama.cpp drops, and looks by text.
-        if id_of(&name).is_none_or(|(_, id)| id as usize >= n) {
+        if !id_of(&name).is_some_and(|(_, id)| (id as usize) < n) {
             let end = if ends_replies { End::Text } else { End::Hidden };
             by_text.extend(list.iter().map(|t| (t.as_bytes(), end)));
         }
@@ -829,7 +829,11 @@ mod tests {
             e.starts_with("`tokenizer.ggml.eos_token_id` is not set, so llama.cpp takes token 11"),
             "{e}"
         );
-        assert_eq!(run(&[eos.clone()]).map(|w| w.len()), Ok(1), "only `<PAD>`");
+        assert_eq!(
+            run(std::slice::from_ref(&eos)).map(|w| w.len()),
+            Ok(1),
+            "only `<PAD>`"
+        );
         let adds_bos = ("tokenizer.ggml.add_bos_token", Meta::Bool(true));
         let e = run(&[eos.clone(), adds_bos.clone()]).unwrap_err();
         assert!(
