@@ -119,15 +119,19 @@ fn load_for(args: &ModelArgs, verbose: u8, traced: bool, stops: &[String]) -> Re
     if traced {
         model.sha256()?;
     }
-    for stop in stops {
+    for (i, stop) in stops.iter().enumerate() {
+        if stops.get(..i).is_some_and(|before| before.contains(stop)) {
+            continue;
+        }
         if let Some(id) = model.unprinted_token(stop)? {
-            crate::note!(
-                "talkback: warning: --stop {} never matches where the model generates \
-                 token {id}, a control token that prints nothing: stop strings see only \
+            let text = model.token_text(id).unwrap_or_default();
+            let line = format!(
+                "warning: --stop {stop:?} never matches where the model generates token {id} \
+                 ({text:?}), a control token that prints nothing: stop strings see only \
                  printed text (end-of-generation tokens stop the run themselves, unless \
-                 --ignore-eos)",
-                crate::output::error_line(&format!("{stop:?}"))
+                 --ignore-eos)"
             );
+            crate::note!("talkback: {}", crate::output::error_line(&line));
         }
     }
     Ok(model)

@@ -402,23 +402,26 @@ impl Model {
             .tokenize(text.as_bytes(), false, parse_special))
     }
 
-    /// The token whose text is all of `text`, when that token prints
+    /// The first token of `text`, read with special tokens, that prints
     /// nothing (a control token such as `<|im_start|>`): generated text
-    /// never holds `text` through it.
+    /// never holds `text` where the model writes that token.
     ///
     /// # Errors
     ///
     /// - as [`Model::tokenize`].
     pub fn unprinted_token(&self, text: &str) -> Result<Option<u32>> {
-        let &[token] = self.tokenize(text, true)?.as_slice() else {
-            return Ok(None);
-        };
-        let Ok(id) = u32::try_from(token.0) else {
-            return Ok(None);
-        };
         let mut piece = Vec::new();
-        self.piece_into(id, &mut piece);
-        Ok(piece.is_empty().then_some(id))
+        for token in self.tokenize(text, true)? {
+            let Ok(id) = u32::try_from(token.0) else {
+                continue;
+            };
+            piece.clear();
+            self.piece_into(id, &mut piece);
+            if piece.is_empty() {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
     }
 
     /// The BOS token, when the vocabulary has one and asks for it at the

@@ -313,15 +313,23 @@ fn a_stop_string_only_a_control_token_spells_is_warned_of() {
             "<|im_",
             "--stop",
             "Hi",
+            "--stop",
+            "<|im_start|>",
+            "--stop",
+            "x<|im_end|>",
         ]);
         assert_eq!(run.code, 0, "stderr: {}", run.stderr);
         assert_eq!(
             run.stderr.lines().collect::<Vec<_>>(),
             [
                 "talkback: warning: --stop \"<|im_start|>\" never matches where the model \
-                 generates token 1, a control token that prints nothing: stop strings see \
-                 only printed text (end-of-generation tokens stop the run themselves, \
-                 unless --ignore-eos)"
+                 generates token 1 (\"<|im_start|>\"), a control token that prints nothing: \
+                 stop strings see only printed text (end-of-generation tokens stop the run \
+                 themselves, unless --ignore-eos)",
+                "talkback: warning: --stop \"x<|im_end|>\" never matches where the model \
+                 generates token 2 (\"<|im_end|>\"), a control token that prints nothing: \
+                 stop strings see only printed text (end-of-generation tokens stop the run \
+                 themselves, unless --ignore-eos)"
             ],
             "{cmd}"
         );
