@@ -48,10 +48,22 @@ fn run() -> ExitCode {
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect();
             let e = cli::explain_unknown(&e, &args).unwrap_or(e);
-            let printed = e.print();
             if e.use_stderr() {
+                // A value of thousands of characters is quoted in the
+                // error, twice at times: its lines are cut as every error's
+                // are, which gives up clap's colours for that error only.
+                let text = e.render().to_string();
+                let long = |l: &str| l.chars().count() > output::MAX_ERROR_CHARS;
+                if text.lines().any(long) {
+                    for line in text.lines() {
+                        talkback::note!("{}", output::cut_line(line.to_owned()));
+                    }
+                } else {
+                    let _ = e.print();
+                }
                 return ExitCode::from(2);
             }
+            let printed = e.print();
             // Help and version go to stdout: a reader that left early is
             // fine, a stdout that cannot take them is a failure.
             return match printed {

@@ -138,7 +138,8 @@ impl Model {
         }
         let (facts, file) = gguf::check_file(&path)?;
         for warning in &facts.warnings {
-            crate::note!("talkback: warning: model {}: {warning}", path.display());
+            let line = format!("warning: model {}: {warning}", path.display());
+            crate::note!("talkback: {}", crate::output::error_line(&line));
         }
         let stamp = Stamp::of(
             &file

@@ -79,7 +79,12 @@ pub const MAX_ERROR_CHARS: usize = 1024;
 /// a million digits in a trace, a huge string) is cut in the middle, which
 /// keeps what the error is about and the line and column that end it.
 pub fn error_line(text: &str) -> String {
-    let line = one_line(text);
+    cut_line(one_line(text))
+}
+
+/// `line` cut in the middle to about [`MAX_ERROR_CHARS`] characters, as
+/// [`error_line`] does, for a line already made one.
+pub fn cut_line(line: String) -> String {
     let count = line.chars().count();
     if count <= MAX_ERROR_CHARS {
         return line;

@@ -17,6 +17,7 @@ use crate::app::Turn;
 use crate::chat::{Message, Template};
 use crate::generate::{Finish, INTERRUPTED};
 use crate::model::{PromptTooLarge, PromptTooLong};
+use crate::output::error_line;
 
 /// What `/help` prints.
 const HELP: &str = "\
@@ -119,7 +120,10 @@ pub fn run(template: &Template<'_>, turn: &mut dyn Turn, start: Vec<Message>) ->
                 continue;
             }
             Input::Unknown(word) => {
-                crate::note!("talkback: unknown command {word} (try /help)");
+                crate::note!(
+                    "talkback: {}",
+                    error_line(&format!("unknown command {word} (try /help)"))
+                );
                 continue;
             }
             Input::Message(text) => text,
@@ -136,7 +140,10 @@ pub fn run(template: &Template<'_>, turn: &mut dyn Turn, start: Vec<Message>) ->
                 // this message only.
                 INTERRUPTED.store(false, Ordering::Relaxed);
                 messages.pop();
-                crate::note!("talkback: {e:#}; the message was not sent");
+                crate::note!(
+                    "talkback: {}",
+                    error_line(&format!("{e:#}; the message was not sent"))
+                );
                 continue;
             }
         };
@@ -145,7 +152,7 @@ pub fn run(template: &Template<'_>, turn: &mut dyn Turn, start: Vec<Message>) ->
             Err(e) if e.chain().any(|c| c.is::<crate::chat::Unsendable>()) => {
                 INTERRUPTED.store(false, Ordering::Relaxed);
                 messages.pop();
-                crate::note!("talkback: {e:#}");
+                crate::note!("talkback: {}", error_line(&format!("{e:#}")));
                 continue;
             }
             Err(e) => {

@@ -182,6 +182,26 @@ fn flags_that_do_not_go_together_are_usage_errors() {
     assert!(run.stderr.starts_with("talkback: "), "{}", run.stderr);
     assert!(run.stderr.contains("--sampler talkback"), "{}", run.stderr);
 
+    // A value of thousands of characters, quoted twice by the parser's
+    // error, is cut in the middle as every error line is.
+    let long = "9".repeat(5000);
+    let run = talkback(&["complete", "--temp", &long, "Hi"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert!(lines.iter().all(|l| l.chars().count() < 1100), "{lines:?}");
+    assert!(
+        lines[0].starts_with("error: invalid value '9999"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains(" characters left out ...] "),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].ends_with("is out of range: a 32-bit float holds at most about 3.4e38"));
+    assert_eq!(lines.last(), Some(&"For more information, try '--help'."));
+
     // Logits typed on the command line that hold nothing to draw are
     // the user's to fix, as a bad flag value is.
     for logits in ["-inf,nan", "nan", "-inf"] {
