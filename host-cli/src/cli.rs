@@ -820,28 +820,35 @@ pub fn parse_order(s: &str) -> Result<Order, String> {
     }
     let mut stages = Vec::new();
     for name in s.split(',').map(str::trim) {
-        let stage = match name {
-            "temp" | "temperature" => Stage::Temperature,
-            "top-k" | "top_k" => Stage::TopK,
-            "top-p" | "top_p" => Stage::TopP,
-            "min-p" | "min_p" => Stage::MinP,
-            "" => return Err(format!("`{s}` has an empty stage name (a comma too many?)")),
-            preset if Order::from_name(preset).is_some() => {
-                return Err(format!(
-                    "`{preset}` is a whole order, not a stage, so it stands alone; a list \
-                     names stages: temp, top-k, top-p, min-p"
-                ))
-            }
-            _ => {
-                return Err(format!(
-                    "unknown stage `{name}`: use talkback, llama.cpp, \
-                     or a comma list of temp, top-k, top-p, min-p"
-                ))
-            }
-        };
-        stages.push(stage);
+        if let Some(stage) = stage_of(name) {
+            stages.push(stage);
+        } else if name.is_empty() {
+            return Err(format!("`{s}` has an empty stage name (a comma too many?)"));
+        } else if Order::from_name(name).is_some() {
+            return Err(format!(
+                "`{name}` is a whole order, not a stage, so it stands alone; a list names \
+                 stages: temp, top-k, top-p, min-p"
+            ));
+        } else {
+            return Err(format!(
+                "unknown stage `{name}`: use talkback, llama.cpp, or a comma list of temp, \
+                 top-k, top-p, min-p"
+            ));
+        }
     }
     Order::new(&stages).map_err(|e| format!("invalid order `{s}`: {e}"))
+}
+
+/// The stage a name stands for: `temp`, `top-k`, `top-p`, `min-p`, or the
+/// same with `temperature` or an underscore.
+pub fn stage_of(name: &str) -> Option<Stage> {
+    match name {
+        "temp" | "temperature" => Some(Stage::Temperature),
+        "top-k" | "top_k" => Some(Stage::TopK),
+        "top-p" | "top_p" => Some(Stage::TopP),
+        "min-p" | "min_p" => Some(Stage::MinP),
+        _ => None,
+    }
 }
 
 /// Parses `--gpu-layers`, refusing offload in a build without a GPU backend.

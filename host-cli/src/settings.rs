@@ -197,8 +197,7 @@ impl Settings {
     ///
     /// - the stage order names an unknown stage or is invalid.
     pub fn config(&self) -> Result<Config> {
-        let order: Order =
-            crate::cli::parse_order(&self.sampler_order.join(",")).map_err(|e| anyhow!("{e}"))?;
+        let order = self.order()?;
         let config = Config {
             temperature: self.temperature,
             top_k: self.top_k,
@@ -213,6 +212,35 @@ impl Settings {
             .validate()
             .map_err(|e| anyhow!("invalid sampling settings: {e}"))?;
         Ok(config)
+    }
+
+    /// The stage order the names of `sampler_order` give: one preset name,
+    /// or stage names (as a trace lists them, each on its own).
+    ///
+    /// # Errors
+    ///
+    /// - an empty list, or a name that is not one stage (or a lone preset);
+    /// - an order the core refuses (a stage twice, no temperature).
+    fn order(&self) -> Result<Order> {
+        if let [one] = self.sampler_order.as_slice() {
+            if let Some(order) = Order::from_name(one) {
+                return Ok(order);
+            }
+        }
+        if self.sampler_order.is_empty() {
+            bail!("sampler_order names no stage");
+        }
+        let mut stages = Vec::new();
+        for name in &self.sampler_order {
+            let Some(stage) = crate::cli::stage_of(name) else {
+                bail!(
+                    "sampler_order: {name:?} is not the name of a stage (temp, top-k, top-p, \
+                     min-p), nor a whole order alone (talkback, llama.cpp)"
+                );
+            };
+            stages.push(stage);
+        }
+        Order::new(&stages).map_err(|e| anyhow!("sampler_order: {e}"))
     }
 
     /// Checks every setting against the limits the command line enforces

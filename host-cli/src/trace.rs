@@ -1013,6 +1013,30 @@ mod tests {
                 ])
             );
         }
+        // Each name is one stage as written: a comma inside one, a blank
+        // one or spaces are no list a run records.
+        for (order, want) in [
+            (
+                r#"["temp", ""]"#,
+                r#"sampler_order: "" is not the name of a stage"#,
+            ),
+            (
+                r#"["temp,top-k"]"#,
+                r#"sampler_order: "temp,top-k" is not the name"#,
+            ),
+            (
+                r#"[" temp "]"#,
+                r#"sampler_order: " temp " is not the name"#,
+            ),
+            ("[]", "sampler_order names no stage"),
+            (
+                r#"["top-k", "temp", "top-k"]"#,
+                "sampler_order: stage order must name",
+            ),
+        ] {
+            let err = load("sampler_order", order).err().unwrap_or_default();
+            assert!(err.contains(want), "{order}: {err}");
+        }
         for (sampler, want) in [
             (
                 "null",
