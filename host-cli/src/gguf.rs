@@ -111,6 +111,27 @@ const NO_CPU_MATMUL: [u32; 7] = [9, 15, 24, 25, 26, 27, 28];
 /// Most tokens a vocabulary may hold: four times the largest in use
 /// (262,144), and a bound on the memory the duplicate check takes.
 pub const MAX_VOCAB: u64 = 1 << 20;
+/// Keys llama.cpp reads as one GGUF type only, refusing the file with
+/// nothing said when another is stored: the key, the type, its name.
+const TYPED_KEYS: [(&[u8], u32, &str); 8] = [
+    (b"general.architecture", STRING, "a string"),
+    (b"tokenizer.ggml.model", STRING, "a string"),
+    (b"tokenizer.ggml.pre", STRING, "a string"),
+    (b"tokenizer.ggml.add_bos_token", BOOL, "a boolean"),
+    (b"tokenizer.ggml.add_eos_token", BOOL, "a boolean"),
+    (b"tokenizer.ggml.add_sep_token", BOOL, "a boolean"),
+    (b"tokenizer.ggml.add_space_prefix", BOOL, "a boolean"),
+    (
+        b"tokenizer.ggml.remove_extra_whitespaces",
+        BOOL,
+        "a boolean",
+    ),
+];
+
+/// What follows the architecture's name in keys llama.cpp reads as a u32
+/// only.
+const ARCH_U32_KEYS: [&[u8]; 3] = [b".context_length", b".embedding_length", b".block_count"];
+
 /// The `tokenizer.ggml.{name}_token_id` keys llama.cpp reads, as u32 only.
 const TOKEN_IDS: [&[u8]; 17] = [
     b"bos",
@@ -135,6 +156,8 @@ const TOKEN_IDS: [&[u8]; 17] = [
 const INT32: u32 = 5;
 /// GGUF value type of an unsigned 32-bit integer.
 const UINT32: u32 = 4;
+/// GGUF value type of a boolean.
+const BOOL: u32 = 7;
 /// GGUF value type of a string.
 const STRING: u32 = 8;
 /// GGUF value type of an array.
@@ -661,6 +684,9 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<Facts> {
     let (mut texts, mut types, mut merges) = (None, None, None);
     // llama.cpp refuses a key given twice; the walk would take the last.
     let mut seen = HashSet::new();
+    // Keys that may be `{architecture}.block_count` and the like, with
+    // their types, judged once the architecture is known.
+    let mut arch_keys = Vec::new();
     for i in 0..n_kv {
         let key = r.string(&format!("key {i}"), 256)?;
         let name = shown(&key);
@@ -669,6 +695,14 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<Facts> {
             bail!("the key `{name}` is given twice (key {i}); llama.cpp refuses such a file");
         }
         let kind = r.u32(&format!("the type of `{name}`"))?;
+        if let Some(&(_, want, named)) = TYPED_KEYS.iter().find(|(k, _, _)| *k == key) {
+            if kind != want {
+                bail!("`{name}` is stored as GGUF type {kind}; it must be {named} (type {want})");
+            }
+        }
+        if ARCH_U32_KEYS.iter().any(|suffix| key.ends_with(suffix)) {
+            arch_keys.push((key.clone(), kind));
+        }
         // llama.cpp reads each token id as a u32 and refuses another type.
         let token_id = key
             .strip_prefix(b"tokenizer.ggml.")
@@ -713,6 +747,20 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<Facts> {
         }
         if let Some(value) = value {
             kept.push((key, value));
+        }
+    }
+    let arch = kept.iter().find_map(|(k, v)| match v {
+        Meta::Str(arch) if k == b"general.architecture" => Some(c_str(arch)),
+        _ => None,
+    });
+    for (key, kind) in &arch_keys {
+        let of_arch = |suffix: &&[u8]| arch.is_some_and(|a| *key == [a, *suffix].concat());
+        if *kind != UINT32 && ARCH_U32_KEYS.iter().any(of_arch) {
+            bail!(
+                "`{}` is stored as GGUF type {kind}; it must be a 32-bit unsigned integer \
+                 (type 4)",
+                shown(key)
+            );
         }
     }
     check_values(&kept)?;
@@ -1113,6 +1161,39 @@ mod tests {
         assert!(err.contains("GGUF type 8"), "{err}");
         // A key llama.cpp does not read may hold anything.
         run(build(&[("tokenizer.ggml.cls_token_id", V::U64(2))], 1, F32)).expect("unread");
+        // Other keys llama.cpp reads as one type only.
+        let err = format!(
+            "{:#}",
+            run(build(
+                &[("tokenizer.ggml.add_bos_token", V::U32(1))],
+                1,
+                F32
+            ))
+            .expect_err("u32")
+        );
+        assert!(
+            err.contains(
+                "`tokenizer.ggml.add_bos_token` is stored as GGUF type 4; it must be a \
+                 boolean (type 7)"
+            ),
+            "{err}"
+        );
+        let arch = |key, value| {
+            run(build(
+                &[("general.architecture", V::Str("llama")), (key, value)],
+                1,
+                F32,
+            ))
+        };
+        let err = format!(
+            "{:#}",
+            arch("llama.block_count", V::U64(30)).expect_err("u64")
+        );
+        assert!(
+            err.contains("`llama.block_count` is stored as GGUF type 10; it must be a 32-bit"),
+            "{err}"
+        );
+        arch("gemma.block_count", V::U64(30)).expect("another architecture's key");
     }
 
     #[test]
