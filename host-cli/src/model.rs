@@ -636,22 +636,28 @@ pub struct ContextTooLong {
 
 impl std::fmt::Display for ContextTooLong {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let least = *crate::settings::CTX_SIZES.start();
+        // Whatever context was asked for, none would do: say what is
+        // wrong with the model, not with a request the user may not have
+        // made (the default one).
+        if self.trained < u64::from(least) {
+            return write!(
+                f,
+                "model {} was trained on a context of {} tokens; talkback needs a context \
+                 of at least {least}, so it cannot run it",
+                self.path.display(),
+                self.trained
+            );
+        }
         write!(
             f,
-            "a context of {} tokens is more than the {} that model {} was trained on; ",
+            "a context of {} tokens is more than the {} that model {} was trained on; \
+             pass --ctx-size {} or less",
             self.asked,
             self.trained,
             self.path.display(),
-        )?;
-        let least = *crate::settings::CTX_SIZES.start();
-        if self.trained < u64::from(least) {
-            write!(
-                f,
-                "talkback needs a context of at least {least}, so it cannot run it"
-            )
-        } else {
-            write!(f, "pass --ctx-size {} or less", self.trained)
-        }
+            self.trained
+        )
     }
 }
 

@@ -392,6 +392,17 @@ fn the_default_context_is_the_trained_one_when_that_is_shorter() {
     assert!(plain.stderr.contains("| ctx 2048 |"), "{}", plain.stderr);
     let line = runtime_error(&asked, "a context of 4096 tokens is more than the 2048");
     assert!(line.ends_with("pass --ctx-size 2048 or less"), "{line}");
+
+    // Trained on fewer tokens than any context talkback runs: the model is
+    // at fault, not the default context nobody asked for.
+    let tiny = copy.with(&[(trained, u32_bytes(10))], |model| {
+        talkback(&["complete", "hi", "-n", "1", "-t", "1", "-m", arg(model)])
+    });
+    let line = runtime_error(
+        &tiny,
+        "was trained on a context of 10 tokens; talkback needs",
+    );
+    assert!(!line.contains("4096"), "{line}");
 }
 
 #[test]
