@@ -423,7 +423,7 @@ impl<'m> Template<'m> {
         // Too many roles to try every set, or a template that trims by
         // something else than the role (the last message, say): which
         // messages it trims is read from one marked render.
-        if let Some(trims) = self.trimmed_messages(messages, &plain)? {
+        if let Some(trims) = self.trimmed_messages(messages)? {
             let candidate: Vec<Message> = messages
                 .iter()
                 .zip(trims)
@@ -445,58 +445,78 @@ impl<'m> Template<'m> {
         .into())
     }
 
-    /// Which messages the template writes trimmed, read by lining up a
-    /// render with marks around each message's text against `plain`: each
-    /// message's text must be there as it is or trimmed, between the
-    /// template's own text. `None` when they do not line up that way.
-    fn trimmed_messages(&self, messages: &[Message], plain: &str) -> Result<Option<Vec<bool>>> {
+    /// Which messages the template writes trimmed, read from two renders.
+    ///
+    /// Each message's text goes between marks, trimmed, once bare and once
+    /// with a tab before the opening mark and a line feed after the closing
+    /// one. Where the template keeps a message's text as it is, its tab
+    /// and line feed stand beside the marks in the second render; where it
+    /// trims it, neither does. Lining up one render against the plain one
+    /// instead cannot tell which side of a mark whitespace belongs to. Gives
+    /// `None` when a message keeps only one of the two (the template strips
+    /// one end only) or the marks do not come out once each, in order.
+    fn trimmed_messages(&self, messages: &[Message]) -> Result<Option<Vec<bool>>> {
         let Some((open, close)) = marks(messages, &self.source) else {
             return Ok(None);
         };
-        let marked: Vec<Message> = messages
-            .iter()
-            .map(|m| Message {
-                role: m.role.clone(),
-                content: format!("{open}{}{close}", m.content),
-            })
-            .collect();
-        let with_marks = self.render_raw(&marked)?;
-        // The template's text around the messages' (one piece more), and
-        // the messages' text as written.
-        let mut pieces = Vec::new();
-        let mut texts = Vec::new();
-        let mut rest = with_marks.as_str();
-        while let Some((piece, after)) = rest.split_once(open) {
-            let Some((text, after)) = after.split_once(close) else {
-                return Ok(None);
-            };
-            pieces.push(piece);
-            texts.push(text);
-            rest = after;
-        }
-        pieces.push(rest);
-        let stray = |t: &&str| t.contains(open) || t.contains(close);
-        if texts.len() != messages.len() || pieces.iter().chain(&texts).any(stray) {
+        let pieces = |lead: &str, trail: &str| -> Result<Option<Vec<String>>> {
+            let marked: Vec<Message> = messages
+                .iter()
+                .map(|m| {
+                    let text = m.content.trim();
+                    Message::new(&m.role, &format!("{lead}{open}{text}{close}{trail}"))
+                })
+                .collect();
+            let rendered = self.render_raw(&marked)?;
+            // The template's text around the messages': one piece more.
+            let mut pieces = Vec::with_capacity(messages.len() + 1);
+            let mut rest = rendered.as_str();
+            while let Some((piece, after)) = rest.split_once(open) {
+                let Some((_, after)) = after.split_once(close) else {
+                    return Ok(None);
+                };
+                pieces.push(piece.to_owned());
+                rest = after;
+            }
+            pieces.push(rest.to_owned());
+            let whole =
+                pieces.len() == messages.len() + 1 && !pieces.iter().any(|p| p.contains(close));
+            Ok(whole.then_some(pieces))
+        };
+        let (Some(bare), Some(padded)) = (pieces("", "")?, pieces("\t", "\n")?) else {
             return Ok(None);
-        }
-        let mut left = plain;
-        let mut trims = Vec::with_capacity(texts.len());
-        for ((piece, next), text) in pieces.iter().zip(pieces.iter().skip(1)).zip(&texts) {
-            let Some(after) = left.strip_prefix(piece) else {
+        };
+        // Piece j of the padded render is piece j of the bare one, after
+        // message j - 1's line feed and before message j's tab where the
+        // template kept them; the two are told apart by which they are.
+        let n = messages.len();
+        let (mut leads, mut tails) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for (j, (bare, padded)) in bare.iter().zip(&padded).enumerate() {
+            let tails_here: &[&str] = if j > 0 { &["", "\n"] } else { &[""] };
+            let leads_here: &[&str] = if j < n { &["", "\t"] } else { &[""] };
+            let split = tails_here.iter().find_map(|&tail| {
+                leads_here.iter().find_map(|&lead| {
+                    let inner = padded.strip_prefix(tail)?.strip_suffix(lead)?;
+                    (inner == bare).then_some((!tail.is_empty(), !lead.is_empty()))
+                })
+            });
+            let Some((tail, lead)) = split else {
                 return Ok(None);
             };
-            // The next piece must follow, so that the text is not read
-            // into the template's.
-            let fits = |t: &str| after.strip_prefix(t).filter(|r| r.starts_with(next));
-            let (trimmed, r) = match (fits(text), fits(text.trim())) {
-                (Some(r), _) => (false, r),
-                (None, Some(r)) => (true, r),
-                (None, None) => return Ok(None),
-            };
-            trims.push(trimmed);
-            left = r;
+            if j > 0 {
+                tails.push(tail);
+            }
+            if j < n {
+                leads.push(lead);
+            }
         }
-        Ok((pieces.last() == Some(&left)).then_some(trims))
+        // Both kept: the text as given; neither: trimmed; one: stripped at
+        // one end only, which no trimmed or untrimmed text renders as.
+        Ok(leads
+            .into_iter()
+            .zip(tails)
+            .map(|(lead, tail)| (lead == tail).then_some(!lead))
+            .collect())
     }
 
     /// Renders with content marks; `None` unless the result, marks taken
@@ -1143,6 +1163,27 @@ mod tests {
                 .map(|(m, trim)| if trim { m.content.trim() } else { &m.content })
                 .collect();
             assert_eq!(spans, texts, "{rule}");
+        }
+    }
+
+    #[test]
+    fn whitespace_beside_a_message_is_told_from_the_templates() {
+        // The first message trimmed, then a space after each: where the
+        // first ends in a space and the second starts with one, lining
+        // the text up took the first for untrimmed.
+        let t = Template::new(
+            "{% for m in messages %}{% if loop.first %}{{ m.content | trim }}{% else %}\
+             {{ m.content }}{% endif %} {% endfor %}",
+            String::new(),
+            String::new(),
+        )
+        .expect("parse");
+        for (second, text) in [(" b ", "a  b  "), (" b", "a  b ")] {
+            let messages = [Message::new("user", "a "), Message::new("user", second)];
+            let r = t.render(&messages).expect(second);
+            assert_eq!(r.text, text);
+            let spans: Vec<&str> = r.content.iter().map(|c| &r.text[c.clone()]).collect();
+            assert_eq!(spans, ["a", second]);
         }
     }
 
