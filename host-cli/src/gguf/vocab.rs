@@ -141,6 +141,34 @@ const FIM_TEXTS: [(&str, &[&str], bool); 6] = [
 /// whose keys name none.
 const BPE_DEFAULT_ID: u32 = 11;
 
+/// Pre-tokenizers under which llama.cpp adds a BOS to prompts unless
+/// `add_bos_token` says not to.
+const BOS_PRE: [&[u8]; 11] = [
+    b"llama3",
+    b"llama-v3",
+    b"llama-bpe",
+    b"falcon3",
+    b"falcon-h1",
+    b"pixtral",
+    b"midm-2.0",
+    b"lfm2",
+    b"jina-v5-nano",
+    b"tekken",
+    b"chameleon",
+];
+
+/// Pre-tokenizers under which llama.cpp gives a vocabulary without a BOS
+/// key no BOS at all, instead of [`BPE_DEFAULT_ID`].
+const NO_BOS_PRE: [&[u8]; 3] = [b"chatglm-bpe", b"glm4", b"glm5"];
+
+/// The keys llama.cpp still reads for the prefix, suffix and middle ids,
+/// each after the name it gives them.
+const FIM_OLD_KEYS: [(&str, &str); 3] = [
+    ("fim_pre", "prefix"),
+    ("fim_suf", "suffix"),
+    ("fim_mid", "middle"),
+];
+
 /// Where an id that starts prompts or ends replies comes from.
 #[derive(Clone, Copy)]
 enum End {
@@ -226,9 +254,22 @@ pub(super) fn check(
     // A BPE vocabulary without a BOS or EOS key gets token 11 for it; the
     // BOS matters only where prompts start with it.
     let bpe = matches!(tokenizer, Some(b"gpt2" | b"hybriddna" | b"whitespace"));
-    let adds_bos = matches!(get(b"tokenizer.ggml.add_bos_token"), Some(Meta::Bool(true)));
+    let pre = match get(b"tokenizer.ggml.pre") {
+        Some(Meta::Str(pre)) => super::c_str(&pre).to_vec(),
+        _ => Vec::new(),
+    };
+    // As llama.cpp decides: the pre-tokenizer's default, unless the key
+    // says otherwise (`gemma4` adds one whatever it says).
+    let adds_bos = match get(b"tokenizer.ggml.add_bos_token") {
+        _ if pre == b"gemma4" => true,
+        Some(Meta::Bool(adds)) => adds,
+        _ => BOS_PRE.contains(&pre.as_slice()),
+    };
     for name in ["bos", "eos"] {
-        let wanted = name == "eos" || adds_bos;
+        let wanted = match name {
+            "bos" => adds_bos && !NO_BOS_PRE.contains(&pre.as_slice()),
+            _ => true,
+        };
         if bpe && wanted && id_of(&name).is_none() && (BPE_DEFAULT_ID as usize) < n {
             ends.push((End::Default(name), BPE_DEFAULT_ID));
         }
@@ -239,7 +280,12 @@ pub(super) fn check(
         .collect();
     for (name, list, ends_replies) in FIM_TEXTS {
         // One outside the vocabulary llama.cpp drops, and looks by text.
-        if !id_of(&name).is_some_and(|(_, id)| (id as usize) < n) {
+        let old = FIM_OLD_KEYS
+            .iter()
+            .find(|(new, _)| *new == name)
+            .map(|(_, old)| old);
+        let set = |key: &&'static str| id_of(key).is_some_and(|(_, id)| (id as usize) < n);
+        if !set(&name) && !old.is_some_and(set) {
             let end = if ends_replies { End::Text } else { End::Hidden };
             by_text.extend(list.iter().map(|t| (t.as_bytes(), end)));
         }
@@ -253,6 +299,12 @@ pub(super) fn check(
     let mut warnings = Vec::new();
     match (tokenizer, merges) {
         (Some(b"gpt2"), Some(merges)) => warnings = check_merges(texts, types, merges, &ends)?,
+        // Their merges follow other rules (DNA words, whole words), so only
+        // the ids are held to the merges they have.
+        (Some(b"hybriddna" | b"whitespace"), Some(merges)) => {
+            let (made, used) = merged(texts, merges, false)?;
+            warnings = check_ends(texts, &made, &used, &ends)?;
+        }
         // WordPiece and Unigram vocabularies have no merges: a file that
         // holds them was written for `gpt2`.
         (Some(name @ (b"bert" | b"t5")), Some(merges)) if !merges.is_empty() => bail!(
@@ -424,36 +476,7 @@ fn check_merges(
     merges: &[Vec<u8>],
     ends: &[(End, u32)],
 ) -> Result<Vec<String>> {
-    let ids: HashMap<&[u8], usize> = texts
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.as_slice(), i))
-        .collect();
-    // Tokens a merge makes, and tokens a merge takes.
-    let mut made = HashSet::new();
-    let mut used = HashSet::new();
-    for (i, merge) in merges.iter().enumerate() {
-        // llama.cpp splits at the first space after the first byte.
-        let at = merge.iter().skip(1).position(|&b| b == b' ').map(|p| p + 1);
-        let parts = at.and_then(|at| Some((merge.get(..at)?, merge.get(at + 1..)?)));
-        let Some((left, right)) = parts.filter(|(l, r)| !l.is_empty() && !r.is_empty()) else {
-            bail!(
-                "merge {i} (\"{}\") is not two tokens separated by a space",
-                shown(merge)
-            );
-        };
-        let joined = [left, right].concat();
-        let lookup = |t: &[u8]| ids.get(t).copied();
-        let (Some(l), Some(r), Some(j)) = (lookup(left), lookup(right), lookup(&joined)) else {
-            bail!(
-                "merge {i} (\"{}\") joins texts that are not all tokens of the vocabulary; \
-                 the tokenizer would split text into other tokens than the model learned",
-                shown(merge)
-            );
-        };
-        used.extend([l, r]);
-        made.insert(j);
-    }
+    let (made, used) = merged(texts, merges, true)?;
     // What merges make is text: llama.cpp prints nothing for a token of
     // type undefined, unknown, control or unused.
     if let Some((j, t)) = types.and_then(|types| {
@@ -489,6 +512,67 @@ fn check_merges(
             merges.len()
         );
     }
+    check_ends(texts, &made, &used, ends)
+}
+
+/// The tokens `merges` make and the tokens they take.
+///
+/// # Errors
+///
+/// - with `strict`, a merge that is not two tokens joining into a third;
+///   otherwise such a merge is passed over.
+fn merged(
+    texts: &[Vec<u8>],
+    merges: &[Vec<u8>],
+    strict: bool,
+) -> Result<(HashSet<usize>, HashSet<usize>)> {
+    let ids: HashMap<&[u8], usize> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_slice(), i))
+        .collect();
+    let mut made = HashSet::new();
+    let mut used = HashSet::new();
+    for (i, merge) in merges.iter().enumerate() {
+        // llama.cpp splits at the first space after the first byte.
+        let at = merge.iter().skip(1).position(|&b| b == b' ').map(|p| p + 1);
+        let parts = at.and_then(|at| Some((merge.get(..at)?, merge.get(at + 1..)?)));
+        let Some((left, right)) = parts.filter(|(l, r)| !l.is_empty() && !r.is_empty()) else {
+            if !strict {
+                continue;
+            }
+            bail!(
+                "merge {i} (\"{}\") is not two tokens separated by a space",
+                shown(merge)
+            );
+        };
+        let joined = [left, right].concat();
+        let lookup = |t: &[u8]| ids.get(t).copied();
+        let (Some(l), Some(r), Some(j)) = (lookup(left), lookup(right), lookup(&joined)) else {
+            if !strict {
+                continue;
+            }
+            bail!(
+                "merge {i} (\"{}\") joins texts that are not all tokens of the vocabulary; \
+                 the tokenizer would split text into other tokens than the model learned",
+                shown(merge)
+            );
+        };
+        used.extend([l, r]);
+        made.insert(j);
+    }
+    Ok((made, used))
+}
+
+/// Refuses a beginning or end id naming a token the merges make or take,
+/// and warns of such a token llama.cpp ends replies at, or hides, by its
+/// text.
+fn check_ends(
+    texts: &[Vec<u8>],
+    made: &HashSet<usize>,
+    used: &HashSet<usize>,
+    ends: &[(End, u32)],
+) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
     for &(end, id) in ends {
         let id = id as usize;
@@ -750,7 +834,9 @@ mod tests {
     #[test]
     fn a_merged_token_llama_cpp_ends_replies_at_by_its_text_is_warned_of() {
         // `end` built by merges, a character at a time, beside a marker.
-        let check_with = |end: &str, fim_pad_is_marker: bool| {
+        // With `marker_key`, the key `tokenizer.ggml.{marker_key}_token_id`
+        // names the marker.
+        let check_with = |end: &str, marker_key: Option<&str>| {
             let chars: Vec<String> = end.chars().map(String::from).collect();
             let mut texts: Vec<String> = Vec::new();
             for c in &chars {
@@ -768,8 +854,9 @@ mod tests {
             let mut types = vec![1; texts.len() - 2];
             types.extend([3, 6]);
             let texts: Vec<Vec<u8>> = texts.into_iter().map(String::into_bytes).collect();
-            let get = |key: &[u8]| match fim_pad_is_marker {
-                true if key == b"tokenizer.ggml.fim_pad_token_id" => Some(Meta::U32(marker)),
+            let wanted = marker_key.map(|k| format!("tokenizer.ggml.{k}_token_id"));
+            let get = |key: &[u8]| match &wanted {
+                Some(k) if key == k.as_bytes() => Some(Meta::U32(marker)),
                 _ => None,
             };
             let list: Vec<&str> = list.iter().map(String::as_str).collect();
@@ -782,23 +869,27 @@ mod tests {
             )
             .map_err(|e| format!("{e:#}"))
         };
-        let warnings = check_with("</s>", false).expect("a warning, not a refusal");
+        let warnings = check_with("</s>", None).expect("a warning, not a refusal");
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(
             warnings[0].starts_with("token 6, \"</s>\", is text the merges build words from"),
             "{warnings:?}"
         );
-        assert_eq!(check_with("</t>", false), Ok(vec![]));
+        assert_eq!(check_with("</t>", None), Ok(vec![]));
         // `<PAD>` ends replies only when no fim_pad id is given.
-        assert_eq!(check_with("<PAD>", false).map(|w| w.len()), Ok(1));
-        assert_eq!(check_with("<PAD>", true), Ok(vec![]));
+        assert_eq!(check_with("<PAD>", None).map(|w| w.len()), Ok(1));
+        assert_eq!(check_with("<PAD>", Some("fim_pad")), Ok(vec![]));
         // `<PRE>` ends nothing, but is made a control token, which prints
         // nothing.
-        let hidden = check_with("<PRE>", false).expect("a warning");
+        let hidden = check_with("<PRE>", None).expect("a warning");
         assert!(
             hidden.len() == 1 && hidden[0].contains("makes it a control token by its text"),
             "{hidden:?}"
         );
+        // A prefix id under the key llama.cpp still reads by its old name
+        // is as good as one under the new.
+        assert_eq!(check_with("<PRE>", Some("fim_pre")), Ok(vec![]));
+        assert_eq!(check_with("<PRE>", Some("prefix")), Ok(vec![]));
     }
 
     #[test]
@@ -814,15 +905,16 @@ mod tests {
         types[12] = 3;
         types[13] = 6;
         let list = merges(&["a b", "< P", "<P A", "<PA D", "<PAD >"]);
-        let run = |keys: &[(&str, Meta)]| {
+        let run_as = |tokenizer: &[u8], keys: &[(&str, Meta)]| {
             let get = |key: &[u8]| {
                 keys.iter()
                     .find(|(k, _)| k.as_bytes() == key)
                     .map(|(_, v)| v.clone())
             };
-            check(&texts, Some(&types), Some(&list), Some(b"gpt2"), &get)
+            check(&texts, Some(&types), Some(&list), Some(tokenizer), &get)
                 .map_err(|e| format!("{e:#}"))
         };
+        let run = |keys: &[(&str, Meta)]| run_as(b"gpt2", keys);
         let eos = ("tokenizer.ggml.eos_token_id", Meta::U32(12));
         let e = run(&[]).unwrap_err();
         assert!(
@@ -847,7 +939,31 @@ mod tests {
         let far = ("tokenizer.ggml.fim_pad_token_id", Meta::U32(99));
         assert_eq!(run(&[eos.clone(), far]).map(|w| w.len()), Ok(1));
         let marker = ("tokenizer.ggml.fim_pad_token_id", Meta::U32(12));
-        assert_eq!(run(&[eos, marker]), Ok(vec![]));
+        assert_eq!(run(&[eos.clone(), marker]), Ok(vec![]));
+        // The BPE tokenizers whose merges follow other rules are held to
+        // the merges they have.
+        for tokenizer in [&b"whitespace"[..], b"hybriddna"] {
+            let e = run_as(tokenizer, &[]).unwrap_err();
+            assert!(
+                e.contains("`tokenizer.ggml.eos_token_id` is not set"),
+                "{e}"
+            );
+        }
+        // Pre-tokenizers that add a BOS unless told not to, and those that
+        // give no BOS without a key.
+        let pre = |name: &str| ("tokenizer.ggml.pre", Meta::Str(name.as_bytes().to_vec()));
+        let e = run(&[eos.clone(), pre("llama-bpe")]).unwrap_err();
+        assert!(
+            e.contains("`tokenizer.ggml.bos_token_id` is not set"),
+            "{e}"
+        );
+        let off = ("tokenizer.ggml.add_bos_token", Meta::Bool(false));
+        assert_eq!(
+            run(&[eos.clone(), pre("llama-bpe"), off]).map(|w| w.len()),
+            Ok(1)
+        );
+        let on = ("tokenizer.ggml.add_bos_token", Meta::Bool(true));
+        assert_eq!(run(&[eos, pre("glm4"), on]).map(|w| w.len()), Ok(1));
     }
 
     #[test]
