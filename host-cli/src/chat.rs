@@ -335,10 +335,14 @@ impl<'m> Template<'m> {
 
     /// Renders `messages`, ending with the assistant's generation prompt.
     ///
-    /// A template that trims the text of some roles' messages (a mark keeps
-    /// the spaces next to it from being trimmed) is rendered with those
-    /// messages trimmed beforehand: the roles are found by trying each set
-    /// of them, fewest first, until the prompt is the template's own.
+    /// A template that trims the text of some messages (a mark keeps the
+    /// spaces next to it from being trimmed) is rendered with those
+    /// messages trimmed beforehand. They are found by trying sets of roles
+    /// until the prompt is the template's own: every set, fewest first,
+    /// for up to four roles with padded text; otherwise none, each of the
+    /// first 16 alone, and all. Failing that (a template that
+    /// trims the last message, say), two padded renders tell message by
+    /// message.
     ///
     /// # Errors
     ///
@@ -445,7 +449,7 @@ impl<'m> Template<'m> {
         .into())
     }
 
-    /// Which messages the template writes trimmed, read from two renders.
+    /// Which messages the template writes trimmed.
     ///
     /// Each message's text goes between marks, trimmed, once bare and once
     /// with a tab before the opening mark and a line feed after the closing
@@ -687,11 +691,11 @@ impl Builtin<'_> {
     /// Says once, on stderr, that llama.cpp's built-in template is in use and why.
     fn warn(&self, why: &anyhow::Error) {
         if !self.warned.replace(true) {
-            note!(
-                "talkback: warning: {why:#}; using llama.cpp's built-in template \
-                 that matches it instead, which may differ (a default system turn, \
-                 for one)"
+            let line = format!(
+                "warning: {why:#}; using llama.cpp's built-in template that matches it \
+                 instead, which may differ (a default system turn, for one)"
             );
+            note!("talkback: {}", crate::output::error_line(&line));
         }
     }
 

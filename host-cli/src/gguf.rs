@@ -789,9 +789,9 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<Facts> {
     let mut tensors = Vec::new();
     let mut names = HashSet::new();
     for i in 0..n_tensors {
-        let name = r.string(&format!("the name of tensor {i}"), 256)?;
-        refuse_nul(&name, "tensor name")?;
-        let name = shown(&name);
+        let raw = r.string(&format!("the name of tensor {i}"), 256)?;
+        refuse_nul(&raw, "tensor name")?;
+        let name = shown(&raw);
         let dims = r.u32(&format!("the dimensions of `{name}`"))?;
         if dims == 0 || dims > MAX_DIMS {
             bail!("tensor `{name}` has {dims} dimensions (1 to {MAX_DIMS} allowed)");
@@ -812,8 +812,9 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<Facts> {
         if offset % alignment != 0 {
             bail!("tensor `{name}` is not aligned to {alignment} bytes");
         }
-        if !names.insert(name.clone()) {
-            bail!("two tensors are named `{name}`; llama.cpp refuses such a file");
+        // By the bytes: two names can look alike once shown.
+        if !names.insert(raw) {
+            bail!("two tensors are named `{name}` (tensor {i}); llama.cpp refuses such a file");
         }
         tensors.push((name, dims, first_dim, elements, kind, offset));
     }

@@ -49,12 +49,19 @@ fn run() -> ExitCode {
                 .collect();
             let e = cli::explain_unknown(&e, &args).unwrap_or(e);
             if e.use_stderr() {
-                // A value of thousands of characters is quoted in the
-                // error, twice at times: its lines are cut as every error's
-                // are, which gives up clap's colours for that error only.
-                let text = e.render().to_string();
+                // A value quoted in the error is written on one line, as in
+                // every other error, and a line of thousands of characters
+                // (a value quoted twice) is cut; either gives up clap's
+                // colours for that error only.
+                let mut text = e.render().to_string();
+                for arg in &args {
+                    let shown = output::one_line(arg);
+                    if shown != *arg {
+                        text = text.replace(arg.as_str(), &shown);
+                    }
+                }
                 let long = |l: &str| l.chars().count() > output::MAX_ERROR_CHARS;
-                if text.lines().any(long) {
+                if text != e.render().to_string() || text.lines().any(long) {
                     for line in text.lines() {
                         talkback::note!("{}", output::cut_line(line.to_owned()));
                     }

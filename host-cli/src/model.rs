@@ -643,10 +643,11 @@ impl std::fmt::Display for ContextTooLong {
         if self.trained < u64::from(least) {
             return write!(
                 f,
-                "model {} was trained on a context of {} tokens; talkback needs a context \
+                "model {} was trained on a context of {} token{}; talkback needs a context \
                  of at least {least}, so it cannot run it",
                 self.path.display(),
-                self.trained
+                self.trained,
+                if self.trained == 1 { "" } else { "s" }
             );
         }
         write!(

@@ -92,7 +92,7 @@ fn json_f32<'de, D: Deserializer<'de>>(
     parse(text).map_err(D::Error::custom)
 }
 
-/// A finite number, read as `--presence-penalty` is (see [`json_f32`]).
+/// A finite number, read from its text as `--presence-penalty` is.
 ///
 /// # Errors
 ///
@@ -101,7 +101,7 @@ pub fn json_finite<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
     json_f32(d, crate::cli::finite)
 }
 
-/// A number of 0 or more, read as `--temp` is (see [`json_f32`]).
+/// A number of 0 or more, read from its text as `--temp` is.
 ///
 /// # Errors
 ///
@@ -110,7 +110,7 @@ pub fn json_non_negative<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Erro
     json_f32(d, crate::cli::non_negative)
 }
 
-/// A number above 0, read as `--repeat-penalty` is (see [`json_f32`]).
+/// A number above 0, read from its text as `--repeat-penalty` is.
 ///
 /// # Errors
 ///
@@ -119,7 +119,7 @@ pub fn json_positive<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
     json_f32(d, crate::cli::positive)
 }
 
-/// A number from 0 to 1, read as `--top-p` is (see [`json_f32`]).
+/// A number from 0 to 1, read from its text as `--top-p` is.
 ///
 /// # Errors
 ///
@@ -234,7 +234,7 @@ impl Settings {
         for name in &self.sampler_order {
             let Some(stage) = crate::cli::stage_of(name) else {
                 bail!(
-                    "sampler_order: {name:?} is not the name of a stage (temp, top-k, top-p, \
+                    "sampler_order: `{name}` is not the name of a stage (temp, top-k, top-p, \
                      min-p), nor a whole order alone (talkback, llama.cpp)"
                 );
             };

@@ -1018,16 +1018,13 @@ mod tests {
         for (order, want) in [
             (
                 r#"["temp", ""]"#,
-                r#"sampler_order: "" is not the name of a stage"#,
+                "sampler_order: `` is not the name of a stage",
             ),
             (
                 r#"["temp,top-k"]"#,
-                r#"sampler_order: "temp,top-k" is not the name"#,
+                "sampler_order: `temp,top-k` is not the name",
             ),
-            (
-                r#"[" temp "]"#,
-                r#"sampler_order: " temp " is not the name"#,
-            ),
+            (r#"[" temp "]"#, "sampler_order: ` temp ` is not the name"),
             ("[]", "sampler_order names no stage"),
             (
                 r#"["top-k", "temp", "top-k"]"#,

@@ -201,6 +201,15 @@ fn flags_that_do_not_go_together_are_usage_errors() {
     );
     assert!(lines[0].ends_with("is out of range: a 32-bit float holds at most about 3.4e38"));
     assert_eq!(lines.last(), Some(&"For more information, try '--help'."));
+    // A value of many lines is written on one, as in talkback's own errors.
+    let run = talkback(&["complete", "--temp", &"x\n".repeat(3000), "Hi"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 3, "{}", run.stderr);
+    assert!(
+        run.stderr.starts_with("error: invalid value 'x\\nx\\nx"),
+        "{}",
+        run.stderr
+    );
 
     // Logits typed on the command line that hold nothing to draw are
     // the user's to fix, as a bad flag value is.

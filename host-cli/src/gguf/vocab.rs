@@ -40,9 +40,10 @@ use super::{shown, Meta};
 /// Special ids that start every prompt or end every reply.
 const ENDS: [&str; 4] = ["bos", "eos", "eot", "eom"];
 
-/// Fill-in-the-middle ids that llama.cpp also ends replies at. One outside
-/// the vocabulary it drops instead of replacing, so only those inside it
-/// are checked.
+/// Fill-in-the-middle ids that llama.cpp also ends replies at.
+///
+/// One outside the vocabulary it drops instead of replacing, so only those
+/// inside it are checked.
 const FIM_ENDS: [&str; 3] = ["fim_pad", "fim_rep", "fim_sep"];
 
 /// Token texts llama.cpp ends replies at whatever the keys say (its list in
@@ -213,8 +214,8 @@ const ESCAPING_PRE: [&[u8]; 4] = [
     b"sarvam-moe",
 ];
 
-/// Checks the vocabulary; see the module docs. Returns warnings about
-/// what may be a fault but could also be a working model's own quirk.
+/// Checks the vocabulary (see the module docs), giving warnings of what
+/// may be a fault but could also be a working model's own quirk.
 ///
 /// `get` reads a kept metadata value by key.
 ///
@@ -235,10 +236,12 @@ pub(super) fn check(
     if let Some(types) = types {
         check_types(texts, types)?;
     }
-    let id_of = |name: &&'static str| match get(format!("tokenizer.ggml.{name}_token_id").as_bytes())
-    {
-        Some(Meta::U32(id)) => Some((End::Key(name), id)),
-        _ => None,
+    let id_of = |name: &&'static str| {
+        let key = format!("tokenizer.ggml.{name}_token_id");
+        match get(key.as_bytes()) {
+            Some(Meta::U32(id)) => Some((End::Key(name), id)),
+            _ => None,
+        }
     };
     let mut ends: Vec<(End, u32)> = ENDS.iter().filter_map(id_of).collect();
     for &(end, id) in &ends {
