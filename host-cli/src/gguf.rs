@@ -113,8 +113,10 @@ const NO_CPU_MATMUL: [u32; 7] = [9, 15, 24, 25, 26, 27, 28];
 pub const MAX_VOCAB: u64 = 1 << 20;
 /// Keys llama.cpp reads as one GGUF type only, refusing the file with
 /// nothing said when another is stored: the key, the type, its name.
-const TYPED_KEYS: [(&[u8], u32, &str); 8] = [
+const TYPED_KEYS: [(&[u8], u32, &str); 10] = [
     (b"general.architecture", STRING, "a string"),
+    (b"general.name", STRING, "a string"),
+    (b"general.file_type", UINT32, "a 32-bit unsigned integer"),
     (b"tokenizer.ggml.model", STRING, "a string"),
     (b"tokenizer.ggml.pre", STRING, "a string"),
     (b"tokenizer.ggml.add_bos_token", BOOL, "a boolean"),
@@ -128,9 +130,28 @@ const TYPED_KEYS: [(&[u8], u32, &str); 8] = [
     ),
 ];
 
-/// What follows the architecture's name in keys llama.cpp reads as a u32
-/// only.
-const ARCH_U32_KEYS: [&[u8]; 3] = [b".context_length", b".embedding_length", b".block_count"];
+/// What follows the architecture's name in keys llama.cpp reads as one
+/// type only (or a list of them, one per layer): the suffix, the types,
+/// their name.
+const ARCH_TYPED_KEYS: [(&[u8], &[u32], &str); 10] = [
+    (b".context_length", &[UINT32], U32_NAME),
+    (b".embedding_length", &[UINT32], U32_NAME),
+    (b".block_count", &[UINT32], U32_NAME),
+    (b".vocab_size", &[UINT32], U32_NAME),
+    (b".rope.dimension_count", &[UINT32], U32_NAME),
+    (b".feed_forward_length", &[UINT32, ARRAY], U32S_NAME),
+    (b".attention.head_count", &[UINT32, ARRAY], U32S_NAME),
+    (b".attention.head_count_kv", &[UINT32, ARRAY], U32S_NAME),
+    (b".rope.freq_base", &[FLOAT32], F32_NAME),
+    (b".attention.layer_norm_rms_epsilon", &[FLOAT32], F32_NAME),
+];
+
+/// How errors name the types of [`ARCH_TYPED_KEYS`].
+const U32_NAME: &str = "a 32-bit unsigned integer (type 4)";
+/// See [`U32_NAME`].
+const U32S_NAME: &str = "a 32-bit unsigned integer (type 4) or an array of them (type 9)";
+/// See [`U32_NAME`].
+const F32_NAME: &str = "a 32-bit float (type 6)";
 
 /// The `tokenizer.ggml.{name}_token_id` keys llama.cpp reads, as u32 only.
 const TOKEN_IDS: [&[u8]; 17] = [
@@ -156,6 +177,10 @@ const TOKEN_IDS: [&[u8]; 17] = [
 const INT32: u32 = 5;
 /// GGUF value type of an unsigned 32-bit integer.
 const UINT32: u32 = 4;
+/// GGUF value type of a 32-bit float.
+const FLOAT32: u32 = 6;
+/// The last GGUF value type (a 64-bit float).
+const LAST_TYPE: u32 = 12;
 /// GGUF value type of a boolean.
 const BOOL: u32 = 7;
 /// GGUF value type of a string.
@@ -696,11 +721,15 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<Facts> {
         }
         let kind = r.u32(&format!("the type of `{name}`"))?;
         if let Some(&(_, want, named)) = TYPED_KEYS.iter().find(|(k, _, _)| *k == key) {
-            if kind != want {
+            // A type GGUF does not have is reported as such below.
+            if kind != want && kind <= LAST_TYPE {
                 bail!("`{name}` is stored as GGUF type {kind}; it must be {named} (type {want})");
             }
         }
-        if ARCH_U32_KEYS.iter().any(|suffix| key.ends_with(suffix)) {
+        if ARCH_TYPED_KEYS
+            .iter()
+            .any(|(suffix, _, _)| key.ends_with(suffix))
+        {
             arch_keys.push((key.clone(), kind));
         }
         // llama.cpp reads each token id as a u32 and refuses another type.
@@ -708,7 +737,7 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<Facts> {
             .strip_prefix(b"tokenizer.ggml.")
             .and_then(|k| k.strip_suffix(b"_token_id"))
             .is_some_and(|id| TOKEN_IDS.contains(&id));
-        if token_id && kind != UINT32 {
+        if token_id && kind != UINT32 && kind <= LAST_TYPE {
             bail!(
                 "`{name}` is stored as GGUF type {kind}; a token id must be a 32-bit \
                  unsigned integer (type 4)"
@@ -753,14 +782,20 @@ fn check<R: Read + Seek>(r: &mut Reader<R>) -> Result<Facts> {
         Meta::Str(arch) if k == b"general.architecture" => Some(c_str(arch)),
         _ => None,
     });
+    if arch == Some(b"") {
+        bail!("`general.architecture` is empty");
+    }
     for (key, kind) in &arch_keys {
-        let of_arch = |suffix: &&[u8]| arch.is_some_and(|a| *key == [a, *suffix].concat());
-        if *kind != UINT32 && ARCH_U32_KEYS.iter().any(of_arch) {
-            bail!(
-                "`{}` is stored as GGUF type {kind}; it must be a 32-bit unsigned integer \
-                 (type 4)",
-                shown(key)
-            );
+        let of_arch = |(suffix, _, _): &&(&[u8], &[u32], &str)| {
+            arch.is_some_and(|a| *key == [a, *suffix].concat())
+        };
+        if let Some((_, kinds, named)) = ARCH_TYPED_KEYS.iter().find(of_arch) {
+            if !kinds.contains(kind) {
+                bail!(
+                    "`{}` is stored as GGUF type {kind}; it must be {named}",
+                    shown(key)
+                );
+            }
         }
     }
     check_values(&kept)?;
@@ -1195,6 +1230,28 @@ mod tests {
             "{err}"
         );
         arch("gemma.block_count", V::U64(30)).expect("another architecture's key");
+        let err = format!(
+            "{:#}",
+            arch("llama.rope.freq_base", V::U32(10_000)).expect_err("u32")
+        );
+        assert!(err.contains("it must be a 32-bit float (type 6)"), "{err}");
+        let err = format!(
+            "{:#}",
+            arch("llama.attention.head_count", V::Str("9")).expect_err("s")
+        );
+        assert!(err.contains("or an array of them (type 9)"), "{err}");
+        arch("llama.attention.head_count", V::Ints(&[9])).expect("one per layer");
+        let err = format!(
+            "{:#}",
+            arch("general.name", V::U32(7)).expect_err("a number")
+        );
+        assert!(
+            err.contains("`general.name` is stored as GGUF type 4"),
+            "{err}"
+        );
+        let empty = run(build(&[("general.architecture", V::Str(""))], 1, F32));
+        let err = format!("{:#}", empty.expect_err("empty"));
+        assert!(err.contains("`general.architecture` is empty"), "{err}");
     }
 
     #[test]
