@@ -340,9 +340,9 @@ impl<'m> Template<'m> {
     /// messages trimmed beforehand. They are found by trying sets of roles
     /// until the prompt is the template's own: every set, fewest first,
     /// for up to four roles with padded text; otherwise none, each of the
-    /// first 16 alone, and all. Failing that (a template that
-    /// trims the last message, say), two padded renders tell message by
-    /// message.
+    /// first 16 alone, and all. Failing that (a template that trims the
+    /// last message, or one end of a message), two padded renders tell
+    /// message by message.
     ///
     /// # Errors
     ///
@@ -431,9 +431,15 @@ impl<'m> Template<'m> {
             let candidate: Vec<Message> = messages
                 .iter()
                 .zip(trims)
-                .map(|(m, trimmed)| match trimmed {
-                    true => Message::new(&m.role, m.content.trim()),
-                    false => m.clone(),
+                .map(|(m, (start, end))| {
+                    let mut text = m.content.as_str();
+                    if start {
+                        text = text.trim_start();
+                    }
+                    if end {
+                        text = text.trim_end();
+                    }
+                    Message::new(&m.role, text)
                 })
                 .collect();
             if let Some(rendered) = self.render_marked(&candidate, &plain, true)? {
@@ -449,17 +455,18 @@ impl<'m> Template<'m> {
         .into())
     }
 
-    /// Which messages the template writes trimmed.
+    /// Which ends of each message's text the template trims: (start, end).
     ///
     /// Each message's text goes between marks, trimmed, once bare and once
     /// with a tab before the opening mark and a line feed after the closing
-    /// one. Where the template keeps a message's text as it is, its tab
-    /// and line feed stand beside the marks in the second render; where it
-    /// trims it, neither does. Lining up one render against the plain one
-    /// instead cannot tell which side of a mark whitespace belongs to. Gives
-    /// `None` when a message keeps only one of the two (the template strips
-    /// one end only) or the marks do not come out once each, in order.
-    fn trimmed_messages(&self, messages: &[Message]) -> Result<Option<Vec<bool>>> {
+    /// one. Where the template keeps the start of a message's text as it
+    /// is, its tab stands before the mark in the second render, and the
+    /// same for the end and its line feed (a template may strip one end
+    /// only, as one that strips the system text and the first message
+    /// joined does). Lining up one render against the plain one instead
+    /// cannot tell which side of a mark whitespace belongs to. Gives `None`
+    /// when the marks do not come out once each, in order.
+    fn trimmed_messages(&self, messages: &[Message]) -> Result<Option<Vec<(bool, bool)>>> {
         let Some((open, close)) = marks(messages, &self.source) else {
             return Ok(None);
         };
@@ -514,13 +521,11 @@ impl<'m> Template<'m> {
                 leads.push(lead);
             }
         }
-        // Both kept: the text as given; neither: trimmed; one: stripped at
-        // one end only, which no trimmed or untrimmed text renders as.
-        Ok(leads
+        let trims = leads
             .into_iter()
             .zip(tails)
-            .map(|(lead, tail)| (lead == tail).then_some(!lead))
-            .collect())
+            .map(|(lead, tail)| (!lead, !tail));
+        Ok(Some(trims.collect()))
     }
 
     /// Renders with content marks; `None` unless the result, marks taken
@@ -1189,6 +1194,27 @@ mod tests {
             let spans: Vec<&str> = r.content.iter().map(|c| &r.text[c.clone()]).collect();
             assert_eq!(spans, ["a", second]);
         }
+    }
+
+    #[test]
+    fn a_message_stripped_at_one_end_only_is_rendered() {
+        // Llama 2's template strips the system text and the first message
+        // joined: the message keeps its start and loses its end.
+        let t = Template::new(
+            "{% set content = '<<SYS>>\\n' + messages[0]['content'] + '\\n<</SYS>>\\n\\n' + \
+             messages[1]['content'] %}{{ '[INST] ' + content.strip() + ' [/INST]' }}",
+            String::new(),
+            String::new(),
+        )
+        .expect("parse");
+        let messages = [
+            Message::new("system", "sys"),
+            Message::new("user", " plain "),
+        ];
+        let r = t.render(&messages).expect("render");
+        assert_eq!(r.text, "[INST] <<SYS>>\nsys\n<</SYS>>\n\n plain [/INST]");
+        let spans: Vec<&str> = r.content.iter().map(|c| &r.text[c.clone()]).collect();
+        assert_eq!(spans, ["sys", " plain"]);
     }
 
     #[test]
