@@ -123,8 +123,7 @@ fn load_for(args: &ModelArgs, verbose: u8, traced: bool, stops: &[String]) -> Re
         if stops.get(..i).is_some_and(|before| before.contains(stop)) {
             continue;
         }
-        if let Some(id) = model.unprinted_token(stop)? {
-            let text = model.token_text(id).unwrap_or_default();
+        if let Some((id, text)) = model.unprinted_token(stop)? {
             let line = format!(
                 "warning: --stop {stop:?} never matches where the model generates token {id} \
                  ({text:?}), a control token that prints nothing: stop strings see only \

@@ -404,25 +404,18 @@ impl Model {
     }
 
     /// The first token of `text`, read with special tokens, that prints
-    /// nothing (a control token such as `<|im_start|>`): generated text
-    /// never holds `text` where the model writes that token.
+    /// nothing (a control token such as `<|im_start|>`), with its text:
+    /// generated text never holds `text` where the model writes that token.
     ///
     /// # Errors
     ///
     /// - as [`Model::tokenize`].
-    pub fn unprinted_token(&self, text: &str) -> Result<Option<u32>> {
-        let mut piece = Vec::new();
-        for token in self.tokenize(text, true)? {
-            let Ok(id) = u32::try_from(token.0) else {
-                continue;
-            };
-            piece.clear();
-            self.piece_into(id, &mut piece);
-            if piece.is_empty() {
-                return Ok(Some(id));
-            }
-        }
-        Ok(None)
+    pub fn unprinted_token(&self, text: &str) -> Result<Option<(u32, String)>> {
+        let tokens = self.tokenize(text, true)?;
+        let ids = tokens.iter().filter_map(|t| u32::try_from(t.0).ok());
+        Ok(ids
+            .into_iter()
+            .find_map(|id| Some((id, self.control_text(id)?))))
     }
 
     /// The BOS token, when the vocabulary has one and asks for it at the
