@@ -6,11 +6,18 @@
 /// `eprintln!` panics when stderr cannot be written (a closed pipe, a full
 /// disk), which turned a run that had succeeded into a crash with exit 101.
 /// A diagnostic that cannot be shown is dropped instead.
+///
+/// The line goes out in one write: stderr is unbuffered, and `writeln!`
+/// writes each piece of the format on its own, so a reader (a terminal, a
+/// log collector, another process writing to the same file) could see half
+/// a line.
 #[macro_export]
 macro_rules! note {
     ($($arg:tt)*) => {{
         use ::std::io::Write as _;
-        let _ = ::std::writeln!(::std::io::stderr(), $($arg)*);
+        let mut line = ::std::format!($($arg)*);
+        line.push('\n');
+        let _ = ::std::io::stderr().write_all(line.as_bytes());
     }};
 }
 

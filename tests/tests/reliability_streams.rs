@@ -1198,6 +1198,15 @@ impl Terminal {
         from + find(rest).map_or(0, |at| at + needle.len())
     }
 
+    /// Waits for the line that goes on at byte `from` to end; returns its
+    /// text from there. The chat writes a line in pieces, so what is on
+    /// screen when its start appears may hold only a part of it.
+    fn rest_of_line(&self, from: usize) -> String {
+        let end = self.wait_for(from, "\n");
+        let bytes = self.screen.bytes();
+        String::from_utf8_lossy(bytes.get(from..end).unwrap_or_default()).into_owned()
+    }
+
     fn screen(&self) -> String {
         String::from_utf8_lossy(&self.screen.bytes()).into_owned()
     }
@@ -1365,8 +1374,7 @@ fn a_verbose_chat_reports_how_each_reply_finished() {
         term.keys(b"Hi\r");
         // Eight tokens end the reply unless the model ends its turn first.
         at = term.wait_for(at, "talkback: finished: ");
-        let screen = term.screen();
-        let reason = screen.get(at..).unwrap_or_default();
+        let reason = term.rest_of_line(at);
         assert!(
             reason.starts_with("length (") || reason.starts_with("end of turn ("),
             "{reason:?}"
@@ -1417,8 +1425,7 @@ fn ctrl_c_before_the_reply_begins_takes_the_message_back() {
     // Only the new message is in the conversation: a few dozen tokens,
     // not the hundreds of the one taken back.
     let at = term.wait_for(at, "talkback: finished: ");
-    let screen = term.screen();
-    let line = screen.get(at..).unwrap_or_default();
+    let line = term.rest_of_line(at);
     let count: usize = line
         .split(" prompt token")
         .next()
