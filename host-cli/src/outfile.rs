@@ -730,11 +730,13 @@ mod tests {
             handle.read_to_string(&mut back).unwrap();
             assert_eq!(back, through);
         }
+        // Only names made from this test's own: other processes share /tmp.
         let folder = held.parent().unwrap();
+        let name = held.file_name().unwrap().to_string_lossy().into_owned();
         let stray = std::fs::read_dir(folder)
             .unwrap()
             .filter_map(Result::ok)
-            .any(|e| e.file_name().to_string_lossy().contains("-held"));
+            .any(|e| e.file_name().to_string_lossy().contains(&name));
         assert!(!stray, "a file was made for the deleted one");
         std::fs::remove_file(&first).unwrap();
         std::fs::remove_file(&second).unwrap();

@@ -208,7 +208,10 @@ pub fn talkback_stdin(args: &[&str], stdin: Option<&[u8]>) -> Run {
     let mut child = cmd.spawn().expect("start talkback");
     if let Some(bytes) = stdin {
         let mut pipe = child.stdin.take().expect("stdin pipe");
-        pipe.write_all(bytes).expect("write stdin");
+        // A run refused before it reads stdin may be gone already.
+        if let Err(e) = pipe.write_all(bytes) {
+            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
+        }
     }
     child.wait_with_output().expect("wait for talkback").into()
 }

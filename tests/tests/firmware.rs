@@ -39,7 +39,7 @@ const TARGET: &str = "thumbv7em-none-eabihf";
 
 /// Longest the firmware build may take (a first build fetches and compiles
 /// its dependencies).
-const BUILD_LIMIT: Duration = Duration::from_secs(300);
+const BUILD_LIMIT: Duration = Duration::from_secs(900);
 
 /// Longest the emulated run may take; it needs a few seconds.
 const RUN_LIMIT: Duration = Duration::from_secs(120);

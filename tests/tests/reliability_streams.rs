@@ -55,7 +55,7 @@ fn closing_stdout_after_ten_bytes_exits_zero_quietly() {
         // What `head -c 10` does: stop reading and close the pipe.
         drop(stdout);
         let status = wait(&mut child);
-        let stderr = String::from_utf8_lossy(&stderr.bytes()).into_owned();
+        let stderr = String::from_utf8_lossy(&stderr.all()).into_owned();
         assert_eq!(
             status.code(),
             Some(0),
@@ -395,7 +395,7 @@ fn a_trace_that_fails_outranks_a_reader_that_left() {
     drop(child.stdout.take());
     let stderr = Tail::follow(child.stderr.take().expect("stderr"));
     let status = wait(&mut child);
-    let text = String::from_utf8_lossy(&stderr.bytes()).into_owned();
+    let text = String::from_utf8_lossy(&stderr.all()).into_owned();
     assert_eq!(status.code(), Some(1), "{status}: {text}");
     assert!(
         text.starts_with("talkback: cannot write trace /dev/full: "),
@@ -437,27 +437,48 @@ fn a_stderr_that_cannot_be_written_does_not_fail_the_run() {
         let status = wait(&mut child);
         assert_eq!(status.code(), Some(0), "closed pipe {closed}: {status}");
         stdout.wait_for(0, "the whole text", |b| b.len() >= want.stdout.len());
-        assert_eq!(stdout.bytes(), want.stdout, "closed pipe {closed}");
+        assert_eq!(stdout.all(), want.stdout, "closed pipe {closed}");
     }
 }
 
 /// Polls until a thread of process `pid` waits in `open` for the other end
 /// of a named pipe; fails the test after a while.
-///
-/// Linux only: the kernel names the wait `wait_for_partner` in
-/// `/proc/PID/task/TID/wchan`; where it hides wait channels (they read
-/// 0), a thread in `openat` (257 on x86-64, 56 on arm64) counts.
 fn wait_for_pipe_open(pid: u32) {
-    let openat = if cfg!(target_arch = "aarch64") {
-        "56 "
+    wait_blocked(
+        pid,
+        &["wait_for_partner"],
+        ("257 ", "56 "),
+        "wait on the pipe",
+    );
+}
+
+/// Polls until a thread of process `pid` waits in a write to a pipe that
+/// is full; fails the test after a while.
+fn wait_for_pipe_write(pid: u32) {
+    // Newer kernels name it `anon_pipe_write`.
+    let wchan = ["pipe_write", "anon_pipe_write"];
+    wait_blocked(pid, &wchan, ("1 ", "64 "), "block writing to the pipe");
+}
+
+/// Polls until a thread of process `pid` sleeps in a kernel function
+/// named in `wchan`; fails the test, saying talkback never did `what`, after a
+/// while.
+///
+/// Linux only: the kernel names the function in
+/// `/proc/PID/task/TID/wchan`; where it hides wait channels (they read
+/// 0), a thread in the system call numbered `syscall` (on x86-64, on
+/// arm64) counts.
+fn wait_blocked(pid: u32, wchan: &[&str], syscall: (&str, &str), what: &str) {
+    let syscall = if cfg!(target_arch = "aarch64") {
+        syscall.1
     } else {
-        "257 "
+        syscall.0
     };
     let waits = |task: &std::path::Path| {
         let read = |what: &str| std::fs::read_to_string(task.join(what));
         match read("wchan") {
-            Ok(w) if !matches!(w.trim(), "" | "0") => w.trim() == "wait_for_partner",
-            _ => read("syscall").is_ok_and(|s| s.starts_with(openat)),
+            Ok(w) if !matches!(w.trim(), "" | "0") => wchan.contains(&w.trim()),
+            _ => read("syscall").is_ok_and(|s| s.starts_with(syscall)),
         }
     };
     let started = std::time::Instant::now();
@@ -468,7 +489,7 @@ fn wait_for_pipe_open(pid: u32) {
         }
         assert!(
             started.elapsed() < reliability_support::DEADLINE,
-            "talkback never waited on the pipe"
+            "talkback never did {what}"
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -511,7 +532,7 @@ fn stop_while_waiting(
         .spawn()
         .expect("start talkback");
     wait_for_pipe_open(child.id());
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    reliability_support::wait_for_handlers(child.id(), &[1, 2, 15]);
     stop(&child);
     let status = wait(&mut child);
     assert!(
@@ -551,7 +572,7 @@ fn a_stop_request_while_waiting_on_a_pipe_ends_the_run_at_once() {
         .spawn()
         .expect("start talkback");
     let stdin = child.stdin.take();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    reliability_support::wait_for_handlers(child.id(), &[2]);
     interrupt(&child);
     let status = wait(&mut child);
     drop(stdin);
@@ -596,7 +617,7 @@ fn a_second_stop_request_ends_a_run_stuck_in_a_write() {
         "--dump-logits",
         fifo,
     ]);
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    wait_for_pipe_write(child.id());
     interrupt(&child);
     // Well past the half second within which a request counts as the
     // first one delivered twice.
@@ -644,7 +665,7 @@ fn a_replay_stopped_during_its_prompt_is_no_match() {
     ]);
     terminate(child.id());
     let status = wait(&mut child);
-    let out = String::from_utf8_lossy(&stdout.bytes()).into_owned();
+    let out = String::from_utf8_lossy(&stdout.all()).into_owned();
     assert_eq!(status.code(), Some(143), "{status}; stdout {out}");
     assert!(!out.contains("replay ok"), "{out}");
 }
@@ -670,7 +691,7 @@ fn ctrl_c_during_plot_exits_130_without_a_chart() {
     let status = wait(&mut child);
     let exists = out.exists();
     let _ = std::fs::remove_file(&out);
-    let stderr = String::from_utf8_lossy(&stderr.bytes()).into_owned();
+    let stderr = String::from_utf8_lossy(&stderr.all()).into_owned();
     assert_eq!(status.code(), Some(130), "{status}; stderr: {stderr}");
     no_crash(&stderr);
     assert!(!stderr.contains("wrote"), "{stderr}");
@@ -700,10 +721,10 @@ fn ctrl_c_during_generation_keeps_the_text_and_exits_130() {
     let status = wait(&mut child);
 
     assert_eq!(status.code(), Some(130), "{status}");
-    let stderr = String::from_utf8_lossy(&stderr.bytes()).into_owned();
+    let stderr = String::from_utf8_lossy(&stderr.all()).into_owned();
     no_crash(&stderr);
     assert_eq!(stderr, "", "Ctrl-C is not an error to report");
-    let text = String::from_utf8(stdout.bytes()).expect("the text is valid UTF-8");
+    let text = String::from_utf8(stdout.all()).expect("the text is valid UTF-8");
     assert!(text.len() >= 20, "{text:?}");
 }
 
@@ -768,13 +789,11 @@ fn sigterm_s_status_wins_when_sighup_comes_with_it() {
     // set the status even when SIGTERM came first (as a service manager
     // sends them).
     fn both(pid: u32) {
-        terminate(pid);
-        hang_up(pid);
+        reliability_support::signals(pid, &["TERM", "HUP"]);
     }
     stopped_during_generation("term-hup-trace", both, 143);
     fn both_reversed(pid: u32) {
-        hang_up(pid);
-        terminate(pid);
+        reliability_support::signals(pid, &["HUP", "TERM"]);
     }
     stopped_during_generation("hup-term-trace", both_reversed, 143);
 }
@@ -810,7 +829,7 @@ fn a_run_started_with_sighup_ignored_goes_on_after_one() {
     hang_up(child.id());
     let status = wait(&mut child);
     assert_eq!(status.code(), Some(0), "{status}");
-    let out = String::from_utf8(stdout.bytes()).expect("the events are UTF-8");
+    let out = String::from_utf8(stdout.all()).expect("the events are UTF-8");
     let last = out.lines().last().expect("a last line");
     let summary: serde_json::Value = serde_json::from_str(last).expect("a JSON summary");
     assert_eq!(summary["finish_reason"], "length", "{last}");
@@ -908,10 +927,10 @@ fn stopped_during_generation(name: &str, signal: fn(u32), code: i32) {
     let status = wait(&mut child);
 
     assert_eq!(status.code(), Some(code), "{status}");
-    let stderr = String::from_utf8_lossy(&stderr.bytes()).into_owned();
+    let stderr = String::from_utf8_lossy(&stderr.all()).into_owned();
     no_crash(&stderr);
     assert_eq!(stderr, "", "a request to stop is not an error to report");
-    let out = String::from_utf8(stdout.bytes()).expect("the events are UTF-8");
+    let out = String::from_utf8(stdout.all()).expect("the events are UTF-8");
     let last = out.lines().last().expect("a last line");
     let summary: serde_json::Value = serde_json::from_str(last).expect("a JSON summary");
     assert_eq!(summary["event"], "summary", "{last}");
@@ -957,8 +976,8 @@ fn interrupt_a_long_prompt(args: &[&str], within: std::time::Duration) -> (i32, 
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    no_crash(&String::from_utf8_lossy(&stderr.bytes()));
-    (status.code().unwrap_or(-1), stdout.bytes())
+    no_crash(&String::from_utf8_lossy(&stderr.all()));
+    (status.code().unwrap_or(-1), stdout.all())
 }
 
 #[test]
@@ -1031,7 +1050,9 @@ const PROMPT: &str = "1, 2, 3, 4, 5,";
 fn ctrl_c_flushes_text_held_back_for_a_stop_string() {
     // A stop string that the whole greedy output keeps matching the start
     // of: every generated byte is held back until the run ends.
-    let (text, n_tokens) = greedy_text("40");
+    // Two hundred tokens (as long a stop string as is allowed): the
+    // interrupt has to land within them, on a machine however loaded.
+    let (text, n_tokens) = greedy_text("200");
     let stop = format!("{text}\u{1}");
     assert!(stop.len() <= 256, "the stop string is too long: {stop:?}");
     let mut child = command(&[
@@ -1060,9 +1081,9 @@ fn ctrl_c_flushes_text_held_back_for_a_stop_string() {
     interrupt(&child);
     let status = wait(&mut child);
     assert_eq!(status.code(), Some(130), "{status}");
-    no_crash(&String::from_utf8_lossy(&stderr.bytes()));
+    no_crash(&String::from_utf8_lossy(&stderr.all()));
 
-    let out = String::from_utf8(stdout.bytes()).expect("valid UTF-8");
+    let out = String::from_utf8(stdout.all()).expect("valid UTF-8");
     let events: Vec<serde_json::Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
@@ -1098,8 +1119,9 @@ fn ctrl_c_flushes_text_held_back_for_a_stop_string() {
 
 #[test]
 fn ctrl_c_flushes_held_back_text_in_text_format_too() {
-    let (text, n_tokens) = greedy_text("40");
+    let (text, n_tokens) = greedy_text("200");
     let stop = format!("{text}\u{1}");
+    assert!(stop.len() <= 256, "the stop string is too long: {stop:?}");
     let scratch = reliability_support::Scratch::new("held-text");
     let dump = scratch.join("logits.f32");
     let mut child = command(&[
@@ -1136,14 +1158,14 @@ fn ctrl_c_flushes_held_back_text_in_text_format_too() {
     interrupt(&child);
     let status = wait(&mut child);
     assert_eq!(status.code(), Some(130), "{status}");
-    no_crash(&String::from_utf8_lossy(&stderr.bytes()));
+    no_crash(&String::from_utf8_lossy(&stderr.all()));
 
     let steps = std::fs::metadata(&dump).map_or(0, |m| m.len()) / record;
     assert!(
         (steps as usize) < n_tokens,
         "the interrupt came after the held-back stretch ({steps} steps)"
     );
-    let out = String::from_utf8(stdout.bytes()).expect("valid UTF-8");
+    let out = String::from_utf8(stdout.all()).expect("valid UTF-8");
     assert!(!out.is_empty(), "the held text was lost");
     assert!(
         text.starts_with(&out),
@@ -1211,9 +1233,16 @@ impl Terminal {
         String::from_utf8_lossy(&self.screen.bytes()).into_owned()
     }
 
+    /// Waits for the chat to end and for all it wrote to be on screen.
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let status = wait(&mut self.child);
+        self.screen.all();
+        status
+    }
+
     /// Waits for the chat to end and asserts it exited 0 with no crash on screen.
     fn exits_cleanly(&mut self) {
-        let status = wait(&mut self.child);
+        let status = self.wait();
         assert_eq!(
             status.code(),
             Some(0),
@@ -1238,6 +1267,11 @@ fn chat_line(args: &[&str]) -> String {
     let mut line = format!("'{}' chat", binary().display());
     for a in args {
         line.push_str(&format!(" '{a}'"));
+    }
+    // One thread unless asked: a thread per core, with another test
+    // running beside it, makes each decode wait on the other process.
+    if !args.contains(&"--threads") {
+        line.push_str(" --threads 1");
     }
     line
 }
@@ -1417,7 +1451,9 @@ fn ctrl_c_before_the_reply_begins_takes_the_message_back() {
     let at = term.wait_for(at, "> ");
     let long = "apple banana ".repeat(150);
     term.keys(format!("{}\r", long.trim_end()).as_bytes());
-    let at = term.wait_for(at, "apple banana");
+    // Ctrl-C is a signal only once the line editor has handed the terminal
+    // back (turning bracketed paste off as it goes); before, it is a key.
+    let at = term.wait_for(at, "\x1b[?2004l");
     term.keys(b"\x03");
     let at = term.wait_for(at, "the message was taken back");
     let at = term.wait_for(at, "> ");
@@ -1477,7 +1513,7 @@ fn chat_pid(term: &Terminal) -> u32 {
 
 /// Waits for the chat to end; asserts it exited 143 with no crash on screen.
 fn exits_terminated(term: &mut Terminal) {
-    let status = wait(&mut term.child);
+    let status = term.wait();
     assert_eq!(
         status.code(),
         Some(143),

@@ -225,8 +225,7 @@ pub fn terminate(pid: u32) {
 /// Sends SIGINT to `pid` twice in a row, as `timeout -s INT` does (once
 /// to the process, once to its group).
 pub fn interrupt_twice(pid: u32) {
-    signal(pid, "INT");
-    signal(pid, "INT");
+    signals(pid, &["INT", "INT"]);
 }
 
 /// Sends SIGHUP to `pid`, as when its terminal closes.
@@ -243,9 +242,50 @@ pub fn signal(pid: u32, name: &str) {
     assert!(status.success(), "kill -{name} failed");
 }
 
+/// Sends the signals `names` to `pid` in that order, from one shell with
+/// its built-in `kill`: microseconds apart however loaded the machine,
+/// where a `kill` process for each could be scheduled seconds apart.
+pub fn signals(pid: u32, names: &[&str]) {
+    let script: Vec<String> = names.iter().map(|n| format!("kill -{n} {pid}")).collect();
+    let status = Command::new("sh")
+        .args(["-c", &script.join(" && ")])
+        .status()
+        .expect("run sh");
+    assert!(status.success(), "{script:?} failed");
+}
+
+/// Waits until process `pid` catches each of the signals `numbers`
+/// (`2` for SIGINT), as `/proc/PID/status` shows; fails the test after
+/// `DEADLINE`. One sent sooner would end it by the default action, before
+/// the handler it is meant to test was there.
+pub fn wait_for_handlers(pid: u32, numbers: &[u32]) {
+    let path = format!("/proc/{pid}/status");
+    let started = Instant::now();
+    loop {
+        let status = std::fs::read_to_string(&path).unwrap_or_default();
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .unwrap_or(0);
+        if numbers.iter().all(|n| (caught >> (n - 1)) & 1 == 1) {
+            return;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "process {pid} never caught signals {numbers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Bytes read so far from a pipe that a thread keeps reading.
 #[derive(Clone, Default)]
-pub struct Tail(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+pub struct Tail {
+    bytes: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// Set once the pipe has reached its end (or failed).
+    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl Tail {
     /// Starts a thread that appends everything `pipe` yields.
@@ -258,17 +298,36 @@ impl Tail {
                 if n == 0 {
                     break;
                 }
-                if let (Ok(mut all), Some(chunk)) = (shared.0.lock(), buf.get(..n)) {
+                if let (Ok(mut all), Some(chunk)) = (shared.bytes.lock(), buf.get(..n)) {
                     all.extend_from_slice(chunk);
                 }
             }
+            shared
+                .closed
+                .store(true, std::sync::atomic::Ordering::Release);
         });
         tail
     }
 
-    /// A copy of what has arrived.
+    /// A copy of what has arrived so far.
     pub fn bytes(&self) -> Vec<u8> {
-        self.0.lock().map(|b| b.clone()).unwrap_or_default()
+        self.bytes.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+
+    /// Everything the pipe yields, once it has reached its end: what
+    /// `bytes` returns just after the writer exits may still lack what the
+    /// reading thread has not picked up. Fails the test after `DEADLINE`.
+    pub fn all(&self) -> Vec<u8> {
+        let started = Instant::now();
+        while !self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            assert!(
+                started.elapsed() < DEADLINE,
+                "waited {DEADLINE:?} for the pipe to close; got:\n{}",
+                String::from_utf8_lossy(&self.bytes())
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.bytes()
     }
 
     /// Waits until what arrived after byte `from` satisfies `done`;
