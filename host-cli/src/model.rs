@@ -138,8 +138,7 @@ impl Model {
         }
         let (facts, file) = gguf::check_file(&path)?;
         for warning in &facts.warnings {
-            let line = format!("warning: model {}: {warning}", path.display());
-            crate::note!("talkback: {}", crate::output::error_line(&line));
+            warn(&path, warning);
         }
         let stamp = Stamp::of(
             &file
@@ -232,7 +231,7 @@ impl Model {
             })
             .max()
             .unwrap_or(0);
-        Ok(Self {
+        let model = Self {
             model,
             backend,
             path,
@@ -246,7 +245,17 @@ impl Model {
             stamp,
             sha256: OnceLock::new(),
         }
-        .with_ctx_size(args.ctx_size))
+        .with_ctx_size(args.ctx_size);
+        if model.trained_context().is_none() {
+            // llama.cpp needs the key, so it is there, and 0.
+            let text = format!(
+                "its context length is 0, so a context of {} tokens cannot be held to \
+                 the one it was trained on",
+                model.ctx_size
+            );
+            warn(&model.path, &text);
+        }
+        Ok(model)
     }
 
     /// The SHA-256 of the file the weights were read from, lowercase hex;
@@ -614,6 +623,12 @@ impl Model {
             logits_index: 0,
         })
     }
+}
+
+/// Prints a warning about model `path` on stderr.
+fn warn(path: &Path, text: &str) {
+    let line = format!("warning: model {}: {text}", path.display());
+    crate::note!("talkback: {}", crate::output::error_line(&line));
 }
 
 /// A context longer than the one the model was trained on.

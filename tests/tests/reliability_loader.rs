@@ -399,6 +399,33 @@ fn the_default_context_is_the_trained_one_when_that_is_shorter() {
         "was trained on a context of 10 tokens; talkback needs",
     );
     assert!(!line.contains("4096"), "{line}");
+
+    // A length of 0 says nothing: the run goes on, with any context asked
+    // for, but not without a word that none can be checked.
+    let unknown = copy.with(&[(trained, u32_bytes(0))], |model| {
+        talkback(&[
+            "complete",
+            "hi",
+            "-n",
+            "1",
+            "-t",
+            "1",
+            "-c",
+            "9000",
+            "-m",
+            arg(model),
+        ])
+    });
+    assert_eq!(unknown.code, 0, "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.starts_with("talkback: warning: model ")
+            && unknown.stderr.ends_with(
+                ": its context length is 0, so a context of 9000 tokens cannot be held to \
+                 the one it was trained on\n"
+            ),
+        "{}",
+        unknown.stderr
+    );
 }
 
 #[test]
