@@ -119,6 +119,8 @@ pub struct Template<'m> {
     eos: String,
     source: String,
     fallback: Option<Builtin<'m>>,
+    /// The file the template was read from, which render errors name.
+    file: Option<String>,
 }
 
 /// llama.cpp's built-in template for a model whose own one cannot be rendered.
@@ -207,6 +209,13 @@ impl<'m> Template<'m> {
         Ok(template)
     }
 
+    /// Names `file` as where the template came from in its render errors.
+    #[must_use]
+    pub fn from_file(mut self, file: String) -> Self {
+        self.file = Some(file);
+        self
+    }
+
     /// Sets the BOS and EOS texts the template sees as `bos_token` and
     /// `eos_token`.
     pub fn set_tokens(&mut self, bos: String, eos: String) {
@@ -226,6 +235,7 @@ impl<'m> Template<'m> {
                 eos,
                 source: source.to_owned(),
                 fallback: None,
+                file: None,
             };
             let e = anyhow!(
                 "the chat template is {} bytes; talkback takes templates of at most {most}{}",
@@ -269,6 +279,7 @@ impl<'m> Template<'m> {
             eos,
             source: source.to_owned(),
             fallback: None,
+            file: None,
         };
         (template, parsed)
     }
@@ -349,7 +360,17 @@ impl<'m> Template<'m> {
     /// - the template fails to render (for example it raises an exception);
     /// - the template rewrites message content in a way that hides where it is;
     /// - the template leaves out the last message's text.
+    ///
+    /// Each names the template's file, if it came from one.
     pub fn render(&self, messages: &[Message]) -> Result<Rendered> {
+        let rendered = self.render_unnamed(messages);
+        match &self.file {
+            Some(file) => rendered.with_context(|| format!("chat template {file}")),
+            None => rendered,
+        }
+    }
+
+    fn render_unnamed(&self, messages: &[Message]) -> Result<Rendered> {
         let plain = self.render_raw(messages)?;
         if plain.is_empty() && !messages.is_empty() {
             return Err(Unsendable(

@@ -781,8 +781,11 @@ fn render_only_refuses_what_a_run_refuses_and_takes_no_outputs() {
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert_eq!(
         run.stderr,
-        "talkback: the chat template writes nothing for these messages, so the model would \
-         see none of them\n"
+        format!(
+            "talkback: chat template {}: the chat template writes nothing for these \
+             messages, so the model would see none of them\n",
+            rep.arg()
+        )
     );
     let empty = TempFile::with("empty.jinja", "");
     let run = tb(&[

@@ -421,8 +421,16 @@ fn chat_template_that_raises() {
     let scratch = Scratch::new("raise");
     let path = scratch.write("raise.jinja", b"{{ raise_exception('no system role') }}");
     let run = talkback(&["chat", "hi", "-n", "2", "--chat-template", arg(&path)]);
-    runtime_error(&run, "the chat template failed to render: ");
-    assert!(run.stderr.contains("no system role"), "{}", run.stderr);
+    // The file is named: a render fails only once the model has loaded,
+    // long after the flag was read.
+    let line = runtime_error(
+        &run,
+        &format!(
+            "chat template {}: the chat template failed to render: ",
+            arg(&path)
+        ),
+    );
+    assert!(line.contains("no system role"), "{line}");
 }
 
 #[test]
@@ -435,7 +443,11 @@ fn chat_template_that_never_ends() {
     let run = talkback(&["chat", "hi", "--render-only", "--chat-template", arg(&path)]);
     runtime_error(
         &run,
-        "the chat template failed to render 1 message: it ran out of its budget",
+        &format!(
+            "chat template {}: the chat template failed to render 1 message: it ran out of \
+             its budget",
+            arg(&path)
+        ),
     );
 }
 
