@@ -135,7 +135,7 @@ pub struct PlotArgs {
         long,
         value_delimiter = ',',
         default_value = "0",
-        value_parser = listed_count,
+        value_parser = count,
         allow_negative_numbers = true
     )]
     pub top_k: Vec<u32>,
@@ -424,11 +424,12 @@ pub enum Format {
 /// a number outside the range, negative or beyond 64 bits included, is
 /// reported with the range. Spaces around it are allowed, as they are
 /// around decimal numbers.
-fn whole<T: TryFrom<u64>>(s: &str, range: RangeInclusive<u64>) -> Result<T, String> {
-    let s = s.trim();
+fn whole<T: TryFrom<u64>>(raw: &str, range: RangeInclusive<u64>) -> Result<T, String> {
+    let s = raw.trim();
     let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("`{s}` is not a whole number"));
+        // As given: a blank value trimmed would show as nothing at all.
+        return Err(format!("`{raw}` is not a whole number"));
     }
     let outside = || format!("{s} is not in {}..={}", range.start(), range.end());
     // All digits, so the only failure left is a number beyond u64.
@@ -475,12 +476,6 @@ fn rows(s: &str) -> Result<usize, String> {
 
 fn widen(range: RangeInclusive<u32>) -> RangeInclusive<u64> {
     u64::from(*range.start())..=u64::from(*range.end())
-}
-
-/// A whole number in a comma-separated list, where spaces may follow the
-/// commas (as the lists of decimal numbers allow).
-fn listed_count(s: &str) -> Result<u32, String> {
-    count(s.trim())
 }
 
 /// A number as a 32-bit float; an infinity only when the text names one.
@@ -897,7 +892,7 @@ mod tests {
         assert_eq!(plot.top_k, [10, 20]);
         assert_eq!(plot.temp, [0.5, 1.0]);
         for bad in ["-1", "1.5", "x", "4294967296"] {
-            assert!(listed_count(bad).is_err(), "{bad}");
+            assert!(count(bad).is_err(), "{bad}");
         }
     }
 
@@ -1214,6 +1209,8 @@ mod tests {
             }
             let e = parse("5x").unwrap_err();
             assert!(e.contains("`5x` is not a whole number"), "{flag}: {e}");
+            let e = parse(" ").unwrap_err();
+            assert!(e.contains("` ` is not a whole number"), "{flag}: {e}");
         }
     }
 
