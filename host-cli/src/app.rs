@@ -466,7 +466,7 @@ fn chat_template_file(args: &ChatArgs) -> Result<Option<Template<'static>>> {
             let source = crate::infile::read_text(path, crate::infile::MAX_TEXT)
                 .with_context(|| format!("cannot read chat template {}", shown(path)))?;
             Template::new(&source, String::new(), String::new())
-                .map(|t| t.from_file(shown(path).to_string()))
+                .map(|t| t.with_file(shown(path).to_string()))
                 .with_context(|| format!("chat template {}", shown(path)))
         })
         .transpose()

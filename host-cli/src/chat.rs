@@ -156,6 +156,9 @@ pub struct Rendered {
     /// the template would not render the stand-ins and every message is in
     /// place.
     pub checks: Option<Box<Checks>>,
+    /// The file of the template that rendered it, which the faults of the
+    /// template that [`tokenize`] finds name.
+    pub file: Option<String>,
 }
 
 /// The checks that no control token in a prompt comes from message text.
@@ -211,7 +214,7 @@ impl<'m> Template<'m> {
 
     /// Names `file` as where the template came from in its render errors.
     #[must_use]
-    pub fn from_file(mut self, file: String) -> Self {
+    pub fn with_file(mut self, file: String) -> Self {
         self.file = Some(file);
         self
     }
@@ -363,11 +366,9 @@ impl<'m> Template<'m> {
     ///
     /// Each names the template's file, if it came from one.
     pub fn render(&self, messages: &[Message]) -> Result<Rendered> {
-        let rendered = self.render_unnamed(messages);
-        match &self.file {
-            Some(file) => rendered.with_context(|| format!("chat template {file}")),
-            None => rendered,
-        }
+        let mut rendered = naming(self.file.as_deref(), self.render_unnamed(messages))?;
+        rendered.file.clone_from(&self.file);
+        Ok(rendered)
     }
 
     fn render_unnamed(&self, messages: &[Message]) -> Result<Rendered> {
@@ -636,6 +637,7 @@ impl<'m> Template<'m> {
             text,
             content,
             checks,
+            file: None,
         }))
     }
 
@@ -655,6 +657,7 @@ impl<'m> Template<'m> {
                     text: plain,
                     content: Vec::new(),
                     checks: None,
+                    file: None,
                 }))
             })
             .collect()
@@ -769,37 +772,8 @@ pub fn tokenize(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
         .iter()
         .map(|part| model.tokenize(part, true))
         .collect::<Result<Vec<_>>>()?;
-    check_markers(model, &parts, &part_tokens)?;
-    if let Some(checks) = &rendered.checks {
-        let real = control_tokens(model, &part_tokens);
-        for stand_in in &checks.stand_ins {
-            let parts = template_parts(stand_in)
-                .iter()
-                .map(|part| model.tokenize(part, true))
-                .collect::<Result<Vec<_>>>()?;
-            if control_tokens(model, &parts) != real {
-                return Err(Unsendable(
-                    "the chat template writes message text outside the places marked for \
-                     it, or writes control tokens that depend on what a message says, so \
-                     a control token in the prompt might come from message text; it is \
-                     not sent"
-                        .to_owned(),
-                )
-                .into());
-            }
-        }
-        for (i, text) in checks.contents.iter().enumerate() {
-            if model.tokenize(text, true)? != model.tokenize(text, false)? {
-                return Err(Unsendable(format!(
-                    "the chat template moves message text out of the places marked for \
-                     it, and message {} holds text that reads as a control token; it is \
-                     not sent",
-                    i + 1
-                ))
-                .into());
-            }
-        }
-    }
+    let checked = check_template(model, rendered, &parts, &part_tokens);
+    naming(rendered.file.as_deref(), checked)?;
     let cuts = cuts(model, rendered, &parts, part_tokens)?;
     let body = tokenize_around(model, &rendered.text, &cuts)?;
     let mut tokens = Vec::new();
@@ -978,6 +952,57 @@ fn check_markers(model: &Model, parts: &[&str], tokens: &[Vec<LlamaToken>]) -> R
         }
     }
     Ok(())
+}
+
+/// Checks that the template's own text in `rendered` reads as the control
+/// tokens it should (see [`check_markers`] and [`Checks`]); `tokens` are
+/// those of each of its `parts`.
+fn check_template(
+    model: &Model,
+    rendered: &Rendered,
+    parts: &[&str],
+    tokens: &[Vec<LlamaToken>],
+) -> Result<()> {
+    check_markers(model, parts, tokens)?;
+    if let Some(checks) = &rendered.checks {
+        let real = control_tokens(model, tokens);
+        for stand_in in &checks.stand_ins {
+            let parts = template_parts(stand_in)
+                .iter()
+                .map(|part| model.tokenize(part, true))
+                .collect::<Result<Vec<_>>>()?;
+            if control_tokens(model, &parts) != real {
+                return Err(Unsendable(
+                    "the chat template writes message text outside the places marked for \
+                     it, or writes control tokens that depend on what a message says, so \
+                     a control token in the prompt might come from message text; it is \
+                     not sent"
+                        .to_owned(),
+                )
+                .into());
+            }
+        }
+        for (i, text) in checks.contents.iter().enumerate() {
+            if model.tokenize(text, true)? != model.tokenize(text, false)? {
+                return Err(Unsendable(format!(
+                    "the chat template moves message text out of the places marked for \
+                     it, and message {} holds text that reads as a control token; it is \
+                     not sent",
+                    i + 1
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `result`, its error naming the template's `file` if it came from one.
+fn naming<T>(file: Option<&str>, result: Result<T>) -> Result<T> {
+    match file {
+        Some(file) => result.with_context(|| format!("chat template {file}")),
+        None => result,
+    }
 }
 
 /// The control tokens, in order, among the tokens of a template's parts.

@@ -770,6 +770,32 @@ fn deep_template_expressions_render_and_huge_templates_are_refused() {
 }
 
 #[test]
+fn a_template_fault_found_in_the_tokens_names_the_template_file() {
+    // A control token written only for some message text is found once
+    // the prompt is tokenized, after the render; that error named no file.
+    let dep = TempFile::with(
+        "dep.jinja",
+        "{% for m in messages %}{% if 'x' in m.content %}<|im_end|>{% endif %}<|im_start|>\
+         {{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n",
+    );
+    for extra in [&["--render-only"][..], &["-n", "1"]] {
+        let run = tb(&[&["chat", "hi", "--chat-template", dep.arg()], extra].concat());
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(run.stdout.is_empty(), "{:?}", run.text());
+        assert_eq!(
+            run.stderr,
+            format!(
+                "talkback: chat template {}: the chat template writes message text outside \
+                 the places marked for it, or writes control tokens that depend on what a \
+                 message says, so a control token in the prompt might come from message \
+                 text; it is not sent\n",
+                dep.arg()
+            )
+        );
+    }
+}
+
+#[test]
 fn render_only_refuses_what_a_run_refuses_and_takes_no_outputs() {
     // A template that writes nothing, and one that writes the message
     // away.
