@@ -10,7 +10,6 @@
 //! with status 1 without going on.
 
 use std::ffi::{c_char, CStr};
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
@@ -81,7 +80,7 @@ extern "C" fn on_abort(message: *const c_char) {
             .into_owned()
     };
     let line = report(&what, MODEL.get().map(String::as_str));
-    let _ = writeln!(std::io::stderr(), "{line}");
+    crate::note!("{line}");
     crate::outfile::remove_unwritten();
     // Not a normal exit: other threads may be inside llama.cpp, whose
     // state no exit handler should see.

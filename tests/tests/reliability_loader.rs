@@ -417,6 +417,7 @@ fn the_default_context_is_the_trained_one_when_that_is_shorter() {
         ])
     });
     assert_eq!(unknown.code, 0, "{}", unknown.stderr);
+    assert_eq!(unknown.stderr.lines().count(), 1, "{}", unknown.stderr);
     assert!(
         unknown.stderr.starts_with("talkback: warning: model ")
             && unknown.stderr.ends_with(

@@ -259,21 +259,40 @@ pub fn signals(pid: u32, names: &[&str]) {
 /// `DEADLINE`. One sent sooner would end it by the default action, before
 /// the handler it is meant to test was there.
 pub fn wait_for_handlers(pid: u32, numbers: &[u32]) {
+    wait_for_signal_mask(pid, numbers, true);
+}
+
+/// Waits until process `pid` catches each of the signals `numbers`
+/// (`caught`), or none of them (`!caught`); fails the test if the process
+/// ends first, or after `DEADLINE`.
+pub fn wait_for_signal_mask(pid: u32, numbers: &[u32], caught: bool) {
+    assert!(
+        numbers.iter().all(|n| (1..=64).contains(n)),
+        "signal numbers run from 1 to 64: {numbers:?}"
+    );
     let path = format!("/proc/{pid}/status");
     let started = Instant::now();
     loop {
         let status = std::fs::read_to_string(&path).unwrap_or_default();
-        let caught = status
-            .lines()
-            .find_map(|l| l.strip_prefix("SigCgt:"))
+        let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name));
+        let state = field("State:").map(str::trim).unwrap_or_default();
+        assert!(
+            !state.is_empty() && !state.starts_with(['Z', 'X']),
+            "process {pid} ended while waiting for its signal handlers"
+        );
+        let mask = field("SigCgt:")
             .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
             .unwrap_or(0);
-        if numbers.iter().all(|n| (caught >> (n - 1)) & 1 == 1) {
+        if numbers
+            .iter()
+            .all(|n| ((mask >> (n - 1)) & 1 == 1) == caught)
+        {
             return;
         }
         assert!(
             started.elapsed() < DEADLINE,
-            "process {pid} never caught signals {numbers:?}"
+            "process {pid} never {} signals {numbers:?}",
+            if caught { "caught" } else { "stopped catching" }
         );
         std::thread::sleep(Duration::from_millis(5));
     }
