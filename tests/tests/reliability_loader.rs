@@ -89,6 +89,8 @@ fn corruptions_llama_cpp_aborts_on_are_refused_first() {
     let norm = layout.tensor("output_norm.weight").type_at;
     // The types follow the array's item type and count.
     let type_of_1000 = layout.value_at("tokenizer.ggml.token_type") + 12 + 4 * 1000;
+    // The comma, which merges join into longer tokens but none makes.
+    let type_of_comma = layout.value_at("tokenizer.ggml.token_type") + 12 + 4 * 28;
     assert_eq!(
         layout.bytes(type_of_1000, 4),
         u32_bytes(1),
@@ -139,6 +141,10 @@ fn corruptions_llama_cpp_aborts_on_are_refused_first() {
         (
             vec![(type_of_1000, u32_bytes(3))],
             "is made by a merge, so it is text, but its type (3)",
+        ),
+        (
+            vec![(type_of_comma, u32_bytes(3))],
+            "token 28 (\",\") is joined by a merge, so it is text, but its type (3)",
         ),
         (
             vec![(eos, u32_bytes(30))],

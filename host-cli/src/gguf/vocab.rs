@@ -19,8 +19,9 @@
 //! - for the `gpt2` tokenizer, a merge that is not two tokens joining into
 //!   a third (the rule the tokenizers the files are converted from
 //!   enforce), an empty or cut-short merge list (a word then splits into
-//!   letters), a token a merge makes typed as one that prints nothing (a
-//!   word vanished from the output), and a beginning or end id naming a
+//!   letters), a token a merge makes or joins typed as one that prints
+//!   nothing (a word or a comma vanished from the output), and a beginning
+//!   or end id naming a
 //!   token the merges use, which is text, not a marker: replies stopped at
 //!   the first full stop (the fill-in-the-middle ids llama.cpp ends replies
 //!   at, `fim_pad`, `fim_rep` and `fim_sep`, too);
@@ -480,19 +481,25 @@ fn check_merges(
     ends: &[(End, u32)],
 ) -> Result<Vec<String>> {
     let (made, used) = merged(texts, merges, true)?;
-    // What merges make is text: llama.cpp prints nothing for a token of
-    // type undefined, unknown, control or unused.
-    if let Some((j, t)) = types.and_then(|types| {
-        made.iter()
-            .filter_map(|&j| Some((j, *types.get(j)?)))
-            .filter(|(_, t)| matches!(t, 0 | 2 | 3 | 5))
-            .min()
-    }) {
-        bail!(
-            "token {j} (\"{}\") is made by a merge, so it is text, but its type ({t}) is \
-             one llama.cpp prints nothing for",
-            shown(texts.get(j).map_or(&[][..], Vec::as_slice))
-        );
+    // What merges make or join is text: llama.cpp prints nothing for a
+    // token of type undefined, unknown, control or unused (a comma typed
+    // as a control token vanished from every reply).
+    let silent = |set: &HashSet<usize>| {
+        types.and_then(|types| {
+            set.iter()
+                .filter_map(|&j| Some((j, *types.get(j)?)))
+                .filter(|(_, t)| matches!(t, 0 | 2 | 3 | 5))
+                .min()
+        })
+    };
+    for (set, how) in [(&made, "made by a merge"), (&used, "joined by a merge")] {
+        if let Some((j, t)) = silent(set) {
+            bail!(
+                "token {j} (\"{}\") is {how}, so it is text, but its type ({t}) is one \
+                 llama.cpp prints nothing for",
+                shown(texts.get(j).map_or(&[][..], Vec::as_slice))
+            );
+        }
     }
     // Every normal token of more than one character is some merge's
     // result; without them, words split into letters.
@@ -678,6 +685,9 @@ mod tests {
         assert!(e.contains("token 0 (\"a\") is typed as a byte"), "{e}");
         let e = run(&[1, 1, 1, 3, 1, 3, 6], &GOOD, None).unwrap_err();
         assert!(e.contains("token 3 (\"ab\") is made by a merge"), "{e}");
+        // One merges only join (a comma typed as control vanished).
+        let e = run(&[1, 1, 5, 1, 1, 3, 6], &GOOD, None).unwrap_err();
+        assert!(e.contains("token 2 (\"c\") is joined by a merge"), "{e}");
     }
 
     #[test]
