@@ -262,18 +262,6 @@ fn a_model_file_written_over_moved_or_deleted_during_a_run_changes_nothing() {
     }
 }
 
-/// The prompt's token ids a trace records.
-fn prompt_ids(trace: &std::path::Path) -> Vec<u64> {
-    let text = std::fs::read_to_string(trace).expect("the trace");
-    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
-    v["prompt_tokens"]
-        .as_array()
-        .expect("ids")
-        .iter()
-        .map(|t| t.as_u64().expect("id"))
-        .collect()
-}
-
 #[test]
 fn a_prompt_that_starts_with_the_bos_gets_no_second_one() {
     // With `add_bos_token` set, `complete --parse-special` put the model's
@@ -301,7 +289,7 @@ fn a_prompt_that_starts_with_the_bos_gets_no_second_one() {
             talkback(&[args, &flags[..]].concat())
         });
         assert_eq!(run.code, 0, "{}", run.stderr);
-        prompt_ids(&trace)
+        reliability_support::trace_prompt_ids(&trace)
     };
     let ids = |prompt: &str, special: bool| {
         let special: &[&str] = if special { &["--parse-special"] } else { &[] };
@@ -360,7 +348,7 @@ fn a_prompt_that_starts_with_the_bos_gets_no_second_one() {
         ];
         let run = talkback(&[args, &flags[..]].concat());
         assert_eq!(run.code, 0, "{}", run.stderr);
-        prompt_ids(&trace)
+        reliability_support::trace_prompt_ids(&trace)
     };
     assert_eq!(
         ids_with_eos_too(&["chat", "Hello", "--chat-template", arg(&bare)]),

@@ -21,14 +21,7 @@ fn prompt_tokens(args: &[&str], scratch: &Scratch) -> Vec<u64> {
     all.extend(["-n", "1", "--seed", "1", "--trace", arg(&trace)]);
     let run = talkback(&all);
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);
-    let text = std::fs::read_to_string(&trace).expect("trace");
-    let v: serde_json::Value = serde_json::from_str(&text).expect("trace JSON");
-    v["prompt_tokens"]
-        .as_array()
-        .expect("prompt_tokens")
-        .iter()
-        .map(|t| t.as_u64().expect("token id"))
-        .collect()
+    reliability_support::trace_prompt_ids(&trace)
 }
 
 #[test]

@@ -298,6 +298,18 @@ pub fn wait_for_signal_mask(pid: u32, numbers: &[u32], caught: bool) {
     }
 }
 
+/// The prompt's token ids a trace file records.
+pub fn trace_prompt_ids(trace: &Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(trace).expect("the trace");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("trace JSON");
+    v.get("prompt_tokens")
+        .and_then(serde_json::Value::as_array)
+        .expect("prompt_tokens")
+        .iter()
+        .map(|t| t.as_u64().expect("token id"))
+        .collect()
+}
+
 /// Bytes read so far from a pipe that a thread keeps reading.
 #[derive(Clone, Default)]
 pub struct Tail {
