@@ -82,7 +82,7 @@ pub struct ShapeArgs {
     pub chat: bool,
 
     /// How many tokens to list, most likely first.
-    #[arg(long, default_value_t = 10, value_parser = rows, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 10, value_parser = rows, allow_hyphen_values = true)]
     pub rows: usize,
 
     /// Output format: a table for people or JSON data.
@@ -136,7 +136,7 @@ pub struct PlotArgs {
         value_delimiter = ',',
         default_value = "0",
         value_parser = count,
-        allow_negative_numbers = true
+        allow_hyphen_values = true
     )]
     pub top_k: Vec<u32>,
 
@@ -152,11 +152,11 @@ pub struct PlotArgs {
 
     /// Tokens to generate per setting (>= 1).
     #[arg(short = 'n', long = "n-predict", default_value_t = 64, value_parser = token_cap,
-          allow_negative_numbers = true)]
+          allow_hyphen_values = true)]
     pub n_predict: u32,
 
     /// Seed shared by every setting.
-    #[arg(short, long, default_value_t = 0, value_parser = seed, allow_negative_numbers = true)]
+    #[arg(short, long, default_value_t = 0, value_parser = seed, allow_hyphen_values = true)]
     pub seed: u64,
 
     /// SVG file to write, relative to the current folder; `-` writes the
@@ -182,7 +182,7 @@ pub struct ReplayArgs {
 
     /// CPU threads for decoding, 1..=1024 [default: the count the trace
     /// records, else all cores].
-    #[arg(short = 't', long, value_parser = threads, allow_negative_numbers = true)]
+    #[arg(short = 't', long, value_parser = threads, allow_hyphen_values = true)]
     pub threads: Option<u32>,
 }
 
@@ -265,16 +265,16 @@ pub struct ModelArgs {
     /// Context size in tokens, prompt included (16..=1048576, and no more than
     /// the model was trained on) [default: 4096, or the model's trained
     /// context if that is shorter].
-    #[arg(short = 'c', long, value_parser = ctx_size, allow_negative_numbers = true)]
+    #[arg(short = 'c', long, value_parser = ctx_size, allow_hyphen_values = true)]
     pub ctx_size: Option<u32>,
 
     /// Prompt tokens decoded per batch (1..=65536).
     #[arg(short = 'b', long, default_value_t = 512, value_parser = batch_size,
-          allow_negative_numbers = true)]
+          allow_hyphen_values = true)]
     pub batch_size: u32,
 
     /// CPU threads for decoding, 1..=1024 [default: all cores].
-    #[arg(short = 't', long, value_parser = threads, allow_negative_numbers = true)]
+    #[arg(short = 't', long, value_parser = threads, allow_hyphen_values = true)]
     pub threads: Option<u32>,
 
     /// Layers to offload to the GPU; above 0 needs a build with `--features cuda`.
@@ -283,7 +283,7 @@ pub struct ModelArgs {
         value_name = "N",
         default_value_t = 0,
         value_parser = gpu_layers,
-        allow_negative_numbers = true
+        allow_hyphen_values = true
     )]
     pub gpu_layers: u32,
 
@@ -320,7 +320,7 @@ pub struct StageArgs {
     pub temp: f32,
 
     /// Keep only the K most likely tokens; 0 turns it off.
-    #[arg(long, default_value_t = 40, value_parser = count, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 40, value_parser = count, allow_hyphen_values = true)]
     pub top_k: u32,
 
     /// Keep the smallest set of tokens whose probability reaches P (0..=1); 1 is off.
@@ -354,7 +354,7 @@ pub struct SamplingArgs {
 
     /// How many recent generated tokens the penalties look at (0..=1024).
     #[arg(long, default_value_t = 64, value_parser = penalty_window,
-          allow_negative_numbers = true)]
+          allow_hyphen_values = true)]
     pub repeat_last_n: u32,
 
     /// Subtracted once from the logit of every token in the window; 0 is off.
@@ -366,7 +366,7 @@ pub struct SamplingArgs {
     pub frequency_penalty: f32,
 
     /// Seed for the random draw [default: random, shown with -v].
-    #[arg(short, long, value_parser = seed, allow_negative_numbers = true)]
+    #[arg(short, long, value_parser = seed, allow_hyphen_values = true)]
     pub seed: Option<u64>,
 
     /// Which sampler picks tokens; `llama.cpp` is for speed comparisons and
@@ -380,7 +380,7 @@ pub struct SamplingArgs {
 pub struct GenerationArgs {
     /// Stop after N generated tokens (>= 1) [default: until end of turn or full context].
     #[arg(short = 'n', long = "n-predict", value_name = "N", value_parser = token_cap,
-          allow_negative_numbers = true)]
+          allow_hyphen_values = true)]
     pub n_predict: Option<u32>,
 
     // Stop strings may start with a hyphen (`--stop "---"`, a Markdown rule).

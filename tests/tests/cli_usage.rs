@@ -444,6 +444,25 @@ fn negative_named_floats_are_values_not_flags() {
 }
 
 #[test]
+fn whole_number_flags_read_a_hyphen_value_as_theirs() {
+    // As the float flags do: the value is refused by name, not taken for
+    // a cluster of short flags or the next flag's name.
+    for (flag, value) in [
+        ("-c", "-inf"),
+        ("--top-k", "-x"),
+        ("-n", "--seed"),
+        ("--seed", "-1.5"),
+        ("--threads", "-"),
+    ] {
+        usage_error(
+            &["complete", "hi", flag, value],
+            &format!("`{value}` is not a whole number"),
+        );
+    }
+    usage_error(&["complete", "hi", "--top-k", "-3"], "-3 is not in 0..=");
+}
+
+#[test]
 fn shape_with_given_logits_refuses_the_model_flags() {
     for (flag, value, named) in [
         ("-m", "/nonexistent.gguf", "--model <PATH>"),
