@@ -13,6 +13,8 @@ use std::ffi::{c_char, CStr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
+use crate::infile::named;
+
 /// Set by the first failed check; worker threads may fail theirs at once.
 static REPORTED: AtomicBool = AtomicBool::new(false);
 
@@ -32,7 +34,7 @@ pub fn install() {
 
 /// Names `model` in the message of a failed check.
 pub fn set_model(model: &std::path::Path) {
-    let _ = MODEL.set(crate::output::one_line(&model.display().to_string()));
+    let _ = MODEL.set(crate::output::one_line(&named(model).to_string()));
 }
 
 /// The line that reports a failed check whose message is `what`.

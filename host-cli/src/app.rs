@@ -14,7 +14,7 @@ use crate::cli::{
     ShapeArgs, ShapeFormat,
 };
 use crate::generate::{Engine, Finish, Generator, Outcome, Request, Sink, Step, INTERRUPTED};
-use crate::infile::shown;
+use crate::infile::{named, shown};
 use crate::model::{resolve_path, ContextTooLong, Model, PromptTooLarge, PromptTooLong, Session};
 use crate::outfile::ReservedFile;
 use crate::output::{summary, CollectSink, JsonlSink, TextSink};
@@ -104,7 +104,7 @@ pub fn load(args: &ModelArgs, verbose: u8) -> Result<Model> {
     if verbose > 0 {
         crate::note!(
             "talkback: model {} ({} tokens in vocabulary)",
-            crate::output::one_line(&model.path().display().to_string()),
+            crate::output::one_line(&named(model.path()).to_string()),
             model.vocab_size()
         );
     }
@@ -794,7 +794,7 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
             name,
             trace.model_file,
             trace.model_sha256,
-            model.path().display()
+            named(model.path())
         );
     }
     if verbose > 0 {
@@ -895,7 +895,7 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
                     name,
                     c.asked,
                     c.trained,
-                    c.path.display()
+                    named(&c.path)
                 ),
                 None => e,
             })?;
@@ -1191,7 +1191,7 @@ fn plot_command(args: &PlotArgs, verbose: u8) -> Result<()> {
     if !to_stdout {
         crate::note!(
             "talkback: wrote {} ({} series)",
-            args.out.display(),
+            named(&args.out),
             series.len()
         );
     }

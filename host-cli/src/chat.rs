@@ -19,6 +19,7 @@ use llama_cpp_2::token_type::LlamaTokenAttr;
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 
+use crate::infile::named;
 use crate::model::Model;
 
 mod pyjson;
@@ -333,13 +334,13 @@ impl<'m> Template<'m> {
         if let Some(fault) = model.template_fault() {
             bail!(
                 "the chat template of model {} cannot be used: {fault}",
-                model.path().display()
+                named(model.path())
             );
         }
         model
             .inner()
             .meta_val_str("tokenizer.chat_template")
-            .map_err(|_| anyhow!("model {} has no chat template", model.path().display()))
+            .map_err(|_| anyhow!("model {} has no chat template", named(model.path())))
     }
 
     /// The template's source text.

@@ -19,6 +19,7 @@ use sampler_core::{
     TextStream,
 };
 
+use crate::infile::named;
 use crate::model::{Model, Session};
 
 /// Most stop strings one run may have.
@@ -513,7 +514,7 @@ impl Generator {
                     }
                     dump.write_all(&self.record)
                         .and_then(|()| dump.flush())
-                        .with_context(|| format!("cannot write logits dump {}", path.display()))?;
+                        .with_context(|| format!("cannot write logits dump {}", named(path)))?;
                 }
                 // After the dump, which then holds the faulty vector.
                 let logits = session.checked_logits(Some(tokens.len()))?;
@@ -618,7 +619,7 @@ impl Generator {
         if let Some((dump, path)) = self.dump.as_mut() {
             let flushed = dump
                 .flush()
-                .with_context(|| format!("cannot write logits dump {}", path.display()));
+                .with_context(|| format!("cannot write logits dump {}", named(path)));
             if let (Err(e), None) = (flushed, &failure) {
                 failure = Some(e);
             }

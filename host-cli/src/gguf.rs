@@ -71,6 +71,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context as _, Result};
 
+use crate::infile::named;
+
 mod vocab;
 
 /// The four bytes every GGUF file starts with.
@@ -207,24 +209,24 @@ pub fn check_file(path: &Path) -> Result<(Facts, File)> {
             format!(
                 "model {} does not exist (fixtures/fetch-model.sh installs the default one; \
                  --model or TALKBACK_MODEL names another)",
-                path.display()
+                named(path)
             )
         } else {
-            format!("cannot read model {}", path.display())
+            format!("cannot read model {}", named(path))
         };
         anyhow::Error::new(e).context(context)
     })?;
     if meta.is_dir() {
-        bail!("model {} is a directory, not a GGUF file", path.display());
+        bail!("model {} is a directory, not a GGUF file", named(path));
     }
     // Opening a FIFO blocks until someone writes to it, and llama.cpp maps
     // the file anyway, so anything but a plain file is refused up front.
     if !meta.is_file() {
-        bail!("model {} is not a regular file", path.display());
+        bail!("model {} is not a regular file", named(path));
     }
-    let file = File::open(path).with_context(|| format!("cannot open model {}", path.display()))?;
+    let file = File::open(path).with_context(|| format!("cannot open model {}", named(path)))?;
     if meta.len() == 0 {
-        bail!("model {} is empty", path.display());
+        bail!("model {} is empty", named(path));
     }
     let mut reader = Reader {
         inner: BufReader::with_capacity(1 << 16, file),
@@ -232,7 +234,7 @@ pub fn check_file(path: &Path) -> Result<(Facts, File)> {
         len: meta.len(),
     };
     let facts = check(&mut reader)
-        .with_context(|| format!("model {} is not a usable GGUF file", path.display()))?;
+        .with_context(|| format!("model {} is not a usable GGUF file", named(path)))?;
     Ok((facts, reader.inner.into_inner()))
 }
 

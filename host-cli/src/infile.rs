@@ -44,7 +44,8 @@ pub fn is_stdin(path: &Path) -> bool {
     path.as_os_str() == "-"
 }
 
-/// An input's name in messages: `<stdin>` for `-`, else its path.
+/// An input's name in messages: `<stdin>` for `-`, else its path as
+/// [`named`] shows it.
 pub fn shown(path: &Path) -> impl fmt::Display + '_ {
     struct Shown<'p>(&'p Path);
     impl fmt::Display for Shown<'_> {
@@ -52,11 +53,31 @@ pub fn shown(path: &Path) -> impl fmt::Display + '_ {
             if is_stdin(self.0) {
                 f.write_str("<stdin>")
             } else {
-                self.0.display().fmt(f)
+                named(self.0).fmt(f)
             }
         }
     }
     Shown(path)
+}
+
+/// A path in messages: as it is, or between backticks when it is empty or
+/// starts or ends with whitespace, which would otherwise not show.
+pub fn named(path: &Path) -> impl fmt::Display + '_ {
+    struct Named<'p>(&'p Path);
+    impl fmt::Display for Named<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let text = self.0.to_string_lossy();
+            let blank_edge = text.is_empty()
+                || text.starts_with(char::is_whitespace)
+                || text.ends_with(char::is_whitespace);
+            if blank_edge {
+                write!(f, "`{}`", self.0.display())
+            } else {
+                self.0.display().fmt(f)
+            }
+        }
+    }
+    Named(path)
 }
 
 /// Reads all of the file at `path`, or of stdin for `-`, failing once it
@@ -286,6 +307,19 @@ mod tests {
         let zero = read_text(Path::new("/dev/zero"), 1 << 20).unwrap_err();
         assert_eq!(zero.to_string(), "it holds more than 1 MiB");
         assert_eq!(read_bounded(&[7u8; 10][..], 10).unwrap(), [7; 10]);
+    }
+
+    #[test]
+    fn a_path_that_would_not_show_is_quoted() {
+        let named = |p: &str| named(Path::new(p)).to_string();
+        assert_eq!(named("models/m.gguf"), "models/m.gguf");
+        assert_eq!(named("a b"), "a b");
+        assert_eq!(named(""), "``");
+        assert_eq!(named(" "), "` `");
+        assert_eq!(named("m.gguf\t"), "`m.gguf\t`");
+        assert_eq!(named(" m.gguf"), "` m.gguf`");
+        assert_eq!(shown(Path::new("-")).to_string(), "<stdin>");
+        assert_eq!(shown(Path::new(" - ")).to_string(), "` - `");
     }
 
     #[test]

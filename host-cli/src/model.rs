@@ -24,6 +24,7 @@ use llama_cpp_2::{LlamaModelLoadError, LogOptions};
 use crate::cli::ModelArgs;
 use crate::generate::INTERRUPTED;
 use crate::gguf;
+use crate::infile::named;
 use crate::settings::DEFAULT_CTX;
 
 /// File name of the default model, as installed by `fixtures/fetch-model.sh`.
@@ -157,7 +158,7 @@ impl Model {
             bail!(
                 "cannot load model {}: llama.cpp takes only paths that are valid UTF-8; \
                  rename the file, or link to it from such a path",
-                path.display()
+                named(&path)
             );
         }
         crate::abort::set_model(&path);
@@ -199,7 +200,7 @@ impl Model {
         if kept != Some(stamp) || (!by_handle && at_path() != Some(stamp)) {
             bail!(
                 "model {} changed while it was loading; run again once it is written",
-                path.display()
+                named(&path)
             );
         }
         let model = loaded
@@ -212,7 +213,7 @@ impl Model {
                 ),
                 other => anyhow::anyhow!("{other}"),
             })
-            .with_context(|| format!("cannot load model {}", path.display()))?;
+            .with_context(|| format!("cannot load model {}", named(&path)))?;
 
         let vocab = model.vocab();
         let eog = vocab
@@ -275,7 +276,7 @@ impl Model {
             anyhow::anyhow!(
                 "model {} was written to after it was loaded, so its SHA-256 would \
                  not be that of the weights in use",
-                self.path.display()
+                named(&self.path)
             )
         };
         let now = |file: &std::fs::File| file.metadata().ok().map(|m| Stamp::of(&m));
@@ -627,7 +628,7 @@ impl Model {
 
 /// Prints a warning about model `path` on stderr.
 fn warn(path: &Path, text: &str) {
-    let line = format!("warning: model {}: {text}", path.display());
+    let line = format!("warning: model {}: {text}", named(path));
     crate::note!("talkback: {}", crate::output::error_line(&line));
 }
 
@@ -653,7 +654,7 @@ impl std::fmt::Display for ContextTooLong {
                 f,
                 "model {} was trained on a context of {} token{}; talkback needs a context \
                  of at least {least}, so it cannot run it",
-                self.path.display(),
+                named(&self.path),
                 self.trained,
                 if self.trained == 1 { "" } else { "s" }
             );
@@ -664,7 +665,7 @@ impl std::fmt::Display for ContextTooLong {
              pass --ctx-size {} or less",
             self.asked,
             self.trained,
-            self.path.display(),
+            named(&self.path),
             self.trained
         )
     }

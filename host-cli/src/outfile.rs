@@ -27,6 +27,8 @@ use std::sync::Mutex;
 
 use anyhow::{Context as _, Result};
 
+use crate::infile::named;
+
 /// Files a stop at once removes: new files not yet renamed over an output.
 static UNWRITTEN: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
@@ -200,7 +202,7 @@ impl ReservedFile {
     /// - the file cannot be opened or made for writing (a directory, a
     ///   missing folder, no permission).
     pub fn open(path: &Path, what: &str) -> Result<Self> {
-        let cannot = || format!("cannot write {what} {}", path.display());
+        let cannot = || format!("cannot write {what} {}", named(path));
         let (made, through_devices) = link_end_noting_devices(path);
         let (file, in_place_only) = match File::options().write(true).truncate(false).open(path) {
             Ok(file) => (Some(file), false),
@@ -591,14 +593,14 @@ pub fn check_distinct(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> Re
             anyhow::bail!(
                 "{what} {} is where stdout goes, and would write into the output; give \
                  it a path of its own",
-                path.display()
+                named(path)
             );
         }
         if target.is_some() && target == stdin {
             anyhow::bail!(
                 "{what} {} is what stdin reads, and would overwrite the input; give it a \
                  path of its own",
-                path.display()
+                named(path)
             );
         }
         let Some(id) = identity(path) else {
@@ -609,8 +611,8 @@ pub fn check_distinct(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> Re
         {
             anyhow::bail!(
                 "{what} {} is the same file as {other} {}; give it a path of its own",
-                path.display(),
-                other_path.display()
+                named(path),
+                named(other_path)
             );
         }
         seen.push((what, path, id));
@@ -860,8 +862,8 @@ mod tests {
             e.to_string(),
             format!(
                 "--dump-logits {} is the same file as the model {}; give it a path of its own",
-                link.display(),
-                model.display()
+                named(&link),
+                named(&model)
             )
         );
         // A file not made yet is told apart by where it would be made.
@@ -877,7 +879,7 @@ mod tests {
         let e = check_distinct(&both, &inputs).unwrap_err();
         assert!(e.to_string().ends_with(&format!(
             "is the same file as --trace {}; give it a path of its own",
-            fresh.display()
+            named(&fresh)
         )));
         assert!(!fresh.exists(), "the check creates nothing");
 

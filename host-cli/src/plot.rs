@@ -16,6 +16,7 @@ use plotters_backend::DrawingErrorKind;
 
 use crate::app::Interrupted;
 use crate::generate::{Finish, Generator, Request, Sink, Step};
+use crate::infile::named;
 use crate::model::{Model, Session};
 use crate::outfile::ReservedFile;
 
@@ -157,7 +158,7 @@ impl Output {
     /// The chart's destination as messages name it.
     fn name(&self) -> String {
         match self {
-            Self::File(file) => file.path().display().to_string(),
+            Self::File(file) => named(file.path()).to_string(),
             Self::Stdout => "stdout".to_owned(),
         }
     }

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::chat::Message;
 use crate::generate::{Engine, Finish, Outcome};
+use crate::infile::named;
 use crate::outfile::ReservedFile;
 use crate::settings::Settings;
 
@@ -223,7 +224,7 @@ pub struct Trace {
 ///
 /// - the file cannot be read.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file = File::open(path).with_context(|| format!("cannot open {}", named(path)))?;
     sha256_of(&file, path)
 }
 
@@ -237,14 +238,14 @@ pub fn sha256_of(file: &File, path: &Path) -> Result<String> {
     use std::io::Seek as _;
     let mut file = file;
     file.rewind()
-        .with_context(|| format!("cannot read {}", path.display()))?;
+        .with_context(|| format!("cannot read {}", named(path)))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut hasher = Sha256::new();
     let mut buf = vec![0_u8; 1 << 20];
     loop {
         let n = reader
             .read(&mut buf)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+            .with_context(|| format!("cannot read {}", named(path)))?;
         if n == 0 {
             break;
         }
@@ -298,7 +299,7 @@ impl Trace {
         json.push('\n');
         out.0
             .replace(json.as_bytes())
-            .with_context(|| format!("cannot write trace {}", out.0.path().display()))
+            .with_context(|| format!("cannot write trace {}", named(out.0.path())))
     }
 
     /// Reads and checks a trace file.

@@ -324,6 +324,10 @@ fn a_missing_or_broken_model_is_a_runtime_error_naming_it() {
     let _ = std::fs::remove_file(&path);
     runtime_error(&run, path_arg);
     assert!(run.stderr.contains("GGUF"), "{}", run.stderr);
+
+    // A path that is all blanks is quoted, or the message shows none.
+    let run = talkback(&["complete", "x", "--model", "  "]);
+    runtime_error(&run, "model `  ` does not exist");
 }
 
 #[test]
