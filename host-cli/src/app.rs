@@ -17,7 +17,7 @@ use crate::generate::{Engine, Finish, Generator, Outcome, Request, Sink, Step, I
 use crate::infile::{named, shown};
 use crate::model::{resolve_path, ContextTooLong, Model, PromptTooLarge, PromptTooLong, Session};
 use crate::outfile::ReservedFile;
-use crate::output::{summary, CollectSink, JsonlSink, TextSink};
+use crate::output::{many, summary, CollectSink, JsonlSink, TextSink};
 use crate::settings::{number, Settings};
 use crate::trace::{self, Prompt, Trace, TraceFile};
 
@@ -738,8 +738,7 @@ fn complete_command(args: &CompleteArgs, verbose: u8) -> Result<()> {
 
 /// `n` tokens of a kind, as "1 prompt token" or "4 prompt tokens".
 fn counted(n: usize, kind: &str) -> String {
-    let s = if n == 1 { "" } else { "s" };
-    format!("{n} {kind} token{s}")
+    many(n, &format!("{kind} token"))
 }
 
 fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
@@ -856,27 +855,28 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
     if prompt_ids.len() <= ctx {
         let room = ctx + 1 - prompt_ids.len();
         let steps = trace.steps.len();
+        let prompt = counted(prompt_ids.len(), "prompt");
         if steps > room {
             bail!(
-                "trace {name} records {steps} steps after a prompt of {} tokens, more than \
-                 its context of {ctx} leaves room for ({room})",
-                prompt_ids.len()
+                "trace {name} records {steps} steps after {prompt}, but its context of {ctx} \
+                 has room for {} at most",
+                many(room, "step")
             );
         }
         // The end of the turn is seen before a step is added, so it ends a
         // run one step short of a full context at most.
         if trace.finish_reason == Finish::EndOfTurn.as_str() && steps >= room {
             bail!(
-                "trace {name} ends on `end_of_turn` after {steps} steps, but after its prompt \
-                 of {} tokens its context of {ctx} is full at step {room}",
-                prompt_ids.len()
+                "trace {name} ends on `end_of_turn` after {}, but after {prompt} its context \
+                 of {ctx} is full at step {room}",
+                many(steps, "step")
             );
         }
         if trace.finish_reason == Finish::ContextFull.as_str() && steps < room {
             bail!(
-                "trace {name} ends on `context_full` after {steps} steps, but after its \
-                 prompt of {} tokens its context of {ctx} fills only at step {room}",
-                prompt_ids.len()
+                "trace {name} ends on `context_full` after {}, but after {prompt} its \
+                 context of {ctx} fills only at step {room}",
+                many(steps, "step")
             );
         }
     }
@@ -942,37 +942,44 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
     if let Some(d) = trace::compare(&trace, &prompt_ids, &outcome.tokens, finish, &text) {
         // llama.cpp's logits depend on the thread count and the machine.
         let used = model_args.threads();
-        let threads = |n: u32| match n {
-            1 => "1 thread".to_owned(),
-            n => format!("{n} threads"),
-        };
-        let hint = match settings.threads {
-            // The same tokens cannot make other text unless the trace's
-            // text or the settings that shape it (its stop strings) changed.
-            _ if matches!(d, trace::Divergence::Text { .. }) => {
-                if trace.talkback_version == env!("CARGO_PKG_VERSION") {
-                    "every token matched, so the trace's `text` or `stops` was changed after \
-                     it was recorded"
-                        .to_owned()
-                } else {
-                    "every token matched: either the trace's `text` or `stops` was changed, or \
-                     the versions turn tokens into text differently"
-                        .to_owned()
-                }
+        let threads = |n: u32| many(n as usize, "thread");
+        // The same tokens cannot make other text, or meet a stop string in
+        // one run and not the other, unless the trace's text or its stop
+        // strings changed, or another version decodes them otherwise.
+        let stop = Finish::StopString.as_str();
+        let matched = match &d {
+            trace::Divergence::Text { .. } => Some("every token matched"),
+            trace::Divergence::Length {
+                recorded, replayed, ..
+            } if recorded == stop || replayed == stop => {
+                Some("every token matched until one run met a stop string")
             }
-            Some(t) if t == used => format!(
+            _ => None,
+        };
+        let hint = match (matched, settings.threads) {
+            (Some(matched), _) if trace.talkback_version == env!("CARGO_PKG_VERSION") => {
+                format!(
+                    "{matched}, so the trace's `text` or `stops` was changed after it was \
+                     recorded"
+                )
+            }
+            (Some(matched), _) => format!(
+                "{matched}: either the trace's `text` or `stops` was changed, or the versions \
+                 turn tokens into text differently"
+            ),
+            (None, Some(t)) if t == used => format!(
                 "recorded and replayed with {}; either the trace was changed after it was \
                  recorded, or llama.cpp's logits differ between this machine and the one \
                  that recorded it",
                 threads(t)
             ),
-            Some(t) => format!(
+            (None, Some(t)) => format!(
                 "recorded with {}, replayed with {}; llama.cpp's logits depend on the \
                  count: replay without --threads",
                 threads(t),
                 threads(used)
             ),
-            None => format!(
+            (None, None) => format!(
                 "the trace does not record its thread count, and this replay used {}; \
                  llama.cpp's logits depend on the count and the machine: replay with \
                  the recorded run's --threads, on its machine",

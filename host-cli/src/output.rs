@@ -71,6 +71,12 @@ pub fn one_line(text: &str) -> String {
     out
 }
 
+/// `n` and a noun, plural unless `n` is 1: "1 step", "2 steps".
+pub fn many(n: usize, noun: &str) -> String {
+    let s = if n == 1 { "" } else { "s" };
+    format!("{n} {noun}{s}")
+}
+
 /// Longest error line, in characters, that [`error_line`] prints whole.
 pub const MAX_ERROR_CHARS: usize = 1024;
 

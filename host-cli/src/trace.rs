@@ -18,6 +18,7 @@ use crate::chat::Message;
 use crate::generate::{Engine, Finish, Outcome};
 use crate::infile::named;
 use crate::outfile::ReservedFile;
+use crate::output::many;
 use crate::settings::Settings;
 
 /// The trace format version this build writes and reads.
@@ -459,6 +460,10 @@ pub enum Divergence {
         expected: usize,
         /// Regenerated count.
         got: usize,
+        /// Recorded finish reason.
+        recorded: String,
+        /// How the replay ended.
+        replayed: String,
     },
     /// Same tokens, another finish reason.
     Finish {
@@ -508,10 +513,26 @@ impl std::fmt::Display for Divergence {
                 f,
                 "step {step}: field `logprob` expected {expected:?}, got {got:?}"
             ),
-            Self::Length { expected, got } => write!(
+            // A replay runs one step past the recorded ones at most, so
+            // how it ended says something only when it ended first.
+            Self::Length {
+                expected,
+                got,
+                recorded,
+                replayed,
+            } if got < expected => write!(
                 f,
-                "step {}: field `steps` expected {expected} tokens, got {got}",
-                expected.min(got)
+                "step {got}: field `steps` expected {}, got {got}: the replay ended there on \
+                 `{replayed}`, where the recorded run went on to `{recorded}`",
+                many(*expected, "token")
+            ),
+            Self::Length {
+                expected, recorded, ..
+            } => write!(
+                f,
+                "step {expected}: field `steps` expected {}, ending on `{recorded}`, but the \
+                 replay went on",
+                many(*expected, "token")
             ),
             Self::Text { at, expected, got } => write!(
                 f,
@@ -565,6 +586,8 @@ pub fn compare(
         return Some(Divergence::Length {
             expected: trace.steps.len(),
             got: steps.len(),
+            recorded: trace.finish_reason.clone(),
+            replayed: finish.as_str().to_owned(),
         });
     }
     if trace.finish_reason != finish.as_str() {
@@ -703,13 +726,28 @@ mod tests {
             compare(&t, &[1, 3], &[(5, -0.5)], Finish::EndOfTurn, ""),
             Some(Divergence::PromptToken { index: 1, .. })
         ));
+        let longer = compare(&t, &[1, 2], &[(5, -0.5), (6, -1.0)], Finish::Length, "");
         assert!(matches!(
-            compare(&t, &[1, 2], &[(5, -0.5), (6, -1.0)], Finish::Length, ""),
+            longer,
             Some(Divergence::Length {
                 expected: 1,
-                got: 2
+                got: 2,
+                ..
             })
         ));
+        assert_eq!(
+            longer.map(|d| d.to_string()).unwrap_or_default(),
+            "step 1: field `steps` expected 1 token, ending on `end_of_turn`, but the \
+             replay went on"
+        );
+        let t = trace(&[(5, -0.5), (6, -1.0)], "end_of_turn");
+        let shorter = compare(&t, &[1, 2], &[(5, -0.5)], Finish::StopString, "");
+        assert_eq!(
+            shorter.map(|d| d.to_string()).unwrap_or_default(),
+            "step 1: field `steps` expected 2 tokens, got 1: the replay ended there on \
+             `stop_string`, where the recorded run went on to `end_of_turn`"
+        );
+        let t = trace(&[(5, -0.5)], "end_of_turn");
         assert!(matches!(
             compare(&t, &[1, 2], &[(5, -0.5)], Finish::Length, ""),
             Some(Divergence::Finish { .. })

@@ -440,8 +440,8 @@ fn a_trace_holding_what_no_run_records_is_refused_as_a_trace() {
                 t["settings"]["n_predict"] = Value::Null;
             },
             format!(
-                "trace {path} ends on `context_full` after 12 steps, but after its prompt of \
-                 8 tokens its context of 4096 fills only at step 4089"
+                "trace {path} ends on `context_full` after 12 steps, but after 8 prompt tokens \
+                 its context of 4096 fills only at step 4089"
             ),
         ),
         (
@@ -452,15 +452,15 @@ fn a_trace_holding_what_no_run_records_is_refused_as_a_trace() {
                 t["settings"]["ctx_size"] = 19.into();
             },
             format!(
-                "trace {path} ends on `end_of_turn` after 12 steps, but after its prompt of \
-                 8 tokens its context of 19 is full at step 12"
+                "trace {path} ends on `end_of_turn` after 12 steps, but after 8 prompt tokens \
+                 its context of 19 is full at step 12"
             ),
         ),
         (
             &|t| t["settings"]["ctx_size"] = 16.into(),
             format!(
-                "trace {path} records 12 steps after a prompt of 8 tokens, more than its \
-                 context of 16 leaves room for (9)"
+                "trace {path} records 12 steps after 8 prompt tokens, but its context of 16 \
+                 has room for 9 steps at most"
             ),
         ),
         (
@@ -877,7 +877,47 @@ fn a_replay_stops_one_step_past_the_recorded_ones() {
     t["finish_reason"] = "stop_string".into();
     t["settings"]["stops"] = serde_json::json!(["\u{1}never"]);
     trace.write_json(&t);
-    diverges(&trace, "field `steps` expected 12 tokens, got 13");
+    diverges(
+        &trace,
+        "step 12: field `steps` expected 12 tokens, ending on `stop_string`, but the replay \
+         went on (every token matched until one run met a stop string, so the trace's `text` \
+         or `stops` was changed after it was recorded)",
+    );
+}
+
+#[test]
+fn a_stop_string_added_to_a_trace_is_named_where_the_replay_meets_it() {
+    let (trace, mut t) = recorded();
+    let text = t["text"].as_str().expect("text").to_owned();
+    // The text's start, so the replay meets it well before its twelfth
+    // token (`length`).
+    let start: String = text.chars().take(4).collect();
+    t["settings"]["stops"] = serde_json::json!([start]);
+    trace.write_json(&t);
+    let run = tb(&["replay", trace.arg()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let e = &run.stderr;
+    assert!(
+        e.contains(
+            "the replay ended there on `stop_string`, where the recorded run went on to \
+                    `length` (every token matched until one run met a stop string, so the \
+                    trace's `text` or `stops` was changed after it was recorded)"
+        ),
+        "{e}"
+    );
+    let got = e
+        .split(", got ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .expect("the replay's step count");
+    assert!(got < 12, "{e}");
+    assert!(
+        e.starts_with(&format!(
+            "talkback: replay diverged: step {got}: field `steps` expected 12 tokens, got {got}:"
+        )),
+        "{e}"
+    );
 }
 
 #[test]
