@@ -29,7 +29,7 @@ fixtures/fetch-model.sh; TALKBACK_MODEL or --model chooses another.";
 
 /// Chat with GGUF models through llama.cpp, sampled by sampler-core.
 #[derive(Debug, Parser)]
-#[command(name = "talkback", version, after_help = AFTER_HELP)]
+#[command(name = "talkback", bin_name = "talkback", version, after_help = AFTER_HELP)]
 pub struct Cli {
     /// Raise verbosity: the model, settings and seed where a command has them, and
     /// the finish; then llama.cpp's own logs (-vv).
@@ -45,6 +45,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Chat with the model through its own chat template.
+    ///
+    /// With a message (an argument, stdin or --messages) it prints one reply.
+    /// With none, on a terminal, it starts an interactive chat: type a turn
+    /// and press Enter; /help lists the commands, Ctrl-D or /exit leaves.
     Chat(ChatArgs),
     /// Continue raw text, with no template.
     Complete(CompleteArgs),
@@ -64,9 +68,10 @@ pub enum Command {
 
 /// Arguments of `talkback shape`.
 #[derive(Debug, Args)]
+#[group(id = "input", required = true, args = ["prompt", "logits"])]
 pub struct ShapeArgs {
     /// Raw text whose next token is shaped (or use --logits).
-    #[arg(required_unless_present = "logits", conflicts_with = "logits")]
+    #[arg(conflicts_with = "logits")]
     pub prompt: Option<String>,
 
     /// Logits given directly, comma-separated (given again, the lists are
@@ -189,8 +194,8 @@ pub struct ReplayArgs {
 /// Arguments of `talkback chat`.
 #[derive(Debug, Args)]
 pub struct ChatArgs {
-    /// The user's message; read from stdin when omitted (after `--messages`,
-    /// an empty stdin adds no turn).
+    /// The user's message; read from stdin when omitted and stdin is not a
+    /// terminal (after `--messages`, an empty stdin adds no turn).
     pub prompt: Option<String>,
 
     /// A system message placed before the conversation; it replaces any

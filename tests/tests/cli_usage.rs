@@ -283,11 +283,36 @@ fn stop_strings_past_the_stream_limits_are_usage_errors_before_loading() {
 fn missing_arguments_are_usage_errors() {
     usage_error(&["replay"], "<TRACE>");
     usage_error(&["plot"], "<PROMPT>");
-    usage_error(&["shape"], "<PROMPT>");
+    // Either input will do, and the error names both.
+    usage_error(&["shape"], "<PROMPT|--logits <LOGITS>>");
     let bare = talkback(&[]);
     assert_eq!(bare.code, 2, "{}", bare.stderr);
     assert!(bare.stdout.is_empty());
     assert!(bare.stderr.contains("Usage:"), "{}", bare.stderr);
+}
+
+#[test]
+fn usage_lines_name_the_program_talkback_whatever_it_was_run_as() {
+    // Run through a link of another name, as a packaged or renamed binary
+    // is: clap's own usage errors and talkback's agree on the name.
+    let link = std::env::temp_dir().join(format!("tb-renamed-{}", std::process::id()));
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(talkback_tests::binary(), &link).expect("link");
+    let run = |args: &[&str]| {
+        std::process::Command::new(&link)
+            .args(args)
+            .output()
+            .expect("run the link")
+    };
+    let missing = run(&["shape"]);
+    let refused = run(&["shape", "--logits", "1,2", "--seed", "3"]);
+    let _ = std::fs::remove_file(&link);
+    for out in [missing, refused] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("Usage: talkback shape "), "{stderr}");
+        assert!(!stderr.contains("tb-renamed"), "{stderr}");
+    }
 }
 
 #[test]
