@@ -163,6 +163,10 @@ pub struct Config {
     /// Min-p ratio in `[0, 1]`; 0 turns it off.
     pub min_p: f32,
     /// Repetition penalty (positive logits divided by it, others multiplied); 1 is off.
+    ///
+    /// Any positive value is accepted: above 1 it lowers the logits of the
+    /// window's tokens, below 1 it raises them (favouring repeats), as in
+    /// llama.cpp.
     pub repeat_penalty: f32,
     /// Subtracted once from the logit of every token in the penalty window; 0 is off.
     pub presence_penalty: f32,

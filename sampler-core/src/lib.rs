@@ -99,6 +99,10 @@
 //!   the logits, the settings, the seed, the step and the crate version; not
 //!   on the platform, the selection algorithm or whether a report was asked
 //!   for. A failed call draws nothing and leaves the sampler as it was.
+//!   (The logarithms behind min-p's cut and the reported log-probabilities
+//!   come from `libm` in f64 and are rounded to f32, so another `libm`
+//!   release could change one of them only where its f64 result moved
+//!   across an f32 rounding boundary; a lockfile fixes the release.)
 //! - **Cost**: no stage copies, exponentiates or sorts the whole vocabulary
 //!   when top-k is on: greedy is one vectorised pass of block maxima, and a
 //!   top-k of up to 64 the same pass keeping the blocks that can hold one

@@ -27,7 +27,13 @@ pub struct Candidate {
 pub struct Input<'a> {
     /// One logit per token id; the length is the vocabulary size.
     pub logits: &'a [f32],
-    /// Penalty window, oldest first; at most [`MAX_RECENT`](crate::MAX_RECENT) ids.
+    /// Penalty window; at most [`MAX_RECENT`](crate::MAX_RECENT) ids.
+    ///
+    /// Only how often each id occurs counts, so the order changes no
+    /// result. Oldest first, as a window over the generated tokens is
+    /// naturally kept, is the fast order: when a call's window is the last
+    /// call's moved on or grown by one token (and holds at most 64 ids),
+    /// the sampler updates the counts it kept instead of counting again.
     pub recent: &'a [u32],
     /// Logit bias `(id, value)`, added after penalties and before temperature;
     /// at most [`MAX_BIAS`](crate::MAX_BIAS) entries.
@@ -225,6 +231,11 @@ impl<'s> Sampler<'s> {
     /// - [`Error::TokenOutOfRange`] if an id in them is not in the vocabulary.
     /// - [`Error::InvalidBias`] if a bias value is NaN.
     /// - [`Error::NoFiniteLogit`] if every effective logit is NaN or -inf.
+    ///
+    /// Of several faults, the first in this list is reported, except that
+    /// the bias list is read entry by entry: the first of its entries with
+    /// an id out of range or a NaN value is named, after any id of the
+    /// window, whose first offender is named.
     ///
     /// # Panics
     ///
@@ -779,6 +790,36 @@ mod tests {
             s.sample(input, None),
             Err(Error::TokenOutOfRange { id: 3, vocab: 3 })
         );
+        // Several faults: the order the docs give.
+        let faults = |logits: &'static [f32], recent: &'static [u32], bias| Input {
+            logits,
+            recent,
+            bias,
+        };
+        let cases: [(Input<'_>, Error); 4] = [
+            (
+                faults(&[0.0; 4], &[9], &[(0, f32::NAN)]),
+                Error::VocabTooLarge {
+                    len: 4,
+                    capacity: 3,
+                },
+            ),
+            (
+                faults(&[0.0; 3], &[1, 7, 5], &[(0, f32::NAN)]),
+                Error::TokenOutOfRange { id: 7, vocab: 3 },
+            ),
+            (
+                faults(&[0.0; 3], &[1], &[(2, f32::NAN), (8, 1.0)]),
+                Error::InvalidBias { id: 2 },
+            ),
+            (
+                faults(&[0.0; 3], &[1], &[(8, f32::NAN), (2, f32::NAN)]),
+                Error::TokenOutOfRange { id: 8, vocab: 3 },
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(s.sample(input, None), Err(want));
+        }
         let bad = Config {
             temperature: f32::NAN,
             ..Config::default()
