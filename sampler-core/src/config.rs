@@ -89,25 +89,46 @@ impl Order {
     /// assert!(Order::new(&[Stage::TopK]).is_err());
     /// # Ok::<(), sampler_core::Error>(())
     /// ```
-    pub fn new(stages: &[Stage]) -> Result<Order, Error> {
+    ///
+    /// It is a `const fn`, so an order can be fixed at build time, where a
+    /// bad one fails the build:
+    ///
+    /// ```
+    /// use sampler_core::{Config, Order, Stage};
+    /// const MIN_P_FIRST: Order = match Order::new(&[Stage::MinP, Stage::Temperature]) {
+    ///     Ok(order) => order,
+    ///     Err(_) => panic!("not a valid order"),
+    /// };
+    /// static CONFIG: Config = Config { order: MIN_P_FIRST, ..Config::DEFAULT };
+    /// assert_eq!(CONFIG.order.stages(), &[Stage::MinP, Stage::Temperature]);
+    /// ```
+    pub const fn new(stages: &[Stage]) -> Result<Order, Error> {
+        // Written for a const fn, with no slice indexing: each stage enters
+        // at the end of `out`, shifting the fillers out at the front, and a
+        // rotation brings the stages to the front at the end.
         let mut out = [Stage::Temperature; MAX_STAGES];
-        let mut len = 0usize;
-        for &stage in stages {
-            if out.get(..len).is_some_and(|seen| seen.contains(&stage)) {
+        let mut seen = 0u8;
+        let mut len = 0u8;
+        let mut rest = stages;
+        while let [stage, tail @ ..] = rest {
+            let bit = 1u8 << (*stage as u8);
+            // Four distinct stages at most, so `len` stays within `out`.
+            if seen & bit != 0 {
                 return Err(Error::InvalidOrder);
             }
-            let slot = out.get_mut(len).ok_or(Error::InvalidOrder)?;
-            *slot = stage;
+            seen |= bit;
+            out = [out[1], out[2], out[3], *stage];
             len += 1;
+            rest = tail;
         }
-        let used = out.get(..len).unwrap_or(&[]);
-        if !used.contains(&Stage::Temperature) {
+        if seen & (1u8 << (Stage::Temperature as u8)) == 0 {
             return Err(Error::InvalidOrder);
         }
-        for slot in out.iter_mut().skip(len) {
-            *slot = Stage::Temperature;
+        let mut fillers = MAX_STAGES as u8 - len;
+        while fillers > 0 {
+            out = [out[1], out[2], out[3], out[0]];
+            fillers -= 1;
         }
-        let len = u8::try_from(len).map_err(|_| Error::InvalidOrder)?;
         Ok(Order { stages: out, len })
     }
 
@@ -177,6 +198,19 @@ pub struct Config {
 }
 
 impl Config {
+    /// llama.cpp's defaults, as [`Config::default`] gives them, for `const`
+    /// and `static` items.
+    pub const DEFAULT: Config = Config {
+        temperature: 0.8,
+        top_k: 40,
+        top_p: 0.95,
+        min_p: 0.05,
+        repeat_penalty: 1.0,
+        presence_penalty: 0.0,
+        frequency_penalty: 0.0,
+        order: Order::TALKBACK,
+    };
+
     /// Temperature 0 with every other stage off: always the top token.
     pub const fn greedy() -> Self {
         Config {
@@ -260,16 +294,7 @@ impl Default for Config {
     /// llama.cpp's defaults: temperature 0.8, top-k 40, top-p 0.95, min-p 0.05,
     /// penalties off, with [`Order::TALKBACK`].
     fn default() -> Self {
-        Config {
-            temperature: 0.8,
-            top_k: 40,
-            top_p: 0.95,
-            min_p: 0.05,
-            repeat_penalty: 1.0,
-            presence_penalty: 0.0,
-            frequency_penalty: 0.0,
-            order: Order::TALKBACK,
-        }
+        Config::DEFAULT
     }
 }
 
@@ -308,6 +333,50 @@ mod tests {
             Order::new(&[Temperature, TopK, TopP, MinP]),
             Ok(Order::TALKBACK)
         );
+    }
+
+    #[test]
+    fn every_order_of_every_subset_keeps_its_stages_in_turn() {
+        use Stage::*;
+        let all = [Temperature, TopK, TopP, MinP];
+        // Each list of up to four distinct stages, by its digits in base 5
+        // (0 ends the list).
+        for code in 0..5u32.pow(4) {
+            let mut list = [Temperature; 4];
+            let mut len = 0;
+            let mut rest = code;
+            while rest % 5 != 0 && len < 4 {
+                list[len] = all[(rest % 5 - 1) as usize];
+                len += 1;
+                rest /= 5;
+            }
+            let list = &list[..len];
+            let distinct = (0..len).all(|i| !list[..i].contains(&list[i]));
+            let got = Order::new(list);
+            if distinct && list.contains(&Temperature) {
+                let order = got.unwrap();
+                assert_eq!(order.stages(), list);
+                // The unused slots hold temperature, so equal lists are
+                // equal orders.
+                assert_eq!(order.stages, {
+                    let mut full = [Temperature; MAX_STAGES];
+                    full[..len].copy_from_slice(list);
+                    full
+                });
+            } else {
+                assert_eq!(got, Err(Error::InvalidOrder), "{list:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_default_is_the_const_default() {
+        const ORDER: Order = match Order::new(&[Stage::MinP, Stage::Temperature]) {
+            Ok(order) => order,
+            Err(_) => Order::TALKBACK,
+        };
+        assert_eq!(Config::default(), Config::DEFAULT);
+        assert_eq!(ORDER.stages(), &[Stage::MinP, Stage::Temperature]);
     }
 
     #[test]

@@ -174,7 +174,10 @@
 //! both. [`Sampler::new`] returns the sampler by value, so building one
 //! passes those 11 KiB through the stack even when it ends up in a
 //! static: build it once where the stack is shallow (at start-up) and
-//! start each new generation with [`Sampler::restart`]. Unoptimised
+//! start each new generation with [`Sampler::restart`]. The settings can
+//! be fixed at build time instead: [`Config::DEFAULT`], [`Config::greedy`],
+//! [`Order::new`], [`Input::new`], [`StopSet::new`] and [`TextStream::new`]
+//! are `const`. Unoptimised
 //! builds need several times these figures (frames of 10 to 23 KiB on
 //! `thumbv7em-none-eabihf`); firmware should optimise this crate in its
 //! dev profile too (`[profile.dev.package.sampler-core] opt-level = 2`).

@@ -149,7 +149,10 @@ impl<const S: usize, const L: usize, const H: usize> TextStream<S, L, H> {
     ///
     /// Never; an `H` below `L + 3` is a build error instead (one that
     /// `cargo check` does not report).
-    pub fn new(stops: StopSet<S, L>) -> Self {
+    ///
+    /// It is a `const fn`, so a stream with no stop strings can be a
+    /// `static` (one with some needs [`StopSet::push_str`], which is not).
+    pub const fn new(stops: StopSet<S, L>) -> Self {
         #[allow(clippy::let_unit_value)]
         let () = Self::HELD_FITS;
         Self {
@@ -317,7 +320,7 @@ struct State<const S: usize, const H: usize> {
 }
 
 impl<const S: usize, const H: usize> State<S, H> {
-    fn new() -> Self {
+    const fn new() -> Self {
         Self {
             utf8: Utf8Sanitizer::new(),
             matcher: Matcher::new(),
@@ -363,7 +366,7 @@ struct Matcher<const S: usize, const H: usize> {
 }
 
 impl<const S: usize, const H: usize> Matcher<S, H> {
-    fn new() -> Self {
+    const fn new() -> Self {
         Self {
             held: [0; H],
             held_start: 0,
@@ -485,6 +488,15 @@ mod tests {
             set.push_str(stop).unwrap();
         }
         Stream::new(set)
+    }
+
+    #[test]
+    fn a_stream_without_stops_can_be_a_constant() {
+        const PLAIN: Stream = TextStream::new(StopSet::new());
+        let mut plain = PLAIN;
+        let got = chunks(&mut plain, &[b"caf\xc3", b"\xa9 \xff"]);
+        assert_eq!(got.concat(), "caf\u{e9} \u{fffd}".as_bytes());
+        assert_eq!(plain.stopped(), None);
     }
 
     /// Pushes each piece, then finishes; returns every released chunk.
