@@ -598,9 +598,14 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
         let rendered = template.render(&messages)?;
         // The checks a run makes (the template's, the context's) are made
         // here too: a prompt it would refuse is not shown as if it were sent.
-        let tokens = chat::tokenize(&model, &rendered)?;
+        let (bos, body) = chat::tokenize_split(&model, &rendered)?;
+        let tokens: Vec<_> = bos.into_iter().chain(body).collect();
         model.session(&args.model)?.check_prompt(&tokens)?;
         let mut out = crate::output::stdout();
+        // The BOS the vocabulary adds is part of what the model reads.
+        if bos.is_some() {
+            out.write_all(model.bos_text().unwrap_or_default().as_bytes())?;
+        }
         out.write_all(rendered.text.as_bytes())?;
         out.flush()?;
         return Ok(());

@@ -765,6 +765,16 @@ fn message_value(m: &Message) -> Value {
 /// own text spells them, the text between them as the whole text would
 /// tokenize, and a BOS only where the template did not already write one.
 pub fn tokenize(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
+    let (bos, body) = tokenize_split(model, rendered)?;
+    Ok(bos.into_iter().chain(body).collect())
+}
+
+/// As [`tokenize`], with the BOS added before the rendered text, if one is,
+/// apart from the text's own tokens.
+pub fn tokenize_split(
+    model: &Model,
+    rendered: &Rendered,
+) -> Result<(Option<LlamaToken>, Vec<LlamaToken>)> {
     // Each part is checked as it is tokenized; the whole first, so that
     // many parts that each fit are not tokenized only to be refused.
     model.check_fits(&rendered.text, true)?;
@@ -777,12 +787,10 @@ pub fn tokenize(model: &Model, rendered: &Rendered) -> Result<Vec<LlamaToken>> {
     naming(rendered.file.as_deref(), checked)?;
     let cuts = cuts(model, rendered, &parts, part_tokens)?;
     let body = tokenize_around(model, &rendered.text, &cuts)?;
-    let mut tokens = Vec::new();
     // Unless the template opens the prompt with the BOS itself (a message
     // that starts with its text gives text, not the token).
-    tokens.extend(model.bos().filter(|bos| body.first() != Some(bos)));
-    tokens.extend(body);
-    Ok(tokens)
+    let bos = model.bos().filter(|bos| body.first() != Some(bos));
+    Ok((bos, body))
 }
 
 /// Tokenizes `text` with each of `cuts` (in order, not overlapping)

@@ -216,9 +216,10 @@ pub struct ChatArgs {
     #[arg(long, value_name = "FILE")]
     pub messages: Option<PathBuf>,
 
-    /// Print the rendered prompt exactly as the model would see it, and exit
-    /// (as text: not with --format or --trace). Sampling flags are accepted
-    /// and unused, so that a run's own command line shows its prompt.
+    /// Print the rendered prompt exactly as the model would see it (with the
+    /// BOS its vocabulary adds, if it adds one), and exit (as text: not with
+    /// --format or --trace). Sampling flags are accepted and unused, so that
+    /// a run's own command line shows its prompt.
     #[arg(long)]
     pub render_only: bool,
 

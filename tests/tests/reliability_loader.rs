@@ -324,6 +324,29 @@ fn a_prompt_that_starts_with_the_bos_gets_no_second_one() {
         "{marker:?} against {hello:?}"
     );
 
+    // `--render-only` shows the BOS the vocabulary adds, as the model reads
+    // it, and shows one the template writes once.
+    let opened = scratch.write(
+        "opened.jinja",
+        b"{{ bos_token }}{% for m in messages %}{{ m.content }}\n{% endfor %}",
+    );
+    let shown = copy.with(&[(add_bos, vec![1])], |model| {
+        [&bare, &opened].map(|template| {
+            let run = talkback(&[
+                "chat",
+                "Hello",
+                "--chat-template",
+                arg(template),
+                "--render-only",
+                "-m",
+                arg(model),
+            ]);
+            assert_eq!(run.code, 0, "{}", run.stderr);
+            run.text().to_owned()
+        })
+    });
+    assert_eq!(shown, ["<|im_start|>Hello\n", "<|im_start|>Hello\n"]);
+
     // A vocabulary that adds an EOS as well put it after the chat's BOS,
     // ending the conversation before its first turn, and at the end of a
     // completion's prompt, which the model then took as over.
