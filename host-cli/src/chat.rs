@@ -685,10 +685,16 @@ impl<'m> Template<'m> {
                 if messages.len() == 1 { "" } else { "s" }
             )),
             (Err(e), Some(fallback)) if !raised(&e) => {
-                fallback.warn(&anyhow!("the chat template failed to render: {e}"));
+                fallback.warn(&anyhow!(
+                    "the chat template failed to render: {e}{}",
+                    why(&e)
+                ));
                 fallback.render(messages)
             }
-            (Err(e), _) => Err(anyhow!("the chat template failed to render: {e}")),
+            (Err(e), _) => Err(anyhow!(
+                "the chat template failed to render: {e}{}",
+                why(&e)
+            )),
         }
     }
 
@@ -699,6 +705,19 @@ impl<'m> Template<'m> {
             bos_token => self.bos.as_str(),
             eos_token => self.eos.as_str(),
         })
+    }
+}
+
+/// Why a render error is talkback's choice, where it is: the clock is left
+/// out so that a prompt renders the same on any day, and its trace replays.
+fn why(e: &JinjaError) -> &'static str {
+    let clock = e.kind() == ErrorKind::UnknownFunction
+        && e.detail().is_some_and(|d| d.contains("strftime_now"));
+    if clock {
+        "; talkback gives templates no `strftime_now`, so that a prompt renders the same on \
+         any day and its trace replays"
+    } else {
+        ""
     }
 }
 

@@ -434,6 +434,50 @@ fn chat_template_that_raises() {
 }
 
 #[test]
+fn chat_template_that_asks_for_the_clock() {
+    let scratch = Scratch::new("clock");
+    let each = b"{% for m in messages %}{{ m.content }}{% endfor %}";
+    // A template that tests for `strftime_now` writes its own fallback; one
+    // that calls it regardless is told why it is missing.
+    let tests = scratch.write(
+        "tests.jinja",
+        &[
+            &b"{% if strftime_now is defined %}{{ strftime_now('%Y') }}{% else %}then "[..],
+            b"{% endif %}",
+            each,
+        ]
+        .concat(),
+    );
+    let run = talkback(&[
+        "chat",
+        "hi",
+        "--render-only",
+        "--chat-template",
+        arg(&tests),
+    ]);
+    assert_eq!((run.code, run.text()), (0, "then hi"), "{}", run.stderr);
+    let calls = scratch.write(
+        "calls.jinja",
+        &[&b"{{ strftime_now('%Y') }} "[..], each].concat(),
+    );
+    let run = talkback(&[
+        "chat",
+        "hi",
+        "--render-only",
+        "--chat-template",
+        arg(&calls),
+    ]);
+    let line = runtime_error(&run, "strftime_now");
+    assert!(
+        line.ends_with(
+            "; talkback gives templates no `strftime_now`, so that a prompt renders the same \
+             on any day and its trace replays"
+        ),
+        "{line}"
+    );
+}
+
+#[test]
 fn chat_template_that_never_ends() {
     let scratch = Scratch::new("endless");
     let path = scratch.write(
