@@ -590,6 +590,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
     let model = load_for(&args.model, verbose, trace_file.is_some(), &gen.stops)?;
     settings.ctx_size = model.ctx_size();
     let template = chat_template(file, &model)?;
+    chat::warn_of_foreign_turn_ends(&model, &template);
     if let Some(prompt) = &prompt {
         messages.push(Message::new("user", prompt));
     }

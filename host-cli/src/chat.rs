@@ -780,6 +780,97 @@ fn message_value(m: &Message) -> Value {
     ])
 }
 
+/// Warns, once, when the template ends an assistant turn with what looks
+/// like a turn marker but holds no token this model ends a reply on: a
+/// template written for another family of models (`<|eot_id|>` or
+/// `<end_of_turn>` on a ChatML model), whose marker the model reads as
+/// plain text and writes in its replies without their ending there.
+///
+/// Read from a probe conversation of a user, an assistant and a user turn:
+/// the text the template writes between the assistant's text and the next
+/// user's. A template that cannot render the probe, or writes nothing
+/// marker-like there (a plain `User:`/`Assistant:` layout), is passed over.
+pub fn warn_of_foreign_turn_ends(model: &Model, template: &Template) {
+    let (asked, reply, next) = ("Qz1user", "Qz2assistant", "Qz3user");
+    let probe = [
+        Message::new("user", asked),
+        Message::new("assistant", reply),
+        Message::new("user", next),
+    ];
+    let Ok(text) = template.render_raw(&probe) else {
+        return;
+    };
+    let between = text
+        .find(reply)
+        .and_then(|at| text.get(at + reply.len()..))
+        .and_then(|rest| rest.find(next).and_then(|end| rest.get(..end)));
+    let Some(between) = between else {
+        return;
+    };
+    let Ok(tokens) = model.tokenize(between, true) else {
+        return;
+    };
+    let ends = tokens
+        .iter()
+        .any(|t| u32::try_from(t.0).is_ok_and(|id| model.is_eog(id)));
+    let foreign: Vec<&str> = marker_like(between)
+        .filter(|m| model.tokenize(m, true).is_ok_and(|t| t.len() > 1))
+        .collect();
+    if ends || foreign.is_empty() {
+        return;
+    }
+    // The EOS where it ends a reply, as it does for a chat model; else the
+    // first token that does.
+    let eos = model
+        .eos_text()
+        .filter(|t| model.tokenize(t, true).is_ok_and(|t| t.len() == 1));
+    let theirs = eos
+        .or_else(|| {
+            model
+                .eog_tokens()
+                .iter()
+                .find_map(|&id| model.token_text(id))
+        })
+        .map_or_else(String::new, |t| format!(" (such as `{t}`)"));
+    let foreign: Vec<String> = foreign.iter().take(3).map(|m| format!("`{m}`")).collect();
+    let file = template
+        .file
+        .as_deref()
+        .map_or_else(String::new, |f| format!(" {f}"));
+    let line = format!(
+        "warning: the chat template{file} writes {} after an assistant turn, which this \
+         model reads as plain text, and no token it ends a reply on{theirs}: is the template \
+         for another model? Replies may run on past their turn",
+        foreign.join(", "),
+    );
+    note!("talkback: {}", crate::output::error_line(&line));
+}
+
+/// Every distinct run of text that looks like a markup marker, `<...>` with
+/// no whitespace or angle bracket inside and at most 40 bytes, in order.
+fn marker_like(text: &str) -> impl Iterator<Item = &str> {
+    let mut seen: Vec<&str> = Vec::new();
+    let mut rest = text;
+    std::iter::from_fn(move || loop {
+        let open = rest.find('<')?;
+        let after = rest.get(open + 1..)?;
+        let stop = after.find(|c: char| c == '>' || c == '<' || c.is_whitespace());
+        let closed = stop.filter(|&len| {
+            (1..=40).contains(&len) && after.get(len..).is_some_and(|t| t.starts_with('>'))
+        });
+        let Some(len) = closed else {
+            rest = after;
+            continue;
+        };
+        let marker = rest.get(open..open + len + 2)?;
+        rest = after.get(len + 1..)?;
+        if !seen.contains(&marker) {
+            seen.push(marker);
+            return Some(marker);
+        }
+    })
+}
+
 /// Tokenizes a rendered prompt: control tokens only where the template's
 /// own text spells them, the text between them as the whole text would
 /// tokenize, and a BOS only where the template did not already write one.

@@ -478,6 +478,53 @@ fn chat_template_that_asks_for_the_clock() {
 }
 
 #[test]
+fn chat_template_of_another_family_is_warned_of() {
+    let scratch = Scratch::new("family");
+    let each = |open: &str, close: &str| {
+        format!(
+            "{{% for m in messages %}}{open}{{{{ m.role }}}}\n{{{{ m.content }}}}{close}\n\
+             {{% endfor %}}{open}assistant\n"
+        )
+    };
+    let warning = |name: &str, markers: &str| {
+        format!(
+            "talkback: warning: the chat template {name} writes {markers} after an assistant \
+             turn, which this model reads as plain text, and no token it ends a reply on \
+             (such as `<|im_end|>`): is the template for another model? Replies may run on \
+             past their turn\n"
+        )
+    };
+    let cases = [
+        (
+            "llama3.jinja",
+            each("<|start_header_id|>", "<|eot_id|>"),
+            "`<|eot_id|>`, `<|start_header_id|>`",
+        ),
+        (
+            "gemma.jinja",
+            each("<start_of_turn>", "<end_of_turn>"),
+            "`<end_of_turn>`, `<start_of_turn>`",
+        ),
+        // This model's own markers, a plain layout, and another family's
+        // layout that ends each turn with this model's EOS: no warning.
+        ("chatml.jinja", each("<|im_start|>", "<|im_end|>"), ""),
+        ("plain.jinja", each("", ""), ""),
+        ("zephyr.jinja", each("<|", "{{ eos_token }}"), ""),
+    ];
+    for (name, source, markers) in cases {
+        let path = scratch.write(name, source.as_bytes());
+        let run = talkback(&["chat", "hi", "--render-only", "--chat-template", arg(&path)]);
+        assert_eq!(run.code, 0, "{name}: {}", run.stderr);
+        let want = if markers.is_empty() {
+            String::new()
+        } else {
+            warning(arg(&path), markers)
+        };
+        assert_eq!(run.stderr, want, "{name}");
+    }
+}
+
+#[test]
 fn chat_template_that_never_ends() {
     let scratch = Scratch::new("endless");
     let path = scratch.write(
