@@ -201,6 +201,46 @@ fn marks(messages: &[Message], source: &str) -> Option<(char, char)> {
     Some((free.next()?, free.next()?))
 }
 
+/// `source` with Hugging Face's `{% generation %}` and `{% endgeneration %}`
+/// tags, which mark the assistant's text for training and render their body
+/// as it is, written as `{% if true %}` and `{% endif %}`: the same output
+/// and the same whitespace control, in tags `minijinja` knows.
+fn without_generation_tags(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(open) = rest.find("{%") {
+        let (before, tag) = rest.split_at(open);
+        out.push_str(before);
+        let inner = tag.get(2..).unwrap_or_default();
+        let flag = inner.strip_prefix(['-', '+']).map_or(0, |_| 1);
+        let body = inner.get(flag..).unwrap_or_default();
+        let word_at = body.len() - body.trim_start().len();
+        let word = body.get(word_at..).unwrap_or_default();
+        let swap = [("endgeneration", "endif"), ("generation", "if true")]
+            .into_iter()
+            .find(|(name, _)| {
+                word.strip_prefix(name).is_some_and(|after| {
+                    let after = after.trim_start();
+                    after.starts_with("%}") || after.starts_with("-%}") || after.starts_with("+%}")
+                })
+            });
+        match swap {
+            Some((name, with)) => {
+                let keep = 2 + flag + word_at;
+                out.push_str(tag.get(..keep).unwrap_or_default());
+                out.push_str(with);
+                rest = tag.get(keep + name.len()..).unwrap_or_default();
+            }
+            None => {
+                out.push_str("{%");
+                rest = inner;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 impl<'m> Template<'m> {
     /// Compiles a Jinja chat template.
     ///
@@ -271,8 +311,9 @@ impl<'m> Template<'m> {
         // of the template's text (`\r\n`, `\r` or `\n`) as `\n`; a file
         // saved with Windows or old Mac line breaks would otherwise put
         // carriage returns into the prompt.
+        let text = source.replace("\r\n", "\n").replace('\r', "\n");
         let parsed = env
-            .add_template_owned("chat", source.replace("\r\n", "\n").replace('\r', "\n"))
+            .add_template_owned("chat", without_generation_tags(&text))
             // `{e:#}` would add minijinja's source excerpt over several lines;
             // the plain form names the error, template and line in one.
             .map_err(|e| anyhow!("the chat template does not parse: {e}"));
@@ -1137,6 +1178,41 @@ fn control_tokens(model: &Model, tokens: &[Vec<LlamaToken>]) -> Vec<LlamaToken> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generation_tags_become_a_block_that_always_renders() {
+        let cases = [
+            (
+                "{% generation %}x{% endgeneration %}",
+                "{% if true %}x{% endif %}",
+            ),
+            (
+                "{%- generation -%}\n x \n{%+  endgeneration  +%}",
+                "{%- if true -%}\n x \n{%+  endif  +%}",
+            ),
+            // Other tags, and words that only start alike, are left alone.
+            (
+                "{% if generation %}{% generations %}{%generation%}",
+                "{% if generation %}{% generations %}{%if true%}",
+            ),
+            ("{% for m in messages %}{%", "{% for m in messages %}{%"),
+        ];
+        for (source, want) in cases {
+            assert_eq!(without_generation_tags(source), want, "{source}");
+        }
+        let t = Template::new(
+            "{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}\n\
+             {{ m.content }}\n{% endgeneration %}{% else %}{{ m.content }}\n{% endif %}\
+             {% endfor %}",
+            String::new(),
+            String::new(),
+        )
+        .unwrap();
+        let text = t
+            .render_raw(&[Message::new("user", "a"), Message::new("assistant", "b")])
+            .unwrap();
+        assert_eq!(text, "a\nb\n");
+    }
 
     const CHATML: &str = "{% for message in messages %}{% if loop.first and \
         messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are helpful<|im_end|>\\n' }}\
