@@ -154,15 +154,30 @@ pub fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Stri
                 }
             }
         }
+        let inner = e.into_inner();
+        let hint = escape_hint(&inner);
         match path.is_empty() {
-            true => e.into_inner().to_string(),
-            false => format!("at `{path}`: {}", e.into_inner()),
+            true => format!("{inner}{hint}"),
+            false => format!("at `{path}`: {inner}{hint}"),
         }
     })?;
     // What follows the value (a second document, stray text) is an error,
     // as serde_json::from_slice makes it.
     de.end().map_err(|e| e.to_string())?;
     Ok(value)
+}
+
+/// What serde_json's terse errors about a `\u` escape mean: its "end of
+/// hex escape" is what a lone surrogate (`"\ud800x"`) gets, which JSON text
+/// cannot hold, as well as an escape cut short.
+fn escape_hint(e: &serde_json::Error) -> &'static str {
+    let text = e.to_string();
+    if e.is_syntax() && (text.contains("hex escape") || text.contains("surrogate")) {
+        " (a `\\u` escape takes four hex digits, and one from `\\uD800` to `\\uDFFF` must \
+         be followed by the other half of its surrogate pair)"
+    } else {
+        ""
+    }
 }
 
 /// Whether the first JSON value in `bytes` is an object without `field`
@@ -307,6 +322,21 @@ mod tests {
         let zero = read_text(Path::new("/dev/zero"), 1 << 20).unwrap_err();
         assert_eq!(zero.to_string(), "it holds more than 1 MiB");
         assert_eq!(read_bounded(&[7u8; 10][..], 10).unwrap(), [7; 10]);
+    }
+
+    #[test]
+    fn a_lone_surrogate_is_explained() {
+        let hint = "(a `\\u` escape takes four hex digits, and one from `\\uD800` to \
+                    `\\uDFFF` must be followed by the other half of its surrogate pair)";
+        for json in [r#"["a\ud800b"]"#, r#"["\udc00"]"#, r#"["\ud800\u0041"]"#] {
+            let e = from_json::<Vec<String>>(json.as_bytes()).unwrap_err();
+            assert!(e.ends_with(hint), "{json}: {e}");
+            assert!(e.starts_with("at `[0]`: "), "{json}: {e}");
+        }
+        let pair = from_json::<Vec<String>>(r#"["\ud83d\ude00"]"#.as_bytes()).unwrap();
+        assert_eq!(pair, ["\u{1f600}"]);
+        let other = from_json::<Vec<String>>(br#"["a\q"]"#).unwrap_err();
+        assert!(!other.contains("surrogate"), "{other}");
     }
 
     #[test]
