@@ -205,40 +205,129 @@ fn marks(messages: &[Message], source: &str) -> Option<(char, char)> {
 /// tags, which mark the assistant's text for training and render their body
 /// as it is, written as `{% if true %}` and `{% endif %}`: the same output
 /// and the same whitespace control, in tags `minijinja` knows.
+///
+/// Only tags are rewritten: not text inside `{% raw %}` blocks, comments or
+/// string literals. Tags that do not pair up are left as written, so that
+/// the parse error names them.
 fn without_generation_tags(source: &str) -> String {
+    let swaps = generation_tags(source);
+    let mut depth = 0_usize;
+    for &(_, with) in &swaps {
+        depth = match with {
+            "endif" => match depth.checked_sub(1) {
+                Some(d) => d,
+                None => return source.to_owned(),
+            },
+            _ => depth + 1,
+        };
+    }
+    if depth != 0 {
+        return source.to_owned();
+    }
     let mut out = String::with_capacity(source.len());
-    let mut rest = source;
-    while let Some(open) = rest.find("{%") {
-        let (before, tag) = rest.split_at(open);
-        out.push_str(before);
-        let inner = tag.get(2..).unwrap_or_default();
-        let flag = inner.strip_prefix(['-', '+']).map_or(0, |_| 1);
-        let body = inner.get(flag..).unwrap_or_default();
-        let word_at = body.len() - body.trim_start().len();
-        let word = body.get(word_at..).unwrap_or_default();
-        let swap = [("endgeneration", "endif"), ("generation", "if true")]
-            .into_iter()
-            .find(|(name, _)| {
-                word.strip_prefix(name).is_some_and(|after| {
-                    let after = after.trim_start();
-                    after.starts_with("%}") || after.starts_with("-%}") || after.starts_with("+%}")
-                })
-            });
-        match swap {
-            Some((name, with)) => {
-                let keep = 2 + flag + word_at;
-                out.push_str(tag.get(..keep).unwrap_or_default());
-                out.push_str(with);
-                rest = tag.get(keep + name.len()..).unwrap_or_default();
+    let mut at = 0;
+    for (range, with) in swaps {
+        out.push_str(source.get(at..range.start).unwrap_or_default());
+        out.push_str(with);
+        at = range.end;
+    }
+    out.push_str(source.get(at..).unwrap_or_default());
+    out
+}
+
+/// Where `generation` and `endgeneration` stand as the whole of a tag, and
+/// what each becomes.
+fn generation_tags(source: &str) -> Vec<(std::ops::Range<usize>, &'static str)> {
+    let mut swaps = Vec::new();
+    let mut at = 0;
+    while let Some(open) = source
+        .get(at..)
+        .and_then(|rest| rest.find('{'))
+        .map(|o| at + o)
+    {
+        let rest = source.get(open..).unwrap_or_default();
+        at = if rest.starts_with("{#") {
+            source
+                .get(open + 2..)
+                .and_then(|r| r.find("#}"))
+                .map_or(source.len(), |end| open + 2 + end + 2)
+        } else if rest.starts_with("{{") {
+            tag_end(source, open + 2, "}}")
+        } else if rest.starts_with("{%") {
+            let end = tag_end(source, open + 2, "%}");
+            let inner = source
+                .get(open + 2..end.saturating_sub(2))
+                .unwrap_or_default();
+            let body = inner.strip_prefix(['-', '+']).unwrap_or(inner);
+            let body = body.strip_suffix(['-', '+']).unwrap_or(body);
+            let word = body.trim();
+            let word_at = open
+                + 2
+                + (inner.len() - inner.trim_start_matches(['-', '+']).len())
+                + (body.len() - body.trim_start().len());
+            let with = match word {
+                "generation" => Some("if true"),
+                "endgeneration" => Some("endif"),
+                _ => None,
+            };
+            if let Some(with) = with {
+                swaps.push((word_at..word_at + word.len(), with));
             }
+            if word == "raw" {
+                raw_end(source, end)
+            } else {
+                end
+            }
+        } else {
+            open + 1
+        };
+    }
+    swaps
+}
+
+/// Where a tag whose text starts at `from` ends, past its `close`; quotes
+/// inside it open string literals, which `close` does not end.
+fn tag_end(source: &str, from: usize, close: &str) -> usize {
+    let mut quote = None;
+    let mut escaped = false;
+    for (i, c) in source.get(from..).unwrap_or_default().char_indices() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None if c == '\'' || c == '"' => quote = Some(c),
             None => {
-                out.push_str("{%");
-                rest = inner;
+                let here = from + i;
+                if source.get(here..).is_some_and(|r| r.starts_with(close)) {
+                    return here + close.len();
+                }
             }
         }
     }
-    out.push_str(rest);
-    out
+    source.len()
+}
+
+/// Where the `{% endraw %}` that closes a raw block opened before `from`
+/// ends.
+fn raw_end(source: &str, from: usize) -> usize {
+    let mut at = from;
+    while let Some(open) = source.get(at..).and_then(|r| r.find("{%")).map(|o| at + o) {
+        let end = tag_end(source, open + 2, "%}");
+        let inner = source
+            .get(open + 2..end.saturating_sub(2))
+            .unwrap_or_default();
+        if inner.trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace()) == "endraw" {
+            return end;
+        }
+        at = open + 2;
+    }
+    source.len()
 }
 
 impl<'m> Template<'m> {
@@ -752,8 +841,9 @@ impl<'m> Template<'m> {
 /// Why a render error is talkback's choice, where it is: the clock is left
 /// out so that a prompt renders the same on any day, and its trace replays.
 fn why(e: &JinjaError) -> &'static str {
+    // minijinja's detail is "NAME is unknown".
     let clock = e.kind() == ErrorKind::UnknownFunction
-        && e.detail().is_some_and(|d| d.contains("strftime_now"));
+        && e.detail().and_then(|d| d.split(' ').next()) == Some("strftime_now");
     if clock {
         "; talkback gives templates no `strftime_now`, so that a prompt renders the same on \
          any day and its trace replays"
@@ -838,7 +928,17 @@ pub fn warn_of_foreign_turn_ends(model: &Model, template: &Template) {
         Message::new("assistant", reply),
         Message::new("user", next),
     ];
-    let Ok(text) = template.render_raw(&probe) else {
+    // Rendered as a prompt would be, but with no fallback: a template that
+    // fails on the probe alone must not announce a switch it never makes.
+    let text = if template.parsed {
+        template.render_jinja(&probe).ok()
+    } else {
+        template
+            .fallback
+            .as_ref()
+            .and_then(|f| f.render(&probe).ok())
+    };
+    let Some(text) = text else {
         return;
     };
     let between = text
@@ -887,9 +987,18 @@ pub fn warn_of_foreign_turn_ends(model: &Model, template: &Template) {
     note!("talkback: {}", crate::output::error_line(&line));
 }
 
-/// Every distinct run of text that looks like a markup marker, `<...>` with
-/// no whitespace or angle bracket inside and at most 40 bytes, in order.
+/// Every distinct run of text that looks like a turn marker, in order:
+/// `<...>` of at most 40 bytes with no whitespace or angle bracket inside,
+/// holding a bar, an underscore or `▁` as special tokens do
+/// (`<|eot_id|>`, `<end_of_turn>`, `<｜end▁of▁sentence｜>`), or `<s>` or
+/// `</s>`; not HTML such as `<br>` or `</b>`.
 fn marker_like(text: &str) -> impl Iterator<Item = &str> {
+    markup(text).filter(|m| m.contains(['|', '｜', '_', '▁']) || *m == "<s>" || *m == "</s>")
+}
+
+/// Every distinct run of `<...>` of at most 40 bytes with no whitespace or
+/// angle bracket inside, in order.
+fn markup(text: &str) -> impl Iterator<Item = &str> {
     let mut seen: Vec<&str> = Vec::new();
     let mut rest = text;
     std::iter::from_fn(move || loop {
@@ -1190,12 +1299,25 @@ mod tests {
                 "{%- generation -%}\n x \n{%+  endgeneration  +%}",
                 "{%- if true -%}\n x \n{%+  endif  +%}",
             ),
-            // Other tags, and words that only start alike, are left alone.
+            // Other tags, words that only start alike, raw blocks, comments
+            // and strings are left alone.
             (
-                "{% if generation %}{% generations %}{%generation%}",
-                "{% if generation %}{% generations %}{%if true%}",
+                "{% if generation %}{% generations %}{%generation%}{%endgeneration%}",
+                "{% if generation %}{% generations %}{%if true%}{%endif%}",
             ),
             ("{% for m in messages %}{%", "{% for m in messages %}{%"),
+            (
+                "{% raw %}{% generation %}{% endraw %}{# {% generation %} #}\
+                 {{ '{% generation %}' }}{% set x = \"%}{% generation %}\" %}",
+                "{% raw %}{% generation %}{% endraw %}{# {% generation %} #}\
+                 {{ '{% generation %}' }}{% set x = \"%}{% generation %}\" %}",
+            ),
+            // Unpaired, they are left for the parser to name.
+            (
+                "{% endgeneration %}{% generation %}",
+                "{% endgeneration %}{% generation %}",
+            ),
+            ("{% generation %}", "{% generation %}"),
         ];
         for (source, want) in cases {
             assert_eq!(without_generation_tags(source), want, "{source}");

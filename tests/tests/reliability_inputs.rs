@@ -475,6 +475,20 @@ fn chat_template_that_asks_for_the_clock() {
         ),
         "{line}"
     );
+    // Another unknown function is not explained as the clock.
+    let other = scratch.write(
+        "other.jinja",
+        &[&b"{{ strftime_now_utc('%Y') }} "[..], each].concat(),
+    );
+    let run = talkback(&[
+        "chat",
+        "hi",
+        "--render-only",
+        "--chat-template",
+        arg(&other),
+    ]);
+    let line = runtime_error(&run, "strftime_now_utc is unknown");
+    assert!(!line.contains("talkback gives"), "{line}");
 }
 
 #[test]
@@ -509,6 +523,7 @@ fn chat_template_of_another_family_is_warned_of() {
         // layout that ends each turn with this model's EOS: no warning.
         ("chatml.jinja", each("<|im_start|>", "<|im_end|>"), ""),
         ("plain.jinja", each("", ""), ""),
+        ("html.jinja", each("<b>", "</b><br>"), ""),
         ("zephyr.jinja", each("<|", "{{ eos_token }}"), ""),
     ];
     for (name, source, markers) in cases {
@@ -722,6 +737,40 @@ fn model_template_minijinja_cannot_parse_falls_back_to_llama_cpp() {
         "{}",
         lines[0]
     );
+}
+
+#[test]
+fn model_template_that_fails_only_on_replies_renders_a_first_turn_silently() {
+    // The template's default system turn, rewritten in place (same length)
+    // into a call that fails on an assistant turn only: a chat of one user
+    // turn renders with it, and nothing may say that llama.cpp's built-in
+    // template took over (the check for another family's markers renders
+    // a conversation with a reply, which once did).
+    let scratch = Scratch::new("template-replies");
+    let layout = Layout::of_model();
+    let at = layout.value_at("tokenizer.chat_template");
+    let len = u64::from_le_bytes(layout.bytes(at, 8).try_into().expect("8 bytes"));
+    let source = String::from_utf8(layout.bytes(at + 8, len).to_vec()).expect("UTF-8");
+    let start = source
+        .find("{% if loop.first")
+        .expect("the system turn's test");
+    let end = start + source[start..].find("{% endif %}").expect("its end") + "{% endif %}".len();
+    let failing = "{% if message['role'] == 'assistant' %}{{ message.content.nosuch() }}{% endif";
+    let padding = (end - start)
+        .checked_sub(failing.len() + " %}".len())
+        .expect("room for the call");
+    let patched = format!("{failing}{} %}}", " ".repeat(padding));
+    let model = scratch.model_with(
+        "replies.gguf",
+        &[(at + 8 + start as u64, patched.as_bytes())],
+    );
+    let run = talkback(&["chat", "--render-only", "--model", arg(&model), "Hi"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stdout,
+        b"<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(run.stderr, "");
 }
 
 #[test]
