@@ -953,25 +953,24 @@ fn replay_command(args: &ReplayArgs, verbose: u8) -> Result<()> {
         // one run and not the other, unless the trace's text or its stop
         // strings changed, or another version decodes them otherwise.
         let stop = Finish::StopString.as_str();
+        // What matched, and the fields that could have been changed.
         let matched = match &d {
-            trace::Divergence::Text { .. } => Some("every token matched"),
+            trace::Divergence::Text { .. } => Some(("every token matched", "`text` or `stops`")),
             trace::Divergence::Length {
                 recorded, replayed, ..
-            } if recorded == stop || replayed == stop => {
-                Some("every token matched until one run met a stop string")
-            }
+            } if recorded == stop || replayed == stop => Some((
+                "every token matched until one run met a stop string where the other did not",
+                "`steps` or `stops`",
+            )),
             _ => None,
         };
         let hint = match (matched, settings.threads) {
-            (Some(matched), _) if trace.talkback_version == env!("CARGO_PKG_VERSION") => {
-                format!(
-                    "{matched}, so the trace's `text` or `stops` was changed after it was \
-                     recorded"
-                )
+            (Some((matched, fields)), _) if trace.talkback_version == env!("CARGO_PKG_VERSION") => {
+                format!("{matched}, so the trace's {fields} was changed after it was recorded")
             }
-            (Some(matched), _) => format!(
-                "{matched}: either the trace's `text` or `stops` was changed, or the versions \
-                 turn tokens into text differently"
+            (Some((matched, fields)), _) => format!(
+                "{matched}: either the trace's {fields} was changed, or the versions turn \
+                 tokens into text differently"
             ),
             (None, Some(t)) if t == used => format!(
                 "recorded and replayed with {}; either the trace was changed after it was \

@@ -523,7 +523,7 @@ impl std::fmt::Display for Divergence {
             } if got < expected => write!(
                 f,
                 "step {got}: field `steps` expected {}, got {got}: the replay ended there on \
-                 `{replayed}`, where the recorded run went on to `{recorded}`",
+                 `{replayed}`; the recorded run went on, to end on `{recorded}`",
                 many(*expected, "token")
             ),
             Self::Length {
@@ -745,7 +745,7 @@ mod tests {
         assert_eq!(
             shorter.map(|d| d.to_string()).unwrap_or_default(),
             "step 1: field `steps` expected 2 tokens, got 1: the replay ended there on \
-             `stop_string`, where the recorded run went on to `end_of_turn`"
+             `stop_string`; the recorded run went on, to end on `end_of_turn`"
         );
         let t = trace(&[(5, -0.5)], "end_of_turn");
         assert!(matches!(

@@ -880,8 +880,8 @@ fn a_replay_stops_one_step_past_the_recorded_ones() {
     diverges(
         &trace,
         "step 12: field `steps` expected 12 tokens, ending on `stop_string`, but the replay \
-         went on (every token matched until one run met a stop string, so the trace's `text` \
-         or `stops` was changed after it was recorded)",
+         went on (every token matched until one run met a stop string where the other did not, \
+         so the trace's `steps` or `stops` was changed after it was recorded)",
     );
 }
 
@@ -899,9 +899,9 @@ fn a_stop_string_added_to_a_trace_is_named_where_the_replay_meets_it() {
     let e = &run.stderr;
     assert!(
         e.contains(
-            "the replay ended there on `stop_string`, where the recorded run went on to \
-                    `length` (every token matched until one run met a stop string, so the \
-                    trace's `text` or `stops` was changed after it was recorded)"
+            "the replay ended there on `stop_string`; the recorded run went on, to end on \
+             `length` (every token matched until one run met a stop string where the other \
+             did not, so the trace's `steps` or `stops` was changed after it was recorded)"
         ),
         "{e}"
     );
