@@ -210,15 +210,13 @@ fn marks(messages: &[Message], source: &str) -> Option<(char, char)> {
 /// string literals. Tags that do not pair up are left as written, so that
 /// the parse error names them.
 fn without_generation_tags(source: &str) -> String {
-    let swaps = generation_tags(source);
+    let tags = generation_tags(source);
     let mut depth = 0_usize;
-    for &(_, with) in &swaps {
-        depth = match with {
-            "endif" => match depth.checked_sub(1) {
-                Some(d) => d,
-                None => return source.to_owned(),
-            },
-            _ => depth + 1,
+    for &(_, opens) in &tags {
+        depth = match (opens, depth.checked_sub(1)) {
+            (true, _) => depth + 1,
+            (false, Some(outer)) => outer,
+            (false, None) => return source.to_owned(),
         };
     }
     if depth != 0 {
@@ -226,19 +224,19 @@ fn without_generation_tags(source: &str) -> String {
     }
     let mut out = String::with_capacity(source.len());
     let mut at = 0;
-    for (range, with) in swaps {
-        out.push_str(source.get(at..range.start).unwrap_or_default());
-        out.push_str(with);
-        at = range.end;
+    for (word, opens) in tags {
+        out.push_str(source.get(at..word.start).unwrap_or_default());
+        out.push_str(if opens { "if true" } else { "endif" });
+        at = word.end;
     }
     out.push_str(source.get(at..).unwrap_or_default());
     out
 }
 
 /// Where `generation` and `endgeneration` stand as the whole of a tag, and
-/// what each becomes.
-fn generation_tags(source: &str) -> Vec<(std::ops::Range<usize>, &'static str)> {
-    let mut swaps = Vec::new();
+/// whether each opens a block (`generation`) or closes one.
+fn generation_tags(source: &str) -> Vec<(std::ops::Range<usize>, bool)> {
+    let mut tags = Vec::new();
     let mut at = 0;
     while let Some(open) = source
         .get(at..)
@@ -265,13 +263,8 @@ fn generation_tags(source: &str) -> Vec<(std::ops::Range<usize>, &'static str)> 
                 + 2
                 + (inner.len() - inner.trim_start_matches(['-', '+']).len())
                 + (body.len() - body.trim_start().len());
-            let with = match word {
-                "generation" => Some("if true"),
-                "endgeneration" => Some("endif"),
-                _ => None,
-            };
-            if let Some(with) = with {
-                swaps.push((word_at..word_at + word.len(), with));
+            if word == "generation" || word == "endgeneration" {
+                tags.push((word_at..word_at + word.len(), word == "generation"));
             }
             if word == "raw" {
                 raw_end(source, end)
@@ -282,7 +275,7 @@ fn generation_tags(source: &str) -> Vec<(std::ops::Range<usize>, &'static str)> 
             open + 1
         };
     }
-    swaps
+    tags
 }
 
 /// Where a tag whose text starts at `from` ends, past its `close`; quotes

@@ -448,25 +448,22 @@ fn chat_template_that_asks_for_the_clock() {
         ]
         .concat(),
     );
-    let run = talkback(&[
-        "chat",
-        "hi",
-        "--render-only",
-        "--chat-template",
-        arg(&tests),
-    ]);
+    let render = |template: &std::path::Path| {
+        talkback(&[
+            "chat",
+            "hi",
+            "--render-only",
+            "--chat-template",
+            arg(template),
+        ])
+    };
+    let run = render(&tests);
     assert_eq!((run.code, run.text()), (0, "then hi"), "{}", run.stderr);
     let calls = scratch.write(
         "calls.jinja",
         &[&b"{{ strftime_now('%Y') }} "[..], each].concat(),
     );
-    let run = talkback(&[
-        "chat",
-        "hi",
-        "--render-only",
-        "--chat-template",
-        arg(&calls),
-    ]);
+    let run = render(&calls);
     let line = runtime_error(&run, "strftime_now");
     assert!(
         line.ends_with(
@@ -480,13 +477,7 @@ fn chat_template_that_asks_for_the_clock() {
         "other.jinja",
         &[&b"{{ strftime_now_utc('%Y') }} "[..], each].concat(),
     );
-    let run = talkback(&[
-        "chat",
-        "hi",
-        "--render-only",
-        "--chat-template",
-        arg(&other),
-    ]);
+    let run = render(&other);
     let line = runtime_error(&run, "strftime_now_utc is unknown");
     assert!(!line.contains("talkback gives"), "{line}");
 }
