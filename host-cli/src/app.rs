@@ -524,6 +524,7 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
                 },
             )?;
         check_messages(&earlier).with_context(|| format!("messages {}", shown(path)))?;
+        warn_of_unrendered_fields(text.as_bytes(), &earlier, path);
         // `--system` replaces the file's system turns rather than adding a
         // second one, which templates do not expect.
         let keep = |m: &Message| args.system.is_none() || m.role != "system";
@@ -652,6 +653,53 @@ fn chat_command(args: &ChatArgs, verbose: u8) -> Result<()> {
         save,
     )?;
     report_finish(&outcome, gen.format, verbose)
+}
+
+/// Warns, once, when a messages file's turns hold fields besides `role`
+/// and `content` (tool calls, a speaker's `name`): the template never sees
+/// them, so the prompt leaves them out.
+fn warn_of_unrendered_fields(json: &[u8], turns: &[Message], path: &Path) {
+    // Read again as plain objects: the file has parsed as turns already.
+    let Ok(objects) =
+        serde_json::from_slice::<Vec<serde_json::Map<String, serde_json::Value>>>(json)
+    else {
+        return;
+    };
+    let mut fields: Vec<&str> = Vec::new();
+    let mut holding = Vec::new();
+    for (i, object) in objects.iter().enumerate() {
+        let mut extra = object
+            .keys()
+            .filter(|k| *k != "role" && *k != "content")
+            .peekable();
+        if extra.peek().is_some() {
+            holding.push(i);
+        }
+        for key in extra {
+            if !fields.contains(&key.as_str()) {
+                fields.push(key);
+            }
+        }
+    }
+    let Some(&first) = holding.first() else {
+        return;
+    };
+    let role = turns.get(first).map_or("", |m| m.role.as_str());
+    let which = match holding.len() {
+        1 => format!("turn {} ({role}) holds", first + 1),
+        n => format!("{n} turns, from turn {} ({role}), hold", first + 1),
+    };
+    let mut named: Vec<String> = fields.iter().take(3).map(|f| format!("`{f}`")).collect();
+    if fields.len() > 3 {
+        named.push(format!("{} more", fields.len() - 3));
+    }
+    let line = format!(
+        "warning: messages {}: {which} {}, which the chat template is not given: it renders \
+         each turn's `role` and `content` only",
+        shown(path),
+        named.join(", "),
+    );
+    crate::note!("talkback: {}", crate::output::error_line(&line));
 }
 
 /// Runs one chat turn from rendered messages; the REPL calls it.

@@ -101,7 +101,8 @@ fn a_turn_is_an_object_with_one_role_and_one_content() {
         assert_eq!(run.code, 1, "{text}: {}", run.stderr);
         assert!(run.stderr.contains(what), "{text}: {}", run.stderr);
     }
-    // Fields a turn does not use are passed over.
+    // Fields a turn does not use are left out of the prompt, with a
+    // warning naming them.
     let extra = TempFile::with(
         "turns-extra.json",
         r#"[{"role": "user", "name": {"a": [1]}, "content": "Hi there"}]"#,
@@ -110,9 +111,36 @@ fn a_turn_is_an_object_with_one_role_and_one_content() {
         "turns-plain.json",
         r#"[{"role": "user", "content": "Hi there"}]"#,
     );
+    let run = tb(&["chat", "--render-only", "--messages", extra.arg()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.text(), render(&["--messages", plain.arg()]));
     assert_eq!(
-        render(&["--messages", extra.arg()]),
-        render(&["--messages", plain.arg()])
+        run.stderr,
+        format!(
+            "talkback: warning: messages {}: turn 1 (user) holds `name`, which the chat \
+             template is not given: it renders each turn's `role` and `content` only\n",
+            extra.arg()
+        )
+    );
+    let tools = TempFile::with(
+        "turns-tools.json",
+        r#"[{"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": "Looking.", "tool_calls": [], "id": 1},
+            {"role": "tool", "content": "18C", "tool_call_id": "1", "name": "w", "x": 0}]"#,
+    );
+    let run = tb(&["chat", "--render-only", "--messages", tools.arg()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // Three of the five fields are named, in an order serde_json's maps
+    // decide.
+    let line = run.stderr.as_str();
+    assert!(
+        line.contains(": 2 turns, from turn 2 (assistant), hold `")
+            && line.ends_with(
+                "`, 2 more, which the chat template is not given: it renders each turn's \
+                 `role` and `content` only\n"
+            )
+            && line.matches('`').count() == 3 * 2 + 4,
+        "{line}"
     );
 }
 
