@@ -48,7 +48,8 @@ pub enum Command {
     ///
     /// With a message (an argument, stdin or --messages) it prints one reply.
     /// With none, on a terminal, it starts an interactive chat: type a turn
-    /// and press Enter; /help lists the commands, Ctrl-D or /exit leaves.
+    /// and press Enter; /help lists the commands, and /exit, /quit or Ctrl-D
+    /// at an empty prompt leaves.
     Chat(ChatArgs),
     /// Continue raw text, with no template.
     Complete(CompleteArgs),
@@ -218,8 +219,8 @@ pub struct ChatArgs {
 
     /// Print the rendered prompt exactly as the model would see it (with the
     /// BOS its vocabulary adds, if it adds one), and exit (as text: not with
-    /// --format or --trace). Sampling flags are accepted and unused, so that
-    /// a run's own command line shows its prompt.
+    /// --format, --trace or --dump-logits). Sampling flags are accepted and
+    /// unused, so that a run's own command line shows its prompt.
     #[arg(long)]
     pub render_only: bool,
 

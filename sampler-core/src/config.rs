@@ -185,7 +185,7 @@ pub struct Config {
     pub min_p: f32,
     /// Repetition penalty (positive logits divided by it, others multiplied); 1 is off.
     ///
-    /// Any positive value is accepted: above 1 it lowers the logits of the
+    /// Any finite positive value is accepted: above 1 it lowers the logits of the
     /// window's tokens, below 1 it raises them (favouring repeats), as in
     /// llama.cpp.
     pub repeat_penalty: f32,

@@ -99,8 +99,8 @@
 //!   the logits, the settings, the seed, the step and the crate version; not
 //!   on the platform, the selection algorithm or whether a report was asked
 //!   for. A failed call draws nothing and leaves the sampler as it was.
-//!   (The logarithms behind min-p's cut and the reported log-probabilities
-//!   come from `libm` in f64 and are rounded to f32, so another `libm`
+//!   (The logarithms behind min-p's cut, the log-probabilities and the
+//!   entropy come from `libm` in f64 and are rounded to f32, so another `libm`
 //!   release could change one of them only where its f64 result moved
 //!   across an f32 rounding boundary; a lockfile fixes the release.)
 //! - **Cost**: no stage copies, exponentiates or sorts the whole vocabulary
@@ -174,10 +174,11 @@
 //! both. [`Sampler::new`] returns the sampler by value, so building one
 //! passes those 11 KiB through the stack even when it ends up in a
 //! static: build it once where the stack is shallow (at start-up) and
-//! start each new generation with [`Sampler::restart`]. The settings can
-//! be fixed at build time instead: [`Config::DEFAULT`], [`Config::greedy`],
-//! [`Order::new`], [`Input::new`], [`StopSet::new`] and [`TextStream::new`]
-//! are `const`. Unoptimised
+//! start each new generation with [`Sampler::restart`]. The sampler itself
+//! cannot be built at compile time ([`Sampler::new`] seeds a generator),
+//! but its settings and the small values around it can:
+//! [`Config::DEFAULT`], [`Config::greedy`], [`Order::new`], [`Input::new`],
+//! [`StopSet::new`] and [`TextStream::new`] are `const`. Unoptimised
 //! builds need several times these figures (frames of 10 to 23 KiB on
 //! `thumbv7em-none-eabihf`); firmware should optimise this crate in its
 //! dev profile too (`[profile.dev.package.sampler-core] opt-level = 2`).

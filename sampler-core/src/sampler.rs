@@ -31,9 +31,10 @@ pub struct Input<'a> {
     ///
     /// Only how often each id occurs counts, so the order changes no
     /// result. Oldest first, as a window over the generated tokens is
-    /// naturally kept, is the fast order: when a call's window is the last
-    /// call's moved on or grown by one token (and holds at most 64 ids),
-    /// the sampler updates the counts it kept instead of counting again.
+    /// naturally kept, is the fast order: when penalties are on and a
+    /// call's window is the last call's, or that one moved on or grown by
+    /// one token (at most 64 ids), the sampler updates the counts it kept
+    /// instead of counting again.
     pub recent: &'a [u32],
     /// Logit bias `(id, value)`, added after penalties and before temperature;
     /// at most [`MAX_BIAS`](crate::MAX_BIAS) entries.
@@ -232,10 +233,10 @@ impl<'s> Sampler<'s> {
     /// - [`Error::InvalidBias`] if a bias value is NaN.
     /// - [`Error::NoFiniteLogit`] if every effective logit is NaN or -inf.
     ///
-    /// Of several faults, the first in this list is reported, except that
-    /// the bias list is read entry by entry: the first of its entries with
-    /// an id out of range or a NaN value is named, after any id of the
-    /// window, whose first offender is named.
+    /// Of several faults, one is reported, checked in this order: empty
+    /// logits; too many logits; too long a window; too many bias entries;
+    /// the first window id out of range; then the bias entries in turn,
+    /// each for its id, then its value; and last, no finite logit.
     ///
     /// # Panics
     ///

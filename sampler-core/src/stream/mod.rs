@@ -145,13 +145,14 @@ impl<const S: usize, const L: usize, const H: usize> TextStream<S, L, H> {
 
     /// A stream that stops at any string of `stops`.
     ///
+    /// It is a `const fn`, so a stream with no stop strings can be a
+    /// `const` item, copied where it is used (one with stop strings needs
+    /// [`StopSet::push_str`], which is not `const`).
+    ///
     /// # Panics
     ///
     /// Never; an `H` below `L + 3` is a build error instead (one that
     /// `cargo check` does not report).
-    ///
-    /// It is a `const fn`, so a stream with no stop strings can be a
-    /// `static` (one with some needs [`StopSet::push_str`], which is not).
     pub const fn new(stops: StopSet<S, L>) -> Self {
         #[allow(clippy::let_unit_value)]
         let () = Self::HELD_FITS;
