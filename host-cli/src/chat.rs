@@ -801,11 +801,10 @@ impl<'m> Template<'m> {
             // A template that raised or ran out of fuel was rendered as
             // written; another template would hide that, not mend it.
             (Err(e), _) if e.kind() == ErrorKind::OutOfFuel => Err(anyhow!(
-                "the chat template failed to render {} message{}: it ran out of its \
-                 budget of {FUEL} steps; does it loop without end, or is the \
-                 conversation far longer than any context?",
-                messages.len(),
-                if messages.len() == 1 { "" } else { "s" }
+                "the chat template failed to render {}: it ran out of its budget of \
+                 {FUEL} steps; does it loop without end, or is the conversation far longer \
+                 than any context?",
+                crate::output::many(messages.len(), "message")
             )),
             (Err(e), Some(fallback)) if !raised(&e) => {
                 fallback.warn(&anyhow!(

@@ -652,11 +652,10 @@ impl std::fmt::Display for ContextTooLong {
         if self.trained < u64::from(least) {
             return write!(
                 f,
-                "model {} was trained on a context of {} token{}; talkback needs a context \
-                 of at least {least}, so it cannot run it",
+                "model {} was trained on a context of {}; talkback needs a context of at \
+                 least {least}, so it cannot run it",
                 named(&self.path),
-                self.trained,
-                if self.trained == 1 { "" } else { "s" }
+                crate::output::many(usize::try_from(self.trained).unwrap_or(usize::MAX), "token")
             );
         }
         write!(
